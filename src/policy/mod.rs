@@ -1,0 +1,1 @@
+//! Policy files and the decision engine (being written; see issue 4).

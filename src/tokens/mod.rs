@@ -1,0 +1,1 @@
+//! Vonage Video client tokens (being written; see issue 3).
