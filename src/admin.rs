@@ -1,0 +1,284 @@
+//! Tenant administration shared by the CLI and the HTTP API: tenants, API keys,
+//! policy versions. Each operation validates, writes, and records an admin event
+//! in the tenant's audit chain.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::audit::{AuditRow, AuditWriter, chain, kind};
+use crate::auth::{NewKey, Scopes, generate_key};
+use crate::policy::{self, PolicyError};
+use crate::store::{KeyRow, PolicyVersionRow, Store, StoreError};
+
+/// Who performed an admin action (recorded in the audit row).
+#[derive(Debug, Clone)]
+pub enum Actor {
+    /// The command-line tool, run by an operator on the broker's machine.
+    Cli,
+    /// An `admin`-scoped API key of the tenant.
+    Key { key_id: String, request_id: Option<String> },
+}
+
+impl Actor {
+    pub fn label(&self) -> String {
+        match self {
+            Actor::Cli => "cli".into(),
+            Actor::Key { key_id, .. } => format!("key:{key_id}"),
+        }
+    }
+
+    fn stamp(&self, row: &mut AuditRow) {
+        match self {
+            Actor::Cli => row.actor = "cli".into(),
+            Actor::Key { key_id, request_id } => {
+                row.actor = "api_key".into();
+                row.key_id = Some(key_id.clone());
+                row.request_id = request_id.clone();
+            }
+        }
+    }
+}
+
+/// Where admin events go: through the running server's writer, or (CLI)
+/// straight into the store.
+#[derive(Debug, Clone)]
+pub enum AuditSink {
+    Writer(AuditWriter),
+    Direct(Store),
+}
+
+impl AuditSink {
+    pub async fn record(&self, row: AuditRow) -> Result<(), AdminError> {
+        match self {
+            AuditSink::Writer(w) => w.append(row).await.map_err(|_| AdminError::AuditUnavailable),
+            AuditSink::Direct(s) => {
+                let mut rows = [row];
+                let mut heads = Default::default();
+                s.append_audit(&mut rows, &mut heads).await.map_err(AdminError::Store)
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("tenant {0} does not exist; create it with `token-broker tenant create {0}`")]
+    NoTenant(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("policy file is invalid:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Policy(Vec<PolicyError>),
+    #[error("the audit record could not be written; nothing was changed")]
+    AuditUnavailable,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// `[a-z0-9][a-z0-9-]{0,62}`
+pub fn valid_slug(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+pub async fn create_tenant(store: &Store, sink: &AuditSink, slug: &str, actor: &Actor, now_ms: i64) -> Result<(), AdminError> {
+    if !valid_slug(slug) {
+        return Err(AdminError::Invalid(format!(
+            "invalid tenant slug {slug:?}: use 1-63 of a-z, 0-9 and '-', starting with a letter or digit"
+        )));
+    }
+    store.create_tenant(slug, now_ms).await?;
+    let mut row = AuditRow::new(slug, kind::TENANT_CREATED, "ok", "cli", now_ms);
+    actor.stamp(&mut row);
+    sink.record(row).await
+}
+
+/// A key as shown to admins: never the secret or its hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    pub key_id: String,
+    pub tenant: String,
+    pub name: Option<String>,
+    pub scopes: Vec<String>,
+    pub created_at_ms: i64,
+    pub created_by: String,
+    pub revoked_at_ms: Option<i64>,
+}
+
+impl From<KeyRow> for KeyInfo {
+    fn from(r: KeyRow) -> KeyInfo {
+        KeyInfo {
+            key_id: r.key_id,
+            tenant: r.tenant,
+            name: r.name,
+            scopes: r.scopes.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            created_at_ms: r.created_at_ms,
+            created_by: r.created_by,
+            revoked_at_ms: r.revoked_at_ms,
+        }
+    }
+}
+
+/// Creates a key; the returned `NewKey.key` is the only time the secret exists
+/// outside the caller's hands.
+pub async fn create_key(
+    store: &Store,
+    sink: &AuditSink,
+    tenant: &str,
+    scopes: Scopes,
+    name: Option<String>,
+    actor: &Actor,
+    now_ms: i64,
+) -> Result<NewKey, AdminError> {
+    if !store.tenant_exists(tenant).await? {
+        return Err(AdminError::NoTenant(tenant.to_owned()));
+    }
+    if let Some(n) = &name
+        && (n.is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control))
+    {
+        return Err(AdminError::Invalid("key name must be 1-100 printable characters".into()));
+    }
+    let t = tenant.to_owned();
+    let by = actor.label();
+    let new = tokio::task::spawn_blocking(move || generate_key(&t, scopes, name, &by, now_ms))
+        .await
+        .map_err(|e| AdminError::Invalid(e.to_string()))?
+        .map_err(AdminError::Invalid)?;
+    store.insert_key(&new.row).await?;
+    let mut row = AuditRow::new(tenant, kind::KEY_CREATED, "ok", "cli", now_ms);
+    actor.stamp(&mut row);
+    row.detail = Some(
+        serde_json::json!({"created_key_id": new.row.key_id, "scopes": scopes.names(), "name": new.row.name})
+            .to_string(),
+    );
+    sink.record(row).await?;
+    Ok(new)
+}
+
+/// Revokes a key (confined to `tenant` when given). Returns the key's tenant.
+pub async fn revoke_key(
+    store: &Store,
+    sink: &AuditSink,
+    key_id: &str,
+    tenant: Option<&str>,
+    actor: &Actor,
+    now_ms: i64,
+) -> Result<String, AdminError> {
+    let owner = store.revoke_key(key_id, tenant, now_ms).await.map_err(|e| match e {
+        StoreError::NotFound => AdminError::NotFound(format!("no API key {key_id}")),
+        other => AdminError::Store(other),
+    })?;
+    let mut row = AuditRow::new(&owner, kind::KEY_REVOKED, "ok", "cli", now_ms);
+    actor.stamp(&mut row);
+    row.detail = Some(serde_json::json!({"revoked_key_id": key_id}).to_string());
+    sink.record(row).await?;
+    Ok(owner)
+}
+
+/// The result of applying (or dry-running) a policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyOutcome {
+    pub tenant: String,
+    /// Version in force before.
+    pub previous_version: i64,
+    /// The new version (`None` on a dry run or when nothing changed).
+    pub version: Option<i64>,
+    pub dry_run: bool,
+    pub unchanged: bool,
+    /// Unified diff from the current version's text to the new one.
+    pub diff: String,
+    /// Secret references that cannot be resolved here.
+    pub warnings: Vec<String>,
+}
+
+/// Validates `text` and, unless `dry_run`, writes it as the tenant's next
+/// version. `confine` restricts the tenant (HTTP admin keys).
+#[allow(clippy::too_many_arguments)]
+pub async fn apply_policy(
+    store: &Store,
+    sink: &AuditSink,
+    source_name: &str,
+    text: &str,
+    confine: Option<&str>,
+    dry_run: bool,
+    actor: &Actor,
+    note: Option<&str>,
+    now_ms: i64,
+) -> Result<ApplyOutcome, AdminError> {
+    let doc = policy::parse(source_name, text).map_err(AdminError::Policy)?;
+    let tenant = doc.tenant.clone();
+    if let Some(t) = confine
+        && t != tenant
+    {
+        return Err(AdminError::Forbidden(format!(
+            "this key belongs to tenant {t}; the policy is for tenant {tenant}"
+        )));
+    }
+    if !store.tenant_exists(&tenant).await? {
+        return Err(AdminError::NoTenant(tenant));
+    }
+    let warnings: Vec<String> = doc
+        .credentials
+        .iter()
+        .filter_map(|c| {
+            crate::tokens::Signer::load(c)
+                .err()
+                .map(|e| format!("credential {}: {e} (it will be unusable where that reference cannot be resolved)", c.name))
+        })
+        .collect();
+    let current = store.current_policy(&tenant).await?;
+    let previous_version = current.as_ref().map(|c| c.version).unwrap_or(0);
+    let old_text = current.as_ref().map(|c| c.source.as_str()).unwrap_or("");
+    let diff = policy::diff(old_text, text);
+    let unchanged = current.as_ref().is_some_and(|c| c.source == text);
+    let mut out = ApplyOutcome {
+        tenant: tenant.clone(),
+        previous_version,
+        version: None,
+        dry_run,
+        unchanged,
+        diff,
+        warnings,
+    };
+    if dry_run || unchanged {
+        return Ok(out);
+    }
+    let sha = chain::hex(&Sha256::digest(text.as_bytes()));
+    let version = store
+        .insert_policy_version(&tenant, previous_version, text, source_name, &sha, &actor.label(), note, now_ms)
+        .await?;
+    let mut row = AuditRow::new(&tenant, kind::POLICY_APPLIED, "ok", "cli", now_ms);
+    actor.stamp(&mut row);
+    row.policy_version = Some(version);
+    row.detail = Some(
+        serde_json::json!({"previous_version": previous_version, "sha256": sha, "source_name": source_name, "note": note})
+            .to_string(),
+    );
+    sink.record(row).await?;
+    out.version = Some(version);
+    Ok(out)
+}
+
+/// Re-applies version `to` as a new version.
+pub async fn rollback_policy(
+    store: &Store,
+    sink: &AuditSink,
+    tenant: &str,
+    to: i64,
+    actor: &Actor,
+    now_ms: i64,
+) -> Result<ApplyOutcome, AdminError> {
+    let old: PolicyVersionRow = store
+        .policy_version(tenant, to)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("tenant {tenant} has no policy version {to}")))?;
+    let note = format!("rollback to {to}");
+    let out = apply_policy(store, sink, &old.source_name, &old.source, Some(tenant), false, actor, Some(&note), now_ms).await?;
+    Ok(out)
+}

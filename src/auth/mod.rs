@@ -1,0 +1,337 @@
+//! Who is calling: tenant API keys (this module) and, for end users, identity
+//! provider JWTs (`crate::idp`).
+//!
+//! API keys look like `tkb_<key id>_<secret>`: a fixed prefix that leak
+//! scanners can match, a 16-character public key id used for lookup, and a
+//! 64-hex-character secret (32 random bytes). The database keeps only an
+//! argon2id hash of the secret.
+//!
+//! argon2 costs ~20 ms and ~19 MiB, so it runs once per key: a verified key is
+//! kept in a bounded in-memory cache together with a SHA-256 of its secret, and
+//! later requests compare that digest in constant time. Revoking a key drops it
+//! from this instance's cache at once and from other instances' caches through
+//! the change feed (polled every 250 ms). Concurrent argon2 work is bounded by a
+//! semaphore, and an unknown key id still pays one verification against a dummy
+//! hash, so response time does not reveal which key ids exist.
+
+use std::fmt;
+use std::sync::Arc;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+use crate::store::{KeyRow, Store, StoreError};
+
+/// Prefix of every API key.
+pub const KEY_PREFIX: &str = "tkb_";
+const KEY_ID_LEN: usize = 16;
+const SECRET_HEX_LEN: usize = 64;
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    /// Ask for tokens, register sessions, ask for decisions.
+    pub const ISSUE: Scopes = Scopes(1);
+    /// Read the tenant's audit record.
+    pub const AUDIT: Scopes = Scopes(2);
+    /// Manage the tenant's keys and policy (and read its audit).
+    pub const ADMIN: Scopes = Scopes(4);
+    const NAMES: [(&'static str, Scopes); 3] = [
+        ("issue", Scopes::ISSUE),
+        ("audit", Scopes::AUDIT),
+        ("admin", Scopes::ADMIN),
+    ];
+
+    pub fn contains(self, other: Scopes) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn union(self, other: Scopes) -> Scopes {
+        Scopes(self.0 | other.0)
+    }
+
+    /// Parses scope names (`issue`, `audit`, `admin`); an unknown name is an error.
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Scopes, String> {
+        let mut s = Scopes::default();
+        for n in names {
+            let n = n.trim();
+            if n.is_empty() {
+                continue;
+            }
+            match Scopes::NAMES.iter().find(|(name, _)| *name == n) {
+                Some((_, v)) => s = s.union(*v),
+                None => {
+                    return Err(format!(
+                        "unknown scope {n:?}: expected issue, audit or admin"
+                    ));
+                }
+            }
+        }
+        if s == Scopes::default() {
+            return Err("at least one scope is required: issue, audit or admin".into());
+        }
+        Ok(s)
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        Scopes::NAMES
+            .iter()
+            .filter(|(_, v)| self.contains(*v))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+}
+
+impl fmt::Display for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.names().join(" "))
+    }
+}
+
+/// An authenticated tenant API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant: String,
+    pub key_id: String,
+    pub scopes: Scopes,
+}
+
+/// A presented key split into its parts. `Debug` never shows the secret.
+pub struct PresentedKey<'a> {
+    pub key_id: &'a str,
+    pub secret: &'a str,
+}
+
+impl fmt::Debug for PresentedKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresentedKey")
+            .field("key_id", &self.key_id)
+            .field("secret", &"***")
+            .finish()
+    }
+}
+
+/// Splits `tkb_<16 id chars>_<64 hex>`; `None` when malformed.
+pub fn parse_presented(s: &str) -> Option<PresentedKey<'_>> {
+    let rest = s.strip_prefix(KEY_PREFIX)?;
+    if rest.len() != KEY_ID_LEN + 1 + SECRET_HEX_LEN {
+        return None;
+    }
+    let (key_id, tail) = rest.split_at(KEY_ID_LEN);
+    let secret = tail.strip_prefix('_')?;
+    let id_ok = key_id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let secret_ok = secret
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (id_ok && secret_ok).then_some(PresentedKey { key_id, secret })
+}
+
+/// A freshly created key: the whole key string is shown once and never again.
+pub struct NewKey {
+    pub key: String,
+    pub row: KeyRow,
+}
+
+impl fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewKey")
+            .field("key_id", &self.row.key_id)
+            .field("key", &"***")
+            .finish()
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // The OS RNG failing is unrecoverable for a credential issuer.
+    if getrandom::fill(&mut b).is_err() {
+        panic!("the operating system's random number generator failed");
+    }
+    b
+}
+
+/// Makes a new key for `tenant`. Hashes with argon2id: call from a blocking
+/// context (`spawn_blocking`), never on an async worker.
+pub fn generate_key(
+    tenant: &str,
+    scopes: Scopes,
+    name: Option<String>,
+    created_by: &str,
+    now_ms: i64,
+) -> Result<NewKey, String> {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let id: String = random_bytes::<KEY_ID_LEN>()
+        .iter()
+        .map(|b| ALPHABET[(b & 31) as usize] as char)
+        .collect();
+    let secret = crate::audit::chain::hex(&random_bytes::<32>());
+    let hash = Argon2::default()
+        .hash_password(secret.as_bytes())
+        .map_err(|e| format!("argon2: {e}"))?
+        .to_string();
+    Ok(NewKey {
+        key: format!("{KEY_PREFIX}{id}_{secret}"),
+        row: KeyRow {
+            key_id: id,
+            tenant: tenant.to_owned(),
+            name,
+            scopes: scopes.to_string(),
+            secret_hash: hash,
+            created_at_ms: now_ms,
+            created_by: created_by.to_owned(),
+            revoked_at_ms: None,
+        },
+    })
+}
+
+/// Why authentication failed. Deliberately coarse towards the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing API key")]
+    Missing,
+    #[error("malformed API key")]
+    Malformed,
+    #[error("unknown or revoked API key")]
+    Invalid,
+    #[error("authentication store unavailable")]
+    Unavailable(#[source] StoreError),
+}
+
+struct CachedKey {
+    secret_sha256: [u8; 32],
+    principal: Arc<Principal>,
+}
+
+/// Verifies API keys with argon2 once, then from a bounded cache.
+pub struct Authenticator {
+    store: Store,
+    cache: quick_cache::sync::Cache<String, Arc<CachedKey>>,
+    permits: Semaphore,
+    dummy_hash: String,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("cached", &self.cache.len())
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// `capacity` verified keys are cached; `parallel_hashes` argon2
+    /// verifications may run at once.
+    pub fn new(store: Store, capacity: usize, parallel_hashes: usize) -> Authenticator {
+        let dummy_hash = Argon2::default()
+            .hash_password(b"token-broker dummy secret for unknown key ids")
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        Authenticator {
+            store,
+            cache: quick_cache::sync::Cache::new(capacity.max(16)),
+            permits: Semaphore::new(parallel_hashes.max(1)),
+            dummy_hash,
+        }
+    }
+
+    /// Authenticates a presented key string.
+    pub async fn authenticate(&self, presented: &str) -> Result<Arc<Principal>, AuthError> {
+        let Some(k) = parse_presented(presented) else {
+            return Err(AuthError::Malformed);
+        };
+        let digest: [u8; 32] = Sha256::digest(k.secret.as_bytes()).into();
+        if let Some(c) = self.cache.get(k.key_id)
+            && bool::from(c.secret_sha256.ct_eq(&digest))
+        {
+            return Ok(c.principal.clone());
+        }
+        let row = self
+            .store
+            .get_key(k.key_id)
+            .await
+            .map_err(AuthError::Unavailable)?;
+        let (hash, live) = match &row {
+            Some(r) => (r.secret_hash.clone(), r.revoked_at_ms.is_none()),
+            None => (self.dummy_hash.clone(), false),
+        };
+        let secret = k.secret.to_owned();
+        let ok = {
+            let _permit = self.permits.acquire().await.map_err(|_| AuthError::Invalid)?;
+            tokio::task::spawn_blocking(move || {
+                Argon2::default()
+                    .verify_password(secret.as_bytes(), hash.as_str())
+                    .is_ok()
+            })
+            .await
+            .unwrap_or(false)
+        };
+        match row {
+            Some(r) if ok && live => {
+                let scopes = Scopes::parse(r.scopes.split(' ')).unwrap_or_default();
+                let principal = Arc::new(Principal {
+                    tenant: r.tenant,
+                    key_id: r.key_id.clone(),
+                    scopes,
+                });
+                self.cache.insert(
+                    r.key_id,
+                    Arc::new(CachedKey {
+                        secret_sha256: digest,
+                        principal: principal.clone(),
+                    }),
+                );
+                Ok(principal)
+            }
+            _ => Err(AuthError::Invalid),
+        }
+    }
+
+    /// Drops a key from the cache (after revocation).
+    pub fn forget(&self, key_id: &str) {
+        self.cache.remove(key_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_parse_and_hide_their_secret() {
+        let k = generate_key("acme", Scopes::ISSUE, None, "cli", 0).unwrap();
+        let p = parse_presented(&k.key).unwrap();
+        assert_eq!(p.key_id, k.row.key_id);
+        assert!(!k.row.secret_hash.contains(p.secret));
+        assert!(k.row.secret_hash.starts_with("$argon2id$"));
+        assert!(!format!("{k:?} {p:?}").contains(p.secret));
+    }
+
+    #[test]
+    fn malformed_keys_are_refused() {
+        for bad in [
+            "",
+            "tkb_",
+            "Bearer tkb_x",
+            "tkb_abcdefghijklmnop_zz",
+            &format!("tkb_ABCDEFGHIJKLMNOP_{}", "a".repeat(64)),
+            &format!("tkx_abcdefghijklmnop_{}", "a".repeat(64)),
+            &format!("tkb_abcdefghijklmnop-{}", "a".repeat(64)),
+        ] {
+            assert!(parse_presented(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scopes_parse_strictly() {
+        assert_eq!(Scopes::parse(["issue", "admin"]).unwrap().to_string(), "issue admin");
+        assert!(Scopes::parse(["root"]).is_err());
+        assert!(Scopes::parse([""]).is_err());
+    }
+}

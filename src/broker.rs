@@ -1,0 +1,380 @@
+//! The issuance pipeline, the only place that knows the order of operations:
+//! validate the request → find the tenant's policy and the credential the
+//! session belongs to → decide → stamp the identity into connection data →
+//! sign → record the audit row durably → answer. No audit row, no token.
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditRow, chain, kind};
+use crate::domain::{Identity, Role};
+use crate::policy::{self, Decision, DecisionRequest, Expiry, Outcome};
+use crate::routes::error::ApiError;
+use crate::state::AppState;
+use crate::tokens::{self, Entropy, TokenParams};
+
+/// Most groups accepted for one user, and the longest id/name/group.
+const MAX_GROUPS: usize = 64;
+const MAX_IDENT_LEN: usize = 256;
+const MAX_SESSION_ID_LEN: usize = 512;
+
+/// Body of `POST /v1/tokens` and `POST /v1/decide`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub session_id: String,
+    /// The end user, vouched for by the tenant app (API-key callers only).
+    pub user: Option<UserBody>,
+    pub role: Option<String>,
+    pub ttl: Option<i64>,
+    pub expire_time: Option<i64>,
+    /// The app's own connection data, carried under `data` in the stamped JSON.
+    pub data: Option<String>,
+    pub initial_layout_class_list: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserBody {
+    pub id: String,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// Who is asking, as established by authentication.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant: String,
+    /// The API key used, for API-key callers.
+    pub key_id: Option<String>,
+    /// The identity provider that vouched, for end users (then `identity` is set).
+    pub idp: Option<String>,
+    pub identity: Option<Identity>,
+    pub client_addr: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// The decision part of a response.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionView {
+    pub rule: Option<String>,
+    pub policy_version: i64,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clamped: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explain: Option<serde_json::Value>,
+}
+
+impl DecisionView {
+    fn of(d: &Decision) -> DecisionView {
+        DecisionView {
+            rule: d.rule.clone(),
+            policy_version: d.policy_version,
+            reason: d.reason.clone(),
+            clamped: d.clamped.as_ref().and_then(|c| serde_json::to_value(c).ok()),
+            explain: d.explain.as_ref().and_then(|e| serde_json::to_value(e).ok()),
+        }
+    }
+}
+
+/// A granted token (201), or the same minus the token fields for `/v1/decide`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Issued {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    pub format: &'static str,
+    pub session_id: String,
+    pub role: Role,
+    pub expire_time: i64,
+    pub connection_data: String,
+    pub credential: String,
+    pub decision: DecisionView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_id: Option<String>,
+}
+
+/// What the pipeline should do past the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Sign and audit (`POST /v1/tokens`).
+    Issue,
+    /// Decide only: no signing, no audit (`POST /v1/decide`).
+    Decide { explain: bool },
+}
+
+fn check_ident(field: &str, v: &str) -> Result<(), ApiError> {
+    if v.is_empty() || v.len() > MAX_IDENT_LEN || v.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "invalid_user",
+            field,
+            format!("{field} must be 1-{MAX_IDENT_LEN} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the request's shape and returns the identity, requested role and expiry.
+fn validate(caller: &Caller, req: &TokenRequest) -> Result<(Identity, Option<Role>, Option<Expiry>), ApiError> {
+    if req.session_id.is_empty() || req.session_id.len() > MAX_SESSION_ID_LEN {
+        return Err(ApiError::bad("invalid_session_id", "session_id", "session_id must be a Vonage Video session ID"));
+    }
+    let identity = match (&caller.identity, &req.user) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "user_not_allowed",
+                "user",
+                "the identity comes from your login token; a user object in the body is not accepted",
+            ));
+        }
+        (Some(id), None) => id.clone(),
+        (None, None) => return Err(ApiError::bad("missing_field", "user", "user.id is required")),
+        (None, Some(u)) => {
+            check_ident("user.id", &u.id)?;
+            if let Some(n) = &u.name {
+                check_ident("user.name", n)?;
+            }
+            if u.groups.len() > MAX_GROUPS {
+                return Err(ApiError::bad("invalid_user", "user.groups", format!("at most {MAX_GROUPS} groups")));
+            }
+            for g in &u.groups {
+                check_ident("user.groups", g)?;
+            }
+            Identity {
+                user_id: u.id.clone(),
+                name: u.name.clone(),
+                groups: u.groups.clone(),
+            }
+        }
+    };
+    let role = match &req.role {
+        None => None,
+        Some(r) => Some(tokens::parse_role(r).map_err(|e| ApiError::bad(e.code(), "role", e.to_string()))?),
+    };
+    let expiry = match (req.ttl, req.expire_time) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad("ttl_and_expire_time", "ttl", "give ttl or expire_time, not both"));
+        }
+        (Some(t), None) => Some(Expiry::Ttl(t)),
+        (None, Some(e)) => Some(Expiry::At(e)),
+        (None, None) => None,
+    };
+    if let Some(list) = &req.initial_layout_class_list {
+        tokens::validate_layout_class_list(list)
+            .map_err(|e| ApiError::bad(e.code(), "initial_layout_class_list", e.to_string()))?;
+    }
+    if let Some(d) = &req.data
+        && d.len() > tokens::MAX_CONNECTION_DATA_BYTES
+    {
+        return Err(ApiError::bad(
+            "connection_data_too_long",
+            "data",
+            format!("data is {} bytes; connection data is limited to {} bytes", d.len(), tokens::MAX_CONNECTION_DATA_BYTES),
+        ));
+    }
+    Ok((identity, role, expiry))
+}
+
+/// The connection data the broker signs: compact JSON with the authenticated
+/// identity and the app's own data under its own key, so app data can never
+/// pose as identity. Key order is fixed: tenant, sub, name, idp, data.
+pub fn stamp(tenant: &str, who: &Identity, idp: Option<&str>, data: Option<&str>) -> String {
+    #[derive(Serialize)]
+    struct Stamp<'a> {
+        tenant: &'a str,
+        sub: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        idp: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a str>,
+    }
+    serde_json::to_string(&Stamp {
+        tenant,
+        sub: &who.user_id,
+        name: who.name.as_deref(),
+        idp,
+        data,
+    })
+    .unwrap_or_default()
+}
+
+fn base_row(caller: &Caller, who: &Identity, req: &TokenRequest, now_ms: i64, k: &str, outcome: &str) -> AuditRow {
+    let mut row = AuditRow::new(
+        &caller.tenant,
+        k,
+        outcome,
+        if caller.idp.is_some() { "end_user" } else { "api_key" },
+        now_ms,
+    );
+    row.key_id = caller.key_id.clone();
+    row.idp = caller.idp.clone();
+    row.user_id = Some(who.user_id.clone());
+    row.user_name = who.name.clone();
+    row.user_groups = Some(serde_json::to_string(&who.groups).unwrap_or_default());
+    row.session_id = Some(req.session_id.clone());
+    row.requested_role = req.role.clone();
+    row.requested_expire_time = match (req.ttl, req.expire_time) {
+        (Some(t), _) => Some(now_ms / 1000 + t),
+        (_, e) => e,
+    };
+    row.client_addr = caller.client_addr.clone();
+    row.user_agent = caller.user_agent.clone();
+    row.request_id = caller.request_id.clone();
+    row
+}
+
+/// Records a refusal, then returns it as the API error (or 503 when even the
+/// refusal cannot be recorded).
+async fn refuse(state: &AppState, mode: Mode, mut row: AuditRow, err: ApiError) -> ApiError {
+    if mode != Mode::Issue {
+        return err;
+    }
+    row.code = Some(err.body.code.to_owned());
+    row.rule = err.body.rule.clone();
+    row.policy_version = err.body.policy_version;
+    match state.audit.append(row).await {
+        Ok(()) => err,
+        Err(e) => audit_unavailable(e),
+    }
+}
+
+fn audit_unavailable(e: crate::audit::AuditUnavailable) -> ApiError {
+    tracing::error!(target: "broker::security", error = %e, "audit unavailable: refusing to issue");
+    ApiError::unavailable(
+        "audit_unavailable",
+        "the audit record cannot be written right now, so no token is issued; try again shortly",
+    )
+}
+
+/// Runs the pipeline for one request.
+pub async fn handle(state: &AppState, caller: &Caller, req: &TokenRequest, mode: Mode, now_ms: i64) -> Result<Issued, ApiError> {
+    let now = now_ms / 1000;
+    let (who, role, expiry) = validate(caller, req)?;
+    let owner = tokens::session_owner(&req.session_id).map_err(|e| ApiError::bad(e.code(), "session_id", e.to_string()))?;
+    let row = || base_row(caller, &who, req, now_ms, kind::TOKEN_REFUSED, "refused");
+
+    let Some(rt) = state.tenant(&caller.tenant) else {
+        let e = ApiError::forbidden("no_policy", "this tenant has no policy applied, so nothing is granted");
+        return Err(refuse(state, mode, row(), e).await);
+    };
+    let version = rt.policy.version;
+    let Some(cred) = rt.credential_for(&owner) else {
+        let mut e = ApiError::forbidden(
+            "session_not_owned",
+            "the session belongs to none of this tenant's credentials",
+        )
+        .field("session_id");
+        e.body.policy_version = Some(version);
+        return Err(refuse(state, mode, row(), e).await);
+    };
+    let facts = state.session_facts(&caller.tenant, &req.session_id).await?;
+    let decision = policy::decide(
+        &rt.policy,
+        &who,
+        &req.session_id,
+        &facts,
+        &DecisionRequest { role, expiry },
+        now,
+        matches!(mode, Mode::Decide { explain: true }),
+    )
+    .map_err(|e| ApiError::bad(e.code(), e.field(), e.to_string()))?;
+
+    let (granted_role, expire_time) = match &decision.outcome {
+        Outcome::Granted { role, expire_time, .. } => (*role, *expire_time),
+        Outcome::Refused(code) => {
+            let mut e = ApiError::forbidden(code.code(), decision.reason.clone());
+            e.body.rule = decision.rule.clone();
+            e.body.policy_version = Some(decision.policy_version);
+            e.body.decision = serde_json::to_value(DecisionView::of(&decision)).ok();
+            let mut r = row();
+            r.credential = Some(cred.name.clone());
+            return Err(refuse(state, mode, r, e).await);
+        }
+    };
+    let connection_data = stamp(&caller.tenant, &who, caller.idp.as_deref(), req.data.as_deref());
+    if connection_data.len() > tokens::MAX_CONNECTION_DATA_BYTES {
+        return Err(ApiError::bad(
+            "connection_data_too_long",
+            "data",
+            format!(
+                "the stamped connection data would be {} bytes (identity plus data); the limit is {} bytes",
+                connection_data.len(),
+                tokens::MAX_CONNECTION_DATA_BYTES
+            ),
+        ));
+    }
+    let signer = match &cred.signer {
+        Ok(s) => s,
+        Err(_) => {
+            let e = ApiError::unavailable(
+                "credential_unavailable",
+                format!("credential {} cannot be used on this broker (its secret reference does not resolve)", cred.name),
+            );
+            let mut r = row();
+            r.credential = Some(cred.name.clone());
+            return Err(refuse(state, mode, r, e).await);
+        }
+    };
+    let mut out = Issued {
+        token: None,
+        token_id: None,
+        format: signer.format().as_str(),
+        session_id: req.session_id.clone(),
+        role: granted_role,
+        expire_time,
+        connection_data,
+        credential: cred.name.clone(),
+        decision: DecisionView::of(&decision),
+        audit_id: None,
+    };
+    if mode != Mode::Issue {
+        return Ok(out);
+    }
+    let layout = req.initial_layout_class_list.as_deref().unwrap_or(&[]);
+    let signed = signer
+        .sign(
+            &TokenParams {
+                session_id: &req.session_id,
+                role: granted_role,
+                expire_time,
+                connection_data: Some(&out.connection_data),
+                initial_layout_class_list: layout,
+            },
+            now,
+            &Entropy::random(),
+        )
+        .map_err(|e| ApiError::bad(e.code(), e.field(), e.to_string()))?;
+    let mut r = base_row(caller, &who, req, now_ms, kind::TOKEN_ISSUED, "issued");
+    r.credential = Some(cred.name.clone());
+    r.granted_role = Some(granted_role.as_str().to_owned());
+    r.granted_expire_time = Some(expire_time);
+    r.rule = decision.rule.clone();
+    r.policy_version = Some(decision.policy_version);
+    r.token_id = Some(signed.token_id.clone());
+    r.token_sha256 = Some(chain::fingerprint(&signed.token));
+    let audit_id = r.audit_id.clone();
+    state.audit.append(r).await.map_err(audit_unavailable)?;
+    out.token = Some(signed.token);
+    out.token_id = Some(signed.token_id);
+    out.audit_id = Some(audit_id);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamped_data_keeps_app_data_apart_from_identity() {
+        let who = Identity { user_id: "alice".into(), name: Some("Alice".into()), groups: vec![] };
+        let s = stamp("acme", &who, None, Some(r#"{"sub":"mallory"}"#));
+        assert_eq!(s, r#"{"tenant":"acme","sub":"alice","name":"Alice","data":"{\"sub\":\"mallory\"}"}"#);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["sub"], "alice");
+    }
+}

@@ -1,0 +1,276 @@
+//! The `token-broker` command line. Every command that prints data accepts
+//! `--json`. Commands other than `serve` work directly on the database named by
+//! the settings, so an operator can run them beside a running broker (SQLite
+//! in WAL mode allows that; PostgreSQL trivially).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::admin::{self, Actor, AuditSink};
+use crate::auth::Scopes;
+use crate::settings::{Settings, SettingsArgs};
+use crate::startup::{Application, open_store};
+use crate::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(name = "token-broker", version, about = "Issues Vonage Video tokens by per-tenant policy, and audits every decision.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (applies migrations first).
+    Serve {
+        /// Development mode: seed a demo tenant, policy and credential, and print a
+        /// fresh demo API key. Never use in production.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the effective settings (secrets redacted).
+    Settings {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        cmd: TenantCmd,
+    },
+    /// Manage API keys.
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    /// Check, test, apply and roll back policy files.
+    Policy {
+        #[command(subcommand)]
+        cmd: crate::cli_policy::PolicyCmd,
+    },
+    /// Inspect tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: crate::cli_token::TokenCmd,
+    },
+    /// Query and verify the audit record.
+    Audit {
+        #[command(subcommand)]
+        cmd: crate::cli_audit::AuditCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant.
+    Create {
+        slug: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tenants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Create an API key and print it once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// issue, audit or admin (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a tenant's keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key; it stops authenticating at once on this database's brokers.
+    Revoke {
+        key_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failed command: message for stderr, and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub code: i32,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure {
+            message: e.to_string(),
+            code: 1,
+        }
+    }
+}
+
+pub type CmdResult = Result<(), Failure>;
+
+/// Prints a line to stdout (a closed pipe is not an error worth a panic).
+pub fn out(s: impl AsRef<str>) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{}", s.as_ref());
+}
+
+pub fn out_json(v: &impl serde::Serialize) {
+    out(serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub fn fmt_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+pub async fn store_for(settings: &Settings) -> Result<Store, Failure> {
+    Ok(open_store(settings).await?)
+}
+
+pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
+    match cli.command {
+        Command::Serve { dev } => serve(settings, dev).await,
+        Command::Migrate => {
+            let store = store_for(&settings).await?;
+            out(format!("migrations applied to {}", store.url_redacted()));
+            Ok(())
+        }
+        Command::Settings { json } => {
+            if json {
+                out_json(&json!({
+                    "listen": settings.listen.to_string(),
+                    "database_url": crate::store::redact_url(&settings.database_url),
+                    "data_dir": settings.data_dir,
+                    "log_filter": settings.log_filter,
+                    "body_limit": settings.body_limit,
+                    "audit_timeout_ms": settings.audit_timeout.as_millis() as u64,
+                    "audit_max_batch": settings.audit_max_batch,
+                    "key_cache": settings.key_cache,
+                    "hash_parallelism": settings.hash_parallelism,
+                    "workers": settings.workers,
+                }));
+            } else {
+                out(format!("{settings:#?}"));
+            }
+            Ok(())
+        }
+        Command::Tenant { cmd } => tenant(settings, cmd).await,
+        Command::Key { cmd } => key(settings, cmd).await,
+        Command::Policy { cmd } => crate::cli_policy::run(settings, cmd).await,
+        Command::Token { cmd } => crate::cli_token::run(settings, cmd).await,
+        Command::Audit { cmd } => crate::cli_audit::run(settings, cmd).await,
+    }
+}
+
+async fn serve(settings: Settings, dev: bool) -> CmdResult {
+    let store = open_store(&settings).await?;
+    if dev {
+        crate::dev::seed(&settings, &store).await?;
+    }
+    let app = Application::build_with_store(settings, store).await?;
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
+async fn tenant(settings: Settings, cmd: TenantCmd) -> CmdResult {
+    let store = store_for(&settings).await?;
+    let now = crate::clock::now_unix_ms();
+    match cmd {
+        TenantCmd::Create { slug, json } => {
+            admin::create_tenant(&store, &AuditSink::Direct(store.clone()), &slug, &Actor::Cli, now).await?;
+            if json {
+                out_json(&json!({"tenant": slug, "created_at_ms": now}));
+            } else {
+                out(format!("created tenant {slug}"));
+            }
+        }
+        TenantCmd::List { json } => {
+            let rows = store.list_tenants().await?;
+            if json {
+                let items: Vec<_> = rows.iter().map(|(t, c)| json!({"tenant": t, "created_at_ms": c})).collect();
+                out_json(&json!({ "items": items }));
+            } else {
+                for (t, c) in rows {
+                    out(format!("{t}\t{}", fmt_ms(c)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
+    let store = store_for(&settings).await?;
+    let sink = AuditSink::Direct(store.clone());
+    let now = crate::clock::now_unix_ms();
+    match cmd {
+        KeyCmd::Create { tenant, scopes, name, json } => {
+            let scopes = Scopes::parse(scopes.iter().flat_map(|s| s.split(',')))?;
+            let new = admin::create_key(&store, &sink, &tenant, scopes, name, &Actor::Cli, now).await?;
+            if json {
+                out_json(&json!({"key_id": new.row.key_id, "key": new.key, "tenant": tenant, "scopes": scopes.names()}));
+            } else {
+                out(format!("key id: {}\nscopes: {scopes}\n\n{}\n\nThis is the only time the key is shown. Present it as `Authorization: Bearer <key>`.", new.row.key_id, new.key));
+            }
+        }
+        KeyCmd::List { tenant, json } => {
+            let keys: Vec<admin::KeyInfo> = store.list_keys(&tenant).await?.into_iter().map(Into::into).collect();
+            if json {
+                out_json(&json!({ "items": keys }));
+            } else {
+                out("KEY ID            SCOPES              CREATED                   STATUS   NAME");
+                for k in keys {
+                    let status = if k.revoked_at_ms.is_some() { "revoked" } else { "active" };
+                    out(format!(
+                        "{:<17} {:<19} {:<25} {:<8} {}",
+                        k.key_id,
+                        k.scopes.join(","),
+                        fmt_ms(k.created_at_ms),
+                        status,
+                        k.name.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        KeyCmd::Revoke { key_id, json } => {
+            let tenant = admin::revoke_key(&store, &sink, &key_id, None, &Actor::Cli, now).await?;
+            if json {
+                out_json(&json!({"key_id": key_id, "tenant": tenant, "revoked": true}));
+            } else {
+                out(format!("revoked {key_id} (tenant {tenant})"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a file for a command, naming it in the error.
+pub fn read_file(path: &PathBuf) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| Failure {
+        message: format!("cannot read {}: {e}", path.display()),
+        code: 2,
+    })
+}

@@ -1,0 +1,314 @@
+//! `token-broker audit …`: query the record, verify the hash chains, print
+//! checkpoints.
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::audit::chain::{self, ChainFault, Verifier};
+use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
+use crate::routes::audit::{AuditParams, encode_cursor};
+use crate::settings::Settings;
+use crate::store::Store;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Query a tenant's audit rows, newest first.
+    Query {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        filters: QueryArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute the hash chains and report the first bad row.
+    Verify {
+        /// Only this tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A checkpoint printed earlier by `audit checkpoint --json` (file path or
+        /// the JSON itself): also detects truncation of the tail.
+        #[arg(long)]
+        checkpoint: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print each chain's head (tenant, count, hash) to keep outside the database.
+    Checkpoint {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct QueryArgs {
+    #[arg(long)]
+    pub kind: Option<String>,
+    #[arg(long)]
+    pub role: Option<String>,
+    #[arg(long)]
+    pub outcome: Option<String>,
+    #[arg(long)]
+    pub code: Option<String>,
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub session_id: Option<String>,
+    #[arg(long)]
+    pub rule: Option<String>,
+    #[arg(long)]
+    pub policy_version: Option<i64>,
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// RFC 3339 or unix seconds.
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long)]
+    pub token_id: Option<String>,
+    /// A token to trace back (looked up by fingerprint).
+    #[arg(long)]
+    pub token: Option<String>,
+    #[arg(long)]
+    pub cursor: Option<String>,
+    #[arg(long)]
+    pub limit: Option<i64>,
+}
+
+impl QueryArgs {
+    pub fn params(&self) -> AuditParams {
+        AuditParams {
+            kind: self.kind.clone(),
+            role: self.role.clone(),
+            outcome: self.outcome.clone(),
+            code: self.code.clone(),
+            user: self.user.clone(),
+            session_id: self.session_id.clone(),
+            rule: self.rule.clone(),
+            policy_version: self.policy_version,
+            key_id: self.key_id.clone(),
+            since: self.since.clone(),
+            until: self.until.clone(),
+            token_id: self.token_id.clone(),
+            token: self.token.clone(),
+            cursor: self.cursor.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
+/// One tenant's verification result.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantVerify {
+    pub tenant: String,
+    pub ok: bool,
+    pub rows: u64,
+    pub head_seq: i64,
+    pub head_hash: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<ChainFault>,
+}
+
+/// A stored checkpoint: `{"tenant": …, "count": …, "hash": …}` (or a list of them).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub tenant: String,
+    pub count: i64,
+    pub hash: String,
+}
+
+/// Verifies one tenant's chain from genesis against its stored head and an
+/// optional external checkpoint.
+pub async fn verify_tenant(store: &Store, tenant: &str, checkpoint: Option<&Checkpoint>) -> Result<TenantVerify, Failure> {
+    let mut v = Verifier::new(0, chain::GENESIS);
+    let mut fault: Option<ChainFault> = None;
+    let mut seen_at_checkpoint: Option<String> = None;
+    // Read the head first: rows committed after it (a running broker) are left
+    // for the next verification instead of racing with it.
+    let head = store.audit_head(tenant).await?;
+    let head_seq = head.as_ref().map(|h| h.seq).unwrap_or(0);
+    store
+        .scan_audit(tenant, 0, |row| {
+            if row.seq > head_seq {
+                return false;
+            }
+            if let Err(f) = v.push(&row) {
+                fault = Some(f);
+                return false;
+            }
+            if let Some(cp) = checkpoint
+                && row.seq == cp.count
+            {
+                seen_at_checkpoint = Some(row.hash.clone());
+            }
+            true
+        })
+        .await?;
+    if fault.is_none() {
+        let (hs, hh) = head.as_ref().map(|h| (h.seq, h.hash.clone())).unwrap_or((0, chain::GENESIS.to_owned()));
+        if hs != v.expected_seq - 1 || hh != v.head_hash {
+            fault = Some(ChainFault {
+                audit_id: String::new(),
+                seq: v.expected_seq - 1,
+                problem: "head_mismatch",
+                message: format!(
+                    "the rows end at seq {} but the stored head says seq {hs}: rows at the end were removed (or the head was edited)",
+                    v.expected_seq - 1
+                ),
+            });
+        }
+    }
+    if fault.is_none()
+        && let Some(cp) = checkpoint
+    {
+        match &seen_at_checkpoint {
+            Some(h) if *h == cp.hash => {}
+            Some(_) => {
+                fault = Some(ChainFault {
+                    audit_id: String::new(),
+                    seq: cp.count,
+                    problem: "modified",
+                    message: format!("row {} does not carry the checkpoint's hash: the chain was rewritten", cp.count),
+                });
+            }
+            None => {
+                fault = Some(ChainFault {
+                    audit_id: String::new(),
+                    seq: cp.count,
+                    problem: "truncated",
+                    message: format!(
+                        "the checkpoint names row {} but the chain has only {} rows: the tail was truncated",
+                        cp.count,
+                        v.expected_seq - 1
+                    ),
+                });
+            }
+        }
+    }
+    Ok(TenantVerify {
+        tenant: tenant.to_owned(),
+        ok: fault.is_none(),
+        rows: v.rows,
+        head_seq: v.expected_seq - 1,
+        head_hash: v.head_hash,
+        fault,
+    })
+}
+
+fn parse_checkpoints(arg: &str) -> Result<Vec<Checkpoint>, Failure> {
+    let text = if arg.trim_start().starts_with(['{', '[']) {
+        arg.to_owned()
+    } else {
+        std::fs::read_to_string(arg).map_err(|e| Failure { message: format!("cannot read checkpoint {arg}: {e}"), code: 2 })?
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure { message: format!("checkpoint is not JSON: {e}"), code: 2 })?;
+    let list = match v.get("checkpoints") {
+        Some(l) => l.clone(),
+        None => v,
+    };
+    let list = if list.is_array() { list } else { serde_json::Value::Array(vec![list]) };
+    serde_json::from_value(list).map_err(|e| Failure { message: format!("checkpoint must have tenant, count and hash: {e}"), code: 2 })
+}
+
+pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
+    let store = store_for(&settings).await?;
+    match cmd {
+        AuditCmd::Query { tenant, filters, json } => {
+            let f = filters.params().to_filter(&tenant).map_err(|e| Failure { message: e.body.message, code: 2 })?;
+            let rows = store.query_audit(&f).await?;
+            let next = (rows.len() as i64 == f.limit).then(|| rows.last().map(|r| encode_cursor(r.seq))).flatten();
+            if json {
+                out_json(&json!({"items": rows, "next": next}));
+            } else {
+                out("TIME                      KIND           OUTCOME  USER             ROLE           SESSION                    RULE            V   CODE");
+                for r in &rows {
+                    let sid = r.session_id.clone().unwrap_or_default();
+                    let sid: String = if sid.len() > 26 { format!("{}…", &sid[..25]) } else { sid };
+                    out(format!(
+                        "{:<25} {:<14} {:<8} {:<16} {:<14} {:<26} {:<15} {:<3} {}",
+                        fmt_ms(r.at_ms),
+                        r.kind,
+                        r.outcome,
+                        r.user_id.clone().unwrap_or_default(),
+                        r.granted_role.clone().or(r.requested_role.clone()).unwrap_or_default(),
+                        sid,
+                        r.rule.clone().unwrap_or_default(),
+                        r.policy_version.map(|v| v.to_string()).unwrap_or_default(),
+                        r.code.clone().unwrap_or_default()
+                    ));
+                }
+                if let Some(n) = next {
+                    out(format!("more: --cursor {n}"));
+                }
+            }
+            Ok(())
+        }
+        AuditCmd::Verify { tenant, checkpoint, json } => {
+            let cps = match &checkpoint {
+                Some(c) => parse_checkpoints(c)?,
+                None => Vec::new(),
+            };
+            let tenants: Vec<String> = match tenant {
+                Some(t) => vec![t],
+                None => {
+                    let mut t: Vec<String> = store.audit_heads().await?.into_iter().map(|h| h.tenant).collect();
+                    for cp in &cps {
+                        if !t.contains(&cp.tenant) {
+                            t.push(cp.tenant.clone());
+                        }
+                    }
+                    t
+                }
+            };
+            let mut results = Vec::new();
+            for t in &tenants {
+                let cp = cps.iter().find(|c| &c.tenant == t);
+                results.push(verify_tenant(&store, t, cp).await?);
+            }
+            let ok = results.iter().all(|r| r.ok);
+            let rows: u64 = results.iter().map(|r| r.rows).sum();
+            if json {
+                out_json(&json!({"ok": ok, "rows": rows, "tenants": results}));
+            } else {
+                for r in &results {
+                    match &r.fault {
+                        None => out(format!("{}: ok, {} rows verified, head seq {} hash {}", r.tenant, r.rows, r.head_seq, r.head_hash)),
+                        Some(f) => out(format!(
+                            "{}: FAILED at seq {}{}: {} ({})",
+                            r.tenant,
+                            f.seq,
+                            if f.audit_id.is_empty() { String::new() } else { format!(" audit id {}", f.audit_id) },
+                            f.message,
+                            f.problem
+                        )),
+                    }
+                }
+            }
+            if !ok {
+                return Err(Failure { message: "audit chain verification failed".into(), code: 1 });
+            }
+            Ok(())
+        }
+        AuditCmd::Checkpoint { tenant, json } => {
+            let heads: Vec<Checkpoint> = store
+                .audit_heads()
+                .await?
+                .into_iter()
+                .filter(|h| tenant.as_ref().is_none_or(|t| *t == h.tenant))
+                .map(|h| Checkpoint { tenant: h.tenant, count: h.seq, hash: h.hash })
+                .collect();
+            if json {
+                out_json(&json!({ "checkpoints": heads }));
+            } else {
+                for h in heads {
+                    out(format!("{}\t{}\t{}", h.tenant, h.count, h.hash));
+                }
+            }
+            Ok(())
+        }
+    }
+}

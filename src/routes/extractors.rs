@@ -1,0 +1,89 @@
+//! Authentication in handler signatures: a handler that takes `ApiKey` only
+//! runs for a valid, unrevoked tenant API key; it then checks the scope it
+//! needs with `require`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
+
+use super::error::ApiError;
+use crate::auth::{AuthError, Principal, Scopes};
+use crate::state::AppState;
+
+/// A request authenticated by a tenant API key (`Authorization: Bearer tkb_…`).
+#[derive(Debug, Clone)]
+pub struct ApiKey(pub Arc<Principal>);
+
+impl ApiKey {
+    /// 403 `insufficient_scope` unless the key has `scope`.
+    pub fn require(&self, scope: Scopes) -> Result<&Principal, ApiError> {
+        if self.0.scopes.contains(scope) {
+            Ok(&self.0)
+        } else {
+            Err(ApiError::forbidden(
+                "insufficient_scope",
+                format!("this API key lacks the {} scope", scope),
+            ))
+        }
+    }
+
+    /// Like `require`, but any one of `scopes` is enough.
+    pub fn require_any(&self, scopes: &[Scopes]) -> Result<&Principal, ApiError> {
+        if scopes.iter().any(|s| self.0.scopes.contains(*s)) {
+            Ok(&self.0)
+        } else {
+            let names: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+            Err(ApiError::forbidden(
+                "insufficient_scope",
+                format!("this API key needs one of the scopes: {}", names.join(", ")),
+            ))
+        }
+    }
+}
+
+/// The bearer credential of a request, if any.
+pub fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
+    let h = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("unauthenticated", "an Authorization: Bearer header is required"))?;
+    let v = h
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("invalid_credentials", "malformed Authorization header"))?;
+    let token = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .ok_or_else(|| ApiError::unauthorized("invalid_credentials", "the Authorization scheme must be Bearer"))?;
+    Ok(token.trim())
+}
+
+pub fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::Missing => ApiError::unauthorized("unauthenticated", "an API key is required"),
+        AuthError::Malformed | AuthError::Invalid => {
+            tracing::info!(target: "broker::security", "API key authentication failed");
+            ApiError::unauthorized("invalid_credentials", "the API key is malformed, unknown or revoked")
+        }
+        AuthError::Unavailable(e) => e.into(),
+    }
+}
+
+impl FromRequest for ApiKey {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<ApiKey, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .ok_or_else(|| ApiError::internal("AppState missing"))?
+                .clone();
+            let presented = bearer(&req)?;
+            let p = state.auth.authenticate(presented).await.map_err(auth_error)?;
+            Ok(ApiKey(p))
+        })
+    }
+}

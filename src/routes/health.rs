@@ -1,0 +1,35 @@
+//! `GET /healthz` (the process is alive) and `GET /readyz` (the database is
+//! reachable and migrated, the audit writer is committing, and every tenant's
+//! policy and credentials load; 503 otherwise).
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::state::AppState;
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let db = match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ready()).await {
+        Ok(Ok(true)) => "ok",
+        Ok(Ok(false)) => "not_migrated",
+        Ok(Err(_)) => "unreachable",
+        Err(_) => "timeout",
+    };
+    let audit = if state.audit.health.failing() { "failing" } else { "ok" };
+    let problems = state.problems();
+    let ready = db == "ok" && audit == "ok";
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "database": db,
+        "audit": audit,
+        "problems": problems,
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

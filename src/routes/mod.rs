@@ -1,0 +1,67 @@
+//! The HTTP API: the whole route table is `configure` below. Handlers parse,
+//! call one operation (`crate::broker`, `crate::admin`, the store), and map
+//! the result; every failure is an `error::ApiError`.
+
+pub mod audit;
+pub mod error;
+pub mod extractors;
+pub mod health;
+pub mod json;
+pub mod keys;
+pub mod policy;
+pub mod sessions;
+pub mod tokens;
+
+use actix_web::{HttpResponse, web};
+
+use error::ApiError;
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found("route_not_found", "no such route"))
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    ))
+}
+
+/// A resource whose unmatched methods get 405 in the API error shape.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// Registers every route, the extractor error handlers and the 404 fallback.
+pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
+    cfg.app_data(web::Data::new(json::BodyLimit(body_limit)))
+    .app_data(web::QueryConfig::default().error_handler(|e, _| error::query_error(e).into()))
+    .app_data(web::PathConfig::default().error_handler(|e, _| error::path_error(e).into()))
+    .service(resource("/healthz").route(web::get().to(health::healthz)))
+    .service(resource("/readyz").route(web::get().to(health::readyz)))
+    .service(resource("/v1/whoami").route(web::get().to(keys::whoami)))
+    .service(resource("/v1/tokens").route(web::post().to(tokens::issue)))
+    .service(resource("/v1/decide").route(web::post().to(tokens::decide)))
+    .service(
+        resource("/v1/sessions/{session_id}")
+            .route(web::put().to(sessions::put))
+            .route(web::get().to(sessions::get)),
+    )
+    .service(
+        resource("/v1/keys")
+            .route(web::get().to(keys::list))
+            .route(web::post().to(keys::create)),
+    )
+    .service(resource("/v1/keys/{key_id}").route(web::delete().to(keys::revoke)))
+    .service(
+        resource("/v1/policy")
+            .route(web::get().to(policy::current))
+            .route(web::post().to(policy::apply)),
+    )
+    .service(resource("/v1/policy/versions").route(web::get().to(policy::history)))
+    .service(resource("/v1/policy/versions/{version}").route(web::get().to(policy::version)))
+    .service(resource("/v1/policy/rollback").route(web::post().to(policy::rollback)))
+    .service(resource("/v1/audit").route(web::get().to(audit::query)))
+    .default_service(web::to(not_found));
+}

@@ -1,0 +1,136 @@
+//! Policy management for a tenant's `admin` keys, confined to their tenant:
+//! `GET /v1/policy` (the version in force), `GET /v1/policy/versions`,
+//! `GET /v1/policy/versions/{n}`, `POST /v1/policy` (apply, or `dry_run`),
+//! `POST /v1/policy/rollback` (re-apply an old version as a new one).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::json::Json;
+use super::extractors::ApiKey;
+use super::keys::{actor, admin_error};
+use crate::admin::{self, AuditSink};
+use crate::auth::Scopes;
+use crate::state::AppState;
+use crate::store::PolicyVersionRow;
+
+#[derive(Debug, Serialize)]
+pub struct VersionView {
+    pub tenant: String,
+    pub version: i64,
+    pub source_name: String,
+    pub sha256: String,
+    pub applied_by: String,
+    pub applied_at_ms: i64,
+    pub note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl VersionView {
+    pub fn of(r: PolicyVersionRow, with_source: bool) -> VersionView {
+        VersionView {
+            tenant: r.tenant,
+            version: r.version,
+            source_name: r.source_name,
+            sha256: r.sha256,
+            applied_by: r.applied_by,
+            applied_at_ms: r.applied_at_ms,
+            note: r.note,
+            source: with_source.then_some(r.source),
+        }
+    }
+}
+
+pub async fn current(state: web::Data<AppState>, key: ApiKey) -> Result<HttpResponse, ApiError> {
+    let p = key.require(Scopes::ADMIN)?;
+    match state.store.current_policy(&p.tenant).await? {
+        Some(r) => Ok(HttpResponse::Ok().json(VersionView::of(r, true))),
+        None => Err(ApiError::not_found("no_policy", "this tenant has no policy applied yet")),
+    }
+}
+
+pub async fn history(state: web::Data<AppState>, key: ApiKey) -> Result<HttpResponse, ApiError> {
+    let p = key.require(Scopes::ADMIN)?;
+    let items: Vec<VersionView> = state
+        .store
+        .policy_history(&p.tenant)
+        .await?
+        .into_iter()
+        .map(|r| VersionView::of(r, false))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+pub async fn version(state: web::Data<AppState>, key: ApiKey, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    let p = key.require(Scopes::ADMIN)?;
+    let v = path.into_inner();
+    match state.store.policy_version(&p.tenant, v).await? {
+        Some(r) => Ok(HttpResponse::Ok().json(VersionView::of(r, true))),
+        None => Err(ApiError::not_found("not_found", format!("no policy version {v}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyBody {
+    /// The policy file's TOML text.
+    pub source: String,
+    /// Its file name, for error locations and history (default `<tenant>.toml`).
+    pub source_name: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+pub async fn apply(
+    state: web::Data<AppState>,
+    key: ApiKey,
+    req: HttpRequest,
+    body: Json<ApplyBody>,
+) -> Result<HttpResponse, ApiError> {
+    let p = key.require(Scopes::ADMIN)?;
+    let name = body.source_name.clone().unwrap_or_else(|| format!("{}.toml", p.tenant));
+    let sink = AuditSink::Writer(state.audit.clone());
+    let out = admin::apply_policy(
+        &state.store,
+        &sink,
+        &name,
+        &body.source,
+        Some(&p.tenant),
+        body.dry_run,
+        &actor(&req, &p.key_id),
+        None,
+        crate::clock::now_unix_ms(),
+    )
+    .await
+    .map_err(admin_error)?;
+    if out.version.is_some() {
+        state.reload_policy(&p.tenant).await?;
+    }
+    Ok(HttpResponse::Ok().json(out))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    pub to: i64,
+}
+
+pub async fn rollback(
+    state: web::Data<AppState>,
+    key: ApiKey,
+    req: HttpRequest,
+    body: Json<RollbackBody>,
+) -> Result<HttpResponse, ApiError> {
+    let p = key.require(Scopes::ADMIN)?;
+    let sink = AuditSink::Writer(state.audit.clone());
+    let out = admin::rollback_policy(&state.store, &sink, &p.tenant, body.to, &actor(&req, &p.key_id), crate::clock::now_unix_ms())
+        .await
+        .map_err(admin_error)?;
+    if out.version.is_some() {
+        state.reload_policy(&p.tenant).await?;
+    }
+    Ok(HttpResponse::Ok().json(out))
+}

@@ -1,0 +1,119 @@
+//! `PUT /v1/sessions/{session_id}` and `GET /v1/sessions/{session_id}` (issue
+//! scope): the session's owner and labels, which policy rules match on.
+//! Idempotent; the session must belong to one of the tenant's credentials.
+
+use std::collections::BTreeMap;
+
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::json::Json;
+use super::extractors::ApiKey;
+use crate::auth::Scopes;
+use crate::state::AppState;
+
+const MAX_LABELS: usize = 32;
+const MAX_LABEL_KEY: usize = 64;
+const MAX_LABEL_VALUE: usize = 256;
+const MAX_OWNER: usize = 256;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionBody {
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+struct SessionView<'a> {
+    session_id: &'a str,
+    owner: Option<&'a str>,
+    labels: &'a BTreeMap<String, String>,
+    registered: bool,
+}
+
+fn validate(body: &SessionBody) -> Result<(), ApiError> {
+    if let Some(o) = &body.owner
+        && (o.is_empty() || o.len() > MAX_OWNER || o.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad("invalid_owner", "owner", format!("owner must be 1-{MAX_OWNER} bytes without control characters")));
+    }
+    if body.labels.len() > MAX_LABELS {
+        return Err(ApiError::bad("too_many_labels", "labels", format!("at most {MAX_LABELS} labels")));
+    }
+    for (k, v) in &body.labels {
+        let key_ok = !k.is_empty()
+            && k.len() <= MAX_LABEL_KEY
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b));
+        if !key_ok {
+            return Err(ApiError::bad(
+                "invalid_label",
+                format!("labels.{}", k.chars().take(MAX_LABEL_KEY).collect::<String>()),
+                format!("label keys are 1-{MAX_LABEL_KEY} of A-Z a-z 0-9 _ . - /"),
+            ));
+        }
+        if v.len() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
+            return Err(ApiError::bad(
+                "invalid_label",
+                format!("labels.{k}"),
+                format!("label values are at most {MAX_LABEL_VALUE} bytes without control characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn owned_session(state: &AppState, tenant: &str, session_id: &str) -> Result<(), ApiError> {
+    let owner = crate::tokens::session_owner(session_id)
+        .map_err(|e| ApiError::bad(e.code(), "session_id", e.to_string()))?;
+    let rt = state
+        .tenant(tenant)
+        .ok_or_else(|| ApiError::forbidden("no_policy", "this tenant has no policy applied yet"))?;
+    if rt.credential_for(&owner).is_none() {
+        return Err(ApiError::forbidden("session_not_owned", "the session belongs to none of this tenant's credentials").field("session_id"));
+    }
+    Ok(())
+}
+
+pub async fn put(
+    state: web::Data<AppState>,
+    key: ApiKey,
+    path: web::Path<String>,
+    body: Json<SessionBody>,
+) -> Result<HttpResponse, ApiError> {
+    let p = key.require(Scopes::ISSUE)?;
+    let session_id = path.into_inner();
+    owned_session(&state, &p.tenant, &session_id)?;
+    validate(&body)?;
+    let labels = serde_json::to_string(&body.labels).map_err(ApiError::internal)?;
+    state
+        .store
+        .put_session(&p.tenant, &session_id, body.owner.as_deref(), &labels, crate::clock::now_unix_ms())
+        .await?;
+    state.forget_session(&p.tenant, &session_id);
+    Ok(HttpResponse::Ok().json(SessionView {
+        session_id: &session_id,
+        owner: body.owner.as_deref(),
+        labels: &body.labels,
+        registered: true,
+    }))
+}
+
+pub async fn get(state: web::Data<AppState>, key: ApiKey, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let p = key.require(Scopes::ISSUE)?;
+    let session_id = path.into_inner();
+    match state.store.get_session(&p.tenant, &session_id).await? {
+        Some(row) => {
+            let labels: BTreeMap<String, String> = serde_json::from_str(&row.labels).unwrap_or_default();
+            Ok(HttpResponse::Ok().json(SessionView {
+                session_id: &session_id,
+                owner: row.owner.as_deref(),
+                labels: &labels,
+                registered: true,
+            }))
+        }
+        None => Err(ApiError::not_found("session_not_registered", "this session is not registered")),
+    }
+}

@@ -1,0 +1,70 @@
+//! `POST /v1/tokens` (issue scope): decide, stamp, sign, audit, answer 201.
+//! `POST /v1/decide` (issue scope): the same decision, no token, no audit row.
+//!
+//! Errors: 400 (bad field; `field` names it), 401, 403 (`policy_denied`,
+//! `no_matching_rule`, `role_not_allowed`, `session_not_owned`, `no_policy`,
+//! `insufficient_scope`), 503 (`audit_unavailable`, `credential_unavailable`).
+
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, http::header, web};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::json::Json;
+use super::extractors::ApiKey;
+use crate::auth::Scopes;
+use crate::broker::{self, Caller, Mode, TokenRequest};
+use crate::state::AppState;
+
+pub fn caller_from(req: &HttpRequest, tenant: &str, key_id: Option<&str>) -> Caller {
+    Caller {
+        tenant: tenant.to_owned(),
+        key_id: key_id.map(str::to_owned),
+        idp: None,
+        identity: None,
+        client_addr: req.peer_addr().map(|a| a.ip().to_string()),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(256).collect()),
+        request_id: req
+            .extensions()
+            .get::<tracing_actix_web::RequestId>()
+            .map(|r| r.to_string()),
+    }
+}
+
+pub async fn issue(
+    state: web::Data<AppState>,
+    key: ApiKey,
+    req: HttpRequest,
+    body: Json<TokenRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let p = key.require(Scopes::ISSUE)?;
+    let caller = caller_from(&req, &p.tenant, Some(&p.key_id));
+    let out = broker::handle(&state, &caller, &body, Mode::Issue, crate::clock::now_unix_ms()).await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(out))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecideQuery {
+    #[serde(default)]
+    pub explain: bool,
+}
+
+pub async fn decide(
+    state: web::Data<AppState>,
+    key: ApiKey,
+    req: HttpRequest,
+    q: web::Query<DecideQuery>,
+    body: Json<TokenRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let p = key.require(Scopes::ISSUE)?;
+    let caller = caller_from(&req, &p.tenant, Some(&p.key_id));
+    let mode = Mode::Decide { explain: q.explain };
+    let out = broker::handle(&state, &caller, &body, mode, crate::clock::now_unix_ms()).await?;
+    Ok(HttpResponse::Ok().json(out))
+}

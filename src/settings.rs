@@ -1,0 +1,198 @@
+//! Settings, from (highest first) command-line flags, environment variables,
+//! an optional TOML config file, then built-in defaults.
+//!
+//! | setting | flag | environment | config key | default |
+//! |---|---|---|---|---|
+//! | listen address | `--listen` | `TOKEN_BROKER_LISTEN` | `listen` | `127.0.0.1:8080` |
+//! | database | `--database-url` | `TOKEN_BROKER_DATABASE_URL` | `database_url` | `sqlite://<data dir>/token-broker.db` |
+//! | data directory | `--data-dir` | `TOKEN_BROKER_DATA_DIR` | `data_dir` | `./data` |
+//! | config file | `--config` | `TOKEN_BROKER_CONFIG` | — | none |
+//! | log format | `--log-format` | `TOKEN_BROKER_LOG_FORMAT` | `log_format` | `text` (or `json`) |
+//! | log filter | — | `TOKEN_BROKER_LOG`, else `RUST_LOG` | `log` | `info` |
+//! | request body limit | `--body-limit` | `TOKEN_BROKER_BODY_LIMIT` | `body_limit` | 16384 bytes |
+//! | audit commit timeout | `--audit-timeout-ms` | `TOKEN_BROKER_AUDIT_TIMEOUT_MS` | `audit_timeout_ms` | 2000 |
+//! | audit batch size | `--audit-max-batch` | `TOKEN_BROKER_AUDIT_MAX_BATCH` | `audit_max_batch` | 512 |
+//! | cached API keys | `--key-cache` | `TOKEN_BROKER_KEY_CACHE` | `key_cache` | 10000 |
+//! | parallel argon2 checks | `--hash-parallelism` | `TOKEN_BROKER_HASH_PARALLELISM` | `hash_parallelism` | 2 |
+//! | HTTP workers | `--workers` | `TOKEN_BROKER_WORKERS` | `workers` | CPUs available |
+//!
+//! The database URL may carry a password: it is redacted wherever settings are
+//! printed (`Debug`, `token-broker settings`, start-up logs).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::redact_url;
+
+/// Flags (each also read from its environment variable by clap).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SettingsArgs {
+    /// Config file (TOML) with any of the settings below.
+    #[arg(long, env = "TOKEN_BROKER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(long, env = "TOKEN_BROKER_DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory for the embedded SQLite database (created if missing).
+    #[arg(long, env = "TOKEN_BROKER_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on (host:port).
+    #[arg(long, env = "TOKEN_BROKER_LISTEN", global = true)]
+    pub listen: Option<SocketAddr>,
+    /// Log format: text or json.
+    #[arg(long, env = "TOKEN_BROKER_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "TOKEN_BROKER_BODY_LIMIT", global = true)]
+    pub body_limit: Option<usize>,
+    /// How long a request waits for its audit row's commit before failing (ms).
+    #[arg(long, env = "TOKEN_BROKER_AUDIT_TIMEOUT_MS", global = true)]
+    pub audit_timeout_ms: Option<u64>,
+    /// Most audit rows committed in one transaction.
+    #[arg(long, env = "TOKEN_BROKER_AUDIT_MAX_BATCH", global = true)]
+    pub audit_max_batch: Option<usize>,
+    /// Number of verified API keys kept in memory.
+    #[arg(long, env = "TOKEN_BROKER_KEY_CACHE", global = true)]
+    pub key_cache: Option<usize>,
+    /// argon2 verifications allowed to run at once.
+    #[arg(long, env = "TOKEN_BROKER_HASH_PARALLELISM", global = true)]
+    pub hash_parallelism: Option<usize>,
+    /// HTTP worker threads.
+    #[arg(long, env = "TOKEN_BROKER_WORKERS", global = true)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The config file: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    database_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+    log: Option<String>,
+    body_limit: Option<usize>,
+    audit_timeout_ms: Option<u64>,
+    audit_max_batch: Option<usize>,
+    key_cache: Option<usize>,
+    hash_parallelism: Option<usize>,
+    workers: Option<usize>,
+}
+
+/// Effective settings.
+#[derive(Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub body_limit: usize,
+    pub audit_timeout: Duration,
+    pub audit_max_batch: usize,
+    pub key_cache: usize,
+    pub hash_parallelism: usize,
+    pub workers: usize,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("data_dir", &self.data_dir)
+            .field("log_format", &self.log_format)
+            .field("log_filter", &self.log_filter)
+            .field("body_limit", &self.body_limit)
+            .field("audit_timeout", &self.audit_timeout)
+            .field("audit_max_batch", &self.audit_max_batch)
+            .field("key_cache", &self.key_cache)
+            .field("hash_parallelism", &self.hash_parallelism)
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Resolves flags/environment over the config file over defaults.
+    pub fn resolve(args: &SettingsArgs) -> anyhow::Result<Settings> {
+        let file: FileSettings = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
+            }
+            None => FileSettings::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data"));
+        let database_url = args
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .unwrap_or_else(|| default_sqlite_url(&data_dir));
+        let log_filter = std::env::var("TOKEN_BROKER_LOG")
+            .or_else(|_| std::env::var("RUST_LOG"))
+            .ok()
+            .or(file.log)
+            .unwrap_or_else(|| "info".into());
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        Ok(Settings {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            database_url,
+            data_dir,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            log_filter,
+            body_limit: args.body_limit.or(file.body_limit).unwrap_or(16 * 1024),
+            audit_timeout: Duration::from_millis(
+                args.audit_timeout_ms.or(file.audit_timeout_ms).unwrap_or(2000),
+            ),
+            audit_max_batch: args.audit_max_batch.or(file.audit_max_batch).unwrap_or(512),
+            key_cache: args.key_cache.or(file.key_cache).unwrap_or(10_000),
+            hash_parallelism: args.hash_parallelism.or(file.hash_parallelism).unwrap_or(2),
+            workers: args.workers.or(file.workers).unwrap_or(cpus).max(1),
+        })
+    }
+
+    /// Settings for tests and embedding: defaults plus a database URL.
+    pub fn for_database(database_url: &str) -> Settings {
+        let mut s = Settings::resolve(&SettingsArgs::default()).unwrap_or_else(|_| unreachable!());
+        s.database_url = database_url.to_owned();
+        s.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        s.workers = 2;
+        s
+    }
+
+    /// Creates the data directory when the database is the embedded SQLite file in it.
+    pub fn ensure_data_dir(&self) -> std::io::Result<()> {
+        if self.database_url == default_sqlite_url(&self.data_dir) {
+            std::fs::create_dir_all(&self.data_dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn default_sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("token-broker.db").display())
+}

@@ -1,0 +1,121 @@
+//! Building and running the application: connect and migrate the store, start
+//! the audit writer and the change poller, load every tenant's policy, bind the
+//! listener (port 0 works, for tests) and serve until SIGINT/SIGTERM. On a
+//! signal, in-flight requests finish, then the audit writer drains its queue.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use tokio::task::JoinHandle;
+use tracing_actix_web::TracingLogger;
+
+use crate::audit::{AuditWriter, WriterConfig};
+use crate::routes;
+use crate::settings::Settings;
+use crate::state::AppState;
+use crate::store::Store;
+
+/// How often each instance reads the change feed (revocations, policy applies,
+/// session registrations reach every instance within about this long).
+pub const CHANGE_POLL: Duration = Duration::from_millis(250);
+
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    state: web::Data<AppState>,
+    writer_task: JoinHandle<()>,
+    poller: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("port", &self.port).finish()
+    }
+}
+
+/// Connects to the configured database and applies migrations.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    settings.ensure_data_dir()?;
+    let store = Store::connect(&settings.database_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", crate::store::redact_url(&settings.database_url)))?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let store = open_store(&settings).await?;
+        Application::build_with_store(settings, store).await
+    }
+
+    pub async fn build_with_store(settings: Settings, store: Store) -> anyhow::Result<Application> {
+        let (writer, writer_task) = AuditWriter::spawn(
+            store.clone(),
+            WriterConfig {
+                max_batch: settings.audit_max_batch,
+                timeout: settings.audit_timeout,
+                ..WriterConfig::default()
+            },
+        );
+        let state = web::Data::new(AppState::new(settings.clone(), store, writer));
+        state.load_all_policies().await?;
+        for p in state.problems() {
+            tracing::warn!(problem = %p, "not fully ready");
+        }
+        let listener = TcpListener::bind(settings.listen)?;
+        let port = listener.local_addr()?.port();
+        let limit = settings.body_limit;
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(TracingLogger::default())
+                .app_data(app_state.clone())
+                .configure(|c| routes::configure(c, limit))
+        })
+        .workers(settings.workers)
+        .shutdown_timeout(10)
+        .listen(listener)?
+        .run();
+        let poller = tokio::spawn(Arc::clone(&state).follow_changes(CHANGE_POLL));
+        tracing::info!(listen = %settings.listen.ip(), port, database = %state.store.url_redacted(), "token-broker listening");
+        Ok(Application {
+            port,
+            server,
+            state,
+            writer_task,
+            poller,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Handle to stop the server (tests; signals do the same in production).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped, then drains the audit writer and closes the store.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.poller.abort();
+        let _ = self.poller.await;
+        let store = self.state.store.clone();
+        // Dropping the last handle to the writer lets it commit what is queued and stop.
+        drop(self.state);
+        if tokio::time::timeout(Duration::from_secs(10), self.writer_task).await.is_err() {
+            tracing::error!("audit writer did not drain within 10 s");
+        }
+        store.close().await;
+        tracing::info!("token-broker stopped");
+        result
+    }
+}

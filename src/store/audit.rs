@@ -1,0 +1,228 @@
+//! Audit rows: the group-commit append, the filtered keyset query and the
+//! ordered scan that `audit verify` streams.
+
+use std::collections::HashMap;
+
+use futures_util::TryStreamExt;
+use sqlx::QueryBuilder;
+
+use super::{Db, Store, StoreError, StoreResult, with_pool};
+pub use crate::audit::AuditRow;
+use crate::audit::{COLUMNS, chain};
+
+/// A tenant's chain head as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct HeadRow {
+    pub tenant: String,
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// Filters of the audit query (all optional; `tenant` is always set by the caller
+/// from the authenticated principal, never from the request).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub tenant: String,
+    pub kind: Option<String>,
+    pub role: Option<String>,
+    pub outcome: Option<String>,
+    pub code: Option<String>,
+    pub user: Option<String>,
+    pub session_id: Option<String>,
+    pub rule: Option<String>,
+    pub policy_version: Option<i64>,
+    pub key_id: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub token_id: Option<String>,
+    pub token_sha256: Option<String>,
+    /// Keyset cursor: only rows with `seq` below this.
+    pub before_seq: Option<i64>,
+    pub limit: i64,
+}
+
+const MAX_CAS_RETRIES: usize = 8;
+
+impl Store {
+    /// Seals `rows` into their tenants' chains and commits them in one
+    /// transaction. `heads` is the caller's cache of chain heads; it is refreshed
+    /// from the database when another writer (a second instance, the CLI) moved a
+    /// head, and the batch is then resealed and retried.
+    pub async fn append_audit(
+        &self,
+        rows: &mut [AuditRow],
+        heads: &mut HashMap<String, (i64, String)>,
+    ) -> StoreResult<()> {
+        for _ in 0..MAX_CAS_RETRIES {
+            let missing: Vec<String> = {
+                let mut m: Vec<String> = rows
+                    .iter()
+                    .filter(|r| !heads.contains_key(&r.tenant))
+                    .map(|r| r.tenant.clone())
+                    .collect();
+                m.sort();
+                m.dedup();
+                m
+            };
+            for t in missing {
+                let h = self.audit_head(&t).await?;
+                heads.insert(t, h.map(|h| (h.seq, h.hash)).unwrap_or((0, chain::GENESIS.to_owned())));
+            }
+            // Seal in order; remember each tenant's old and new head.
+            let mut moves: HashMap<String, ((i64, String), (i64, String))> = HashMap::new();
+            for r in rows.iter_mut() {
+                let cur = heads.get(&r.tenant).cloned().unwrap_or((0, chain::GENESIS.to_owned()));
+                let new = chain::seal(r, cur.0, &cur.1);
+                moves
+                    .entry(r.tenant.clone())
+                    .and_modify(|m| m.1 = new.clone())
+                    .or_insert((cur, new.clone()));
+                heads.insert(r.tenant.clone(), new);
+            }
+            match self.commit_sealed(rows, &moves).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict(_)) => {
+                    // Someone else advanced a head: forget ours and reseal.
+                    for t in moves.keys() {
+                        heads.remove(t);
+                    }
+                }
+                Err(e) => {
+                    for t in moves.keys() {
+                        heads.remove(t);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Err(StoreError::Conflict("audit chain head kept moving; giving up".into()))
+    }
+
+    async fn commit_sealed(
+        &self,
+        rows: &[AuditRow],
+        moves: &HashMap<String, ((i64, String), (i64, String))>,
+    ) -> StoreResult<()> {
+        with_pool!(write self, p => {
+            let mut tx = p.begin().await?;
+            // Heads first: a concurrent writer blocks here (PostgreSQL row lock)
+            // and then sees our seq, instead of colliding on (tenant, seq).
+            for (tenant, ((old_seq, _), (new_seq, new_hash))) in moves {
+                let n = if *old_seq == 0 {
+                    sqlx::query(
+                        "INSERT INTO audit_heads (tenant, seq, hash) VALUES ($1, $2, $3) ON CONFLICT (tenant) DO NOTHING"
+                    ).bind(tenant).bind(new_seq).bind(new_hash).execute(&mut *tx).await?.rows_affected()
+                } else {
+                    sqlx::query(
+                        "UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1 AND seq = $4"
+                    ).bind(tenant).bind(new_seq).bind(new_hash).bind(old_seq).execute(&mut *tx).await?.rows_affected()
+                };
+                if n != 1 {
+                    return Err(StoreError::Conflict(format!("audit head of {tenant} moved")));
+                }
+            }
+            let mut qb = QueryBuilder::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
+            qb.push_values(rows, |mut b, r| {
+                b.push_bind(&r.audit_id).push_bind(&r.tenant).push_bind(r.seq).push_bind(r.at_ms)
+                    .push_bind(&r.kind).push_bind(&r.outcome).push_bind(&r.code).push_bind(&r.actor)
+                    .push_bind(&r.key_id).push_bind(&r.idp).push_bind(&r.user_id).push_bind(&r.user_name)
+                    .push_bind(&r.user_groups).push_bind(&r.session_id).push_bind(&r.credential)
+                    .push_bind(&r.requested_role).push_bind(r.requested_expire_time)
+                    .push_bind(&r.granted_role).push_bind(r.granted_expire_time).push_bind(&r.rule)
+                    .push_bind(r.policy_version).push_bind(&r.token_id).push_bind(&r.token_sha256)
+                    .push_bind(&r.client_addr).push_bind(&r.user_agent).push_bind(&r.request_id)
+                    .push_bind(&r.detail).push_bind(&r.prev_hash).push_bind(&r.hash);
+            });
+            qb.build().execute(&mut *tx).await
+                .map_err(|e| StoreError::on_unique(e, "audit seq taken"))?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// The stored head of a tenant's chain.
+    pub async fn audit_head(&self, tenant: &str) -> StoreResult<Option<HeadRow>> {
+        Ok(with_pool!(write self, p => sqlx::query_as::<_, HeadRow>(
+            "SELECT tenant, seq, hash FROM audit_heads WHERE tenant = $1"
+        ).bind(tenant).fetch_optional(p).await)?)
+    }
+
+    /// Every tenant's head (for `audit checkpoint` / `audit verify` of all tenants).
+    pub async fn audit_heads(&self) -> StoreResult<Vec<HeadRow>> {
+        Ok(with_pool!(self, p => sqlx::query_as::<_, HeadRow>(
+            "SELECT tenant, seq, hash FROM audit_heads ORDER BY tenant"
+        ).fetch_all(p).await)?)
+    }
+
+    /// Rows matching `f`, newest first, at most `f.limit`.
+    pub async fn query_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRow>> {
+        macro_rules! build {
+            ($qb:ident) => {{
+                $qb.push(format!("SELECT {COLUMNS} FROM audit_events WHERE tenant = "));
+                $qb.push_bind(f.tenant.clone());
+                let text = [
+                    ("kind", &f.kind),
+                    ("granted_role", &f.role),
+                    ("outcome", &f.outcome),
+                    ("code", &f.code),
+                    ("user_id", &f.user),
+                    ("session_id", &f.session_id),
+                    ("rule", &f.rule),
+                    ("key_id", &f.key_id),
+                    ("token_id", &f.token_id),
+                    ("token_sha256", &f.token_sha256),
+                ];
+                for (col, v) in text {
+                    if let Some(v) = v {
+                        $qb.push(format!(" AND {col} = ")).push_bind(v.clone());
+                    }
+                }
+                if let Some(v) = f.policy_version {
+                    $qb.push(" AND policy_version = ").push_bind(v);
+                }
+                if let Some(v) = f.since_ms {
+                    $qb.push(" AND at_ms >= ").push_bind(v);
+                }
+                if let Some(v) = f.until_ms {
+                    $qb.push(" AND at_ms < ").push_bind(v);
+                }
+                if let Some(v) = f.before_seq {
+                    $qb.push(" AND seq < ").push_bind(v);
+                }
+                $qb.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
+            }};
+        }
+        Ok(match &self.db {
+            Db::Sqlite { read, .. } => {
+                let mut qb = QueryBuilder::<sqlx::Sqlite>::new("");
+                build!(qb);
+                qb.build_query_as::<AuditRow>().fetch_all(read).await?
+            }
+            Db::Postgres(p) => {
+                let mut qb = QueryBuilder::<sqlx::Postgres>::new("");
+                build!(qb);
+                qb.build_query_as::<AuditRow>().fetch_all(p).await?
+            }
+        })
+    }
+
+    /// Streams a tenant's rows in chain order (from `after_seq`) into `f`;
+    /// stops early when `f` returns `false`. Constant memory for any size.
+    pub async fn scan_audit<F>(&self, tenant: &str, after_seq: i64, mut f: F) -> StoreResult<()>
+    where
+        F: FnMut(AuditRow) -> bool,
+    {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE tenant = $1 AND seq > $2 ORDER BY seq"
+        );
+        with_pool!(self, p => {
+            let mut s = sqlx::query_as::<_, AuditRow>(&sql).bind(tenant).bind(after_seq).fetch(p);
+            while let Some(row) = s.try_next().await? {
+                if !f(row) {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+}

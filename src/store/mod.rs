@@ -1,0 +1,281 @@
+//! Persistence: one `Store` over either an SQLite pool (the embedded default) or a
+//! PostgreSQL pool (several broker instances). Queries are runtime-checked sqlx
+//! statements; most are portable (SQLite accepts `$1` placeholders), and where
+//! the dialects differ the method branches. The integration suite runs every
+//! statement against both databases.
+//!
+//! Transactions never leak out of this module: an operation that must be atomic
+//! is one method.
+
+mod audit;
+mod keys;
+mod policies;
+mod sessions;
+mod tenants;
+
+pub use audit::{AuditFilter, AuditRow, HeadRow};
+pub use keys::KeyRow;
+pub use policies::PolicyVersionRow;
+pub use sessions::SessionRow;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+static PG_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Runs the same statement on whichever pool the store has. The body is
+/// expanded once per dialect, so it type-checks against both drivers.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.db {
+            $crate::store::Db::Sqlite { read: $pool, .. } => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+    (write $store:expr, $pool:ident => $body:expr) => {
+        match &$store.db {
+            $crate::store::Db::Sqlite { write: $pool, .. } => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// Errors from the store. `NotFound` and `Conflict` are mapped here once so callers
+/// never inspect driver errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    /// Maps a unique-constraint violation to `Conflict`.
+    pub(crate) fn on_unique(e: sqlx::Error, what: &str) -> StoreError {
+        if let sqlx::Error::Database(db) = &e
+            && db.is_unique_violation()
+        {
+            return StoreError::Conflict(what.to_owned());
+        }
+        StoreError::Db(e)
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Clone)]
+pub(crate) enum Db {
+    /// SQLite: one writer connection (writers would only contend for the file
+    /// lock), and a small pool of readers (WAL lets them run beside the writer).
+    Sqlite {
+        write: SqlitePool,
+        read: SqlitePool,
+    },
+    Postgres(PgPool),
+}
+
+/// The broker's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) db: Db,
+    url_redacted: String,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("url", &self.url_redacted).finish()
+    }
+}
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Store {
+    /// Connects to `sqlite://PATH` (created if missing) or `postgres://...`.
+    pub async fn connect(url: &str) -> StoreResult<Store> {
+        let url_redacted = redact_url(url);
+        if url.starts_with("sqlite:") {
+            let base = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: every commit is fsynced, so an audit row survives power loss.
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                // Bounded so a stalled store fails requests quickly instead of hanging.
+                .busy_timeout(Duration::from_millis(1500));
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_with(base.clone())
+                .await?;
+            let read = SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_with(base)
+                .await?;
+            Ok(Store {
+                db: Db::Sqlite { write, read },
+                url_redacted,
+            })
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_with(opts)
+                .await?;
+            Ok(Store {
+                db: Db::Postgres(pool),
+                url_redacted,
+            })
+        } else {
+            Err(StoreError::Invalid(format!(
+                "unsupported database URL {url_redacted}: expected sqlite://PATH or postgres://..."
+            )))
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self.db {
+            Db::Sqlite { .. } => Dialect::Sqlite,
+            Db::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn url_redacted(&self) -> &str {
+        &self.url_redacted
+    }
+
+    /// Applies the embedded migrations of this dialect.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        match &self.db {
+            Db::Sqlite { write, .. } => SQLITE_MIGRATOR.run(write).await?,
+            Db::Postgres(p) => PG_MIGRATOR.run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// Reachable, and every embedded migration applied (for `/readyz`).
+    pub async fn ready(&self) -> StoreResult<bool> {
+        let expected = match self.db {
+            Db::Sqlite { .. } => SQLITE_MIGRATOR.iter().count(),
+            Db::Postgres(_) => PG_MIGRATOR.iter().count(),
+        } as i64;
+        let applied: i64 = with_pool!(self, p => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM _sqlx_migrations WHERE success = TRUE"
+        ).fetch_one(p).await)?;
+        Ok(applied >= expected)
+    }
+
+    /// Closes the pools (waits for connections to be returned).
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Sqlite { write, read } => {
+                read.close().await;
+                write.close().await;
+            }
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// Records that something cached changed, for the other instances' caches.
+    pub async fn record_change(
+        &self,
+        tenant: &str,
+        kind: &str,
+        subject: &str,
+        at_ms: i64,
+    ) -> StoreResult<()> {
+        with_pool!(write self, p => sqlx::query(
+            "INSERT INTO changes (tenant, kind, subject, at_ms) VALUES ($1, $2, $3, $4)"
+        ).bind(tenant).bind(kind).bind(subject).bind(at_ms).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Changes with an id above `after`, oldest first.
+    pub async fn changes_since(&self, after: i64) -> StoreResult<Vec<ChangeRow>> {
+        Ok(with_pool!(self, p => sqlx::query_as::<_, ChangeRow>(
+            "SELECT change_id, tenant, kind, subject FROM changes WHERE change_id > $1 ORDER BY change_id LIMIT 1000"
+        ).bind(after).fetch_all(p).await)?)
+    }
+
+    /// The newest change id (0 when there is none).
+    pub async fn last_change_id(&self) -> StoreResult<i64> {
+        let id: Option<i64> = with_pool!(self, p => sqlx::query_scalar(
+            "SELECT MAX(change_id) FROM changes"
+        ).fetch_one(p).await)?;
+        Ok(id.unwrap_or(0))
+    }
+
+    /// Drops change-feed rows older than `before_ms` (they have been seen by then).
+    pub async fn prune_changes(&self, before_ms: i64) -> StoreResult<()> {
+        with_pool!(write self, p => sqlx::query("DELETE FROM changes WHERE at_ms < $1")
+            .bind(before_ms).execute(p).await.map(|_| ()))?;
+        Ok(())
+    }
+}
+
+/// One row of the change feed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ChangeRow {
+    pub change_id: i64,
+    pub tenant: String,
+    pub kind: String,
+    pub subject: String,
+}
+
+/// Replaces the password of a URL (`scheme://user:pass@host`) with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or(userinfo);
+    if userinfo.contains(':') {
+        format!("{scheme}://{user}:***@{host}{tail}")
+    } else {
+        url.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://bob:s3cret@db:5432/x?sslmode=disable"),
+            "postgres://bob:***@db:5432/x?sslmode=disable"
+        );
+        assert_eq!(redact_url("postgres://bob@db/x"), "postgres://bob@db/x");
+        assert_eq!(redact_url("sqlite://data/tb.db"), "sqlite://data/tb.db");
+    }
+}

@@ -1,0 +1,28 @@
+//! Tenants: created by an operator, referenced by everything else.
+
+use super::{Store, StoreError, StoreResult, with_pool};
+
+impl Store {
+    /// Creates a tenant; `Conflict` when the slug is taken.
+    pub async fn create_tenant(&self, tenant: &str, now_ms: i64) -> StoreResult<()> {
+        with_pool!(write self, p => sqlx::query(
+            "INSERT INTO tenants (tenant, created_at_ms) VALUES ($1, $2)"
+        ).bind(tenant).bind(now_ms).execute(p).await.map(|_| ()))
+        .map_err(|e| StoreError::on_unique(e, &format!("tenant {tenant} already exists")))?;
+        Ok(())
+    }
+
+    /// All tenants with their creation time, by slug.
+    pub async fn list_tenants(&self) -> StoreResult<Vec<(String, i64)>> {
+        Ok(with_pool!(self, p => sqlx::query_as::<_, (String, i64)>(
+            "SELECT tenant, created_at_ms FROM tenants ORDER BY tenant"
+        ).fetch_all(p).await)?)
+    }
+
+    pub async fn tenant_exists(&self, tenant: &str) -> StoreResult<bool> {
+        let n: i64 = with_pool!(self, p => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tenants WHERE tenant = $1"
+        ).bind(tenant).fetch_one(p).await)?;
+        Ok(n > 0)
+    }
+}

@@ -1,0 +1,185 @@
+//! The real binary under load: SIGKILL mid-issuance loses no audit row of a
+//! token a client received; SIGTERM drains gracefully; logs never carry
+//! secrets or tokens.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use token_broker::store::{AuditFilter, Store};
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_token-broker");
+
+struct Broker {
+    dir: tempfile::TempDir,
+    url: String,
+    _db: TestDb,
+}
+
+impl Broker {
+    async fn new() -> Broker {
+        let (url, db) = fresh_database().await;
+        Broker { dir: tempfile::tempdir().unwrap(), url, _db: db }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("TOKEN_BROKER_DATABASE_URL", &self.url)
+            .env("TOKEN_BROKER_DATA_DIR", self.dir.path())
+            .env_remove("TOKEN_BROKER_LISTEN")
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().expect("run token-broker");
+        assert!(out.status.success(), "token-broker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Tenant acme with the standard policy, and an issue+audit key.
+    fn setup(&self) -> String {
+        let secret = self.dir.path().join("opentok.secret");
+        std::fs::write(&secret, API_SECRET).unwrap();
+        let policy = self.dir.path().join("acme.toml");
+        std::fs::write(&policy, standard_policy_text("acme", &secret)).unwrap();
+        self.run(&["tenant", "create", "acme"]);
+        self.run(&["policy", "apply", policy.to_str().unwrap()]);
+        let v: Value = serde_json::from_str(&self.run(&["key", "create", "--tenant", "acme", "--scope", "issue", "--scope", "audit", "--json"])).unwrap();
+        v["key"].as_str().unwrap().to_owned()
+    }
+
+    fn serve(&self, port: u16, log: &std::path::Path) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        self.cmd()
+            .args(["serve"])
+            .env("TOKEN_BROKER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TOKEN_BROKER_LOG", "trace,sqlx=debug,h2=info,hyper=info")
+            .env("TOKEN_BROKER_WORKERS", "2")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn serve")
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_healthy(client: &reqwest::Client, base: &str) {
+    let start = Instant::now();
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "broker did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigkill_mid_load_loses_no_audit_row_of_a_returned_token() {
+    let b = Broker::new().await;
+    let key = b.setup();
+    let port = free_port();
+    let log = b.dir.path().join("broker.log");
+    let mut child = b.serve(port, &log);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_healthy(&client, &base).await;
+
+    let received: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..16u32 {
+        let (client, base, key, received) = (client.clone(), base.clone(), key.clone(), received.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let body = json!({"session_id": session_for(API_KEY, w), "user": user(&format!("w{w}-{i}"))});
+                let Ok(r) = client.post(format!("{base}/v1/tokens")).bearer_auth(&key).json(&body).send().await else { break };
+                if r.status() != 201 {
+                    break;
+                }
+                let Ok(v) = r.json::<Value>().await else { break };
+                received.lock().unwrap().push((v["token_id"].as_str().unwrap().to_owned(), v["token"].as_str().unwrap().to_owned()));
+            }
+        }));
+    }
+    // Let load build up, then kill without warning.
+    let start = Instant::now();
+    while received.lock().unwrap().len() < 300 && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let received = received.lock().unwrap().clone();
+    assert!(received.len() >= 100, "only {} tokens before the kill", received.len());
+
+    // Restart on the same database; every received token has its row.
+    let port2 = free_port();
+    let mut child2 = b.serve(port2, &log);
+    wait_healthy(&client, &format!("http://127.0.0.1:{port2}")).await;
+    let store = Store::connect(&b.url).await.unwrap();
+    for (token_id, token) in &received {
+        let rows = store
+            .query_audit(&AuditFilter { tenant: "acme".into(), token_id: Some(token_id.clone()), limit: 2, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "token {token_id} was returned but has no audit row");
+        assert_eq!(rows[0].token_sha256.as_deref(), Some(token_broker::audit::chain::fingerprint(token).as_str()));
+    }
+    let v = token_broker::cli_audit::verify_tenant(&store, "acme", None).await.unwrap();
+    assert!(v.ok, "{v:?}");
+    assert!(v.rows as usize >= received.len() + 3);
+
+    // SIGTERM: graceful stop, exit status 0.
+    Command::new("kill").args(["-TERM", &child2.id().to_string()]).status().unwrap();
+    let status = child2.wait().unwrap();
+    assert!(status.success(), "graceful shutdown exit status {status:?}");
+
+    // Nothing secret reached the logs, though they were at trace level.
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("token-broker listening"), "logs were captured");
+    assert!(!logs.contains(&key[key.len() - 64..]), "API key secret in logs");
+    assert!(!logs.contains(API_SECRET), "OpenTok secret in logs");
+    for (_, token) in received.iter().take(50) {
+        let sig = token.rsplit('.').next().unwrap();
+        assert!(!logs.contains(sig), "a token reached the logs");
+    }
+}
+
+#[tokio::test]
+async fn cli_created_key_works_and_a_revoked_key_stops_within_a_second() {
+    let b = Broker::new().await;
+    let key = b.setup();
+    let port = free_port();
+    let log = b.dir.path().join("broker.log");
+    let mut child = b.serve(port, &log);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_healthy(&client, &base).await;
+    let r = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let who: Value = client.get(format!("{base}/v1/whoami")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    let key_id = who["key_id"].as_str().unwrap();
+    b.run(&["key", "revoke", key_id]);
+    let start = Instant::now();
+    loop {
+        let r = client.get(format!("{base}/v1/whoami")).bearer_auth(&key).send().await.unwrap();
+        if r.status() == 401 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(1), "revoked key still accepted after 1 s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let listing: Value = serde_json::from_str(&b.run(&["key", "list", "--tenant", "acme", "--json"])).unwrap();
+    assert!(listing["items"][0]["revoked_at_ms"].is_number());
+    let verify: Value = serde_json::from_str(&b.run(&["audit", "verify", "--json"])).unwrap();
+    assert_eq!(verify["ok"], true);
+    assert!(verify["rows"].as_u64().unwrap() >= 4);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -1,0 +1,274 @@
+//! `spawn_app()` and a typed client for the tests.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use token_broker::admin::{self, Actor, AuditSink};
+use token_broker::auth::Scopes;
+use token_broker::settings::Settings;
+use token_broker::startup::Application;
+use token_broker::store::Store;
+
+/// The spec's shared OpenTok fixture credential (vonage-tokens.md §2.2).
+pub const API_KEY: &str = "123456";
+pub const API_SECRET: &str = "1234567890abcdef1234567890abcdef1234567890";
+/// A second project of the same tenant, signing legacy T1 tokens.
+pub const T1_API_KEY: &str = "777777";
+
+/// A session ID owned by `api_key` (the SDKs' layout: `1_` + base64url of
+/// `1~<key>~~<time>~<random>~`).
+pub fn session_for(api_key: &str, n: u32) -> String {
+    let raw = format!("1~{api_key}~~1764000000000~session-{n}~");
+    format!("1_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// Where the test database lives: a temp SQLite file, or a fresh PostgreSQL database.
+pub enum TestDb {
+    Sqlite(tempfile::TempDir),
+    Postgres,
+    /// Another instance's database (a second broker on it).
+    Shared,
+}
+
+pub struct TestApp {
+    pub addr: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    pub db_url: String,
+    pub dir: tempfile::TempDir,
+    handle: actix_web::dev::ServerHandle,
+    pub app_state: actix_web::web::Data<token_broker::state::AppState>,
+    _db: TestDb,
+}
+
+fn init_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            token_broker::telemetry::init(Default::default(), "info", std::io::stderr);
+        }
+    });
+}
+
+/// A database URL for one test.
+pub async fn fresh_database() -> (String, TestDb) {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(base) if base.starts_with("postgres") => {
+            use sqlx::Connection;
+            let name = format!("tb_test_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = sqlx::PgConnection::connect(&base).await.expect("connect to TEST_DATABASE_URL");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .expect("create test database");
+            let (prefix, _) = base.rsplit_once('/').expect("TEST_DATABASE_URL has a database name");
+            (format!("{prefix}/{name}"), TestDb::Postgres)
+        }
+        _ => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let url = format!("sqlite://{}", dir.path().join("tb.db").display());
+            (url, TestDb::Sqlite(dir))
+        }
+    }
+}
+
+pub fn on_postgres() -> bool {
+    std::env::var("TEST_DATABASE_URL").is_ok_and(|u| u.starts_with("postgres"))
+}
+
+pub async fn spawn_app() -> TestApp {
+    let (url, db) = fresh_database().await;
+    spawn_app_on(url, db, |_| {}).await
+}
+
+pub async fn spawn_app_on(url: String, db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    init_logs();
+    let mut settings = Settings::for_database(&url);
+    tweak(&mut settings);
+    let app = Application::build(settings).await.expect("build app");
+    let port = app.port();
+    let handle = app.handle();
+    let app_state = app.state();
+    let store = app_state.store.clone();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        addr: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+        store,
+        db_url: url,
+        dir: tempfile::tempdir().expect("tempdir"),
+        handle,
+        app_state,
+        _db: db,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.addr, path)
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+
+    pub async fn create_tenant(&self, slug: &str) {
+        admin::create_tenant(&self.store, &AuditSink::Direct(self.store.clone()), slug, &Actor::Cli, 1_000)
+            .await
+            .expect("create tenant");
+    }
+
+    /// Creates a key through the library (as the CLI does) and returns the whole key.
+    pub async fn create_key(&self, tenant: &str, scopes: &[&str]) -> String {
+        let scopes = Scopes::parse(scopes.iter().copied()).expect("scopes");
+        admin::create_key(&self.store, &AuditSink::Direct(self.store.clone()), tenant, scopes, None, &Actor::Cli, 1_000)
+            .await
+            .expect("create key")
+            .key
+    }
+
+    /// Writes the OpenTok secret and an RSA key to files and returns the standard
+    /// test policy for `tenant` with those references.
+    pub fn standard_policy(&self, tenant: &str) -> String {
+        let secret = self.dir.path().join("opentok.secret");
+        std::fs::write(&secret, API_SECRET).expect("write secret");
+        standard_policy_text(tenant, &secret)
+    }
+
+    /// Applies a policy text through the library and reloads it into the server.
+    pub async fn apply_policy(&self, text: &str) -> i64 {
+        let out = admin::apply_policy(
+            &self.store,
+            &AuditSink::Direct(self.store.clone()),
+            "test.toml",
+            text,
+            None,
+            false,
+            &Actor::Cli,
+            None,
+            1_000,
+        )
+        .await
+        .expect("apply policy");
+        let tenant = out.tenant.clone();
+        self.app_state.reload_policy(&tenant).await.expect("reload");
+        out.version.unwrap_or(out.previous_version)
+    }
+
+    /// Tenant `acme` with the standard policy and a key with every scope.
+    pub async fn acme(&self) -> String {
+        self.create_tenant("acme").await;
+        let p = self.standard_policy("acme");
+        self.apply_policy(&p).await;
+        self.create_key("acme", &["issue", "audit", "admin"]).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(key).send().await.expect("request")
+    }
+
+    pub async fn put(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.client.put(self.url(path)).bearer_auth(key).json(body).send().await.expect("request")
+    }
+
+    pub async fn issue(&self, key: &str, body: &Value) -> (u16, Value) {
+        let r = self.post("/v1/tokens", key, body).await;
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn audit(&self, key: &str, query: &str) -> Value {
+        let r = self.get(&format!("/v1/audit?{query}"), key).await;
+        assert_eq!(r.status(), 200, "audit query {query}");
+        r.json().await.expect("json")
+    }
+}
+
+pub fn standard_policy_text(tenant: &str, secret: &std::path::Path) -> String {
+    format!(
+        r#"tenant = "{tenant}"
+description = "integration tests"
+
+[[credentials]]
+name = "main"
+provider = "opentok"
+api_key = "{API_KEY}"
+api_secret = "file:{secret}"
+token_format = "jwt"
+
+[[credentials]]
+name = "legacy"
+provider = "opentok"
+api_key = "{T1_API_KEY}"
+api_secret = "file:{secret}"
+token_format = "t1"
+
+[defaults]
+role = "publisher"
+ttl = "1h"
+
+[[rules]]
+id = "banned"
+priority = 1
+effect = "deny"
+subjects = ["group:banned"]
+sessions = ["*"]
+
+[[rules]]
+id = "owner-moderates"
+priority = 10
+subjects = ["*"]
+sessions = ["owner"]
+roles = ["subscriber", "publisher", "publisheronly", "moderator"]
+default_role = "moderator"
+max_ttl = "8h"
+
+[[rules]]
+id = "teachers"
+priority = 20
+subjects = ["group:teachers"]
+sessions = ["label:kind=class-*"]
+roles = ["subscriber", "publisher", "moderator"]
+max_ttl = "4h"
+
+[[rules]]
+id = "students"
+priority = 100
+subjects = ["*"]
+sessions = ["*"]
+roles = ["subscriber", "publisher"]
+default_role = "subscriber"
+max_ttl = "2h"
+on_role_excess = "downgrade"
+"#,
+        secret = secret.display()
+    )
+}
+
+/// A user body.
+pub fn user(id: &str) -> Value {
+    json!({"id": id})
+}
+
+/// Decodes a JWT's payload without verifying (tests verify separately).
+pub fn jwt_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("JWT payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}

@@ -1,0 +1,12 @@
+//! The one integration-test binary: every test starts the real server on port 0
+//! with a fresh database (SQLite by default; PostgreSQL when TEST_DATABASE_URL
+//! points at a server) and talks to it over HTTP.
+
+mod helpers;
+
+mod audit_log;
+mod crash;
+mod errors;
+mod health_and_keys;
+mod issue_tokens;
+mod policy_admin;
