@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditRow, chain, kind};
 use crate::domain::{Identity, Role};
+use crate::metrics::Metrics;
 use crate::policy::{self, Decision, DecisionRequest, Expiry, Outcome};
 use crate::routes::error::ApiError;
 use crate::state::AppState;
@@ -238,12 +239,16 @@ async fn refuse(state: &AppState, mode: Mode, mut row: AuditRow, err: ApiError) 
     row.rule = err.body.rule.clone();
     row.policy_version = err.body.policy_version;
     match state.audit.append(row).await {
-        Ok(()) => err,
-        Err(e) => audit_unavailable(e),
+        Ok(()) => {
+            Metrics::inc(&state.metrics.tokens_refused);
+            err
+        }
+        Err(e) => audit_unavailable(state, e),
     }
 }
 
-fn audit_unavailable(e: crate::audit::AuditUnavailable) -> ApiError {
+fn audit_unavailable(state: &AppState, e: crate::audit::AuditUnavailable) -> ApiError {
+    Metrics::inc(&state.metrics.audit_unavailable);
     tracing::error!(target: "broker::security", error = %e, "audit unavailable: refusing to issue");
     ApiError::unavailable(
         "audit_unavailable",
@@ -251,8 +256,18 @@ fn audit_unavailable(e: crate::audit::AuditUnavailable) -> ApiError {
     )
 }
 
-/// Runs the pipeline for one request.
+/// Runs the pipeline for one request; counts malformed requests.
 pub async fn handle(state: &AppState, caller: &Caller, req: &TokenRequest, mode: Mode, now_ms: i64) -> Result<Issued, ApiError> {
+    let r = run(state, caller, req, mode, now_ms).await;
+    if let Err(e) = &r
+        && e.status == actix_web::http::StatusCode::BAD_REQUEST
+    {
+        Metrics::inc(&state.metrics.bad_requests);
+    }
+    r
+}
+
+async fn run(state: &AppState, caller: &Caller, req: &TokenRequest, mode: Mode, now_ms: i64) -> Result<Issued, ApiError> {
     let now = now_ms / 1000;
     let (who, role, expiry) = validate(caller, req)?;
     let owner = tokens::session_owner(&req.session_id).map_err(|e| ApiError::bad(e.code(), "session_id", e.to_string()))?;
@@ -358,7 +373,12 @@ pub async fn handle(state: &AppState, caller: &Caller, req: &TokenRequest, mode:
     r.token_id = Some(signed.token_id.clone());
     r.token_sha256 = Some(chain::fingerprint(&signed.token));
     let audit_id = r.audit_id.clone();
-    state.audit.append(r).await.map_err(audit_unavailable)?;
+    state.audit.append(r).await.map_err(|e| audit_unavailable(state, e))?;
+    Metrics::inc(&state.metrics.tokens_issued);
+    if granted_role == Role::Moderator {
+        Metrics::inc(&state.metrics.moderator_tokens);
+        tracing::info!(target: "broker::security", tenant = %caller.tenant, user = %who.user_id, session_id = %req.session_id, rule = ?decision.rule, "moderator token issued");
+    }
     out.token = Some(signed.token);
     out.token_id = Some(signed.token_id);
     out.audit_id = Some(audit_id);

@@ -15,6 +15,7 @@
 //! | cached API keys | `--key-cache` | `TOKEN_BROKER_KEY_CACHE` | `key_cache` | 10000 |
 //! | parallel argon2 checks | `--hash-parallelism` | `TOKEN_BROKER_HASH_PARALLELISM` | `hash_parallelism` | 2 |
 //! | HTTP workers | `--workers` | `TOKEN_BROKER_WORKERS` | `workers` | CPUs available |
+//! | rate limits | `--rate-end-user` etc. | `TOKEN_BROKER_RATE_END_USER`, `_END_USER_IP`, `_API_KEY`, `_FAILED_AUTH_IP` | `rate_end_user` etc. | see `crate::limits` |
 //!
 //! The database URL may carry a password: it is redacted wherever settings are
 //! printed (`Debug`, `token-broker settings`, start-up logs).
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::limits::{Rate, Rates};
 use crate::store::redact_url;
 
 /// Flags (each also read from its environment variable by clap).
@@ -64,6 +66,18 @@ pub struct SettingsArgs {
     /// HTTP worker threads.
     #[arg(long, env = "TOKEN_BROKER_WORKERS", global = true)]
     pub workers: Option<usize>,
+    /// End-user requests per user: <per_second>/<burst>.
+    #[arg(long, env = "TOKEN_BROKER_RATE_END_USER", global = true)]
+    pub rate_end_user: Option<String>,
+    /// End-user requests per client address: <per_second>/<burst>.
+    #[arg(long, env = "TOKEN_BROKER_RATE_END_USER_IP", global = true)]
+    pub rate_end_user_ip: Option<String>,
+    /// API-key requests per key: <per_second>/<burst>.
+    #[arg(long, env = "TOKEN_BROKER_RATE_API_KEY", global = true)]
+    pub rate_api_key: Option<String>,
+    /// Failed authentications per client address: <per_second>/<burst>.
+    #[arg(long, env = "TOKEN_BROKER_RATE_FAILED_AUTH_IP", global = true)]
+    pub rate_failed_auth_ip: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -89,6 +103,10 @@ struct FileSettings {
     key_cache: Option<usize>,
     hash_parallelism: Option<usize>,
     workers: Option<usize>,
+    rate_end_user: Option<String>,
+    rate_end_user_ip: Option<String>,
+    rate_api_key: Option<String>,
+    rate_failed_auth_ip: Option<String>,
 }
 
 /// Effective settings.
@@ -105,6 +123,7 @@ pub struct Settings {
     pub key_cache: usize,
     pub hash_parallelism: usize,
     pub workers: usize,
+    pub rates: Rates,
 }
 
 impl fmt::Debug for Settings {
@@ -121,6 +140,7 @@ impl fmt::Debug for Settings {
             .field("key_cache", &self.key_cache)
             .field("hash_parallelism", &self.hash_parallelism)
             .field("workers", &self.workers)
+            .field("rates", &self.rates)
             .finish()
     }
 }
@@ -155,7 +175,21 @@ impl Settings {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
+        let d = Rates::default();
+        let rate = |flag: &Option<String>, file: Option<String>, default: Rate| -> anyhow::Result<Rate> {
+            match flag.clone().or(file) {
+                Some(s) => Rate::parse(&s).map_err(anyhow::Error::msg),
+                None => Ok(default),
+            }
+        };
+        let rates = Rates {
+            end_user: rate(&args.rate_end_user, file.rate_end_user, d.end_user)?,
+            end_user_ip: rate(&args.rate_end_user_ip, file.rate_end_user_ip, d.end_user_ip)?,
+            api_key: rate(&args.rate_api_key, file.rate_api_key, d.api_key)?,
+            failed_auth_ip: rate(&args.rate_failed_auth_ip, file.rate_failed_auth_ip, d.failed_auth_ip)?,
+        };
         Ok(Settings {
+            rates,
             listen: args
                 .listen
                 .or(file.listen)

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use crate::audit::AuditWriter;
 use crate::auth::Authenticator;
+use crate::idp::IdentityProvider;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, SessionFacts};
 use crate::settings::Settings;
 use crate::store::{PolicyVersionRow, Store, StoreResult};
@@ -22,11 +25,16 @@ pub struct LoadedCredential {
     pub signer: Result<Signer, String>,
 }
 
-/// A tenant's policy version in force, compiled, with its signers.
+/// A tenant's policy version in force, compiled, with its signers, identity
+/// providers, CORS origins and any rate-limit overrides.
 #[derive(Debug)]
 pub struct TenantRuntime {
     pub policy: CompiledPolicy,
     pub credentials: Vec<LoadedCredential>,
+    pub idps: Vec<(String, Result<IdentityProvider, String>)>,
+    pub cors_origins: Vec<String>,
+    /// Limits of this tenant when its policy overrides the broker's rates.
+    pub limits: Option<Limits>,
 }
 
 impl TenantRuntime {
@@ -54,10 +62,35 @@ impl TenantRuntime {
                 }
             })
             .collect();
+        let idps = doc
+            .identity_providers
+            .iter()
+            .map(|spec| {
+                let idp = IdentityProvider::load(spec);
+                if let Err(e) = &idp {
+                    tracing::warn!(tenant = %row.tenant, idp = %spec.name, error = %e, "identity provider unavailable");
+                }
+                (spec.name.clone(), idp)
+            })
+            .collect();
+        let cors_origins = doc.cors_allowed_origins.clone();
+        let limits = doc.rate_limits.as_ref().map(|r| Limits::new(*r));
         Ok(TenantRuntime {
             policy: CompiledPolicy::compile(doc, row.version),
             credentials,
+            idps,
+            cors_origins,
+            limits,
         })
+    }
+
+    /// The identity provider whose issuer is `iss`.
+    pub fn idp_for(&self, iss: &str) -> Option<&(String, Result<IdentityProvider, String>)> {
+        self.idps.iter().find(|(_, i)| i.as_ref().is_ok_and(|i| i.spec.issuer == iss))
+    }
+
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.cors_origins.iter().any(|o| o == origin || o == "*")
     }
 
     /// The credential a session ID's owner id names.
@@ -73,6 +106,8 @@ pub struct AppState {
     pub store: Store,
     pub auth: Authenticator,
     pub audit: AuditWriter,
+    pub limits: Limits,
+    pub metrics: Metrics,
     tenants: RwLock<HashMap<String, Arc<TenantRuntime>>>,
     /// Tenants whose stored policy failed to load (kept for `/readyz`).
     broken: RwLock<HashMap<String, String>>,
@@ -83,6 +118,8 @@ impl AppState {
     pub fn new(settings: Settings, store: Store, audit: AuditWriter) -> AppState {
         let auth = Authenticator::new(store.clone(), settings.key_cache, settings.hash_parallelism);
         AppState {
+            limits: Limits::new(settings.rates),
+            metrics: Metrics::default(),
             settings,
             store,
             auth,
@@ -153,6 +190,11 @@ impl AppState {
                         out.push(format!("tenant {t}: credential {} unavailable: {e}", c.name));
                     }
                 }
+                for (name, idp) in &rt.idps {
+                    if let Err(e) = idp {
+                        out.push(format!("tenant {t}: identity provider {name} unavailable: {e}"));
+                    }
+                }
             }
         }
         out.sort();
@@ -220,6 +262,7 @@ impl AppState {
             }
             // About once a minute, drop feed rows every instance has seen by now.
             if ticks % 240 == 0 {
+                self.limits.shrink();
                 let cutoff = crate::clock::now_unix_ms() - 10 * 60 * 1000;
                 let _ = self.store.prune_changes(cutoff).await;
             }

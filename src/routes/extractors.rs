@@ -70,6 +70,36 @@ pub fn auth_error(e: AuthError) -> ApiError {
     }
 }
 
+/// 429 with `Retry-After` (whole seconds, at least 1).
+pub fn rate_limited(wait: std::time::Duration) -> ApiError {
+    let mut e = ApiError::new(
+        actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many requests; retry after the time in Retry-After",
+    );
+    e.retry_after = Some(wait.as_secs().max(1));
+    e
+}
+
+/// Counts a failed authentication against the client address, slows the answer
+/// down, and turns it into 429 once the address is over its limit.
+pub async fn failed_auth(state: &AppState, req: &HttpRequest, err: ApiError) -> ApiError {
+    if err.status != actix_web::http::StatusCode::UNAUTHORIZED {
+        return err;
+    }
+    crate::metrics::Metrics::inc(&state.metrics.auth_failures);
+    let ip = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    if let Err(wait) = state.limits.failed_auth_ip.check(&ip) {
+        crate::metrics::Metrics::inc(&state.metrics.rate_limited_failed_auth);
+        return rate_limited(wait);
+    }
+    tokio::time::sleep(FAILED_AUTH_DELAY).await;
+    err
+}
+
+/// Added to every failed authentication's answer.
+pub const FAILED_AUTH_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
 impl FromRequest for ApiKey {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<ApiKey, ApiError>>>>;
@@ -82,8 +112,16 @@ impl FromRequest for ApiKey {
                 .ok_or_else(|| ApiError::internal("AppState missing"))?
                 .clone();
             let presented = bearer(&req)?;
-            let p = state.auth.authenticate(presented).await.map_err(auth_error)?;
-            Ok(ApiKey(p))
+            match state.auth.authenticate(presented).await {
+                Ok(p) => {
+                    if let Err(wait) = state.limits.api_key.check(&p.key_id) {
+                        crate::metrics::Metrics::inc(&state.metrics.rate_limited_api_key);
+                        return Err(rate_limited(wait));
+                    }
+                    Ok(ApiKey(p))
+                }
+                Err(e) => Err(failed_auth(&state, &req, auth_error(e)).await),
+            }
         })
     }
 }

@@ -3,6 +3,7 @@
 //! the result; every failure is an `error::ApiError`.
 
 pub mod audit;
+pub mod end_user;
 pub mod error;
 pub mod extractors;
 pub mod health;
@@ -40,8 +41,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
     .app_data(web::PathConfig::default().error_handler(|e, _| error::path_error(e).into()))
     .service(resource("/healthz").route(web::get().to(health::healthz)))
     .service(resource("/readyz").route(web::get().to(health::readyz)))
+    .service(resource("/metrics").route(web::get().to(health::metrics)))
     .service(resource("/v1/whoami").route(web::get().to(keys::whoami)))
     .service(resource("/v1/tokens").route(web::post().to(tokens::issue)))
+    .service(
+        resource("/v1/tenants/{tenant}/tokens")
+            .route(web::post().to(end_user::issue))
+            .route(web::method(actix_web::http::Method::OPTIONS).to(end_user::preflight)),
+    )
     .service(resource("/v1/decide").route(web::post().to(tokens::decide)))
     .service(
         resource("/v1/sessions/{session_id}")

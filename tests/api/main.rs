@@ -6,6 +6,7 @@ mod helpers;
 
 mod audit_log;
 mod crash;
+mod end_users;
 mod errors;
 mod health_and_keys;
 mod issue_tokens;

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# token-broker against the official-SDK Node peer (../shared/bench/peers), on this machine,
+# with the same wrk method: server pinned to CPU 0, wrk -t1 on CPU 1, 64 connections,
+# runs interleaved (peer none, peer sqlite, broker sqlite[, broker postgres]) REPS times.
+#
+#   bash benches/http.sh [OUT_DIR]
+#
+# env: DURATION [15] seconds per run, REPS [3], CONNS [64], WARMUP [3],
+#      STORES ["sqlite postgres"] broker stores to measure, PEERS [../shared/bench/peers],
+#      PG_URL [postgres://postgres@127.0.0.1:5432/postgres], SKIP_BUILD=1, SKIP_PEER_INSTALL=1
+# Prints req/s, p50, p99 (medians), the ratios to the peer, the broker's peak RSS, the fsync probe
+# before and after, and checks that audit rows >= completed requests. Output: OUT_DIR/summary.md.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${1:-$(mktemp -d)}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+DURATION=${DURATION:-15}; REPS=${REPS:-3}; CONNS=${CONNS:-64}; WARMUP=${WARMUP:-3}
+STORES=${STORES:-"sqlite postgres"}
+PEERS=${PEERS:-$ROOT/../shared/bench/peers}
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+PORT=18080; TB_PORT=18081
+API_KEY=12345678; API_SECRET=0123456789abcdef0123456789abcdef01234567
+SID=1_MX4xMjM0NTY3OH5-VGh1LCAwMSBKYW4gMTk3MCAwMDowMDowMCBHTVR-MC43Nzc3Nzc3Nzc3Nzc3Nzc3fg
+RES=$OUT/results; mkdir -p "$RES"; : >"$RES/runs.jsonl"
+log() { printf '[http.sh %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+command -v wrk >/dev/null || { log "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+for t in node npm taskset curl python3; do command -v $t >/dev/null || { log "missing $t"; exit 1; }; done
+
+if [ -z "${SKIP_BUILD:-}" ]; then log "cargo build --release"; (cd "$ROOT" && cargo build --release --locked -q); fi
+TB=$ROOT/target/release/token-broker
+
+PEER=$OUT/peer
+if [ -z "${SKIP_PEER_INSTALL:-}" ]; then
+  log "installing the peer (npm) into $PEER"
+  SKIP_GEN=1 SKIP_HTTP=1 bash "$PEERS/run.sh" "$PEER" >"$RES/peer-install.log" 2>&1 || true
+fi
+[ -d "$PEER/node_modules/opentok" ] || { log "peer install failed: see $RES/peer-install.log"; exit 1; }
+
+SRV=""
+stop() { if [ -n "$SRV" ] && kill -0 "$SRV" 2>/dev/null; then kill "$SRV"; wait "$SRV" 2>/dev/null || true; fi; SRV=""; }
+trap stop EXIT INT TERM
+wait_up() { for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.05; done; log "server on $1 did not start"; return 1; }
+fsync_probe() { node "$PEER/fsync-probe.js" 500 "$OUT/probe.tmp" | sed "s/^{/{\"when\":\"$1\",/" | tee -a "$RES/fsync.jsonl" >&2; }
+
+# --- broker stores --------------------------------------------------------------
+setup_broker() { # $1 = store name; prints the API key
+  local dir=$OUT/broker-$1 url
+  rm -rf "$dir"; mkdir -p "$dir"
+  if [ "$1" = sqlite ]; then url="sqlite://$dir/tb.db"
+  else
+    psql "$PG_URL" -qc "drop database if exists tb_bench with (force)" >/dev/null
+    psql "$PG_URL" -qc "create database tb_bench" >/dev/null
+    url="${PG_URL%/*}/tb_bench"
+  fi
+  echo "$url" >"$dir/url"
+  printf '%s' "$API_SECRET" >"$dir/secret"; chmod 600 "$dir/secret"
+  cat >"$dir/bench.toml" <<TOML
+tenant = "bench"
+[[credentials]]
+name = "main"
+provider = "opentok"
+api_key = "$API_KEY"
+api_secret = "file:$dir/secret"
+token_format = "jwt"
+[defaults]
+role = "publisher"
+ttl = "1h"
+[[rules]]
+id = "everyone"
+priority = 10
+subjects = ["*"]
+sessions = ["*"]
+roles = ["subscriber", "publisher"]
+max_ttl = "1h"
+TOML
+  export TOKEN_BROKER_DATABASE_URL=$url TOKEN_BROKER_DATA_DIR=$dir TOKEN_BROKER_LOG=warn
+  "$TB" tenant create bench >/dev/null
+  "$TB" policy apply "$dir/bench.toml" >/dev/null
+  "$TB" key create --tenant bench --scope issue --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' >"$dir/key"
+}
+for s in $STORES; do setup_broker "$s"; done
+
+start() { # variant -> sets SRV and the port
+  case $1 in
+    peer-none|peer-sqlite)
+      rm -f "$OUT"/peer-audit.db*
+      (cd "$PEER" && AUDIT=${1#peer-} AUDIT_PATH=$OUT/peer-audit.db TOKEN_FORMAT=jwt PORT=$PORT exec taskset -c 0 node server.js) >"$RES/server-$1.log" 2>&1 &
+      SRV=$!; wait_up $PORT ;;
+    broker-*)
+      local s=${1#broker-} dir=$OUT/broker-${1#broker-}
+      TOKEN_BROKER_DATABASE_URL=$(cat "$dir/url") TOKEN_BROKER_DATA_DIR=$dir TOKEN_BROKER_LOG=warn \
+        TOKEN_BROKER_LISTEN=127.0.0.1:$TB_PORT taskset -c 0 "$TB" serve >"$RES/server-$1.log" 2>&1 &
+      SRV=$!; wait_up $TB_PORT ;;
+  esac
+}
+
+run_wrk() { # variant rep
+  local port=$PORT script=$PEERS/post.lua
+  case $1 in broker-*) port=$TB_PORT; script=$ROOT/benches/tokens.lua; export TB_KEY; TB_KEY=$(cat "$OUT/broker-${1#broker-}/key");; esac
+  SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" --timeout 10s -s "$script" "http://127.0.0.1:$port" >/dev/null
+  SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency -s "$script" "http://127.0.0.1:$port" >"$RES/wrk-$1-$2.txt"
+  local rss=null
+  [ -r "/proc/$SRV/status" ] && rss=$(awk '/VmHWM/ {print $2}' "/proc/$SRV/status")
+  python3 - "$1" "$2" "$rss" "$RES/wrk-$1-$2.txt" >>"$RES/runs.jsonl" <<'PY'
+import json, sys
+variant, rep, rss, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+line = next(l for l in open(path) if l.startswith("WRKJSON "))
+r = json.loads(line[8:]); r.update(variant=variant, rep=rep, peak_rss_kib=None if rss == "null" else int(rss))
+print(json.dumps(r))
+PY
+  log "  $1 rep $2: $(tail -1 "$RES/runs.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[\"rps\"]:.0f} req/s, p50 {r[\"p50_us\"]/1000:.1f} ms, p99 {r[\"p99_us\"]/1000:.1f} ms, non2xx {r[\"non2xx\"]}")')"
+}
+
+fsync_probe "before"
+VARIANTS="peer-none peer-sqlite"; for s in $STORES; do VARIANTS+=" broker-$s"; done
+for rep in $(seq "$REPS"); do
+  for v in $VARIANTS; do
+    start "$v"; run_wrk "$v" "$rep"; stop
+  done
+done
+fsync_probe "after"
+
+# Audit rows vs completed requests for the broker (every 2xx has a row; in-flight extras are fine).
+for s in $STORES; do
+  dir=$OUT/broker-$s
+  TOKEN_BROKER_DATABASE_URL=$(cat "$dir/url") "$TB" audit verify --tenant bench --json >"$RES/verify-$s.json" || true
+done
+
+python3 - "$RES" "$OUT" <<'PY' | tee "$OUT/summary.md"
+import json, statistics, sys, os
+res, out = sys.argv[1], sys.argv[2]
+runs = [json.loads(l) for l in open(os.path.join(res, "runs.jsonl"))]
+fs = [json.loads(l) for l in open(os.path.join(res, "fsync.jsonl"))]
+by = {}
+for r in runs: by.setdefault(r["variant"], []).append(r)
+med = lambda xs: statistics.median(xs)
+print("| variant | req/s (median) | runs | p50 ms | p99 ms | non-2xx | peak RSS MiB |")
+print("|---|---:|---|---:|---:|---:|---:|")
+m = {}
+for v, rs in by.items():
+    rps = med([r["rps"] for r in rs]); m[v] = rps
+    rss = [r["peak_rss_kib"] for r in rs if r.get("peak_rss_kib")]
+    print(f"| {v} | {rps:,.0f} | {', '.join(f'{r['rps']:,.0f}' for r in rs)} | {med([r['p50_us'] for r in rs])/1000:.1f} | {med([r['p99_us'] for r in rs])/1000:.1f} | {sum(r['non2xx'] for r in rs)} | {max(rss)/1024:.1f} |" if rss else
+          f"| {v} | {rps:,.0f} | {', '.join(f'{r['rps']:,.0f}' for r in rs)} | {med([r['p50_us'] for r in rs])/1000:.1f} | {med([r['p99_us'] for r in rs])/1000:.1f} | {sum(r['non2xx'] for r in rs)} | – |")
+print()
+for v in m:
+    if v.startswith("broker"):
+        print(f"- {v}: {m[v]/m['peer-none']:.1f}x peer-none, {m[v]/m['peer-sqlite']:.1f}x peer-sqlite")
+for s in os.listdir(res):
+    if s.startswith("verify-"):
+        try:
+            v = json.load(open(os.path.join(res, s)))
+            store = s[7:-5]
+            done = sum(r["requests"] for r in by.get("broker-" + store, []))
+            ok = "holds" if v["rows"] >= done else "FAILS"
+            print(f"- {store} audit chain: ok={v['ok']}, rows={v['rows']} >= completed measured requests {done}: {ok}")
+        except Exception as e:
+            print(f"- {s}: unreadable ({e})")
+print("- fsync probe: " + "; ".join(f"{f['when']}: p50 {f['p50_us']} us, p99 {f['p99_us']} us" for f in fs))
+PY

@@ -1,0 +1,158 @@
+//! `POST /v1/tenants/{tenant}/tokens`: the same pipeline as `/v1/tokens`, for
+//! browsers and mobile apps. `Authorization: Bearer` carries either the end
+//! user's login JWT from one of the tenant's identity providers (the verified
+//! claims are the identity; a `user` object in the body is refused) or one of
+//! the tenant's API keys. `OPTIONS` answers CORS preflights for the origins the
+//! tenant's policy allows; nothing is allowed by default.
+//!
+//! Refusals of login tokens are 401 with `WWW-Authenticate: Bearer
+//! error="invalid_token"` and a code: `token_expired`, `token_not_yet_valid`,
+//! `invalid_issuer`, `invalid_audience`, `unknown_kid`, `invalid_signature`,
+//! `algorithm_not_allowed`, `malformed_token`, `missing_user_claim`.
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::error::ApiError;
+use super::extractors::{auth_error, bearer, failed_auth, rate_limited};
+use super::json::Json;
+use super::tokens::caller_from;
+use crate::auth::{KEY_PREFIX, Scopes};
+use crate::broker::{self, Mode, TokenRequest};
+use crate::metrics::Metrics;
+use crate::state::{AppState, TenantRuntime};
+
+fn origin(req: &HttpRequest) -> Option<&str> {
+    req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok())
+}
+
+/// Adds the CORS headers when the request's origin is allowed.
+fn with_cors(rt: Option<&TenantRuntime>, req: &HttpRequest, mut resp: HttpResponse) -> HttpResponse {
+    if let (Some(rt), Some(o)) = (rt, origin(req))
+        && rt.allows_origin(o)
+        && let Ok(v) = header::HeaderValue::from_str(o)
+    {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(header::VARY, header::HeaderValue::from_static("Origin"));
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, header::HeaderValue::from_static("Retry-After"));
+    }
+    resp
+}
+
+/// `OPTIONS /v1/tenants/{tenant}/tokens`
+pub async fn preflight(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    let rt = state.tenant(&path);
+    let allowed = match (&rt, origin(&req)) {
+        (Some(rt), Some(o)) => rt.allows_origin(o),
+        _ => false,
+    };
+    if !allowed {
+        return ApiError::forbidden("cors_origin_not_allowed", "this origin may not call this tenant's token endpoint")
+            .error_response_boxed();
+    }
+    let mut r = HttpResponse::NoContent();
+    r.insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "POST"))
+        .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, "authorization, content-type"))
+        .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"));
+    with_cors(rt.as_deref(), &req, r.finish())
+}
+
+trait Boxed {
+    fn error_response_boxed(self) -> HttpResponse;
+}
+
+impl Boxed for ApiError {
+    fn error_response_boxed(self) -> HttpResponse {
+        actix_web::ResponseError::error_response(&self)
+    }
+}
+
+fn invalid_token(e: &crate::idp::IdpError) -> ApiError {
+    ApiError::unauthorized(e.code(), e.to_string())
+}
+
+/// `POST /v1/tenants/{tenant}/tokens`
+pub async fn issue(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: Json<TokenRequest>,
+) -> HttpResponse {
+    let tenant = path.into_inner();
+    let rt = state.tenant(&tenant);
+    let result = issue_inner(&state, &req, &tenant, rt.as_deref(), &body).await;
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => actix_web::ResponseError::error_response(&e),
+    };
+    with_cors(rt.as_deref(), &req, resp)
+}
+
+async fn issue_inner(
+    state: &AppState,
+    req: &HttpRequest,
+    tenant: &str,
+    rt: Option<&TenantRuntime>,
+    body: &TokenRequest,
+) -> Result<HttpResponse, ApiError> {
+    let presented = bearer(req)?;
+    let limits = rt.and_then(|r| r.limits.as_ref()).unwrap_or(&state.limits);
+    let mut caller;
+    if presented.starts_with(KEY_PREFIX) {
+        let p = match state.auth.authenticate(presented).await {
+            Ok(p) => p,
+            Err(e) => return Err(failed_auth(state, req, auth_error(e)).await),
+        };
+        if p.tenant != tenant {
+            return Err(ApiError::forbidden("wrong_tenant", "this API key belongs to another tenant"));
+        }
+        if !p.scopes.contains(Scopes::ISSUE) {
+            return Err(ApiError::forbidden("insufficient_scope", "this API key lacks the issue scope"));
+        }
+        if let Err(wait) = limits.api_key.check(&p.key_id) {
+            Metrics::inc(&state.metrics.rate_limited_api_key);
+            return Err(rate_limited(wait));
+        }
+        caller = caller_from(req, tenant, Some(&p.key_id));
+    } else {
+        let rt = rt.ok_or_else(|| ApiError::not_found("tenant_not_found", "no such tenant, or it has no policy applied"))?;
+        let issuer = crate::idp::peek_issuer(presented);
+        let verified = match issuer.as_deref().and_then(|i| rt.idp_for(i)) {
+            None => Err(if issuer.is_some() { crate::idp::IdpError::InvalidIssuer } else { crate::idp::IdpError::Malformed }),
+            Some((_, Err(_))) => Err(crate::idp::IdpError::KeysUnavailable),
+            Some((name, Ok(idp))) => idp
+                .verify(presented, crate::clock::now_unix())
+                .await
+                .map(|identity| (name.clone(), identity)),
+        };
+        let (idp_name, identity) = match verified {
+            Ok(v) => v,
+            Err(crate::idp::IdpError::KeysUnavailable) => {
+                return Err(ApiError::unavailable("idp_unavailable", "the identity provider's keys cannot be loaded right now"));
+            }
+            Err(e) => {
+                tracing::info!(target: "broker::security", tenant, code = e.code(), "login token refused");
+                return Err(failed_auth(state, req, invalid_token(&e)).await);
+            }
+        };
+        // Per user first, so one user's burst does not use up its address's budget
+        // for the other users behind it; the address limit then bounds many users.
+        if let Err(wait) = limits.end_user.check(&format!("{tenant}\u{0}{}", identity.user_id)) {
+            Metrics::inc(&state.metrics.rate_limited_end_user);
+            return Err(rate_limited(wait));
+        }
+        let ip = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        if let Err(wait) = limits.end_user_ip.check(&ip) {
+            Metrics::inc(&state.metrics.rate_limited_end_user_ip);
+            return Err(rate_limited(wait));
+        }
+        caller = caller_from(req, tenant, None);
+        caller.idp = Some(idp_name);
+        caller.identity = Some(identity);
+    }
+    let out = broker::handle(state, &caller, body, Mode::Issue, crate::clock::now_unix_ms()).await?;
+    Ok(HttpResponse::build(StatusCode::CREATED)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(out))
+}
