@@ -7,18 +7,51 @@ use serde_json::json;
 
 use crate::audit::chain::{self, ChainFault, Verifier};
 use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
-use crate::routes::audit::{AuditParams, encode_cursor};
+use crate::admin::AuditSink;
+use crate::audit::{AuditRow, kind};
+use crate::routes::audit::{AuditParams, csv_header, csv_line, encode_cursor, parse_time};
 use crate::settings::Settings;
-use crate::store::Store;
+use crate::store::{AuditFilter, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
-    /// Query a tenant's audit rows, newest first.
+    /// Query a tenant's audit rows, newest first (a page as a table or --json;
+    /// every matching row with --csv or --ndjson).
     Query {
         #[arg(long)]
         tenant: String,
         #[command(flatten)]
         filters: QueryArgs,
+        #[arg(long)]
+        json: bool,
+        /// Every matching row as CSV (with a header row), streamed.
+        #[arg(long, conflicts_with_all = ["json", "ndjson"])]
+        csv: bool,
+        /// Every matching row as JSON lines, streamed.
+        #[arg(long, conflicts_with = "json")]
+        ndjson: bool,
+    },
+    /// Counts of issued and refused tokens grouped by role, user, session, rule or day.
+    Summary {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "role")]
+        by: String,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete rows older than DATE (RFC 3339 or unix seconds), keeping the chain
+    /// verifiable from the recorded prune point.
+    Prune {
+        #[arg(long)]
+        before: String,
+        /// Only this tenant (default: every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -97,6 +130,7 @@ impl QueryArgs {
             token: self.token.clone(),
             cursor: self.cursor.clone(),
             limit: self.limit,
+            format: None,
         }
     }
 }
@@ -124,7 +158,10 @@ pub struct Checkpoint {
 /// Verifies one tenant's chain from genesis against its stored head and an
 /// optional external checkpoint.
 pub async fn verify_tenant(store: &Store, tenant: &str, checkpoint: Option<&Checkpoint>) -> Result<TenantVerify, Failure> {
-    let mut v = Verifier::new(0, chain::GENESIS);
+    // After a prune the chain starts at the recorded prune point.
+    let start = store.last_prune(tenant).await?;
+    let (from_seq, from_hash) = start.map(|p| (p.through_seq, p.through_hash)).unwrap_or((0, chain::GENESIS.to_owned()));
+    let mut v = Verifier::new(from_seq, &from_hash);
     let mut fault: Option<ChainFault> = None;
     let mut seen_at_checkpoint: Option<String> = None;
     // Read the head first: rows committed after it (a running broker) are left
@@ -132,7 +169,7 @@ pub async fn verify_tenant(store: &Store, tenant: &str, checkpoint: Option<&Chec
     let head = store.audit_head(tenant).await?;
     let head_seq = head.as_ref().map(|h| h.seq).unwrap_or(0);
     store
-        .scan_audit(tenant, 0, |row| {
+        .scan_audit(tenant, from_seq, |row| {
             if row.seq > head_seq {
                 return false;
             }
@@ -167,6 +204,7 @@ pub async fn verify_tenant(store: &Store, tenant: &str, checkpoint: Option<&Chec
     {
         match &seen_at_checkpoint {
             Some(h) if *h == cp.hash => {}
+            None if cp.count <= from_seq => {} // pruned since the checkpoint was taken
             Some(_) => {
                 fault = Some(ChainFault {
                     audit_id: String::new(),
@@ -199,6 +237,41 @@ pub async fn verify_tenant(store: &Store, tenant: &str, checkpoint: Option<&Chec
     })
 }
 
+/// CLI reads are audited like API reads (actor `cli`).
+async fn record_cli_read(store: &Store, tenant: &str, filters: &QueryArgs, what: &str) -> Result<(), Failure> {
+    let mut row = AuditRow::new(tenant, kind::AUDIT_READ, "ok", "cli", crate::clock::now_unix_ms());
+    row.detail = Some(json!({"read": what, "filters": format!("{filters:?}")}).to_string());
+    AuditSink::Direct(store.clone()).record(row).await?;
+    Ok(())
+}
+
+/// Streams every matching row to stdout, a page at a time.
+async fn export(store: &Store, f: &mut AuditFilter, csv: bool) -> CmdResult {
+    use std::io::Write;
+    let mut o = std::io::BufWriter::new(std::io::stdout().lock());
+    if csv {
+        o.write_all(csv_header().as_bytes())?;
+    }
+    f.limit = 1000;
+    loop {
+        let rows = store.query_audit(f).await?;
+        for r in &rows {
+            if csv {
+                o.write_all(csv_line(r).as_bytes())?;
+            } else {
+                serde_json::to_writer(&mut o, r)?;
+                o.write_all(b"\n")?;
+            }
+        }
+        if (rows.len() as i64) < f.limit {
+            break;
+        }
+        f.before_seq = rows.last().map(|r| r.seq);
+    }
+    o.flush()?;
+    Ok(())
+}
+
 fn parse_checkpoints(arg: &str) -> Result<Vec<Checkpoint>, Failure> {
     let text = if arg.trim_start().starts_with(['{', '[']) {
         arg.to_owned()
@@ -217,8 +290,12 @@ fn parse_checkpoints(arg: &str) -> Result<Vec<Checkpoint>, Failure> {
 pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
     let store = store_for(&settings).await?;
     match cmd {
-        AuditCmd::Query { tenant, filters, json } => {
-            let f = filters.params().to_filter(&tenant).map_err(|e| Failure { message: e.body.message, code: 2 })?;
+        AuditCmd::Query { tenant, filters, json, csv, ndjson } => {
+            let mut f = filters.params().to_filter(&tenant).map_err(|e| Failure { message: e.body.message, code: 2 })?;
+            record_cli_read(&store, &tenant, &filters, if csv { "csv" } else if ndjson { "ndjson" } else { "query" }).await?;
+            if csv || ndjson {
+                return export(&store, &mut f, csv).await;
+            }
             let rows = store.query_audit(&f).await?;
             let next = (rows.len() as i64 == f.limit).then(|| rows.last().map(|r| encode_cursor(r.seq))).flatten();
             if json {
@@ -290,6 +367,48 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             }
             if !ok {
                 return Err(Failure { message: "audit chain verification failed".into(), code: 1 });
+            }
+            Ok(())
+        }
+        AuditCmd::Summary { tenant, by, since, until, json } => {
+            let since = since.as_deref().map(|v| parse_time("since", v)).transpose().map_err(|e| Failure { message: e.body.message, code: 2 })?;
+            let until = until.as_deref().map(|v| parse_time("until", v)).transpose().map_err(|e| Failure { message: e.body.message, code: 2 })?;
+            let groups = store.audit_summary(&tenant, &by, since, until).await?;
+            if json {
+                out_json(&json!({"by": by, "groups": groups}));
+            } else {
+                out(format!("{:<40} {:>10} {:>10}", by.to_uppercase(), "ISSUED", "REFUSED"));
+                for g in groups {
+                    out(format!("{:<40} {:>10} {:>10}", g.key.unwrap_or_else(|| "-".into()), g.issued, g.refused));
+                }
+            }
+            Ok(())
+        }
+        AuditCmd::Prune { before, tenant, json } => {
+            let before_ms = parse_time("before", &before).map_err(|e| Failure { message: e.body.message, code: 2 })?;
+            let tenants: Vec<String> = match tenant {
+                Some(t) => vec![t],
+                None => store.audit_heads().await?.into_iter().map(|h| h.tenant).collect(),
+            };
+            let now = crate::clock::now_unix_ms();
+            let mut report = Vec::new();
+            for t in tenants {
+                let Some(p) = store.prune_audit(&t, before_ms, now).await? else {
+                    report.push(json!({"tenant": t, "rows_deleted": 0}));
+                    continue;
+                };
+                let mut row = AuditRow::new(&t, kind::AUDIT_PRUNED, "ok", "cli", now);
+                row.detail = Some(json!({"before_ms": before_ms, "through_seq": p.through_seq, "through_hash": p.through_hash, "rows_deleted": p.rows_deleted}).to_string());
+                AuditSink::Direct(store.clone()).record(row).await?;
+                report.push(json!({"tenant": t, "rows_deleted": p.rows_deleted, "through_seq": p.through_seq, "through_hash": p.through_hash}));
+            }
+            if json {
+                out_json(&json!({ "pruned": report }));
+            } else {
+                for r in report {
+                    out(format!("{}: {} rows deleted{}", r["tenant"].as_str().unwrap_or_default(), r["rows_deleted"],
+                        r.get("through_seq").map(|s| format!(", chain now starts after seq {s}")).unwrap_or_default()));
+                }
             }
             Ok(())
         }

@@ -1,8 +1,10 @@
-//! `GET /v1/audit` for the tenant's `audit` or `admin` keys: filtered, newest
-//! first, keyset-paginated. The tenant always comes from the key, never from
-//! the request, so no filter can reach another tenant's rows.
+//! `GET /v1/audit` and `GET /v1/audit/summary` for the tenant's `audit` or
+//! `admin` keys: filtered, newest first, keyset-paginated, or streamed as
+//! NDJSON/CSV (`format=`). The tenant always comes from the key, never from the
+//! request, so no filter can reach another tenant's rows. Every read is itself
+//! recorded (`audit_read`, with its filters) before it is answered.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -10,7 +12,11 @@ use super::error::ApiError;
 use super::extractors::ApiKey;
 use crate::auth::Scopes;
 use crate::state::AppState;
-use crate::store::AuditFilter;
+use crate::audit::{AuditRow, kind};
+use crate::store::{AuditFilter, Store};
+
+/// Rows fetched per round trip while exporting.
+const EXPORT_PAGE: i64 = 1000;
 
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
@@ -35,6 +41,8 @@ pub struct AuditParams {
     pub token: Option<String>,
     pub cursor: Option<String>,
     pub limit: Option<i64>,
+    /// `json` (default, paginated), `ndjson` or `csv` (streamed, every matching row).
+    pub format: Option<String>,
 }
 
 /// RFC 3339 or unix seconds → unix milliseconds.
@@ -109,9 +117,31 @@ pub fn decode_cursor(c: &str) -> Option<i64> {
     i64::from_str_radix(body, 36).ok().filter(|n| *n > 0)
 }
 
-pub async fn query(state: web::Data<AppState>, key: ApiKey, q: web::Query<AuditParams>) -> Result<HttpResponse, ApiError> {
+/// Records a read of the audit as an admin event (fail closed).
+async fn record_read(state: &AppState, req: &HttpRequest, p: &crate::auth::Principal, what: &str) -> Result<(), ApiError> {
+    let mut row = AuditRow::new(&p.tenant, kind::AUDIT_READ, "ok", "api_key", crate::clock::now_unix_ms());
+    row.key_id = Some(p.key_id.clone());
+    row.request_id = req.extensions().get::<tracing_actix_web::RequestId>().map(|r| r.to_string());
+    row.client_addr = req.peer_addr().map(|a| a.ip().to_string());
+    row.detail = Some(json!({"read": what, "query": req.query_string()}).to_string());
+    state.audit.append(row).await.map_err(|_| {
+        ApiError::unavailable("audit_unavailable", "reads of the audit are themselves audited, and that record cannot be written right now")
+    })
+}
+
+pub async fn query(state: web::Data<AppState>, key: ApiKey, req: HttpRequest, q: web::Query<AuditParams>) -> Result<HttpResponse, ApiError> {
     let p = key.require_any(&[Scopes::AUDIT, Scopes::ADMIN])?;
-    let f = q.to_filter(&p.tenant)?;
+    let mut f = q.to_filter(&p.tenant)?;
+    match q.format.as_deref().unwrap_or("json") {
+        "json" => {}
+        fmt @ ("ndjson" | "csv") => {
+            record_read(&state, &req, p, fmt).await?;
+            f.limit = EXPORT_PAGE;
+            return Ok(export(state.store.clone(), f, fmt == "csv"));
+        }
+        _ => return Err(ApiError::bad("invalid_filter", "format", "format is json, ndjson or csv")),
+    }
+    record_read(&state, &req, p, "query").await?;
     let rows = state.store.query_audit(&f).await?;
     let next = if rows.len() as i64 == f.limit {
         rows.last().map(|r| encode_cursor(r.seq))
@@ -121,9 +151,127 @@ pub async fn query(state: web::Data<AppState>, key: ApiKey, q: web::Query<AuditP
     Ok(HttpResponse::Ok().json(json!({ "items": rows, "next": next })))
 }
 
+/// Streams every row matching `f`, a page at a time (constant memory).
+pub fn export(store: Store, f: AuditFilter, csv: bool) -> HttpResponse {
+    let first = csv.then(|| csv_header().into_bytes());
+    let stream = futures_util::stream::unfold((Some(f), first), move |(f, header)| {
+        let store = store.clone();
+        async move {
+            let mut f = f?;
+            let rows = match store.query_audit(&f).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit export failed mid-stream");
+                    return Some((Err(actix_web::error::ErrorServiceUnavailable("export interrupted")), (None, None)));
+                }
+            };
+            let mut buf = header.unwrap_or_default();
+            for r in &rows {
+                if csv {
+                    buf.extend_from_slice(csv_line(r).as_bytes());
+                } else {
+                    buf.extend_from_slice(serde_json::to_string(r).unwrap_or_default().as_bytes());
+                    buf.push(b'\n');
+                }
+            }
+            let next = (rows.len() as i64 == f.limit).then(|| {
+                f.before_seq = rows.last().map(|r| r.seq);
+                f
+            });
+            if buf.is_empty() {
+                return None;
+            }
+            Some((Ok::<_, actix_web::Error>(web::Bytes::from(buf)), (next, None)))
+        }
+    });
+    let ctype = if csv { "text/csv; charset=utf-8" } else { "application/x-ndjson" };
+    HttpResponse::Ok().content_type(ctype).insert_header(("cache-control", "no-store")).streaming(stream)
+}
+
+const CSV_COLUMNS: [&str; 29] = [
+    "audit_id", "tenant", "seq", "at_ms", "kind", "outcome", "code", "actor", "key_id", "idp", "user_id", "user_name",
+    "user_groups", "session_id", "credential", "requested_role", "requested_expire_time", "granted_role",
+    "granted_expire_time", "rule", "policy_version", "token_id", "token_sha256", "client_addr", "user_agent",
+    "request_id", "detail", "prev_hash", "hash",
+];
+
+pub fn csv_header() -> String {
+    let mut s = CSV_COLUMNS.join(",");
+    s.push_str("\r\n");
+    s
+}
+
+/// One CSV field: quoted when it holds a comma, quote or line break (quotes
+/// doubled), and defused when a spreadsheet would read it as a formula
+/// (leading `=`, `+`, `-`, `@`, tab or carriage return get a leading `'`).
+pub fn csv_field(v: &str) -> String {
+    let mut v = v.to_owned();
+    if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        v.insert(0, '\'');
+    }
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v
+    }
+}
+
+pub fn csv_line(r: &AuditRow) -> String {
+    let o = |v: &Option<String>| v.as_deref().map(csv_field).unwrap_or_default();
+    let n = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
+    let fields = [
+        csv_field(&r.audit_id), csv_field(&r.tenant), r.seq.to_string(), r.at_ms.to_string(), csv_field(&r.kind),
+        csv_field(&r.outcome), o(&r.code), csv_field(&r.actor), o(&r.key_id), o(&r.idp), o(&r.user_id), o(&r.user_name),
+        o(&r.user_groups), o(&r.session_id), o(&r.credential), o(&r.requested_role), n(r.requested_expire_time),
+        o(&r.granted_role), n(r.granted_expire_time), o(&r.rule), n(r.policy_version), o(&r.token_id),
+        o(&r.token_sha256), o(&r.client_addr), o(&r.user_agent), o(&r.request_id), o(&r.detail),
+        csv_field(&r.prev_hash), csv_field(&r.hash),
+    ];
+    let mut s = fields.join(",");
+    s.push_str("\r\n");
+    s
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryParams {
+    pub by: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+}
+
+/// `GET /v1/audit/summary?by=role|user|session|rule|day&since=&until=`
+pub async fn summary(state: web::Data<AppState>, key: ApiKey, req: HttpRequest, q: web::Query<SummaryParams>) -> Result<HttpResponse, ApiError> {
+    let p = key.require_any(&[Scopes::AUDIT, Scopes::ADMIN])?;
+    let by = q.by.as_deref().unwrap_or("role");
+    if !["role", "user", "session", "rule", "day"].contains(&by) {
+        return Err(ApiError::bad("invalid_filter", "by", "by is role, user, session, rule or day"));
+    }
+    let since = q.since.as_deref().map(|v| parse_time("since", v)).transpose()?;
+    let until = q.until.as_deref().map(|v| parse_time("until", v)).transpose()?;
+    record_read(&state, &req, p, "summary").await?;
+    let groups = state.store.audit_summary(&p.tenant, by, since, until).await?;
+    Ok(HttpResponse::Ok().json(json!({"by": by, "since_ms": since, "until_ms": until, "groups": groups})))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_csv_values_are_quoted_and_defused() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("line\nbreak"), "\"line\nbreak\"");
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_field("+1"), "'+1");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        let mut r = AuditRow::new("t", "token_issued", "issued", "api_key", 1);
+        r.user_id = Some("=1+1,\"x\"\n".into());
+        let line = csv_line(&r);
+        assert_eq!(line.matches(',').count() - 1, CSV_COLUMNS.len() - 1, "one extra comma is inside the quoted user id: {line}");
+    }
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {

@@ -70,5 +70,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
     .service(resource("/v1/policy/versions/{version}").route(web::get().to(policy::version)))
     .service(resource("/v1/policy/rollback").route(web::post().to(policy::rollback)))
     .service(resource("/v1/audit").route(web::get().to(audit::query)))
+    .service(resource("/v1/audit/summary").route(web::get().to(audit::summary)))
     .default_service(web::to(not_found));
 }

@@ -18,6 +18,24 @@ pub struct HeadRow {
     pub hash: String,
 }
 
+/// A recorded prune point of a tenant's chain.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PruneRow {
+    pub tenant: String,
+    pub through_seq: i64,
+    pub through_hash: String,
+    pub rows_deleted: i64,
+    pub pruned_at_ms: i64,
+}
+
+/// One group of `audit summary`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct SummaryRow {
+    pub key: Option<String>,
+    pub issued: i64,
+    pub refused: i64,
+}
+
 /// Filters of the audit query (all optional; `tenant` is always set by the caller
 /// from the authenticated principal, never from the request).
 #[derive(Debug, Clone, Default)]
@@ -224,5 +242,60 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// The latest prune point of a tenant, if it was ever pruned.
+    pub async fn last_prune(&self, tenant: &str) -> StoreResult<Option<PruneRow>> {
+        Ok(with_pool!(self, p => sqlx::query_as::<_, PruneRow>(
+            "SELECT tenant, through_seq, through_hash, rows_deleted, pruned_at_ms FROM audit_prunes \
+             WHERE tenant = $1 ORDER BY through_seq DESC LIMIT 1"
+        ).bind(tenant).fetch_optional(p).await)?)
+    }
+
+    /// Deletes a tenant's rows older than `before_ms` and records the prune point,
+    /// in one transaction. Returns the point, or `None` when nothing was old enough.
+    pub async fn prune_audit(&self, tenant: &str, before_ms: i64, now_ms: i64) -> StoreResult<Option<PruneRow>> {
+        with_pool!(write self, p => {
+            let mut tx = p.begin().await?;
+            let last: Option<(i64, String)> = sqlx::query_as(
+                "SELECT seq, hash FROM audit_events WHERE tenant = $1 AND at_ms < $2 ORDER BY seq DESC LIMIT 1"
+            ).bind(tenant).bind(before_ms).fetch_optional(&mut *tx).await?;
+            let Some((seq, hash)) = last else { return Ok(None) };
+            let n = sqlx::query("DELETE FROM audit_events WHERE tenant = $1 AND seq <= $2")
+                .bind(tenant).bind(seq).execute(&mut *tx).await?.rows_affected() as i64;
+            let row = PruneRow { tenant: tenant.to_owned(), through_seq: seq, through_hash: hash, rows_deleted: n, pruned_at_ms: now_ms };
+            sqlx::query(
+                "INSERT INTO audit_prunes (tenant, through_seq, through_hash, rows_deleted, pruned_at_ms) VALUES ($1, $2, $3, $4, $5)"
+            ).bind(&row.tenant).bind(row.through_seq).bind(&row.through_hash).bind(row.rows_deleted).bind(row.pruned_at_ms)
+             .execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(Some(row))
+        })
+    }
+
+    /// Counts of issued and refused tokens grouped by `by` (`role`, `user`,
+    /// `session`, `rule` or `day`), for a tenant and time range.
+    pub async fn audit_summary(&self, tenant: &str, by: &str, since_ms: Option<i64>, until_ms: Option<i64>) -> StoreResult<Vec<SummaryRow>> {
+        let key = match by {
+            "role" => "COALESCE(granted_role, requested_role)",
+            "user" => "user_id",
+            "session" => "session_id",
+            "rule" => "rule",
+            "day" => match self.dialect() {
+                super::Dialect::Sqlite => "strftime('%Y-%m-%d', at_ms / 1000, 'unixepoch')",
+                super::Dialect::Postgres => "to_char(to_timestamp(at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+            },
+            other => return Err(StoreError::Invalid(format!("cannot group by {other:?}: use role, user, session, rule or day"))),
+        };
+        let sql = format!(
+            "SELECT {key} AS key, \
+             SUM(CASE WHEN outcome = 'issued' THEN 1 ELSE 0 END) AS issued, \
+             SUM(CASE WHEN outcome = 'refused' THEN 1 ELSE 0 END) AS refused \
+             FROM audit_events WHERE tenant = $1 AND kind IN ('token_issued', 'token_refused') \
+             AND at_ms >= $2 AND at_ms < $3 GROUP BY {key} ORDER BY issued DESC, refused DESC, key"
+        );
+        Ok(with_pool!(self, p => sqlx::query_as::<_, SummaryRow>(&sql)
+            .bind(tenant).bind(since_ms.unwrap_or(i64::MIN)).bind(until_ms.unwrap_or(i64::MAX))
+            .fetch_all(p).await)?)
     }
 }

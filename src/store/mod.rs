@@ -13,7 +13,7 @@ mod policies;
 mod sessions;
 mod tenants;
 
-pub use audit::{AuditFilter, AuditRow, HeadRow};
+pub use audit::{AuditFilter, AuditRow, HeadRow, PruneRow, SummaryRow};
 pub use keys::KeyRow;
 pub use policies::PolicyVersionRow;
 pub use sessions::SessionRow;
