@@ -14,6 +14,7 @@ use crate::settings::Settings;
 use crate::store::{AuditFilter, Store};
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum AuditCmd {
     /// Query a tenant's audit rows, newest first (a page as a table or --json;
     /// every matching row with --csv or --ndjson).

@@ -261,7 +261,7 @@ impl AppState {
                 Err(e) => tracing::warn!(error = %e, "change feed unavailable"),
             }
             // About once a minute, drop feed rows every instance has seen by now.
-            if ticks % 240 == 0 {
+            if ticks.is_multiple_of(240) {
                 self.limits.shrink();
                 let cutoff = crate::clock::now_unix_ms() - 10 * 60 * 1000;
                 let _ = self.store.prune_changes(cutoff).await;

@@ -16,7 +16,8 @@ use serde::Serialize;
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub body: ErrorBody,
+    /// Boxed: errors travel through many `Result`s on the hot path.
+    pub body: Box<ErrorBody>,
     pub retry_after: Option<u64>,
 }
 
@@ -44,14 +45,14 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            body: ErrorBody {
+            body: Box::new(ErrorBody {
                 code,
                 message: message.into(),
                 field: None,
                 rule: None,
                 policy_version: None,
                 decision: None,
-            },
+            }),
             retry_after: None,
         }
     }

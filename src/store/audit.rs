@@ -61,6 +61,11 @@ pub struct AuditFilter {
 
 const MAX_CAS_RETRIES: usize = 8;
 
+/// A chain head: (seq, hash).
+type Head = (i64, String);
+/// Per tenant: the head before a batch and after it.
+type HeadMoves = HashMap<String, (Head, Head)>;
+
 impl Store {
     /// Seals `rows` into their tenants' chains and commits them in one
     /// transaction. `heads` is the caller's cache of chain heads; it is refreshed
@@ -87,7 +92,7 @@ impl Store {
                 heads.insert(t, h.map(|h| (h.seq, h.hash)).unwrap_or((0, chain::GENESIS.to_owned())));
             }
             // Seal in order; remember each tenant's old and new head.
-            let mut moves: HashMap<String, ((i64, String), (i64, String))> = HashMap::new();
+            let mut moves: HeadMoves = HashMap::new();
             for r in rows.iter_mut() {
                 let cur = heads.get(&r.tenant).cloned().unwrap_or((0, chain::GENESIS.to_owned()));
                 let new = chain::seal(r, cur.0, &cur.1);
@@ -119,7 +124,7 @@ impl Store {
     async fn commit_sealed(
         &self,
         rows: &[AuditRow],
-        moves: &HashMap<String, ((i64, String), (i64, String))>,
+        moves: &HeadMoves,
     ) -> StoreResult<()> {
         with_pool!(write self, p => {
             let mut tx = p.begin().await?;
