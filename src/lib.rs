@@ -1,12 +1,39 @@
 //! token-broker: hands out Vonage Video client tokens by per-tenant policy,
 //! stamps the caller's identity into them, and audits every decision durably.
 //!
-//! Reading order: `domain` (shared types) → `tokens` (signers) → `policy`
-//! (files and decisions) → `store` (SQLite/PostgreSQL) → `audit` (group-commit
-//! writer and hash chain) → `auth` (API keys) → `broker` (the issuance
-//! pipeline) → `routes` (HTTP) → `startup` / `cli`.
+//! Reading order:
+//! - `domain`: shared types (roles, credential specs, identities); pure.
+//! - `tokens`: the three token formats, validation, inspection; pure signers.
+//! - `policy`: policy files, the decision engine, policy test cases; pure.
+//! - `store`: SQLite/PostgreSQL persistence behind one `Store`.
+//! - `audit`: audit rows, the hash chain, the group-commit writer.
+//! - `auth`: API keys (argon2id once, then a cache); `idp`: end users' login JWTs;
+//!   `limits`: rate limits; `metrics`: counters for `/metrics`.
+//! - `state`: what a running broker keeps in memory, and the change feed.
+//! - `broker`: the issuance pipeline (decide → stamp → sign → audit).
+//! - `admin`: tenant/key/policy operations shared by CLI and HTTP.
+//! - `routes`: the HTTP API; `startup`: building and running the server.
+//! - `cli*`, `settings`, `telemetry`, `clock`, `dev`: the shell around it.
 
+pub mod admin;
+pub mod audit;
+pub mod auth;
+pub mod broker;
+pub mod cli;
+pub mod cli_audit;
+pub mod cli_policy;
+pub mod cli_token;
 pub mod clock;
+pub mod dev;
 pub mod domain;
+pub mod idp;
+pub mod limits;
+pub mod metrics;
 pub mod policy;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;
 pub mod tokens;

@@ -1,1 +1,23 @@
-//! Policy files and the decision engine (being written; see issue 4).
+//! Policy as code: per-tenant TOML files (`policies/README.md`) validated into
+//! a `PolicyDoc`, compiled into a `CompiledPolicy` (rules sorted by priority,
+//! globs precompiled), and `decide`, a pure function that says which rule
+//! decided, what it clamped and why. Also: the `policy test` case runner and
+//! the diff shown before an apply.
+
+pub mod cases;
+pub mod decide;
+mod diff;
+pub mod duration;
+pub mod file;
+pub mod glob;
+
+pub use cases::{CaseReport, cases_policy_path, cases_tenant, run_cases};
+pub use decide::{
+    Change, Clamped, CompiledPolicy, Decision, DecisionRequest, Expiry, Outcome, RefusalCode, RequestError, RuleMiss,
+    SessionFacts, decide,
+};
+pub use diff::diff;
+pub use file::{Defaults, Effect, Excess, PolicyDoc, PolicyError, Rule, SessionMatch, Subject, parse};
+
+#[cfg(test)]
+mod tests;

@@ -26,7 +26,8 @@ pub fn session_for(api_key: &str, n: u32) -> String {
 
 /// Where the test database lives: a temp SQLite file, or a fresh PostgreSQL database.
 pub enum TestDb {
-    Sqlite(tempfile::TempDir),
+    /// Kept for its drop: the directory is removed with the test.
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
     Postgres,
     /// Another instance's database (a second broker on it).
     Shared,
@@ -38,7 +39,7 @@ pub struct TestApp {
     pub store: Store,
     pub db_url: String,
     pub dir: tempfile::TempDir,
-    handle: actix_web::dev::ServerHandle,
+    _handle: actix_web::dev::ServerHandle,
     pub app_state: actix_web::web::Data<token_broker::state::AppState>,
     _db: TestDb,
 }
@@ -74,10 +75,6 @@ pub async fn fresh_database() -> (String, TestDb) {
     }
 }
 
-pub fn on_postgres() -> bool {
-    std::env::var("TEST_DATABASE_URL").is_ok_and(|u| u.starts_with("postgres"))
-}
-
 pub async fn spawn_app() -> TestApp {
     let (url, db) = fresh_database().await;
     spawn_app_on(url, db, |_| {}).await
@@ -99,7 +96,7 @@ pub async fn spawn_app_on(url: String, db: TestDb, tweak: impl FnOnce(&mut Setti
         store,
         db_url: url,
         dir: tempfile::tempdir().expect("tempdir"),
-        handle,
+        _handle: handle,
         app_state,
         _db: db,
     }
@@ -108,10 +105,6 @@ pub async fn spawn_app_on(url: String, db: TestDb, tweak: impl FnOnce(&mut Setti
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.addr, path)
-    }
-
-    pub async fn stop(&self) {
-        self.handle.stop(true).await;
     }
 
     pub async fn create_tenant(&self, slug: &str) {
@@ -260,13 +253,6 @@ on_role_excess = "downgrade"
 /// A user body.
 pub fn user(id: &str) -> Value {
     json!({"id": id})
-}
-
-/// Decodes a JWT's payload without verifying (tests verify separately).
-pub fn jwt_claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).expect("JWT payload");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url");
-    serde_json::from_slice(&bytes).expect("JSON claims")
 }
 
 pub fn fixture(name: &str) -> PathBuf {

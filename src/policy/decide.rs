@@ -1,0 +1,281 @@
+//! The decision: a pure function of (compiled policy, caller, session facts,
+//! request, now). No I/O, no clock reads; a few comparisons per rule.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::duration::human;
+use super::file::{Effect, Excess, MAX_TTL, PolicyDoc, Rule, SessionMatch, Subject};
+use crate::domain::{Identity, Role};
+
+/// A policy version in force, rules sorted by priority.
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    pub tenant: String,
+    pub version: i64,
+    pub doc: PolicyDoc,
+    order: Vec<usize>,
+}
+
+impl CompiledPolicy {
+    pub fn compile(doc: PolicyDoc, version: i64) -> CompiledPolicy {
+        let mut order: Vec<usize> = (0..doc.rules.len()).collect();
+        order.sort_by_key(|i| doc.rules[*i].priority);
+        CompiledPolicy { tenant: doc.tenant.clone(), version, doc, order }
+    }
+
+    /// Rules in the order they are tried.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.order.iter().map(|i| &self.doc.rules[*i])
+    }
+}
+
+/// What the broker knows of a session: registered owner and labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFacts {
+    pub owner: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A requested lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Seconds from now.
+    Ttl(i64),
+    /// Absolute unix seconds.
+    At(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DecisionRequest {
+    pub role: Option<Role>,
+    pub expiry: Option<Expiry>,
+}
+
+/// Bad input, refused before any rule is tried (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("expire_time {0} is not in the future")]
+    ExpireTimeInPast(i64),
+    #[error("ttl must be a positive number of seconds")]
+    InvalidTtl,
+}
+
+impl RequestError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestError::ExpireTimeInPast(_) => "expire_time_in_past",
+            RequestError::InvalidTtl => "invalid_ttl",
+        }
+    }
+
+    pub fn field(&self) -> &'static str {
+        match self {
+            RequestError::ExpireTimeInPast(_) => "expire_time",
+            RequestError::InvalidTtl => "ttl",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCode {
+    PolicyDenied,
+    NoMatchingRule,
+    RoleNotAllowed,
+}
+
+impl RefusalCode {
+    pub fn code(self) -> &'static str {
+        match self {
+            RefusalCode::PolicyDenied => "policy_denied",
+            RefusalCode::NoMatchingRule => "no_matching_rule",
+            RefusalCode::RoleNotAllowed => "role_not_allowed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Granted { role: Role, expire_time: i64, ttl: i64 },
+    Refused(RefusalCode),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change<T> {
+    pub requested: T,
+    pub granted: T,
+}
+
+/// What was clamped: only the parts that were.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Clamped {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Change<Role>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Change<i64>>,
+}
+
+/// Why an earlier rule did not decide (`explain=true`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleMiss {
+    pub rule: String,
+    pub priority: i64,
+    /// `subject` or `session`.
+    pub failed: &'static str,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub outcome: Outcome,
+    /// The deciding rule (none when no rule matched).
+    pub rule: Option<String>,
+    pub policy_version: i64,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clamped: Option<Clamped>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explain: Option<Vec<RuleMiss>>,
+}
+
+fn subject_matches(s: &Subject, who: &Identity) -> bool {
+    match s {
+        Subject::Any => true,
+        Subject::User(u) => *u == who.user_id,
+        Subject::Group(g) => who.groups.iter().any(|x| x == g),
+    }
+}
+
+fn session_matches(m: &SessionMatch, who: &Identity, session_id: &str, f: &SessionFacts) -> bool {
+    match m {
+        SessionMatch::Any => true,
+        SessionMatch::Id(id) => id == session_id,
+        SessionMatch::Owner => f.owner.as_deref() == Some(who.user_id.as_str()),
+        SessionMatch::Label { key, value, .. } => f.labels.get(key).is_some_and(|v| value.matches(v)),
+    }
+}
+
+fn describe_subjects(r: &Rule) -> String {
+    r.subjects
+        .iter()
+        .map(|s| match s {
+            Subject::Any => "anyone".to_owned(),
+            Subject::User(u) => format!("user {u}"),
+            Subject::Group(g) => format!("group {g}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+fn describe_sessions(r: &Rule) -> String {
+    r.sessions
+        .iter()
+        .map(|s| match s {
+            SessionMatch::Any => "any session".to_owned(),
+            SessionMatch::Id(i) => format!("session {i}"),
+            SessionMatch::Owner => "a session the caller owns".to_owned(),
+            SessionMatch::Label { key, pattern, .. } => format!("label {key}={pattern}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// Decides a request.
+pub fn decide(
+    p: &CompiledPolicy,
+    who: &Identity,
+    session_id: &str,
+    facts: &SessionFacts,
+    req: &DecisionRequest,
+    now: i64,
+    explain: bool,
+) -> Result<Decision, RequestError> {
+    let requested_ttl = match req.expiry {
+        None => None,
+        Some(Expiry::Ttl(t)) if t <= 0 => return Err(RequestError::InvalidTtl),
+        Some(Expiry::Ttl(t)) => Some(t),
+        Some(Expiry::At(at)) if at <= now => return Err(RequestError::ExpireTimeInPast(at)),
+        Some(Expiry::At(at)) => Some(at - now),
+    };
+    let mut misses = explain.then(Vec::new);
+    for r in p.rules() {
+        let subject_ok = r.subjects.iter().any(|s| subject_matches(s, who));
+        let session_ok = subject_ok && r.sessions.iter().any(|s| session_matches(s, who, session_id, facts));
+        if !(subject_ok && session_ok) {
+            if let Some(m) = misses.as_mut() {
+                let (failed, detail) = if !subject_ok {
+                    ("subject", format!("the caller is not {}", describe_subjects(r)))
+                } else {
+                    ("session", format!("the session is not {}", describe_sessions(r)))
+                };
+                m.push(RuleMiss { rule: r.id.clone(), priority: r.priority, failed, detail });
+            }
+            continue;
+        }
+        let refused = |code: RefusalCode, reason: String, misses: Option<Vec<RuleMiss>>| Decision {
+            outcome: Outcome::Refused(code),
+            rule: Some(r.id.clone()),
+            policy_version: p.version,
+            reason,
+            clamped: None,
+            explain: misses,
+        };
+        if r.effect == Effect::Deny {
+            return Ok(refused(RefusalCode::PolicyDenied, format!("rule {} denies {}", r.id, describe_subjects(r)), misses));
+        }
+        let wanted = req.role.or(r.default_role).unwrap_or(p.doc.defaults.role);
+        let mut clamped = Clamped::default();
+        let role = if r.roles.contains(&wanted) {
+            wanted
+        } else {
+            match (r.on_role_excess, r.default_role) {
+                (Excess::Downgrade, Some(d)) if r.roles.contains(&d) => {
+                    clamped.role = Some(Change { requested: wanted, granted: d });
+                    d
+                }
+                _ => {
+                    let allowed: Vec<&str> = r.roles.iter().map(|x| x.as_str()).collect();
+                    let allowed = if allowed.is_empty() { "no role".to_owned() } else { allowed.join(", ") };
+                    return Ok(refused(
+                        RefusalCode::RoleNotAllowed,
+                        format!("rule {} allows {allowed}, not {wanted}", r.id),
+                        misses,
+                    ));
+                }
+            }
+        };
+        let want_ttl = requested_ttl.or(r.default_ttl).unwrap_or(p.doc.defaults.ttl);
+        let cap = r.max_ttl.unwrap_or(MAX_TTL).min(MAX_TTL);
+        let ttl = want_ttl.min(cap);
+        if ttl < want_ttl {
+            clamped.ttl = Some(Change { requested: want_ttl, granted: ttl });
+        }
+        let mut reason = format!("rule {} grants {role} for {}", r.id, human(ttl));
+        if let Some(c) = &clamped.role {
+            reason.push_str(&format!("; role downgraded from {} to {}", c.requested, c.granted));
+        }
+        if let Some(c) = &clamped.ttl {
+            reason.push_str(&format!("; ttl clamped from {} to {}", human(c.requested), human(c.granted)));
+        }
+        let any_clamp = clamped.role.is_some() || clamped.ttl.is_some();
+        return Ok(Decision {
+            outcome: Outcome::Granted { role, expire_time: now + ttl, ttl },
+            rule: Some(r.id.clone()),
+            policy_version: p.version,
+            reason,
+            clamped: any_clamp.then_some(clamped),
+            explain: misses,
+        });
+    }
+    Ok(Decision {
+        outcome: Outcome::Refused(RefusalCode::NoMatchingRule),
+        rule: None,
+        policy_version: p.version,
+        reason: "no rule matches this caller and session: denied by default".into(),
+        clamped: None,
+        explain: misses,
+    })
+}

@@ -1,0 +1,659 @@
+//! Policy files: TOML → validated `PolicyDoc`. Every error names the file, the
+//! line and column, and the field, and says what would be valid. Unknown keys
+//! are errors. A file with any error yields no document at all.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::duration::{self, RawDuration};
+use super::glob::Glob;
+use crate::domain::{CredentialSpec, IdpKeys, IdpSpec, OpenTokFormat, Provider, Role, SecretRef};
+use crate::limits::{Rate, Rates};
+
+/// The longest `max_ttl`/`default_ttl` a rule may have: the service's 30 days.
+pub const MAX_TTL: i64 = 30 * 86_400;
+/// `defaults.ttl` when a file gives none: one hour (short, because a policy
+/// that forgot it should not hand out day-long tokens).
+pub const DEFAULT_TTL: i64 = 3600;
+
+/// A validation error with its location.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+#[error("{file}:{line}:{column}: {field}: {message}")]
+pub struct PolicyError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub field: String,
+    pub message: String,
+}
+
+/// Who a rule is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    Any,
+    User(String),
+    Group(String),
+}
+
+/// Which sessions a rule is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionMatch {
+    Any,
+    Id(String),
+    Label { key: String, value: Glob, pattern: String },
+    Owner,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Excess {
+    Deny,
+    Downgrade,
+}
+
+/// One validated rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub id: String,
+    pub priority: i64,
+    pub effect: Effect,
+    pub subjects: Vec<Subject>,
+    pub sessions: Vec<SessionMatch>,
+    pub roles: Vec<Role>,
+    pub default_role: Option<Role>,
+    pub default_ttl: Option<i64>,
+    pub max_ttl: Option<i64>,
+    pub on_role_excess: Excess,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    /// Used when neither the request nor the rule names a role (default publisher).
+    pub role: Role,
+    /// Used when the request names no expiry and the rule no default_ttl.
+    pub ttl: i64,
+}
+
+/// A validated policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDoc {
+    pub tenant: String,
+    pub description: Option<String>,
+    pub credentials: Vec<CredentialSpec>,
+    pub defaults: Defaults,
+    /// As written (the compiled policy sorts them by priority).
+    pub rules: Vec<Rule>,
+    pub identity_providers: Vec<IdpSpec>,
+    pub cors_allowed_origins: Vec<String>,
+    pub rate_limits: Option<Rates>,
+}
+
+type S<T> = Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    tenant: S<String>,
+    description: Option<String>,
+    #[serde(default)]
+    credentials: Vec<RawCredential>,
+    defaults: Option<RawDefaults>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    #[serde(default)]
+    identity_providers: Vec<RawIdp>,
+    cors: Option<RawCors>,
+    rate_limits: Option<RawRates>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    name: S<String>,
+    provider: S<String>,
+    api_key: Option<S<String>>,
+    api_secret: Option<S<String>>,
+    token_format: Option<S<String>>,
+    application_id: Option<S<String>>,
+    private_key: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    role: Option<S<String>>,
+    ttl: Option<S<RawDuration>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: S<String>,
+    priority: S<i64>,
+    effect: Option<S<String>>,
+    subjects: S<Vec<S<String>>>,
+    sessions: S<Vec<S<String>>>,
+    roles: Option<S<Vec<S<String>>>>,
+    default_role: Option<S<String>>,
+    default_ttl: Option<S<RawDuration>>,
+    max_ttl: Option<S<RawDuration>>,
+    on_role_excess: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdp {
+    name: S<String>,
+    issuer: S<String>,
+    audiences: S<Vec<String>>,
+    algorithms: S<Vec<S<String>>>,
+    secret: Option<S<String>>,
+    public_keys: Option<S<Vec<S<String>>>>,
+    jwks_url: Option<S<String>>,
+    user_id_claim: Option<String>,
+    name_claim: Option<String>,
+    groups_claim: Option<String>,
+    leeway: Option<S<RawDuration>>,
+    jwks_min_refresh: Option<S<RawDuration>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCors {
+    allowed_origins: S<Vec<S<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRates {
+    end_user: Option<S<String>>,
+    end_user_ip: Option<S<String>>,
+    api_key: Option<S<String>>,
+}
+
+struct Errors<'a> {
+    file: &'a str,
+    text: &'a str,
+    list: Vec<PolicyError>,
+}
+
+impl Errors<'_> {
+    fn at(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.list.push(PolicyError { file: self.file.to_owned(), line, column, field: field.into(), message: message.into() });
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// Turns a TOML/serde error into a located `PolicyError`, naming the key on
+/// the offending line when serde's message does not.
+pub fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> PolicyError {
+    let span = e.span().unwrap_or(0..0);
+    let msg = e.message().to_owned();
+    let (mut line, mut column) = line_col(text, span.start);
+    // serde reports an unknown key at its table; point at the key itself.
+    if let Some(key) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+        let mut offset = span.start.min(text.len());
+        for l in text[offset..].split_inclusive('\n') {
+            if l.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
+                (line, column) = line_col(text, offset + (l.len() - l.trim_start().len()));
+                break;
+            }
+            offset += l.len();
+        }
+    }
+    let field = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|m| msg.find(m).map(|i| &msg[i + m.len()..]))
+        .and_then(|rest| rest.split('`').next())
+        .map(str::to_owned)
+        .or_else(|| {
+            text.lines()
+                .nth(line - 1)
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim().to_owned())
+                .filter(|k| !k.is_empty())
+        })
+        .unwrap_or_else(|| "(file)".into());
+    PolicyError { file: file.to_owned(), line, column, field, message: msg }
+}
+
+fn valid_slug(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+fn valid_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+}
+
+fn valid_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
+}
+
+/// Parses and validates a policy file; every error, or the document.
+pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| vec![toml_error(file, text, &e)])?;
+    let mut errs = Errors { file, text, list: Vec::new() };
+
+    let tenant = raw.tenant.get_ref().clone();
+    if !valid_slug(&tenant) {
+        errs.at(raw.tenant.span(), "tenant", "a tenant slug is 1-63 of a-z, 0-9 and '-', starting with a letter or digit");
+    }
+
+    let credentials = credentials(&mut errs, &raw.credentials);
+
+    let role_of = |errs: &mut Errors, s: &S<String>, field: String| -> Option<Role> {
+        match s.get_ref().parse::<Role>() {
+            Ok(r) => Some(r),
+            Err(_) => {
+                errs.at(s.span(), field, format!("{:?} is not a role: use subscriber, publisher, publisheronly or moderator", s.get_ref()));
+                None
+            }
+        }
+    };
+    let ttl_of = |errs: &mut Errors, s: &S<RawDuration>, field: String| -> Option<i64> {
+        match duration::parse(s.get_ref()) {
+            Ok(n) if n <= 0 => {
+                errs.at(s.span(), field, "a duration must be positive");
+                None
+            }
+            Ok(n) if n > MAX_TTL => {
+                errs.at(s.span(), field, format!("{} is above the service's 30-day limit; use at most \"30d\"", duration::human(n)));
+                None
+            }
+            Ok(n) => Some(n),
+            Err(m) => {
+                errs.at(s.span(), field, m);
+                None
+            }
+        }
+    };
+
+    let mut defaults = Defaults { role: Role::Publisher, ttl: DEFAULT_TTL };
+    if let Some(d) = &raw.defaults {
+        if let Some(r) = &d.role
+            && let Some(role) = role_of(&mut errs, r, "defaults.role".into())
+        {
+            defaults.role = role;
+        }
+        if let Some(t) = &d.ttl
+            && let Some(n) = ttl_of(&mut errs, t, "defaults.ttl".into())
+        {
+            defaults.ttl = n;
+        }
+    }
+
+    let mut rules = Vec::new();
+    let mut ids = HashSet::new();
+    let mut priorities = HashSet::new();
+    for (i, r) in raw.rules.iter().enumerate() {
+        let f = |k: &str| format!("rules[{i}].{k}");
+        if !valid_id(r.id.get_ref()) {
+            errs.at(r.id.span(), f("id"), "a rule id is 1-64 of a-z, 0-9, '-' and '_', starting with a letter or digit");
+        } else if !ids.insert(r.id.get_ref().clone()) {
+            errs.at(r.id.span(), f("id"), format!("rule id {:?} is used twice; ids must be unique (decisions name them)", r.id.get_ref()));
+        }
+        if !priorities.insert(*r.priority.get_ref()) {
+            errs.at(r.priority.span(), f("priority"), format!("priority {} is used by another rule; priorities must be unique so the first match is well defined", r.priority.get_ref()));
+        }
+        let effect = match r.effect.as_ref().map(|e| e.get_ref().as_str()) {
+            None | Some("allow") => Effect::Allow,
+            Some("deny") => Effect::Deny,
+            Some(other) => {
+                errs.at(r.effect.as_ref().map(|e| e.span()).unwrap_or(0..0), f("effect"), format!("{other:?} is not an effect: use \"allow\" or \"deny\""));
+                Effect::Allow
+            }
+        };
+        let mut subjects = Vec::new();
+        if r.subjects.get_ref().is_empty() {
+            errs.at(r.subjects.span(), f("subjects"), "a rule needs at least one subject (\"*\", \"user:<id>\" or \"group:<name>\")");
+        }
+        for s in r.subjects.get_ref() {
+            let v = s.get_ref();
+            let m = if v == "*" {
+                Some(Subject::Any)
+            } else if let Some(u) = v.strip_prefix("user:").filter(|u| !u.is_empty()) {
+                Some(Subject::User(u.to_owned()))
+            } else if let Some(g) = v.strip_prefix("group:").filter(|g| !g.is_empty()) {
+                Some(Subject::Group(g.to_owned()))
+            } else {
+                errs.at(s.span(), f("subjects"), format!("{v:?} is not a subject: use \"*\", \"user:<id>\" or \"group:<name>\""));
+                None
+            };
+            subjects.extend(m);
+        }
+        let mut sessions = Vec::new();
+        if r.sessions.get_ref().is_empty() {
+            errs.at(r.sessions.span(), f("sessions"), "a rule needs at least one session matcher (\"*\", \"id:<session id>\", \"label:<key>=<glob>\" or \"owner\")");
+        }
+        for s in r.sessions.get_ref() {
+            let v = s.get_ref();
+            let m = if v == "*" {
+                Some(SessionMatch::Any)
+            } else if v == "owner" {
+                Some(SessionMatch::Owner)
+            } else if let Some(id) = v.strip_prefix("id:").filter(|x| !x.is_empty()) {
+                Some(SessionMatch::Id(id.to_owned()))
+            } else if let Some((k, g)) = v.strip_prefix("label:").and_then(|x| x.split_once('=')).filter(|(k, _)| !k.is_empty()) {
+                Some(SessionMatch::Label { key: k.to_owned(), value: Glob::new(g), pattern: g.to_owned() })
+            } else {
+                errs.at(s.span(), f("sessions"), format!("{v:?} is not a session matcher: use \"*\", \"id:<session id>\", \"label:<key>=<glob>\" or \"owner\""));
+                None
+            };
+            sessions.extend(m);
+        }
+        let mut roles = Vec::new();
+        if let Some(list) = &r.roles {
+            for s in list.get_ref() {
+                if let Some(role) = role_of(&mut errs, s, f("roles")) {
+                    roles.push(role);
+                }
+            }
+        }
+        let default_role = r.default_role.as_ref().and_then(|s| role_of(&mut errs, s, f("default_role")));
+        let default_ttl = r.default_ttl.as_ref().and_then(|s| ttl_of(&mut errs, s, f("default_ttl")));
+        let max_ttl = r.max_ttl.as_ref().and_then(|s| ttl_of(&mut errs, s, f("max_ttl")));
+        let on_role_excess = match r.on_role_excess.as_ref().map(|e| e.get_ref().as_str()) {
+            None | Some("deny") => Excess::Deny,
+            Some("downgrade") => Excess::Downgrade,
+            Some(other) => {
+                errs.at(r.on_role_excess.as_ref().map(|e| e.span()).unwrap_or(0..0), f("on_role_excess"), format!("{other:?} is not valid: use \"deny\" or \"downgrade\""));
+                Excess::Deny
+            }
+        };
+        if let (Some(d), Some(rs)) = (default_role, &r.default_role)
+            && effect == Effect::Allow
+            && !roles.contains(&d)
+        {
+            errs.at(rs.span(), f("default_role"), format!("default_role {d} is not in this rule's roles; add it to roles"));
+        }
+        if on_role_excess == Excess::Downgrade && default_role.is_none() {
+            let span = r.on_role_excess.as_ref().map(|e| e.span()).unwrap_or(0..0);
+            errs.at(span, f("on_role_excess"), "\"downgrade\" grants the rule's default_role instead, so the rule needs a default_role");
+        }
+        if let (Some(d), Some(m), Some(s)) = (default_ttl, max_ttl, &r.default_ttl)
+            && d > m
+        {
+            errs.at(s.span(), f("default_ttl"), format!("default_ttl {} is above max_ttl {}", duration::human(d), duration::human(m)));
+        }
+        if effect == Effect::Deny && (r.roles.is_some() || r.default_role.is_some() || r.max_ttl.is_some() || r.default_ttl.is_some()) {
+            errs.at(r.id.span(), f("effect"), "a deny rule grants nothing: remove roles, default_role, default_ttl and max_ttl");
+        }
+        rules.push(Rule {
+            id: r.id.get_ref().clone(),
+            priority: *r.priority.get_ref(),
+            effect,
+            subjects,
+            sessions,
+            roles,
+            default_role,
+            default_ttl,
+            max_ttl,
+            on_role_excess,
+        });
+    }
+
+    let identity_providers = idps(&mut errs, &raw.identity_providers);
+    let mut cors_allowed_origins = Vec::new();
+    if let Some(c) = &raw.cors {
+        for o in c.allowed_origins.get_ref() {
+            let v = o.get_ref();
+            let ok = v == "*"
+                || ((v.starts_with("https://") || v.starts_with("http://")) && !v.ends_with('/') && !v[v.find("://").unwrap_or(0) + 3..].contains('/'));
+            if ok {
+                cors_allowed_origins.push(v.clone());
+            } else {
+                errs.at(o.span(), "cors.allowed_origins", format!("{v:?} is not an origin: use scheme://host[:port] with no path, e.g. \"https://app.example.com\""));
+            }
+        }
+    }
+    let rate_limits = raw.rate_limits.as_ref().map(|r| {
+        let mut rates = Rates::default();
+        for (name, v, slot) in [
+            ("end_user", &r.end_user, &mut rates.end_user),
+            ("end_user_ip", &r.end_user_ip, &mut rates.end_user_ip),
+            ("api_key", &r.api_key, &mut rates.api_key),
+        ] {
+            if let Some(v) = v {
+                match Rate::parse(v.get_ref()) {
+                    Ok(rate) => *slot = rate,
+                    Err(m) => errs.at(v.span(), format!("rate_limits.{name}"), m),
+                }
+            }
+        }
+        rates
+    });
+
+    if errs.list.is_empty() {
+        Ok(PolicyDoc {
+            tenant,
+            description: raw.description,
+            credentials,
+            defaults,
+            rules,
+            identity_providers,
+            cors_allowed_origins,
+            rate_limits,
+        })
+    } else {
+        errs.list.sort_by_key(|e| (e.line, e.column));
+        Err(errs.list)
+    }
+}
+
+fn secret_ref(errs: &mut Errors, s: &S<String>, field: String) -> Option<SecretRef> {
+    match SecretRef::parse(s.get_ref()) {
+        Ok(r) => Some(r),
+        // Never echo the value: it may be a pasted secret.
+        Err(m) => {
+            errs.at(s.span(), field, m);
+            None
+        }
+    }
+}
+
+fn credentials(errs: &mut Errors, raw: &[RawCredential]) -> Vec<CredentialSpec> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    let mut owners = HashSet::new();
+    for (i, c) in raw.iter().enumerate() {
+        let f = |k: &str| format!("credentials[{i}].{k}");
+        if !valid_id(c.name.get_ref()) {
+            errs.at(c.name.span(), f("name"), "a credential name is 1-64 of a-z, 0-9, '-' and '_'");
+        } else if !names.insert(c.name.get_ref().clone()) {
+            errs.at(c.name.span(), f("name"), format!("credential name {:?} is used twice", c.name.get_ref()));
+        }
+        let missing = |errs: &mut Errors, k: &str| errs.at(c.provider.span(), f(k), format!("{k} is required for this provider"));
+        let not_for = |errs: &mut Errors, k: &str, s: &S<String>, p: &str| errs.at(s.span(), f(k), format!("{k} does not apply to provider {p:?}"));
+        let provider = match c.provider.get_ref().as_str() {
+            "opentok" => {
+                for (k, v) in [("application_id", &c.application_id), ("private_key", &c.private_key)] {
+                    if let Some(s) = v {
+                        not_for(errs, k, s, "opentok");
+                    }
+                }
+                let key = match &c.api_key {
+                    Some(k) if !k.get_ref().is_empty() && k.get_ref().bytes().all(|b| b.is_ascii_digit()) => Some(k.get_ref().clone()),
+                    Some(k) => {
+                        errs.at(k.span(), f("api_key"), "an OpenTok API key is the project's numeric id, e.g. \"123456\"");
+                        None
+                    }
+                    None => {
+                        missing(errs, "api_key");
+                        None
+                    }
+                };
+                let secret = match &c.api_secret {
+                    Some(s) => secret_ref(errs, s, f("api_secret")),
+                    None => {
+                        missing(errs, "api_secret");
+                        None
+                    }
+                };
+                let format = match c.token_format.as_ref().map(|t| t.get_ref().as_str()) {
+                    None | Some("jwt") => OpenTokFormat::Jwt,
+                    Some("t1") => OpenTokFormat::T1,
+                    Some(other) => {
+                        errs.at(c.token_format.as_ref().map(|t| t.span()).unwrap_or(0..0), f("token_format"), format!("{other:?} is not a token format: use \"jwt\" (HS256) or \"t1\" (legacy)"));
+                        OpenTokFormat::Jwt
+                    }
+                };
+                key.zip(secret).map(|(api_key, api_secret)| Provider::OpenTok { api_key, api_secret, token_format: format })
+            }
+            "vonage" => {
+                for (k, v) in [("api_key", &c.api_key), ("api_secret", &c.api_secret), ("token_format", &c.token_format)] {
+                    if let Some(s) = v {
+                        not_for(errs, k, s, "vonage");
+                    }
+                }
+                let app = match &c.application_id {
+                    Some(a) if valid_uuid(a.get_ref()) => Some(a.get_ref().to_ascii_lowercase()),
+                    Some(a) => {
+                        errs.at(a.span(), f("application_id"), "a Vonage application id is a UUID, e.g. \"29f760f8-7ce1-46c9-ade3-f2dedee4ed5f\"");
+                        None
+                    }
+                    None => {
+                        missing(errs, "application_id");
+                        None
+                    }
+                };
+                let key = match &c.private_key {
+                    Some(s) => secret_ref(errs, s, f("private_key")),
+                    None => {
+                        missing(errs, "private_key");
+                        None
+                    }
+                };
+                app.zip(key).map(|(application_id, private_key)| Provider::Vonage { application_id, private_key })
+            }
+            other => {
+                errs.at(c.provider.span(), f("provider"), format!("{other:?} is not a provider: use \"opentok\" or \"vonage\""));
+                None
+            }
+        };
+        if let Some(p) = provider {
+            let spec = CredentialSpec { name: c.name.get_ref().clone(), provider: p };
+            if !owners.insert(spec.owner_id().to_owned()) {
+                errs.at(c.name.span(), f("name"), format!("another credential already has id {}; a session's owner must pick exactly one credential", spec.owner_id()));
+            }
+            out.push(spec);
+        }
+    }
+    out
+}
+
+fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    for (i, p) in raw.iter().enumerate() {
+        let f = |k: &str| format!("identity_providers[{i}].{k}");
+        if !valid_id(p.name.get_ref()) || !names.insert(p.name.get_ref().clone()) {
+            errs.at(p.name.span(), f("name"), "a provider name is 1-64 of a-z, 0-9, '-' and '_', unique in the file");
+        }
+        if p.issuer.get_ref().is_empty() {
+            errs.at(p.issuer.span(), f("issuer"), "the issuer is the exact iss claim of the provider's tokens");
+        }
+        if p.audiences.get_ref().is_empty() {
+            errs.at(p.audiences.span(), f("audiences"), "list at least one accepted aud value");
+        }
+        let mut families = HashSet::new();
+        for a in p.algorithms.get_ref() {
+            match a.get_ref().parse::<jsonwebtoken::Algorithm>() {
+                Ok(alg) => {
+                    families.insert(format!("{:?}", alg.family()));
+                }
+                Err(_) => errs.at(a.span(), f("algorithms"), format!("{:?} is not a JWT algorithm: e.g. RS256, ES256, EdDSA, HS256", a.get_ref())),
+            }
+        }
+        if p.algorithms.get_ref().is_empty() {
+            errs.at(p.algorithms.span(), f("algorithms"), "pin at least one algorithm");
+        }
+        let sources = [p.secret.is_some(), p.public_keys.is_some(), p.jwks_url.is_some()].iter().filter(|x| **x).count();
+        if sources != 1 {
+            errs.at(p.name.span(), f("keys"), "give exactly one key source: secret, public_keys or jwks_url");
+        }
+        let hmac = families.contains("Hmac");
+        if hmac && families.len() > 1 {
+            errs.at(p.algorithms.span(), f("algorithms"), "do not mix HMAC (HS*) with public-key algorithms: that invites algorithm confusion");
+        }
+        let keys = if let Some(s) = &p.secret {
+            if !hmac {
+                errs.at(s.span(), f("secret"), "a shared secret goes with HS256/HS384/HS512 algorithms only");
+            }
+            secret_ref(errs, s, f("secret")).map(IdpKeys::Secret)
+        } else if let Some(list) = &p.public_keys {
+            if hmac {
+                errs.at(list.span(), f("public_keys"), "public keys go with RS*/PS*/ES*/EdDSA algorithms, never HS*");
+            }
+            let refs: Vec<SecretRef> = list.get_ref().iter().filter_map(|r| secret_ref(errs, r, f("public_keys"))).collect();
+            Some(IdpKeys::PublicKeys(refs))
+        } else if let Some(u) = &p.jwks_url {
+            if hmac {
+                errs.at(u.span(), f("jwks_url"), "a JWKS goes with public-key algorithms, never HS*");
+            }
+            if !(u.get_ref().starts_with("https://") || u.get_ref().starts_with("http://")) {
+                errs.at(u.span(), f("jwks_url"), "jwks_url must be an https:// URL");
+            }
+            Some(IdpKeys::JwksUrl(u.get_ref().clone()))
+        } else {
+            None
+        };
+        let secs = |errs: &mut Errors, v: &Option<S<RawDuration>>, k: &str, default: u64| -> u64 {
+            match v {
+                None => default,
+                Some(s) => match duration::parse(s.get_ref()) {
+                    Ok(n) if (0..=3600).contains(&n) => n as u64,
+                    Ok(_) => {
+                        errs.at(s.span(), f(k), "use 0 to 1h");
+                        default
+                    }
+                    Err(m) => {
+                        errs.at(s.span(), f(k), m);
+                        default
+                    }
+                },
+            }
+        };
+        let leeway = secs(errs, &p.leeway, "leeway", 60);
+        let jwks_min_refresh = secs(errs, &p.jwks_min_refresh, "jwks_min_refresh", 10);
+        if let Some(keys) = keys {
+            out.push(IdpSpec {
+                name: p.name.get_ref().clone(),
+                issuer: p.issuer.get_ref().clone(),
+                audiences: p.audiences.get_ref().clone(),
+                algorithms: p.algorithms.get_ref().iter().map(|a| a.get_ref().clone()).collect(),
+                keys,
+                user_id_claim: p.user_id_claim.clone().unwrap_or_else(|| "sub".into()),
+                name_claim: p.name_claim.clone(),
+                groups_claim: p.groups_claim.clone(),
+                leeway,
+                jwks_min_refresh,
+            });
+        }
+    }
+    out
+}
