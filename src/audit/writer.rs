@@ -67,6 +67,8 @@ pub struct WriterHealth {
     failing: AtomicBool,
     /// When the batch in progress started (unix ms), 0 when idle.
     busy_since_ms: AtomicI64,
+    /// A batch in progress longer than this is a stall (the request timeout).
+    stall_after_ms: AtomicI64,
     pub committed_rows: AtomicU64,
     pub committed_batches: AtomicU64,
     pub failed_batches: AtomicU64,
@@ -74,11 +76,12 @@ pub struct WriterHealth {
 
 impl WriterHealth {
     /// True when the last batch failed and none has succeeded since, or when
-    /// the batch in progress has been waiting on the store for over a second.
+    /// the batch in progress has been waiting on the store for longer than a
+    /// request may wait (requests are getting 503 then).
     pub fn failing(&self) -> bool {
         let since = self.busy_since_ms.load(Ordering::Relaxed);
-        self.failing.load(Ordering::Relaxed)
-            || (since != 0 && crate::clock::now_unix_ms() - since > 1000)
+        let bound = self.stall_after_ms.load(Ordering::Relaxed);
+        self.failing.load(Ordering::Relaxed) || (since != 0 && crate::clock::now_unix_ms() - since > bound)
     }
 }
 
@@ -102,6 +105,9 @@ impl AuditWriter {
     pub fn spawn(store: Store, cfg: WriterConfig) -> (AuditWriter, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let health = Arc::new(WriterHealth::default());
+        health
+            .stall_after_ms
+            .store(cfg.timeout.as_millis() as i64, Ordering::Relaxed);
         let task = tokio::spawn(run(store, rx, cfg.max_batch.max(1), health.clone()));
         (
             AuditWriter {

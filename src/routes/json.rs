@@ -54,10 +54,10 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             if inner.is_syntax() || inner.is_eof() {
                 return Err(ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {msg}")));
             }
-            // "unknown field `x`" / "missing field `x`": point at x itself.
-            let field = ["unknown field `", "missing field `"]
-                .iter()
-                .find_map(|m| msg.find(m).map(|i| &msg[i + m.len()..]))
+            // The path already ends at an unknown field; a missing field is
+            // reported at its parent, so name the field itself.
+            let field = msg
+                .strip_prefix("missing field `")
                 .and_then(|rest| rest.split('`').next())
                 .map(|name| if path == "." || path.is_empty() { name.to_owned() } else { format!("{path}.{name}") })
                 .unwrap_or(path);

@@ -92,7 +92,8 @@ async fn an_end_user_gets_a_token_stamped_with_the_verified_identity() {
     assert!(row["key_id"].is_null());
 
     // The same path takes the tenant's API keys, but only the tenant's own.
-    let (s, _, _) = post_as(&app, &audit_key, &json!({"session_id": sid, "user": user("svc")})).await;
+    let audit_only = app.create_key("acme", &["audit"]).await;
+    let (s, _, _) = post_as(&app, &audit_only, &json!({"session_id": sid, "user": user("svc")})).await;
     assert_eq!(s, 403, "an audit-only key lacks the issue scope");
     let issue_key = app.create_key("acme", &["issue"]).await;
     let (s, v, _) = post_as(&app, &issue_key, &json!({"session_id": sid, "user": user("svc")})).await;
