@@ -16,7 +16,10 @@ pub enum Actor {
     /// The command-line tool, run by an operator on the broker's machine.
     Cli,
     /// An `admin`-scoped API key of the tenant.
-    Key { key_id: String, request_id: Option<String> },
+    Key {
+        key_id: String,
+        request_id: Option<String>,
+    },
 }
 
 impl Actor {
@@ -50,11 +53,16 @@ pub enum AuditSink {
 impl AuditSink {
     pub async fn record(&self, row: AuditRow) -> Result<(), AdminError> {
         match self {
-            AuditSink::Writer(w) => w.append(row).await.map_err(|_| AdminError::AuditUnavailable),
+            AuditSink::Writer(w) => w
+                .append(row)
+                .await
+                .map_err(|_| AdminError::AuditUnavailable),
             AuditSink::Direct(s) => {
                 let mut rows = [row];
                 let mut heads = Default::default();
-                s.append_audit(&mut rows, &mut heads).await.map_err(AdminError::Store)
+                s.append_audit(&mut rows, &mut heads)
+                    .await
+                    .map_err(AdminError::Store)
             }
         }
     }
@@ -84,10 +92,17 @@ pub fn valid_slug(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
-pub async fn create_tenant(store: &Store, sink: &AuditSink, slug: &str, actor: &Actor, now_ms: i64) -> Result<(), AdminError> {
+pub async fn create_tenant(
+    store: &Store,
+    sink: &AuditSink,
+    slug: &str,
+    actor: &Actor,
+    now_ms: i64,
+) -> Result<(), AdminError> {
     if !valid_slug(slug) {
         return Err(AdminError::Invalid(format!(
             "invalid tenant slug {slug:?}: use 1-63 of a-z, 0-9 and '-', starting with a letter or digit"
@@ -117,7 +132,12 @@ impl From<KeyRow> for KeyInfo {
             key_id: r.key_id,
             tenant: r.tenant,
             name: r.name,
-            scopes: r.scopes.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            scopes: r
+                .scopes
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
             created_at_ms: r.created_at_ms,
             created_by: r.created_by,
             revoked_at_ms: r.revoked_at_ms,
@@ -142,7 +162,9 @@ pub async fn create_key(
     if let Some(n) = &name
         && (n.is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control))
     {
-        return Err(AdminError::Invalid("key name must be 1-100 printable characters".into()));
+        return Err(AdminError::Invalid(
+            "key name must be 1-100 printable characters".into(),
+        ));
     }
     let t = tenant.to_owned();
     let by = actor.label();
@@ -170,10 +192,13 @@ pub async fn revoke_key(
     actor: &Actor,
     now_ms: i64,
 ) -> Result<String, AdminError> {
-    let owner = store.revoke_key(key_id, tenant, now_ms).await.map_err(|e| match e {
-        StoreError::NotFound => AdminError::NotFound(format!("no API key {key_id}")),
-        other => AdminError::Store(other),
-    })?;
+    let owner = store
+        .revoke_key(key_id, tenant, now_ms)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => AdminError::NotFound(format!("no API key {key_id}")),
+            other => AdminError::Store(other),
+        })?;
     let mut row = AuditRow::new(&owner, kind::KEY_REVOKED, "ok", "cli", now_ms);
     actor.stamp(&mut row);
     row.detail = Some(serde_json::json!({"revoked_key_id": key_id}).to_string());
@@ -251,7 +276,16 @@ pub async fn apply_policy(
     }
     let sha = chain::hex(&Sha256::digest(text.as_bytes()));
     let version = store
-        .insert_policy_version(&tenant, previous_version, text, source_name, &sha, &actor.label(), note, now_ms)
+        .insert_policy_version(
+            &tenant,
+            previous_version,
+            text,
+            source_name,
+            &sha,
+            &actor.label(),
+            note,
+            now_ms,
+        )
         .await?;
     let mut row = AuditRow::new(&tenant, kind::POLICY_APPLIED, "ok", "cli", now_ms);
     actor.stamp(&mut row);
@@ -274,11 +308,21 @@ pub async fn rollback_policy(
     actor: &Actor,
     now_ms: i64,
 ) -> Result<ApplyOutcome, AdminError> {
-    let old: PolicyVersionRow = store
-        .policy_version(tenant, to)
-        .await?
-        .ok_or_else(|| AdminError::NotFound(format!("tenant {tenant} has no policy version {to}")))?;
+    let old: PolicyVersionRow = store.policy_version(tenant, to).await?.ok_or_else(|| {
+        AdminError::NotFound(format!("tenant {tenant} has no policy version {to}"))
+    })?;
     let note = format!("rollback to {to}");
-    let out = apply_policy(store, sink, &old.source_name, &old.source, Some(tenant), false, actor, Some(&note), now_ms).await?;
+    let out = apply_policy(
+        store,
+        sink,
+        &old.source_name,
+        &old.source,
+        Some(tenant),
+        false,
+        actor,
+        Some(&note),
+        now_ms,
+    )
+    .await?;
     Ok(out)
 }

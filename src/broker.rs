@@ -74,8 +74,14 @@ impl DecisionView {
             rule: d.rule.clone(),
             policy_version: d.policy_version,
             reason: d.reason.clone(),
-            clamped: d.clamped.as_ref().and_then(|c| serde_json::to_value(c).ok()),
-            explain: d.explain.as_ref().and_then(|e| serde_json::to_value(e).ok()),
+            clamped: d
+                .clamped
+                .as_ref()
+                .and_then(|c| serde_json::to_value(c).ok()),
+            explain: d
+                .explain
+                .as_ref()
+                .and_then(|e| serde_json::to_value(e).ok()),
         }
     }
 }
@@ -119,9 +125,16 @@ fn check_ident(field: &str, v: &str) -> Result<(), ApiError> {
 }
 
 /// Checks the request's shape and returns the identity, requested role and expiry.
-fn validate(caller: &Caller, req: &TokenRequest) -> Result<(Identity, Option<Role>, Option<Expiry>), ApiError> {
+fn validate(
+    caller: &Caller,
+    req: &TokenRequest,
+) -> Result<(Identity, Option<Role>, Option<Expiry>), ApiError> {
     if req.session_id.is_empty() || req.session_id.len() > MAX_SESSION_ID_LEN {
-        return Err(ApiError::bad("invalid_session_id", "session_id", "session_id must be a Vonage Video session ID"));
+        return Err(ApiError::bad(
+            "invalid_session_id",
+            "session_id",
+            "session_id must be a Vonage Video session ID",
+        ));
     }
     let identity = match (&caller.identity, &req.user) {
         (Some(_), Some(_)) => {
@@ -132,14 +145,24 @@ fn validate(caller: &Caller, req: &TokenRequest) -> Result<(Identity, Option<Rol
             ));
         }
         (Some(id), None) => id.clone(),
-        (None, None) => return Err(ApiError::bad("missing_field", "user", "user.id is required")),
+        (None, None) => {
+            return Err(ApiError::bad(
+                "missing_field",
+                "user",
+                "user.id is required",
+            ));
+        }
         (None, Some(u)) => {
             check_ident("user.id", &u.id)?;
             if let Some(n) = &u.name {
                 check_ident("user.name", n)?;
             }
             if u.groups.len() > MAX_GROUPS {
-                return Err(ApiError::bad("invalid_user", "user.groups", format!("at most {MAX_GROUPS} groups")));
+                return Err(ApiError::bad(
+                    "invalid_user",
+                    "user.groups",
+                    format!("at most {MAX_GROUPS} groups"),
+                ));
             }
             for g in &u.groups {
                 check_ident("user.groups", g)?;
@@ -153,11 +176,17 @@ fn validate(caller: &Caller, req: &TokenRequest) -> Result<(Identity, Option<Rol
     };
     let role = match &req.role {
         None => None,
-        Some(r) => Some(tokens::parse_role(r).map_err(|e| ApiError::bad(e.code(), "role", e.to_string()))?),
+        Some(r) => Some(
+            tokens::parse_role(r).map_err(|e| ApiError::bad(e.code(), "role", e.to_string()))?,
+        ),
     };
     let expiry = match (req.ttl, req.expire_time) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad("ttl_and_expire_time", "ttl", "give ttl or expire_time, not both"));
+            return Err(ApiError::bad(
+                "ttl_and_expire_time",
+                "ttl",
+                "give ttl or expire_time, not both",
+            ));
         }
         (Some(t), None) => Some(Expiry::Ttl(t)),
         (None, Some(e)) => Some(Expiry::At(e)),
@@ -173,7 +202,11 @@ fn validate(caller: &Caller, req: &TokenRequest) -> Result<(Identity, Option<Rol
         return Err(ApiError::bad(
             "connection_data_too_long",
             "data",
-            format!("data is {} bytes; connection data is limited to {} bytes", d.len(), tokens::MAX_CONNECTION_DATA_BYTES),
+            format!(
+                "data is {} bytes; connection data is limited to {} bytes",
+                d.len(),
+                tokens::MAX_CONNECTION_DATA_BYTES
+            ),
         ));
     }
     Ok((identity, role, expiry))
@@ -204,12 +237,23 @@ pub fn stamp(tenant: &str, who: &Identity, idp: Option<&str>, data: Option<&str>
     .unwrap_or_default()
 }
 
-fn base_row(caller: &Caller, who: &Identity, req: &TokenRequest, now_ms: i64, k: &str, outcome: &str) -> AuditRow {
+fn base_row(
+    caller: &Caller,
+    who: &Identity,
+    req: &TokenRequest,
+    now_ms: i64,
+    k: &str,
+    outcome: &str,
+) -> AuditRow {
     let mut row = AuditRow::new(
         &caller.tenant,
         k,
         outcome,
-        if caller.idp.is_some() { "end_user" } else { "api_key" },
+        if caller.idp.is_some() {
+            "end_user"
+        } else {
+            "api_key"
+        },
         now_ms,
     );
     row.key_id = caller.key_id.clone();
@@ -257,7 +301,13 @@ fn audit_unavailable(state: &AppState, e: crate::audit::AuditUnavailable) -> Api
 }
 
 /// Runs the pipeline for one request; counts malformed requests.
-pub async fn handle(state: &AppState, caller: &Caller, req: &TokenRequest, mode: Mode, now_ms: i64) -> Result<Issued, ApiError> {
+pub async fn handle(
+    state: &AppState,
+    caller: &Caller,
+    req: &TokenRequest,
+    mode: Mode,
+    now_ms: i64,
+) -> Result<Issued, ApiError> {
     let r = run(state, caller, req, mode, now_ms).await;
     if let Err(e) = &r
         && e.status == actix_web::http::StatusCode::BAD_REQUEST
@@ -267,14 +317,24 @@ pub async fn handle(state: &AppState, caller: &Caller, req: &TokenRequest, mode:
     r
 }
 
-async fn run(state: &AppState, caller: &Caller, req: &TokenRequest, mode: Mode, now_ms: i64) -> Result<Issued, ApiError> {
+async fn run(
+    state: &AppState,
+    caller: &Caller,
+    req: &TokenRequest,
+    mode: Mode,
+    now_ms: i64,
+) -> Result<Issued, ApiError> {
     let now = now_ms / 1000;
     let (who, role, expiry) = validate(caller, req)?;
-    let owner = tokens::session_owner(&req.session_id).map_err(|e| ApiError::bad(e.code(), "session_id", e.to_string()))?;
+    let owner = tokens::session_owner(&req.session_id)
+        .map_err(|e| ApiError::bad(e.code(), "session_id", e.to_string()))?;
     let row = || base_row(caller, &who, req, now_ms, kind::TOKEN_REFUSED, "refused");
 
     let Some(rt) = state.tenant(&caller.tenant) else {
-        let e = ApiError::forbidden("no_policy", "this tenant has no policy applied, so nothing is granted");
+        let e = ApiError::forbidden(
+            "no_policy",
+            "this tenant has no policy applied, so nothing is granted",
+        );
         return Err(refuse(state, mode, row(), e).await);
     };
     let version = rt.policy.version;
@@ -300,7 +360,9 @@ async fn run(state: &AppState, caller: &Caller, req: &TokenRequest, mode: Mode, 
     .map_err(|e| ApiError::bad(e.code(), e.field(), e.to_string()))?;
 
     let (granted_role, expire_time) = match &decision.outcome {
-        Outcome::Granted { role, expire_time, .. } => (*role, *expire_time),
+        Outcome::Granted {
+            role, expire_time, ..
+        } => (*role, *expire_time),
         Outcome::Refused(code) => {
             let mut e = ApiError::forbidden(code.code(), decision.reason.clone());
             e.body.rule = decision.rule.clone();
@@ -311,7 +373,12 @@ async fn run(state: &AppState, caller: &Caller, req: &TokenRequest, mode: Mode, 
             return Err(refuse(state, mode, r, e).await);
         }
     };
-    let connection_data = stamp(&caller.tenant, &who, caller.idp.as_deref(), req.data.as_deref());
+    let connection_data = stamp(
+        &caller.tenant,
+        &who,
+        caller.idp.as_deref(),
+        req.data.as_deref(),
+    );
     if connection_data.len() > tokens::MAX_CONNECTION_DATA_BYTES {
         return Err(ApiError::bad(
             "connection_data_too_long",
@@ -328,7 +395,10 @@ async fn run(state: &AppState, caller: &Caller, req: &TokenRequest, mode: Mode, 
         Err(_) => {
             let e = ApiError::unavailable(
                 "credential_unavailable",
-                format!("credential {} cannot be used on this broker (its secret reference does not resolve)", cred.name),
+                format!(
+                    "credential {} cannot be used on this broker (its secret reference does not resolve)",
+                    cred.name
+                ),
             );
             let mut r = row();
             r.credential = Some(cred.name.clone());
@@ -373,7 +443,11 @@ async fn run(state: &AppState, caller: &Caller, req: &TokenRequest, mode: Mode, 
     r.token_id = Some(signed.token_id.clone());
     r.token_sha256 = Some(chain::fingerprint(&signed.token));
     let audit_id = r.audit_id.clone();
-    state.audit.append(r).await.map_err(|e| audit_unavailable(state, e))?;
+    state
+        .audit
+        .append(r)
+        .await
+        .map_err(|e| audit_unavailable(state, e))?;
     Metrics::inc(&state.metrics.tokens_issued);
     if granted_role == Role::Moderator {
         Metrics::inc(&state.metrics.moderator_tokens);
@@ -391,9 +465,16 @@ mod tests {
 
     #[test]
     fn stamped_data_keeps_app_data_apart_from_identity() {
-        let who = Identity { user_id: "alice".into(), name: Some("Alice".into()), groups: vec![] };
+        let who = Identity {
+            user_id: "alice".into(),
+            name: Some("Alice".into()),
+            groups: vec![],
+        };
         let s = stamp("acme", &who, None, Some(r#"{"sub":"mallory"}"#));
-        assert_eq!(s, r#"{"tenant":"acme","sub":"alice","name":"Alice","data":"{\"sub\":\"mallory\"}"}"#);
+        assert_eq!(
+            s,
+            r#"{"tenant":"acme","sub":"alice","name":"Alice","data":"{\"sub\":\"mallory\"}"}"#
+        );
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["sub"], "alice");
     }

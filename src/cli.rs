@@ -16,7 +16,11 @@ use crate::startup::{Application, open_store};
 use crate::store::Store;
 
 #[derive(Debug, Parser)]
-#[command(name = "token-broker", version, about = "Issues Vonage Video tokens by per-tenant policy, and audits every decision.")]
+#[command(
+    name = "token-broker",
+    version,
+    about = "Issues Vonage Video tokens by per-tenant policy, and audits every decision."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub settings: SettingsArgs,
@@ -143,7 +147,10 @@ pub fn out_json(v: &impl serde::Serialize) {
 pub fn fmt_ms(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| ms.to_string())
 }
 
@@ -201,7 +208,14 @@ async fn tenant(settings: Settings, cmd: TenantCmd) -> CmdResult {
     let now = crate::clock::now_unix_ms();
     match cmd {
         TenantCmd::Create { slug, json } => {
-            admin::create_tenant(&store, &AuditSink::Direct(store.clone()), &slug, &Actor::Cli, now).await?;
+            admin::create_tenant(
+                &store,
+                &AuditSink::Direct(store.clone()),
+                &slug,
+                &Actor::Cli,
+                now,
+            )
+            .await?;
             if json {
                 out_json(&json!({"tenant": slug, "created_at_ms": now}));
             } else {
@@ -211,7 +225,10 @@ async fn tenant(settings: Settings, cmd: TenantCmd) -> CmdResult {
         TenantCmd::List { json } => {
             let rows = store.list_tenants().await?;
             if json {
-                let items: Vec<_> = rows.iter().map(|(t, c)| json!({"tenant": t, "created_at_ms": c})).collect();
+                let items: Vec<_> = rows
+                    .iter()
+                    .map(|(t, c)| json!({"tenant": t, "created_at_ms": c}))
+                    .collect();
                 out_json(&json!({ "items": items }));
             } else {
                 for (t, c) in rows {
@@ -228,23 +245,45 @@ async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
     let sink = AuditSink::Direct(store.clone());
     let now = crate::clock::now_unix_ms();
     match cmd {
-        KeyCmd::Create { tenant, scopes, name, json } => {
+        KeyCmd::Create {
+            tenant,
+            scopes,
+            name,
+            json,
+        } => {
             let scopes = Scopes::parse(scopes.iter().flat_map(|s| s.split(',')))?;
-            let new = admin::create_key(&store, &sink, &tenant, scopes, name, &Actor::Cli, now).await?;
+            let new =
+                admin::create_key(&store, &sink, &tenant, scopes, name, &Actor::Cli, now).await?;
             if json {
-                out_json(&json!({"key_id": new.row.key_id, "key": new.key, "tenant": tenant, "scopes": scopes.names()}));
+                out_json(
+                    &json!({"key_id": new.row.key_id, "key": new.key, "tenant": tenant, "scopes": scopes.names()}),
+                );
             } else {
-                out(format!("key id: {}\nscopes: {scopes}\n\n{}\n\nThis is the only time the key is shown. Present it as `Authorization: Bearer <key>`.", new.row.key_id, new.key));
+                out(format!(
+                    "key id: {}\nscopes: {scopes}\n\n{}\n\nThis is the only time the key is shown. Present it as `Authorization: Bearer <key>`.",
+                    new.row.key_id, new.key
+                ));
             }
         }
         KeyCmd::List { tenant, json } => {
-            let keys: Vec<admin::KeyInfo> = store.list_keys(&tenant).await?.into_iter().map(Into::into).collect();
+            let keys: Vec<admin::KeyInfo> = store
+                .list_keys(&tenant)
+                .await?
+                .into_iter()
+                .map(Into::into)
+                .collect();
             if json {
                 out_json(&json!({ "items": keys }));
             } else {
-                out("KEY ID            SCOPES              CREATED                   STATUS   NAME");
+                out(
+                    "KEY ID            SCOPES              CREATED                   STATUS   NAME",
+                );
                 for k in keys {
-                    let status = if k.revoked_at_ms.is_some() { "revoked" } else { "active" };
+                    let status = if k.revoked_at_ms.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
                     out(format!(
                         "{:<17} {:<19} {:<25} {:<8} {}",
                         k.key_id,

@@ -5,10 +5,10 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::audit::chain::{self, ChainFault, Verifier};
-use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
 use crate::admin::AuditSink;
+use crate::audit::chain::{self, ChainFault, Verifier};
 use crate::audit::{AuditRow, kind};
+use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
 use crate::routes::audit::{AuditParams, csv_header, csv_line, encode_cursor, parse_time};
 use crate::settings::Settings;
 use crate::store::{AuditFilter, Store};
@@ -158,10 +158,16 @@ pub struct Checkpoint {
 
 /// Verifies one tenant's chain from genesis against its stored head and an
 /// optional external checkpoint.
-pub async fn verify_tenant(store: &Store, tenant: &str, checkpoint: Option<&Checkpoint>) -> Result<TenantVerify, Failure> {
+pub async fn verify_tenant(
+    store: &Store,
+    tenant: &str,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<TenantVerify, Failure> {
     // After a prune the chain starts at the recorded prune point.
     let start = store.last_prune(tenant).await?;
-    let (from_seq, from_hash) = start.map(|p| (p.through_seq, p.through_hash)).unwrap_or((0, chain::GENESIS.to_owned()));
+    let (from_seq, from_hash) = start
+        .map(|p| (p.through_seq, p.through_hash))
+        .unwrap_or((0, chain::GENESIS.to_owned()));
     let mut v = Verifier::new(from_seq, &from_hash);
     let mut fault: Option<ChainFault> = None;
     let mut seen_at_checkpoint: Option<String> = None;
@@ -187,7 +193,10 @@ pub async fn verify_tenant(store: &Store, tenant: &str, checkpoint: Option<&Chec
         })
         .await?;
     if fault.is_none() {
-        let (hs, hh) = head.as_ref().map(|h| (h.seq, h.hash.clone())).unwrap_or((0, chain::GENESIS.to_owned()));
+        let (hs, hh) = head
+            .as_ref()
+            .map(|h| (h.seq, h.hash.clone()))
+            .unwrap_or((0, chain::GENESIS.to_owned()));
         if hs != v.expected_seq - 1 || hh != v.head_hash {
             fault = Some(ChainFault {
                 audit_id: String::new(),
@@ -211,7 +220,10 @@ pub async fn verify_tenant(store: &Store, tenant: &str, checkpoint: Option<&Chec
                     audit_id: String::new(),
                     seq: cp.count,
                     problem: "modified",
-                    message: format!("row {} does not carry the checkpoint's hash: the chain was rewritten", cp.count),
+                    message: format!(
+                        "row {} does not carry the checkpoint's hash: the chain was rewritten",
+                        cp.count
+                    ),
                 });
             }
             None => {
@@ -239,8 +251,19 @@ pub async fn verify_tenant(store: &Store, tenant: &str, checkpoint: Option<&Chec
 }
 
 /// CLI reads are audited like API reads (actor `cli`).
-async fn record_cli_read(store: &Store, tenant: &str, filters: &QueryArgs, what: &str) -> Result<(), Failure> {
-    let mut row = AuditRow::new(tenant, kind::AUDIT_READ, "ok", "cli", crate::clock::now_unix_ms());
+async fn record_cli_read(
+    store: &Store,
+    tenant: &str,
+    filters: &QueryArgs,
+    what: &str,
+) -> Result<(), Failure> {
+    let mut row = AuditRow::new(
+        tenant,
+        kind::AUDIT_READ,
+        "ok",
+        "cli",
+        crate::clock::now_unix_ms(),
+    );
     row.detail = Some(json!({"read": what, "filters": format!("{filters:?}")}).to_string());
     AuditSink::Direct(store.clone()).record(row).await?;
     Ok(())
@@ -277,42 +300,87 @@ fn parse_checkpoints(arg: &str) -> Result<Vec<Checkpoint>, Failure> {
     let text = if arg.trim_start().starts_with(['{', '[']) {
         arg.to_owned()
     } else {
-        std::fs::read_to_string(arg).map_err(|e| Failure { message: format!("cannot read checkpoint {arg}: {e}"), code: 2 })?
+        std::fs::read_to_string(arg).map_err(|e| Failure {
+            message: format!("cannot read checkpoint {arg}: {e}"),
+            code: 2,
+        })?
     };
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure { message: format!("checkpoint is not JSON: {e}"), code: 2 })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure {
+        message: format!("checkpoint is not JSON: {e}"),
+        code: 2,
+    })?;
     let list = match v.get("checkpoints") {
         Some(l) => l.clone(),
         None => v,
     };
-    let list = if list.is_array() { list } else { serde_json::Value::Array(vec![list]) };
-    serde_json::from_value(list).map_err(|e| Failure { message: format!("checkpoint must have tenant, count and hash: {e}"), code: 2 })
+    let list = if list.is_array() {
+        list
+    } else {
+        serde_json::Value::Array(vec![list])
+    };
+    serde_json::from_value(list).map_err(|e| Failure {
+        message: format!("checkpoint must have tenant, count and hash: {e}"),
+        code: 2,
+    })
 }
 
 pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
     let store = store_for(&settings).await?;
     match cmd {
-        AuditCmd::Query { tenant, filters, json, csv, ndjson } => {
-            let mut f = filters.params().to_filter(&tenant).map_err(|e| Failure { message: e.body.message, code: 2 })?;
-            record_cli_read(&store, &tenant, &filters, if csv { "csv" } else if ndjson { "ndjson" } else { "query" }).await?;
+        AuditCmd::Query {
+            tenant,
+            filters,
+            json,
+            csv,
+            ndjson,
+        } => {
+            let mut f = filters.params().to_filter(&tenant).map_err(|e| Failure {
+                message: e.body.message,
+                code: 2,
+            })?;
+            record_cli_read(
+                &store,
+                &tenant,
+                &filters,
+                if csv {
+                    "csv"
+                } else if ndjson {
+                    "ndjson"
+                } else {
+                    "query"
+                },
+            )
+            .await?;
             if csv || ndjson {
                 return export(&store, &mut f, csv).await;
             }
             let rows = store.query_audit(&f).await?;
-            let next = (rows.len() as i64 == f.limit).then(|| rows.last().map(|r| encode_cursor(r.seq))).flatten();
+            let next = (rows.len() as i64 == f.limit)
+                .then(|| rows.last().map(|r| encode_cursor(r.seq)))
+                .flatten();
             if json {
                 out_json(&json!({"items": rows, "next": next}));
             } else {
-                out("TIME                      KIND           OUTCOME  USER             ROLE           SESSION                    RULE            V   CODE");
+                out(
+                    "TIME                      KIND           OUTCOME  USER             ROLE           SESSION                    RULE            V   CODE",
+                );
                 for r in &rows {
                     let sid = r.session_id.clone().unwrap_or_default();
-                    let sid: String = if sid.len() > 26 { format!("{}…", &sid[..25]) } else { sid };
+                    let sid: String = if sid.len() > 26 {
+                        format!("{}…", &sid[..25])
+                    } else {
+                        sid
+                    };
                     out(format!(
                         "{:<25} {:<14} {:<8} {:<16} {:<14} {:<26} {:<15} {:<3} {}",
                         fmt_ms(r.at_ms),
                         r.kind,
                         r.outcome,
                         r.user_id.clone().unwrap_or_default(),
-                        r.granted_role.clone().or(r.requested_role.clone()).unwrap_or_default(),
+                        r.granted_role
+                            .clone()
+                            .or(r.requested_role.clone())
+                            .unwrap_or_default(),
                         sid,
                         r.rule.clone().unwrap_or_default(),
                         r.policy_version.map(|v| v.to_string()).unwrap_or_default(),
@@ -325,7 +393,11 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             }
             Ok(())
         }
-        AuditCmd::Verify { tenant, checkpoint, json } => {
+        AuditCmd::Verify {
+            tenant,
+            checkpoint,
+            json,
+        } => {
             let cps = match &checkpoint {
                 Some(c) => parse_checkpoints(c)?,
                 None => Vec::new(),
@@ -333,7 +405,12 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             let tenants: Vec<String> = match tenant {
                 Some(t) => vec![t],
                 None => {
-                    let mut t: Vec<String> = store.audit_heads().await?.into_iter().map(|h| h.tenant).collect();
+                    let mut t: Vec<String> = store
+                        .audit_heads()
+                        .await?
+                        .into_iter()
+                        .map(|h| h.tenant)
+                        .collect();
                     for cp in &cps {
                         if !t.contains(&cp.tenant) {
                             t.push(cp.tenant.clone());
@@ -354,12 +431,19 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             } else {
                 for r in &results {
                     match &r.fault {
-                        None => out(format!("{}: ok, {} rows verified, head seq {} hash {}", r.tenant, r.rows, r.head_seq, r.head_hash)),
+                        None => out(format!(
+                            "{}: ok, {} rows verified, head seq {} hash {}",
+                            r.tenant, r.rows, r.head_seq, r.head_hash
+                        )),
                         Some(f) => out(format!(
                             "{}: FAILED at seq {}{}: {} ({})",
                             r.tenant,
                             f.seq,
-                            if f.audit_id.is_empty() { String::new() } else { format!(" audit id {}", f.audit_id) },
+                            if f.audit_id.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" audit id {}", f.audit_id)
+                            },
                             f.message,
                             f.problem
                         )),
@@ -367,29 +451,74 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
                 }
             }
             if !ok {
-                return Err(Failure { message: "audit chain verification failed".into(), code: 1 });
+                return Err(Failure {
+                    message: "audit chain verification failed".into(),
+                    code: 1,
+                });
             }
             Ok(())
         }
-        AuditCmd::Summary { tenant, by, since, until, json } => {
-            let since = since.as_deref().map(|v| parse_time("since", v)).transpose().map_err(|e| Failure { message: e.body.message, code: 2 })?;
-            let until = until.as_deref().map(|v| parse_time("until", v)).transpose().map_err(|e| Failure { message: e.body.message, code: 2 })?;
+        AuditCmd::Summary {
+            tenant,
+            by,
+            since,
+            until,
+            json,
+        } => {
+            let since = since
+                .as_deref()
+                .map(|v| parse_time("since", v))
+                .transpose()
+                .map_err(|e| Failure {
+                    message: e.body.message,
+                    code: 2,
+                })?;
+            let until = until
+                .as_deref()
+                .map(|v| parse_time("until", v))
+                .transpose()
+                .map_err(|e| Failure {
+                    message: e.body.message,
+                    code: 2,
+                })?;
             let groups = store.audit_summary(&tenant, &by, since, until).await?;
             if json {
                 out_json(&json!({"by": by, "groups": groups}));
             } else {
-                out(format!("{:<40} {:>10} {:>10}", by.to_uppercase(), "ISSUED", "REFUSED"));
+                out(format!(
+                    "{:<40} {:>10} {:>10}",
+                    by.to_uppercase(),
+                    "ISSUED",
+                    "REFUSED"
+                ));
                 for g in groups {
-                    out(format!("{:<40} {:>10} {:>10}", g.key.unwrap_or_else(|| "-".into()), g.issued, g.refused));
+                    out(format!(
+                        "{:<40} {:>10} {:>10}",
+                        g.key.unwrap_or_else(|| "-".into()),
+                        g.issued,
+                        g.refused
+                    ));
                 }
             }
             Ok(())
         }
-        AuditCmd::Prune { before, tenant, json } => {
-            let before_ms = parse_time("before", &before).map_err(|e| Failure { message: e.body.message, code: 2 })?;
+        AuditCmd::Prune {
+            before,
+            tenant,
+            json,
+        } => {
+            let before_ms = parse_time("before", &before).map_err(|e| Failure {
+                message: e.body.message,
+                code: 2,
+            })?;
             let tenants: Vec<String> = match tenant {
                 Some(t) => vec![t],
-                None => store.audit_heads().await?.into_iter().map(|h| h.tenant).collect(),
+                None => store
+                    .audit_heads()
+                    .await?
+                    .into_iter()
+                    .map(|h| h.tenant)
+                    .collect(),
             };
             let now = crate::clock::now_unix_ms();
             let mut report = Vec::new();
@@ -407,8 +536,14 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
                 out_json(&json!({ "pruned": report }));
             } else {
                 for r in report {
-                    out(format!("{}: {} rows deleted{}", r["tenant"].as_str().unwrap_or_default(), r["rows_deleted"],
-                        r.get("through_seq").map(|s| format!(", chain now starts after seq {s}")).unwrap_or_default()));
+                    out(format!(
+                        "{}: {} rows deleted{}",
+                        r["tenant"].as_str().unwrap_or_default(),
+                        r["rows_deleted"],
+                        r.get("through_seq")
+                            .map(|s| format!(", chain now starts after seq {s}"))
+                            .unwrap_or_default()
+                    ));
                 }
             }
             Ok(())
@@ -419,7 +554,11 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
                 .await?
                 .into_iter()
                 .filter(|h| tenant.as_ref().is_none_or(|t| *t == h.tenant))
-                .map(|h| Checkpoint { tenant: h.tenant, count: h.seq, hash: h.hash })
+                .map(|h| Checkpoint {
+                    tenant: h.tenant,
+                    count: h.seq,
+                    hash: h.hash,
+                })
                 .collect();
             if json {
                 out_json(&json!({ "checkpoints": heads }));

@@ -68,7 +68,9 @@ pub enum PolicyCmd {
 }
 
 fn file_name(p: &std::path::Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
 }
 
 fn print_outcome(o: &ApplyOutcome, json: bool) {
@@ -80,14 +82,20 @@ fn print_outcome(o: &ApplyOutcome, json: bool) {
         eprintln!("warning: {w}");
     }
     if o.unchanged {
-        out(format!("{}: identical to version {}; nothing to apply", o.tenant, o.previous_version));
+        out(format!(
+            "{}: identical to version {}; nothing to apply",
+            o.tenant, o.previous_version
+        ));
         return;
     }
     out(format!("--- {} version {}", o.tenant, o.previous_version));
     out(&o.diff);
     match o.version {
         Some(v) => out(format!("applied {} version {v}", o.tenant)),
-        None => out(format!("dry run: {} stays at version {}", o.tenant, o.previous_version)),
+        None => out(format!(
+            "dry run: {} stays at version {}",
+            o.tenant, o.previous_version
+        )),
     }
 }
 
@@ -102,7 +110,12 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
                     Ok(doc) => {
                         report.push(json!({"file": p, "ok": true, "tenant": doc.tenant, "rules": doc.rules.len()}));
                         if !json {
-                            out(format!("{}: ok (tenant {}, {} rules)", p.display(), doc.tenant, doc.rules.len()));
+                            out(format!(
+                                "{}: ok (tenant {}, {} rules)",
+                                p.display(),
+                                doc.tenant,
+                                doc.rules.len()
+                            ));
                         }
                     }
                     Err(errs) => {
@@ -120,52 +133,94 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
                 out_json(&json!({ "files": report }));
             }
             if failed > 0 {
-                return Err(Failure { message: format!("{failed} of {} policy files are invalid", paths.len()), code: 1 });
+                return Err(Failure {
+                    message: format!("{failed} of {} policy files are invalid", paths.len()),
+                    code: 1,
+                });
             }
             Ok(())
         }
-        PolicyCmd::Test { path, applied, json } => {
+        PolicyCmd::Test {
+            path,
+            applied,
+            json,
+        } => {
             let cases_text = read_file(&path)?;
             let cases_name = path.display().to_string();
             let compiled = if applied {
-                let tenant = policy::cases_tenant(&cases_name, &cases_text).map_err(|errs| Failure {
-                    message: errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"),
-                    code: 1,
-                })?;
+                let tenant =
+                    policy::cases_tenant(&cases_name, &cases_text).map_err(|errs| Failure {
+                        message: errs
+                            .iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                        code: 1,
+                    })?;
                 let store = store_for(&settings).await?;
-                let row = store.current_policy(&tenant).await?.ok_or_else(|| Failure {
-                    message: format!("tenant {tenant} has no applied policy"),
+                let row = store
+                    .current_policy(&tenant)
+                    .await?
+                    .ok_or_else(|| Failure {
+                        message: format!("tenant {tenant} has no applied policy"),
+                        code: 1,
+                    })?;
+                let doc = policy::parse(&row.source_name, &row.source).map_err(|e| Failure {
+                    message: format!("{e:?}"),
                     code: 1,
                 })?;
-                let doc = policy::parse(&row.source_name, &row.source).map_err(|e| Failure { message: format!("{e:?}"), code: 1 })?;
                 policy::CompiledPolicy::compile(doc, row.version)
             } else {
-                let policy_path = policy::cases_policy_path(&path, &cases_text).map_err(|errs| Failure {
-                    message: errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"),
-                    code: 1,
-                })?;
+                let policy_path =
+                    policy::cases_policy_path(&path, &cases_text).map_err(|errs| Failure {
+                        message: errs
+                            .iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                        code: 1,
+                    })?;
                 let text = read_file(&policy_path)?;
-                let doc = policy::parse(&policy_path.display().to_string(), &text).map_err(|errs| Failure {
-                    message: errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"),
-                    code: 1,
-                })?;
+                let doc =
+                    policy::parse(&policy_path.display().to_string(), &text).map_err(|errs| {
+                        Failure {
+                            message: errs
+                                .iter()
+                                .map(|e| e.to_string())
+                                .collect::<Vec<_>>()
+                                .join("\n"),
+                            code: 1,
+                        }
+                    })?;
                 policy::CompiledPolicy::compile(doc, 0)
             };
-            let report = policy::run_cases(&compiled, &cases_name, &cases_text).map_err(|errs| Failure {
-                message: errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"),
-                code: 1,
-            })?;
+            let report =
+                policy::run_cases(&compiled, &cases_name, &cases_text).map_err(|errs| Failure {
+                    message: errs
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    code: 1,
+                })?;
             if json {
                 out_json(&report);
             } else {
                 out(report.to_string());
             }
             if report.failed() > 0 {
-                return Err(Failure { message: format!("{} of {} cases failed", report.failed(), report.total()), code: 1 });
+                return Err(Failure {
+                    message: format!("{} of {} cases failed", report.failed(), report.total()),
+                    code: 1,
+                });
             }
             Ok(())
         }
-        PolicyCmd::Apply { paths, dry_run, json } => {
+        PolicyCmd::Apply {
+            paths,
+            dry_run,
+            json,
+        } => {
             let store = store_for(&settings).await?;
             let sink = AuditSink::Direct(store.clone());
             // Validate every file before applying any.
@@ -176,27 +231,54 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
                     for e in &errs {
                         eprintln!("{e}");
                     }
-                    return Err(Failure { message: format!("{} is invalid; nothing was applied", p.display()), code: 1 });
+                    return Err(Failure {
+                        message: format!("{} is invalid; nothing was applied", p.display()),
+                        code: 1,
+                    });
                 }
                 texts.push((file_name(p), text));
             }
             for (name, text) in texts {
-                let o = admin::apply_policy(&store, &sink, &name, &text, None, dry_run, &Actor::Cli, None, crate::clock::now_unix_ms()).await?;
+                let o = admin::apply_policy(
+                    &store,
+                    &sink,
+                    &name,
+                    &text,
+                    None,
+                    dry_run,
+                    &Actor::Cli,
+                    None,
+                    crate::clock::now_unix_ms(),
+                )
+                .await?;
                 print_outcome(&o, json);
             }
             Ok(())
         }
-        PolicyCmd::Show { tenant, version, json } => {
+        PolicyCmd::Show {
+            tenant,
+            version,
+            json,
+        } => {
             let store = store_for(&settings).await?;
             let row = match version {
                 Some(v) => store.policy_version(&tenant, v).await?,
                 None => store.current_policy(&tenant).await?,
             }
-            .ok_or_else(|| Failure { message: format!("tenant {tenant} has no such policy version"), code: 1 })?;
+            .ok_or_else(|| Failure {
+                message: format!("tenant {tenant} has no such policy version"),
+                code: 1,
+            })?;
             if json {
                 out_json(&crate::routes::policy::VersionView::of(row, true));
             } else {
-                out(format!("# tenant {} version {} applied {} by {}", row.tenant, row.version, fmt_ms(row.applied_at_ms), row.applied_by));
+                out(format!(
+                    "# tenant {} version {} applied {} by {}",
+                    row.tenant,
+                    row.version,
+                    fmt_ms(row.applied_at_ms),
+                    row.applied_by
+                ));
                 out(row.source);
             }
             Ok(())
@@ -205,7 +287,10 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
             let store = store_for(&settings).await?;
             let rows = store.policy_history(&tenant).await?;
             if json {
-                let items: Vec<_> = rows.into_iter().map(|r| crate::routes::policy::VersionView::of(r, false)).collect();
+                let items: Vec<_> = rows
+                    .into_iter()
+                    .map(|r| crate::routes::policy::VersionView::of(r, false))
+                    .collect();
                 out_json(&json!({ "items": items }));
             } else {
                 out("VERSION  APPLIED                   BY                  SHA-256       NOTE");
@@ -225,7 +310,15 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
         PolicyCmd::Rollback { tenant, to, json } => {
             let store = store_for(&settings).await?;
             let sink = AuditSink::Direct(store.clone());
-            let o = admin::rollback_policy(&store, &sink, &tenant, to, &Actor::Cli, crate::clock::now_unix_ms()).await?;
+            let o = admin::rollback_policy(
+                &store,
+                &sink,
+                &tenant,
+                to,
+                &Actor::Cli,
+                crate::clock::now_unix_ms(),
+            )
+            .await?;
             print_outcome(&o, json);
             Ok(())
         }

@@ -25,7 +25,11 @@ pub enum TokenCmd {
 }
 
 pub async fn run(settings: Settings, cmd: TokenCmd) -> CmdResult {
-    let TokenCmd::Inspect { token, tenant, json } = cmd;
+    let TokenCmd::Inspect {
+        token,
+        tenant,
+        json,
+    } = cmd;
     let token = if token == "-" {
         let mut s = String::new();
         std::io::stdin().read_line(&mut s)?;
@@ -33,23 +37,37 @@ pub async fn run(settings: Settings, cmd: TokenCmd) -> CmdResult {
     } else {
         token
     };
-    let insp = tokens::inspect(&token).map_err(|e| Failure { message: format!("not a token this broker understands: {e}"), code: 1 })?;
+    let insp = tokens::inspect(&token).map_err(|e| Failure {
+        message: format!("not a token this broker understands: {e}"),
+        code: 1,
+    })?;
     let now = crate::clock::now_unix();
     let expired = insp.expired(now);
     let mut verification = serde_json::Value::Null;
     let mut valid = true;
     if let Some(t) = &tenant {
         let store = store_for(&settings).await?;
-        let row = store
-            .current_policy(t)
-            .await?
-            .ok_or_else(|| Failure { message: format!("tenant {t} has no applied policy"), code: 1 })?;
-        let rt = TenantRuntime::load(&row).map_err(|e| Failure { message: e, code: 1 })?;
+        let row = store.current_policy(t).await?.ok_or_else(|| Failure {
+            message: format!("tenant {t} has no applied policy"),
+            code: 1,
+        })?;
+        let rt = TenantRuntime::load(&row).map_err(|e| Failure {
+            message: e,
+            code: 1,
+        })?;
         let issuer = insp.issuer().unwrap_or_default();
         let (name, result) = match rt.credential_for(&issuer) {
-            None => (None, Err(format!("tenant {t} has no credential for issuer {issuer:?}"))),
+            None => (
+                None,
+                Err(format!(
+                    "tenant {t} has no credential for issuer {issuer:?}"
+                )),
+            ),
             Some(c) => match &c.signer {
-                Err(e) => (Some(c.name.clone()), Err(format!("credential {} unavailable here: {e}", c.name))),
+                Err(e) => (
+                    Some(c.name.clone()),
+                    Err(format!("credential {} unavailable here: {e}", c.name)),
+                ),
                 Ok(signer) => (Some(c.name.clone()), Ok(insp.verify(signer))),
             },
         };
@@ -75,7 +93,10 @@ pub async fn run(settings: Settings, cmd: TokenCmd) -> CmdResult {
         }
     }
     if !valid {
-        return Err(Failure { message: "the signature does not verify".into(), code: 1 });
+        return Err(Failure {
+            message: "the signature does not verify".into(),
+            code: 1,
+        });
     }
     Ok(())
 }

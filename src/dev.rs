@@ -23,7 +23,10 @@ pub const DEMO_API_KEY: &str = "100001";
 pub fn demo_session_id() -> String {
     use base64::Engine;
     let raw = format!("1~{DEMO_API_KEY}~~1764000000000~token-broker-demo~");
-    format!("1_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+    format!(
+        "1_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    )
 }
 
 fn demo_policy(secret_path: &std::path::Path) -> String {
@@ -76,7 +79,10 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<(), Failure> {
     let secret_path = std::fs::canonicalize(&dir)?.join("demo-opentok.secret");
     if !secret_path.exists() {
         let mut b = [0u8; 20];
-        getrandom::fill(&mut b).map_err(|e| Failure { message: format!("OS RNG failed: {e}"), code: 1 })?;
+        getrandom::fill(&mut b).map_err(|e| Failure {
+            message: format!("OS RNG failed: {e}"),
+            code: 1,
+        })?;
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
@@ -88,7 +94,18 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<(), Failure> {
         f.write_all(crate::audit::chain::hex(&b).as_bytes())?;
     }
     if store.current_policy("demo").await?.is_none() {
-        admin::apply_policy(store, &sink, "demo.toml", &demo_policy(&secret_path), None, false, &Actor::Cli, Some("seeded by --dev"), now).await?;
+        admin::apply_policy(
+            store,
+            &sink,
+            "demo.toml",
+            &demo_policy(&secret_path),
+            None,
+            false,
+            &Actor::Cli,
+            Some("seeded by --dev"),
+            now,
+        )
+        .await?;
     }
     let key = admin::create_key(
         store,

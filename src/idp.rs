@@ -20,7 +20,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::Value;
 
-use crate::domain::{IdpKeys, IdpSpec, Identity, SecretRef};
+use crate::domain::{Identity, IdpKeys, IdpSpec, SecretRef};
 
 /// Why an end user's token was refused (all 401).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,7 +70,9 @@ pub fn resolve_secret(r: &SecretRef) -> Result<Vec<u8>, String> {
         SecretRef::Env(name) => std::env::var(name)
             .map(String::into_bytes)
             .map_err(|_| format!("environment variable {name} is not set")),
-        SecretRef::File(p) => std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display())),
+        SecretRef::File(p) => {
+            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        }
     }
 }
 
@@ -107,7 +109,8 @@ impl fmt::Debug for IdentityProvider {
 }
 
 fn parse_alg(name: &str) -> Result<Algorithm, String> {
-    name.parse::<Algorithm>().map_err(|_| format!("unknown algorithm {name:?}"))
+    name.parse::<Algorithm>()
+        .map_err(|_| format!("unknown algorithm {name:?}"))
 }
 
 fn family_of_pem(pem: &[u8]) -> Result<(AlgorithmFamily, DecodingKey), String> {
@@ -126,19 +129,30 @@ fn family_of_pem(pem: &[u8]) -> Result<(AlgorithmFamily, DecodingKey), String> {
 impl IdentityProvider {
     /// Resolves the provider's keys (not the JWKS, fetched on first use).
     pub fn load(spec: &IdpSpec) -> Result<IdentityProvider, String> {
-        let algorithms = spec.algorithms.iter().map(|a| parse_alg(a)).collect::<Result<Vec<_>, _>>()?;
+        let algorithms = spec
+            .algorithms
+            .iter()
+            .map(|a| parse_alg(a))
+            .collect::<Result<Vec<_>, _>>()?;
         let keys = match &spec.keys {
             IdpKeys::Secret(r) => Keys::Static(vec![Key {
                 kid: None,
                 family: AlgorithmFamily::Hmac,
-                key: DecodingKey::from_secret(&resolve_secret(r).map_err(|e| format!("secret {r}: {e}"))?),
+                key: DecodingKey::from_secret(
+                    &resolve_secret(r).map_err(|e| format!("secret {r}: {e}"))?,
+                ),
             }]),
             IdpKeys::PublicKeys(refs) => {
                 let mut keys = Vec::new();
                 for r in refs {
                     let pem = resolve_secret(r).map_err(|e| format!("public key {r}: {e}"))?;
-                    let (family, key) = family_of_pem(&pem).map_err(|e| format!("public key {r}: {e}"))?;
-                    keys.push(Key { kid: None, family, key });
+                    let (family, key) =
+                        family_of_pem(&pem).map_err(|e| format!("public key {r}: {e}"))?;
+                    keys.push(Key {
+                        kid: None,
+                        family,
+                        key,
+                    });
                 }
                 Keys::Static(keys)
             }
@@ -152,12 +166,22 @@ impl IdentityProvider {
                 last_fetch: Mutex::new(None),
             },
         };
-        Ok(IdentityProvider { spec: spec.clone(), algorithms, keys })
+        Ok(IdentityProvider {
+            spec: spec.clone(),
+            algorithms,
+            keys,
+        })
     }
 
     /// Fetches the JWKS when allowed by the refresh bound; returns whether it did.
     async fn refresh_jwks(&self) -> Result<bool, IdpError> {
-        let Keys::Jwks { url, client, cache, last_fetch } = &self.keys else {
+        let Keys::Jwks {
+            url,
+            client,
+            cache,
+            last_fetch,
+        } = &self.keys
+        else {
             return Ok(false);
         };
         {
@@ -181,7 +205,8 @@ impl IdentityProvider {
             .map_err(|_| IdpError::KeysUnavailable)?;
         let mut fresh = HashMap::new();
         for jwk in &set.keys {
-            let (Some(kid), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)) else {
+            let (Some(kid), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk))
+            else {
                 continue;
             };
             let family = match &jwk.algorithm {
@@ -249,11 +274,16 @@ impl IdentityProvider {
                 if family != alg.family() {
                     return Err(IdpError::AlgorithmNotAllowed(format!("{alg:?}")));
                 }
-                jsonwebtoken::decode::<Value>(token, &key, &v).map_err(|e| map_err(e.kind()))?.claims
+                jsonwebtoken::decode::<Value>(token, &key, &v)
+                    .map_err(|e| map_err(e.kind()))?
+                    .claims
             }
         };
         let leeway = self.spec.leeway as i64;
-        let exp = claims.get("exp").and_then(Value::as_i64).ok_or(IdpError::Malformed)?;
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .ok_or(IdpError::Malformed)?;
         if exp + leeway < now {
             return Err(IdpError::Expired);
         }
@@ -282,12 +312,25 @@ impl IdentityProvider {
             .and_then(|p| claim(claims, p))
             .and_then(Value::as_str)
             .map(|s| s.chars().take(256).collect());
-        let groups = match self.spec.groups_claim.as_deref().and_then(|p| claim(claims, p)) {
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        let groups = match self
+            .spec
+            .groups_claim
+            .as_deref()
+            .and_then(|p| claim(claims, p))
+        {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
             Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
             _ => Vec::new(),
         };
-        Ok(Identity { user_id, name, groups })
+        Ok(Identity {
+            user_id,
+            name,
+            groups,
+        })
     }
 }
 
@@ -312,7 +355,9 @@ fn claim<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
 fn header_alg(token: &str) -> Option<String> {
     use base64::Engine;
     let h = token.split('.').next()?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h.trim_end_matches('=')).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(h.trim_end_matches('='))
+        .ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     v.get("alg")?.as_str().map(str::to_owned)
 }
@@ -321,7 +366,9 @@ fn header_alg(token: &str) -> Option<String> {
 pub fn peek_issuer(token: &str) -> Option<String> {
     use base64::Engine;
     let p = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(p.trim_end_matches('='))
+        .ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     v.get("iss")?.as_str().map(str::to_owned)
 }

@@ -29,8 +29,14 @@ impl Rate {
     /// Parses `"<per_second>/<burst>"` (or just `"<per_second>"`, burst = rate).
     pub fn parse(s: &str) -> Result<Rate, String> {
         let (r, b) = s.split_once('/').unwrap_or((s, s));
-        let per_second: u32 = r.trim().parse().map_err(|_| format!("rate {s:?}: expected <per_second>/<burst>, e.g. \"5/20\""))?;
-        let burst: u32 = b.trim().parse().map_err(|_| format!("rate {s:?}: expected <per_second>/<burst>, e.g. \"5/20\""))?;
+        let per_second: u32 = r
+            .trim()
+            .parse()
+            .map_err(|_| format!("rate {s:?}: expected <per_second>/<burst>, e.g. \"5/20\""))?;
+        let burst: u32 = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("rate {s:?}: expected <per_second>/<burst>, e.g. \"5/20\""))?;
         if per_second == 0 || burst == 0 {
             return Err(format!("rate {s:?}: both numbers must be positive"));
         }
@@ -50,10 +56,22 @@ pub struct Rates {
 impl Default for Rates {
     fn default() -> Rates {
         Rates {
-            end_user: Rate { per_second: 5, burst: 20 },
-            end_user_ip: Rate { per_second: 20, burst: 60 },
-            api_key: Rate { per_second: 100_000, burst: 200_000 },
-            failed_auth_ip: Rate { per_second: 1, burst: 10 },
+            end_user: Rate {
+                per_second: 5,
+                burst: 20,
+            },
+            end_user_ip: Rate {
+                per_second: 20,
+                burst: 60,
+            },
+            api_key: Rate {
+                per_second: 100_000,
+                burst: 200_000,
+            },
+            failed_auth_ip: Rate {
+                per_second: 1,
+                burst: 10,
+            },
         }
     }
 }
@@ -66,7 +84,9 @@ pub struct Limiter {
 
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Limiter").field("keys", &self.inner.len()).finish()
+        f.debug_struct("Limiter")
+            .field("keys", &self.inner.len())
+            .finish()
     }
 }
 
@@ -133,7 +153,10 @@ mod tests {
 
     #[test]
     fn a_burst_past_the_limit_is_refused_with_a_retry_time() {
-        let l = Limiter::new(Rate { per_second: 5, burst: 20 });
+        let l = Limiter::new(Rate {
+            per_second: 5,
+            burst: 20,
+        });
         let refused = (0..100).filter(|_| l.check("alice").is_err()).count();
         assert!((75..=80).contains(&refused), "{refused} of 100 refused");
         let wait = l.check("alice").unwrap_err();
@@ -143,8 +166,20 @@ mod tests {
 
     #[test]
     fn rates_parse() {
-        assert_eq!(Rate::parse("5/20").unwrap(), Rate { per_second: 5, burst: 20 });
-        assert_eq!(Rate::parse("7").unwrap(), Rate { per_second: 7, burst: 7 });
+        assert_eq!(
+            Rate::parse("5/20").unwrap(),
+            Rate {
+                per_second: 5,
+                burst: 20
+            }
+        );
+        assert_eq!(
+            Rate::parse("7").unwrap(),
+            Rate {
+                per_second: 7,
+                burst: 7
+            }
+        );
         assert!(Rate::parse("0/5").is_err());
         assert!(Rate::parse("fast").is_err());
     }

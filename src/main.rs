@@ -22,7 +22,10 @@ fn main() -> std::process::ExitCode {
         std::env::var("TOKEN_BROKER_LOG").unwrap_or_else(|_| "warn".into())
     };
     token_broker::telemetry::init(settings.log_format, &filter, std::io::stderr);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -37,7 +37,12 @@ pub struct SettingsArgs {
     #[arg(long, env = "TOKEN_BROKER_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Database URL: sqlite://PATH or postgres://USER@HOST/DB.
-    #[arg(long, env = "TOKEN_BROKER_DATABASE_URL", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TOKEN_BROKER_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// Directory for the embedded SQLite database (created if missing).
     #[arg(long, env = "TOKEN_BROKER_DATA_DIR", global = true)]
@@ -150,8 +155,9 @@ impl Settings {
     pub fn resolve(args: &SettingsArgs) -> anyhow::Result<Settings> {
         let file: FileSettings = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read config file {}: {e}", path.display())
+                })?;
                 toml::from_str(&text)
                     .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
             }
@@ -176,17 +182,22 @@ impl Settings {
             .map(|n| n.get())
             .unwrap_or(1);
         let d = Rates::default();
-        let rate = |flag: &Option<String>, file: Option<String>, default: Rate| -> anyhow::Result<Rate> {
-            match flag.clone().or(file) {
-                Some(s) => Rate::parse(&s).map_err(anyhow::Error::msg),
-                None => Ok(default),
-            }
-        };
+        let rate =
+            |flag: &Option<String>, file: Option<String>, default: Rate| -> anyhow::Result<Rate> {
+                match flag.clone().or(file) {
+                    Some(s) => Rate::parse(&s).map_err(anyhow::Error::msg),
+                    None => Ok(default),
+                }
+            };
         let rates = Rates {
             end_user: rate(&args.rate_end_user, file.rate_end_user, d.end_user)?,
             end_user_ip: rate(&args.rate_end_user_ip, file.rate_end_user_ip, d.end_user_ip)?,
             api_key: rate(&args.rate_api_key, file.rate_api_key, d.api_key)?,
-            failed_auth_ip: rate(&args.rate_failed_auth_ip, file.rate_failed_auth_ip, d.failed_auth_ip)?,
+            failed_auth_ip: rate(
+                &args.rate_failed_auth_ip,
+                file.rate_failed_auth_ip,
+                d.failed_auth_ip,
+            )?,
         };
         Ok(Settings {
             rates,
@@ -200,7 +211,9 @@ impl Settings {
             log_filter,
             body_limit: args.body_limit.or(file.body_limit).unwrap_or(16 * 1024),
             audit_timeout: Duration::from_millis(
-                args.audit_timeout_ms.or(file.audit_timeout_ms).unwrap_or(2000),
+                args.audit_timeout_ms
+                    .or(file.audit_timeout_ms)
+                    .unwrap_or(2000),
             ),
             audit_max_batch: args.audit_max_batch.or(file.audit_max_batch).unwrap_or(512),
             key_cache: args.key_cache.or(file.key_cache).unwrap_or(10_000),

@@ -31,16 +31,21 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("port", &self.port).finish()
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish()
     }
 }
 
 /// Connects to the configured database and applies migrations.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     settings.ensure_data_dir()?;
-    let store = Store::connect(&settings.database_url)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", crate::store::redact_url(&settings.database_url)))?;
+    let store = Store::connect(&settings.database_url).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open database {}: {e}",
+            crate::store::redact_url(&settings.database_url)
+        )
+    })?;
     store.migrate().await?;
     Ok(store)
 }
@@ -111,7 +116,10 @@ impl Application {
         let store = self.state.store.clone();
         // Dropping the last handle to the writer lets it commit what is queued and stop.
         drop(self.state);
-        if tokio::time::timeout(Duration::from_secs(10), self.writer_task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), self.writer_task)
+            .await
+            .is_err()
+        {
             tracing::error!("audit writer did not drain within 10 s");
         }
         store.close().await;

@@ -86,7 +86,9 @@ impl TenantRuntime {
 
     /// The identity provider whose issuer is `iss`.
     pub fn idp_for(&self, iss: &str) -> Option<&(String, Result<IdentityProvider, String>)> {
-        self.idps.iter().find(|(_, i)| i.as_ref().is_ok_and(|i| i.spec.issuer == iss))
+        self.idps
+            .iter()
+            .find(|(_, i)| i.as_ref().is_ok_and(|i| i.spec.issuer == iss))
     }
 
     pub fn allows_origin(&self, origin: &str) -> bool {
@@ -187,12 +189,17 @@ impl AppState {
             for (t, rt) in m.iter() {
                 for c in &rt.credentials {
                     if let Err(e) = &c.signer {
-                        out.push(format!("tenant {t}: credential {} unavailable: {e}", c.name));
+                        out.push(format!(
+                            "tenant {t}: credential {} unavailable: {e}",
+                            c.name
+                        ));
                     }
                 }
                 for (name, idp) in &rt.idps {
                     if let Err(e) = idp {
-                        out.push(format!("tenant {t}: identity provider {name} unavailable: {e}"));
+                        out.push(format!(
+                            "tenant {t}: identity provider {name} unavailable: {e}"
+                        ));
                     }
                 }
             }
@@ -202,7 +209,11 @@ impl AppState {
     }
 
     /// A session's registered facts (cached; unregistered sessions too).
-    pub async fn session_facts(&self, tenant: &str, session_id: &str) -> StoreResult<Arc<SessionFacts>> {
+    pub async fn session_facts(
+        &self,
+        tenant: &str,
+        session_id: &str,
+    ) -> StoreResult<Arc<SessionFacts>> {
         let key = (tenant.to_owned(), session_id.to_owned());
         if let Some(f) = self.sessions.get(&key) {
             return Ok(f);
@@ -220,7 +231,8 @@ impl AppState {
     }
 
     pub fn forget_session(&self, tenant: &str, session_id: &str) {
-        self.sessions.remove(&(tenant.to_owned(), session_id.to_owned()));
+        self.sessions
+            .remove(&(tenant.to_owned(), session_id.to_owned()));
     }
 
     /// Follows the change feed until the process ends: every `every`, drops what

@@ -164,7 +164,10 @@ impl Verifier {
         }
         let want = row_hash(r);
         if want != r.hash {
-            return Err(fault("modified", "the row's content does not match its hash: it was edited".into()));
+            return Err(fault(
+                "modified",
+                "the row's content does not match its hash: it was edited".into(),
+            ));
         }
         self.expected_seq += 1;
         self.head_hash = want;
@@ -181,7 +184,13 @@ mod tests {
         let mut head = (0, GENESIS.to_owned());
         (0..n)
             .map(|i| {
-                let mut r = AuditRow::new("acme", "token_issued", "issued", "api_key", 1_000 + i as i64);
+                let mut r = AuditRow::new(
+                    "acme",
+                    "token_issued",
+                    "issued",
+                    "api_key",
+                    1_000 + i as i64,
+                );
                 r.user_id = Some(format!("u{i}"));
                 head = seal(&mut r, head.0, &head.1);
                 r

@@ -81,7 +81,8 @@ impl WriterHealth {
     pub fn failing(&self) -> bool {
         let since = self.busy_since_ms.load(Ordering::Relaxed);
         let bound = self.stall_after_ms.load(Ordering::Relaxed);
-        self.failing.load(Ordering::Relaxed) || (since != 0 && crate::clock::now_unix_ms() - since > bound)
+        self.failing.load(Ordering::Relaxed)
+            || (since != 0 && crate::clock::now_unix_ms() - since > bound)
     }
 }
 
@@ -96,7 +97,9 @@ pub struct AuditWriter {
 
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").field("audit_id", &self.row.audit_id).finish()
+        f.debug_struct("Pending")
+            .field("audit_id", &self.row.audit_id)
+            .finish()
     }
 }
 
@@ -122,10 +125,12 @@ impl AuditWriter {
     /// Records `row` durably; returns only after its transaction committed.
     pub async fn append(&self, row: AuditRow) -> Result<(), AuditUnavailable> {
         let (done, wait) = oneshot::channel();
-        self.tx.try_send(Pending { row, done }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => AuditUnavailable::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => AuditUnavailable::Stopped,
-        })?;
+        self.tx
+            .try_send(Pending { row, done })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => AuditUnavailable::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => AuditUnavailable::Stopped,
+            })?;
         match tokio::time::timeout(self.timeout, wait).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(()))) => Err(AuditUnavailable::StoreFailed),

@@ -263,7 +263,11 @@ impl Authenticator {
         };
         let secret = k.secret.to_owned();
         let ok = {
-            let _permit = self.permits.acquire().await.map_err(|_| AuthError::Invalid)?;
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| AuthError::Invalid)?;
             tokio::task::spawn_blocking(move || {
                 Argon2::default()
                     .verify_password(secret.as_bytes(), hash.as_str())
@@ -330,7 +334,10 @@ mod tests {
 
     #[test]
     fn scopes_parse_strictly() {
-        assert_eq!(Scopes::parse(["issue", "admin"]).unwrap().to_string(), "issue admin");
+        assert_eq!(
+            Scopes::parse(["issue", "admin"]).unwrap().to_string(),
+            "issue admin"
+        );
         assert!(Scopes::parse(["root"]).is_err());
         assert!(Scopes::parse([""]).is_err());
     }

@@ -20,9 +20,7 @@ impl SecretRef {
     pub fn parse(s: &str) -> Result<Self, String> {
         if let Some(name) = s.strip_prefix("env:") {
             let ok = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 && !name.as_bytes()[0].is_ascii_digit();
             if ok {
                 return Ok(SecretRef::Env(name.to_owned()));
@@ -106,12 +104,22 @@ mod tests {
 
     #[test]
     fn references_parse_and_inline_secrets_are_refused() {
-        assert_eq!(SecretRef::parse("env:ACME_SECRET").unwrap(), SecretRef::Env("ACME_SECRET".into()));
+        assert_eq!(
+            SecretRef::parse("env:ACME_SECRET").unwrap(),
+            SecretRef::Env("ACME_SECRET".into())
+        );
         assert_eq!(
             SecretRef::parse("file:/etc/k.pem").unwrap(),
             SecretRef::File("/etc/k.pem".into())
         );
-        for bad in ["1234567890abcdef", "env:", "env:1X", "env:A-B", "file:", "ENV:X"] {
+        for bad in [
+            "1234567890abcdef",
+            "env:",
+            "env:1X",
+            "env:A-B",
+            "file:",
+            "ENV:X",
+        ] {
             assert!(SecretRef::parse(bad).is_err(), "{bad:?}");
         }
     }

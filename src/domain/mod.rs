@@ -2,11 +2,11 @@
 //! No I/O, no actix, no sqlx, no clock reads.
 
 pub mod credential;
-pub mod idp;
 pub mod identity;
+pub mod idp;
 pub mod role;
 
 pub use credential::{CredentialSpec, OpenTokFormat, Provider, SecretRef};
-pub use idp::{IdpKeys, IdpSpec};
 pub use identity::Identity;
+pub use idp::{IdpKeys, IdpSpec};
 pub use role::Role;

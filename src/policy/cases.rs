@@ -137,7 +137,13 @@ pub fn cases_policy_path(cases_path: &Path, text: &str) -> Result<PathBuf, Vec<P
     let name = cases_path.display().to_string();
     let cf = parse_file(&name, text)?;
     let p = cf.policy.ok_or_else(|| {
-        vec![PolicyError { file: name.clone(), line: 1, column: 1, field: "policy".into(), message: "name the policy file to test: policy = \"acme.toml\"".into() }]
+        vec![PolicyError {
+            file: name.clone(),
+            line: 1,
+            column: 1,
+            field: "policy".into(),
+            message: "name the policy file to test: policy = \"acme.toml\"".into(),
+        }]
     })?;
     Ok(cases_path.parent().unwrap_or(Path::new(".")).join(p))
 }
@@ -146,20 +152,52 @@ pub fn cases_policy_path(cases_path: &Path, text: &str) -> Result<PathBuf, Vec<P
 pub fn cases_tenant(name: &str, text: &str) -> Result<String, Vec<PolicyError>> {
     let cf = parse_file(name, text)?;
     cf.tenant
-        .or_else(|| cf.policy.as_deref().and_then(|p| Path::new(p).file_stem()).map(|s| s.to_string_lossy().into_owned()))
-        .ok_or_else(|| vec![PolicyError { file: name.into(), line: 1, column: 1, field: "tenant".into(), message: "name the tenant: tenant = \"acme\"".into() }])
+        .or_else(|| {
+            cf.policy
+                .as_deref()
+                .and_then(|p| Path::new(p).file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .ok_or_else(|| {
+            vec![PolicyError {
+                file: name.into(),
+                line: 1,
+                column: 1,
+                field: "tenant".into(),
+                message: "name the tenant: tenant = \"acme\"".into(),
+            }]
+        })
 }
 
 /// Runs every case against `policy`.
-pub fn run_cases(policy: &CompiledPolicy, name: &str, text: &str) -> Result<CaseReport, Vec<PolicyError>> {
+pub fn run_cases(
+    policy: &CompiledPolicy,
+    name: &str,
+    text: &str,
+) -> Result<CaseReport, Vec<PolicyError>> {
     let cf = parse_file(name, text)?;
-    let mut report = CaseReport { policy_tenant: policy.tenant.clone(), policy_version: policy.version, passed: 0, failures: Vec::new() };
+    let mut report = CaseReport {
+        policy_tenant: policy.tenant.clone(),
+        policy_version: policy.version,
+        passed: 0,
+        failures: Vec::new(),
+    };
     for c in &cf.cases {
         let now = c.now.or(cf.now).unwrap_or(DEFAULT_NOW);
-        let who = Identity { user_id: c.user.id.clone(), name: c.user.name.clone(), groups: c.user.groups.clone() };
+        let who = Identity {
+            user_id: c.user.id.clone(),
+            name: c.user.name.clone(),
+            groups: c.user.groups.clone(),
+        };
         let (sid, facts) = match &c.session {
             None => ("session".to_owned(), SessionFacts::default()),
-            Some(s) => (s.id.clone().unwrap_or_else(|| "session".into()), SessionFacts { owner: s.owner.clone(), labels: s.labels.clone() }),
+            Some(s) => (
+                s.id.clone().unwrap_or_else(|| "session".into()),
+                SessionFacts {
+                    owner: s.owner.clone(),
+                    labels: s.labels.clone(),
+                },
+            ),
         };
         let mut problems = Vec::new();
         let ttl = match c.request.ttl.as_ref().map(duration::parse).transpose() {
@@ -174,35 +212,65 @@ pub fn run_cases(policy: &CompiledPolicy, name: &str, text: &str) -> Result<Case
             (None, Some(at)) => Some(Expiry::At(at)),
             _ => None,
         };
-        let got = decide(policy, &who, &sid, &facts, &DecisionRequest { role: c.request.role, expiry }, now, false);
+        let got = decide(
+            policy,
+            &who,
+            &sid,
+            &facts,
+            &DecisionRequest {
+                role: c.request.role,
+                expiry,
+            },
+            now,
+            false,
+        );
         let e = &c.expect;
         match got {
             Err(err) => {
                 if e.outcome != "invalid" || e.code.as_deref().is_some_and(|x| x != err.code()) {
-                    problems.push(format!("expected {}, got a 400 {}: {err}", e.outcome, err.code()));
+                    problems.push(format!(
+                        "expected {}, got a 400 {}: {err}",
+                        e.outcome,
+                        err.code()
+                    ));
                 }
             }
             Ok(d) => {
                 let (outcome, code, role, dttl) = match &d.outcome {
-                    Outcome::Granted { role, ttl, .. } => ("granted", None, Some(*role), Some(*ttl)),
+                    Outcome::Granted { role, ttl, .. } => {
+                        ("granted", None, Some(*role), Some(*ttl))
+                    }
                     Outcome::Refused(code) => ("refused", Some(code.code()), None, None),
                 };
                 if e.outcome != outcome {
-                    problems.push(format!("expected {}, got {outcome} ({})", e.outcome, d.reason));
+                    problems.push(format!(
+                        "expected {}, got {outcome} ({})",
+                        e.outcome, d.reason
+                    ));
                 }
                 if let Some(want) = &e.code
                     && code != Some(want.as_str())
                 {
-                    problems.push(format!("expected code {want}, got {}", code.unwrap_or("none")));
+                    problems.push(format!(
+                        "expected code {want}, got {}",
+                        code.unwrap_or("none")
+                    ));
                 }
                 if let Some(want) = e.role
                     && role != Some(want)
                 {
-                    problems.push(format!("expected role {want}, got {}", role.map(|r| r.as_str()).unwrap_or("none")));
+                    problems.push(format!(
+                        "expected role {want}, got {}",
+                        role.map(|r| r.as_str()).unwrap_or("none")
+                    ));
                 }
                 if let Some(want) = &e.ttl {
                     match duration::parse(want) {
-                        Ok(w) if dttl != Some(w) => problems.push(format!("expected ttl {}, got {}", human(w), dttl.map(human).unwrap_or_else(|| "none".into()))),
+                        Ok(w) if dttl != Some(w) => problems.push(format!(
+                            "expected ttl {}, got {}",
+                            human(w),
+                            dttl.map(human).unwrap_or_else(|| "none".into())
+                        )),
                         Err(m) => problems.push(format!("expect.ttl: {m}")),
                         _ => {}
                     }
@@ -210,19 +278,28 @@ pub fn run_cases(policy: &CompiledPolicy, name: &str, text: &str) -> Result<Case
                 if let Some(want) = &e.rule
                     && d.rule.as_deref() != Some(want.as_str())
                 {
-                    problems.push(format!("expected rule {want}, got {}", d.rule.as_deref().unwrap_or("none")));
+                    problems.push(format!(
+                        "expected rule {want}, got {}",
+                        d.rule.as_deref().unwrap_or("none")
+                    ));
                 }
                 if let Some(want) = e.clamped
                     && want != d.clamped.is_some()
                 {
-                    problems.push(format!("expected clamped = {want}, got {}", d.clamped.is_some()));
+                    problems.push(format!(
+                        "expected clamped = {want}, got {}",
+                        d.clamped.is_some()
+                    ));
                 }
             }
         }
         if problems.is_empty() {
             report.passed += 1;
         } else {
-            report.failures.push(CaseFailure { name: c.name.clone(), problems });
+            report.failures.push(CaseFailure {
+                name: c.name.clone(),
+                problems,
+            });
         }
     }
     Ok(report)

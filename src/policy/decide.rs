@@ -22,7 +22,12 @@ impl CompiledPolicy {
     pub fn compile(doc: PolicyDoc, version: i64) -> CompiledPolicy {
         let mut order: Vec<usize> = (0..doc.rules.len()).collect();
         order.sort_by_key(|i| doc.rules[*i].priority);
-        CompiledPolicy { tenant: doc.tenant.clone(), version, doc, order }
+        CompiledPolicy {
+            tenant: doc.tenant.clone(),
+            version,
+            doc,
+            order,
+        }
     }
 
     /// Rules in the order they are tried.
@@ -99,7 +104,11 @@ impl RefusalCode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    Granted { role: Role, expire_time: i64, ttl: i64 },
+    Granted {
+        role: Role,
+        expire_time: i64,
+        ttl: i64,
+    },
     Refused(RefusalCode),
 }
 
@@ -154,7 +163,9 @@ fn session_matches(m: &SessionMatch, who: &Identity, session_id: &str, f: &Sessi
         SessionMatch::Any => true,
         SessionMatch::Id(id) => id == session_id,
         SessionMatch::Owner => f.owner.as_deref() == Some(who.user_id.as_str()),
-        SessionMatch::Label { key, value, .. } => f.labels.get(key).is_some_and(|v| value.matches(v)),
+        SessionMatch::Label { key, value, .. } => {
+            f.labels.get(key).is_some_and(|v| value.matches(v))
+        }
     }
 }
 
@@ -203,15 +214,29 @@ pub fn decide(
     let mut misses = explain.then(Vec::new);
     for r in p.rules() {
         let subject_ok = r.subjects.iter().any(|s| subject_matches(s, who));
-        let session_ok = subject_ok && r.sessions.iter().any(|s| session_matches(s, who, session_id, facts));
+        let session_ok = subject_ok
+            && r.sessions
+                .iter()
+                .any(|s| session_matches(s, who, session_id, facts));
         if !(subject_ok && session_ok) {
             if let Some(m) = misses.as_mut() {
                 let (failed, detail) = if !subject_ok {
-                    ("subject", format!("the caller is not {}", describe_subjects(r)))
+                    (
+                        "subject",
+                        format!("the caller is not {}", describe_subjects(r)),
+                    )
                 } else {
-                    ("session", format!("the session is not {}", describe_sessions(r)))
+                    (
+                        "session",
+                        format!("the session is not {}", describe_sessions(r)),
+                    )
                 };
-                m.push(RuleMiss { rule: r.id.clone(), priority: r.priority, failed, detail });
+                m.push(RuleMiss {
+                    rule: r.id.clone(),
+                    priority: r.priority,
+                    failed,
+                    detail,
+                });
             }
             continue;
         }
@@ -224,7 +249,11 @@ pub fn decide(
             explain: misses,
         };
         if r.effect == Effect::Deny {
-            return Ok(refused(RefusalCode::PolicyDenied, format!("rule {} denies {}", r.id, describe_subjects(r)), misses));
+            return Ok(refused(
+                RefusalCode::PolicyDenied,
+                format!("rule {} denies {}", r.id, describe_subjects(r)),
+                misses,
+            ));
         }
         let wanted = req.role.or(r.default_role).unwrap_or(p.doc.defaults.role);
         let mut clamped = Clamped::default();
@@ -233,12 +262,19 @@ pub fn decide(
         } else {
             match (r.on_role_excess, r.default_role) {
                 (Excess::Downgrade, Some(d)) if r.roles.contains(&d) => {
-                    clamped.role = Some(Change { requested: wanted, granted: d });
+                    clamped.role = Some(Change {
+                        requested: wanted,
+                        granted: d,
+                    });
                     d
                 }
                 _ => {
                     let allowed: Vec<&str> = r.roles.iter().map(|x| x.as_str()).collect();
-                    let allowed = if allowed.is_empty() { "no role".to_owned() } else { allowed.join(", ") };
+                    let allowed = if allowed.is_empty() {
+                        "no role".to_owned()
+                    } else {
+                        allowed.join(", ")
+                    };
                     return Ok(refused(
                         RefusalCode::RoleNotAllowed,
                         format!("rule {} allows {allowed}, not {wanted}", r.id),
@@ -247,22 +283,38 @@ pub fn decide(
                 }
             }
         };
-        let want_ttl = requested_ttl.or(r.default_ttl).unwrap_or(p.doc.defaults.ttl);
+        let want_ttl = requested_ttl
+            .or(r.default_ttl)
+            .unwrap_or(p.doc.defaults.ttl);
         let cap = r.max_ttl.unwrap_or(MAX_TTL).min(MAX_TTL);
         let ttl = want_ttl.min(cap);
         if ttl < want_ttl {
-            clamped.ttl = Some(Change { requested: want_ttl, granted: ttl });
+            clamped.ttl = Some(Change {
+                requested: want_ttl,
+                granted: ttl,
+            });
         }
         let mut reason = format!("rule {} grants {role} for {}", r.id, human(ttl));
         if let Some(c) = &clamped.role {
-            reason.push_str(&format!("; role downgraded from {} to {}", c.requested, c.granted));
+            reason.push_str(&format!(
+                "; role downgraded from {} to {}",
+                c.requested, c.granted
+            ));
         }
         if let Some(c) = &clamped.ttl {
-            reason.push_str(&format!("; ttl clamped from {} to {}", human(c.requested), human(c.granted)));
+            reason.push_str(&format!(
+                "; ttl clamped from {} to {}",
+                human(c.requested),
+                human(c.granted)
+            ));
         }
         let any_clamp = clamped.role.is_some() || clamped.ttl.is_some();
         return Ok(Decision {
-            outcome: Outcome::Granted { role, expire_time: now + ttl, ttl },
+            outcome: Outcome::Granted {
+                role,
+                expire_time: now + ttl,
+                ttl,
+            },
             rule: Some(r.id.clone()),
             policy_version: p.version,
             reason,

@@ -24,9 +24,14 @@ pub fn parse(raw: &RawDuration) -> Result<i64, String> {
                 "m" => 60,
                 "h" => 3600,
                 "d" => 86_400,
-                _ => return Err(format!("{s:?} has an unknown unit {unit:?}: use s, m, h or d")),
+                _ => {
+                    return Err(format!(
+                        "{s:?} has an unknown unit {unit:?}: use s, m, h or d"
+                    ));
+                }
             };
-            n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+            n.checked_mul(mult)
+                .ok_or_else(|| format!("{s:?} is too large"))
         }
     }
 }

@@ -43,7 +43,11 @@ pub enum Subject {
 pub enum SessionMatch {
     Any,
     Id(String),
-    Label { key: String, value: Glob, pattern: String },
+    Label {
+        key: String,
+        value: Glob,
+        pattern: String,
+    },
     Owner,
 }
 
@@ -188,7 +192,13 @@ struct Errors<'a> {
 impl Errors<'_> {
     fn at(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
         let (line, column) = line_col(self.text, span.start);
-        self.list.push(PolicyError { file: self.file.to_owned(), line, column, field: field.into(), message: message.into() });
+        self.list.push(PolicyError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            field: field.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -196,7 +206,12 @@ impl Errors<'_> {
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -207,7 +222,10 @@ pub fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> PolicyError {
     let msg = e.message().to_owned();
     let (mut line, mut column) = line_col(text, span.start);
     // serde reports an unknown key at its table; point at the key itself.
-    if let Some(key) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+    if let Some(key) = msg
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+    {
         let mut offset = span.start.min(text.len());
         for l in text[offset..].split_inclusive('\n') {
             if l.split_once('=').is_some_and(|(k, _)| k.trim() == key) {
@@ -230,7 +248,13 @@ pub fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> PolicyError {
                 .filter(|k| !k.is_empty())
         })
         .unwrap_or_else(|| "(file)".into());
-    PolicyError { file: file.to_owned(), line, column, field, message: msg }
+    PolicyError {
+        file: file.to_owned(),
+        line,
+        column,
+        field,
+        message: msg,
+    }
 }
 
 fn valid_slug(s: &str) -> bool {
@@ -238,7 +262,8 @@ fn valid_slug(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 fn valid_id(s: &str) -> bool {
@@ -246,22 +271,37 @@ fn valid_id(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
 }
 
 fn valid_uuid(s: &str) -> bool {
     s.len() == 36
-        && s.char_indices().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
+        && s.char_indices().all(|(i, c)| {
+            if [8, 13, 18, 23].contains(&i) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
 }
 
 /// Parses and validates a policy file; every error, or the document.
 pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
     let raw: RawFile = toml::from_str(text).map_err(|e| vec![toml_error(file, text, &e)])?;
-    let mut errs = Errors { file, text, list: Vec::new() };
+    let mut errs = Errors {
+        file,
+        text,
+        list: Vec::new(),
+    };
 
     let tenant = raw.tenant.get_ref().clone();
     if !valid_slug(&tenant) {
-        errs.at(raw.tenant.span(), "tenant", "a tenant slug is 1-63 of a-z, 0-9 and '-', starting with a letter or digit");
+        errs.at(
+            raw.tenant.span(),
+            "tenant",
+            "a tenant slug is 1-63 of a-z, 0-9 and '-', starting with a letter or digit",
+        );
     }
 
     let credentials = credentials(&mut errs, &raw.credentials);
@@ -270,7 +310,14 @@ pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
         match s.get_ref().parse::<Role>() {
             Ok(r) => Some(r),
             Err(_) => {
-                errs.at(s.span(), field, format!("{:?} is not a role: use subscriber, publisher, publisheronly or moderator", s.get_ref()));
+                errs.at(
+                    s.span(),
+                    field,
+                    format!(
+                        "{:?} is not a role: use subscriber, publisher, publisheronly or moderator",
+                        s.get_ref()
+                    ),
+                );
                 None
             }
         }
@@ -282,7 +329,14 @@ pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
                 None
             }
             Ok(n) if n > MAX_TTL => {
-                errs.at(s.span(), field, format!("{} is above the service's 30-day limit; use at most \"30d\"", duration::human(n)));
+                errs.at(
+                    s.span(),
+                    field,
+                    format!(
+                        "{} is above the service's 30-day limit; use at most \"30d\"",
+                        duration::human(n)
+                    ),
+                );
                 None
             }
             Ok(n) => Some(n),
@@ -293,7 +347,10 @@ pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
         }
     };
 
-    let mut defaults = Defaults { role: Role::Publisher, ttl: DEFAULT_TTL };
+    let mut defaults = Defaults {
+        role: Role::Publisher,
+        ttl: DEFAULT_TTL,
+    };
     if let Some(d) = &raw.defaults {
         if let Some(r) = &d.role
             && let Some(role) = role_of(&mut errs, r, "defaults.role".into())
@@ -313,9 +370,20 @@ pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
     for (i, r) in raw.rules.iter().enumerate() {
         let f = |k: &str| format!("rules[{i}].{k}");
         if !valid_id(r.id.get_ref()) {
-            errs.at(r.id.span(), f("id"), "a rule id is 1-64 of a-z, 0-9, '-' and '_', starting with a letter or digit");
+            errs.at(
+                r.id.span(),
+                f("id"),
+                "a rule id is 1-64 of a-z, 0-9, '-' and '_', starting with a letter or digit",
+            );
         } else if !ids.insert(r.id.get_ref().clone()) {
-            errs.at(r.id.span(), f("id"), format!("rule id {:?} is used twice; ids must be unique (decisions name them)", r.id.get_ref()));
+            errs.at(
+                r.id.span(),
+                f("id"),
+                format!(
+                    "rule id {:?} is used twice; ids must be unique (decisions name them)",
+                    r.id.get_ref()
+                ),
+            );
         }
         if !priorities.insert(*r.priority.get_ref()) {
             errs.at(r.priority.span(), f("priority"), format!("priority {} is used by another rule; priorities must be unique so the first match is well defined", r.priority.get_ref()));
@@ -324,13 +392,21 @@ pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
             None | Some("allow") => Effect::Allow,
             Some("deny") => Effect::Deny,
             Some(other) => {
-                errs.at(r.effect.as_ref().map(|e| e.span()).unwrap_or(0..0), f("effect"), format!("{other:?} is not an effect: use \"allow\" or \"deny\""));
+                errs.at(
+                    r.effect.as_ref().map(|e| e.span()).unwrap_or(0..0),
+                    f("effect"),
+                    format!("{other:?} is not an effect: use \"allow\" or \"deny\""),
+                );
                 Effect::Allow
             }
         };
         let mut subjects = Vec::new();
         if r.subjects.get_ref().is_empty() {
-            errs.at(r.subjects.span(), f("subjects"), "a rule needs at least one subject (\"*\", \"user:<id>\" or \"group:<name>\")");
+            errs.at(
+                r.subjects.span(),
+                f("subjects"),
+                "a rule needs at least one subject (\"*\", \"user:<id>\" or \"group:<name>\")",
+            );
         }
         for s in r.subjects.get_ref() {
             let v = s.get_ref();
@@ -341,7 +417,11 @@ pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
             } else if let Some(g) = v.strip_prefix("group:").filter(|g| !g.is_empty()) {
                 Some(Subject::Group(g.to_owned()))
             } else {
-                errs.at(s.span(), f("subjects"), format!("{v:?} is not a subject: use \"*\", \"user:<id>\" or \"group:<name>\""));
+                errs.at(
+                    s.span(),
+                    f("subjects"),
+                    format!("{v:?} is not a subject: use \"*\", \"user:<id>\" or \"group:<name>\""),
+                );
                 None
             };
             subjects.extend(m);
@@ -358,8 +438,16 @@ pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
                 Some(SessionMatch::Owner)
             } else if let Some(id) = v.strip_prefix("id:").filter(|x| !x.is_empty()) {
                 Some(SessionMatch::Id(id.to_owned()))
-            } else if let Some((k, g)) = v.strip_prefix("label:").and_then(|x| x.split_once('=')).filter(|(k, _)| !k.is_empty()) {
-                Some(SessionMatch::Label { key: k.to_owned(), value: Glob::new(g), pattern: g.to_owned() })
+            } else if let Some((k, g)) = v
+                .strip_prefix("label:")
+                .and_then(|x| x.split_once('='))
+                .filter(|(k, _)| !k.is_empty())
+            {
+                Some(SessionMatch::Label {
+                    key: k.to_owned(),
+                    value: Glob::new(g),
+                    pattern: g.to_owned(),
+                })
             } else {
                 errs.at(s.span(), f("sessions"), format!("{v:?} is not a session matcher: use \"*\", \"id:<session id>\", \"label:<key>=<glob>\" or \"owner\""));
                 None
@@ -374,14 +462,27 @@ pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
                 }
             }
         }
-        let default_role = r.default_role.as_ref().and_then(|s| role_of(&mut errs, s, f("default_role")));
-        let default_ttl = r.default_ttl.as_ref().and_then(|s| ttl_of(&mut errs, s, f("default_ttl")));
-        let max_ttl = r.max_ttl.as_ref().and_then(|s| ttl_of(&mut errs, s, f("max_ttl")));
+        let default_role = r
+            .default_role
+            .as_ref()
+            .and_then(|s| role_of(&mut errs, s, f("default_role")));
+        let default_ttl = r
+            .default_ttl
+            .as_ref()
+            .and_then(|s| ttl_of(&mut errs, s, f("default_ttl")));
+        let max_ttl = r
+            .max_ttl
+            .as_ref()
+            .and_then(|s| ttl_of(&mut errs, s, f("max_ttl")));
         let on_role_excess = match r.on_role_excess.as_ref().map(|e| e.get_ref().as_str()) {
             None | Some("deny") => Excess::Deny,
             Some("downgrade") => Excess::Downgrade,
             Some(other) => {
-                errs.at(r.on_role_excess.as_ref().map(|e| e.span()).unwrap_or(0..0), f("on_role_excess"), format!("{other:?} is not valid: use \"deny\" or \"downgrade\""));
+                errs.at(
+                    r.on_role_excess.as_ref().map(|e| e.span()).unwrap_or(0..0),
+                    f("on_role_excess"),
+                    format!("{other:?} is not valid: use \"deny\" or \"downgrade\""),
+                );
                 Excess::Deny
             }
         };
@@ -389,7 +490,11 @@ pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
             && effect == Effect::Allow
             && !roles.contains(&d)
         {
-            errs.at(rs.span(), f("default_role"), format!("default_role {d} is not in this rule's roles; add it to roles"));
+            errs.at(
+                rs.span(),
+                f("default_role"),
+                format!("default_role {d} is not in this rule's roles; add it to roles"),
+            );
         }
         if on_role_excess == Excess::Downgrade && default_role.is_none() {
             let span = r.on_role_excess.as_ref().map(|e| e.span()).unwrap_or(0..0);
@@ -398,10 +503,27 @@ pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
         if let (Some(d), Some(m), Some(s)) = (default_ttl, max_ttl, &r.default_ttl)
             && d > m
         {
-            errs.at(s.span(), f("default_ttl"), format!("default_ttl {} is above max_ttl {}", duration::human(d), duration::human(m)));
+            errs.at(
+                s.span(),
+                f("default_ttl"),
+                format!(
+                    "default_ttl {} is above max_ttl {}",
+                    duration::human(d),
+                    duration::human(m)
+                ),
+            );
         }
-        if effect == Effect::Deny && (r.roles.is_some() || r.default_role.is_some() || r.max_ttl.is_some() || r.default_ttl.is_some()) {
-            errs.at(r.id.span(), f("effect"), "a deny rule grants nothing: remove roles, default_role, default_ttl and max_ttl");
+        if effect == Effect::Deny
+            && (r.roles.is_some()
+                || r.default_role.is_some()
+                || r.max_ttl.is_some()
+                || r.default_ttl.is_some())
+        {
+            errs.at(
+                r.id.span(),
+                f("effect"),
+                "a deny rule grants nothing: remove roles, default_role, default_ttl and max_ttl",
+            );
         }
         rules.push(Rule {
             id: r.id.get_ref().clone(),
@@ -423,7 +545,9 @@ pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
         for o in c.allowed_origins.get_ref() {
             let v = o.get_ref();
             let ok = v == "*"
-                || ((v.starts_with("https://") || v.starts_with("http://")) && !v.ends_with('/') && !v[v.find("://").unwrap_or(0) + 3..].contains('/'));
+                || ((v.starts_with("https://") || v.starts_with("http://"))
+                    && !v.ends_with('/')
+                    && !v[v.find("://").unwrap_or(0) + 3..].contains('/'));
             if ok {
                 cors_allowed_origins.push(v.clone());
             } else {
@@ -483,23 +607,55 @@ fn credentials(errs: &mut Errors, raw: &[RawCredential]) -> Vec<CredentialSpec> 
     for (i, c) in raw.iter().enumerate() {
         let f = |k: &str| format!("credentials[{i}].{k}");
         if !valid_id(c.name.get_ref()) {
-            errs.at(c.name.span(), f("name"), "a credential name is 1-64 of a-z, 0-9, '-' and '_'");
+            errs.at(
+                c.name.span(),
+                f("name"),
+                "a credential name is 1-64 of a-z, 0-9, '-' and '_'",
+            );
         } else if !names.insert(c.name.get_ref().clone()) {
-            errs.at(c.name.span(), f("name"), format!("credential name {:?} is used twice", c.name.get_ref()));
+            errs.at(
+                c.name.span(),
+                f("name"),
+                format!("credential name {:?} is used twice", c.name.get_ref()),
+            );
         }
-        let missing = |errs: &mut Errors, k: &str| errs.at(c.provider.span(), f(k), format!("{k} is required for this provider"));
-        let not_for = |errs: &mut Errors, k: &str, s: &S<String>, p: &str| errs.at(s.span(), f(k), format!("{k} does not apply to provider {p:?}"));
+        let missing = |errs: &mut Errors, k: &str| {
+            errs.at(
+                c.provider.span(),
+                f(k),
+                format!("{k} is required for this provider"),
+            )
+        };
+        let not_for = |errs: &mut Errors, k: &str, s: &S<String>, p: &str| {
+            errs.at(
+                s.span(),
+                f(k),
+                format!("{k} does not apply to provider {p:?}"),
+            )
+        };
         let provider = match c.provider.get_ref().as_str() {
             "opentok" => {
-                for (k, v) in [("application_id", &c.application_id), ("private_key", &c.private_key)] {
+                for (k, v) in [
+                    ("application_id", &c.application_id),
+                    ("private_key", &c.private_key),
+                ] {
                     if let Some(s) = v {
                         not_for(errs, k, s, "opentok");
                     }
                 }
                 let key = match &c.api_key {
-                    Some(k) if !k.get_ref().is_empty() && k.get_ref().bytes().all(|b| b.is_ascii_digit()) => Some(k.get_ref().clone()),
+                    Some(k)
+                        if !k.get_ref().is_empty()
+                            && k.get_ref().bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        Some(k.get_ref().clone())
+                    }
                     Some(k) => {
-                        errs.at(k.span(), f("api_key"), "an OpenTok API key is the project's numeric id, e.g. \"123456\"");
+                        errs.at(
+                            k.span(),
+                            f("api_key"),
+                            "an OpenTok API key is the project's numeric id, e.g. \"123456\"",
+                        );
                         None
                     }
                     None => {
@@ -522,10 +678,19 @@ fn credentials(errs: &mut Errors, raw: &[RawCredential]) -> Vec<CredentialSpec> 
                         OpenTokFormat::Jwt
                     }
                 };
-                key.zip(secret).map(|(api_key, api_secret)| Provider::OpenTok { api_key, api_secret, token_format: format })
+                key.zip(secret)
+                    .map(|(api_key, api_secret)| Provider::OpenTok {
+                        api_key,
+                        api_secret,
+                        token_format: format,
+                    })
             }
             "vonage" => {
-                for (k, v) in [("api_key", &c.api_key), ("api_secret", &c.api_secret), ("token_format", &c.token_format)] {
+                for (k, v) in [
+                    ("api_key", &c.api_key),
+                    ("api_secret", &c.api_secret),
+                    ("token_format", &c.token_format),
+                ] {
                     if let Some(s) = v {
                         not_for(errs, k, s, "vonage");
                     }
@@ -548,15 +713,26 @@ fn credentials(errs: &mut Errors, raw: &[RawCredential]) -> Vec<CredentialSpec> 
                         None
                     }
                 };
-                app.zip(key).map(|(application_id, private_key)| Provider::Vonage { application_id, private_key })
+                app.zip(key)
+                    .map(|(application_id, private_key)| Provider::Vonage {
+                        application_id,
+                        private_key,
+                    })
             }
             other => {
-                errs.at(c.provider.span(), f("provider"), format!("{other:?} is not a provider: use \"opentok\" or \"vonage\""));
+                errs.at(
+                    c.provider.span(),
+                    f("provider"),
+                    format!("{other:?} is not a provider: use \"opentok\" or \"vonage\""),
+                );
                 None
             }
         };
         if let Some(p) = provider {
-            let spec = CredentialSpec { name: c.name.get_ref().clone(), provider: p };
+            let spec = CredentialSpec {
+                name: c.name.get_ref().clone(),
+                provider: p,
+            };
             if !owners.insert(spec.owner_id().to_owned()) {
                 errs.at(c.name.span(), f("name"), format!("another credential already has id {}; a session's owner must pick exactly one credential", spec.owner_id()));
             }
@@ -572,13 +748,25 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
     for (i, p) in raw.iter().enumerate() {
         let f = |k: &str| format!("identity_providers[{i}].{k}");
         if !valid_id(p.name.get_ref()) || !names.insert(p.name.get_ref().clone()) {
-            errs.at(p.name.span(), f("name"), "a provider name is 1-64 of a-z, 0-9, '-' and '_', unique in the file");
+            errs.at(
+                p.name.span(),
+                f("name"),
+                "a provider name is 1-64 of a-z, 0-9, '-' and '_', unique in the file",
+            );
         }
         if p.issuer.get_ref().is_empty() {
-            errs.at(p.issuer.span(), f("issuer"), "the issuer is the exact iss claim of the provider's tokens");
+            errs.at(
+                p.issuer.span(),
+                f("issuer"),
+                "the issuer is the exact iss claim of the provider's tokens",
+            );
         }
         if p.audiences.get_ref().is_empty() {
-            errs.at(p.audiences.span(), f("audiences"), "list at least one accepted aud value");
+            errs.at(
+                p.audiences.span(),
+                f("audiences"),
+                "list at least one accepted aud value",
+            );
         }
         let mut families = HashSet::new();
         for a in p.algorithms.get_ref() {
@@ -586,15 +774,37 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
                 Ok(alg) => {
                     families.insert(format!("{:?}", alg.family()));
                 }
-                Err(_) => errs.at(a.span(), f("algorithms"), format!("{:?} is not a JWT algorithm: e.g. RS256, ES256, EdDSA, HS256", a.get_ref())),
+                Err(_) => errs.at(
+                    a.span(),
+                    f("algorithms"),
+                    format!(
+                        "{:?} is not a JWT algorithm: e.g. RS256, ES256, EdDSA, HS256",
+                        a.get_ref()
+                    ),
+                ),
             }
         }
         if p.algorithms.get_ref().is_empty() {
-            errs.at(p.algorithms.span(), f("algorithms"), "pin at least one algorithm");
+            errs.at(
+                p.algorithms.span(),
+                f("algorithms"),
+                "pin at least one algorithm",
+            );
         }
-        let sources = [p.secret.is_some(), p.public_keys.is_some(), p.jwks_url.is_some()].iter().filter(|x| **x).count();
+        let sources = [
+            p.secret.is_some(),
+            p.public_keys.is_some(),
+            p.jwks_url.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
         if sources != 1 {
-            errs.at(p.name.span(), f("keys"), "give exactly one key source: secret, public_keys or jwks_url");
+            errs.at(
+                p.name.span(),
+                f("keys"),
+                "give exactly one key source: secret, public_keys or jwks_url",
+            );
         }
         let hmac = families.contains("Hmac");
         if hmac && families.len() > 1 {
@@ -602,18 +812,34 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
         }
         let keys = if let Some(s) = &p.secret {
             if !hmac {
-                errs.at(s.span(), f("secret"), "a shared secret goes with HS256/HS384/HS512 algorithms only");
+                errs.at(
+                    s.span(),
+                    f("secret"),
+                    "a shared secret goes with HS256/HS384/HS512 algorithms only",
+                );
             }
             secret_ref(errs, s, f("secret")).map(IdpKeys::Secret)
         } else if let Some(list) = &p.public_keys {
             if hmac {
-                errs.at(list.span(), f("public_keys"), "public keys go with RS*/PS*/ES*/EdDSA algorithms, never HS*");
+                errs.at(
+                    list.span(),
+                    f("public_keys"),
+                    "public keys go with RS*/PS*/ES*/EdDSA algorithms, never HS*",
+                );
             }
-            let refs: Vec<SecretRef> = list.get_ref().iter().filter_map(|r| secret_ref(errs, r, f("public_keys"))).collect();
+            let refs: Vec<SecretRef> = list
+                .get_ref()
+                .iter()
+                .filter_map(|r| secret_ref(errs, r, f("public_keys")))
+                .collect();
             Some(IdpKeys::PublicKeys(refs))
         } else if let Some(u) = &p.jwks_url {
             if hmac {
-                errs.at(u.span(), f("jwks_url"), "a JWKS goes with public-key algorithms, never HS*");
+                errs.at(
+                    u.span(),
+                    f("jwks_url"),
+                    "a JWKS goes with public-key algorithms, never HS*",
+                );
             }
             if !(u.get_ref().starts_with("https://") || u.get_ref().starts_with("http://")) {
                 errs.at(u.span(), f("jwks_url"), "jwks_url must be an https:// URL");
@@ -645,7 +871,12 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
                 name: p.name.get_ref().clone(),
                 issuer: p.issuer.get_ref().clone(),
                 audiences: p.audiences.get_ref().clone(),
-                algorithms: p.algorithms.get_ref().iter().map(|a| a.get_ref().clone()).collect(),
+                algorithms: p
+                    .algorithms
+                    .get_ref()
+                    .iter()
+                    .map(|a| a.get_ref().clone())
+                    .collect(),
                 keys,
                 user_id_claim: p.user_id_claim.clone().unwrap_or_else(|| "sub".into()),
                 name_claim: p.name_claim.clone(),

@@ -9,7 +9,10 @@ pub struct Glob {
 
 impl Glob {
     pub fn new(pattern: &str) -> Glob {
-        Glob { literal: !pattern.contains(['*', '?']), pattern: pattern.chars().collect() }
+        Glob {
+            literal: !pattern.contains(['*', '?']),
+            pattern: pattern.chars().collect(),
+        }
     }
 
     pub fn matches(&self, text: &str) -> bool {

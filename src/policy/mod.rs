@@ -13,11 +13,13 @@ pub mod glob;
 
 pub use cases::{CaseReport, cases_policy_path, cases_tenant, run_cases};
 pub use decide::{
-    Change, Clamped, CompiledPolicy, Decision, DecisionRequest, Expiry, Outcome, RefusalCode, RequestError, RuleMiss,
-    SessionFacts, decide,
+    Change, Clamped, CompiledPolicy, Decision, DecisionRequest, Expiry, Outcome, RefusalCode,
+    RequestError, RuleMiss, SessionFacts, decide,
 };
 pub use diff::diff;
-pub use file::{Defaults, Effect, Excess, PolicyDoc, PolicyError, Rule, SessionMatch, Subject, parse};
+pub use file::{
+    Defaults, Effect, Excess, PolicyDoc, PolicyError, Rule, SessionMatch, Subject, parse,
+};
 
 #[cfg(test)]
 mod tests;

@@ -64,11 +64,18 @@ fn policy() -> CompiledPolicy {
 }
 
 fn who(id: &str, groups: &[&str]) -> Identity {
-    Identity { user_id: id.into(), name: None, groups: groups.iter().map(|g| g.to_string()).collect() }
+    Identity {
+        user_id: id.into(),
+        name: None,
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    }
 }
 
 fn class(owner: Option<&str>) -> SessionFacts {
-    SessionFacts { owner: owner.map(str::to_owned), labels: [("kind".to_owned(), "class-math".to_owned())].into() }
+    SessionFacts {
+        owner: owner.map(str::to_owned),
+        labels: [("kind".to_owned(), "class-math".to_owned())].into(),
+    }
 }
 
 struct Case {
@@ -79,7 +86,14 @@ struct Case {
     role: Option<Role>,
     expiry: Option<Expiry>,
     // expected: outcome code ("granted" or refusal), role, ttl, rule, clamped role?, clamped ttl?
-    want: (&'static str, Option<Role>, Option<i64>, Option<&'static str>, bool, bool),
+    want: (
+        &'static str,
+        Option<Role>,
+        Option<i64>,
+        Option<&'static str>,
+        bool,
+        bool,
+    ),
 }
 
 #[test]
@@ -87,38 +101,210 @@ fn decisions_table() {
     use Role::*;
     let p = policy();
     let cases = vec![
-        Case { name: "deny rule beats everything", who: who("x", &["banned", "teachers"]), session: "s", facts: class(Some("x")), role: None, expiry: None,
-               want: ("policy_denied", None, None, Some("banned"), false, false) },
-        Case { name: "owner gets the rule's default role", who: who("olga", &[]), session: "s", facts: class(Some("olga")), role: None, expiry: None,
-               want: ("granted", Some(Moderator), Some(3600), Some("owner-moderates"), false, false) },
-        Case { name: "owner ttl clamped to 8h", who: who("olga", &[]), session: "s", facts: class(Some("olga")), role: Some(Publisher), expiry: Some(Expiry::Ttl(86_400)),
-               want: ("granted", Some(Publisher), Some(8 * 3600), Some("owner-moderates"), false, true) },
-        Case { name: "group matcher", who: who("tina", &["teachers"]), session: "s", facts: class(None), role: Some(Moderator), expiry: None,
-               want: ("granted", Some(Moderator), Some(3600), Some("teachers"), false, false) },
-        Case { name: "user matcher", who: who("principal", &[]), session: "s", facts: class(None), role: Some(Moderator), expiry: Some(Expiry::Ttl(5 * 3600)),
-               want: ("granted", Some(Moderator), Some(4 * 3600), Some("teachers"), false, true) },
-        Case { name: "absolute expire_time clamps too", who: who("tina", &["teachers"]), session: "s", facts: class(None), role: None, expiry: Some(Expiry::At(NOW + 10 * 3600)),
-               want: ("granted", Some(Publisher), Some(4 * 3600), Some("teachers"), false, true) },
-        Case { name: "role excess denied by a deny-excess rule", who: who("tina", &["teachers"]), session: "s", facts: class(None), role: Some(PublisherOnly), expiry: None,
-               want: ("role_not_allowed", None, None, Some("teachers"), false, false) },
-        Case { name: "role excess downgraded", who: who("sam", &[]), session: "s", facts: class(None), role: Some(Moderator), expiry: None,
-               want: ("granted", Some(Subscriber), Some(3600), Some("students"), true, false) },
-        Case { name: "role below the ceiling is kept", who: who("sam", &[]), session: "s", facts: class(None), role: Some(Publisher), expiry: Some(Expiry::Ttl(60)),
-               want: ("granted", Some(Publisher), Some(60), Some("students"), false, false) },
-        Case { name: "id matcher", who: who("sam", &[]), session: "lobby-session", facts: SessionFacts::default(), role: None, expiry: None,
-               want: ("role_not_allowed", None, None, Some("lobby"), false, false) },
-        Case { name: "id matcher, allowed role", who: who("sam", &[]), session: "lobby-session", facts: SessionFacts::default(), role: Some(Subscriber), expiry: None,
-               want: ("granted", Some(Subscriber), Some(3600), Some("lobby"), false, false) },
-        Case { name: "unregistered session: owner and label rules do not match", who: who("olga", &["teachers"]), session: "s", facts: SessionFacts::default(), role: None, expiry: None,
-               want: ("no_matching_rule", None, None, None, false, false) },
-        Case { name: "glob must match the label", who: who("sam", &[]), session: "s",
-               facts: SessionFacts { owner: None, labels: [("kind".to_owned(), "webinar".to_owned())].into() }, role: None, expiry: None,
-               want: ("no_matching_rule", None, None, None, false, false) },
+        Case {
+            name: "deny rule beats everything",
+            who: who("x", &["banned", "teachers"]),
+            session: "s",
+            facts: class(Some("x")),
+            role: None,
+            expiry: None,
+            want: ("policy_denied", None, None, Some("banned"), false, false),
+        },
+        Case {
+            name: "owner gets the rule's default role",
+            who: who("olga", &[]),
+            session: "s",
+            facts: class(Some("olga")),
+            role: None,
+            expiry: None,
+            want: (
+                "granted",
+                Some(Moderator),
+                Some(3600),
+                Some("owner-moderates"),
+                false,
+                false,
+            ),
+        },
+        Case {
+            name: "owner ttl clamped to 8h",
+            who: who("olga", &[]),
+            session: "s",
+            facts: class(Some("olga")),
+            role: Some(Publisher),
+            expiry: Some(Expiry::Ttl(86_400)),
+            want: (
+                "granted",
+                Some(Publisher),
+                Some(8 * 3600),
+                Some("owner-moderates"),
+                false,
+                true,
+            ),
+        },
+        Case {
+            name: "group matcher",
+            who: who("tina", &["teachers"]),
+            session: "s",
+            facts: class(None),
+            role: Some(Moderator),
+            expiry: None,
+            want: (
+                "granted",
+                Some(Moderator),
+                Some(3600),
+                Some("teachers"),
+                false,
+                false,
+            ),
+        },
+        Case {
+            name: "user matcher",
+            who: who("principal", &[]),
+            session: "s",
+            facts: class(None),
+            role: Some(Moderator),
+            expiry: Some(Expiry::Ttl(5 * 3600)),
+            want: (
+                "granted",
+                Some(Moderator),
+                Some(4 * 3600),
+                Some("teachers"),
+                false,
+                true,
+            ),
+        },
+        Case {
+            name: "absolute expire_time clamps too",
+            who: who("tina", &["teachers"]),
+            session: "s",
+            facts: class(None),
+            role: None,
+            expiry: Some(Expiry::At(NOW + 10 * 3600)),
+            want: (
+                "granted",
+                Some(Publisher),
+                Some(4 * 3600),
+                Some("teachers"),
+                false,
+                true,
+            ),
+        },
+        Case {
+            name: "role excess denied by a deny-excess rule",
+            who: who("tina", &["teachers"]),
+            session: "s",
+            facts: class(None),
+            role: Some(PublisherOnly),
+            expiry: None,
+            want: (
+                "role_not_allowed",
+                None,
+                None,
+                Some("teachers"),
+                false,
+                false,
+            ),
+        },
+        Case {
+            name: "role excess downgraded",
+            who: who("sam", &[]),
+            session: "s",
+            facts: class(None),
+            role: Some(Moderator),
+            expiry: None,
+            want: (
+                "granted",
+                Some(Subscriber),
+                Some(3600),
+                Some("students"),
+                true,
+                false,
+            ),
+        },
+        Case {
+            name: "role below the ceiling is kept",
+            who: who("sam", &[]),
+            session: "s",
+            facts: class(None),
+            role: Some(Publisher),
+            expiry: Some(Expiry::Ttl(60)),
+            want: (
+                "granted",
+                Some(Publisher),
+                Some(60),
+                Some("students"),
+                false,
+                false,
+            ),
+        },
+        Case {
+            name: "id matcher",
+            who: who("sam", &[]),
+            session: "lobby-session",
+            facts: SessionFacts::default(),
+            role: None,
+            expiry: None,
+            want: ("role_not_allowed", None, None, Some("lobby"), false, false),
+        },
+        Case {
+            name: "id matcher, allowed role",
+            who: who("sam", &[]),
+            session: "lobby-session",
+            facts: SessionFacts::default(),
+            role: Some(Subscriber),
+            expiry: None,
+            want: (
+                "granted",
+                Some(Subscriber),
+                Some(3600),
+                Some("lobby"),
+                false,
+                false,
+            ),
+        },
+        Case {
+            name: "unregistered session: owner and label rules do not match",
+            who: who("olga", &["teachers"]),
+            session: "s",
+            facts: SessionFacts::default(),
+            role: None,
+            expiry: None,
+            want: ("no_matching_rule", None, None, None, false, false),
+        },
+        Case {
+            name: "glob must match the label",
+            who: who("sam", &[]),
+            session: "s",
+            facts: SessionFacts {
+                owner: None,
+                labels: [("kind".to_owned(), "webinar".to_owned())].into(),
+            },
+            role: None,
+            expiry: None,
+            want: ("no_matching_rule", None, None, None, false, false),
+        },
     ];
     for c in cases {
-        let d = decide(&p, &c.who, c.session, &c.facts, &DecisionRequest { role: c.role, expiry: c.expiry }, NOW, false).unwrap();
+        let d = decide(
+            &p,
+            &c.who,
+            c.session,
+            &c.facts,
+            &DecisionRequest {
+                role: c.role,
+                expiry: c.expiry,
+            },
+            NOW,
+            false,
+        )
+        .unwrap();
         let (outcome, role, ttl) = match d.outcome {
-            Outcome::Granted { role, ttl, expire_time } => {
+            Outcome::Granted {
+                role,
+                ttl,
+                expire_time,
+            } => {
                 assert_eq!(expire_time, NOW + ttl, "{}", c.name);
                 ("granted", Some(role), Some(ttl))
             }
@@ -126,7 +312,20 @@ fn decisions_table() {
         };
         let clamped_role = d.clamped.as_ref().is_some_and(|x| x.role.is_some());
         let clamped_ttl = d.clamped.as_ref().is_some_and(|x| x.ttl.is_some());
-        assert_eq!((outcome, role, ttl, d.rule.as_deref(), clamped_role, clamped_ttl), c.want, "{}: {}", c.name, d.reason);
+        assert_eq!(
+            (
+                outcome,
+                role,
+                ttl,
+                d.rule.as_deref(),
+                clamped_role,
+                clamped_ttl
+            ),
+            c.want,
+            "{}: {}",
+            c.name,
+            d.reason
+        );
         assert_eq!(d.policy_version, 7);
         assert!(!d.reason.is_empty());
     }
@@ -136,24 +335,78 @@ fn decisions_table() {
 fn priority_not_file_order_decides() {
     let text = POLICY.replace("priority = 100", "priority = 5");
     let p = CompiledPolicy::compile(parse("acme.toml", &text).unwrap(), 1);
-    let d = decide(&p, &who("tina", &["teachers"]), "s", &class(None), &DecisionRequest { role: Some(Role::Moderator), expiry: None }, NOW, false).unwrap();
-    assert_eq!(d.rule.as_deref(), Some("students"), "students now has priority 5, before teachers");
+    let d = decide(
+        &p,
+        &who("tina", &["teachers"]),
+        "s",
+        &class(None),
+        &DecisionRequest {
+            role: Some(Role::Moderator),
+            expiry: None,
+        },
+        NOW,
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        d.rule.as_deref(),
+        Some("students"),
+        "students now has priority 5, before teachers"
+    );
 }
 
 #[test]
 fn the_thirty_day_cap_applies_without_max_ttl() {
-    let text = POLICY.replace("roles = [\"subscriber\"]\n", "roles = [\"subscriber\"]\ndefault_role = \"subscriber\"\n");
+    let text = POLICY.replace(
+        "roles = [\"subscriber\"]\n",
+        "roles = [\"subscriber\"]\ndefault_role = \"subscriber\"\n",
+    );
     let p = CompiledPolicy::compile(parse("acme.toml", &text).unwrap(), 1);
-    let d = decide(&p, &who("x", &[]), "lobby-session", &SessionFacts::default(), &DecisionRequest { role: None, expiry: Some(Expiry::Ttl(90 * 86_400)) }, NOW, false).unwrap();
-    assert_eq!(d.outcome, Outcome::Granted { role: Role::Subscriber, expire_time: NOW + 30 * 86_400, ttl: 30 * 86_400 });
+    let d = decide(
+        &p,
+        &who("x", &[]),
+        "lobby-session",
+        &SessionFacts::default(),
+        &DecisionRequest {
+            role: None,
+            expiry: Some(Expiry::Ttl(90 * 86_400)),
+        },
+        NOW,
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        d.outcome,
+        Outcome::Granted {
+            role: Role::Subscriber,
+            expire_time: NOW + 30 * 86_400,
+            ttl: 30 * 86_400
+        }
+    );
     assert_eq!(d.clamped.unwrap().ttl.unwrap().granted, 30 * 86_400);
 }
 
 #[test]
 fn bad_requests_are_errors_not_decisions() {
     let p = policy();
-    let r = |e| decide(&p, &who("x", &[]), "s", &class(None), &DecisionRequest { role: None, expiry: Some(e) }, NOW, false);
-    assert_eq!(r(Expiry::At(NOW)).unwrap_err().code(), "expire_time_in_past");
+    let r = |e| {
+        decide(
+            &p,
+            &who("x", &[]),
+            "s",
+            &class(None),
+            &DecisionRequest {
+                role: None,
+                expiry: Some(e),
+            },
+            NOW,
+            false,
+        )
+    };
+    assert_eq!(
+        r(Expiry::At(NOW)).unwrap_err().code(),
+        "expire_time_in_past"
+    );
     assert_eq!(r(Expiry::At(NOW - 1)).unwrap_err().field(), "expire_time");
     assert_eq!(r(Expiry::Ttl(0)).unwrap_err().code(), "invalid_ttl");
 }
@@ -161,11 +414,28 @@ fn bad_requests_are_errors_not_decisions() {
 #[test]
 fn explain_says_why_each_earlier_rule_missed() {
     let p = policy();
-    let d = decide(&p, &who("sam", &[]), "s", &class(None), &DecisionRequest::default(), NOW, true).unwrap();
+    let d = decide(
+        &p,
+        &who("sam", &[]),
+        "s",
+        &class(None),
+        &DecisionRequest::default(),
+        NOW,
+        true,
+    )
+    .unwrap();
     assert_eq!(d.rule.as_deref(), Some("students"));
     let misses = d.explain.unwrap();
     let got: Vec<(&str, &str)> = misses.iter().map(|m| (m.rule.as_str(), m.failed)).collect();
-    assert_eq!(got, [("banned", "subject"), ("owner-moderates", "session"), ("teachers", "subject"), ("lobby", "session")]);
+    assert_eq!(
+        got,
+        [
+            ("banned", "subject"),
+            ("owner-moderates", "session"),
+            ("teachers", "subject"),
+            ("lobby", "session")
+        ]
+    );
     assert!(misses[1].detail.contains("owns"), "{}", misses[1].detail);
 }
 
@@ -176,26 +446,92 @@ fn errors(text: &str) -> Vec<PolicyError> {
 #[test]
 fn validation_errors_name_file_line_column_and_field() {
     let cases: Vec<(&str, String, &str, usize)> = vec![
-        ("unknown key", POLICY.replace("max_ttl = \"4h\"", "max_ttl = \"4h\"\nmax_tll = \"1h\""), "max_tll", 36),
-        ("duplicate priority", POLICY.replace("priority = 30", "priority = 20"), "rules[3].priority", 39),
-        ("duplicate id", POLICY.replace("id = \"lobby\"", "id = \"teachers\""), "rules[3].id", 38),
-        ("bad role", POLICY.replace("roles = [\"subscriber\"]\n", "roles = [\"admin\"]\n"), "rules[3].roles", 42),
-        ("ttl over 30 days", POLICY.replace("max_ttl = \"8h\"", "max_ttl = \"31d\""), "rules[1].max_ttl", 27),
-        ("inline secret", POLICY.replace("env:ACME_SECRET", "abcdef0123456789"), "credentials[0].api_secret", 7),
-        ("bad slug", POLICY.replace("tenant = \"acme\"", "tenant = \"Acme Corp\""), "tenant", 1),
-        ("downgrade without default_role", POLICY.replace("default_role = \"subscriber\"\n", ""), "rules[4].on_role_excess", 51),
-        ("bad subject", POLICY.replace("group:banned", "banned"), "rules[0].subjects", 17),
-        ("bad session matcher", POLICY.replace("[\"owner\"]", "[\"owned\"]"), "rules[1].sessions", 24),
-        ("bad duration", POLICY.replace("ttl = \"1h\"", "ttl = \"1 hour\""), "defaults.ttl", 11),
-        ("wrong type", POLICY.replace("priority = 1\n", "priority = \"first\"\n"), "priority", 15),
+        (
+            "unknown key",
+            POLICY.replace("max_ttl = \"4h\"", "max_ttl = \"4h\"\nmax_tll = \"1h\""),
+            "max_tll",
+            36,
+        ),
+        (
+            "duplicate priority",
+            POLICY.replace("priority = 30", "priority = 20"),
+            "rules[3].priority",
+            39,
+        ),
+        (
+            "duplicate id",
+            POLICY.replace("id = \"lobby\"", "id = \"teachers\""),
+            "rules[3].id",
+            38,
+        ),
+        (
+            "bad role",
+            POLICY.replace("roles = [\"subscriber\"]\n", "roles = [\"admin\"]\n"),
+            "rules[3].roles",
+            42,
+        ),
+        (
+            "ttl over 30 days",
+            POLICY.replace("max_ttl = \"8h\"", "max_ttl = \"31d\""),
+            "rules[1].max_ttl",
+            27,
+        ),
+        (
+            "inline secret",
+            POLICY.replace("env:ACME_SECRET", "abcdef0123456789"),
+            "credentials[0].api_secret",
+            7,
+        ),
+        (
+            "bad slug",
+            POLICY.replace("tenant = \"acme\"", "tenant = \"Acme Corp\""),
+            "tenant",
+            1,
+        ),
+        (
+            "downgrade without default_role",
+            POLICY.replace("default_role = \"subscriber\"\n", ""),
+            "rules[4].on_role_excess",
+            51,
+        ),
+        (
+            "bad subject",
+            POLICY.replace("group:banned", "banned"),
+            "rules[0].subjects",
+            17,
+        ),
+        (
+            "bad session matcher",
+            POLICY.replace("[\"owner\"]", "[\"owned\"]"),
+            "rules[1].sessions",
+            24,
+        ),
+        (
+            "bad duration",
+            POLICY.replace("ttl = \"1h\"", "ttl = \"1 hour\""),
+            "defaults.ttl",
+            11,
+        ),
+        (
+            "wrong type",
+            POLICY.replace("priority = 1\n", "priority = \"first\"\n"),
+            "priority",
+            15,
+        ),
     ];
     for (what, text, field, line) in cases {
         let errs = errors(&text);
-        let e = errs.iter().find(|e| e.field == field).unwrap_or_else(|| panic!("{what}: no error for {field}: {errs:?}"));
+        let e = errs
+            .iter()
+            .find(|e| e.field == field)
+            .unwrap_or_else(|| panic!("{what}: no error for {field}: {errs:?}"));
         assert_eq!(e.file, "t.toml", "{what}");
         assert_eq!(e.line, line, "{what}: {e}");
         assert!(e.column >= 1, "{what}");
-        assert!(e.to_string().starts_with(&format!("t.toml:{line}:")), "{what}: {e}");
+        assert!(
+            e.to_string().starts_with(&format!("t.toml:{line}:")),
+            "{what}: {e}"
+        );
     }
     // A pasted secret is never echoed back.
     let errs = errors(&POLICY.replace("env:ACME_SECRET", "abcdef0123456789"));
@@ -204,7 +540,9 @@ fn validation_errors_name_file_line_column_and_field() {
 
 #[test]
 fn all_errors_are_reported_at_once() {
-    let text = POLICY.replace("max_ttl = \"8h\"", "max_ttl = \"31d\"").replace("roles = [\"subscriber\"]\n", "roles = [\"admin\"]\n");
+    let text = POLICY
+        .replace("max_ttl = \"8h\"", "max_ttl = \"31d\"")
+        .replace("roles = [\"subscriber\"]\n", "roles = [\"admin\"]\n");
     assert!(errors(&text).len() >= 2);
 }
 
@@ -213,7 +551,10 @@ fn the_shipped_example_passes_its_own_cases() {
     let text = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/acme.toml"));
     let doc = parse("acme.toml", text).expect("policies/acme.toml is valid");
     let p = CompiledPolicy::compile(doc, 1);
-    let cases = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/acme.tests.toml"));
+    let cases = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/policies/acme.tests.toml"
+    ));
     let report = run_cases(&p, "acme.tests.toml", cases).expect("cases parse");
     assert_eq!(report.failed(), 0, "{report}");
     assert!(report.total() >= 8);
@@ -232,5 +573,10 @@ expect = { outcome = "granted", role = "moderator", rule = "teachers" }
     let r = run_cases(&p, "c.toml", cases).unwrap();
     assert_eq!(r.failed(), 1);
     let text = r.to_string();
-    assert!(text.contains("FAIL wrongly expects moderator") && text.contains("expected role moderator, got subscriber") && text.contains("expected rule teachers, got students"), "{text}");
+    assert!(
+        text.contains("FAIL wrongly expects moderator")
+            && text.contains("expected role moderator, got subscriber")
+            && text.contains("expected rule teachers, got students"),
+        "{text}"
+    );
 }

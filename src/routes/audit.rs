@@ -10,9 +10,9 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::extractors::ApiKey;
+use crate::audit::{AuditRow, kind};
 use crate::auth::Scopes;
 use crate::state::AppState;
-use crate::audit::{AuditRow, kind};
 use crate::store::{AuditFilter, Store};
 
 /// Rows fetched per round trip while exporting.
@@ -52,7 +52,13 @@ pub fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
     }
     time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|_| ApiError::bad("invalid_time", field, format!("{field} must be RFC 3339 (2026-11-24T09:00:00Z) or unix seconds")))
+        .map_err(|_| {
+            ApiError::bad(
+                "invalid_time",
+                field,
+                format!("{field} must be RFC 3339 (2026-11-24T09:00:00Z) or unix seconds"),
+            )
+        })
 }
 
 impl AuditParams {
@@ -63,18 +69,33 @@ impl AuditParams {
             && o != "refused"
             && o != "ok"
         {
-            return Err(ApiError::bad("invalid_filter", "outcome", "outcome is issued, refused or ok"));
+            return Err(ApiError::bad(
+                "invalid_filter",
+                "outcome",
+                "outcome is issued, refused or ok",
+            ));
         }
         if let Some(r) = &self.role {
-            crate::tokens::parse_role(r).map_err(|e| ApiError::bad("invalid_filter", "role", e.to_string()))?;
+            crate::tokens::parse_role(r)
+                .map_err(|e| ApiError::bad("invalid_filter", "role", e.to_string()))?;
         }
         let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::bad("invalid_filter", "limit", format!("limit is 1 to {MAX_LIMIT}")));
+            return Err(ApiError::bad(
+                "invalid_filter",
+                "limit",
+                format!("limit is 1 to {MAX_LIMIT}"),
+            ));
         }
         let before_seq = match &self.cursor {
             None => None,
-            Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::bad("invalid_cursor", "cursor", "cursor is not one this API returned"))?),
+            Some(c) => Some(decode_cursor(c).ok_or_else(|| {
+                ApiError::bad(
+                    "invalid_cursor",
+                    "cursor",
+                    "cursor is not one this API returned",
+                )
+            })?),
         };
         Ok(AuditFilter {
             tenant: tenant.to_owned(),
@@ -87,8 +108,16 @@ impl AuditParams {
             rule: self.rule.clone(),
             policy_version: self.policy_version,
             key_id: self.key_id.clone(),
-            since_ms: self.since.as_deref().map(|v| parse_time("since", v)).transpose()?,
-            until_ms: self.until.as_deref().map(|v| parse_time("until", v)).transpose()?,
+            since_ms: self
+                .since
+                .as_deref()
+                .map(|v| parse_time("since", v))
+                .transpose()?,
+            until_ms: self
+                .until
+                .as_deref()
+                .map(|v| parse_time("until", v))
+                .transpose()?,
             token_id: self.token_id.clone(),
             token_sha256: self.token.as_deref().map(crate::audit::chain::fingerprint),
             before_seq,
@@ -118,10 +147,24 @@ pub fn decode_cursor(c: &str) -> Option<i64> {
 }
 
 /// Records a read of the audit as an admin event (fail closed).
-async fn record_read(state: &AppState, req: &HttpRequest, p: &crate::auth::Principal, what: &str) -> Result<(), ApiError> {
-    let mut row = AuditRow::new(&p.tenant, kind::AUDIT_READ, "ok", "api_key", crate::clock::now_unix_ms());
+async fn record_read(
+    state: &AppState,
+    req: &HttpRequest,
+    p: &crate::auth::Principal,
+    what: &str,
+) -> Result<(), ApiError> {
+    let mut row = AuditRow::new(
+        &p.tenant,
+        kind::AUDIT_READ,
+        "ok",
+        "api_key",
+        crate::clock::now_unix_ms(),
+    );
     row.key_id = Some(p.key_id.clone());
-    row.request_id = req.extensions().get::<tracing_actix_web::RequestId>().map(|r| r.to_string());
+    row.request_id = req
+        .extensions()
+        .get::<tracing_actix_web::RequestId>()
+        .map(|r| r.to_string());
     row.client_addr = req.peer_addr().map(|a| a.ip().to_string());
     row.detail = Some(json!({"read": what, "query": req.query_string()}).to_string());
     state.audit.append(row).await.map_err(|_| {
@@ -129,7 +172,12 @@ async fn record_read(state: &AppState, req: &HttpRequest, p: &crate::auth::Princ
     })
 }
 
-pub async fn query(state: web::Data<AppState>, key: ApiKey, req: HttpRequest, q: web::Query<AuditParams>) -> Result<HttpResponse, ApiError> {
+pub async fn query(
+    state: web::Data<AppState>,
+    key: ApiKey,
+    req: HttpRequest,
+    q: web::Query<AuditParams>,
+) -> Result<HttpResponse, ApiError> {
     let p = key.require_any(&[Scopes::AUDIT, Scopes::ADMIN])?;
     let mut f = q.to_filter(&p.tenant)?;
     match q.format.as_deref().unwrap_or("json") {
@@ -139,7 +187,13 @@ pub async fn query(state: web::Data<AppState>, key: ApiKey, req: HttpRequest, q:
             f.limit = EXPORT_PAGE;
             return Ok(export(state.store.clone(), f, fmt == "csv"));
         }
-        _ => return Err(ApiError::bad("invalid_filter", "format", "format is json, ndjson or csv")),
+        _ => {
+            return Err(ApiError::bad(
+                "invalid_filter",
+                "format",
+                "format is json, ndjson or csv",
+            ));
+        }
     }
     record_read(&state, &req, p, "query").await?;
     let rows = state.store.query_audit(&f).await?;
@@ -162,7 +216,12 @@ pub fn export(store: Store, f: AuditFilter, csv: bool) -> HttpResponse {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "audit export failed mid-stream");
-                    return Some((Err(actix_web::error::ErrorServiceUnavailable("export interrupted")), (None, None)));
+                    return Some((
+                        Err(actix_web::error::ErrorServiceUnavailable(
+                            "export interrupted",
+                        )),
+                        (None, None),
+                    ));
                 }
             };
             let mut buf = header.unwrap_or_default();
@@ -181,18 +240,53 @@ pub fn export(store: Store, f: AuditFilter, csv: bool) -> HttpResponse {
             if buf.is_empty() {
                 return None;
             }
-            Some((Ok::<_, actix_web::Error>(web::Bytes::from(buf)), (next, None)))
+            Some((
+                Ok::<_, actix_web::Error>(web::Bytes::from(buf)),
+                (next, None),
+            ))
         }
     });
-    let ctype = if csv { "text/csv; charset=utf-8" } else { "application/x-ndjson" };
-    HttpResponse::Ok().content_type(ctype).insert_header(("cache-control", "no-store")).streaming(stream)
+    let ctype = if csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
+    HttpResponse::Ok()
+        .content_type(ctype)
+        .insert_header(("cache-control", "no-store"))
+        .streaming(stream)
 }
 
 const CSV_COLUMNS: [&str; 29] = [
-    "audit_id", "tenant", "seq", "at_ms", "kind", "outcome", "code", "actor", "key_id", "idp", "user_id", "user_name",
-    "user_groups", "session_id", "credential", "requested_role", "requested_expire_time", "granted_role",
-    "granted_expire_time", "rule", "policy_version", "token_id", "token_sha256", "client_addr", "user_agent",
-    "request_id", "detail", "prev_hash", "hash",
+    "audit_id",
+    "tenant",
+    "seq",
+    "at_ms",
+    "kind",
+    "outcome",
+    "code",
+    "actor",
+    "key_id",
+    "idp",
+    "user_id",
+    "user_name",
+    "user_groups",
+    "session_id",
+    "credential",
+    "requested_role",
+    "requested_expire_time",
+    "granted_role",
+    "granted_expire_time",
+    "rule",
+    "policy_version",
+    "token_id",
+    "token_sha256",
+    "client_addr",
+    "user_agent",
+    "request_id",
+    "detail",
+    "prev_hash",
+    "hash",
 ];
 
 pub fn csv_header() -> String {
@@ -220,12 +314,35 @@ pub fn csv_line(r: &AuditRow) -> String {
     let o = |v: &Option<String>| v.as_deref().map(csv_field).unwrap_or_default();
     let n = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
     let fields = [
-        csv_field(&r.audit_id), csv_field(&r.tenant), r.seq.to_string(), r.at_ms.to_string(), csv_field(&r.kind),
-        csv_field(&r.outcome), o(&r.code), csv_field(&r.actor), o(&r.key_id), o(&r.idp), o(&r.user_id), o(&r.user_name),
-        o(&r.user_groups), o(&r.session_id), o(&r.credential), o(&r.requested_role), n(r.requested_expire_time),
-        o(&r.granted_role), n(r.granted_expire_time), o(&r.rule), n(r.policy_version), o(&r.token_id),
-        o(&r.token_sha256), o(&r.client_addr), o(&r.user_agent), o(&r.request_id), o(&r.detail),
-        csv_field(&r.prev_hash), csv_field(&r.hash),
+        csv_field(&r.audit_id),
+        csv_field(&r.tenant),
+        r.seq.to_string(),
+        r.at_ms.to_string(),
+        csv_field(&r.kind),
+        csv_field(&r.outcome),
+        o(&r.code),
+        csv_field(&r.actor),
+        o(&r.key_id),
+        o(&r.idp),
+        o(&r.user_id),
+        o(&r.user_name),
+        o(&r.user_groups),
+        o(&r.session_id),
+        o(&r.credential),
+        o(&r.requested_role),
+        n(r.requested_expire_time),
+        o(&r.granted_role),
+        n(r.granted_expire_time),
+        o(&r.rule),
+        n(r.policy_version),
+        o(&r.token_id),
+        o(&r.token_sha256),
+        o(&r.client_addr),
+        o(&r.user_agent),
+        o(&r.request_id),
+        o(&r.detail),
+        csv_field(&r.prev_hash),
+        csv_field(&r.hash),
     ];
     let mut s = fields.join(",");
     s.push_str("\r\n");
@@ -241,17 +358,38 @@ pub struct SummaryParams {
 }
 
 /// `GET /v1/audit/summary?by=role|user|session|rule|day&since=&until=`
-pub async fn summary(state: web::Data<AppState>, key: ApiKey, req: HttpRequest, q: web::Query<SummaryParams>) -> Result<HttpResponse, ApiError> {
+pub async fn summary(
+    state: web::Data<AppState>,
+    key: ApiKey,
+    req: HttpRequest,
+    q: web::Query<SummaryParams>,
+) -> Result<HttpResponse, ApiError> {
     let p = key.require_any(&[Scopes::AUDIT, Scopes::ADMIN])?;
     let by = q.by.as_deref().unwrap_or("role");
     if !["role", "user", "session", "rule", "day"].contains(&by) {
-        return Err(ApiError::bad("invalid_filter", "by", "by is role, user, session, rule or day"));
+        return Err(ApiError::bad(
+            "invalid_filter",
+            "by",
+            "by is role, user, session, rule or day",
+        ));
     }
-    let since = q.since.as_deref().map(|v| parse_time("since", v)).transpose()?;
-    let until = q.until.as_deref().map(|v| parse_time("until", v)).transpose()?;
+    let since = q
+        .since
+        .as_deref()
+        .map(|v| parse_time("since", v))
+        .transpose()?;
+    let until = q
+        .until
+        .as_deref()
+        .map(|v| parse_time("until", v))
+        .transpose()?;
     record_read(&state, &req, p, "summary").await?;
-    let groups = state.store.audit_summary(&p.tenant, by, since, until).await?;
-    Ok(HttpResponse::Ok().json(json!({"by": by, "since_ms": since, "until_ms": until, "groups": groups})))
+    let groups = state
+        .store
+        .audit_summary(&p.tenant, by, since, until)
+        .await?;
+    Ok(HttpResponse::Ok()
+        .json(json!({"by": by, "since_ms": since, "until_ms": until, "groups": groups})))
 }
 
 #[cfg(test)]
@@ -270,7 +408,11 @@ mod tests {
         let mut r = AuditRow::new("t", "token_issued", "issued", "api_key", 1);
         r.user_id = Some("=1+1,\"x\"\n".into());
         let line = csv_line(&r);
-        assert_eq!(line.matches(',').count() - 1, CSV_COLUMNS.len() - 1, "one extra comma is inside the quoted user id: {line}");
+        assert_eq!(
+            line.matches(',').count() - 1,
+            CSV_COLUMNS.len() - 1,
+            "one extra comma is inside the quoted user id: {line}"
+        );
     }
 
     #[test]

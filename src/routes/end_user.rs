@@ -23,11 +23,17 @@ use crate::metrics::Metrics;
 use crate::state::{AppState, TenantRuntime};
 
 fn origin(req: &HttpRequest) -> Option<&str> {
-    req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok())
+    req.headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// Adds the CORS headers when the request's origin is allowed.
-fn with_cors(rt: Option<&TenantRuntime>, req: &HttpRequest, mut resp: HttpResponse) -> HttpResponse {
+fn with_cors(
+    rt: Option<&TenantRuntime>,
+    req: &HttpRequest,
+    mut resp: HttpResponse,
+) -> HttpResponse {
     if let (Some(rt), Some(o)) = (rt, origin(req))
         && rt.allows_origin(o)
         && let Ok(v) = header::HeaderValue::from_str(o)
@@ -35,25 +41,38 @@ fn with_cors(rt: Option<&TenantRuntime>, req: &HttpRequest, mut resp: HttpRespon
         let h = resp.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
         h.insert(header::VARY, header::HeaderValue::from_static("Origin"));
-        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, header::HeaderValue::from_static("Retry-After"));
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            header::HeaderValue::from_static("Retry-After"),
+        );
     }
     resp
 }
 
 /// `OPTIONS /v1/tenants/{tenant}/tokens`
-pub async fn preflight(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+pub async fn preflight(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> HttpResponse {
     let rt = state.tenant(&path);
     let allowed = match (&rt, origin(&req)) {
         (Some(rt), Some(o)) => rt.allows_origin(o),
         _ => false,
     };
     if !allowed {
-        return ApiError::forbidden("cors_origin_not_allowed", "this origin may not call this tenant's token endpoint")
-            .error_response_boxed();
+        return ApiError::forbidden(
+            "cors_origin_not_allowed",
+            "this origin may not call this tenant's token endpoint",
+        )
+        .error_response_boxed();
     }
     let mut r = HttpResponse::NoContent();
     r.insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "POST"))
-        .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, "authorization, content-type"))
+        .insert_header((
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            "authorization, content-type",
+        ))
         .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"));
     with_cors(rt.as_deref(), &req, r.finish())
 }
@@ -105,10 +124,16 @@ async fn issue_inner(
             Err(e) => return Err(failed_auth(state, req, auth_error(e)).await),
         };
         if p.tenant != tenant {
-            return Err(ApiError::forbidden("wrong_tenant", "this API key belongs to another tenant"));
+            return Err(ApiError::forbidden(
+                "wrong_tenant",
+                "this API key belongs to another tenant",
+            ));
         }
         if !p.scopes.contains(Scopes::ISSUE) {
-            return Err(ApiError::forbidden("insufficient_scope", "this API key lacks the issue scope"));
+            return Err(ApiError::forbidden(
+                "insufficient_scope",
+                "this API key lacks the issue scope",
+            ));
         }
         if let Err(wait) = limits.api_key.check(&p.key_id) {
             Metrics::inc(&state.metrics.rate_limited_api_key);
@@ -116,10 +141,19 @@ async fn issue_inner(
         }
         caller = caller_from(req, tenant, Some(&p.key_id));
     } else {
-        let rt = rt.ok_or_else(|| ApiError::not_found("tenant_not_found", "no such tenant, or it has no policy applied"))?;
+        let rt = rt.ok_or_else(|| {
+            ApiError::not_found(
+                "tenant_not_found",
+                "no such tenant, or it has no policy applied",
+            )
+        })?;
         let issuer = crate::idp::peek_issuer(presented);
         let verified = match issuer.as_deref().and_then(|i| rt.idp_for(i)) {
-            None => Err(if issuer.is_some() { crate::idp::IdpError::InvalidIssuer } else { crate::idp::IdpError::Malformed }),
+            None => Err(if issuer.is_some() {
+                crate::idp::IdpError::InvalidIssuer
+            } else {
+                crate::idp::IdpError::Malformed
+            }),
             Some((_, Err(_))) => Err(crate::idp::IdpError::KeysUnavailable),
             Some((name, Ok(idp))) => idp
                 .verify(presented, crate::clock::now_unix())
@@ -129,7 +163,10 @@ async fn issue_inner(
         let (idp_name, identity) = match verified {
             Ok(v) => v,
             Err(crate::idp::IdpError::KeysUnavailable) => {
-                return Err(ApiError::unavailable("idp_unavailable", "the identity provider's keys cannot be loaded right now"));
+                return Err(ApiError::unavailable(
+                    "idp_unavailable",
+                    "the identity provider's keys cannot be loaded right now",
+                ));
             }
             Err(e) => {
                 tracing::info!(target: "broker::security", tenant, code = e.code(), "login token refused");
@@ -138,11 +175,17 @@ async fn issue_inner(
         };
         // Per user first, so one user's burst does not use up its address's budget
         // for the other users behind it; the address limit then bounds many users.
-        if let Err(wait) = limits.end_user.check(&format!("{tenant}\u{0}{}", identity.user_id)) {
+        if let Err(wait) = limits
+            .end_user
+            .check(&format!("{tenant}\u{0}{}", identity.user_id))
+        {
             Metrics::inc(&state.metrics.rate_limited_end_user);
             return Err(rate_limited(wait));
         }
-        let ip = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        let ip = req
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
         if let Err(wait) = limits.end_user_ip.check(&ip) {
             Metrics::inc(&state.metrics.rate_limited_end_user_ip);
             return Err(rate_limited(wait));
@@ -151,7 +194,14 @@ async fn issue_inner(
         caller.idp = Some(idp_name);
         caller.identity = Some(identity);
     }
-    let out = broker::handle(state, &caller, body, Mode::Issue, crate::clock::now_unix_ms()).await?;
+    let out = broker::handle(
+        state,
+        &caller,
+        body,
+        Mode::Issue,
+        crate::clock::now_unix_ms(),
+    )
+    .await?;
     Ok(HttpResponse::build(StatusCode::CREATED)
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(out))

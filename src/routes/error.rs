@@ -63,7 +63,11 @@ impl ApiError {
     }
 
     /// 400 for a bad value of `field`.
-    pub fn bad(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> ApiError {
+    pub fn bad(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message).field(field)
     }
 
@@ -100,7 +104,13 @@ impl ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.body.code, self.body.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.body.code,
+            self.body.message
+        )
     }
 }
 
@@ -131,7 +141,10 @@ impl From<crate::store::StoreError> for ApiError {
             E::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m),
             other => {
                 tracing::error!(error = %other, "store error");
-                ApiError::unavailable("store_unavailable", "the database is unavailable; try again")
+                ApiError::unavailable(
+                    "store_unavailable",
+                    "the database is unavailable; try again",
+                )
             }
         }
     }

@@ -45,17 +45,24 @@ impl ApiKey {
 
 /// The bearer credential of a request, if any.
 pub fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
-    let h = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("unauthenticated", "an Authorization: Bearer header is required"))?;
-    let v = h
-        .to_str()
-        .map_err(|_| ApiError::unauthorized("invalid_credentials", "malformed Authorization header"))?;
+    let h = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthorized(
+            "unauthenticated",
+            "an Authorization: Bearer header is required",
+        )
+    })?;
+    let v = h.to_str().map_err(|_| {
+        ApiError::unauthorized("invalid_credentials", "malformed Authorization header")
+    })?;
     let token = v
         .strip_prefix("Bearer ")
         .or_else(|| v.strip_prefix("bearer "))
-        .ok_or_else(|| ApiError::unauthorized("invalid_credentials", "the Authorization scheme must be Bearer"))?;
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "invalid_credentials",
+                "the Authorization scheme must be Bearer",
+            )
+        })?;
     Ok(token.trim())
 }
 
@@ -64,7 +71,10 @@ pub fn auth_error(e: AuthError) -> ApiError {
         AuthError::Missing => ApiError::unauthorized("unauthenticated", "an API key is required"),
         AuthError::Malformed | AuthError::Invalid => {
             tracing::info!(target: "broker::security", "API key authentication failed");
-            ApiError::unauthorized("invalid_credentials", "the API key is malformed, unknown or revoked")
+            ApiError::unauthorized(
+                "invalid_credentials",
+                "the API key is malformed, unknown or revoked",
+            )
         }
         AuthError::Unavailable(e) => e.into(),
     }
@@ -88,7 +98,10 @@ pub async fn failed_auth(state: &AppState, req: &HttpRequest, err: ApiError) -> 
         return err;
     }
     crate::metrics::Metrics::inc(&state.metrics.auth_failures);
-    let ip = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    let ip = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
     if let Err(wait) = state.limits.failed_auth_ip.check(&ip) {
         crate::metrics::Metrics::inc(&state.metrics.rate_limited_failed_auth);
         return rate_limited(wait);

@@ -12,13 +12,18 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let db = match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ready()).await {
-        Ok(Ok(true)) => "ok",
-        Ok(Ok(false)) => "not_migrated",
-        Ok(Err(_)) => "unreachable",
-        Err(_) => "timeout",
+    let db =
+        match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ready()).await {
+            Ok(Ok(true)) => "ok",
+            Ok(Ok(false)) => "not_migrated",
+            Ok(Err(_)) => "unreachable",
+            Err(_) => "timeout",
+        };
+    let audit = if state.audit.health.failing() {
+        "failing"
+    } else {
+        "ok"
     };
-    let audit = if state.audit.health.failing() { "failing" } else { "ok" };
     let problems = state.problems();
     let ready = db == "ok" && audit == "ok";
     let body = json!({

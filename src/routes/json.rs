@@ -44,7 +44,13 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Ok(v) => {
-            de.end().map_err(|e| ApiError::bad("malformed_json", "", format!("trailing characters after the JSON body: {e}")))?;
+            de.end().map_err(|e| {
+                ApiError::bad(
+                    "malformed_json",
+                    "",
+                    format!("trailing characters after the JSON body: {e}"),
+                )
+            })?;
             Ok(v)
         }
         Err(e) => {
@@ -52,16 +58,30 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             let path = e.path().to_string();
             let msg = inner.to_string();
             if inner.is_syntax() || inner.is_eof() {
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {msg}")));
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_json",
+                    format!("the body is not valid JSON: {msg}"),
+                ));
             }
             // The path already ends at an unknown field; a missing field is
             // reported at its parent, so name the field itself.
             let field = msg
                 .strip_prefix("missing field `")
                 .and_then(|rest| rest.split('`').next())
-                .map(|name| if path == "." || path.is_empty() { name.to_owned() } else { format!("{path}.{name}") })
+                .map(|name| {
+                    if path == "." || path.is_empty() {
+                        name.to_owned()
+                    } else {
+                        format!("{path}.{name}")
+                    }
+                })
                 .unwrap_or(path);
-            let code = if msg.starts_with("missing field") { "missing_field" } else { "invalid_body" };
+            let code = if msg.starts_with("missing field") {
+                "missing_field"
+            } else {
+                "invalid_body"
+            };
             Err(ApiError::bad(code, field, msg))
         }
     }
@@ -72,7 +92,10 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Json<T>, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req.app_data::<web::Data<BodyLimit>>().map(|l| l.0).unwrap_or(16 * 1024);
+        let limit = req
+            .app_data::<web::Data<BodyLimit>>()
+            .map(|l| l.0)
+            .unwrap_or(16 * 1024);
         let json = is_json(req);
         let declared = req
             .headers()
@@ -81,7 +104,13 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
             .and_then(|v| v.parse::<usize>().ok());
         let mut payload = payload.take();
         Box::pin(async move {
-            let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is larger than {limit} bytes"));
+            let too_large = || {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the request body is larger than {limit} bytes"),
+                )
+            };
             if !json {
                 return Err(ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -94,7 +123,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
             }
             let mut body = web::BytesMut::new();
             while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| ApiError::bad("malformed_body", "", e.to_string()))?;
+                let chunk =
+                    chunk.map_err(|e| ApiError::bad("malformed_body", "", e.to_string()))?;
                 if body.len() + chunk.len() > limit {
                     return Err(too_large());
                 }

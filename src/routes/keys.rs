@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::json::Json;
 use super::extractors::ApiKey;
+use super::json::Json;
 use crate::admin::{self, Actor, AdminError, AuditSink, KeyInfo};
 use crate::auth::Scopes;
 use crate::state::AppState;
@@ -16,16 +16,28 @@ use crate::state::AppState;
 pub fn admin_error(e: AdminError) -> ApiError {
     match e {
         AdminError::Invalid(m) => ApiError::bad("invalid_request", "", m),
-        AdminError::NoTenant(t) => ApiError::not_found("tenant_not_found", format!("tenant {t} does not exist")),
+        AdminError::NoTenant(t) => {
+            ApiError::not_found("tenant_not_found", format!("tenant {t} does not exist"))
+        }
         AdminError::NotFound(m) => ApiError::not_found("not_found", m),
         AdminError::Forbidden(m) => ApiError::forbidden("wrong_tenant", m),
         AdminError::Policy(errs) => {
-            let mut a = ApiError::bad("invalid_policy", "source", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"));
+            let mut a = ApiError::bad(
+                "invalid_policy",
+                "source",
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
             a.body.field = errs.first().map(|e| e.field.clone());
             a.body.decision = serde_json::to_value(&errs).ok();
             a
         }
-        AdminError::AuditUnavailable => ApiError::unavailable("audit_unavailable", "the audit record cannot be written; nothing was changed"),
+        AdminError::AuditUnavailable => ApiError::unavailable(
+            "audit_unavailable",
+            "the audit record cannot be written; nothing was changed",
+        ),
         AdminError::Store(e) => e.into(),
     }
 }
@@ -33,7 +45,10 @@ pub fn admin_error(e: AdminError) -> ApiError {
 pub fn actor(req: &HttpRequest, key_id: &str) -> Actor {
     Actor::Key {
         key_id: key_id.to_owned(),
-        request_id: req.extensions().get::<tracing_actix_web::RequestId>().map(|r| r.to_string()),
+        request_id: req
+            .extensions()
+            .get::<tracing_actix_web::RequestId>()
+            .map(|r| r.to_string()),
     }
 }
 
@@ -48,7 +63,13 @@ pub async fn whoami(key: ApiKey) -> HttpResponse {
 
 pub async fn list(state: web::Data<AppState>, key: ApiKey) -> Result<HttpResponse, ApiError> {
     let p = key.require(Scopes::ADMIN)?;
-    let keys: Vec<KeyInfo> = state.store.list_keys(&p.tenant).await?.into_iter().map(KeyInfo::from).collect();
+    let keys: Vec<KeyInfo> = state
+        .store
+        .list_keys(&p.tenant)
+        .await?
+        .into_iter()
+        .map(KeyInfo::from)
+        .collect();
     Ok(HttpResponse::Ok().json(json!({ "items": keys })))
 }
 
@@ -66,7 +87,8 @@ pub async fn create(
     body: Json<CreateKey>,
 ) -> Result<HttpResponse, ApiError> {
     let p = key.require(Scopes::ADMIN)?;
-    let scopes = Scopes::parse(body.scopes.iter().map(String::as_str)).map_err(|m| ApiError::bad("invalid_scope", "scopes", m))?;
+    let scopes = Scopes::parse(body.scopes.iter().map(String::as_str))
+        .map_err(|m| ApiError::bad("invalid_scope", "scopes", m))?;
     let sink = AuditSink::Writer(state.audit.clone());
     let new = admin::create_key(
         &state.store,
@@ -95,9 +117,16 @@ pub async fn revoke(
     let p = key.require(Scopes::ADMIN)?;
     let key_id = path.into_inner();
     let sink = AuditSink::Writer(state.audit.clone());
-    admin::revoke_key(&state.store, &sink, &key_id, Some(&p.tenant), &actor(&req, &p.key_id), crate::clock::now_unix_ms())
-        .await
-        .map_err(admin_error)?;
+    admin::revoke_key(
+        &state.store,
+        &sink,
+        &key_id,
+        Some(&p.tenant),
+        &actor(&req, &p.key_id),
+        crate::clock::now_unix_ms(),
+    )
+    .await
+    .map_err(admin_error)?;
     state.auth.forget(&key_id);
     tracing::info!(target: "broker::security", revoked_key_id = %key_id, by = %p.key_id, "API key revoked");
     Ok(HttpResponse::Ok().json(json!({"key_id": key_id, "revoked": true})))

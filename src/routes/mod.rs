@@ -37,39 +37,39 @@ fn resource(path: &str) -> actix_web::Resource {
 /// Registers every route, the extractor error handlers and the 404 fallback.
 pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
     cfg.app_data(web::Data::new(json::BodyLimit(body_limit)))
-    .app_data(web::QueryConfig::default().error_handler(|e, _| error::query_error(e).into()))
-    .app_data(web::PathConfig::default().error_handler(|e, _| error::path_error(e).into()))
-    .service(resource("/healthz").route(web::get().to(health::healthz)))
-    .service(resource("/readyz").route(web::get().to(health::readyz)))
-    .service(resource("/metrics").route(web::get().to(health::metrics)))
-    .service(resource("/v1/whoami").route(web::get().to(keys::whoami)))
-    .service(resource("/v1/tokens").route(web::post().to(tokens::issue)))
-    .service(
-        resource("/v1/tenants/{tenant}/tokens")
-            .route(web::post().to(end_user::issue))
-            .route(web::method(actix_web::http::Method::OPTIONS).to(end_user::preflight)),
-    )
-    .service(resource("/v1/decide").route(web::post().to(tokens::decide)))
-    .service(
-        resource("/v1/sessions/{session_id}")
-            .route(web::put().to(sessions::put))
-            .route(web::get().to(sessions::get)),
-    )
-    .service(
-        resource("/v1/keys")
-            .route(web::get().to(keys::list))
-            .route(web::post().to(keys::create)),
-    )
-    .service(resource("/v1/keys/{key_id}").route(web::delete().to(keys::revoke)))
-    .service(
-        resource("/v1/policy")
-            .route(web::get().to(policy::current))
-            .route(web::post().to(policy::apply)),
-    )
-    .service(resource("/v1/policy/versions").route(web::get().to(policy::history)))
-    .service(resource("/v1/policy/versions/{version}").route(web::get().to(policy::version)))
-    .service(resource("/v1/policy/rollback").route(web::post().to(policy::rollback)))
-    .service(resource("/v1/audit").route(web::get().to(audit::query)))
-    .service(resource("/v1/audit/summary").route(web::get().to(audit::summary)))
-    .default_service(web::to(not_found));
+        .app_data(web::QueryConfig::default().error_handler(|e, _| error::query_error(e).into()))
+        .app_data(web::PathConfig::default().error_handler(|e, _| error::path_error(e).into()))
+        .service(resource("/healthz").route(web::get().to(health::healthz)))
+        .service(resource("/readyz").route(web::get().to(health::readyz)))
+        .service(resource("/metrics").route(web::get().to(health::metrics)))
+        .service(resource("/v1/whoami").route(web::get().to(keys::whoami)))
+        .service(resource("/v1/tokens").route(web::post().to(tokens::issue)))
+        .service(
+            resource("/v1/tenants/{tenant}/tokens")
+                .route(web::post().to(end_user::issue))
+                .route(web::method(actix_web::http::Method::OPTIONS).to(end_user::preflight)),
+        )
+        .service(resource("/v1/decide").route(web::post().to(tokens::decide)))
+        .service(
+            resource("/v1/sessions/{session_id}")
+                .route(web::put().to(sessions::put))
+                .route(web::get().to(sessions::get)),
+        )
+        .service(
+            resource("/v1/keys")
+                .route(web::get().to(keys::list))
+                .route(web::post().to(keys::create)),
+        )
+        .service(resource("/v1/keys/{key_id}").route(web::delete().to(keys::revoke)))
+        .service(
+            resource("/v1/policy")
+                .route(web::get().to(policy::current))
+                .route(web::post().to(policy::apply)),
+        )
+        .service(resource("/v1/policy/versions").route(web::get().to(policy::history)))
+        .service(resource("/v1/policy/versions/{version}").route(web::get().to(policy::version)))
+        .service(resource("/v1/policy/rollback").route(web::post().to(policy::rollback)))
+        .service(resource("/v1/audit").route(web::get().to(audit::query)))
+        .service(resource("/v1/audit/summary").route(web::get().to(audit::summary)))
+        .default_service(web::to(not_found));
 }

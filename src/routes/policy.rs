@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::json::Json;
 use super::extractors::ApiKey;
+use super::json::Json;
 use super::keys::{actor, admin_error};
 use crate::admin::{self, AuditSink};
 use crate::auth::Scopes;
@@ -48,7 +48,10 @@ pub async fn current(state: web::Data<AppState>, key: ApiKey) -> Result<HttpResp
     let p = key.require(Scopes::ADMIN)?;
     match state.store.current_policy(&p.tenant).await? {
         Some(r) => Ok(HttpResponse::Ok().json(VersionView::of(r, true))),
-        None => Err(ApiError::not_found("no_policy", "this tenant has no policy applied yet")),
+        None => Err(ApiError::not_found(
+            "no_policy",
+            "this tenant has no policy applied yet",
+        )),
     }
 }
 
@@ -64,12 +67,19 @@ pub async fn history(state: web::Data<AppState>, key: ApiKey) -> Result<HttpResp
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
-pub async fn version(state: web::Data<AppState>, key: ApiKey, path: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn version(
+    state: web::Data<AppState>,
+    key: ApiKey,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     let p = key.require(Scopes::ADMIN)?;
     let v = path.into_inner();
     match state.store.policy_version(&p.tenant, v).await? {
         Some(r) => Ok(HttpResponse::Ok().json(VersionView::of(r, true))),
-        None => Err(ApiError::not_found("not_found", format!("no policy version {v}"))),
+        None => Err(ApiError::not_found(
+            "not_found",
+            format!("no policy version {v}"),
+        )),
     }
 }
 
@@ -91,7 +101,10 @@ pub async fn apply(
     body: Json<ApplyBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = key.require(Scopes::ADMIN)?;
-    let name = body.source_name.clone().unwrap_or_else(|| format!("{}.toml", p.tenant));
+    let name = body
+        .source_name
+        .clone()
+        .unwrap_or_else(|| format!("{}.toml", p.tenant));
     let sink = AuditSink::Writer(state.audit.clone());
     let out = admin::apply_policy(
         &state.store,
@@ -126,9 +139,16 @@ pub async fn rollback(
 ) -> Result<HttpResponse, ApiError> {
     let p = key.require(Scopes::ADMIN)?;
     let sink = AuditSink::Writer(state.audit.clone());
-    let out = admin::rollback_policy(&state.store, &sink, &p.tenant, body.to, &actor(&req, &p.key_id), crate::clock::now_unix_ms())
-        .await
-        .map_err(admin_error)?;
+    let out = admin::rollback_policy(
+        &state.store,
+        &sink,
+        &p.tenant,
+        body.to,
+        &actor(&req, &p.key_id),
+        crate::clock::now_unix_ms(),
+    )
+    .await
+    .map_err(admin_error)?;
     if out.version.is_some() {
         state.reload_policy(&p.tenant).await?;
     }

@@ -8,8 +8,8 @@ use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::json::Json;
 use super::extractors::ApiKey;
+use super::json::Json;
 use crate::auth::Scopes;
 use crate::state::AppState;
 
@@ -38,19 +38,31 @@ fn validate(body: &SessionBody) -> Result<(), ApiError> {
     if let Some(o) = &body.owner
         && (o.is_empty() || o.len() > MAX_OWNER || o.chars().any(char::is_control))
     {
-        return Err(ApiError::bad("invalid_owner", "owner", format!("owner must be 1-{MAX_OWNER} bytes without control characters")));
+        return Err(ApiError::bad(
+            "invalid_owner",
+            "owner",
+            format!("owner must be 1-{MAX_OWNER} bytes without control characters"),
+        ));
     }
     if body.labels.len() > MAX_LABELS {
-        return Err(ApiError::bad("too_many_labels", "labels", format!("at most {MAX_LABELS} labels")));
+        return Err(ApiError::bad(
+            "too_many_labels",
+            "labels",
+            format!("at most {MAX_LABELS} labels"),
+        ));
     }
     for (k, v) in &body.labels {
         let key_ok = !k.is_empty()
             && k.len() <= MAX_LABEL_KEY
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b));
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b));
         if !key_ok {
             return Err(ApiError::bad(
                 "invalid_label",
-                format!("labels.{}", k.chars().take(MAX_LABEL_KEY).collect::<String>()),
+                format!(
+                    "labels.{}",
+                    k.chars().take(MAX_LABEL_KEY).collect::<String>()
+                ),
                 format!("label keys are 1-{MAX_LABEL_KEY} of A-Z a-z 0-9 _ . - /"),
             ));
         }
@@ -58,7 +70,9 @@ fn validate(body: &SessionBody) -> Result<(), ApiError> {
             return Err(ApiError::bad(
                 "invalid_label",
                 format!("labels.{k}"),
-                format!("label values are at most {MAX_LABEL_VALUE} bytes without control characters"),
+                format!(
+                    "label values are at most {MAX_LABEL_VALUE} bytes without control characters"
+                ),
             ));
         }
     }
@@ -72,7 +86,11 @@ fn owned_session(state: &AppState, tenant: &str, session_id: &str) -> Result<(),
         .tenant(tenant)
         .ok_or_else(|| ApiError::forbidden("no_policy", "this tenant has no policy applied yet"))?;
     if rt.credential_for(&owner).is_none() {
-        return Err(ApiError::forbidden("session_not_owned", "the session belongs to none of this tenant's credentials").field("session_id"));
+        return Err(ApiError::forbidden(
+            "session_not_owned",
+            "the session belongs to none of this tenant's credentials",
+        )
+        .field("session_id"));
     }
     Ok(())
 }
@@ -90,7 +108,13 @@ pub async fn put(
     let labels = serde_json::to_string(&body.labels).map_err(ApiError::internal)?;
     state
         .store
-        .put_session(&p.tenant, &session_id, body.owner.as_deref(), &labels, crate::clock::now_unix_ms())
+        .put_session(
+            &p.tenant,
+            &session_id,
+            body.owner.as_deref(),
+            &labels,
+            crate::clock::now_unix_ms(),
+        )
         .await?;
     state.forget_session(&p.tenant, &session_id);
     Ok(HttpResponse::Ok().json(SessionView {
@@ -101,12 +125,17 @@ pub async fn put(
     }))
 }
 
-pub async fn get(state: web::Data<AppState>, key: ApiKey, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    state: web::Data<AppState>,
+    key: ApiKey,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let p = key.require(Scopes::ISSUE)?;
     let session_id = path.into_inner();
     match state.store.get_session(&p.tenant, &session_id).await? {
         Some(row) => {
-            let labels: BTreeMap<String, String> = serde_json::from_str(&row.labels).unwrap_or_default();
+            let labels: BTreeMap<String, String> =
+                serde_json::from_str(&row.labels).unwrap_or_default();
             Ok(HttpResponse::Ok().json(SessionView {
                 session_id: &session_id,
                 owner: row.owner.as_deref(),
@@ -114,6 +143,9 @@ pub async fn get(state: web::Data<AppState>, key: ApiKey, path: web::Path<String
                 registered: true,
             }))
         }
-        None => Err(ApiError::not_found("session_not_registered", "this session is not registered")),
+        None => Err(ApiError::not_found(
+            "session_not_registered",
+            "this session is not registered",
+        )),
     }
 }

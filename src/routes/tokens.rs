@@ -9,8 +9,8 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, http::header, web};
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::json::Json;
 use super::extractors::ApiKey;
+use super::json::Json;
 use crate::auth::Scopes;
 use crate::broker::{self, Caller, Mode, TokenRequest};
 use crate::state::AppState;
@@ -42,7 +42,14 @@ pub async fn issue(
 ) -> Result<HttpResponse, ApiError> {
     let p = key.require(Scopes::ISSUE)?;
     let caller = caller_from(&req, &p.tenant, Some(&p.key_id));
-    let out = broker::handle(&state, &caller, &body, Mode::Issue, crate::clock::now_unix_ms()).await?;
+    let out = broker::handle(
+        &state,
+        &caller,
+        &body,
+        Mode::Issue,
+        crate::clock::now_unix_ms(),
+    )
+    .await?;
     Ok(HttpResponse::Created()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(out))

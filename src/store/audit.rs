@@ -89,12 +89,19 @@ impl Store {
             };
             for t in missing {
                 let h = self.audit_head(&t).await?;
-                heads.insert(t, h.map(|h| (h.seq, h.hash)).unwrap_or((0, chain::GENESIS.to_owned())));
+                heads.insert(
+                    t,
+                    h.map(|h| (h.seq, h.hash))
+                        .unwrap_or((0, chain::GENESIS.to_owned())),
+                );
             }
             // Seal in order; remember each tenant's old and new head.
             let mut moves: HeadMoves = HashMap::new();
             for r in rows.iter_mut() {
-                let cur = heads.get(&r.tenant).cloned().unwrap_or((0, chain::GENESIS.to_owned()));
+                let cur = heads
+                    .get(&r.tenant)
+                    .cloned()
+                    .unwrap_or((0, chain::GENESIS.to_owned()));
                 let new = chain::seal(r, cur.0, &cur.1);
                 moves
                     .entry(r.tenant.clone())
@@ -118,14 +125,12 @@ impl Store {
                 }
             }
         }
-        Err(StoreError::Conflict("audit chain head kept moving; giving up".into()))
+        Err(StoreError::Conflict(
+            "audit chain head kept moving; giving up".into(),
+        ))
     }
 
-    async fn commit_sealed(
-        &self,
-        rows: &[AuditRow],
-        moves: &HeadMoves,
-    ) -> StoreResult<()> {
+    async fn commit_sealed(&self, rows: &[AuditRow], moves: &HeadMoves) -> StoreResult<()> {
         with_pool!(write self, p => {
             let mut tx = p.begin().await?;
             // Heads first: a concurrent writer blocks here (PostgreSQL row lock)
@@ -181,7 +186,9 @@ impl Store {
     pub async fn query_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRow>> {
         macro_rules! build {
             ($qb:ident) => {{
-                $qb.push(format!("SELECT {COLUMNS} FROM audit_events WHERE tenant = "));
+                $qb.push(format!(
+                    "SELECT {COLUMNS} FROM audit_events WHERE tenant = "
+                ));
                 $qb.push_bind(f.tenant.clone());
                 let text = [
                     ("kind", &f.kind),
@@ -259,7 +266,12 @@ impl Store {
 
     /// Deletes a tenant's rows older than `before_ms` and records the prune point,
     /// in one transaction. Returns the point, or `None` when nothing was old enough.
-    pub async fn prune_audit(&self, tenant: &str, before_ms: i64, now_ms: i64) -> StoreResult<Option<PruneRow>> {
+    pub async fn prune_audit(
+        &self,
+        tenant: &str,
+        before_ms: i64,
+        now_ms: i64,
+    ) -> StoreResult<Option<PruneRow>> {
         with_pool!(write self, p => {
             let mut tx = p.begin().await?;
             let last: Option<(i64, String)> = sqlx::query_as(
@@ -280,7 +292,13 @@ impl Store {
 
     /// Counts of issued and refused tokens grouped by `by` (`role`, `user`,
     /// `session`, `rule` or `day`), for a tenant and time range.
-    pub async fn audit_summary(&self, tenant: &str, by: &str, since_ms: Option<i64>, until_ms: Option<i64>) -> StoreResult<Vec<SummaryRow>> {
+    pub async fn audit_summary(
+        &self,
+        tenant: &str,
+        by: &str,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+    ) -> StoreResult<Vec<SummaryRow>> {
         let key = match by {
             "role" => "COALESCE(granted_role, requested_role)",
             "user" => "user_id",
@@ -288,9 +306,15 @@ impl Store {
             "rule" => "rule",
             "day" => match self.dialect() {
                 super::Dialect::Sqlite => "strftime('%Y-%m-%d', at_ms / 1000, 'unixepoch')",
-                super::Dialect::Postgres => "to_char(to_timestamp(at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+                super::Dialect::Postgres => {
+                    "to_char(to_timestamp(at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+                }
             },
-            other => return Err(StoreError::Invalid(format!("cannot group by {other:?}: use role, user, session, rule or day"))),
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "cannot group by {other:?}: use role, user, session, rule or day"
+                )));
+            }
         };
         let sql = format!(
             "SELECT {key} AS key, \

@@ -99,7 +99,9 @@ pub struct Store {
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("url", &self.url_redacted).finish()
+        f.debug_struct("Store")
+            .field("url", &self.url_redacted)
+            .finish()
     }
 }
 

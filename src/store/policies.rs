@@ -64,23 +64,32 @@ impl Store {
         let sql = format!(
             "SELECT {COLS} FROM policy_versions WHERE tenant = $1 ORDER BY version DESC LIMIT 1"
         );
-        Ok(with_pool!(self, p => sqlx::query_as::<_, PolicyVersionRow>(&sql)
-            .bind(tenant).fetch_optional(p).await)?)
+        Ok(
+            with_pool!(self, p => sqlx::query_as::<_, PolicyVersionRow>(&sql)
+            .bind(tenant).fetch_optional(p).await)?,
+        )
     }
 
-    pub async fn policy_version(&self, tenant: &str, version: i64) -> StoreResult<Option<PolicyVersionRow>> {
+    pub async fn policy_version(
+        &self,
+        tenant: &str,
+        version: i64,
+    ) -> StoreResult<Option<PolicyVersionRow>> {
         let sql = format!("SELECT {COLS} FROM policy_versions WHERE tenant = $1 AND version = $2");
-        Ok(with_pool!(self, p => sqlx::query_as::<_, PolicyVersionRow>(&sql)
-            .bind(tenant).bind(version).fetch_optional(p).await)?)
+        Ok(
+            with_pool!(self, p => sqlx::query_as::<_, PolicyVersionRow>(&sql)
+            .bind(tenant).bind(version).fetch_optional(p).await)?,
+        )
     }
 
     /// All versions, newest first.
     pub async fn policy_history(&self, tenant: &str) -> StoreResult<Vec<PolicyVersionRow>> {
-        let sql = format!(
-            "SELECT {COLS} FROM policy_versions WHERE tenant = $1 ORDER BY version DESC"
-        );
-        Ok(with_pool!(self, p => sqlx::query_as::<_, PolicyVersionRow>(&sql)
-            .bind(tenant).fetch_all(p).await)?)
+        let sql =
+            format!("SELECT {COLS} FROM policy_versions WHERE tenant = $1 ORDER BY version DESC");
+        Ok(
+            with_pool!(self, p => sqlx::query_as::<_, PolicyVersionRow>(&sql)
+            .bind(tenant).fetch_all(p).await)?,
+        )
     }
 
     /// The current version of every tenant that has one (loaded at start).

@@ -37,7 +37,11 @@ impl Store {
         })
     }
 
-    pub async fn get_session(&self, tenant: &str, session_id: &str) -> StoreResult<Option<SessionRow>> {
+    pub async fn get_session(
+        &self,
+        tenant: &str,
+        session_id: &str,
+    ) -> StoreResult<Option<SessionRow>> {
         Ok(with_pool!(self, p => sqlx::query_as::<_, SessionRow>(
             "SELECT session_id, owner, labels, updated_at_ms FROM sessions WHERE tenant = $1 AND session_id = $2"
         ).bind(tenant).bind(session_id).fetch_optional(p).await)?)

@@ -85,6 +85,9 @@ mod tests {
         let mut s = String::new();
         js_uri_escape("a b!'()*~{\"name\":\"value\"}ç&=", &mut s);
         assert_eq!(s, "a%20b!'()*~%7B%22name%22%3A%22value%22%7D%C3%A7%26%3D");
-        assert_eq!(percent_decode(&s).unwrap(), "a b!'()*~{\"name\":\"value\"}ç&=");
+        assert_eq!(
+            percent_decode(&s).unwrap(),
+            "a b!'()*~{\"name\":\"value\"}ç&="
+        );
     }
 }

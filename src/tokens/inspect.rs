@@ -17,7 +17,9 @@ pub enum InspectError {
     BadT1,
     #[error("a JWT must be three base64url parts of JSON")]
     BadJwt,
-    #[error("the JWT is neither an OpenTok project token (ist=project) nor a Vonage application token (application_id)")]
+    #[error(
+        "the JWT is neither an OpenTok project token (ist=project) nor a Vonage application token (application_id)"
+    )]
     UnknownJwt,
 }
 
@@ -63,7 +65,8 @@ impl fmt::Display for Verification {
 
 fn t1(token: &str) -> Result<Inspection, InspectError> {
     let body = token.strip_prefix("T1==").ok_or(InspectError::BadT1)?;
-    let inner = String::from_utf8(b64_lenient(body).ok_or(InspectError::BadT1)?).map_err(|_| InspectError::BadT1)?;
+    let inner = String::from_utf8(b64_lenient(body).ok_or(InspectError::BadT1)?)
+        .map_err(|_| InspectError::BadT1)?;
     let (head, data) = inner.split_once(':').ok_or(InspectError::BadT1)?;
     let mut partner = None;
     let mut sig = None;
@@ -79,7 +82,10 @@ fn t1(token: &str) -> Result<Inspection, InspectError> {
     for kv in data.split('&').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').ok_or(InspectError::BadT1)?;
         let v = percent_decode(v).ok_or(InspectError::BadT1)?;
-        order.push(Value::Array(vec![Value::String(k.to_owned()), Value::String(v.clone())]));
+        order.push(Value::Array(vec![
+            Value::String(k.to_owned()),
+            Value::String(v.clone()),
+        ]));
         fields.insert(k.to_owned(), Value::String(v));
     }
     let get = |k: &str| fields.get(k).and_then(Value::as_str).map(str::to_owned);
@@ -99,11 +105,14 @@ fn t1(token: &str) -> Result<Inspection, InspectError> {
 
 fn jwt(token: &str) -> Result<Inspection, InspectError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(InspectError::BadJwt);
     };
     let dec = |x: &str| -> Result<Value, InspectError> {
-        serde_json::from_slice(&b64_lenient(x).ok_or(InspectError::BadJwt)?).map_err(|_| InspectError::BadJwt)
+        serde_json::from_slice(&b64_lenient(x).ok_or(InspectError::BadJwt)?)
+            .map_err(|_| InspectError::BadJwt)
     };
     let header = dec(h)?;
     let claims = dec(p)?;
@@ -132,7 +141,11 @@ fn jwt(token: &str) -> Result<Inspection, InspectError> {
 /// Decodes a token of any of the three formats.
 pub fn inspect(token: &str) -> Result<Inspection, InspectError> {
     let token = token.trim();
-    if token.starts_with("T1==") { t1(token) } else { jwt(token) }
+    if token.starts_with("T1==") {
+        t1(token)
+    } else {
+        jwt(token)
+    }
 }
 
 impl Inspection {
@@ -148,7 +161,10 @@ impl Inspection {
 
     /// Checks the signature with `signer` (and that the token names it).
     pub fn verify(&self, signer: &Signer) -> Verification {
-        let fail = |d: &str| Verification { valid: false, detail: d.to_owned() };
+        let fail = |d: &str| Verification {
+            valid: false,
+            detail: d.to_owned(),
+        };
         if self.issuer.as_deref() != Some(signer.owner_id()) {
             return fail("the token names another API key or application than this credential");
         }
@@ -157,17 +173,27 @@ impl Inspection {
                 let want = hex_lower(&super::t1::hmac_sha1(secret, self.signed.as_bytes()));
                 bool::from(want.as_bytes().ct_eq(self.signature.as_bytes()))
             }
-            (TokenFormat::OpentokJwt, Some(secret), _) => {
-                jsonwebtoken::crypto::verify(&self.signature, self.signed.as_bytes(), &DecodingKey::from_secret(secret), Algorithm::HS256)
-                    .unwrap_or(false)
-            }
-            (TokenFormat::VonageJwt, _, Some(rsa)) => {
-                jsonwebtoken::crypto::verify(&self.signature, self.signed.as_bytes(), &rsa.decoding_key(), Algorithm::RS256).unwrap_or(false)
-            }
+            (TokenFormat::OpentokJwt, Some(secret), _) => jsonwebtoken::crypto::verify(
+                &self.signature,
+                self.signed.as_bytes(),
+                &DecodingKey::from_secret(secret),
+                Algorithm::HS256,
+            )
+            .unwrap_or(false),
+            (TokenFormat::VonageJwt, _, Some(rsa)) => jsonwebtoken::crypto::verify(
+                &self.signature,
+                self.signed.as_bytes(),
+                &rsa.decoding_key(),
+                Algorithm::RS256,
+            )
+            .unwrap_or(false),
             _ => return fail("the credential is of another kind than the token"),
         };
         if ok {
-            Verification { valid: true, detail: format!("signed by {}", signer.owner_id()) }
+            Verification {
+                valid: true,
+                detail: format!("signed by {}", signer.owner_id()),
+            }
         } else {
             fail("the signature does not match this credential")
         }
@@ -181,7 +207,13 @@ impl fmt::Display for Inspection {
         writeln!(f, "issuer:      {}", o(&self.issuer))?;
         writeln!(f, "session_id:  {}", o(&self.session_id))?;
         writeln!(f, "role:        {}", o(&self.role))?;
-        writeln!(f, "expire_time: {}", self.expire_time.map(|e| e.to_string()).unwrap_or_else(|| "-".into()))?;
+        writeln!(
+            f,
+            "expire_time: {}",
+            self.expire_time
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into())
+        )?;
         writeln!(f, "token_id:    {}", o(&self.token_id))?;
         if let Some(h) = &self.header {
             writeln!(f, "header:      {h}")?;
@@ -191,7 +223,12 @@ impl fmt::Display for Inspection {
                 writeln!(f, "fields:")?;
                 for kv in fields {
                     if let Some([k, v]) = kv.as_array().map(Vec::as_slice) {
-                        writeln!(f, "  {} = {}", k.as_str().unwrap_or_default(), v.as_str().unwrap_or_default())?;
+                        writeln!(
+                            f,
+                            "  {} = {}",
+                            k.as_str().unwrap_or_default(),
+                            v.as_str().unwrap_or_default()
+                        )?;
                     }
                 }
                 Ok(())
@@ -215,12 +252,30 @@ mod tests {
         let app_sid = "1_MX4yOWY3NjBmOC03Y2UxLTQ2YzktYWRlMy1mMmRlZGVlNGVkNWZ-fjE3MjY0NjI1ODg2NDd-MTF4TGExYmJoelBlR1FHbVhzbWd4STBrfn5-";
         let pem = super::super::vonage_jwt::tests::jdk_key();
         let signers = [
-            (Signer::opentok("123456", SECRET, OpenTokFormat::T1).unwrap(), SID, TokenFormat::T1),
-            (Signer::opentok("123456", SECRET, OpenTokFormat::Jwt).unwrap(), SID, TokenFormat::OpentokJwt),
-            (Signer::vonage("29f760f8-7ce1-46c9-ade3-f2dedee4ed5f", &pem).unwrap(), app_sid, TokenFormat::VonageJwt),
+            (
+                Signer::opentok("123456", SECRET, OpenTokFormat::T1).unwrap(),
+                SID,
+                TokenFormat::T1,
+            ),
+            (
+                Signer::opentok("123456", SECRET, OpenTokFormat::Jwt).unwrap(),
+                SID,
+                TokenFormat::OpentokJwt,
+            ),
+            (
+                Signer::vonage("29f760f8-7ce1-46c9-ade3-f2dedee4ed5f", &pem).unwrap(),
+                app_sid,
+                TokenFormat::VonageJwt,
+            ),
         ];
         for (s, sid, fmt) in &signers {
-            let p = TokenParams { session_id: sid, role: Role::Subscriber, expire_time: 5000, connection_data: Some("x y"), initial_layout_class_list: &[] };
+            let p = TokenParams {
+                session_id: sid,
+                role: Role::Subscriber,
+                expire_time: 5000,
+                connection_data: Some("x y"),
+                initial_layout_class_list: &[],
+            };
             let t = s.sign(&p, 1000, &Entropy::random()).unwrap();
             let i = inspect(&t.token).unwrap();
             assert_eq!(i.format, *fmt);
@@ -231,7 +286,10 @@ mod tests {
             assert!(i.verify(s).valid(), "{fmt:?}");
             assert!(!i.expired(4999) && i.expired(5000));
             let wrong = Signer::opentok("123456", "another-secret", OpenTokFormat::Jwt).unwrap();
-            assert!(!i.verify(&wrong).valid(), "{fmt:?} must not verify with another secret");
+            assert!(
+                !i.verify(&wrong).valid(),
+                "{fmt:?} must not verify with another secret"
+            );
             assert!(!i.to_string().contains(SECRET));
         }
         for bad in ["T1==!!!", "a.b", "eyJhbGciOiJIUzI1NiJ9.eyJmb28iOjF9.x"] {

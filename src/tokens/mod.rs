@@ -22,7 +22,10 @@ use std::fmt;
 pub use crate::domain::{CredentialSpec, OpenTokFormat, Provider, Role, SecretRef};
 pub use inspect::{InspectError, Inspection, Verification, inspect};
 pub use session_id::{check_session_owned, session_owner};
-pub use validate::{MAX_CONNECTION_DATA_BYTES, MAX_LAYOUT_CLASS_LIST_CHARS, MAX_TTL_SECS, parse_role, validate_layout_class_list};
+pub use validate::{
+    MAX_CONNECTION_DATA_BYTES, MAX_LAYOUT_CLASS_LIST_CHARS, MAX_TTL_SECS, parse_role,
+    validate_layout_class_list,
+};
 
 /// The three token formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -143,7 +146,9 @@ impl TokenError {
     pub fn field(&self) -> &'static str {
         match self {
             TokenError::InvalidRole(_) => "role",
-            TokenError::ExpireTimeInPast { .. } | TokenError::ExpireTimeTooFar { .. } => "expire_time",
+            TokenError::ExpireTimeInPast { .. } | TokenError::ExpireTimeTooFar { .. } => {
+                "expire_time"
+            }
             TokenError::ConnectionDataTooLong { .. } => "data",
             TokenError::InvalidLayoutClassList(_) => "initial_layout_class_list",
             TokenError::InvalidSessionId(_) | TokenError::SessionNotOwned { .. } => "session_id",
@@ -156,7 +161,9 @@ impl TokenError {
 pub enum CredentialError {
     #[error("secret reference {reference} cannot be resolved: {why}")]
     Unresolved { reference: String, why: String },
-    #[error("the private key from {reference} is not a usable RSA private key (PEM, PKCS#8 or PKCS#1, 2048 bits or more)")]
+    #[error(
+        "the private key from {reference} is not a usable RSA private key (PEM, PKCS#8 or PKCS#1, 2048 bits or more)"
+    )]
     BadPrivateKey { reference: String },
     #[error("invalid credential: {0}")]
     Invalid(String),
@@ -164,7 +171,10 @@ pub enum CredentialError {
 
 /// Reads a secret where the broker runs.
 pub fn resolve(r: &SecretRef) -> Result<Vec<u8>, CredentialError> {
-    let unresolved = |why: String| CredentialError::Unresolved { reference: r.to_string(), why };
+    let unresolved = |why: String| CredentialError::Unresolved {
+        reference: r.to_string(),
+        why,
+    };
     match r {
         SecretRef::Env(name) => std::env::var(name)
             .map(String::into_bytes)
@@ -175,7 +185,11 @@ pub fn resolve(r: &SecretRef) -> Result<Vec<u8>, CredentialError> {
 
 enum Keys {
     /// The secret's bytes (T1's HMAC-SHA1 key) and the same as an HS256 key.
-    OpenTok { secret: Vec<u8>, hs256: jsonwebtoken::EncodingKey, format: OpenTokFormat },
+    OpenTok {
+        secret: Vec<u8>,
+        hs256: jsonwebtoken::EncodingKey,
+        format: OpenTokFormat,
+    },
     Vonage(vonage_jwt::RsaSigner),
 }
 
@@ -199,18 +213,28 @@ impl Signer {
     /// Resolves the spec's secret references and parses its keys.
     pub fn load(spec: &CredentialSpec) -> Result<Signer, CredentialError> {
         match &spec.provider {
-            Provider::OpenTok { api_key, api_secret, token_format } => {
+            Provider::OpenTok {
+                api_key,
+                api_secret,
+                token_format,
+            } => {
                 let secret = resolve(api_secret)?;
-                let secret = String::from_utf8(secret).map_err(|_| CredentialError::Unresolved {
-                    reference: api_secret.to_string(),
-                    why: "the secret is not UTF-8 text".into(),
-                })?;
+                let secret =
+                    String::from_utf8(secret).map_err(|_| CredentialError::Unresolved {
+                        reference: api_secret.to_string(),
+                        why: "the secret is not UTF-8 text".into(),
+                    })?;
                 Signer::opentok(api_key, secret.trim(), *token_format)
             }
-            Provider::Vonage { application_id, private_key } => {
+            Provider::Vonage {
+                application_id,
+                private_key,
+            } => {
                 let pem = resolve(private_key)?;
                 Signer::vonage(application_id, &pem).map_err(|e| match e {
-                    CredentialError::BadPrivateKey { .. } => CredentialError::BadPrivateKey { reference: private_key.to_string() },
+                    CredentialError::BadPrivateKey { .. } => CredentialError::BadPrivateKey {
+                        reference: private_key.to_string(),
+                    },
                     other => other,
                 })
             }
@@ -218,9 +242,15 @@ impl Signer {
     }
 
     /// An OpenTok project credential (the secret is used as its string bytes).
-    pub fn opentok(api_key: &str, api_secret: &str, format: OpenTokFormat) -> Result<Signer, CredentialError> {
+    pub fn opentok(
+        api_key: &str,
+        api_secret: &str,
+        format: OpenTokFormat,
+    ) -> Result<Signer, CredentialError> {
         if api_key.is_empty() || api_secret.is_empty() {
-            return Err(CredentialError::Invalid("the API key and secret must not be empty".into()));
+            return Err(CredentialError::Invalid(
+                "the API key and secret must not be empty".into(),
+            ));
         }
         Ok(Signer {
             owner_id: api_key.to_owned(),
@@ -235,7 +265,9 @@ impl Signer {
     /// A Vonage application credential (RSA private key, PEM).
     pub fn vonage(application_id: &str, private_key_pem: &[u8]) -> Result<Signer, CredentialError> {
         if application_id.is_empty() {
-            return Err(CredentialError::Invalid("the application id must not be empty".into()));
+            return Err(CredentialError::Invalid(
+                "the application id must not be empty".into(),
+            ));
         }
         Ok(Signer {
             owner_id: application_id.to_owned(),
@@ -245,8 +277,14 @@ impl Signer {
 
     pub fn format(&self) -> TokenFormat {
         match &self.keys {
-            Keys::OpenTok { format: OpenTokFormat::T1, .. } => TokenFormat::T1,
-            Keys::OpenTok { format: OpenTokFormat::Jwt, .. } => TokenFormat::OpentokJwt,
+            Keys::OpenTok {
+                format: OpenTokFormat::T1,
+                ..
+            } => TokenFormat::T1,
+            Keys::OpenTok {
+                format: OpenTokFormat::Jwt,
+                ..
+            } => TokenFormat::OpentokJwt,
             Keys::Vonage(_) => TokenFormat::VonageJwt,
         }
     }
@@ -261,20 +299,42 @@ impl Signer {
         let layout = validate::validate(p, now)?;
         check_session_owned(p.session_id, &self.owner_id)?;
         let (token, token_id) = match &self.keys {
-            Keys::OpenTok { secret, format: OpenTokFormat::T1, .. } => {
+            Keys::OpenTok {
+                secret,
+                format: OpenTokFormat::T1,
+                ..
+            } => {
                 let nonce = e.nonce_text();
-                (t1::sign(&self.owner_id, secret, p, &layout, now, &nonce), nonce)
+                (
+                    t1::sign(&self.owner_id, secret, p, &layout, now, &nonce),
+                    nonce,
+                )
             }
-            Keys::OpenTok { hs256, format: OpenTokFormat::Jwt, .. } => {
+            Keys::OpenTok {
+                hs256,
+                format: OpenTokFormat::Jwt,
+                ..
+            } => {
                 let jti = e.jti.to_string();
-                (opentok_jwt::sign(&self.owner_id, hs256, p, &layout, now, e.nonce, Some(&jti)), jti)
+                (
+                    opentok_jwt::sign(&self.owner_id, hs256, p, &layout, now, e.nonce, Some(&jti)),
+                    jti,
+                )
             }
             Keys::Vonage(key) => {
                 let jti = e.jti.to_string();
-                (vonage_jwt::sign(&self.owner_id, key, p, &layout, now, &jti), jti)
+                (
+                    vonage_jwt::sign(&self.owner_id, key, p, &layout, now, &jti),
+                    jti,
+                )
             }
         };
-        Ok(SignedToken { token, token_id, format: self.format(), expire_time: p.expire_time })
+        Ok(SignedToken {
+            token,
+            token_id,
+            format: self.format(),
+            expire_time: p.expire_time,
+        })
     }
 
     /// The HMAC secret (OpenTok) — for verification inside this module only.

@@ -47,7 +47,15 @@ pub(super) fn sign_payload(key: &EncodingKey, payload_json: &[u8]) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn sign(api_key: &str, key: &EncodingKey, p: &TokenParams, layout: &str, now: i64, nonce: f64, jti: Option<&str>) -> String {
+pub(super) fn sign(
+    api_key: &str,
+    key: &EncodingKey,
+    p: &TokenParams,
+    layout: &str,
+    now: i64,
+    nonce: f64,
+    jti: Option<&str>,
+) -> String {
     let claims = Claims {
         iss: api_key,
         ist: "project",
@@ -80,14 +88,28 @@ mod tests {
     const SID: &str = "1_MX4xMjM0NTZ-flNhdCBNYXIgMTUgMTQ6NDI6MjMgUERUIDIwMTR-MC40OTAxMzAyNX4";
 
     fn params<'a>(data: Option<&'a str>, layout: &'a [String]) -> TokenParams<'a> {
-        TokenParams { session_id: SID, role: Role::Moderator, expire_time: 1424307413, connection_data: data, initial_layout_class_list: layout }
+        TokenParams {
+            session_id: SID,
+            role: Role::Moderator,
+            expire_time: 1424307413,
+            connection_data: data,
+            initial_layout_class_list: layout,
+        }
     }
 
     /// vonage-tokens.md §7.5: opentok-node 2.23.1 default JWT, clock and RNG frozen (no jti).
     #[test]
     fn opentok_node_vector() {
         let key = EncodingKey::from_secret(SECRET.as_bytes());
-        let t = sign(KEY, &key, &params(Some("{\"name\":\"value\"}"), &[]), "", 1424221013, 0.3942609881050885, None);
+        let t = sign(
+            KEY,
+            &key,
+            &params(Some("{\"name\":\"value\"}"), &[]),
+            "",
+            1424221013,
+            0.3942609881050885,
+            None,
+        );
         assert_eq!(
             t,
             "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiIxMjM0NTYiLCJpc3QiOiJwcm9qZWN0IiwiaWF0IjoxNDI0MjIxMDEzLCJleHAiOjE0MjQzMDc0MTMsInNlc3Npb25faWQiOiIxX01YNHhNak0wTlRaLWZsTmhkQ0JOWVhJZ01UVWdNVFE2TkRJNk1qTWdVRVJVSURJd01UUi1NQzQwT1RBeE16QXlOWDQiLCJjcmVhdGVfdGltZSI6MTQyNDIyMTAxMywibm9uY2UiOjAuMzk0MjYwOTg4MTA1MDg4NSwicm9sZSI6Im1vZGVyYXRvciIsImV4cGlyZV90aW1lIjoxNDI0MzA3NDEzLCJjb25uZWN0aW9uX2RhdGEiOiJ7XCJuYW1lXCI6XCJ2YWx1ZVwifSIsImluaXRpYWxfbGF5b3V0X2NsYXNzX2xpc3QiOiIiLCJzY29wZSI6InNlc3Npb24uY29ubmVjdCJ9.5f5pEHleP3mvfaV-OuIqOaJdG5vb8KG_GDJ0V6Qy29c"
@@ -98,7 +120,9 @@ mod tests {
     #[test]
     fn python_sdk_vector() {
         let key = EncodingKey::from_secret(SECRET.as_bytes());
-        let payload = format!("{{\"session_id\":\"{SID}\",\"role\":\"moderator\",\"iat\":1424221013,\"exp\":1424307413,\"scope\":\"session.connect\",\"initial_layout_class_list\":\"focus inactive\",\"connection_data\":\"{{\\\"name\\\":\\\"value\\\"}}\",\"iss\":\"123456\",\"ist\":\"project\",\"nonce\":50885}}");
+        let payload = format!(
+            "{{\"session_id\":\"{SID}\",\"role\":\"moderator\",\"iat\":1424221013,\"exp\":1424307413,\"scope\":\"session.connect\",\"initial_layout_class_list\":\"focus inactive\",\"connection_data\":\"{{\\\"name\\\":\\\"value\\\"}}\",\"iss\":\"123456\",\"ist\":\"project\",\"nonce\":50885}}"
+        );
         assert_eq!(
             sign_payload(&key, payload.as_bytes()),
             "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzZXNzaW9uX2lkIjoiMV9NWDR4TWpNME5UWi1mbE5oZENCTllYSWdNVFVnTVRRNk5ESTZNak1nVUVSVUlESXdNVFItTUM0ME9UQXhNekF5Tlg0Iiwicm9sZSI6Im1vZGVyYXRvciIsImlhdCI6MTQyNDIyMTAxMywiZXhwIjoxNDI0MzA3NDEzLCJzY29wZSI6InNlc3Npb24uY29ubmVjdCIsImluaXRpYWxfbGF5b3V0X2NsYXNzX2xpc3QiOiJmb2N1cyBpbmFjdGl2ZSIsImNvbm5lY3Rpb25fZGF0YSI6IntcIm5hbWVcIjpcInZhbHVlXCJ9IiwiaXNzIjoiMTIzNDU2IiwiaXN0IjoicHJvamVjdCIsIm5vbmNlIjo1MDg4NX0.YcyTkzQdqNKYt316ySdXg0gzvGe2kGffcTPa0-1FolU"
@@ -109,7 +133,9 @@ mod tests {
         let mut v = Validation::new(Algorithm::HS256);
         v.validate_exp = false;
         v.required_spec_claims.clear();
-        jsonwebtoken::decode::<Value>(token, &DecodingKey::from_secret(SECRET.as_bytes()), &v).expect("verifies").claims
+        jsonwebtoken::decode::<Value>(token, &DecodingKey::from_secret(SECRET.as_bytes()), &v)
+            .expect("verifies")
+            .claims
     }
 
     #[test]
@@ -123,7 +149,14 @@ mod tests {
         assert_eq!(t.token_id, e.jti.to_string());
         assert_eq!(c["initial_layout_class_list"], "focus inactive");
         assert!(c.get("connection_data").is_none());
-        assert_eq!((c["iss"].as_str(), c["exp"].as_i64(), c["create_time"].as_i64()), (Some(KEY), Some(1424307413), Some(1424221013)));
+        assert_eq!(
+            (
+                c["iss"].as_str(),
+                c["exp"].as_i64(),
+                c["create_time"].as_i64()
+            ),
+            (Some(KEY), Some(1424307413), Some(1424221013))
+        );
     }
 
     proptest::proptest! {

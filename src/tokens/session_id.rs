@@ -21,7 +21,9 @@ pub fn session_owner(session_id: &str) -> Result<String, TokenError> {
     let fields: Vec<&str> = text.split('~').collect();
     match fields.get(1) {
         Some(owner) if fields.len() >= 2 && !owner.is_empty() => Ok((*owner).to_owned()),
-        _ => Err(invalid("it does not name the project or application it belongs to")),
+        _ => Err(invalid(
+            "it does not name the project or application it belongs to",
+        )),
     }
 }
 
@@ -43,19 +45,43 @@ mod tests {
     #[test]
     fn the_spec_samples_name_their_owner() {
         let cases = [
-            ("1_MX4xMjM0NTZ-flNhdCBNYXIgMTUgMTQ6NDI6MjMgUERUIDIwMTR-MC40OTAxMzAyNX4", "123456"),
-            ("1_MX42NTQzMjF-flNhdCBNYXIgMTUgMTQ6NDI6MjMgUERUIDIwMTR-MC40OTAxMzAyNX4", "654321"),
-            ("2_MX44NTQ1MTF-flR1ZSBOb3YgMTIgMDk6NDA6NTkgUFNUIDIwMTN-MC43NjU0Nzh-", "854511"),
-            ("2_MX44NTQ1MTF-fjE0NzI0MzU2MDUyMjN-eVgwNFJhZmR6MjdockFHanpxNzBXaEFXfn4", "854511"),
-            ("2_MX4xNzAxMjYzMX4xMjcuMC4wLjF-V2VkIEZlYiAyNiAxODo1NzoyNCBQU1QgMjAxNH4wLjU0MDU4ODc0fg", "17012631"),
-            ("1_MX40MDAwMDAwMX5-MTU3Nzg2NTYwMDAwMH54N2I0OE1RZ0RmK1lRRnFQUWg4dlZmT0t-QX4", "40000001"),
-            ("1_MX40NzY2NTk3MX5-MTczOTUzODg5NDk1OX5ROW1jWEcxUXJOM1RJWXU4eStwcHgvZ3N-UH5-", "47665971"),
+            (
+                "1_MX4xMjM0NTZ-flNhdCBNYXIgMTUgMTQ6NDI6MjMgUERUIDIwMTR-MC40OTAxMzAyNX4",
+                "123456",
+            ),
+            (
+                "1_MX42NTQzMjF-flNhdCBNYXIgMTUgMTQ6NDI6MjMgUERUIDIwMTR-MC40OTAxMzAyNX4",
+                "654321",
+            ),
+            (
+                "2_MX44NTQ1MTF-flR1ZSBOb3YgMTIgMDk6NDA6NTkgUFNUIDIwMTN-MC43NjU0Nzh-",
+                "854511",
+            ),
+            (
+                "2_MX44NTQ1MTF-fjE0NzI0MzU2MDUyMjN-eVgwNFJhZmR6MjdockFHanpxNzBXaEFXfn4",
+                "854511",
+            ),
+            (
+                "2_MX4xNzAxMjYzMX4xMjcuMC4wLjF-V2VkIEZlYiAyNiAxODo1NzoyNCBQU1QgMjAxNH4wLjU0MDU4ODc0fg",
+                "17012631",
+            ),
+            (
+                "1_MX40MDAwMDAwMX5-MTU3Nzg2NTYwMDAwMH54N2I0OE1RZ0RmK1lRRnFQUWg4dlZmT0t-QX4",
+                "40000001",
+            ),
+            (
+                "1_MX40NzY2NTk3MX5-MTczOTUzODg5NDk1OX5ROW1jWEcxUXJOM1RJWXU4eStwcHgvZ3N-UH5-",
+                "47665971",
+            ),
             (
                 "1_MX4yOWY3NjBmOC03Y2UxLTQ2YzktYWRlMy1mMmRlZGVlNGVkNWZ-fjE3MjY0NjI1ODg2NDd-MTF4TGExYmJoelBlR1FHbVhzbWd4STBrfn5-",
                 "29f760f8-7ce1-46c9-ade3-f2dedee4ed5f",
             ),
             // The PHP fixture with one corrupted separator still names its key.
-            ("1_MX4xMjM0NTY3OH4-VGh1IEZlYiAyNyAwNDozODozMSBQU1QgMjAxNH4wLjI0NDgyMjI", "12345678"),
+            (
+                "1_MX4xMjM0NTY3OH4-VGh1IEZlYiAyNyAwNDozODozMSBQU1QgMjAxNH4wLjI0NDgyMjI",
+                "12345678",
+            ),
         ];
         for (sid, owner) in cases {
             assert_eq!(session_owner(sid).unwrap(), owner, "{sid}");
@@ -70,9 +96,20 @@ mod tests {
             let e = check_session_owned(sid, other).unwrap_err();
             assert_eq!(e.code(), "session_not_owned");
         }
-        for bad in ["", "1_", "NOT A REAL SESSIONID", "blahblahblah", "1_!!!!", "1_YWJj"] {
+        for bad in [
+            "",
+            "1_",
+            "NOT A REAL SESSIONID",
+            "blahblahblah",
+            "1_!!!!",
+            "1_YWJj",
+        ] {
             let e = session_owner(bad).unwrap_err();
-            assert_eq!((e.code(), e.field()), ("invalid_session_id", "session_id"), "{bad:?}");
+            assert_eq!(
+                (e.code(), e.field()),
+                ("invalid_session_id", "session_id"),
+                "{bad:?}"
+            );
         }
     }
 }

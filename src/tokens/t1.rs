@@ -45,7 +45,14 @@ pub(super) fn hmac_sha1(secret: &[u8], msg: &[u8]) -> [u8; 20] {
 }
 
 /// Signs a validated request.
-pub(super) fn sign(api_key: &str, secret: &[u8], p: &TokenParams, layout: &str, now: i64, nonce: &str) -> String {
+pub(super) fn sign(
+    api_key: &str,
+    secret: &[u8],
+    p: &TokenParams,
+    layout: &str,
+    now: i64,
+    nonce: &str,
+) -> String {
     let create = now.to_string();
     let expire = p.expire_time.to_string();
     let mut fields: Vec<(&str, &str)> = Vec::with_capacity(8);
@@ -100,7 +107,10 @@ mod tests {
     #[test]
     fn opentok_node_vector_through_the_signer() {
         let s = Signer::opentok(KEY, SECRET, OpenTokFormat::T1).unwrap();
-        let e = Entropy { nonce: 0.3942609881050885, jti: uuid::Uuid::nil() };
+        let e = Entropy {
+            nonce: 0.3942609881050885,
+            jti: uuid::Uuid::nil(),
+        };
         let p = TokenParams {
             session_id: SID,
             role: Role::Moderator,
@@ -120,22 +130,35 @@ mod tests {
     #[test]
     fn go_sdk_vector_signature() {
         let data = "connection_data=foo%3Dbar&create_time=1577865600&expire_time=1577865600&initial_layout_class_list=&nonce=0.49893371771268225&role=publisher&session_id=1_MX40MDAwMDAwMX5-MTU3Nzg2NTYwMDAwMH54N2I0OE1RZ0RmK1lRRnFQUWg4dlZmT0t-QX4";
-        assert_eq!(hex_lower(&hmac_sha1(b"<your api secret here>", data.as_bytes())), "2b4239d658a5dba44da0c22e39061c9eb5845115");
+        assert_eq!(
+            hex_lower(&hmac_sha1(b"<your api secret here>", data.as_bytes())),
+            "2b4239d658a5dba44da0c22e39061c9eb5845115"
+        );
         let t = encode_data("<your api key here>", b"<your api secret here>", data);
-        assert!(t.starts_with("T1==cGFydG5lcl9pZD08eW91ciBhcGkga2V5IGhlcmU+JnNpZz0yYjQyMzlk"), "{t}");
+        assert!(
+            t.starts_with("T1==cGFydG5lcl9pZD08eW91ciBhcGkga2V5IGhlcmU+JnNpZz0yYjQyMzlk"),
+            "{t}"
+        );
     }
 
     /// §7.5: opentok Python 3.13.0 T1 (its own field order and quote_plus encoding).
     #[test]
     fn python_sdk_vector_signature() {
-        let data = format!("session_id={SID}&create_time=1424221013&expire_time=1424307413&role=moderator&nonce=50885&initial_layout_class_list=&connection_data=%7B%22name%22%3A%22value%22%7D");
-        assert_eq!(hex_lower(&hmac_sha1(SECRET.as_bytes(), data.as_bytes())), "31cc37f7b36e192d9dc8a6b8d3011be74d217ef0");
+        let data = format!(
+            "session_id={SID}&create_time=1424221013&expire_time=1424307413&role=moderator&nonce=50885&initial_layout_class_list=&connection_data=%7B%22name%22%3A%22value%22%7D"
+        );
+        assert_eq!(
+            hex_lower(&hmac_sha1(SECRET.as_bytes(), data.as_bytes())),
+            "31cc37f7b36e192d9dc8a6b8d3011be74d217ef0"
+        );
     }
 
     /// Independent verification: split at the first ':', recompute the HMAC, decode the fields.
     pub(crate) fn verify_and_fields(token: &str, secret: &[u8]) -> Vec<(String, String)> {
         use base64::Engine;
-        let inner = base64::engine::general_purpose::STANDARD.decode(token.strip_prefix("T1==").unwrap()).unwrap();
+        let inner = base64::engine::general_purpose::STANDARD
+            .decode(token.strip_prefix("T1==").unwrap())
+            .unwrap();
         let inner = String::from_utf8(inner).unwrap();
         let (head, data) = inner.split_once(':').unwrap();
         let sig = head.split("&sig=").nth(1).unwrap();

@@ -34,7 +34,9 @@ impl std::fmt::Debug for RsaSigner {
 impl RsaSigner {
     /// From a PEM private key (PKCS#8 `BEGIN PRIVATE KEY` or PKCS#1 `BEGIN RSA PRIVATE KEY`).
     pub fn from_pem(pem: &[u8]) -> Result<RsaSigner, CredentialError> {
-        let bad = || CredentialError::BadPrivateKey { reference: "the PEM".into() };
+        let bad = || CredentialError::BadPrivateKey {
+            reference: "the PEM".into(),
+        };
         let enc = jsonwebtoken::EncodingKey::from_rsa_pem(pem).map_err(|_| bad())?;
         let key = RsaKeyPair::from_der(enc.as_bytes()).map_err(|_| bad())?;
         if key.public_modulus_len() < 256 {
@@ -42,14 +44,22 @@ impl RsaSigner {
         }
         use aws_lc_rs::signature::KeyPair;
         let public_der = key.public_key().as_ref().to_vec();
-        Ok(RsaSigner { key, rng: SystemRandom::new(), public_der })
+        Ok(RsaSigner {
+            key,
+            rng: SystemRandom::new(),
+            public_der,
+        })
     }
 
     /// RSASSA-PKCS1-v1_5 SHA-256 signature of `msg`, base64url.
     pub fn sign_b64(&self, msg: &[u8]) -> String {
         let mut sig = vec![0u8; self.key.public_modulus_len()];
         // Signing with a validated key into a buffer of the modulus length cannot fail.
-        if self.key.sign(&RSA_PKCS1_SHA256, &self.rng, msg, &mut sig).is_err() {
+        if self
+            .key
+            .sign(&RSA_PKCS1_SHA256, &self.rng, msg, &mut sig)
+            .is_err()
+        {
             return String::new();
         }
         b64url(&sig)
@@ -103,7 +113,14 @@ pub fn sign_payload(key: &RsaSigner, payload_json: &[u8]) -> String {
     msg
 }
 
-pub(super) fn sign(application_id: &str, key: &RsaSigner, p: &TokenParams, layout: &str, now: i64, jti: &str) -> String {
+pub(super) fn sign(
+    application_id: &str,
+    key: &RsaSigner,
+    p: &TokenParams,
+    layout: &str,
+    now: i64,
+    jti: &str,
+) -> String {
     let claims = Claims {
         scope: "session.connect",
         session_id: p.session_id,
@@ -111,7 +128,9 @@ pub(super) fn sign(application_id: &str, key: &RsaSigner, p: &TokenParams, layou
         initial_layout_class_list: layout,
         exp: p.expire_time,
         sub: "video",
-        acl: Acl { paths: Paths { session: Empty {} } },
+        acl: Acl {
+            paths: Paths { session: Empty {} },
+        },
         connection_data: p.connection_data,
         jti,
         iat: now,
@@ -130,7 +149,11 @@ pub(crate) mod tests {
     use serde_json::Value;
 
     pub(crate) fn jdk_key() -> Vec<u8> {
-        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vonage-jwt-jdk-test.key")).unwrap()
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/vonage-jwt-jdk-test.key"
+        ))
+        .unwrap()
     }
 
     /// vonage-tokens.md §7.4: vonage-jwt-jdk JwtGeneratorTest (generic RS256; the spec gives the
@@ -142,7 +165,10 @@ pub(crate) mod tests {
         let t = sign_payload(&key, payload);
         let sig = t.rsplit('.').next().unwrap();
         assert!(t.starts_with("eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9."));
-        assert!(sig.starts_with("CCq0rpkBtw-vgcAv1OB46044g60MtHK-839jn4xu"), "{sig}");
+        assert!(
+            sig.starts_with("CCq0rpkBtw-vgcAv1OB46044g60MtHK-839jn4xu"),
+            "{sig}"
+        );
     }
 
     #[test]
@@ -150,29 +176,49 @@ pub(crate) mod tests {
         let app = "29f760f8-7ce1-46c9-ade3-f2dedee4ed5f";
         let sid = "1_MX4yOWY3NjBmOC03Y2UxLTQ2YzktYWRlMy1mMmRlZGVlNGVkNWZ-fjE3MjY0NjI1ODg2NDd-MTF4TGExYmJoelBlR1FHbVhzbWd4STBrfn5-";
         let s = Signer::vonage(app, &jdk_key()).unwrap();
-        let e = Entropy { nonce: 0.5, jti: uuid::Uuid::parse_str("4cab89ca-b637-41c8-b62f-7b9ce10c3971").unwrap() };
+        let e = Entropy {
+            nonce: 0.5,
+            jti: uuid::Uuid::parse_str("4cab89ca-b637-41c8-b62f-7b9ce10c3971").unwrap(),
+        };
         let layout = vec!["focus".to_owned()];
-        let p = TokenParams { session_id: sid, role: Role::Publisher, expire_time: 1000 + 86400, connection_data: Some("connection-data"), initial_layout_class_list: &layout };
+        let p = TokenParams {
+            session_id: sid,
+            role: Role::Publisher,
+            expire_time: 1000 + 86400,
+            connection_data: Some("connection-data"),
+            initial_layout_class_list: &layout,
+        };
         let t = s.sign(&p, 1000, &e).unwrap();
         let payload = t.token.split('.').nth(1).unwrap();
-        let json = String::from_utf8(base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap()).unwrap();
+        let json = String::from_utf8(
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             json,
-            format!("{{\"scope\":\"session.connect\",\"session_id\":\"{sid}\",\"role\":\"publisher\",\"initial_layout_class_list\":\"focus\",\"exp\":87400,\"sub\":\"video\",\"acl\":{{\"paths\":{{\"/session/**\":{{}}}}}},\"connection_data\":\"connection-data\",\"jti\":\"4cab89ca-b637-41c8-b62f-7b9ce10c3971\",\"iat\":1000,\"application_id\":\"{app}\"}}")
+            format!(
+                "{{\"scope\":\"session.connect\",\"session_id\":\"{sid}\",\"role\":\"publisher\",\"initial_layout_class_list\":\"focus\",\"exp\":87400,\"sub\":\"video\",\"acl\":{{\"paths\":{{\"/session/**\":{{}}}}}},\"connection_data\":\"connection-data\",\"jti\":\"4cab89ca-b637-41c8-b62f-7b9ce10c3971\",\"iat\":1000,\"application_id\":\"{app}\"}}"
+            )
         );
         // Independent verification with jsonwebtoken and the public key.
         let mut v = Validation::new(Algorithm::RS256);
         v.validate_exp = false;
         v.required_spec_claims.clear();
         let dk = RsaSigner::from_pem(&jdk_key()).unwrap().decoding_key();
-        let c = jsonwebtoken::decode::<Value>(&t.token, &dk, &v).expect("RS256 verifies").claims;
+        let c = jsonwebtoken::decode::<Value>(&t.token, &dk, &v)
+            .expect("RS256 verifies")
+            .claims;
         assert_eq!(c["application_id"], app);
         assert_eq!(t.token_id, "4cab89ca-b637-41c8-b62f-7b9ce10c3971");
     }
 
     #[test]
     fn a_non_rsa_or_garbage_key_is_refused_without_echoing_it() {
-        for bad in [&b"not a key"[..], b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"] {
+        for bad in [
+            &b"not a key"[..],
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        ] {
             let e = Signer::vonage("app", bad).unwrap_err();
             assert!(!e.to_string().contains("AAAA"));
         }

@@ -22,7 +22,11 @@ struct Broker {
 impl Broker {
     async fn new() -> Broker {
         let (url, db) = fresh_database().await;
-        Broker { dir: tempfile::tempdir().unwrap(), url, _db: db }
+        Broker {
+            dir: tempfile::tempdir().unwrap(),
+            url,
+            _db: db,
+        }
     }
 
     fn cmd(&self) -> Command {
@@ -36,7 +40,11 @@ impl Broker {
 
     fn run(&self, args: &[&str]) -> String {
         let out = self.cmd().args(args).output().expect("run token-broker");
-        assert!(out.status.success(), "token-broker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "token-broker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -48,12 +56,19 @@ impl Broker {
         std::fs::write(&policy, standard_policy_text("acme", &secret)).unwrap();
         self.run(&["tenant", "create", "acme"]);
         self.run(&["policy", "apply", policy.to_str().unwrap()]);
-        let v: Value = serde_json::from_str(&self.run(&["key", "create", "--tenant", "acme", "--scope", "issue", "--scope", "audit", "--json"])).unwrap();
+        let v: Value = serde_json::from_str(&self.run(&[
+            "key", "create", "--tenant", "acme", "--scope", "issue", "--scope", "audit", "--json",
+        ]))
+        .unwrap();
         v["key"].as_str().unwrap().to_owned()
     }
 
     fn serve(&self, port: u16, log: &std::path::Path) -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         self.cmd()
             .args(["serve"])
             .env("TOKEN_BROKER_LISTEN", format!("127.0.0.1:{port}"))
@@ -67,13 +82,20 @@ impl Broker {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) {
     let start = Instant::now();
     while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(start.elapsed() < Duration::from_secs(30), "broker did not come up");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "broker did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -92,7 +114,8 @@ async fn sigkill_mid_load_loses_no_audit_row_of_a_returned_token() {
     let received: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let mut tasks = Vec::new();
     for w in 0..16u32 {
-        let (client, base, key, received) = (client.clone(), base.clone(), key.clone(), received.clone());
+        let (client, base, key, received) =
+            (client.clone(), base.clone(), key.clone(), received.clone());
         tasks.push(tokio::spawn(async move {
             for i in 0.. {
                 let body = json!({"session_id": session_for(API_KEY, w), "user": user(&format!("w{w}-{i}"))});
@@ -116,7 +139,11 @@ async fn sigkill_mid_load_loses_no_audit_row_of_a_returned_token() {
         t.await.unwrap();
     }
     let received = received.lock().unwrap().clone();
-    assert!(received.len() >= 100, "only {} tokens before the kill", received.len());
+    assert!(
+        received.len() >= 100,
+        "only {} tokens before the kill",
+        received.len()
+    );
 
     // Restart on the same database; every received token has its row.
     let port2 = free_port();
@@ -125,25 +152,48 @@ async fn sigkill_mid_load_loses_no_audit_row_of_a_returned_token() {
     let store = Store::connect(&b.url).await.unwrap();
     for (token_id, token) in &received {
         let rows = store
-            .query_audit(&AuditFilter { tenant: "acme".into(), token_id: Some(token_id.clone()), limit: 2, ..Default::default() })
+            .query_audit(&AuditFilter {
+                tenant: "acme".into(),
+                token_id: Some(token_id.clone()),
+                limit: 2,
+                ..Default::default()
+            })
             .await
             .unwrap();
-        assert_eq!(rows.len(), 1, "token {token_id} was returned but has no audit row");
-        assert_eq!(rows[0].token_sha256.as_deref(), Some(token_broker::audit::chain::fingerprint(token).as_str()));
+        assert_eq!(
+            rows.len(),
+            1,
+            "token {token_id} was returned but has no audit row"
+        );
+        assert_eq!(
+            rows[0].token_sha256.as_deref(),
+            Some(token_broker::audit::chain::fingerprint(token).as_str())
+        );
     }
-    let v = token_broker::cli_audit::verify_tenant(&store, "acme", None).await.unwrap();
+    let v = token_broker::cli_audit::verify_tenant(&store, "acme", None)
+        .await
+        .unwrap();
     assert!(v.ok, "{v:?}");
     assert!(v.rows as usize >= received.len() + 3);
 
     // SIGTERM: graceful stop, exit status 0.
-    Command::new("kill").args(["-TERM", &child2.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child2.id().to_string()])
+        .status()
+        .unwrap();
     let status = child2.wait().unwrap();
     assert!(status.success(), "graceful shutdown exit status {status:?}");
 
     // Nothing secret reached the logs, though they were at trace level.
     let logs = std::fs::read_to_string(&log).unwrap();
-    assert!(logs.contains("token-broker listening"), "logs were captured");
-    assert!(!logs.contains(&key[key.len() - 64..]), "API key secret in logs");
+    assert!(
+        logs.contains("token-broker listening"),
+        "logs were captured"
+    );
+    assert!(
+        !logs.contains(&key[key.len() - 64..]),
+        "API key secret in logs"
+    );
     assert!(!logs.contains(API_SECRET), "OpenTok secret in logs");
     for (_, token) in received.iter().take(50) {
         let sig = token.rsplit('.').next().unwrap();
@@ -163,19 +213,36 @@ async fn cli_created_key_works_and_a_revoked_key_stops_within_a_second() {
     wait_healthy(&client, &base).await;
     let r = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let who: Value = client.get(format!("{base}/v1/whoami")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    let who: Value = client
+        .get(format!("{base}/v1/whoami"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let key_id = who["key_id"].as_str().unwrap();
     b.run(&["key", "revoke", key_id]);
     let start = Instant::now();
     loop {
-        let r = client.get(format!("{base}/v1/whoami")).bearer_auth(&key).send().await.unwrap();
+        let r = client
+            .get(format!("{base}/v1/whoami"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
         if r.status() == 401 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(1), "revoked key still accepted after 1 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "revoked key still accepted after 1 s"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let listing: Value = serde_json::from_str(&b.run(&["key", "list", "--tenant", "acme", "--json"])).unwrap();
+    let listing: Value =
+        serde_json::from_str(&b.run(&["key", "list", "--tenant", "acme", "--json"])).unwrap();
     assert!(listing["items"][0]["revoked_at_ms"].is_number());
     let verify: Value = serde_json::from_str(&b.run(&["audit", "verify", "--json"])).unwrap();
     assert_eq!(verify["ok"], true);

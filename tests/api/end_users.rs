@@ -43,14 +43,21 @@ fn policy_with_idp(app: &TestApp, keys: &str) -> String {
 async fn end_user_app() -> (TestApp, String) {
     let app = spawn_app().await;
     app.create_tenant("acme").await;
-    let keys = format!("public_keys = [\"file:{}\"]", fixture("idp-rsa-1.pub.pem").display());
+    let keys = format!(
+        "public_keys = [\"file:{}\"]",
+        fixture("idp-rsa-1.pub.pem").display()
+    );
     let p = policy_with_idp(&app, &keys);
     app.apply_policy(&p).await;
     let key = app.create_key("acme", &["issue", "audit"]).await;
     (app, key)
 }
 
-async fn post_as(app: &TestApp, bearer: &str, body: &Value) -> (u16, Value, reqwest::header::HeaderMap) {
+async fn post_as(
+    app: &TestApp,
+    bearer: &str,
+    body: &Value,
+) -> (u16, Value, reqwest::header::HeaderMap) {
     let r = app
         .client
         .post(app.url("/v1/tenants/acme/tokens"))
@@ -71,19 +78,38 @@ async fn an_end_user_gets_a_token_stamped_with_the_verified_identity() {
     let now = token_broker::clock::now_unix();
     let jwt = sign(Algorithm::RS256, None, &rsa1(), &claims("eve", now));
     let sid = session_for(API_KEY, 1);
-    app.put(&format!("/v1/sessions/{sid}"), &audit_key, &json!({"labels": {"kind": "class-art"}})).await;
+    app.put(
+        &format!("/v1/sessions/{sid}"),
+        &audit_key,
+        &json!({"labels": {"kind": "class-art"}}),
+    )
+    .await;
 
     let (s, v, h) = post_as(&app, &jwt, &json!({"session_id": sid, "role": "moderator"})).await;
     assert_eq!(s, 201, "{v}");
     let cd: Value = serde_json::from_str(v["connection_data"].as_str().unwrap()).unwrap();
-    assert_eq!(cd, json!({"tenant": "acme", "sub": "eve", "name": "Eve Example", "idp": "acme-login"}));
-    assert_eq!(v["role"], "moderator", "groups claim feeds group:teachers: {v}");
+    assert_eq!(
+        cd,
+        json!({"tenant": "acme", "sub": "eve", "name": "Eve Example", "idp": "acme-login"})
+    );
+    assert_eq!(
+        v["role"], "moderator",
+        "groups claim feeds group:teachers: {v}"
+    );
     assert_eq!(v["decision"]["rule"], "teachers");
     assert_eq!(h.get("access-control-allow-origin").unwrap(), ORIGIN);
 
     // The body cannot change who the token is for.
-    let (s, v, _) = post_as(&app, &jwt, &json!({"session_id": sid, "user": {"id": "mallory"}})).await;
-    assert_eq!((s, v["error"]["code"].as_str(), v["error"]["field"].as_str()), (400, Some("user_not_allowed"), Some("user")));
+    let (s, v, _) = post_as(
+        &app,
+        &jwt,
+        &json!({"session_id": sid, "user": {"id": "mallory"}}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str(), v["error"]["field"].as_str()),
+        (400, Some("user_not_allowed"), Some("user"))
+    );
 
     let a = app.audit(&audit_key, "user=eve").await;
     let row = &a["items"][0];
@@ -93,15 +119,33 @@ async fn an_end_user_gets_a_token_stamped_with_the_verified_identity() {
 
     // The same path takes the tenant's API keys, but only the tenant's own.
     let audit_only = app.create_key("acme", &["audit"]).await;
-    let (s, _, _) = post_as(&app, &audit_only, &json!({"session_id": sid, "user": user("svc")})).await;
+    let (s, _, _) = post_as(
+        &app,
+        &audit_only,
+        &json!({"session_id": sid, "user": user("svc")}),
+    )
+    .await;
     assert_eq!(s, 403, "an audit-only key lacks the issue scope");
     let issue_key = app.create_key("acme", &["issue"]).await;
-    let (s, v, _) = post_as(&app, &issue_key, &json!({"session_id": sid, "user": user("svc")})).await;
+    let (s, v, _) = post_as(
+        &app,
+        &issue_key,
+        &json!({"session_id": sid, "user": user("svc")}),
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
     app.create_tenant("globex").await;
     let foreign = app.create_key("globex", &["issue"]).await;
-    let (s, v, _) = post_as(&app, &foreign, &json!({"session_id": sid, "user": user("svc")})).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("wrong_tenant")));
+    let (s, v, _) = post_as(
+        &app,
+        &foreign,
+        &json!({"session_id": sid, "user": user("svc")}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("wrong_tenant"))
+    );
 }
 
 #[tokio::test]
@@ -112,20 +156,82 @@ async fn every_forged_or_stale_login_token_is_refused_with_its_code() {
     let body = json!({"session_id": sid});
     let other = EncodingKey::from_rsa_pem(&key_pem("idp-rsa-2.key")).unwrap();
     let public_pem = key_pem("idp-rsa-1.pub.pem");
-    let b64 = |v: &Value| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, v.to_string());
-    let unsigned = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims("eve", now)));
+    let b64 = |v: &Value| {
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            v.to_string(),
+        )
+    };
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims("eve", now))
+    );
     let mut no_sub = claims("eve", now);
     no_sub.as_object_mut().unwrap().remove("sub");
     let cases: Vec<(&str, String, &str)> = vec![
-        ("expired", sign(Algorithm::RS256, None, &rsa1(), &json!({"iss": ISS, "aud": AUD, "sub": "eve", "exp": now - 120})), "token_expired"),
-        ("not yet valid", sign(Algorithm::RS256, None, &rsa1(), &json!({"iss": ISS, "aud": AUD, "sub": "eve", "exp": now + 600, "nbf": now + 300})), "token_not_yet_valid"),
-        ("wrong issuer", sign(Algorithm::RS256, None, &rsa1(), &json!({"iss": "https://evil.test", "aud": AUD, "sub": "eve", "exp": now + 60})), "invalid_issuer"),
-        ("wrong audience", sign(Algorithm::RS256, None, &rsa1(), &json!({"iss": ISS, "aud": "someone-else", "sub": "eve", "exp": now + 60})), "invalid_audience"),
-        ("bad signature", sign(Algorithm::RS256, None, &other, &claims("eve", now)), "invalid_signature"),
+        (
+            "expired",
+            sign(
+                Algorithm::RS256,
+                None,
+                &rsa1(),
+                &json!({"iss": ISS, "aud": AUD, "sub": "eve", "exp": now - 120}),
+            ),
+            "token_expired",
+        ),
+        (
+            "not yet valid",
+            sign(
+                Algorithm::RS256,
+                None,
+                &rsa1(),
+                &json!({"iss": ISS, "aud": AUD, "sub": "eve", "exp": now + 600, "nbf": now + 300}),
+            ),
+            "token_not_yet_valid",
+        ),
+        (
+            "wrong issuer",
+            sign(
+                Algorithm::RS256,
+                None,
+                &rsa1(),
+                &json!({"iss": "https://evil.test", "aud": AUD, "sub": "eve", "exp": now + 60}),
+            ),
+            "invalid_issuer",
+        ),
+        (
+            "wrong audience",
+            sign(
+                Algorithm::RS256,
+                None,
+                &rsa1(),
+                &json!({"iss": ISS, "aud": "someone-else", "sub": "eve", "exp": now + 60}),
+            ),
+            "invalid_audience",
+        ),
+        (
+            "bad signature",
+            sign(Algorithm::RS256, None, &other, &claims("eve", now)),
+            "invalid_signature",
+        ),
         ("alg none", unsigned, "algorithm_not_allowed"),
-        ("HS256 with the public key as secret", sign(Algorithm::HS256, None, &EncodingKey::from_secret(&public_pem), &claims("eve", now)), "algorithm_not_allowed"),
+        (
+            "HS256 with the public key as secret",
+            sign(
+                Algorithm::HS256,
+                None,
+                &EncodingKey::from_secret(&public_pem),
+                &claims("eve", now),
+            ),
+            "algorithm_not_allowed",
+        ),
         ("malformed", "not.a.jwt".to_owned(), "malformed_token"),
-        ("missing user claim", sign(Algorithm::RS256, None, &rsa1(), &no_sub), "missing_user_claim"),
+        (
+            "missing user claim",
+            sign(Algorithm::RS256, None, &rsa1(), &no_sub),
+            "missing_user_claim",
+        ),
     ];
     for (what, token, code) in cases {
         let (s, v, h) = post_as(&app, &token, &body).await;
@@ -168,25 +274,72 @@ async fn jwks_keys_are_fetched_and_rotated_by_kid() {
     let url = jwks_server(doc.clone()).await;
     let app = spawn_app().await;
     app.create_tenant("acme").await;
-    let p = policy_with_idp(&app, &format!("jwks_url = \"{url}\"\njwks_min_refresh = \"1s\""));
+    let p = policy_with_idp(
+        &app,
+        &format!("jwks_url = \"{url}\"\njwks_min_refresh = \"1s\""),
+    );
     app.apply_policy(&p).await;
     let now = token_broker::clock::now_unix();
     let sid = session_for(API_KEY, 1);
     let body = json!({"session_id": sid});
     let k2 = EncodingKey::from_rsa_pem(&key_pem("idp-rsa-2.key")).unwrap();
 
-    let (s, v, _) = post_as(&app, &sign(Algorithm::RS256, Some("idp-rsa-1"), &rsa1(), &claims("eve", now)), &body).await;
+    let (s, v, _) = post_as(
+        &app,
+        &sign(
+            Algorithm::RS256,
+            Some("idp-rsa-1"),
+            &rsa1(),
+            &claims("eve", now),
+        ),
+        &body,
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
-    let (s, v, _) = post_as(&app, &sign(Algorithm::RS256, Some("idp-rsa-2"), &k2, &claims("eve", now)), &body).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (401, Some("unknown_kid")), "{v}");
+    let (s, v, _) = post_as(
+        &app,
+        &sign(
+            Algorithm::RS256,
+            Some("idp-rsa-2"),
+            &k2,
+            &claims("eve", now),
+        ),
+        &body,
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unknown_kid")),
+        "{v}"
+    );
 
     // The provider rotates to key 2; after the refresh bound an unknown kid refetches.
     *doc.lock().unwrap() = json!({"keys": [jwk("idp-rsa-2")]});
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (s, v, _) = post_as(&app, &sign(Algorithm::RS256, Some("idp-rsa-2"), &k2, &claims("eve", now)), &body).await;
+    let (s, v, _) = post_as(
+        &app,
+        &sign(
+            Algorithm::RS256,
+            Some("idp-rsa-2"),
+            &k2,
+            &claims("eve", now),
+        ),
+        &body,
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
     // A token signed by key 2 but claiming kid 1 (now gone) is refused.
-    let (s, _, _) = post_as(&app, &sign(Algorithm::RS256, Some("idp-rsa-1"), &k2, &claims("eve", now)), &body).await;
+    let (s, _, _) = post_as(
+        &app,
+        &sign(
+            Algorithm::RS256,
+            Some("idp-rsa-1"),
+            &k2,
+            &claims("eve", now),
+        ),
+        &body,
+    )
+    .await;
     assert_eq!(s, 401);
 }
 
@@ -198,13 +351,26 @@ async fn cors_preflight_allows_only_the_tenants_origins() {
             .request(reqwest::Method::OPTIONS, app.url("/v1/tenants/acme/tokens"))
             .header("Origin", origin)
             .header("Access-Control-Request-Method", "POST")
-            .header("Access-Control-Request-Headers", "authorization, content-type")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            )
             .send()
     };
     let r = pre(ORIGIN).await.unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(r.headers().get("access-control-allow-origin").unwrap(), ORIGIN);
-    assert!(r.headers().get("access-control-allow-headers").unwrap().to_str().unwrap().contains("authorization"));
+    assert_eq!(
+        r.headers().get("access-control-allow-origin").unwrap(),
+        ORIGIN
+    );
+    assert!(
+        r.headers()
+            .get("access-control-allow-headers")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("authorization")
+    );
     let r = pre("https://evil.test").await.unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.headers().get("access-control-allow-origin").is_none());
@@ -214,7 +380,10 @@ async fn cors_preflight_allows_only_the_tenants_origins() {
     app.apply_policy(&plain).await;
     let r = app
         .client
-        .request(reqwest::Method::OPTIONS, app.url("/v1/tenants/plain/tokens"))
+        .request(
+            reqwest::Method::OPTIONS,
+            app.url("/v1/tenants/plain/tokens"),
+        )
         .header("Origin", ORIGIN)
         .send()
         .await
@@ -237,12 +406,32 @@ async fn a_burst_from_one_end_user_meets_429_and_others_are_still_served() {
     let limited: Vec<_> = results.iter().filter(|(s, _, _)| *s == 429).collect();
     assert!(t.elapsed() < Duration::from_secs(10));
     assert!(limited.len() >= 50, "only {} of 100 limited", limited.len());
-    assert!(limited.iter().all(|(_, v, h)| v["error"]["code"] == "rate_limited" && h.contains_key("retry-after")));
+    assert!(
+        limited
+            .iter()
+            .all(|(_, v, h)| v["error"]["code"] == "rate_limited" && h.contains_key("retry-after"))
+    );
     let granted = results.iter().filter(|(s, _, _)| *s == 201).count();
-    assert!(granted >= 1 && granted <= 25, "{granted} granted");
+    assert!((1..=25).contains(&granted), "{granted} granted");
     // Someone else is unaffected.
-    let (s, v, _) = post_as(&app, &sign(Algorithm::RS256, None, &rsa1(), &claims("frank", now)), &body).await;
+    let (s, v, _) = post_as(
+        &app,
+        &sign(Algorithm::RS256, None, &rsa1(), &claims("frank", now)),
+        &body,
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
-    let m = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(m.contains("token_broker_rate_limited_total{limit=\"end_user\"}"), "{m}");
+    let m = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("token_broker_rate_limited_total{limit=\"end_user\"}"),
+        "{m}"
+    );
 }

@@ -18,8 +18,19 @@ async fn routing_and_body_failures_use_the_error_shape() {
     let key = app.acme().await;
     let (s, e) = error_of(app.client.get(app.url("/nope")).send().await.unwrap()).await;
     assert_eq!((s, e["code"].as_str().unwrap()), (404, "route_not_found"));
-    let (s, e) = error_of(app.client.delete(app.url("/v1/tokens")).bearer_auth(&key).send().await.unwrap()).await;
-    assert_eq!((s, e["code"].as_str().unwrap()), (405, "method_not_allowed"));
+    let (s, e) = error_of(
+        app.client
+            .delete(app.url("/v1/tokens"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, e["code"].as_str().unwrap()),
+        (405, "method_not_allowed")
+    );
 
     let post_raw = |body: &'static str, ctype: &'static str| {
         app.client
@@ -32,13 +43,27 @@ async fn routing_and_body_failures_use_the_error_shape() {
     let (s, e) = error_of(post_raw("{not json", "application/json").await.unwrap()).await;
     assert_eq!((s, e["code"].as_str().unwrap()), (400, "malformed_json"));
     let (s, e) = error_of(post_raw("{}", "text/plain").await.unwrap()).await;
-    assert_eq!((s, e["code"].as_str().unwrap()), (415, "unsupported_media_type"));
+    assert_eq!(
+        (s, e["code"].as_str().unwrap()),
+        (415, "unsupported_media_type")
+    );
     let big = json!({"session_id": "x".repeat(40_000)});
     let (s, e) = error_of(app.post("/v1/tokens", &key, &big).await).await;
     assert_eq!((s, e["code"].as_str().unwrap()), (413, "body_too_large"));
     let sid = session_for(API_KEY, 1);
-    let (s, e) = error_of(app.post("/v1/tokens", &key, &json!({"session_id": sid, "user": user("a"), "admin": true})).await).await;
-    assert_eq!((s, e["code"].as_str().unwrap(), e["field"].as_str().unwrap()), (400, "invalid_body", "admin"));
+    let (s, e) = error_of(
+        app.post(
+            "/v1/tokens",
+            &key,
+            &json!({"session_id": sid, "user": user("a"), "admin": true}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (s, e["code"].as_str().unwrap(), e["field"].as_str().unwrap()),
+        (400, "invalid_body", "admin")
+    );
 }
 
 #[tokio::test]
@@ -48,18 +73,78 @@ async fn every_bad_token_request_field_is_named() {
     let sid = session_for(API_KEY, 1);
     let now = token_broker::clock::now_unix();
     let cases = vec![
-        ("no user", json!({"session_id": sid}), "missing_field", "user"),
-        ("empty user id", json!({"session_id": sid, "user": {"id": ""}}), "invalid_user", "user.id"),
-        ("bad role", json!({"session_id": sid, "user": user("a"), "role": "admin"}), "invalid_role", "role"),
-        ("hyphenated role", json!({"session_id": sid, "user": user("a"), "role": "publisher-only"}), "invalid_role", "role"),
-        ("ttl and expire_time", json!({"session_id": sid, "user": user("a"), "ttl": 60, "expire_time": now + 60}), "ttl_and_expire_time", "ttl"),
-        ("expiry in the past", json!({"session_id": sid, "user": user("a"), "expire_time": now - 10}), "expire_time_in_past", "expire_time"),
-        ("zero ttl", json!({"session_id": sid, "user": user("a"), "ttl": 0}), "invalid_ttl", "ttl"),
-        ("data too long", json!({"session_id": sid, "user": user("a"), "data": "x".repeat(1001)}), "connection_data_too_long", "data"),
-        ("stamped data too long", json!({"session_id": sid, "user": user("a"), "data": "x".repeat(990)}), "connection_data_too_long", "data"),
-        ("undecodable session", json!({"session_id": "NOT A REAL SESSIONID", "user": user("a")}), "invalid_session_id", "session_id"),
-        ("empty layout class", json!({"session_id": sid, "user": user("a"), "initial_layout_class_list": ["focus", ""]}), "invalid_layout_class_list", "initial_layout_class_list"),
-        ("string ttl", json!({"session_id": sid, "user": user("a"), "ttl": "1h"}), "invalid_body", "ttl"),
+        (
+            "no user",
+            json!({"session_id": sid}),
+            "missing_field",
+            "user",
+        ),
+        (
+            "empty user id",
+            json!({"session_id": sid, "user": {"id": ""}}),
+            "invalid_user",
+            "user.id",
+        ),
+        (
+            "bad role",
+            json!({"session_id": sid, "user": user("a"), "role": "admin"}),
+            "invalid_role",
+            "role",
+        ),
+        (
+            "hyphenated role",
+            json!({"session_id": sid, "user": user("a"), "role": "publisher-only"}),
+            "invalid_role",
+            "role",
+        ),
+        (
+            "ttl and expire_time",
+            json!({"session_id": sid, "user": user("a"), "ttl": 60, "expire_time": now + 60}),
+            "ttl_and_expire_time",
+            "ttl",
+        ),
+        (
+            "expiry in the past",
+            json!({"session_id": sid, "user": user("a"), "expire_time": now - 10}),
+            "expire_time_in_past",
+            "expire_time",
+        ),
+        (
+            "zero ttl",
+            json!({"session_id": sid, "user": user("a"), "ttl": 0}),
+            "invalid_ttl",
+            "ttl",
+        ),
+        (
+            "data too long",
+            json!({"session_id": sid, "user": user("a"), "data": "x".repeat(1001)}),
+            "connection_data_too_long",
+            "data",
+        ),
+        (
+            "stamped data too long",
+            json!({"session_id": sid, "user": user("a"), "data": "x".repeat(990)}),
+            "connection_data_too_long",
+            "data",
+        ),
+        (
+            "undecodable session",
+            json!({"session_id": "NOT A REAL SESSIONID", "user": user("a")}),
+            "invalid_session_id",
+            "session_id",
+        ),
+        (
+            "empty layout class",
+            json!({"session_id": sid, "user": user("a"), "initial_layout_class_list": ["focus", ""]}),
+            "invalid_layout_class_list",
+            "initial_layout_class_list",
+        ),
+        (
+            "string ttl",
+            json!({"session_id": sid, "user": user("a"), "ttl": "1h"}),
+            "invalid_body",
+            "ttl",
+        ),
     ];
     for (what, body, code, field) in cases {
         let (s, e) = error_of(app.post("/v1/tokens", &key, &body).await).await;

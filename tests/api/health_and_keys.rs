@@ -48,10 +48,20 @@ async fn a_cli_created_key_authenticates_whoami_until_revoked() {
     loop {
         let r = app.get("/v1/whoami", &key).await;
         if r.status() == 401 {
-            assert!(r.headers().get("www-authenticate").unwrap().to_str().unwrap().starts_with("Bearer"));
+            assert!(
+                r.headers()
+                    .get("www-authenticate")
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("Bearer")
+            );
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(1), "revocation not seen within 1 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "revocation not seen within 1 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -120,7 +130,13 @@ async fn admin_keys_manage_keys_of_their_own_tenant_only() {
     let issue_only = app.create_key("acme", &["issue"]).await;
     let other_admin = app.create_key("other", &["admin"]).await;
 
-    let r = app.post("/v1/keys", &admin, &json!({"scopes": ["issue"], "name": "web"})).await;
+    let r = app
+        .post(
+            "/v1/keys",
+            &admin,
+            &json!({"scopes": ["issue"], "name": "web"}),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let created: Value = r.json().await.unwrap();
     let new_key = created["key"].as_str().unwrap().to_owned();
@@ -130,20 +146,41 @@ async fn admin_keys_manage_keys_of_their_own_tenant_only() {
     let list: Value = app.get("/v1/keys", &admin).await.json().await.unwrap();
     let text = list.to_string();
     assert!(text.contains(&new_id));
-    assert!(!text.contains(&new_key[new_key.len() - 64..]), "list must not show secrets");
+    assert!(
+        !text.contains(&new_key[new_key.len() - 64..]),
+        "list must not show secrets"
+    );
     assert!(!text.contains("argon2"), "list must not show hashes");
 
     // An issue-only key cannot manage keys; another tenant's admin cannot touch ours.
     assert_eq!(app.get("/v1/keys", &issue_only).await.status(), 403);
-    let r = app.client.delete(app.url(&format!("/v1/keys/{new_id}"))).bearer_auth(&other_admin).send().await.unwrap();
+    let r = app
+        .client
+        .delete(app.url(&format!("/v1/keys/{new_id}")))
+        .bearer_auth(&other_admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(app.get("/v1/whoami", &new_key).await.status(), 200);
 
-    let r = app.client.delete(app.url(&format!("/v1/keys/{new_id}"))).bearer_auth(&admin).send().await.unwrap();
+    let r = app
+        .client
+        .delete(app.url(&format!("/v1/keys/{new_id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(app.get("/v1/whoami", &new_key).await.status(), 401, "revocation is immediate on this instance");
+    assert_eq!(
+        app.get("/v1/whoami", &new_key).await.status(),
+        401,
+        "revocation is immediate on this instance"
+    );
 
-    let r = app.post("/v1/keys", &admin, &json!({"scopes": ["root"]})).await;
+    let r = app
+        .post("/v1/keys", &admin, &json!({"scopes": ["root"]}))
+        .await;
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "invalid_scope");

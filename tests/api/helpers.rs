@@ -21,7 +21,10 @@ pub const T1_API_KEY: &str = "777777";
 /// `1~<key>~~<time>~<random>~`).
 pub fn session_for(api_key: &str, n: u32) -> String {
     let raw = format!("1~{api_key}~~1764000000000~session-{n}~");
-    format!("1_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+    format!(
+        "1_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    )
 }
 
 /// Where the test database lives: a temp SQLite file, or a fresh PostgreSQL database.
@@ -59,12 +62,16 @@ pub async fn fresh_database() -> (String, TestDb) {
         Ok(base) if base.starts_with("postgres") => {
             use sqlx::Connection;
             let name = format!("tb_test_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = sqlx::PgConnection::connect(&base).await.expect("connect to TEST_DATABASE_URL");
+            let mut conn = sqlx::PgConnection::connect(&base)
+                .await
+                .expect("connect to TEST_DATABASE_URL");
             sqlx::query(&format!("CREATE DATABASE {name}"))
                 .execute(&mut conn)
                 .await
                 .expect("create test database");
-            let (prefix, _) = base.rsplit_once('/').expect("TEST_DATABASE_URL has a database name");
+            let (prefix, _) = base
+                .rsplit_once('/')
+                .expect("TEST_DATABASE_URL has a database name");
             (format!("{prefix}/{name}"), TestDb::Postgres)
         }
         _ => {
@@ -108,18 +115,32 @@ impl TestApp {
     }
 
     pub async fn create_tenant(&self, slug: &str) {
-        admin::create_tenant(&self.store, &AuditSink::Direct(self.store.clone()), slug, &Actor::Cli, 1_000)
-            .await
-            .expect("create tenant");
+        admin::create_tenant(
+            &self.store,
+            &AuditSink::Direct(self.store.clone()),
+            slug,
+            &Actor::Cli,
+            1_000,
+        )
+        .await
+        .expect("create tenant");
     }
 
     /// Creates a key through the library (as the CLI does) and returns the whole key.
     pub async fn create_key(&self, tenant: &str, scopes: &[&str]) -> String {
         let scopes = Scopes::parse(scopes.iter().copied()).expect("scopes");
-        admin::create_key(&self.store, &AuditSink::Direct(self.store.clone()), tenant, scopes, None, &Actor::Cli, 1_000)
-            .await
-            .expect("create key")
-            .key
+        admin::create_key(
+            &self.store,
+            &AuditSink::Direct(self.store.clone()),
+            tenant,
+            scopes,
+            None,
+            &Actor::Cli,
+            1_000,
+        )
+        .await
+        .expect("create key")
+        .key
     }
 
     /// Writes the OpenTok secret and an RSA key to files and returns the standard
@@ -169,11 +190,22 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).bearer_auth(key).send().await.expect("request")
+        self.client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn put(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
-        self.client.put(self.url(path)).bearer_auth(key).json(body).send().await.expect("request")
+        self.client
+            .put(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn issue(&self, key: &str, body: &Value) -> (u16, Value) {
@@ -256,5 +288,7 @@ pub fn user(id: &str) -> Value {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }

@@ -15,31 +15,64 @@ async fn apply_dry_run_history_and_rollback_over_http() {
     let v1 = app.standard_policy("acme");
     let v2 = v1.replace("max_ttl = \"2h\"", "max_ttl = \"30m\"");
 
-    let r = app.post("/v1/policy", &key, &json!({"source": v2, "dry_run": true})).await;
+    let r = app
+        .post("/v1/policy", &key, &json!({"source": v2, "dry_run": true}))
+        .await;
     assert_eq!(r.status(), 200);
     let d: Value = r.json().await.unwrap();
     assert!(d["version"].is_null(), "{d}");
     assert!(d["diff"].as_str().unwrap().contains("30m"), "{d}");
-    let h: Value = app.get("/v1/policy/versions", &key).await.json().await.unwrap();
-    assert_eq!(h["items"].as_array().unwrap().len(), 1, "dry run applies nothing");
+    let h: Value = app
+        .get("/v1/policy/versions", &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        h["items"].as_array().unwrap().len(),
+        1,
+        "dry run applies nothing"
+    );
 
     let r = app.post("/v1/policy", &key, &json!({"source": v2})).await;
     assert_eq!(r.status(), 200);
     let d: Value = r.json().await.unwrap();
     assert_eq!(d["version"], 2);
-    let (_, v) = app.issue(&key, &json!({"session_id": sid, "user": user("s"), "ttl": 7200})).await;
+    let (_, v) = app
+        .issue(
+            &key,
+            &json!({"session_id": sid, "user": user("s"), "ttl": 7200}),
+        )
+        .await;
     assert_eq!(v["decision"]["policy_version"], 2);
     assert_eq!(v["decision"]["clamped"]["ttl"]["granted"], 1800, "{v}");
 
-    let r = app.post("/v1/policy/rollback", &key, &json!({"to": 1})).await;
+    let r = app
+        .post("/v1/policy/rollback", &key, &json!({"to": 1}))
+        .await;
     assert_eq!(r.status(), 200);
     let d: Value = r.json().await.unwrap();
     assert_eq!(d["version"], 3);
-    let (_, v) = app.issue(&key, &json!({"session_id": sid, "user": user("s"), "ttl": 7200})).await;
+    let (_, v) = app
+        .issue(
+            &key,
+            &json!({"session_id": sid, "user": user("s"), "ttl": 7200}),
+        )
+        .await;
     assert_eq!(v["decision"]["policy_version"], 3);
     assert!(v["decision"]["clamped"].is_null(), "{v}");
-    let h: Value = app.get("/v1/policy/versions", &key).await.json().await.unwrap();
-    let versions: Vec<i64> = h["items"].as_array().unwrap().iter().map(|i| i["version"].as_i64().unwrap()).collect();
+    let h: Value = app
+        .get("/v1/policy/versions", &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let versions: Vec<i64> = h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["version"].as_i64().unwrap())
+        .collect();
     assert_eq!(versions, [3, 2, 1]);
     assert_eq!(h["items"][0]["note"], "rollback to 1");
     let cur: Value = app.get("/v1/policy", &key).await.json().await.unwrap();
@@ -55,18 +88,31 @@ async fn admin_keys_cannot_apply_another_tenants_policy_and_errors_have_location
     let key = app.acme().await;
     app.create_tenant("globex").await;
     let other = app.standard_policy("globex");
-    let r = app.post("/v1/policy", &key, &json!({"source": other})).await;
+    let r = app
+        .post("/v1/policy", &key, &json!({"source": other}))
+        .await;
     assert_eq!(r.status(), 403);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "wrong_tenant");
 
-    let broken = app.standard_policy("acme").replace("max_ttl = \"8h\"", "max_ttl = \"8h\"\nmax_tll = \"1h\"");
-    let r = app.post("/v1/policy", &key, &json!({"source": broken, "source_name": "acme.toml"})).await;
+    let broken = app
+        .standard_policy("acme")
+        .replace("max_ttl = \"8h\"", "max_ttl = \"8h\"\nmax_tll = \"1h\"");
+    let r = app
+        .post(
+            "/v1/policy",
+            &key,
+            &json!({"source": broken, "source_name": "acme.toml"}),
+        )
+        .await;
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "invalid_policy");
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("acme.toml:") && msg.contains("max_tll"), "{msg}");
+    assert!(
+        msg.contains("acme.toml:") && msg.contains("max_tll"),
+        "{msg}"
+    );
     let issue_only = app.create_key("acme", &["issue"]).await;
     assert_eq!(app.get("/v1/policy", &issue_only).await.status(), 403);
 }
@@ -79,19 +125,39 @@ async fn a_second_instance_sees_an_applied_version_within_a_second() {
     let second = spawn_app_on(app.db_url.clone(), TestDb::Shared, |_| {}).await;
     let sid = session_for(API_KEY, 1);
     let body = json!({"session_id": sid, "user": user("s"), "ttl": 7200});
-    let r: Value = second.post("/v1/decide", &key, &body).await.json().await.unwrap();
+    let r: Value = second
+        .post("/v1/decide", &key, &body)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["decision"]["policy_version"], 1);
 
-    let v2 = app.standard_policy("acme").replace("max_ttl = \"2h\"", "max_ttl = \"10m\"");
-    assert_eq!(app.post("/v1/policy", &key, &json!({"source": v2})).await.status(), 200);
+    let v2 = app
+        .standard_policy("acme")
+        .replace("max_ttl = \"2h\"", "max_ttl = \"10m\"");
+    assert_eq!(
+        app.post("/v1/policy", &key, &json!({"source": v2}))
+            .await
+            .status(),
+        200
+    );
     let start = Instant::now();
     loop {
-        let r: Value = second.post("/v1/decide", &key, &body).await.json().await.unwrap();
+        let r: Value = second
+            .post("/v1/decide", &key, &body)
+            .await
+            .json()
+            .await
+            .unwrap();
         if r["decision"]["policy_version"] == 2 {
             assert_eq!(r["decision"]["clamped"]["ttl"]["granted"], 600);
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(1), "second instance still on version 1 after 1 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "second instance still on version 1 after 1 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
