@@ -1,7 +1,7 @@
 //! `token-broker audit …`: query the record, verify the hash chains, print
 //! checkpoints.
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use serde::Serialize;
 use serde_json::json;
 
@@ -22,7 +22,7 @@ pub enum AuditCmd {
         #[arg(long)]
         tenant: String,
         #[command(flatten)]
-        filters: QueryArgs,
+        filters: AuditParams,
         #[arg(long)]
         json: bool,
         /// Every matching row as CSV (with a header row), streamed.
@@ -75,65 +75,6 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
-}
-
-#[derive(Debug, Clone, Default, Args)]
-pub struct QueryArgs {
-    #[arg(long)]
-    pub kind: Option<String>,
-    #[arg(long)]
-    pub role: Option<String>,
-    #[arg(long)]
-    pub outcome: Option<String>,
-    #[arg(long)]
-    pub code: Option<String>,
-    #[arg(long)]
-    pub user: Option<String>,
-    #[arg(long)]
-    pub session_id: Option<String>,
-    #[arg(long)]
-    pub rule: Option<String>,
-    #[arg(long)]
-    pub policy_version: Option<i64>,
-    #[arg(long)]
-    pub key_id: Option<String>,
-    /// RFC 3339 or unix seconds.
-    #[arg(long)]
-    pub since: Option<String>,
-    #[arg(long)]
-    pub until: Option<String>,
-    #[arg(long)]
-    pub token_id: Option<String>,
-    /// A token to trace back (looked up by fingerprint).
-    #[arg(long)]
-    pub token: Option<String>,
-    #[arg(long)]
-    pub cursor: Option<String>,
-    #[arg(long)]
-    pub limit: Option<i64>,
-}
-
-impl QueryArgs {
-    pub fn params(&self) -> AuditParams {
-        AuditParams {
-            kind: self.kind.clone(),
-            role: self.role.clone(),
-            outcome: self.outcome.clone(),
-            code: self.code.clone(),
-            user: self.user.clone(),
-            session_id: self.session_id.clone(),
-            rule: self.rule.clone(),
-            policy_version: self.policy_version,
-            key_id: self.key_id.clone(),
-            since: self.since.clone(),
-            until: self.until.clone(),
-            token_id: self.token_id.clone(),
-            token: self.token.clone(),
-            cursor: self.cursor.clone(),
-            limit: self.limit,
-            format: None,
-        }
-    }
 }
 
 /// One tenant's verification result.
@@ -254,7 +195,7 @@ pub async fn verify_tenant(
 async fn record_cli_read(
     store: &Store,
     tenant: &str,
-    filters: &QueryArgs,
+    filters: &AuditParams,
     what: &str,
 ) -> Result<(), Failure> {
     let mut row = AuditRow::new(
@@ -334,7 +275,7 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             csv,
             ndjson,
         } => {
-            let mut f = filters.params().to_filter(&tenant).map_err(|e| Failure {
+            let mut f = filters.to_filter(&tenant).map_err(|e| Failure {
                 message: e.body.message,
                 code: 2,
             })?;

@@ -67,6 +67,18 @@ pub enum PolicyCmd {
     },
 }
 
+/// A command failure listing every policy error, one per line.
+fn policy_failure(errs: Vec<policy::PolicyError>) -> Failure {
+    Failure {
+        message: errs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        code: 1,
+    }
+}
+
 fn file_name(p: &std::path::Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -149,14 +161,7 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
             let cases_name = path.display().to_string();
             let compiled = if applied {
                 let tenant =
-                    policy::cases_tenant(&cases_name, &cases_text).map_err(|errs| Failure {
-                        message: errs
-                            .iter()
-                            .map(|e| e.to_string())
-                            .collect::<Vec<_>>()
-                            .join("\n"),
-                        code: 1,
-                    })?;
+                    policy::cases_tenant(&cases_name, &cases_text).map_err(policy_failure)?;
                 let store = store_for(&settings).await?;
                 let row = store
                     .current_policy(&tenant)
@@ -165,44 +170,18 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
                         message: format!("tenant {tenant} has no applied policy"),
                         code: 1,
                     })?;
-                let doc = policy::parse(&row.source_name, &row.source).map_err(|e| Failure {
-                    message: format!("{e:?}"),
-                    code: 1,
-                })?;
+                let doc = policy::parse(&row.source_name, &row.source).map_err(policy_failure)?;
                 policy::CompiledPolicy::compile(doc, row.version)
             } else {
                 let policy_path =
-                    policy::cases_policy_path(&path, &cases_text).map_err(|errs| Failure {
-                        message: errs
-                            .iter()
-                            .map(|e| e.to_string())
-                            .collect::<Vec<_>>()
-                            .join("\n"),
-                        code: 1,
-                    })?;
+                    policy::cases_policy_path(&path, &cases_text).map_err(policy_failure)?;
                 let text = read_file(&policy_path)?;
-                let doc =
-                    policy::parse(&policy_path.display().to_string(), &text).map_err(|errs| {
-                        Failure {
-                            message: errs
-                                .iter()
-                                .map(|e| e.to_string())
-                                .collect::<Vec<_>>()
-                                .join("\n"),
-                            code: 1,
-                        }
-                    })?;
+                let doc = policy::parse(&policy_path.display().to_string(), &text)
+                    .map_err(policy_failure)?;
                 policy::CompiledPolicy::compile(doc, 0)
             };
             let report =
-                policy::run_cases(&compiled, &cases_name, &cases_text).map_err(|errs| Failure {
-                    message: errs
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                    code: 1,
-                })?;
+                policy::run_cases(&compiled, &cases_name, &cases_text).map_err(policy_failure)?;
             if json {
                 out_json(&report);
             } else {

@@ -21,27 +21,54 @@ const EXPORT_PAGE: i64 = 1000;
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 
-/// Query parameters shared by the API and the CLI.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Query parameters, shared by the API (query string) and the CLI (flags).
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
+    /// Event kind: token_issued, token_refused, key_created, audit_read, ...
+    #[arg(long)]
     pub kind: Option<String>,
+    /// Granted role.
+    #[arg(long)]
     pub role: Option<String>,
+    /// issued, refused or ok.
+    #[arg(long)]
     pub outcome: Option<String>,
+    /// Refusal code.
+    #[arg(long)]
     pub code: Option<String>,
+    /// User id.
+    #[arg(long)]
     pub user: Option<String>,
+    #[arg(long)]
     pub session_id: Option<String>,
+    /// Deciding rule id.
+    #[arg(long)]
     pub rule: Option<String>,
+    #[arg(long)]
     pub policy_version: Option<i64>,
+    /// Calling API key id.
+    #[arg(long)]
     pub key_id: Option<String>,
+    /// RFC 3339 or unix seconds.
+    #[arg(long)]
     pub since: Option<String>,
+    /// RFC 3339 or unix seconds.
+    #[arg(long)]
     pub until: Option<String>,
+    #[arg(long)]
     pub token_id: Option<String>,
     /// A presented token: looked up by its SHA-256 fingerprint.
+    #[arg(long)]
     pub token: Option<String>,
+    /// The `next` cursor of the previous page.
+    #[arg(long)]
     pub cursor: Option<String>,
+    /// Rows per page (1-1000, default 100).
+    #[arg(long)]
     pub limit: Option<i64>,
     /// `json` (default, paginated), `ndjson` or `csv` (streamed, every matching row).
+    #[arg(skip)]
     pub format: Option<String>,
 }
 

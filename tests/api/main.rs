@@ -6,9 +6,9 @@
 mod helpers;
 
 mod audit_log;
-mod crash;
 mod end_users;
 mod errors;
 mod health_and_keys;
 mod issue_tokens;
 mod policy_admin;
+mod real_binary;

@@ -1,6 +1,6 @@
-//! The real binary under load: SIGKILL mid-issuance loses no audit row of a
-//! token a client received; SIGTERM drains gracefully; logs never carry
-//! secrets or tokens.
+//! The real binary: SIGKILL mid-issuance loses no audit row of a token a
+//! client received; SIGTERM drains gracefully; logs never carry secrets or
+//! tokens; the command line manages keys, policies and tokens.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -249,4 +249,144 @@ async fn cli_created_key_works_and_a_revoked_key_stops_within_a_second() {
     assert!(verify["rows"].as_u64().unwrap() >= 4);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn the_cli_checks_tests_applies_diffs_and_rolls_back_policies_and_inspects_tokens() {
+    let b = Broker::new().await;
+    let key = b.setup();
+    let policy = b.dir.path().join("acme.toml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    // check: ok, and a broken file fails with its location
+    b.run(&["policy", "check", policy.to_str().unwrap()]);
+    let broken = b.dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        text.replace("max_ttl = \"2h\"", "max_ttl = \"90d\""),
+    )
+    .unwrap();
+    let out = b
+        .cmd()
+        .args(["policy", "check", broken.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("broken.toml:") && stdout.contains("max_ttl") && stdout.contains("30"),
+        "{stdout}"
+    );
+
+    // dry run shows the diff and applies nothing; apply makes version 2; rollback makes 3
+    let v2 = b.dir.path().join("acme-v2.toml");
+    std::fs::write(&v2, text.replace("max_ttl = \"2h\"", "max_ttl = \"45m\"")).unwrap();
+    let dry = b.run(&["policy", "apply", v2.to_str().unwrap(), "--dry-run"]);
+    assert!(
+        dry.contains("-max_ttl = \"2h\"")
+            && dry.contains("+max_ttl = \"45m\"")
+            && dry.contains("dry run"),
+        "{dry}"
+    );
+    let hist: Value =
+        serde_json::from_str(&b.run(&["policy", "history", "--tenant", "acme", "--json"])).unwrap();
+    assert_eq!(hist["items"].as_array().unwrap().len(), 1);
+    b.run(&["policy", "apply", v2.to_str().unwrap()]);
+    let rb: Value = serde_json::from_str(&b.run(&[
+        "policy", "rollback", "--tenant", "acme", "--to", "1", "--json",
+    ]))
+    .unwrap();
+    assert_eq!(rb["version"], 3);
+    let shown = b.run(&["policy", "show", "--tenant", "acme"]);
+    assert!(shown.contains("max_ttl = \"2h\""), "{shown}");
+
+    // policy test against the file and against the applied version
+    let cases = b.dir.path().join("acme.tests.toml");
+    std::fs::write(
+        &cases,
+        "policy = \"acme.toml\"\n[[cases]]\nname = \"students subscribe\"\nuser = { id = \"s\" }\nexpect = { outcome = \"granted\", role = \"subscriber\", rule = \"students\", ttl = \"1h\" }\n",
+    )
+    .unwrap();
+    let out = b.run(&["policy", "test", cases.to_str().unwrap()]);
+    assert!(out.contains("1 passed, 0 failed"), "{out}");
+    let out = b.run(&["policy", "test", cases.to_str().unwrap(), "--applied"]);
+    assert!(out.contains("1 passed, 0 failed"), "{out}");
+    std::fs::write(
+        &cases,
+        std::fs::read_to_string(&cases)
+            .unwrap()
+            .replace("subscriber", "moderator"),
+    )
+    .unwrap();
+    let out = b
+        .cmd()
+        .args(["policy", "test", cases.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a failing case exits non-zero");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL students subscribe"));
+
+    // token inspect: decode, then verify with the tenant's credential
+    let port = free_port();
+    let mut child = b.serve(port, &b.dir.path().join("broker.log"));
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_healthy(&client, &base).await;
+    let mut tokens = Vec::new();
+    for sid in [session_for(API_KEY, 1), session_for(T1_API_KEY, 1)] {
+        let v: Value = client
+            .post(format!("{base}/v1/tokens"))
+            .bearer_auth(&key)
+            .json(&json!({"session_id": sid, "user": user("ivy")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokens.push(v);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for v in &tokens {
+        let token = v["token"].as_str().unwrap();
+        let out: Value = serde_json::from_str(
+            &b.run(&["token", "inspect", token, "--tenant", "acme", "--json"]),
+        )
+        .unwrap();
+        assert_eq!(out["verification"]["signature_valid"], true, "{out}");
+        assert_eq!(out["token"]["format"], v["format"]);
+        assert_eq!(out["token"]["token_id"], v["token_id"]);
+        assert_eq!(out["expired"], false);
+        let text = b.run(&["token", "inspect", token]);
+        assert!(
+            text.contains("session_id:") && text.contains("ivy"),
+            "{text}"
+        );
+    }
+    // A token signed with another secret does not verify.
+    let forged = token_broker::tokens::Signer::opentok(
+        API_KEY,
+        "not-the-secret",
+        token_broker::domain::OpenTokFormat::Jwt,
+    )
+    .unwrap()
+    .sign(
+        &token_broker::tokens::TokenParams {
+            session_id: &session_for(API_KEY, 1),
+            role: token_broker::domain::Role::Moderator,
+            expire_time: token_broker::clock::now_unix() + 60,
+            connection_data: None,
+            initial_layout_class_list: &[],
+        },
+        token_broker::clock::now_unix(),
+        &token_broker::tokens::Entropy::random(),
+    )
+    .unwrap();
+    let out = b
+        .cmd()
+        .args(["token", "inspect", &forged.token, "--tenant", "acme"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("INVALID"));
 }
