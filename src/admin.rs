@@ -23,9 +23,15 @@ pub enum Actor {
 }
 
 impl Actor {
+    /// `cli:<OS user>` or `key:<key id>`.
     pub fn label(&self) -> String {
         match self {
-            Actor::Cli => "cli".into(),
+            Actor::Cli => {
+                let user = std::env::var("SUDO_USER")
+                    .or_else(|_| std::env::var("USER"))
+                    .unwrap_or_else(|_| "unknown".into());
+                format!("cli:{user}")
+            }
             Actor::Key { key_id, .. } => format!("key:{key_id}"),
         }
     }

@@ -39,7 +39,10 @@ pub enum Command {
         dev: bool,
     },
     /// Apply database migrations and exit.
-    Migrate,
+    Migrate {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the effective settings (secrets redacted).
     Settings {
         #[arg(long)]
@@ -161,9 +164,13 @@ pub async fn store_for(settings: &Settings) -> Result<Store, Failure> {
 pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
     match cli.command {
         Command::Serve { dev } => serve(settings, dev).await,
-        Command::Migrate => {
+        Command::Migrate { json } => {
             let store = store_for(&settings).await?;
-            out(format!("migrations applied to {}", store.url_redacted()));
+            if json {
+                out_json(&json!({"migrated": true, "database": store.url_redacted()}));
+            } else {
+                out(format!("migrations applied to {}", store.url_redacted()));
+            }
             Ok(())
         }
         Command::Settings { json } => {
