@@ -108,7 +108,7 @@ line = next(l for l in open(path) if l.startswith("WRKJSON "))
 r = json.loads(line[8:]); r.update(variant=variant, rep=rep, peak_rss_kib=None if rss == "null" else int(rss))
 print(json.dumps(r))
 PY
-  log "  $1 rep $2: $(tail -1 "$RES/runs.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[\"rps\"]:.0f} req/s, p50 {r[\"p50_us\"]/1000:.1f} ms, p99 {r[\"p99_us\"]/1000:.1f} ms, non2xx {r[\"non2xx\"]}")')"
+  log "  $1 rep $2: $(tail -1 "$RES/runs.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.0f req/s, p50 %.1f ms, p99 %.1f ms, non2xx %d" % (r["rps"], r["p50_us"]/1000, r["p99_us"]/1000, r["non2xx"]))')"
 }
 
 fsync_probe "before"

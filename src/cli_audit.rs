@@ -205,7 +205,7 @@ async fn record_cli_read(
         "cli",
         crate::clock::now_unix_ms(),
     );
-    row.detail = Some(json!({"read": what, "filters": format!("{filters:?}")}).to_string());
+    row.detail = Some(json!({"read": what, "filters": filters.for_record()}).to_string());
     AuditSink::Direct(store.clone()).record(row).await?;
     Ok(())
 }

@@ -2,6 +2,9 @@
 //! sets up logging, and runs the command.
 
 use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use token_broker::cli::{self, Cli};
 use token_broker::settings::Settings;
 

@@ -76,7 +76,7 @@ impl Application {
         let app_state = state.clone();
         let server = HttpServer::new(move || {
             App::new()
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<routes::span::BrokerRootSpan>::new())
                 .app_data(app_state.clone())
                 .configure(|c| routes::configure(c, limit))
         })

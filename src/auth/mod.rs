@@ -21,7 +21,6 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
 
 use crate::store::{KeyRow, Store, StoreError};
 
@@ -202,6 +201,8 @@ pub enum AuthError {
     Invalid,
     #[error("authentication store unavailable")]
     Unavailable(#[source] StoreError),
+    #[error("too many key verifications in progress")]
+    Busy,
 }
 
 struct CachedKey {
@@ -209,11 +210,63 @@ struct CachedKey {
     principal: Arc<Principal>,
 }
 
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads for argon2: bounds both the concurrent work and the
+/// memory (each verification takes ~19 MiB; on the runtime's growing blocking
+/// pool, every new thread's allocator arena would keep its own copy).
+struct HashPool {
+    tx: tokio::sync::mpsc::Sender<HashJob>,
+}
+
+impl HashPool {
+    fn new(threads: usize) -> HashPool {
+        let (tx, rx) = tokio::sync::mpsc::channel::<HashJob>(1024);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(mut r) => r.blocking_recv(),
+                            Err(_) => None,
+                        };
+                        match job {
+                            Some(job) => job(),
+                            None => break, // the authenticator is gone
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start an argon2 thread");
+            }
+        }
+        HashPool { tx }
+    }
+
+    /// Runs `f` on the pool; `None` if the pool is saturated or gone.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.tx
+            .try_send(Box::new(move || {
+                let _ = done.send(f());
+            }))
+            .ok()?;
+        wait.await.ok()
+    }
+}
+
 /// Verifies API keys with argon2 once, then from a bounded cache.
 pub struct Authenticator {
     store: Store,
     cache: quick_cache::sync::Cache<String, Arc<CachedKey>>,
-    permits: Semaphore,
+    hashers: HashPool,
+    /// Single flight: requests for the same key id wait for one verification
+    /// instead of each running argon2 (a cold start under load would otherwise
+    /// run it once per waiting request). Sharded by key id.
+    flights: [tokio::sync::Mutex<()>; 16],
     dummy_hash: String,
 }
 
@@ -236,7 +289,8 @@ impl Authenticator {
         Authenticator {
             store,
             cache: quick_cache::sync::Cache::new(capacity.max(16)),
-            permits: Semaphore::new(parallel_hashes.max(1)),
+            hashers: HashPool::new(parallel_hashes),
+            flights: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             dummy_hash,
         }
     }
@@ -252,6 +306,18 @@ impl Authenticator {
         {
             return Ok(c.principal.clone());
         }
+        let shard = k
+            .key_id
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+            % self.flights.len();
+        let _flight = self.flights[shard].lock().await;
+        // Someone may have verified this key while we waited.
+        if let Some(c) = self.cache.get(k.key_id)
+            && bool::from(c.secret_sha256.ct_eq(&digest))
+        {
+            return Ok(c.principal.clone());
+        }
         let row = self
             .store
             .get_key(k.key_id)
@@ -262,20 +328,15 @@ impl Authenticator {
             None => (self.dummy_hash.clone(), false),
         };
         let secret = k.secret.to_owned();
-        let ok = {
-            let _permit = self
-                .permits
-                .acquire()
-                .await
-                .map_err(|_| AuthError::Invalid)?;
-            tokio::task::spawn_blocking(move || {
+        let ok = self
+            .hashers
+            .run(move || {
                 Argon2::default()
                     .verify_password(secret.as_bytes(), hash.as_str())
                     .is_ok()
             })
             .await
-            .unwrap_or(false)
-        };
+            .ok_or(AuthError::Busy)?;
         match row {
             Some(r) if ok && live => {
                 let scopes = Scopes::parse(r.scopes.split(' ')).unwrap_or_default();

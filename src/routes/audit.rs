@@ -22,7 +22,7 @@ pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 
 /// Query parameters, shared by the API (query string) and the CLI (flags).
-#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
     /// Event kind: token_issued, token_refused, key_created, audit_read, ...
@@ -89,6 +89,21 @@ pub fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
 }
 
 impl AuditParams {
+    /// The filters as recorded in an `audit_read` event: a presented token is
+    /// replaced by its fingerprint, so the record never holds a token.
+    pub fn for_record(&self) -> serde_json::Value {
+        let mut p = self.clone();
+        p.token = p
+            .token
+            .as_deref()
+            .map(|t| format!("sha256:{}", crate::audit::chain::fingerprint(t)));
+        let mut v = serde_json::to_value(&p).unwrap_or_default();
+        if let Some(m) = v.as_object_mut() {
+            m.retain(|_, x| !x.is_null());
+        }
+        v
+    }
+
     /// Validates and turns the parameters into a store filter for `tenant`.
     pub fn to_filter(&self, tenant: &str) -> Result<AuditFilter, ApiError> {
         if let Some(o) = &self.outcome
@@ -145,7 +160,23 @@ impl AuditParams {
                 .as_deref()
                 .map(|v| parse_time("until", v))
                 .transpose()?,
-            token_id: self.token_id.clone(),
+            // A presented token is looked up by its id (indexed), then must match
+            // the stored fingerprint.
+            token_id: match &self.token {
+                Some(t) => Some(
+                    crate::tokens::inspect(t)
+                        .ok()
+                        .and_then(|i| i.token_id)
+                        .ok_or_else(|| {
+                            ApiError::bad(
+                                "invalid_filter",
+                                "token",
+                                "token is not a token this broker makes",
+                            )
+                        })?,
+                ),
+                None => self.token_id.clone(),
+            },
             token_sha256: self.token.as_deref().map(crate::audit::chain::fingerprint),
             before_seq,
             limit,
@@ -179,6 +210,7 @@ async fn record_read(
     req: &HttpRequest,
     p: &crate::auth::Principal,
     what: &str,
+    filters: serde_json::Value,
 ) -> Result<(), ApiError> {
     let mut row = AuditRow::new(
         &p.tenant,
@@ -193,7 +225,7 @@ async fn record_read(
         .get::<tracing_actix_web::RequestId>()
         .map(|r| r.to_string());
     row.client_addr = req.peer_addr().map(|a| a.ip().to_string());
-    row.detail = Some(json!({"read": what, "query": req.query_string()}).to_string());
+    row.detail = Some(json!({"read": what, "filters": filters}).to_string());
     state.audit.append(row).await.map_err(|_| {
         ApiError::unavailable("audit_unavailable", "reads of the audit are themselves audited, and that record cannot be written right now")
     })
@@ -210,7 +242,7 @@ pub async fn query(
     match q.format.as_deref().unwrap_or("json") {
         "json" => {}
         fmt @ ("ndjson" | "csv") => {
-            record_read(&state, &req, p, fmt).await?;
+            record_read(&state, &req, p, fmt, q.for_record()).await?;
             f.limit = EXPORT_PAGE;
             return Ok(export(state.store.clone(), f, fmt == "csv"));
         }
@@ -222,7 +254,7 @@ pub async fn query(
             ));
         }
     }
-    record_read(&state, &req, p, "query").await?;
+    record_read(&state, &req, p, "query", q.for_record()).await?;
     let rows = state.store.query_audit(&f).await?;
     let next = if rows.len() as i64 == f.limit {
         rows.last().map(|r| encode_cursor(r.seq))
@@ -410,7 +442,14 @@ pub async fn summary(
         .as_deref()
         .map(|v| parse_time("until", v))
         .transpose()?;
-    record_read(&state, &req, p, "summary").await?;
+    record_read(
+        &state,
+        &req,
+        p,
+        "summary",
+        json!({"by": by, "since": q.since, "until": q.until}),
+    )
+    .await?;
     let groups = state
         .store
         .audit_summary(&p.tenant, by, since, until)

@@ -77,6 +77,14 @@ pub fn auth_error(e: AuthError) -> ApiError {
             )
         }
         AuthError::Unavailable(e) => e.into(),
+        AuthError::Busy => {
+            let mut e = ApiError::unavailable(
+                "auth_busy",
+                "too many API key verifications in progress; retry shortly",
+            );
+            e.retry_after = Some(1);
+            e
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod json;
 pub mod keys;
 pub mod policy;
 pub mod sessions;
+pub mod span;
 pub mod tokens;
 
 use actix_web::{HttpResponse, web};

@@ -63,23 +63,22 @@ pub struct Entropy {
     /// The `nonce` (T1 and OpenTok JWT): a float in [0, 1) with 53 random bits,
     /// written as JavaScript writes `Math.random()`. It is also a T1 token's id.
     pub nonce: f64,
-    /// The `jti` of JWTs (UUID v4).
+    /// The `jti` of JWTs. `random()` makes a UUIDv7 (random, and ordered by time,
+    /// so the audit's token id index grows at its end instead of at random places).
     pub jti: uuid::Uuid,
 }
 
 impl Entropy {
     /// Fresh values from the operating system's RNG.
     pub fn random() -> Entropy {
-        let mut b = [0u8; 24];
+        let mut b = [0u8; 8];
         if getrandom::fill(&mut b).is_err() {
             panic!("the operating system's random number generator failed");
         }
-        let n = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) >> 11;
-        let mut u = [0u8; 16];
-        u.copy_from_slice(&b[8..24]);
+        let n = u64::from_le_bytes(b) >> 11;
         Entropy {
             nonce: n as f64 / (1u64 << 53) as f64,
-            jti: uuid::Builder::from_random_bytes(u).into_uuid(),
+            jti: uuid::Uuid::now_v7(),
         }
     }
 

@@ -357,7 +357,7 @@ async fn exports_stream_every_row_with_hostile_values_quoted() {
     assert!(
         details
             .iter()
-            .any(|d| d.contains("csv") && d.contains("kind=token_issued")),
+            .any(|d| d.contains("csv") && d.contains("\"kind\":\"token_issued\"")),
         "{details:?}"
     );
     assert!(details.iter().any(|d| d.contains("ndjson")), "{details:?}");
