@@ -123,7 +123,7 @@ fsync_probe "after"
 # Audit rows vs completed requests for the broker (every 2xx has a row; in-flight extras are fine).
 for s in $STORES; do
   dir=$OUT/broker-$s
-  TOKEN_BROKER_DATABASE_URL=$(cat "$dir/url") "$TB" audit verify --tenant bench --json >"$RES/verify-$s.json" || true
+  TOKEN_BROKER_LOG=error TOKEN_BROKER_DATABASE_URL=$(cat "$dir/url") "$TB" audit verify --tenant bench --json >"$RES/verify-$s.json" || true
 done
 
 python3 - "$RES" "$OUT" <<'PY' | tee "$OUT/summary.md"
@@ -140,12 +140,16 @@ m = {}
 for v, rs in by.items():
     rps = med([r["rps"] for r in rs]); m[v] = rps
     rss = [r["peak_rss_kib"] for r in rs if r.get("peak_rss_kib")]
-    print(f"| {v} | {rps:,.0f} | {', '.join(f'{r['rps']:,.0f}' for r in rs)} | {med([r['p50_us'] for r in rs])/1000:.1f} | {med([r['p99_us'] for r in rs])/1000:.1f} | {sum(r['non2xx'] for r in rs)} | {max(rss)/1024:.1f} |" if rss else
-          f"| {v} | {rps:,.0f} | {', '.join(f'{r['rps']:,.0f}' for r in rs)} | {med([r['p50_us'] for r in rs])/1000:.1f} | {med([r['p99_us'] for r in rs])/1000:.1f} | {sum(r['non2xx'] for r in rs)} | – |")
+    runs = ", ".join("{:,.0f}".format(r["rps"]) for r in rs)
+    p50 = med([r["p50_us"] for r in rs]) / 1000
+    p99 = med([r["p99_us"] for r in rs]) / 1000
+    bad = sum(r["non2xx"] for r in rs)
+    rss_txt = "{:.1f}".format(max(rss) / 1024) if rss else "-"
+    print("| {} | {:,.0f} | {} | {:.1f} | {:.1f} | {} | {} |".format(v, rps, runs, p50, p99, bad, rss_txt))
 print()
 for v in m:
     if v.startswith("broker"):
-        print(f"- {v}: {m[v]/m['peer-none']:.1f}x peer-none, {m[v]/m['peer-sqlite']:.1f}x peer-sqlite")
+        print("- {}: {:.1f}x peer-none, {:.1f}x peer-sqlite".format(v, m[v] / m["peer-none"], m[v] / m["peer-sqlite"]))
 for s in os.listdir(res):
     if s.startswith("verify-"):
         try:
@@ -153,8 +157,8 @@ for s in os.listdir(res):
             store = s[7:-5]
             done = sum(r["requests"] for r in by.get("broker-" + store, []))
             ok = "holds" if v["rows"] >= done else "FAILS"
-            print(f"- {store} audit chain: ok={v['ok']}, rows={v['rows']} >= completed measured requests {done}: {ok}")
+            print("- {} audit chain: ok={}, rows={} >= completed measured requests {}: {}".format(store, v["ok"], v["rows"], done, ok))
         except Exception as e:
-            print(f"- {s}: unreadable ({e})")
-print("- fsync probe: " + "; ".join(f"{f['when']}: p50 {f['p50_us']} us, p99 {f['p99_us']} us" for f in fs))
+            print("- {}: unreadable ({})".format(s, e))
+print("- fsync probe: " + "; ".join("{}: p50 {} us, p99 {} us".format(f["when"], f["p50_us"], f["p99_us"]) for f in fs))
 PY

@@ -17,7 +17,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use argon2::Argon2;
+use argon2::{Algorithm, Argon2, Params, Version};
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -132,6 +132,15 @@ pub fn parse_presented(s: &str) -> Option<PresentedKey<'_>> {
     (id_ok && secret_ok).then_some(PresentedKey { key_id, secret })
 }
 
+/// argon2id with OWASP's m = 7 MiB, t = 5, p = 1 (one of its equivalent
+/// recommended settings; chosen over m = 19 MiB, t = 2 to keep the memory a
+/// verification takes small). Verification reads the parameters stored in each
+/// hash, so they can be raised later without invalidating keys.
+fn hasher() -> Argon2<'static> {
+    let params = Params::new(7 * 1024, 5, 1, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
 /// A freshly created key: the whole key string is shown once and never again.
 pub struct NewKey {
     pub key: String,
@@ -171,7 +180,7 @@ pub fn generate_key(
         .map(|b| ALPHABET[(b & 31) as usize] as char)
         .collect();
     let secret = crate::audit::chain::hex(&random_bytes::<32>());
-    let hash = Argon2::default()
+    let hash = hasher()
         .hash_password(secret.as_bytes())
         .map_err(|e| format!("argon2: {e}"))?
         .to_string();
@@ -282,7 +291,7 @@ impl Authenticator {
     /// `capacity` verified keys are cached; `parallel_hashes` argon2
     /// verifications may run at once.
     pub fn new(store: Store, capacity: usize, parallel_hashes: usize) -> Authenticator {
-        let dummy_hash = Argon2::default()
+        let dummy_hash = hasher()
             .hash_password(b"token-broker dummy secret for unknown key ids")
             .map(|h| h.to_string())
             .unwrap_or_default();

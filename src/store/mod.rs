@@ -125,12 +125,12 @@ impl Store {
                 .foreign_keys(true)
                 // Bounded so a stalled store fails requests quickly instead of hanging.
                 .busy_timeout(Duration::from_millis(1500));
-            // The writer keeps more of the audit indexes in its page cache (8 MB)
+            // The writer keeps more of the audit indexes in its page cache (4 MB)
             // and checkpoints the WAL less often (every ~8 MB), so group commits
             // mostly append instead of re-reading and re-writing pages.
             let writer_opts = base
                 .clone()
-                .pragma("cache_size", "-8000")
+                .pragma("cache_size", "-4000")
                 .pragma("wal_autocheckpoint", "2000");
             let write = SqlitePoolOptions::new()
                 .max_connections(1)

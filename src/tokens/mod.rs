@@ -71,11 +71,8 @@ pub struct Entropy {
 impl Entropy {
     /// Fresh values from the operating system's RNG.
     pub fn random() -> Entropy {
-        let mut b = [0u8; 8];
-        if getrandom::fill(&mut b).is_err() {
-            panic!("the operating system's random number generator failed");
-        }
-        let n = u64::from_le_bytes(b) >> 11;
+        // 53 random bits from uuid's CSPRNG (a v4 UUID's low 62 bits are random).
+        let n = (uuid::Uuid::new_v4().as_u128() as u64) & ((1u64 << 53) - 1);
         Entropy {
             nonce: n as f64 / (1u64 << 53) as f64,
             jti: uuid::Uuid::now_v7(),
