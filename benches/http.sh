@@ -20,7 +20,7 @@ PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PORT=18080; TB_PORT=18081
 API_KEY=12345678; API_SECRET=0123456789abcdef0123456789abcdef01234567
 SID=1_MX4xMjM0NTY3OH5-VGh1LCAwMSBKYW4gMTk3MCAwMDowMDowMCBHTVR-MC43Nzc3Nzc3Nzc3Nzc3Nzc3fg
-RES=$OUT/results; mkdir -p "$RES"; : >"$RES/runs.jsonl"
+RES=$OUT/results; mkdir -p "$RES"; : >"$RES/runs.jsonl"; : >"$RES/fsync.jsonl"
 log() { printf '[http.sh %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 command -v wrk >/dev/null || { log "installing wrk"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
