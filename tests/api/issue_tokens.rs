@@ -91,7 +91,10 @@ async fn a_granted_token_verifies_carries_the_identity_and_has_its_audit_row() {
     // ... and the read of the audit records the token's fingerprint, never the token.
     let reads = app.audit(&key, "kind=audit_read").await;
     let text = reads.to_string();
-    assert!(text.contains(&format!("sha256:{}", hex_sha256(token))), "{text}");
+    assert!(
+        text.contains(&format!("sha256:{}", hex_sha256(token))),
+        "{text}"
+    );
     assert!(!text.contains(token));
 }
 
