@@ -92,15 +92,7 @@ pub enum AdminError {
     Store(#[from] StoreError),
 }
 
-/// `[a-z0-9][a-z0-9-]{0,62}`
-pub fn valid_slug(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-}
+pub use crate::policy::file::valid_slug;
 
 pub async fn create_tenant(
     store: &Store,

@@ -64,16 +64,9 @@ impl IdpError {
     }
 }
 
-/// Reads a secret reference where the broker runs.
-pub fn resolve_secret(r: &SecretRef) -> Result<Vec<u8>, String> {
-    match r {
-        SecretRef::Env(name) => std::env::var(name)
-            .map(String::into_bytes)
-            .map_err(|_| format!("environment variable {name} is not set")),
-        SecretRef::File(p) => {
-            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-        }
-    }
+/// Reads a secret reference where the broker runs (shared with the signers).
+fn resolve_secret(r: &SecretRef) -> Result<Vec<u8>, String> {
+    crate::tokens::resolve(r).map_err(|e| e.to_string())
 }
 
 struct Key {

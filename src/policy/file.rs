@@ -257,7 +257,8 @@ pub fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> PolicyError {
     }
 }
 
-fn valid_slug(s: &str) -> bool {
+/// A tenant slug: `[a-z0-9][a-z0-9-]{0,62}`.
+pub fn valid_slug(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63

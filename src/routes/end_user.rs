@@ -96,11 +96,16 @@ pub async fn issue(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
-    body: Json<TokenRequest>,
+    // Taken as a Result so that a bad body still gets the CORS headers a
+    // browser needs to read the error.
+    body: Result<Json<TokenRequest>, ApiError>,
 ) -> HttpResponse {
     let tenant = path.into_inner();
     let rt = state.tenant(&tenant);
-    let result = issue_inner(&state, &req, &tenant, rt.as_deref(), &body).await;
+    let result = match &body {
+        Ok(b) => issue_inner(&state, &req, &tenant, rt.as_deref(), b).await,
+        Err(e) => Err(e.clone()),
+    };
     let resp = match result {
         Ok(r) => r,
         Err(e) => actix_web::ResponseError::error_response(&e),

@@ -371,6 +371,21 @@ async fn cors_preflight_allows_only_the_tenants_origins() {
             .unwrap()
             .contains("authorization")
     );
+    // Even a malformed body's error is readable by the allowed origin.
+    let r = app
+        .client
+        .post(app.url("/v1/tenants/acme/tokens"))
+        .header("Origin", ORIGIN)
+        .header("Content-Type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.headers().get("access-control-allow-origin").unwrap(),
+        ORIGIN
+    );
     let r = pre("https://evil.test").await.unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.headers().get("access-control-allow-origin").is_none());
