@@ -338,3 +338,64 @@ async fn sessions_register_idempotently_and_are_validated() {
         404
     );
 }
+
+#[tokio::test]
+async fn unusable_credentials_and_missing_policies_refuse_clearly() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    let key = app.create_key("acme", &["issue", "audit"]).await;
+    let sid = session_for(API_KEY, 1);
+    // No policy yet: nothing is granted, and the refusal is on record.
+    let (s, v) = app
+        .issue(&key, &json!({"session_id": sid, "user": user("a")}))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("no_policy")),
+        "{v}"
+    );
+    let a = app.audit(&key, "code=no_policy").await;
+    assert_eq!(a["items"].as_array().unwrap().len(), 1);
+
+    // A credential whose secret reference does not resolve here: 503 for its
+    // sessions, reported by /readyz, and other credentials keep working.
+    let secret = app.dir.path().join("opentok.secret");
+    std::fs::write(&secret, API_SECRET).unwrap();
+    let policy = standard_policy_text("acme", &secret).replacen(
+        &format!("api_secret = \"file:{}\"", secret.display()),
+        "api_secret = \"env:TB_TEST_SECRET_THAT_IS_NOT_SET\"",
+        1,
+    );
+    app.apply_policy(&policy).await;
+    let (s, v) = app
+        .issue(&key, &json!({"session_id": sid, "user": user("a")}))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("credential_unavailable")),
+        "{v}"
+    );
+    assert!(!v.to_string().contains(API_SECRET));
+    let r: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let problems = r["problems"].to_string();
+    assert!(
+        problems.contains("credential main unavailable")
+            && problems.contains("TB_TEST_SECRET_THAT_IS_NOT_SET"),
+        "{r}"
+    );
+    let (s, v) = app
+        .issue(
+            &key,
+            &json!({"session_id": session_for(T1_API_KEY, 1), "user": user("a")}),
+        )
+        .await;
+    assert_eq!(s, 201, "the other credential still signs: {v}");
+}
