@@ -127,7 +127,7 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<(), Failure> {
          curl -s -X POST http://{addr}/v1/tokens -H \"Authorization: Bearer $TB_KEY\" -H 'Content-Type: application/json' \\\n  \
          -d '{{\"session_id\":\"{sid}\",\"user\":{{\"id\":\"alice\",\"name\":\"Alice\"}}}}'\n\n\
          See its audit row:\n\n\
-         curl -s http://{addr}/v1/audit -H \"Authorization: Bearer $TB_KEY\"\n",
+         curl -s \"http://{addr}/v1/audit?kind=token_issued\" -H \"Authorization: Bearer $TB_KEY\"\n",
         key = key.key
     );
     Ok(())
