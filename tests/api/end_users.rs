@@ -427,7 +427,12 @@ async fn a_burst_from_one_end_user_meets_429_and_others_are_still_served() {
             .all(|(_, v, h)| v["error"]["code"] == "rate_limited" && h.contains_key("retry-after"))
     );
     let granted = results.iter().filter(|(s, _, _)| *s == 201).count();
-    assert!((1..=25).contains(&granted), "{granted} granted");
+    // Burst 20, then 5 per second for as long as the burst took (a slow machine refills more).
+    let ceiling = 20 + 5 * (t.elapsed().as_secs() as usize + 1);
+    assert!(
+        (1..=ceiling).contains(&granted),
+        "{granted} granted, ceiling {ceiling}"
+    );
     // Someone else is unaffected.
     let (s, v, _) = post_as(
         &app,
