@@ -290,7 +290,10 @@ impl Signer {
         &self.owner_id
     }
 
-    /// Validates (vonage-tokens.md §6, strictest set) and signs.
+    /// Validates (vonage-tokens.md §6, strictest set) and signs. The checks are
+    /// repeated here even when the caller made them (the broker picks the
+    /// credential by the session's owner): a signer must never sign a session
+    /// of another project, whoever calls it. They cost well under a microsecond.
     pub fn sign(&self, p: &TokenParams, now: i64, e: &Entropy) -> Result<SignedToken, TokenError> {
         let layout = validate::validate(p, now)?;
         check_session_owned(p.session_id, &self.owner_id)?;
