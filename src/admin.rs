@@ -5,7 +5,7 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::audit::{AuditRow, AuditWriter, chain, kind};
+use crate::audit::{AuditRow, chain, kind};
 use crate::auth::{NewKey, Scopes, generate_key};
 use crate::policy::{self, PolicyError};
 use crate::store::{KeyRow, PolicyVersionRow, Store, StoreError};
@@ -48,30 +48,15 @@ impl Actor {
     }
 }
 
-/// Where admin events go: through the running server's writer, or (CLI)
-/// straight into the store.
-#[derive(Debug, Clone)]
-pub enum AuditSink {
-    Writer(AuditWriter),
-    Direct(Store),
-}
-
-impl AuditSink {
-    pub async fn record(&self, row: AuditRow) -> Result<(), AdminError> {
-        match self {
-            AuditSink::Writer(w) => w
-                .append(row)
-                .await
-                .map_err(|_| AdminError::AuditUnavailable),
-            AuditSink::Direct(s) => {
-                let mut rows = [row];
-                let mut heads = Default::default();
-                s.append_audit(&mut rows, &mut heads)
-                    .await
-                    .map_err(AdminError::Store)
-            }
-        }
-    }
+/// Appends one audit row straight to the store (the CLI's reads and prunes;
+/// the server's requests go through its group-commit writer instead).
+pub async fn record(store: &Store, row: AuditRow) -> Result<(), AdminError> {
+    let mut rows = [row];
+    let mut heads = Default::default();
+    store
+        .append_audit(&mut rows, &mut heads)
+        .await
+        .map_err(AdminError::Store)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +81,6 @@ pub use crate::policy::file::valid_slug;
 
 pub async fn create_tenant(
     store: &Store,
-    sink: &AuditSink,
     slug: &str,
     actor: &Actor,
     now_ms: i64,
@@ -106,10 +90,30 @@ pub async fn create_tenant(
             "invalid tenant slug {slug:?}: use 1-63 of a-z, 0-9 and '-', starting with a letter or digit"
         )));
     }
-    store.create_tenant(slug, now_ms).await?;
     let mut row = AuditRow::new(slug, kind::TENANT_CREATED, "ok", "cli", now_ms);
     actor.stamp(&mut row);
-    sink.record(row).await
+    retry_head(|| {
+        let mut row = row.clone();
+        async move { store.create_tenant(slug, now_ms, &mut row).await }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Runs a store write that records its own audit row, again when another
+/// writer moved the tenant's chain head in between (a bounded number of times).
+async fn retry_head<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut tries = 0;
+    loop {
+        match op().await {
+            Err(StoreError::HeadMoved) if tries < 8 => tries += 1,
+            other => return other,
+        }
+    }
 }
 
 /// A key as shown to admins: never the secret or its hash.
@@ -147,7 +151,6 @@ impl From<KeyRow> for KeyInfo {
 /// outside the caller's hands.
 pub async fn create_key(
     store: &Store,
-    sink: &AuditSink,
     tenant: &str,
     scopes: Scopes,
     name: Option<String>,
@@ -170,37 +173,42 @@ pub async fn create_key(
         .await
         .map_err(|e| AdminError::Invalid(e.to_string()))?
         .map_err(AdminError::Invalid)?;
-    store.insert_key(&new.row).await?;
     let mut row = AuditRow::new(tenant, kind::KEY_CREATED, "ok", "cli", now_ms);
     actor.stamp(&mut row);
     row.detail = Some(
         serde_json::json!({"created_key_id": new.row.key_id, "scopes": scopes.names(), "name": new.row.name})
             .to_string(),
     );
-    sink.record(row).await?;
+    retry_head(|| {
+        let mut row = row.clone();
+        let key = &new.row;
+        async move { store.insert_key(key, &mut row).await }
+    })
+    .await?;
     Ok(new)
 }
 
 /// Revokes a key (confined to `tenant` when given). Returns the key's tenant.
 pub async fn revoke_key(
     store: &Store,
-    sink: &AuditSink,
     key_id: &str,
     tenant: Option<&str>,
     actor: &Actor,
     now_ms: i64,
 ) -> Result<String, AdminError> {
-    let owner = store
-        .revoke_key(key_id, tenant, now_ms)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => AdminError::NotFound(format!("no API key {key_id}")),
-            other => AdminError::Store(other),
-        })?;
-    let mut row = AuditRow::new(&owner, kind::KEY_REVOKED, "ok", "cli", now_ms);
+    // The row's tenant is set by the store to the key's own tenant.
+    let mut row = AuditRow::new("", kind::KEY_REVOKED, "ok", "cli", now_ms);
     actor.stamp(&mut row);
     row.detail = Some(serde_json::json!({"revoked_key_id": key_id}).to_string());
-    sink.record(row).await?;
+    let owner = retry_head(|| {
+        let mut row = row.clone();
+        async move { store.revoke_key(key_id, tenant, now_ms, &mut row).await }
+    })
+    .await
+    .map_err(|e| match e {
+        StoreError::NotFound => AdminError::NotFound(format!("no API key {key_id}")),
+        other => AdminError::Store(other),
+    })?;
     Ok(owner)
 }
 
@@ -225,7 +233,6 @@ pub struct ApplyOutcome {
 #[allow(clippy::too_many_arguments)]
 pub async fn apply_policy(
     store: &Store,
-    sink: &AuditSink,
     source_name: &str,
     text: &str,
     confine: Option<&str>,
@@ -273,26 +280,33 @@ pub async fn apply_policy(
         return Ok(out);
     }
     let sha = chain::hex(&Sha256::digest(text.as_bytes()));
-    let version = store
-        .insert_policy_version(
-            &tenant,
-            previous_version,
-            text,
-            source_name,
-            &sha,
-            &actor.label(),
-            note,
-            now_ms,
-        )
-        .await?;
     let mut row = AuditRow::new(&tenant, kind::POLICY_APPLIED, "ok", "cli", now_ms);
     actor.stamp(&mut row);
-    row.policy_version = Some(version);
     row.detail = Some(
         serde_json::json!({"previous_version": previous_version, "sha256": sha, "source_name": source_name, "note": note})
             .to_string(),
     );
-    sink.record(row).await?;
+    let label = actor.label();
+    let version = retry_head(|| {
+        let mut row = row.clone();
+        let (tenant, sha, label) = (&tenant, &sha, &label);
+        async move {
+            store
+                .insert_policy_version(
+                    tenant,
+                    previous_version,
+                    text,
+                    source_name,
+                    sha,
+                    label,
+                    note,
+                    now_ms,
+                    &mut row,
+                )
+                .await
+        }
+    })
+    .await?;
     out.version = Some(version);
     Ok(out)
 }
@@ -300,7 +314,6 @@ pub async fn apply_policy(
 /// Re-applies version `to` as a new version.
 pub async fn rollback_policy(
     store: &Store,
-    sink: &AuditSink,
     tenant: &str,
     to: i64,
     actor: &Actor,
@@ -312,7 +325,6 @@ pub async fn rollback_policy(
     let note = format!("rollback to {to}");
     let out = apply_policy(
         store,
-        sink,
         &old.source_name,
         &old.source,
         Some(tenant),

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::admin::{self, Actor, AuditSink};
+use crate::admin::{self, Actor};
 use crate::auth::Scopes;
 use crate::settings::{Settings, SettingsArgs};
 use crate::startup::{Application, open_store};
@@ -215,14 +215,7 @@ async fn tenant(settings: Settings, cmd: TenantCmd) -> CmdResult {
     let now = crate::clock::now_unix_ms();
     match cmd {
         TenantCmd::Create { slug, json } => {
-            admin::create_tenant(
-                &store,
-                &AuditSink::Direct(store.clone()),
-                &slug,
-                &Actor::Cli,
-                now,
-            )
-            .await?;
+            admin::create_tenant(&store, &slug, &Actor::Cli, now).await?;
             if json {
                 out_json(&json!({"tenant": slug, "created_at_ms": now}));
             } else {
@@ -249,7 +242,6 @@ async fn tenant(settings: Settings, cmd: TenantCmd) -> CmdResult {
 
 async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
     let store = store_for(&settings).await?;
-    let sink = AuditSink::Direct(store.clone());
     let now = crate::clock::now_unix_ms();
     match cmd {
         KeyCmd::Create {
@@ -259,8 +251,7 @@ async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
             json,
         } => {
             let scopes = Scopes::parse(scopes.iter().flat_map(|s| s.split(',')))?;
-            let new =
-                admin::create_key(&store, &sink, &tenant, scopes, name, &Actor::Cli, now).await?;
+            let new = admin::create_key(&store, &tenant, scopes, name, &Actor::Cli, now).await?;
             if json {
                 out_json(
                     &json!({"key_id": new.row.key_id, "key": new.key, "tenant": tenant, "scopes": scopes.names()}),
@@ -303,7 +294,7 @@ async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
             }
         }
         KeyCmd::Revoke { key_id, json } => {
-            let tenant = admin::revoke_key(&store, &sink, &key_id, None, &Actor::Cli, now).await?;
+            let tenant = admin::revoke_key(&store, &key_id, None, &Actor::Cli, now).await?;
             if json {
                 out_json(&json!({"key_id": key_id, "tenant": tenant, "revoked": true}));
             } else {

@@ -5,7 +5,6 @@ use clap::Subcommand;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::admin::AuditSink;
 use crate::audit::chain::{self, ChainFault, Verifier};
 use crate::audit::{AuditRow, kind};
 use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
@@ -206,7 +205,7 @@ async fn record_cli_read(
         crate::clock::now_unix_ms(),
     );
     row.detail = Some(json!({"read": what, "filters": filters.for_record()}).to_string());
-    AuditSink::Direct(store.clone()).record(row).await?;
+    crate::admin::record(store, row).await?;
     Ok(())
 }
 
@@ -470,7 +469,7 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
                 };
                 let mut row = AuditRow::new(&t, kind::AUDIT_PRUNED, "ok", "cli", now);
                 row.detail = Some(json!({"before_ms": before_ms, "through_seq": p.through_seq, "through_hash": p.through_hash, "rows_deleted": p.rows_deleted}).to_string());
-                AuditSink::Direct(store.clone()).record(row).await?;
+                crate::admin::record(&store, row).await?;
                 report.push(json!({"tenant": t, "rows_deleted": p.rows_deleted, "through_seq": p.through_seq, "through_hash": p.through_hash}));
             }
             if json {

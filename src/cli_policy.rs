@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::admin::{self, Actor, ApplyOutcome, AuditSink};
+use crate::admin::{self, Actor, ApplyOutcome};
 use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, read_file, store_for};
 use crate::policy;
 use crate::settings::Settings;
@@ -201,7 +201,6 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
             json,
         } => {
             let store = store_for(&settings).await?;
-            let sink = AuditSink::Direct(store.clone());
             // Validate every file before applying any.
             let mut texts = Vec::new();
             for p in &paths {
@@ -220,7 +219,6 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
             for (name, text) in texts {
                 let o = admin::apply_policy(
                     &store,
-                    &sink,
                     &name,
                     &text,
                     None,
@@ -288,10 +286,8 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
         }
         PolicyCmd::Rollback { tenant, to, json } => {
             let store = store_for(&settings).await?;
-            let sink = AuditSink::Direct(store.clone());
             let o = admin::rollback_policy(
                 &store,
-                &sink,
                 &tenant,
                 to,
                 &Actor::Cli,

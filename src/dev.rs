@@ -10,7 +10,7 @@
 
 use std::io::Write;
 
-use crate::admin::{self, Actor, AuditSink};
+use crate::admin::{self, Actor};
 use crate::auth::Scopes;
 use crate::cli::Failure;
 use crate::settings::Settings;
@@ -70,9 +70,8 @@ default_role = "publisher"
 
 pub async fn seed(settings: &Settings, store: &Store) -> Result<(), Failure> {
     let now = crate::clock::now_unix_ms();
-    let sink = AuditSink::Direct(store.clone());
     if !store.tenant_exists("demo").await? {
-        admin::create_tenant(store, &sink, "demo", &Actor::Cli, now).await?;
+        admin::create_tenant(store, "demo", &Actor::Cli, now).await?;
     }
     let dir = settings.data_dir.join("dev");
     std::fs::create_dir_all(&dir)?;
@@ -96,7 +95,6 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<(), Failure> {
     if store.current_policy("demo").await?.is_none() {
         admin::apply_policy(
             store,
-            &sink,
             "demo.toml",
             &demo_policy(&secret_path),
             None,
@@ -109,7 +107,6 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<(), Failure> {
     }
     let key = admin::create_key(
         store,
-        &sink,
         "demo",
         Scopes::ISSUE.union(Scopes::AUDIT).union(Scopes::ADMIN),
         Some("dev".into()),

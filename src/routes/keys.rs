@@ -9,7 +9,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::extractors::ApiKey;
 use super::json::Json;
-use crate::admin::{self, Actor, AdminError, AuditSink, KeyInfo};
+use crate::admin::{self, Actor, AdminError, KeyInfo};
 use crate::auth::Scopes;
 use crate::state::AppState;
 
@@ -89,10 +89,8 @@ pub async fn create(
     let p = key.require(Scopes::ADMIN)?;
     let scopes = Scopes::parse(body.scopes.iter().map(String::as_str))
         .map_err(|m| ApiError::bad("invalid_scope", "scopes", m))?;
-    let sink = AuditSink::Writer(state.audit.clone());
     let new = admin::create_key(
         &state.store,
-        &sink,
         &p.tenant,
         scopes,
         body.name.clone(),
@@ -116,10 +114,8 @@ pub async fn revoke(
 ) -> Result<HttpResponse, ApiError> {
     let p = key.require(Scopes::ADMIN)?;
     let key_id = path.into_inner();
-    let sink = AuditSink::Writer(state.audit.clone());
     admin::revoke_key(
         &state.store,
-        &sink,
         &key_id,
         Some(&p.tenant),
         &actor(&req, &p.key_id),

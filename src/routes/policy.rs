@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::extractors::ApiKey;
 use super::json::Json;
 use super::keys::{actor, admin_error};
-use crate::admin::{self, AuditSink};
+use crate::admin;
 use crate::auth::Scopes;
 use crate::state::AppState;
 use crate::store::PolicyVersionRow;
@@ -105,10 +105,8 @@ pub async fn apply(
         .source_name
         .clone()
         .unwrap_or_else(|| format!("{}.toml", p.tenant));
-    let sink = AuditSink::Writer(state.audit.clone());
     let out = admin::apply_policy(
         &state.store,
-        &sink,
         &name,
         &body.source,
         Some(&p.tenant),
@@ -138,10 +136,8 @@ pub async fn rollback(
     body: Json<RollbackBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = key.require(Scopes::ADMIN)?;
-    let sink = AuditSink::Writer(state.audit.clone());
     let out = admin::rollback_policy(
         &state.store,
-        &sink,
         &p.tenant,
         body.to,
         &actor(&req, &p.key_id),

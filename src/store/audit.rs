@@ -10,6 +10,89 @@ use super::{Db, Store, StoreError, StoreResult, with_pool};
 pub use crate::audit::AuditRow;
 use crate::audit::{COLUMNS, chain};
 
+/// Moves a tenant's chain head from `old_seq` to `(new_seq, new_hash)` inside
+/// a transaction; `HeadMoved` when another writer moved it first. Heads go
+/// first in every audit transaction: a concurrent writer blocks on the row
+/// lock (PostgreSQL) and then sees the move, instead of colliding on (tenant, seq).
+macro_rules! advance_head {
+    ($tx:ident, $tenant:expr, $old_seq:expr, $new_seq:expr, $new_hash:expr) => {{
+        let n = if $old_seq == 0 {
+            sqlx::query("INSERT INTO audit_heads (tenant, seq, hash) VALUES ($1, $2, $3) ON CONFLICT (tenant) DO NOTHING")
+                .bind($tenant).bind($new_seq).bind($new_hash).execute(&mut *$tx).await?.rows_affected()
+        } else {
+            sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1 AND seq = $4")
+                .bind($tenant).bind($new_seq).bind($new_hash).bind($old_seq).execute(&mut *$tx).await?.rows_affected()
+        };
+        if n != 1 {
+            return Err(StoreError::HeadMoved);
+        }
+    }};
+}
+
+/// Inserts sealed rows inside a transaction (one multi-row statement).
+macro_rules! insert_rows {
+    ($tx:ident, $rows:expr) => {{
+        let mut qb = QueryBuilder::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
+        qb.push_values($rows, |mut b, r: &AuditRow| {
+            b.push_bind(&r.audit_id)
+                .push_bind(&r.tenant)
+                .push_bind(r.seq)
+                .push_bind(r.at_ms)
+                .push_bind(&r.kind)
+                .push_bind(&r.outcome)
+                .push_bind(&r.code)
+                .push_bind(&r.actor)
+                .push_bind(&r.key_id)
+                .push_bind(&r.idp)
+                .push_bind(&r.user_id)
+                .push_bind(&r.user_name)
+                .push_bind(&r.user_groups)
+                .push_bind(&r.session_id)
+                .push_bind(&r.credential)
+                .push_bind(&r.requested_role)
+                .push_bind(r.requested_expire_time)
+                .push_bind(&r.granted_role)
+                .push_bind(r.granted_expire_time)
+                .push_bind(&r.rule)
+                .push_bind(r.policy_version)
+                .push_bind(&r.token_id)
+                .push_bind(&r.token_sha256)
+                .push_bind(&r.client_addr)
+                .push_bind(&r.user_agent)
+                .push_bind(&r.request_id)
+                .push_bind(&r.detail)
+                .push_bind(&r.prev_hash)
+                .push_bind(&r.hash);
+        });
+        qb.build().execute(&mut *$tx).await.map_err(|e| {
+            match StoreError::on_unique(e, "audit seq taken") {
+                StoreError::Conflict(_) => StoreError::HeadMoved,
+                other => other,
+            }
+        })?;
+    }};
+}
+
+/// Seals one row after its tenant's current head and writes it, inside the
+/// caller's transaction: for changes that must be recorded atomically with
+/// their audit row (keys, policy versions, tenants). Run the change's own
+/// statement first, so SQLite's write lock is held before the head is read.
+macro_rules! append_in_tx {
+    ($tx:ident, $row:expr) => {{
+        let row: &mut AuditRow = $row;
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE tenant = $1")
+                .bind(row.tenant.clone())
+                .fetch_optional(&mut *$tx)
+                .await?;
+        let (old_seq, old_hash) = head.unwrap_or_else(|| (0, chain::GENESIS.to_owned()));
+        let (new_seq, new_hash) = chain::seal(row, old_seq, &old_hash);
+        $crate::store::audit::advance_head!($tx, row.tenant.clone(), old_seq, new_seq, new_hash);
+        $crate::store::audit::insert_rows!($tx, std::iter::once(&*row));
+    }};
+}
+pub(crate) use {advance_head, append_in_tx, insert_rows};
+
 /// A tenant's chain head as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HeadRow {
@@ -111,7 +194,7 @@ impl Store {
             }
             match self.commit_sealed(rows, &moves).await {
                 Ok(()) => return Ok(()),
-                Err(StoreError::Conflict(_)) => {
+                Err(StoreError::HeadMoved) => {
                     // Someone else advanced a head: forget ours and reseal.
                     for t in moves.keys() {
                         heads.remove(t);
@@ -133,36 +216,10 @@ impl Store {
     async fn commit_sealed(&self, rows: &[AuditRow], moves: &HeadMoves) -> StoreResult<()> {
         with_pool!(write self, p => {
             let mut tx = p.begin().await?;
-            // Heads first: a concurrent writer blocks here (PostgreSQL row lock)
-            // and then sees our seq, instead of colliding on (tenant, seq).
             for (tenant, ((old_seq, _), (new_seq, new_hash))) in moves {
-                let n = if *old_seq == 0 {
-                    sqlx::query(
-                        "INSERT INTO audit_heads (tenant, seq, hash) VALUES ($1, $2, $3) ON CONFLICT (tenant) DO NOTHING"
-                    ).bind(tenant).bind(new_seq).bind(new_hash).execute(&mut *tx).await?.rows_affected()
-                } else {
-                    sqlx::query(
-                        "UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1 AND seq = $4"
-                    ).bind(tenant).bind(new_seq).bind(new_hash).bind(old_seq).execute(&mut *tx).await?.rows_affected()
-                };
-                if n != 1 {
-                    return Err(StoreError::Conflict(format!("audit head of {tenant} moved")));
-                }
+                advance_head!(tx, tenant, *old_seq, new_seq, new_hash);
             }
-            let mut qb = QueryBuilder::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
-            qb.push_values(rows, |mut b, r| {
-                b.push_bind(&r.audit_id).push_bind(&r.tenant).push_bind(r.seq).push_bind(r.at_ms)
-                    .push_bind(&r.kind).push_bind(&r.outcome).push_bind(&r.code).push_bind(&r.actor)
-                    .push_bind(&r.key_id).push_bind(&r.idp).push_bind(&r.user_id).push_bind(&r.user_name)
-                    .push_bind(&r.user_groups).push_bind(&r.session_id).push_bind(&r.credential)
-                    .push_bind(&r.requested_role).push_bind(r.requested_expire_time)
-                    .push_bind(&r.granted_role).push_bind(r.granted_expire_time).push_bind(&r.rule)
-                    .push_bind(r.policy_version).push_bind(&r.token_id).push_bind(&r.token_sha256)
-                    .push_bind(&r.client_addr).push_bind(&r.user_agent).push_bind(&r.request_id)
-                    .push_bind(&r.detail).push_bind(&r.prev_hash).push_bind(&r.hash);
-            });
-            qb.build().execute(&mut *tx).await
-                .map_err(|e| StoreError::on_unique(e, "audit seq taken"))?;
+            insert_rows!(tx, rows.iter());
             tx.commit().await?;
             Ok(())
         })

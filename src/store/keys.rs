@@ -1,6 +1,10 @@
 //! API key rows. Secrets are stored only as argon2id hashes (see `crate::auth`).
 
+use sqlx::QueryBuilder;
+
+use super::audit::append_in_tx;
 use super::{Store, StoreError, StoreResult, with_pool};
+use crate::audit::{AuditRow, COLUMNS, chain};
 
 /// One API key, as stored (the hash is never returned over the API).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -16,14 +20,20 @@ pub struct KeyRow {
 }
 
 impl Store {
-    pub async fn insert_key(&self, k: &KeyRow) -> StoreResult<()> {
-        with_pool!(write self, p => sqlx::query(
-            "INSERT INTO api_keys (key_id, tenant, name, scopes, secret_hash, created_at_ms, created_by, revoked_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)"
-        ).bind(&k.key_id).bind(&k.tenant).bind(&k.name).bind(&k.scopes).bind(&k.secret_hash)
-         .bind(k.created_at_ms).bind(&k.created_by).execute(p).await.map(|_| ()))
-        .map_err(|e| StoreError::on_unique(e, "key id collision"))?;
-        Ok(())
+    /// Stores a new key and its `key_created` audit row in one transaction.
+    pub async fn insert_key(&self, k: &KeyRow, audit: &mut AuditRow) -> StoreResult<()> {
+        with_pool!(write self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "INSERT INTO api_keys (key_id, tenant, name, scopes, secret_hash, created_at_ms, created_by, revoked_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)"
+            ).bind(&k.key_id).bind(&k.tenant).bind(&k.name).bind(&k.scopes).bind(&k.secret_hash)
+             .bind(k.created_at_ms).bind(&k.created_by).execute(&mut *tx).await
+             .map_err(|e| StoreError::on_unique(e, "key id collision"))?;
+            append_in_tx!(tx, audit);
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     pub async fn get_key(&self, key_id: &str) -> StoreResult<Option<KeyRow>> {
@@ -40,14 +50,16 @@ impl Store {
         ).bind(tenant).fetch_all(p).await)?)
     }
 
-    /// Marks a key revoked and records the change for other instances' caches, in
-    /// one transaction. Returns the key's tenant; `NotFound` if there is no such
-    /// key (or, with `tenant`, none in that tenant).
+    /// Marks a key revoked, records the change for other instances' caches and
+    /// writes its `key_revoked` audit row (for the key's tenant), in one
+    /// transaction. Returns the key's tenant; `NotFound` if there is no such key
+    /// (or, with `tenant`, none in that tenant).
     pub async fn revoke_key(
         &self,
         key_id: &str,
         tenant: Option<&str>,
         now_ms: i64,
+        audit: &mut AuditRow,
     ) -> StoreResult<String> {
         with_pool!(write self, p => {
             let mut tx = p.begin().await?;
@@ -65,6 +77,8 @@ impl Store {
             sqlx::query(
                 "INSERT INTO changes (tenant, kind, subject, at_ms) VALUES ($1, 'key_revoked', $2, $3)"
             ).bind(&owner).bind(key_id).bind(now_ms).execute(&mut *tx).await?;
+            audit.tenant = owner.clone();
+            append_in_tx!(tx, audit);
             tx.commit().await?;
             Ok(owner)
         })

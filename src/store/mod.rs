@@ -63,6 +63,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Invalid(String),
+    /// Another writer advanced an audit chain head first; retry.
+    #[error("the audit chain head moved concurrently; retry")]
+    HeadMoved,
 }
 
 impl StoreError {

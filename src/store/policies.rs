@@ -1,6 +1,10 @@
 //! Versioned policy storage: each apply or rollback is a new numbered version.
 
+use sqlx::QueryBuilder;
+
+use super::audit::append_in_tx;
 use super::{Store, StoreError, StoreResult, with_pool};
+use crate::audit::{AuditRow, COLUMNS, chain};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PolicyVersionRow {
@@ -17,9 +21,11 @@ pub struct PolicyVersionRow {
 const COLS: &str = "tenant, version, source, source_name, sha256, applied_by, applied_at_ms, note";
 
 impl Store {
-    /// Writes `source` as the tenant's next version, atomically with its change-feed
-    /// row. `expected_current` guards against a concurrent apply: if the newest
-    /// version is no longer that, nothing is written and `Conflict` is returned.
+    /// Writes `source` as the tenant's next version, atomically with its
+    /// change-feed row and its `policy_applied` audit row (whose
+    /// `policy_version` is set here). `expected_current` guards against a
+    /// concurrent apply: if the newest version is no longer that, nothing is
+    /// written and `Conflict` is returned.
     #[allow(clippy::too_many_arguments)]
     pub async fn insert_policy_version(
         &self,
@@ -31,6 +37,7 @@ impl Store {
         applied_by: &str,
         note: Option<&str>,
         now_ms: i64,
+        audit: &mut AuditRow,
     ) -> StoreResult<i64> {
         let version = expected_current + 1;
         with_pool!(write self, p => {
@@ -53,6 +60,8 @@ impl Store {
             sqlx::query(
                 "INSERT INTO changes (tenant, kind, subject, at_ms) VALUES ($1, 'policy_applied', $2, $3)"
             ).bind(tenant).bind(version.to_string()).bind(now_ms).execute(&mut *tx).await?;
+            audit.policy_version = Some(version);
+            append_in_tx!(tx, audit);
             tx.commit().await?;
             Ok::<_, StoreError>(())
         })?;

@@ -1,15 +1,29 @@
 //! Tenants: created by an operator, referenced by everything else.
 
+use sqlx::QueryBuilder;
+
+use super::audit::append_in_tx;
 use super::{Store, StoreError, StoreResult, with_pool};
+use crate::audit::{AuditRow, COLUMNS, chain};
 
 impl Store {
-    /// Creates a tenant; `Conflict` when the slug is taken.
-    pub async fn create_tenant(&self, tenant: &str, now_ms: i64) -> StoreResult<()> {
-        with_pool!(write self, p => sqlx::query(
-            "INSERT INTO tenants (tenant, created_at_ms) VALUES ($1, $2)"
-        ).bind(tenant).bind(now_ms).execute(p).await.map(|_| ()))
-        .map_err(|e| StoreError::on_unique(e, &format!("tenant {tenant} already exists")))?;
-        Ok(())
+    /// Creates a tenant and its `tenant_created` audit row in one transaction;
+    /// `Conflict` when the slug is taken.
+    pub async fn create_tenant(
+        &self,
+        tenant: &str,
+        now_ms: i64,
+        audit: &mut AuditRow,
+    ) -> StoreResult<()> {
+        with_pool!(write self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query("INSERT INTO tenants (tenant, created_at_ms) VALUES ($1, $2)")
+                .bind(tenant).bind(now_ms).execute(&mut *tx).await
+                .map_err(|e| StoreError::on_unique(e, &format!("tenant {tenant} already exists")))?;
+            append_in_tx!(tx, audit);
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// All tenants with their creation time, by slug.

@@ -36,7 +36,6 @@ async fn a_cli_created_key_authenticates_whoami_until_revoked() {
     // running server must notice through the change feed, within a second.
     token_broker::admin::revoke_key(
         &app.store,
-        &token_broker::admin::AuditSink::Direct(app.store.clone()),
         &key_id,
         None,
         &token_broker::admin::Actor::Cli,

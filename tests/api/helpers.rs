@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use base64::Engine;
 use serde_json::{Value, json};
-use token_broker::admin::{self, Actor, AuditSink};
+use token_broker::admin::{self, Actor};
 use token_broker::auth::Scopes;
 use token_broker::settings::Settings;
 use token_broker::startup::Application;
@@ -115,32 +115,18 @@ impl TestApp {
     }
 
     pub async fn create_tenant(&self, slug: &str) {
-        admin::create_tenant(
-            &self.store,
-            &AuditSink::Direct(self.store.clone()),
-            slug,
-            &Actor::Cli,
-            1_000,
-        )
-        .await
-        .expect("create tenant");
+        admin::create_tenant(&self.store, slug, &Actor::Cli, 1_000)
+            .await
+            .expect("create tenant");
     }
 
     /// Creates a key through the library (as the CLI does) and returns the whole key.
     pub async fn create_key(&self, tenant: &str, scopes: &[&str]) -> String {
         let scopes = Scopes::parse(scopes.iter().copied()).expect("scopes");
-        admin::create_key(
-            &self.store,
-            &AuditSink::Direct(self.store.clone()),
-            tenant,
-            scopes,
-            None,
-            &Actor::Cli,
-            1_000,
-        )
-        .await
-        .expect("create key")
-        .key
+        admin::create_key(&self.store, tenant, scopes, None, &Actor::Cli, 1_000)
+            .await
+            .expect("create key")
+            .key
     }
 
     /// Writes the OpenTok secret and an RSA key to files and returns the standard
@@ -155,7 +141,6 @@ impl TestApp {
     pub async fn apply_policy(&self, text: &str) -> i64 {
         let out = admin::apply_policy(
             &self.store,
-            &AuditSink::Direct(self.store.clone()),
             "test.toml",
             text,
             None,
