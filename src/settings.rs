@@ -243,3 +243,68 @@ impl Settings {
 fn default_sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("token-broker.db").display())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        s: SettingsArgs,
+    }
+
+    fn resolve(argv: &[&str]) -> anyhow::Result<Settings> {
+        Settings::resolve(&Args::try_parse_from(argv)?.s)
+    }
+
+    #[test]
+    fn flags_beat_the_config_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tb.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9001\"\nbody_limit = 100\ndatabase_url = \"postgres://u:pw@db/x\"\nrate_end_user = \"2/4\"\n",
+        )
+        .unwrap();
+        let cfg = file.to_str().unwrap();
+        let s = resolve(&["t", "--config", cfg, "--listen", "127.0.0.1:9002"]).unwrap();
+        assert_eq!(s.listen.port(), 9002, "the flag wins");
+        assert_eq!(s.body_limit, 100, "the file beats the default");
+        assert_eq!(
+            s.rates.end_user,
+            Rate {
+                per_second: 2,
+                burst: 4
+            }
+        );
+        assert_eq!(s.audit_timeout, Duration::from_secs(2), "default");
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains("postgres://u:***@db/x") && !shown.contains("pw"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_config_file_with_an_unknown_key_or_bad_value_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tb.toml");
+        std::fs::write(&file, "listen_addr = \"127.0.0.1:9001\"\n").unwrap();
+        let e = resolve(&["t", "--config", file.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen_addr"), "{e}");
+        std::fs::write(&file, "rate_api_key = \"fast\"\n").unwrap();
+        assert!(resolve(&["t", "--config", file.to_str().unwrap()]).is_err());
+        assert!(resolve(&["t", "--config", "/nonexistent/tb.toml"]).is_err());
+    }
+
+    #[test]
+    fn the_default_database_is_sqlite_in_the_data_dir() {
+        let s = resolve(&["t", "--data-dir", "/var/lib/tb"]).unwrap();
+        assert_eq!(s.database_url, "sqlite:///var/lib/tb/token-broker.db");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+    }
+}
