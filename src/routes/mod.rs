@@ -35,6 +35,9 @@ fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
 }
 
+/// Largest policy apply body accepted over HTTP.
+pub const POLICY_BODY_LIMIT: usize = 512 * 1024;
+
 /// Registers every route, the extractor error handlers and the 404 fallback.
 pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
     cfg.app_data(web::Data::new(json::BodyLimit(body_limit)))
@@ -64,6 +67,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
         .service(resource("/v1/keys/{key_id}").route(web::delete().to(keys::revoke)))
         .service(
             resource("/v1/policy")
+                // Policy files are larger than token requests.
+                .app_data(web::Data::new(json::BodyLimit(
+                    POLICY_BODY_LIMIT.max(body_limit),
+                )))
                 .route(web::get().to(policy::current))
                 .route(web::post().to(policy::apply)),
         )

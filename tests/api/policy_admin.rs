@@ -115,6 +115,24 @@ async fn admin_keys_cannot_apply_another_tenants_policy_and_errors_have_location
     );
     let issue_only = app.create_key("acme", &["issue"]).await;
     assert_eq!(app.get("/v1/policy", &issue_only).await.status(), 403);
+
+    // A long, commented policy is larger than a token request, and still fits.
+    let long = format!(
+        "{}\n{}",
+        "# review notes\n".repeat(3000),
+        app.standard_policy("acme")
+    );
+    assert!(long.len() > 32 * 1024);
+    let r = app
+        .post(
+            "/v1/policy",
+            &key,
+            &json!({"source": long, "dry_run": true}),
+        )
+        .await;
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
 }
 
 #[tokio::test]
