@@ -108,30 +108,59 @@ pub async fn verify_tenant(
     let (from_seq, from_hash) = start
         .map(|p| (p.through_seq, p.through_hash))
         .unwrap_or((0, chain::GENESIS.to_owned()));
-    let mut v = Verifier::new(from_seq, &from_hash);
-    let mut fault: Option<ChainFault> = None;
-    let mut seen_at_checkpoint: Option<String> = None;
     // Read the head first: rows committed after it (a running broker) are left
     // for the next verification instead of racing with it.
     let head = store.audit_head(tenant).await?;
     let head_seq = head.as_ref().map(|h| h.seq).unwrap_or(0);
-    store
+    // Rows are decoded here and checked (hashing is most of the work) on a
+    // second thread, a batch at a time and in order, so both cores work.
+    const BATCH: usize = 2048;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<AuditRow>>(4);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cp_count = checkpoint.map(|c| c.count);
+    let checker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut v = Verifier::new(from_seq, &from_hash);
+            let mut seen_at_checkpoint: Option<String> = None;
+            for batch in rx {
+                for row in &batch {
+                    if let Err(f) = v.push(row) {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return (v, Some(f), seen_at_checkpoint);
+                    }
+                    if cp_count == Some(row.seq) {
+                        seen_at_checkpoint = Some(row.hash.clone());
+                    }
+                }
+            }
+            (v, None, seen_at_checkpoint)
+        })
+    };
+    let mut batch = Vec::with_capacity(BATCH);
+    let scanned = store
         .scan_audit(tenant, from_seq, |row| {
-            if row.seq > head_seq {
+            if row.seq > head_seq || stop.load(std::sync::atomic::Ordering::Relaxed) {
                 return false;
             }
-            if let Err(f) = v.push(&row) {
-                fault = Some(f);
-                return false;
-            }
-            if let Some(cp) = checkpoint
-                && row.seq == cp.count
-            {
-                seen_at_checkpoint = Some(row.hash.clone());
+            batch.push(row);
+            if batch.len() == BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                // The checker only stops early on a fault, and then `stop` ends the scan.
+                return tx.send(full).is_ok();
             }
             true
         })
-        .await?;
+        .await;
+    if !batch.is_empty() {
+        let _ = tx.send(batch);
+    }
+    drop(tx);
+    let (v, mut fault, seen_at_checkpoint) = checker.join().map_err(|_| Failure {
+        message: "the verification thread failed".into(),
+        code: 1,
+    })?;
+    scanned?;
     if fault.is_none() {
         let (hs, hh) = head
             .as_ref()
