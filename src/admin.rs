@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::audit::{AuditRow, chain, kind};
 use crate::auth::{NewKey, Scopes, generate_key};
 use crate::policy::{self, PolicyError};
+use crate::secrets::SecretResolver;
 use crate::store::{KeyRow, PolicyVersionRow, Store, StoreError};
 
 /// Who performed an admin action (recorded in the audit row).
@@ -36,7 +37,7 @@ impl Actor {
         }
     }
 
-    fn stamp(&self, row: &mut AuditRow) {
+    pub(crate) fn stamp(&self, row: &mut AuditRow) {
         match self {
             Actor::Cli => row.actor = "cli".into(),
             Actor::Key { key_id, request_id } => {
@@ -73,6 +74,18 @@ pub enum AdminError {
     Policy(Vec<PolicyError>),
     #[error("the audit record could not be written; nothing was changed")]
     AuditUnavailable,
+    /// A bad input field (`field` names it).
+    #[error("{field}: {message}")]
+    Field { field: String, message: String },
+    /// The video project belongs to another tenant (says nothing else about it).
+    #[error("this video project (api key or application id) is already used by another tenant")]
+    Claimed,
+    #[error("{0}")]
+    Conflict(String),
+    #[error(
+        "no master key is configured, so credentials cannot be stored; the operator sets master_key_file (create one with `token-broker credential keygen PATH`)"
+    )]
+    NoMasterKey,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -102,7 +115,7 @@ pub async fn create_tenant(
 
 /// Runs a store write that records its own audit row, again when another
 /// writer moved the tenant's chain head in between (a bounded number of times).
-async fn retry_head<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+pub(crate) async fn retry_head<T, F, Fut>(mut op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -229,10 +242,15 @@ pub struct ApplyOutcome {
 }
 
 /// Validates `text` and, unless `dry_run`, writes it as the tenant's next
-/// version. `confine` restricts the tenant (HTTP admin keys).
+/// version. `confine` restricts the tenant (HTTP admin keys). Parsing,
+/// hashing and diffing run on the blocking pool; every secret reference is
+/// resolved inside the tenant's namespace (off the workers, time-bounded):
+/// one that leaves the namespace or names something other than a small
+/// regular file is refused; one not provisioned here is a warning.
 #[allow(clippy::too_many_arguments)]
 pub async fn apply_policy(
     store: &Store,
+    secrets: &SecretResolver,
     source_name: &str,
     text: &str,
     confine: Option<&str>,
@@ -241,7 +259,11 @@ pub async fn apply_policy(
     note: Option<&str>,
     now_ms: i64,
 ) -> Result<ApplyOutcome, AdminError> {
-    let doc = policy::parse(source_name, text).map_err(AdminError::Policy)?;
+    let (name, src) = (source_name.to_owned(), text.to_owned());
+    let doc = tokio::task::spawn_blocking(move || policy::parse(&name, &src))
+        .await
+        .map_err(|e| AdminError::Invalid(e.to_string()))?
+        .map_err(AdminError::Policy)?;
     let tenant = doc.tenant.clone();
     if let Some(t) = confine
         && t != tenant
@@ -253,20 +275,20 @@ pub async fn apply_policy(
     if !store.tenant_exists(&tenant).await? {
         return Err(AdminError::NoTenant(tenant));
     }
-    let warnings: Vec<String> = doc
-        .credentials
-        .iter()
-        .filter_map(|c| {
-            crate::tokens::Signer::load(c)
-                .err()
-                .map(|e| format!("credential {}: {e} (it will be unusable where that reference cannot be resolved)", c.name))
-        })
-        .collect();
+    let warnings = check_references(store, secrets, &doc, source_name, text).await?;
     let current = store.current_policy(&tenant).await?;
     let previous_version = current.as_ref().map(|c| c.version).unwrap_or(0);
     let old_text = current.as_ref().map(|c| c.source.as_str()).unwrap_or("");
-    let diff = policy::diff(old_text, text);
     let unchanged = current.as_ref().is_some_and(|c| c.source == text);
+    let (old, new) = (old_text.to_owned(), text.to_owned());
+    let (diff, sha) = tokio::task::spawn_blocking(move || {
+        (
+            policy::diff(&old, &new),
+            chain::hex(&Sha256::digest(new.as_bytes())),
+        )
+    })
+    .await
+    .map_err(|e| AdminError::Invalid(e.to_string()))?;
     let mut out = ApplyOutcome {
         tenant: tenant.clone(),
         previous_version,
@@ -279,7 +301,11 @@ pub async fn apply_policy(
     if dry_run || unchanged {
         return Ok(out);
     }
-    let sha = chain::hex(&Sha256::digest(text.as_bytes()));
+    let owner_ids: Vec<String> = doc
+        .credentials
+        .iter()
+        .map(|c| c.owner_id().to_owned())
+        .collect();
     let mut row = AuditRow::new(&tenant, kind::POLICY_APPLIED, "ok", "cli", now_ms);
     actor.stamp(&mut row);
     row.detail = Some(
@@ -289,7 +315,7 @@ pub async fn apply_policy(
     let label = actor.label();
     let version = retry_head(|| {
         let mut row = row.clone();
-        let (tenant, sha, label) = (&tenant, &sha, &label);
+        let (tenant, sha, label, owner_ids) = (&tenant, &sha, &label, &owner_ids);
         async move {
             store
                 .insert_policy_version(
@@ -300,20 +326,125 @@ pub async fn apply_policy(
                     sha,
                     label,
                     note,
+                    owner_ids,
                     now_ms,
                     &mut row,
                 )
                 .await
         }
     })
-    .await?;
+    .await
+    .map_err(|e| match e {
+        StoreError::Claimed {
+            same_tenant: false, ..
+        } => AdminError::Claimed,
+        StoreError::Claimed {
+            owner_id,
+            same_tenant: true,
+        } => AdminError::Conflict(format!(
+            "a stored credential of this tenant already uses {owner_id}; delete it or drop it from the policy"
+        )),
+        other => AdminError::Store(other),
+    })?;
     out.version = Some(version);
     Ok(out)
+}
+
+/// Where in `text` a quoted value stands (for locating errors found after parsing).
+fn locate(source_name: &str, text: &str, value: &str, field: String, message: String) -> PolicyError {
+    let quoted = format!("\"{value}\"");
+    let offset = text.find(&quoted).unwrap_or(0);
+    let (line, column) = policy::file::line_col(text, offset);
+    PolicyError {
+        file: source_name.to_owned(),
+        line,
+        column,
+        field,
+        message,
+    }
+}
+
+/// Resolves every secret reference of `doc` where the broker runs, inside the
+/// tenant's namespace, and checks credential names against stored ones.
+/// Refusals are errors (with their location); references not provisioned here
+/// and keys that do not parse are warnings.
+async fn check_references(
+    store: &Store,
+    secrets: &SecretResolver,
+    doc: &policy::PolicyDoc,
+    source_name: &str,
+    text: &str,
+) -> Result<Vec<String>, AdminError> {
+    let tenants: Vec<String> = store.list_tenants().await?.into_iter().map(|t| t.0).collect();
+    let refs = doc.secret_refs();
+    let resolved = secrets
+        .resolve_all(
+            &doc.tenant,
+            refs.iter().map(|(_, r)| r.clone()).collect(),
+            &tenants,
+        )
+        .await;
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    for (field, r) in &refs {
+        match resolved.get(r) {
+            Err(e) if e.is_refusal() => errors.push(locate(
+                source_name,
+                text,
+                &r.to_string(),
+                field.clone(),
+                e.to_string(),
+            )),
+            Err(e) => warnings.push(format!(
+                "{field}: {e} (the credential stays unusable until the operator provisions it)"
+            )),
+            Ok(_) => {}
+        }
+    }
+    // One video project, one tenant: said on a dry run too (the apply's own
+    // transaction re-checks, so a race cannot slip through).
+    let claims = store.project_claims().await?;
+    if doc.credentials.iter().any(|c| {
+        claims
+            .iter()
+            .any(|(owner, t)| owner == c.owner_id() && t != &doc.tenant)
+    }) {
+        return Err(AdminError::Claimed);
+    }
+    let stored = store.list_credentials(&doc.tenant).await?;
+    for (i, c) in doc.credentials.iter().enumerate() {
+        if stored.iter().any(|s| s.name == c.name) {
+            errors.push(locate(
+                source_name,
+                text,
+                &c.name,
+                format!("credentials[{i}].name"),
+                format!(
+                    "a stored credential is already named {:?}; names are unique across policy and stored credentials",
+                    c.name
+                ),
+            ));
+        }
+        let secret = match &c.provider {
+            crate::domain::Provider::OpenTok { api_secret, .. } => api_secret,
+            crate::domain::Provider::Vonage { private_key, .. } => private_key,
+        };
+        if let Ok(bytes) = resolved.get(secret)
+            && let Err(e) = crate::tokens::Signer::from_spec(c, bytes)
+        {
+            warnings.push(format!("credentials[{i}]: {e} (the credential will be unusable)"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(AdminError::Policy(errors));
+    }
+    Ok(warnings)
 }
 
 /// Re-applies version `to` as a new version.
 pub async fn rollback_policy(
     store: &Store,
+    secrets: &SecretResolver,
     tenant: &str,
     to: i64,
     actor: &Actor,
@@ -325,6 +456,7 @@ pub async fn rollback_policy(
     let note = format!("rollback to {to}");
     let out = apply_policy(
         store,
+        secrets,
         &old.source_name,
         &old.source,
         Some(tenant),

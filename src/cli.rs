@@ -68,6 +68,16 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::cli_token::TokenCmd,
     },
+    /// Tenants' video credentials (stored, sealed) and the master key.
+    Credential {
+        #[command(subcommand)]
+        cmd: crate::cli_credential::CredentialCmd,
+    },
+    /// Every tenant's policy and credential problems (operators; names paths and references).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Query and verify the audit record.
     Audit {
         #[command(subcommand)]
@@ -186,6 +196,8 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
                     "key_cache": settings.key_cache,
                     "hash_parallelism": settings.hash_parallelism,
                     "workers": settings.workers,
+                    "secrets_dir": settings.secrets_dir,
+                    "master_key_file": settings.master_key_file,
                 }));
             } else {
                 out(format!("{settings:#?}"));
@@ -197,12 +209,15 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
         Command::Policy { cmd } => crate::cli_policy::run(settings, cmd).await,
         Command::Token { cmd } => crate::cli_token::run(settings, cmd).await,
         Command::Audit { cmd } => crate::cli_audit::run(settings, cmd).await,
+        Command::Credential { cmd } => crate::cli_credential::run(settings, cmd).await,
+        Command::Status { json } => crate::cli_credential::status(settings, json).await,
     }
 }
 
-async fn serve(settings: Settings, dev: bool) -> CmdResult {
+async fn serve(mut settings: Settings, dev: bool) -> CmdResult {
     let store = open_store(&settings).await?;
     if dev {
+        crate::dev::ensure_master_key(&mut settings)?;
         crate::dev::seed(&settings, &store).await?;
     }
     let app = Application::build_with_store(settings, store).await?;

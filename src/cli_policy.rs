@@ -170,7 +170,7 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
                         message: format!("tenant {tenant} has no applied policy"),
                         code: 1,
                     })?;
-                let doc = policy::parse(&row.source_name, &row.source).map_err(policy_failure)?;
+                let doc = policy::parse_stored(&row.source_name, &row.source).map_err(policy_failure)?;
                 policy::CompiledPolicy::compile(doc, row.version)
             } else {
                 let policy_path =
@@ -219,6 +219,7 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
             for (name, text) in texts {
                 let o = admin::apply_policy(
                     &store,
+                    &secret_resolver(&settings),
                     &name,
                     &text,
                     None,
@@ -288,6 +289,7 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
             let store = store_for(&settings).await?;
             let o = admin::rollback_policy(
                 &store,
+                &secret_resolver(&settings),
                 &tenant,
                 to,
                 &Actor::Cli,
@@ -298,4 +300,12 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
             Ok(())
         }
     }
+}
+
+/// Resolves tenants' secret references as the broker does (same namespace rules).
+pub fn secret_resolver(settings: &Settings) -> crate::secrets::SecretResolver {
+    crate::secrets::SecretResolver::new(
+        settings.secrets_dir.clone(),
+        crate::state::SECRET_READ_BOUND,
+    )
 }

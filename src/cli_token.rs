@@ -51,7 +51,15 @@ pub async fn run(settings: Settings, cmd: TokenCmd) -> CmdResult {
             message: format!("tenant {t} has no applied policy"),
             code: 1,
         })?;
-        let rt = TenantRuntime::load(&row).map_err(|e| Failure {
+        let keyring = crate::startup::load_keyring(&settings)?;
+        let rt = TenantRuntime::load_from_store(
+            &store,
+            &crate::cli_policy::secret_resolver(&settings),
+            keyring.as_ref(),
+            &row,
+        )
+        .await?
+        .map_err(|e| Failure {
             message: e,
             code: 1,
         })?;

@@ -2,10 +2,12 @@
 //! newcomer can issue a real token right after starting the broker. It is
 //! loud about itself and never runs without the flag.
 //!
-//! What it does, idempotently: creates tenant `demo`; on first start writes a
-//! random OpenTok API secret to `<data dir>/dev/demo-opentok.secret` (mode
-//! 0600, referenced from the policy as `file:`, as production secrets are) and
-//! applies `policies/demo` rules; at every start mints a fresh API key (scopes
+//! What it does, idempotently: creates a master keyring `<data dir>/master.key`
+//! (0600) unless `master_key_file` is set; creates tenant `demo`; on first
+//! start writes a random OpenTok API secret to
+//! `<secrets_dir>/demo/opentok.secret` (mode 0600, referenced from the policy
+//! as `file:opentok.secret`, inside the demo tenant's namespace, as production
+//! secrets are) and applies the demo rules; at every start mints a fresh API key (scopes
 //! issue, audit, admin) and prints it once with ready-to-paste commands.
 
 use std::io::Write;
@@ -29,7 +31,25 @@ pub fn demo_session_id() -> String {
     )
 }
 
-fn demo_policy(secret_path: &std::path::Path) -> String {
+/// The demo secret's file name inside the demo tenant's secrets namespace.
+const DEMO_SECRET_FILE: &str = "opentok.secret";
+
+/// Development mode keeps a master keyring in the data directory (0600), so
+/// stored credentials work out of the box; production sets `master_key_file`.
+pub fn ensure_master_key(settings: &mut Settings) -> Result<(), Failure> {
+    if settings.master_key_file.is_none() {
+        std::fs::create_dir_all(&settings.data_dir)?;
+        let path = settings.data_dir.join("master.key");
+        if !path.exists() {
+            let id = crate::secrets::Keyring::generate(&path)?;
+            eprintln!("development mode: created master key {id} at {}", path.display());
+        }
+        settings.master_key_file = Some(path);
+    }
+    Ok(())
+}
+
+fn demo_policy() -> String {
     format!(
         r#"# Demo tenant seeded by `token-broker serve --dev`. Not for production.
 tenant = "demo"
@@ -39,7 +59,7 @@ description = "Development demo"
 name = "demo"
 provider = "opentok"
 api_key = "{DEMO_API_KEY}"
-api_secret = "file:{}"
+api_secret = "file:{DEMO_SECRET_FILE}"
 token_format = "jwt"
 
 [defaults]
@@ -63,8 +83,7 @@ roles = ["subscriber", "publisher"]
 max_ttl = "2h"
 on_role_excess = "downgrade"
 default_role = "publisher"
-"#,
-        secret_path.display()
+"#
     )
 }
 
@@ -73,9 +92,11 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<(), Failure> {
     if !store.tenant_exists("demo").await? {
         admin::create_tenant(store, "demo", &Actor::Cli, now).await?;
     }
-    let dir = settings.data_dir.join("dev");
+    // The demo secret lives in the demo tenant's namespace, as an operator
+    // would provision it: <secrets_dir>/demo/opentok.secret, mode 0600.
+    let dir = settings.secrets_dir.join("demo");
     std::fs::create_dir_all(&dir)?;
-    let secret_path = std::fs::canonicalize(&dir)?.join("demo-opentok.secret");
+    let secret_path = dir.join(DEMO_SECRET_FILE);
     if !secret_path.exists() {
         let mut b = [0u8; 20];
         getrandom::fill(&mut b).map_err(|e| Failure {
@@ -92,11 +113,15 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<(), Failure> {
         let mut f = opts.open(&secret_path)?;
         f.write_all(crate::audit::chain::hex(&b).as_bytes())?;
     }
-    if store.current_policy("demo").await?.is_none() {
+    // Seed the demo policy, or replace one from before secrets were confined
+    // to tenant namespaces (it named an absolute path).
+    let current = store.current_policy("demo").await?;
+    if current.is_none_or(|c| c.source.contains("file:/")) {
         admin::apply_policy(
             store,
+            &crate::cli_policy::secret_resolver(settings),
             "demo.toml",
-            &demo_policy(&secret_path),
+            &demo_policy(),
             None,
             false,
             &Actor::Cli,

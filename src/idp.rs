@@ -21,6 +21,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::Value;
 
 use crate::domain::{Identity, IdpKeys, IdpSpec, SecretRef};
+use crate::secrets::Resolved;
 
 /// Why an end user's token was refused (all 401).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,9 +65,9 @@ impl IdpError {
     }
 }
 
-/// Reads a secret reference where the broker runs (shared with the signers).
-fn resolve_secret(r: &SecretRef) -> Result<Vec<u8>, String> {
-    crate::tokens::resolve(r).map_err(|e| e.to_string())
+/// A secret the resolver already read (inside the tenant's namespace).
+fn resolve_secret<'a>(secrets: &'a Resolved, r: &SecretRef) -> Result<&'a [u8], String> {
+    secrets.get(r).map_err(|e| e.to_string())
 }
 
 struct Key {
@@ -120,8 +121,9 @@ fn family_of_pem(pem: &[u8]) -> Result<(AlgorithmFamily, DecodingKey), String> {
 }
 
 impl IdentityProvider {
-    /// Resolves the provider's keys (not the JWKS, fetched on first use).
-    pub fn load(spec: &IdpSpec) -> Result<IdentityProvider, String> {
+    /// Builds the provider from its keys, resolved beforehand by
+    /// `crate::secrets` (the JWKS is fetched on first use).
+    pub fn load(spec: &IdpSpec, secrets: &Resolved) -> Result<IdentityProvider, String> {
         let algorithms = spec
             .algorithms
             .iter()
@@ -132,15 +134,15 @@ impl IdentityProvider {
                 kid: None,
                 family: AlgorithmFamily::Hmac,
                 key: DecodingKey::from_secret(
-                    &resolve_secret(r).map_err(|e| format!("secret {r}: {e}"))?,
+                    resolve_secret(secrets, r).map_err(|e| format!("secret {r}: {e}"))?,
                 ),
             }]),
             IdpKeys::PublicKeys(refs) => {
                 let mut keys = Vec::new();
                 for r in refs {
-                    let pem = resolve_secret(r).map_err(|e| format!("public key {r}: {e}"))?;
-                    let (family, key) =
-                        family_of_pem(&pem).map_err(|e| format!("public key {r}: {e}"))?;
+                    let pem =
+                        resolve_secret(secrets, r).map_err(|e| format!("public key {r}: {e}"))?;
+                    let (family, key) = family_of_pem(pem).map_err(|e| format!("public key {r}: {e}"))?;
                     keys.push(Key {
                         kid: None,
                         family,

@@ -6,6 +6,7 @@
 //! - `tokens`: the three token formats, validation, inspection; pure signers.
 //! - `policy`: policy files, the decision engine, policy test cases; pure.
 //! - `store`: SQLite/PostgreSQL persistence behind one `Store`.
+//! - `secrets`: tenant-confined secret references and the master keyring.
 //! - `audit`: audit rows, the hash chain, the group-commit writer.
 //! - `auth`: API keys (argon2id once, then a cache); `idp`: end users' login JWTs;
 //!   `limits`: rate limits; `metrics`: counters for `/metrics`.
@@ -21,9 +22,11 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod cli_audit;
+pub mod cli_credential;
 pub mod cli_policy;
 pub mod cli_token;
 pub mod clock;
+pub mod credentials;
 pub mod dev;
 pub mod domain;
 pub mod idp;
@@ -31,6 +34,7 @@ pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod routes;
+pub mod secrets;
 pub mod settings;
 pub mod startup;
 pub mod state;

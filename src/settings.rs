@@ -15,6 +15,8 @@
 //! | cached API keys | `--key-cache` | `TOKEN_BROKER_KEY_CACHE` | `key_cache` | 10000 |
 //! | parallel argon2 checks | `--hash-parallelism` | `TOKEN_BROKER_HASH_PARALLELISM` | `hash_parallelism` | 2 |
 //! | HTTP workers | `--workers` | `TOKEN_BROKER_WORKERS` | `workers` | CPUs available |
+//! | tenants' secrets directory | `--secrets-dir` | `TOKEN_BROKER_SECRETS_DIR` | `secrets_dir` | `<data dir>/secrets` |
+//! | master key file | `--master-key-file` | `TOKEN_BROKER_MASTER_KEY_FILE` | `master_key_file` | none (uploads refused) |
 //! | rate limits | `--rate-end-user` etc. | `TOKEN_BROKER_RATE_END_USER`, `_END_USER_IP`, `_API_KEY`, `_FAILED_AUTH_IP` | `rate_end_user` etc. | see `crate::limits` |
 //!
 //! The database URL may carry a password: it is redacted wherever settings are
@@ -83,6 +85,13 @@ pub struct SettingsArgs {
     /// Failed authentications per client address: <per_second>/<burst>.
     #[arg(long, env = "TOKEN_BROKER_RATE_FAILED_AUTH_IP", global = true)]
     pub rate_failed_auth_ip: Option<String>,
+    /// Directory of operator-provisioned tenant secrets: tenant T's `file:`
+    /// references resolve inside `<secrets_dir>/T/` only.
+    #[arg(long, env = "TOKEN_BROKER_SECRETS_DIR", global = true)]
+    pub secrets_dir: Option<PathBuf>,
+    /// Master keyring file that seals stored credentials (kept outside the database).
+    #[arg(long, env = "TOKEN_BROKER_MASTER_KEY_FILE", global = true)]
+    pub master_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -112,6 +121,8 @@ struct FileSettings {
     rate_end_user_ip: Option<String>,
     rate_api_key: Option<String>,
     rate_failed_auth_ip: Option<String>,
+    secrets_dir: Option<PathBuf>,
+    master_key_file: Option<PathBuf>,
 }
 
 /// Effective settings.
@@ -129,6 +140,8 @@ pub struct Settings {
     pub hash_parallelism: usize,
     pub workers: usize,
     pub rates: Rates,
+    pub secrets_dir: PathBuf,
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Settings {
@@ -146,6 +159,8 @@ impl fmt::Debug for Settings {
             .field("hash_parallelism", &self.hash_parallelism)
             .field("workers", &self.workers)
             .field("rates", &self.rates)
+            .field("secrets_dir", &self.secrets_dir)
+            .field("master_key_file", &self.master_key_file)
             .finish()
     }
 }
@@ -199,8 +214,16 @@ impl Settings {
                 d.failed_auth_ip,
             )?,
         };
+        let secrets_dir = args
+            .secrets_dir
+            .clone()
+            .or(file.secrets_dir)
+            .unwrap_or_else(|| data_dir.join("secrets"));
+        let master_key_file = args.master_key_file.clone().or(file.master_key_file);
         Ok(Settings {
             rates,
+            secrets_dir,
+            master_key_file,
             listen: args
                 .listen
                 .or(file.listen)

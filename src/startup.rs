@@ -13,6 +13,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::audit::{AuditWriter, WriterConfig};
 use crate::routes;
+use crate::secrets::Keyring;
 use crate::settings::Settings;
 use crate::state::AppState;
 use crate::store::Store;
@@ -50,6 +51,25 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// The master keyring, when one is configured. A configured file that cannot
+/// be read stops the start (an operator mistake must fail loudly); no file at
+/// all is allowed, and said: stored credentials are then refused.
+pub fn load_keyring(settings: &Settings) -> anyhow::Result<Option<Keyring>> {
+    match &settings.master_key_file {
+        Some(path) => {
+            let ring = Keyring::load(path)?;
+            tracing::info!(key_ids = ?ring.key_ids(), "master keyring loaded");
+            Ok(Some(ring))
+        }
+        None => {
+            tracing::warn!(
+                "no master key (setting master_key_file): tenants cannot upload credentials, and stored ones are unusable"
+            );
+            Ok(None)
+        }
+    }
+}
+
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let store = open_store(&settings).await?;
@@ -65,10 +85,11 @@ impl Application {
                 ..WriterConfig::default()
             },
         );
-        let state = web::Data::new(AppState::new(settings.clone(), store, writer));
+        let keyring = load_keyring(&settings)?;
+        let state = web::Data::new(AppState::new(settings.clone(), store, writer, keyring));
         state.load_all_policies().await?;
         for p in state.problems() {
-            tracing::warn!(problem = %p, "not fully ready");
+            tracing::warn!(problem = ?p, "not fully ready");
         }
         let listener = TcpListener::bind(settings.listen)?;
         let port = listener.local_addr()?.port();

@@ -14,7 +14,8 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, SessionFacts};
 use crate::settings::Settings;
-use crate::store::{PolicyVersionRow, Store, StoreResult};
+use crate::secrets::{Keyring, Resolved, SecretResolver};
+use crate::store::{PolicyVersionRow, Store, StoreResult, StoredCredentialRow};
 use crate::tokens::Signer;
 
 /// A credential of a tenant, loaded (or why it could not be).
@@ -22,6 +23,8 @@ use crate::tokens::Signer;
 pub struct LoadedCredential {
     pub name: String,
     pub owner_id: String,
+    /// `policy` (an operator reference) or `stored` (uploaded, sealed).
+    pub source: &'static str,
     pub signer: Result<Signer, String>,
 }
 
@@ -37,38 +40,89 @@ pub struct TenantRuntime {
     pub limits: Option<Limits>,
 }
 
+/// What loading a tenant needs from outside the policy text.
+#[derive(Debug)]
+pub struct LoadInputs<'a> {
+    /// The policy's secrets, resolved in the tenant's namespace.
+    pub secrets: &'a Resolved,
+    /// The tenant's stored credentials (sealed).
+    pub stored: &'a [StoredCredentialRow],
+    pub keyring: Option<&'a Keyring>,
+    /// Which tenant claims each video project.
+    pub claims: &'a HashMap<String, String>,
+}
+
 impl TenantRuntime {
-    /// Compiles a stored version and loads its credentials' secrets.
-    pub fn load(row: &PolicyVersionRow) -> Result<TenantRuntime, String> {
-        let doc = crate::policy::parse(&row.source_name, &row.source).map_err(|errs| {
+    /// Compiles a stored version with its credentials: the policy's, from
+    /// resolved references, and the stored ones, opened with the keyring. A
+    /// credential whose project another tenant claims is never loaded.
+    pub fn load(row: &PolicyVersionRow, inputs: &LoadInputs) -> Result<TenantRuntime, String> {
+        let doc = crate::policy::parse_stored(&row.source_name, &row.source).map_err(|errs| {
             errs.iter()
                 .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
-        let credentials = doc
+        let tenant = row.tenant.as_str();
+        let claimed_elsewhere = |owner: &str| {
+            inputs
+                .claims
+                .get(owner)
+                .is_some_and(|t| t.as_str() != tenant)
+        };
+        let mut credentials: Vec<LoadedCredential> = doc
             .credentials
             .iter()
             .map(|spec| {
-                let signer = Signer::load(spec).map_err(|e| e.to_string());
-                if let Err(e) = &signer {
-                    tracing::warn!(tenant = %row.tenant, credential = %spec.name, error = %e,
-                        "credential unavailable; its sessions get 503 credential_unavailable");
-                }
+                let secret = match &spec.provider {
+                    crate::domain::Provider::OpenTok { api_secret, .. } => api_secret,
+                    crate::domain::Provider::Vonage { private_key, .. } => private_key,
+                };
+                let signer = if claimed_elsewhere(spec.owner_id()) {
+                    Err("its video project is claimed by another tenant".to_owned())
+                } else {
+                    inputs
+                        .secrets
+                        .get(secret)
+                        .map_err(|e| e.to_string())
+                        .and_then(|bytes| Signer::from_spec(spec, bytes).map_err(|e| e.to_string()))
+                };
                 LoadedCredential {
                     name: spec.name.clone(),
                     owner_id: spec.owner_id().to_owned(),
+                    source: "policy",
                     signer,
                 }
             })
             .collect();
+        for stored in inputs.stored {
+            let signer = if claimed_elsewhere(&stored.owner_id) {
+                Err("its video project is claimed by another tenant".to_owned())
+            } else if credentials.iter().any(|c| c.name == stored.name || c.owner_id == stored.owner_id) {
+                Err("a policy credential has the same name or project".to_owned())
+            } else {
+                crate::credentials::open_signer(inputs.keyring, stored)
+            };
+            credentials.push(LoadedCredential {
+                name: stored.name.clone(),
+                owner_id: stored.owner_id.clone(),
+                source: "stored",
+                signer,
+            });
+        }
+        for c in &credentials {
+            if let Err(e) = &c.signer {
+                tracing::warn!(tenant = ?tenant, credential = ?c.name, error = ?e,
+                    "credential unavailable; its sessions get 503 credential_unavailable");
+            }
+        }
         let idps = doc
             .identity_providers
             .iter()
             .map(|spec| {
-                let idp = IdentityProvider::load(spec);
+                let idp = IdentityProvider::load(spec, inputs.secrets);
                 if let Err(e) = &idp {
-                    tracing::warn!(tenant = %row.tenant, idp = %spec.name, error = %e, "identity provider unavailable");
+                    tracing::warn!(tenant = ?tenant, idp = ?spec.name, error = ?e, "identity provider unavailable");
                 }
                 (spec.name.clone(), idp)
             })
@@ -82,6 +136,37 @@ impl TenantRuntime {
             cors_origins,
             limits,
         })
+    }
+
+    /// Gathers what `load` needs (secrets resolved in the tenant's namespace,
+    /// stored credentials, project claims) and loads the version.
+    pub async fn load_from_store(
+        store: &Store,
+        resolver: &SecretResolver,
+        keyring: Option<&Keyring>,
+        row: &PolicyVersionRow,
+    ) -> StoreResult<Result<TenantRuntime, String>> {
+        let refs = crate::policy::parse_stored(&row.source_name, &row.source)
+            .map(|d| d.secret_refs().into_iter().map(|(_, r)| r).collect())
+            .unwrap_or_default();
+        let tenants: Vec<String> = store
+            .list_tenants()
+            .await?
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
+        let secrets = resolver.resolve_all(&row.tenant, refs, &tenants).await;
+        let stored = store.list_credentials(&row.tenant).await?;
+        let claims: HashMap<String, String> = store.project_claims().await?.into_iter().collect();
+        Ok(TenantRuntime::load(
+            row,
+            &LoadInputs {
+                secrets: &secrets,
+                stored: &stored,
+                keyring,
+                claims: &claims,
+            },
+        ))
     }
 
     /// The identity provider whose issuer is `iss`.
@@ -101,6 +186,9 @@ impl TenantRuntime {
     }
 }
 
+/// Longest a tenant's secret references may take to read.
+pub const SECRET_READ_BOUND: Duration = Duration::from_secs(2);
+
 /// Shared application state (one per process; behind `web::Data`).
 #[derive(Debug)]
 pub struct AppState {
@@ -110,6 +198,10 @@ pub struct AppState {
     pub audit: AuditWriter,
     pub limits: Limits,
     pub metrics: Metrics,
+    /// Resolves tenants' operator-provisioned references (namespace-confined).
+    pub secrets: SecretResolver,
+    /// Opens stored credentials; `None` when no master key is configured.
+    pub keyring: Option<Keyring>,
     tenants: RwLock<HashMap<String, Arc<TenantRuntime>>>,
     /// Tenants whose stored policy failed to load (kept for `/readyz`).
     broken: RwLock<HashMap<String, String>>,
@@ -117,9 +209,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(settings: Settings, store: Store, audit: AuditWriter) -> AppState {
+    pub fn new(
+        settings: Settings,
+        store: Store,
+        audit: AuditWriter,
+        keyring: Option<Keyring>,
+    ) -> AppState {
         let auth = Authenticator::new(store.clone(), settings.key_cache, settings.hash_parallelism);
         AppState {
+            secrets: SecretResolver::new(settings.secrets_dir.clone(), SECRET_READ_BOUND),
+            keyring,
             limits: Limits::new(settings.rates),
             metrics: Metrics::default(),
             settings,
@@ -137,29 +236,58 @@ impl AppState {
         self.tenants.read().ok()?.get(tenant).cloned()
     }
 
-    /// Loads every tenant's current policy (at start).
+    /// Loads every tenant's current policy (at start), all tenants at once: a
+    /// tenant whose secrets hang or fail delays and breaks only itself (each
+    /// read is off the workers and time-bounded).
     pub async fn load_all_policies(&self) -> StoreResult<()> {
-        for row in self.store.all_current_policies().await? {
-            self.install(&row);
+        let rows = self.store.all_current_policies().await?;
+        // Policies applied before project claims existed claim what is free.
+        let now = crate::clock::now_unix_ms();
+        for row in &rows {
+            if let Ok(doc) = crate::policy::parse_stored(&row.source_name, &row.source) {
+                let owners: Vec<String> = doc
+                    .credentials
+                    .iter()
+                    .map(|c| c.owner_id().to_owned())
+                    .collect();
+                self.store.claim_free_projects(&row.tenant, &owners, now).await?;
+            }
+        }
+        let loads = rows.iter().map(|row| self.install(row));
+        for r in futures_util::future::join_all(loads).await {
+            r?;
         }
         Ok(())
     }
 
-    /// Reloads one tenant's current policy if it is newer than the one in memory.
+    /// Reloads one tenant's current policy if it is newer than the one in
+    /// memory, or always with `force` (its stored credentials changed).
     pub async fn reload_policy(&self, tenant: &str) -> StoreResult<()> {
+        self.reload(tenant, false).await
+    }
+
+    /// Reloads a tenant whatever its version (credentials changed).
+    pub async fn reload_tenant(&self, tenant: &str) -> StoreResult<()> {
+        self.reload(tenant, true).await
+    }
+
+    async fn reload(&self, tenant: &str, force: bool) -> StoreResult<()> {
         if let Some(row) = self.store.current_policy(tenant).await? {
             let loaded = self.tenant(tenant).map(|t| t.policy.version).unwrap_or(0);
-            if row.version > loaded {
-                self.install(&row);
+            if force || row.version > loaded {
+                self.install(&row).await?;
             }
         }
         Ok(())
     }
 
-    fn install(&self, row: &PolicyVersionRow) {
-        match TenantRuntime::load(row) {
+    async fn install(&self, row: &PolicyVersionRow) -> StoreResult<()> {
+        let loaded =
+            TenantRuntime::load_from_store(&self.store, &self.secrets, self.keyring.as_ref(), row)
+                .await?;
+        match loaded {
             Ok(rt) => {
-                tracing::info!(tenant = %row.tenant, version = row.version, "policy loaded");
+                tracing::info!(tenant = ?row.tenant, version = row.version, "policy loaded");
                 if let Ok(mut m) = self.tenants.write() {
                     m.insert(row.tenant.clone(), Arc::new(rt));
                 }
@@ -168,12 +296,28 @@ impl AppState {
                 }
             }
             Err(e) => {
-                tracing::error!(tenant = %row.tenant, version = row.version, error = %e, "stored policy does not load");
+                tracing::error!(tenant = ?row.tenant, version = row.version, error = ?e, "stored policy does not load");
                 if let Ok(mut b) = self.broken.write() {
                     b.insert(row.tenant.clone(), e);
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Counts for the unauthenticated `/readyz`: no names, paths or variables.
+    pub fn problem_counts(&self) -> (usize, usize) {
+        let tenants = self.tenants.read().map(|m| m.len()).unwrap_or(0);
+        (tenants, self.problems().len())
+    }
+
+    /// Problems of one tenant (for its own admins: `GET /v1/status`).
+    pub fn tenant_problems(&self, tenant: &str) -> Vec<String> {
+        let prefix = format!("tenant {tenant}: ");
+        self.problems()
+            .into_iter()
+            .filter_map(|p| p.strip_prefix(&prefix).map(str::to_owned))
+            .collect()
     }
 
     /// Problems `/readyz` reports: policies that do not load, credentials whose
@@ -259,6 +403,12 @@ impl AppState {
                         match c.kind.as_str() {
                             "key_revoked" => self.auth.forget(&c.subject),
                             "session_updated" => self.forget_session(&c.tenant, &c.subject),
+                            "credential_changed" => {
+                                if let Err(e) = self.reload_tenant(&c.tenant).await {
+                                    tracing::warn!(error = %e, "credential reload failed; will retry");
+                                    done.remove(&c.change_id);
+                                }
+                            }
                             "policy_applied" => {
                                 if let Err(e) = self.reload_policy(&c.tenant).await {
                                     tracing::warn!(error = %e, "policy reload failed; will retry");

@@ -22,6 +22,8 @@ pub mod kind {
     pub const AUDIT_READ: &str = "audit_read";
     pub const AUDIT_PRUNED: &str = "audit_pruned";
     pub const TENANT_CREATED: &str = "tenant_created";
+    pub const CREDENTIAL_SET: &str = "credential_set";
+    pub const CREDENTIAL_DELETED: &str = "credential_deleted";
 }
 
 /// One audit row. Fields that do not apply to an event kind are `None`.

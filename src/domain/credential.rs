@@ -1,9 +1,14 @@
 //! A tenant's video credential as declared in its policy file: names and secret
-//! *references*, never secret values. `crate::tokens::Signer::load` resolves the
-//! references where the broker runs and parses the keys once.
+//! *references*, never secret values. `crate::secrets` resolves the references
+//! where the broker runs (inside the tenant's namespace only) and
+//! `crate::tokens::Signer` parses the keys once.
+//!
+//! The namespace rules live here, pure, so that policy validation (which points
+//! at file, line and column) and the resolver (which enforces them again on
+//! every load) apply the very same rule.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 /// Where a secret lives. Policy files may only name secrets, never inline them.
 #[derive(Clone, PartialEq, Eq)]
@@ -35,6 +40,68 @@ impl SecretRef {
         }
         Err("a secret must be a reference, \"env:NAME\" or \"file:PATH\"; inline secrets are refused".into())
     }
+}
+
+/// The prefix every environment variable of tenant `slug` must carry:
+/// `TOKEN_BROKER_TENANT_<SLUG>_`, the slug upper-cased with `-` as `_`.
+pub fn env_prefix(slug: &str) -> String {
+    format!(
+        "TOKEN_BROKER_TENANT_{}_",
+        slug.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+/// Largest secret file the broker reads (a 4096-bit PEM key is ~3.3 KiB).
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+impl SecretRef {
+    /// Checks, without touching the host, that the reference stays inside
+    /// tenant `slug`'s namespace: `env:` names start with [`env_prefix`];
+    /// `file:` paths are relative to the tenant's secrets directory
+    /// (`<secrets_dir>/<slug>/`) and have no `..`, no root and no control
+    /// characters. Symlinks are checked by the resolver, which sees the disk.
+    /// The message says how to fix the reference and never whether a target
+    /// exists.
+    pub fn check_namespace(&self, slug: &str) -> Result<(), String> {
+        match self {
+            SecretRef::Env(name) => {
+                let prefix = env_prefix(slug);
+                if name.len() > prefix.len() && name.starts_with(&prefix) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "env: references of tenant {slug} must name a variable starting with {prefix} \
+                         (the operator provisions it as {prefix}<NAME>); rename the variable and write \"env:{prefix}<NAME>\""
+                    ))
+                }
+            }
+            SecretRef::File(path) => confined_relative(path).map(|_| ()).map_err(|why| {
+                format!(
+                    "file: references are relative to tenant {slug}'s secrets directory \
+                     (<secrets_dir>/{slug}/, setting secrets_dir) and {why}; move the file there and write \"file:<name>\""
+                )
+            }),
+        }
+    }
+}
+
+/// A path that is relative, made only of normal components, and free of
+/// control characters; else why not.
+pub fn confined_relative(path: &Path) -> Result<&Path, &'static str> {
+    if path.as_os_str().is_empty() {
+        return Err("must not be empty");
+    }
+    if path.to_string_lossy().chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    for c in path.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Err("must not contain '..'"),
+            Component::RootDir | Component::Prefix(_) => return Err("must not be absolute"),
+        }
+    }
+    Ok(path)
 }
 
 /// Shows the reference (which is not secret), never a value.
@@ -121,6 +188,30 @@ mod tests {
             "ENV:X",
         ] {
             assert!(SecretRef::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn references_outside_the_tenant_namespace_are_refused() {
+        let ok = |s: &str, t: &str| SecretRef::parse(s).unwrap().check_namespace(t);
+        assert!(ok("env:TOKEN_BROKER_TENANT_ACME_SECRET", "acme").is_ok());
+        assert!(ok("env:TOKEN_BROKER_TENANT_ACME_WEST_SECRET", "acme-west").is_ok());
+        assert!(ok("file:opentok.secret", "acme").is_ok());
+        assert!(ok("file:vonage/app.key", "acme").is_ok());
+        for (bad, tenant) in [
+            ("env:OTHER_SECRET", "acme"),
+            ("env:TOKEN_BROKER_TENANT_OTHER_SECRET", "acme"),
+            ("env:TOKEN_BROKER_TENANT_ACME_", "acme"),
+            ("env:TOKEN_BROKER_TENANT_ACMESECRET", "acme"),
+            ("env:TOKEN_BROKER_DATABASE_URL", "acme"),
+            ("file:/etc/passwd", "acme"),
+            ("file:/dev/zero", "acme"),
+            ("file:../other/x", "acme"),
+            ("file:a/../../other/x", "acme"),
+            ("file:a\nb", "acme"),
+        ] {
+            let e = ok(bad, tenant).unwrap_err();
+            assert!(!e.contains("exist"), "{e}");
         }
     }
 }

@@ -6,7 +6,10 @@ pub mod identity;
 pub mod idp;
 pub mod role;
 
-pub use credential::{CredentialSpec, OpenTokFormat, Provider, SecretRef};
+pub use credential::{
+    CredentialSpec, MAX_SECRET_FILE_BYTES, OpenTokFormat, Provider, SecretRef, confined_relative,
+    env_prefix,
+};
 pub use identity::Identity;
 pub use idp::{IdpKeys, IdpSpec};
 pub use role::Role;

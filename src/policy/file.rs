@@ -100,6 +100,36 @@ pub struct PolicyDoc {
     pub rate_limits: Option<Rates>,
 }
 
+impl PolicyDoc {
+    /// Every secret reference of the file with the field that names it
+    /// (`credentials[0].api_secret`, `identity_providers[1].public_keys[0]`).
+    pub fn secret_refs(&self) -> Vec<(String, SecretRef)> {
+        let mut out = Vec::new();
+        for (i, c) in self.credentials.iter().enumerate() {
+            match &c.provider {
+                Provider::OpenTok { api_secret, .. } => {
+                    out.push((format!("credentials[{i}].api_secret"), api_secret.clone()))
+                }
+                Provider::Vonage { private_key, .. } => {
+                    out.push((format!("credentials[{i}].private_key"), private_key.clone()))
+                }
+            }
+        }
+        for (i, p) in self.identity_providers.iter().enumerate() {
+            match &p.keys {
+                IdpKeys::Secret(r) => out.push((format!("identity_providers[{i}].secret"), r.clone())),
+                IdpKeys::PublicKeys(list) => {
+                    for (j, r) in list.iter().enumerate() {
+                        out.push((format!("identity_providers[{i}].public_keys[{j}]"), r.clone()));
+                    }
+                }
+                IdpKeys::JwksUrl(_) => {}
+            }
+        }
+        out
+    }
+}
+
 type S<T> = Spanned<T>;
 
 #[derive(Deserialize)]
@@ -187,6 +217,8 @@ struct Errors<'a> {
     file: &'a str,
     text: &'a str,
     list: Vec<PolicyError>,
+    /// The tenant whose namespace secret references must stay in, when checked.
+    confine_to: Option<String>,
 }
 
 impl Errors<'_> {
@@ -267,7 +299,7 @@ pub fn valid_slug(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
-fn valid_id(s: &str) -> bool {
+pub fn valid_id(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 64
@@ -276,7 +308,7 @@ fn valid_id(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
 }
 
-fn valid_uuid(s: &str) -> bool {
+pub fn valid_uuid(s: &str) -> bool {
     s.len() == 36
         && s.char_indices().all(|(i, c)| {
             if [8, 13, 18, 23].contains(&i) {
@@ -287,16 +319,29 @@ fn valid_uuid(s: &str) -> bool {
         })
 }
 
-/// Parses and validates a policy file; every error, or the document.
+/// Parses and validates a policy file; every error, or the document. Secret
+/// references must stay inside the tenant's namespace (`SecretRef::check_namespace`).
 pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
+    parse_with(file, text, true)
+}
+
+/// Parses a version already stored, without the namespace check: a reference
+/// stored before the rule existed must make only its own credential unusable
+/// (the resolver enforces the namespace on every load), not the whole policy.
+pub fn parse_stored(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
+    parse_with(file, text, false)
+}
+
+fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<PolicyError>> {
     let raw: RawFile = toml::from_str(text).map_err(|e| vec![toml_error(file, text, &e)])?;
+    let tenant = raw.tenant.get_ref().clone();
     let mut errs = Errors {
         file,
         text,
         list: Vec::new(),
+        confine_to: (confine && valid_slug(&tenant)).then(|| tenant.clone()),
     };
 
-    let tenant = raw.tenant.get_ref().clone();
     if !valid_slug(&tenant) {
         errs.at(
             raw.tenant.span(),
@@ -592,7 +637,15 @@ pub fn parse(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError>> {
 
 fn secret_ref(errs: &mut Errors, s: &S<String>, field: String) -> Option<SecretRef> {
     match SecretRef::parse(s.get_ref()) {
-        Ok(r) => Some(r),
+        Ok(r) => {
+            if let Some(t) = &errs.confine_to
+                && let Err(m) = r.check_namespace(t)
+            {
+                errs.at(s.span(), field, m);
+                return None;
+            }
+            Some(r)
+        }
         // Never echo the value: it may be a pasted secret.
         Err(m) => {
             errs.at(s.span(), field, m);
@@ -831,7 +884,8 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
             let refs: Vec<SecretRef> = list
                 .get_ref()
                 .iter()
-                .filter_map(|r| secret_ref(errs, r, f("public_keys")))
+                .enumerate()
+                .filter_map(|(j, r)| secret_ref(errs, r, f(&format!("public_keys[{j}]"))))
                 .collect();
             Some(IdpKeys::PublicKeys(refs))
         } else if let Some(u) = &p.jwks_url {

@@ -19,6 +19,7 @@ pub use decide::{
 pub use diff::diff;
 pub use file::{
     Defaults, Effect, Excess, PolicyDoc, PolicyError, Rule, SessionMatch, Subject, parse,
+    parse_stored,
 };
 
 #[cfg(test)]

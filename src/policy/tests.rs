@@ -9,7 +9,7 @@ const POLICY: &str = r#"tenant = "acme"
 name = "main"
 provider = "opentok"
 api_key = "123456"
-api_secret = "env:ACME_SECRET"
+api_secret = "env:TOKEN_BROKER_TENANT_ACME_SECRET"
 
 [defaults]
 role = "publisher"
@@ -478,7 +478,7 @@ fn validation_errors_name_file_line_column_and_field() {
         ),
         (
             "inline secret",
-            POLICY.replace("env:ACME_SECRET", "abcdef0123456789"),
+            POLICY.replace("env:TOKEN_BROKER_TENANT_ACME_SECRET", "abcdef0123456789"),
             "credentials[0].api_secret",
             7,
         ),
@@ -534,7 +534,7 @@ fn validation_errors_name_file_line_column_and_field() {
         );
     }
     // A pasted secret is never echoed back.
-    let errs = errors(&POLICY.replace("env:ACME_SECRET", "abcdef0123456789"));
+    let errs = errors(&POLICY.replace("env:TOKEN_BROKER_TENANT_ACME_SECRET", "abcdef0123456789"));
     assert!(errs.iter().all(|e| !e.message.contains("abcdef0123456789")));
 }
 

@@ -1,6 +1,9 @@
 //! `GET /healthz` (the process is alive) and `GET /readyz` (the database is
-//! reachable and migrated, the audit writer is committing, and every tenant's
-//! policy and credentials load; 503 otherwise).
+//! reachable and migrated and the audit writer is committing; 503 otherwise).
+//! Both are unauthenticated, so they say status and counts only: never a
+//! tenant, credential, path or variable name (operators read the details in
+//! `token-broker status` and the logs; a tenant admin reads its own tenant's
+//! at `GET /v1/status`).
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;
@@ -24,12 +27,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     } else {
         "ok"
     };
-    let problems = state.problems();
+    let (tenants, problems) = state.problem_counts();
     let ready = db == "ok" && audit == "ok";
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "database": db,
         "audit": audit,
+        "tenants_loaded": tenants,
         "problems": problems,
     });
     if ready {

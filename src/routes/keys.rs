@@ -38,6 +38,21 @@ pub fn admin_error(e: AdminError) -> ApiError {
             "audit_unavailable",
             "the audit record cannot be written; nothing was changed",
         ),
+        AdminError::Field { field, message } => ApiError::bad("invalid_request", field, message),
+        AdminError::Claimed => ApiError::new(
+            actix_web::http::StatusCode::CONFLICT,
+            "credential_claimed",
+            "this video project (api key or application id) is already used by another tenant",
+        ),
+        AdminError::Conflict(m) => ApiError::new(
+            actix_web::http::StatusCode::CONFLICT,
+            "credential_conflict",
+            m,
+        ),
+        AdminError::NoMasterKey => ApiError::unavailable(
+            "master_key_missing",
+            "this broker has no master key configured, so credentials cannot be stored; ask the operator",
+        ),
         AdminError::Store(e) => e.into(),
     }
 }

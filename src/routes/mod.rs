@@ -3,6 +3,7 @@
 //! the result; every failure is an `error::ApiError`.
 
 pub mod audit;
+pub mod credentials;
 pub mod end_user;
 pub mod error;
 pub mod extractors;
@@ -77,6 +78,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
         .service(resource("/v1/policy/versions").route(web::get().to(policy::history)))
         .service(resource("/v1/policy/versions/{version}").route(web::get().to(policy::version)))
         .service(resource("/v1/policy/rollback").route(web::post().to(policy::rollback)))
+        .service(
+            resource("/v1/credentials/{name}")
+                .route(web::put().to(credentials::put))
+                .route(web::get().to(credentials::show))
+                .route(web::delete().to(credentials::delete)),
+        )
+        .service(resource("/v1/credentials").route(web::get().to(credentials::list)))
+        .service(resource("/v1/status").route(web::get().to(credentials::status)))
         .service(resource("/v1/audit").route(web::get().to(audit::query)))
         .service(resource("/v1/audit/summary").route(web::get().to(audit::summary)))
         .default_service(web::to(not_found));

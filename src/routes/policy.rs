@@ -107,6 +107,7 @@ pub async fn apply(
         .unwrap_or_else(|| format!("{}.toml", p.tenant));
     let out = admin::apply_policy(
         &state.store,
+        &state.secrets,
         &name,
         &body.source,
         Some(&p.tenant),
@@ -138,6 +139,7 @@ pub async fn rollback(
     let p = key.require(Scopes::ADMIN)?;
     let out = admin::rollback_policy(
         &state.store,
+        &state.secrets,
         &p.tenant,
         body.to,
         &actor(&req, &p.key_id),

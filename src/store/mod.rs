@@ -8,12 +8,14 @@
 //! is one method.
 
 mod audit;
+mod credentials;
 mod keys;
 mod policies;
 mod sessions;
 mod tenants;
 
 pub use audit::{AuditFilter, AuditRow, HeadRow, PruneRow, SummaryRow};
+pub use credentials::StoredCredentialRow;
 pub use keys::KeyRow;
 pub use policies::PolicyVersionRow;
 pub use sessions::SessionRow;
@@ -63,6 +65,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Invalid(String),
+    /// A video project (api key / application id) is claimed already: by
+    /// another tenant, or by another credential of the same tenant.
+    #[error("video project {owner_id} is already claimed")]
+    Claimed { owner_id: String, same_tenant: bool },
     /// Another writer advanced an audit chain head first; retry.
     #[error("the audit chain head moved concurrently; retry")]
     HeadMoved,
@@ -120,7 +126,9 @@ impl Store {
     pub async fn connect(url: &str) -> StoreResult<Store> {
         let url_redacted = redact_url(url);
         if url.starts_with("sqlite:") {
-            let base = SqliteConnectOptions::from_str(url)?
+            let parsed = SqliteConnectOptions::from_str(url)?;
+            restrict_sqlite_files(parsed.get_filename());
+            let base = parsed
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 // FULL: every commit is fsynced, so an audit row survives power loss.
@@ -257,8 +265,51 @@ pub struct ChangeRow {
     pub subject: String,
 }
 
-/// Replaces the password of a URL (`scheme://user:pass@host`) with `***`.
+/// The SQLite database holds argon2 hashes, sealed credentials and the audit:
+/// only the broker's user may read it. A new file is created 0600 before
+/// SQLite opens it (SQLite gives its WAL and shared-memory files the same
+/// mode); existing files are tightened to 0600.
+fn restrict_sqlite_files(db: &std::path::Path) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if db.as_os_str().is_empty() || db.to_string_lossy().starts_with(':') {
+        return; // in-memory
+    }
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+    }
+}
+
+/// Replaces the password of a URL (`scheme://user:pass@host`) and the values
+/// of password-like query parameters (`?password=`, `sslpassword=`) with `***`.
 pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = redact_userinfo(base);
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -289,5 +340,13 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://bob@db/x"), "postgres://bob@db/x");
         assert_eq!(redact_url("sqlite://data/tb.db"), "sqlite://data/tb.db");
+        assert_eq!(
+            redact_url("postgres://bob@db/x?password=s3cret&sslmode=require&sslpassword=k3y"),
+            "postgres://bob@db/x?password=***&sslmode=require&sslpassword=***"
+        );
+        assert_eq!(
+            redact_url("postgres://bob:a@b@db/x?PassWord=z"),
+            "postgres://bob:***@db/x?PassWord=***"
+        );
     }
 }

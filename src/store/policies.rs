@@ -25,7 +25,8 @@ impl Store {
     /// change-feed row and its `policy_applied` audit row (whose
     /// `policy_version` is set here). `expected_current` guards against a
     /// concurrent apply: if the newest version is no longer that, nothing is
-    /// written and `Conflict` is returned.
+    /// written and `Conflict` is returned. The policy's video projects
+    /// (`owner_ids`) are claimed for the tenant in the same transaction.
     #[allow(clippy::too_many_arguments)]
     pub async fn insert_policy_version(
         &self,
@@ -36,6 +37,7 @@ impl Store {
         sha256: &str,
         applied_by: &str,
         note: Option<&str>,
+        owner_ids: &[String],
         now_ms: i64,
         audit: &mut AuditRow,
     ) -> StoreResult<i64> {
@@ -57,6 +59,7 @@ impl Store {
             ).bind(tenant).bind(version).bind(source).bind(source_name).bind(sha256).bind(applied_by)
              .bind(now_ms).bind(note).execute(&mut *tx).await
              .map_err(|e| StoreError::on_unique(e, "policy changed concurrently; apply again"))?;
+            super::credentials::claim_projects!(tx, tenant, "policy", owner_ids, now_ms);
             sqlx::query(
                 "INSERT INTO changes (tenant, kind, subject, at_ms) VALUES ($1, 'policy_applied', $2, $3)"
             ).bind(tenant).bind(version.to_string()).bind(now_ms).execute(&mut *tx).await?;

@@ -155,28 +155,12 @@ impl TokenError {
 /// Why a credential cannot be loaded. Names the reference, never a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialError {
-    #[error("secret reference {reference} cannot be resolved: {why}")]
-    Unresolved { reference: String, why: String },
     #[error(
         "the private key from {reference} is not a usable RSA private key (PEM, PKCS#8 or PKCS#1, 2048 bits or more)"
     )]
     BadPrivateKey { reference: String },
     #[error("invalid credential: {0}")]
     Invalid(String),
-}
-
-/// Reads a secret where the broker runs.
-pub fn resolve(r: &SecretRef) -> Result<Vec<u8>, CredentialError> {
-    let unresolved = |why: String| CredentialError::Unresolved {
-        reference: r.to_string(),
-        why,
-    };
-    match r {
-        SecretRef::Env(name) => std::env::var(name)
-            .map(String::into_bytes)
-            .map_err(|_| unresolved("the environment variable is not set".into())),
-        SecretRef::File(p) => std::fs::read(p).map_err(|e| unresolved(e.kind().to_string())),
-    }
 }
 
 enum Keys {
@@ -206,34 +190,29 @@ impl fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Resolves the spec's secret references and parses its keys.
-    pub fn load(spec: &CredentialSpec) -> Result<Signer, CredentialError> {
+    /// Builds the signer of `spec` from its secret, already resolved (by
+    /// `crate::secrets`): the OpenTok API secret, or the Vonage private key PEM.
+    pub fn from_spec(spec: &CredentialSpec, secret: &[u8]) -> Result<Signer, CredentialError> {
         match &spec.provider {
             Provider::OpenTok {
                 api_key,
-                api_secret,
                 token_format,
+                ..
             } => {
-                let secret = resolve(api_secret)?;
-                let secret =
-                    String::from_utf8(secret).map_err(|_| CredentialError::Unresolved {
-                        reference: api_secret.to_string(),
-                        why: "the secret is not UTF-8 text".into(),
-                    })?;
+                let secret = std::str::from_utf8(secret).map_err(|_| {
+                    CredentialError::Invalid("the API secret is not UTF-8 text".into())
+                })?;
                 Signer::opentok(api_key, secret.trim(), *token_format)
             }
             Provider::Vonage {
                 application_id,
                 private_key,
-            } => {
-                let pem = resolve(private_key)?;
-                Signer::vonage(application_id, &pem).map_err(|e| match e {
-                    CredentialError::BadPrivateKey { .. } => CredentialError::BadPrivateKey {
-                        reference: private_key.to_string(),
-                    },
-                    other => other,
-                })
-            }
+            } => Signer::vonage(application_id, secret).map_err(|e| match e {
+                CredentialError::BadPrivateKey { .. } => CredentialError::BadPrivateKey {
+                    reference: private_key.to_string(),
+                },
+                other => other,
+            }),
         }
     }
 

@@ -8,19 +8,6 @@ use token_broker::cli_audit::{Checkpoint, verify_tenant};
 
 use crate::helpers::*;
 
-/// Runs raw SQL against the test database, as an attacker with database access would.
-async fn raw_sql(app: &TestApp, sql: &str) {
-    if app.db_url.starts_with("sqlite") {
-        use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
-        sqlx::query(sql).execute(&mut c).await.unwrap();
-    } else {
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
-        sqlx::query(sql).execute(&mut c).await.unwrap();
-    }
-}
-
 async fn issue_n(app: &TestApp, key: &str, n: u32) -> Vec<Value> {
     let mut out = Vec::new();
     for i in 0..n {

@@ -41,6 +41,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub store: Store,
     pub db_url: String,
+    #[allow(dead_code)] // kept for its drop (and for tests that need a scratch dir)
     pub dir: tempfile::TempDir,
     _handle: actix_web::dev::ServerHandle,
     pub app_state: actix_web::web::Data<token_broker::state::AppState>,
@@ -89,7 +90,13 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_on(url: String, db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
     let mut settings = Settings::for_database(&url);
+    // Each test broker has its own secrets namespace root and master keyring.
+    settings.secrets_dir = dir.path().join("secrets");
+    let master = dir.path().join("master.key");
+    token_broker::secrets::Keyring::generate(&master).expect("master key");
+    settings.master_key_file = Some(master);
     tweak(&mut settings);
     let app = Application::build(settings).await.expect("build app");
     let port = app.port();
@@ -102,7 +109,7 @@ pub async fn spawn_app_on(url: String, db: TestDb, tweak: impl FnOnce(&mut Setti
         client: reqwest::Client::new(),
         store,
         db_url: url,
-        dir: tempfile::tempdir().expect("tempdir"),
+        dir,
         _handle: handle,
         app_state,
         _db: db,
@@ -112,6 +119,17 @@ pub async fn spawn_app_on(url: String, db: TestDb, tweak: impl FnOnce(&mut Setti
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.addr, path)
+    }
+
+    /// A second broker on the same database, secrets directory and master key
+    /// (as instances of one deployment share them).
+    pub async fn spawn_second(&self) -> TestApp {
+        let shared = self.app_state.settings.clone();
+        spawn_app_on(self.db_url.clone(), TestDb::Shared, move |s| {
+            s.secrets_dir = shared.secrets_dir;
+            s.master_key_file = shared.master_key_file;
+        })
+        .await
     }
 
     pub async fn create_tenant(&self, slug: &str) {
@@ -129,18 +147,27 @@ impl TestApp {
             .key
     }
 
-    /// Writes the OpenTok secret and an RSA key to files and returns the standard
-    /// test policy for `tenant` with those references.
+    /// Provisions a secret file in `tenant`'s namespace, as an operator does
+    /// (`<secrets_dir>/<tenant>/<name>`), and returns its path.
+    pub fn provision_secret(&self, tenant: &str, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.app_state.settings.secrets_dir.join(tenant).join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, bytes).expect("write secret");
+        path
+    }
+
+    /// Provisions the OpenTok secret in `tenant`'s namespace and returns the
+    /// standard test policy for `tenant`, which references it.
     pub fn standard_policy(&self, tenant: &str) -> String {
-        let secret = self.dir.path().join("opentok.secret");
-        std::fs::write(&secret, API_SECRET).expect("write secret");
-        standard_policy_text(tenant, &secret)
+        self.provision_secret(tenant, "opentok.secret", API_SECRET.as_bytes());
+        standard_policy_text(tenant, "opentok.secret")
     }
 
     /// Applies a policy text through the library and reloads it into the server.
     pub async fn apply_policy(&self, text: &str) -> i64 {
         let out = admin::apply_policy(
             &self.store,
+            &self.app_state.secrets,
             "test.toml",
             text,
             None,
@@ -206,7 +233,8 @@ impl TestApp {
     }
 }
 
-pub fn standard_policy_text(tenant: &str, secret: &std::path::Path) -> String {
+/// The standard test policy; `secret` is a `file:` reference inside the tenant's namespace.
+pub fn standard_policy_text(tenant: &str, secret: &str) -> String {
     format!(
         r#"tenant = "{tenant}"
 description = "integration tests"
@@ -262,8 +290,7 @@ roles = ["subscriber", "publisher"]
 default_role = "subscriber"
 max_ttl = "2h"
 on_role_excess = "downgrade"
-"#,
-        secret = secret.display()
+"#
     )
 }
 
@@ -276,4 +303,45 @@ pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+/// Runs raw SQL against the test database, as an attacker with database access would.
+pub async fn raw_sql(app: &TestApp, sql: &str) {
+    use sqlx::Connection;
+    if app.db_url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    } else {
+        let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+}
+
+/// Every text value of a table, as one string (to search for leaked secrets).
+pub async fn table_text(app: &TestApp, table: &str) -> String {
+    use sqlx::Connection;
+    if app.db_url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+        let cols: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{table}')"))
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+        let expr = cols
+            .iter()
+            .map(|c| format!("COALESCE(CAST({c} AS TEXT), '')"))
+            .collect::<Vec<_>>()
+            .join(" || '|' || ");
+        let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT {expr} FROM {table}"))
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+        rows.join("\n")
+    } else {
+        let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+        let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM {table} t"))
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+        rows.join("\n")
+    }
 }

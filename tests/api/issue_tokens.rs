@@ -343,7 +343,7 @@ async fn sessions_register_idempotently_and_are_validated() {
 async fn unusable_credentials_and_missing_policies_refuse_clearly() {
     let app = spawn_app().await;
     app.create_tenant("acme").await;
-    let key = app.create_key("acme", &["issue", "audit"]).await;
+    let key = app.create_key("acme", &["issue", "audit", "admin"]).await;
     let sid = session_for(API_KEY, 1);
     // No policy yet: nothing is granted, and the refusal is on record.
     let (s, v) = app
@@ -359,11 +359,10 @@ async fn unusable_credentials_and_missing_policies_refuse_clearly() {
 
     // A credential whose secret reference does not resolve here: 503 for its
     // sessions, reported by /readyz, and other credentials keep working.
-    let secret = app.dir.path().join("opentok.secret");
-    std::fs::write(&secret, API_SECRET).unwrap();
-    let policy = standard_policy_text("acme", &secret).replacen(
-        &format!("api_secret = \"file:{}\"", secret.display()),
-        "api_secret = \"env:TB_TEST_SECRET_THAT_IS_NOT_SET\"",
+    app.provision_secret("acme", "opentok.secret", API_SECRET.as_bytes());
+    let policy = standard_policy_text("acme", "opentok.secret").replacen(
+        "api_secret = \"file:opentok.secret\"",
+        "api_secret = \"env:TOKEN_BROKER_TENANT_ACME_SECRET_THAT_IS_NOT_SET\"",
         1,
     );
     app.apply_policy(&policy).await;
@@ -385,11 +384,20 @@ async fn unusable_credentials_and_missing_policies_refuse_clearly() {
         .json()
         .await
         .unwrap();
-    let problems = r["problems"].to_string();
+    // Anonymous readiness says how many problems, never which tenant, credential or variable.
+    assert_eq!(r["problems"], 1, "{r}");
+    let shown = r.to_string();
+    assert!(
+        !shown.contains("acme") && !shown.contains("main") && !shown.contains("SECRET"),
+        "{r}"
+    );
+    // The tenant's own admin sees the detail of its own tenant.
+    let st: Value = app.get("/v1/status", &key).await.json().await.unwrap();
+    let problems = st["problems"].to_string();
     assert!(
         problems.contains("credential main unavailable")
-            && problems.contains("TB_TEST_SECRET_THAT_IS_NOT_SET"),
-        "{r}"
+            && problems.contains("TOKEN_BROKER_TENANT_ACME_SECRET_THAT_IS_NOT_SET"),
+        "{st}"
     );
     let (s, v) = app
         .issue(

@@ -140,7 +140,7 @@ async fn a_second_instance_sees_an_applied_version_within_a_second() {
     let app = spawn_app().await;
     let key = app.acme().await;
     // A second broker on the same database.
-    let second = spawn_app_on(app.db_url.clone(), TestDb::Shared, |_| {}).await;
+    let second = app.spawn_second().await;
     let sid = session_for(API_KEY, 1);
     let body = json!({"session_id": sid, "user": user("s"), "ttl": 7200});
     let r: Value = second

@@ -50,10 +50,12 @@ impl Broker {
 
     /// Tenant acme with the standard policy, and an issue+audit key.
     fn setup(&self) -> String {
-        let secret = self.dir.path().join("opentok.secret");
-        std::fs::write(&secret, API_SECRET).unwrap();
+        // The operator provisions the secret in acme's namespace (<data dir>/secrets/acme/).
+        let ns = self.dir.path().join("secrets/acme");
+        std::fs::create_dir_all(&ns).unwrap();
+        std::fs::write(ns.join("opentok.secret"), API_SECRET).unwrap();
         let policy = self.dir.path().join("acme.toml");
-        std::fs::write(&policy, standard_policy_text("acme", &secret)).unwrap();
+        std::fs::write(&policy, standard_policy_text("acme", "opentok.secret")).unwrap();
         self.run(&["tenant", "create", "acme"]);
         self.run(&["policy", "apply", policy.to_str().unwrap()]);
         let v: Value = serde_json::from_str(&self.run(&[
