@@ -225,6 +225,23 @@ pub async fn revoke_key(
     Ok(owner)
 }
 
+/// Runs CPU-heavy admin work (parsing, diffing, hashing a policy) on the
+/// blocking pool, one job at a time per process: however many admins dry-run
+/// large policies at once, they use at most one core and never an HTTP
+/// worker, so issuance and health checks keep theirs.
+async fn off_workers<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AdminError> {
+    static ADMIN_CPU: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let _permit = ADMIN_CPU
+        .acquire()
+        .await
+        .map_err(|e| AdminError::Invalid(e.to_string()))?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AdminError::Invalid(e.to_string()))
+}
+
 /// The result of applying (or dry-running) a policy.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApplyOutcome {
@@ -260,9 +277,8 @@ pub async fn apply_policy(
     now_ms: i64,
 ) -> Result<ApplyOutcome, AdminError> {
     let (name, src) = (source_name.to_owned(), text.to_owned());
-    let doc = tokio::task::spawn_blocking(move || policy::parse(&name, &src))
-        .await
-        .map_err(|e| AdminError::Invalid(e.to_string()))?
+    let doc = off_workers(move || policy::parse(&name, &src))
+        .await?
         .map_err(AdminError::Policy)?;
     let tenant = doc.tenant.clone();
     if let Some(t) = confine
@@ -281,14 +297,13 @@ pub async fn apply_policy(
     let old_text = current.as_ref().map(|c| c.source.as_str()).unwrap_or("");
     let unchanged = current.as_ref().is_some_and(|c| c.source == text);
     let (old, new) = (old_text.to_owned(), text.to_owned());
-    let (diff, sha) = tokio::task::spawn_blocking(move || {
+    let (diff, sha) = off_workers(move || {
         (
             policy::diff(&old, &new),
             chain::hex(&Sha256::digest(new.as_bytes())),
         )
     })
-    .await
-    .map_err(|e| AdminError::Invalid(e.to_string()))?;
+    .await?;
     let mut out = ApplyOutcome {
         tenant: tenant.clone(),
         previous_version,

@@ -332,7 +332,29 @@ pub fn parse_stored(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError
     parse_with(file, text, false)
 }
 
+/// Largest policy file accepted (bytes and lines): far above any real policy
+/// (hundreds of rules), low enough that parsing, diffing and hashing one stay
+/// well under a second.
+pub const MAX_POLICY_BYTES: usize = 256 * 1024;
+pub const MAX_POLICY_LINES: usize = 10_000;
+
 fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<PolicyError>> {
+    // New versions are capped; stored ones passed the cap when applied.
+    if confine {
+        let lines = text.lines().count();
+        if text.len() > MAX_POLICY_BYTES || lines > MAX_POLICY_LINES {
+            return Err(vec![PolicyError {
+                file: file.to_owned(),
+                line: 1,
+                column: 1,
+                field: "(file)".into(),
+                message: format!(
+                    "the policy is {} bytes in {lines} lines; the limits are {MAX_POLICY_BYTES} bytes and {MAX_POLICY_LINES} lines",
+                    text.len()
+                ),
+            }]);
+        }
+    }
     let raw: RawFile = toml::from_str(text).map_err(|e| vec![toml_error(file, text, &e)])?;
     let tenant = raw.tenant.get_ref().clone();
     let mut errs = Errors {

@@ -18,7 +18,8 @@ pub use decide::{
 };
 pub use diff::diff;
 pub use file::{
-    Defaults, Effect, Excess, PolicyDoc, PolicyError, Rule, SessionMatch, Subject, parse,
+    Defaults, Effect, Excess, MAX_POLICY_BYTES, MAX_POLICY_LINES, PolicyDoc, PolicyError, Rule,
+    SessionMatch, Subject, parse,
     parse_stored,
 };
 

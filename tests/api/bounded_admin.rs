@@ -1,0 +1,103 @@
+//! Admin work is bounded and runs off the HTTP workers: policy size caps, a
+//! time-bounded diff, parsing and secret loading on the blocking pool. Played
+//! by two hostile tenant admins dry-running the largest policies allowed.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use token_broker::policy::{MAX_POLICY_BYTES, MAX_POLICY_LINES};
+
+use crate::helpers::*;
+
+/// A policy of `rules` rules (8 lines each), every rule's text salted by `salt`.
+fn big_policy(tenant: &str, rules: usize, salt: &str) -> String {
+    let mut p = format!("tenant = \"{tenant}\"\n\n[defaults]\nrole = \"publisher\"\nttl = \"1h\"\n");
+    for i in 0..rules {
+        p.push_str(&format!(
+            "\n[[rules]]\nid = \"r{i}-{salt}\"\npriority = {}\nsubjects = [\"user:u{i}{salt}\"]\nsessions = [\"label:k=v{i}*\"]\nroles = [\"publisher\"]\nmax_ttl = \"1h\"\n",
+            i + 1
+        ));
+    }
+    p
+}
+
+#[tokio::test]
+async fn healthz_stays_fast_while_two_tenants_dry_run_the_largest_policies() {
+    let app = spawn_app().await;
+    // As many rules as the caps allow.
+    let rules = (MAX_POLICY_LINES - 10) / 9;
+    let mut keys = Vec::new();
+    for t in ["alpha", "bravo"] {
+        app.create_tenant(t).await;
+        let key = app.create_key(t, &["admin"]).await;
+        let v1 = big_policy(t, rules, "a");
+        assert!(v1.len() <= MAX_POLICY_BYTES && v1.lines().count() <= MAX_POLICY_LINES);
+        let r = app.post("/v1/policy", &key, &json!({"source": v1})).await;
+        assert_eq!(r.status(), 200);
+        keys.push((t, key));
+    }
+    let hostile: Vec<_> = keys
+        .iter()
+        .map(|(t, key)| {
+            let (client, url, key) = (app.client.clone(), app.url("/v1/policy"), key.clone());
+            let v2 = big_policy(t, rules, "b");
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..3 {
+                    let r = client
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .json(&json!({"source": v2, "dry_run": true}))
+                        .send()
+                        .await
+                        .unwrap();
+                    statuses.push(r.status().as_u16());
+                    let v: Value = r.json().await.unwrap();
+                    assert!(v["diff"].as_str().is_some(), "{}", &v.to_string()[..200]);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    while !hostile.iter().all(|h| h.is_finished()) {
+        let started = Instant::now();
+        let r = app.client.get(app.url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for h in hostile {
+        assert_eq!(h.await.unwrap(), vec![200, 200, 200]);
+    }
+    assert!(slowest < Duration::from_millis(100), "healthz took {slowest:?}");
+}
+
+#[tokio::test]
+async fn policies_over_the_caps_are_refused_at_once() {
+    let app = spawn_app().await;
+    app.create_tenant("alpha").await;
+    let key = app.create_key("alpha", &["admin"]).await;
+    // Over the line cap (short lines), and over the byte cap (few lines).
+    let many_lines = format!(
+        "{}{}",
+        big_policy("alpha", 2, "x"),
+        "# padding\n".repeat(MAX_POLICY_LINES)
+    );
+    let many_bytes = format!(
+        "{}# {}\n",
+        big_policy("alpha", 2, "x"),
+        "x".repeat(MAX_POLICY_BYTES)
+    );
+    for source in [many_lines, many_bytes] {
+        let started = Instant::now();
+        let r = app
+            .post("/v1/policy", &key, &json!({"source": source, "dry_run": true}))
+            .await;
+        assert_eq!(r.status(), 400);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "invalid_policy");
+        assert_eq!(v["error"]["field"], "(file)", "{v}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}
