@@ -392,3 +392,117 @@ async fn the_cli_checks_tests_applies_diffs_and_rolls_back_policies_and_inspects
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("INVALID"));
 }
+
+#[tokio::test]
+async fn stored_credentials_through_cli_and_http_never_reach_logs_or_database_in_clear() {
+    let b = Broker::new().await;
+    let master = b.dir.path().join("master.key");
+    b.run(&["credential", "keygen", master.to_str().unwrap()]);
+    let key = b.setup();
+    let admin: Value = serde_json::from_str(&b.run(&[
+        "key", "create", "--tenant", "acme", "--scope", "admin", "--scope", "issue", "--json",
+    ]))
+    .unwrap();
+    let admin = admin["key"].as_str().unwrap().to_owned();
+    // The operator stores one credential from standard input (never argv).
+    let cli_secret = format!("cli{}", uuid::Uuid::new_v4().simple());
+    let mut child = b
+        .cmd()
+        .env("TOKEN_BROKER_MASTER_KEY_FILE", &master)
+        .args([
+            "credential", "set", "--tenant", "acme", "cli-made", "--provider", "opentok",
+            "--api-key", "818181", "--secret-file", "-", "--json",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(cli_secret.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("sha256:") && !shown.contains(&cli_secret), "{shown}");
+
+    let port = free_port();
+    let log = b.dir.path().join("broker.log");
+    let mut server = b
+        .cmd()
+        .args(["serve"])
+        .env("TOKEN_BROKER_MASTER_KEY_FILE", &master)
+        .env("TOKEN_BROKER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TOKEN_BROKER_LOG", "trace,sqlx=debug,h2=info,hyper=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_healthy(&client, &base).await;
+    // A tenant admin uploads another over HTTP.
+    let http_secret = format!("http{}", uuid::Uuid::new_v4().simple());
+    let r = client
+        .put(format!("{base}/v1/credentials/http-made"))
+        .bearer_auth(&admin)
+        .json(&json!({"provider": "opentok", "api_key": "828282", "api_secret": http_secret}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let mut tokens = Vec::new();
+    for api_key in ["818181", "828282"] {
+        let r = client
+            .post(format!("{base}/v1/tokens"))
+            .bearer_auth(&key)
+            .json(&json!({"session_id": session_for(api_key, 1), "user": user("u")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{api_key}");
+        let v: Value = r.json().await.unwrap();
+        tokens.push(v["token"].as_str().unwrap().to_owned());
+    }
+    // The operator's status names the problems; nothing secret anywhere.
+    let status = b.run(&["status", "--json"]);
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(server.wait().unwrap().success());
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("credential stored"), "logs were captured");
+    for secret in [&cli_secret, &http_secret] {
+        assert!(!logs.contains(secret.as_str()), "secret in logs");
+        assert!(!status.contains(secret.as_str()), "secret in status");
+    }
+    for t in &tokens {
+        assert!(!logs.contains(t.rsplit('.').next().unwrap()), "token in logs");
+    }
+    if let Some(path) = b.url.strip_prefix("sqlite://") {
+        for suffix in ["", "-wal"] {
+            if let Ok(bytes) = std::fs::read(format!("{path}{suffix}")) {
+                let hay = String::from_utf8_lossy(&bytes);
+                assert!(!hay.contains(&cli_secret) && !hay.contains(&http_secret));
+            }
+        }
+    }
+    // `settings` redacts passwords in the database URL, query parameters included.
+    let printed = b
+        .cmd()
+        .env(
+            "TOKEN_BROKER_DATABASE_URL",
+            "postgres://u:hunter2@db/x?password=hunter3&sslpassword=hunter4",
+        )
+        .args(["settings", "--json"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(printed.contains("postgres://u:***@db/x"), "{printed}");
+    assert!(!printed.contains("hunter"), "{printed}");
+}
