@@ -19,6 +19,11 @@ pub struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
+    /// Project ids (api keys, application ids) the policy's credentials sign for.
+    pub fn credential_projects(&self) -> impl Iterator<Item = String> + '_ {
+        self.doc.credentials.iter().map(|c| c.owner_id().to_owned())
+    }
+
     pub fn compile(doc: PolicyDoc, version: i64) -> CompiledPolicy {
         let mut order: Vec<usize> = (0..doc.rules.len()).collect();
         order.sort_by_key(|i| doc.rules[*i].priority);

@@ -7,6 +7,7 @@
 pub mod cases;
 pub mod decide;
 mod diff;
+pub mod replay;
 pub mod duration;
 pub mod file;
 pub mod glob;
