@@ -129,7 +129,11 @@ pub struct AuditFilter {
     pub outcome: Option<String>,
     pub code: Option<String>,
     pub user: Option<String>,
+    /// The canonical session ID (`tokens::SessionId::canonical`).
     pub session_id: Option<String>,
+    /// Another spelling also matched in `session_id` (rows recorded before
+    /// session IDs were canonical); only with `session_id`.
+    pub session_id_as_given: Option<String>,
     pub rule: Option<String>,
     pub policy_version: Option<i64>,
     pub key_id: Option<String>,
@@ -253,7 +257,6 @@ impl Store {
                     ("outcome", &f.outcome),
                     ("code", &f.code),
                     ("user_id", &f.user),
-                    ("session_id", &f.session_id),
                     ("rule", &f.rule),
                     ("key_id", &f.key_id),
                     ("token_id", &f.token_id),
@@ -263,6 +266,13 @@ impl Store {
                     if let Some(v) = v {
                         $qb.push(format!(" AND {col} = ")).push_bind(v.clone());
                     }
+                }
+                if let Some(v) = &f.session_id {
+                    $qb.push(" AND session_id IN (")
+                        .push_bind(v.clone())
+                        .push(", ");
+                    $qb.push_bind(f.session_id_as_given.clone().unwrap_or_else(|| v.clone()))
+                        .push(")");
                 }
                 if let Some(v) = f.policy_version {
                     $qb.push(" AND policy_version = ").push_bind(v);
