@@ -344,6 +344,16 @@ async fn refuse(state: &AppState, mode: Mode, mut row: AuditRow, err: ApiError) 
 }
 
 fn audit_unavailable(state: &AppState, e: crate::audit::AuditUnavailable) -> ApiError {
+    if matches!(e, crate::audit::AuditUnavailable::Refused) {
+        // This request's own record cannot be stored (the edge checks should
+        // have caught it); no token, and nobody else is affected.
+        tracing::error!(target: "broker::security", "audit record refused: refusing to issue");
+        return ApiError::new(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "audit_record_refused",
+            "the audit record of this request cannot be stored, so no token is issued",
+        );
+    }
     Metrics::inc(&state.metrics.audit_unavailable);
     tracing::error!(target: "broker::security", error = %e, "audit unavailable: refusing to issue");
     ApiError::unavailable(

@@ -65,9 +65,10 @@ macro_rules! insert_rows {
                 .push_bind(&r.hash);
         });
         qb.build().execute(&mut *$tx).await.map_err(|e| {
-            match StoreError::on_unique(e, "audit seq taken") {
-                StoreError::Conflict(_) => StoreError::HeadMoved,
-                other => other,
+            if $crate::store::audit::is_seq_collision(&e) {
+                StoreError::HeadMoved
+            } else {
+                StoreError::Db(e)
             }
         })?;
     }};
@@ -92,6 +93,56 @@ macro_rules! append_in_tx {
     }};
 }
 pub(crate) use {advance_head, append_in_tx, insert_rows};
+
+/// A unique violation on a chain position `(tenant, seq)`: another writer took
+/// it. Any other unique violation (a repeated `audit_id`) is the row's own fault.
+pub(crate) fn is_seq_collision(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.is_unique_violation()
+        && (db.constraint().is_some_and(|c| c.contains("seq"))
+            || db.message().contains("audit_events.seq"))
+}
+
+impl StoreError {
+    /// True when the database refused the statement because of what a row
+    /// holds (a constraint, a value it cannot store, a size limit), so other
+    /// rows would commit without it; false when the store itself failed
+    /// (connection, timeout, pool, I/O), which fails every row alike.
+    pub fn is_row_refusal(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Encode(_) => true,
+            sqlx::Error::Database(db) => {
+                use sqlx::error::ErrorKind as K;
+                if matches!(
+                    db.kind(),
+                    K::UniqueViolation
+                        | K::ForeignKeyViolation
+                        | K::NotNullViolation
+                        | K::CheckViolation
+                ) {
+                    return true;
+                }
+                let code = db.code().unwrap_or_default();
+                if let Ok(n) = code.parse::<i32>() {
+                    // SQLite (extended) result codes: TOOBIG, CONSTRAINT (triggers
+                    // included), MISMATCH.
+                    matches!(n & 0xff, 18..=20)
+                } else {
+                    // PostgreSQL SQLSTATE classes: 22 data exception (a NUL in
+                    // text is 22021), 23 integrity constraint, 54 program limit
+                    // (an index row too large).
+                    code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
+                }
+            }
+            _ => false,
+        }
+    }
+}
 
 /// A tenant's chain head as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

@@ -9,6 +9,7 @@ mod audit_log;
 mod end_users;
 mod errors;
 mod health_and_keys;
+mod hostile_input;
 mod issue_tokens;
 mod policy_admin;
 mod real_binary;
