@@ -236,7 +236,8 @@ pub async fn commit_isolating(
         store_failed: false,
     };
     // Ranges still to commit, the next one last.
-    let mut todo: Vec<std::ops::Range<usize>> = vec![0..n];
+    let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
+    todo.push(0..n);
     while let Some(r) = todo.pop() {
         if r.is_empty() {
             continue;
