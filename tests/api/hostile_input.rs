@@ -355,6 +355,17 @@ async fn a_deny_rule_on_the_canonical_id_refuses_every_spelling_and_one_search_f
         .cloned()
         .unwrap_or(Value::Null);
     assert_eq!(g["refused"], all.len(), "{v}");
+    // A filter that could never have been recorded is refused; other text that
+    // is no session ID simply matches nothing.
+    let r = app.get("/v1/audit?session_id=%00%00MX4x", &key).await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["error"]["code"].as_str(), v["error"]["field"].as_str()),
+        (Some("invalid_filter"), Some("session_id")),
+        "{v}"
+    );
+    assert!(token_rows(&app, &key, "&session_id=lobby").await.is_empty());
 }
 
 #[tokio::test]
@@ -450,6 +461,28 @@ async fn the_token_carries_the_service_form_of_the_callers_spelling() {
         )
         .unwrap();
         assert_eq!(claims["session_id"], carried.as_str(), "{asked}");
+        // The audit names the canonical form; a token spelling that differs is kept.
+        let rows = app
+            .audit(
+                &key,
+                &format!(
+                    "kind=token_issued&token_id={}",
+                    v["token_id"].as_str().unwrap()
+                ),
+            )
+            .await;
+        let r = &rows["items"][0];
+        assert_eq!(r["session_id"], sid.as_str(), "{r}");
+        let detail: Value = r["detail"]
+            .as_str()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .unwrap_or(Value::Null);
+        let expect = if carried == sid {
+            Value::Null
+        } else {
+            json!(carried)
+        };
+        assert_eq!(detail["token_session_id"], expect, "{r}");
     }
 }
 
@@ -630,4 +663,26 @@ async fn a_tenant_flooding_hostile_requests_costs_another_tenant_nothing() {
     );
     let v = verify_tenant(&app.store, "acme", None).await.unwrap();
     assert!(v.ok, "{v:?}");
+}
+
+#[tokio::test]
+async fn a_stale_chain_head_is_resealed_not_taken_for_a_refused_row() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    let (mut a, mut b) = (Default::default(), Default::default());
+    // Two writers (as two instances) with their own view of the head.
+    let out = commit_isolating(&app.store, &mut [row("acme", "a1")], &mut b).await;
+    assert!(out.answers[0].is_ok());
+    let mut rows = vec![row("acme", "a2"), row("acme", "a3")];
+    assert_eq!(
+        commit_isolating(&app.store, &mut rows, &mut a)
+            .await
+            .committed,
+        2
+    );
+    let mut rows = vec![row("acme", "b1"), row("acme", "b2")];
+    let out = commit_isolating(&app.store, &mut rows, &mut b).await;
+    assert_eq!((out.committed, out.transactions), (2, 1), "{out:?}");
+    let v = verify_tenant(&app.store, "acme", None).await.unwrap();
+    assert!(v.ok && v.rows == 6, "{v:?}");
 }
