@@ -11,12 +11,11 @@ use crate::metrics::Metrics;
 use crate::policy::{self, Decision, DecisionRequest, Expiry, Outcome};
 use crate::routes::error::ApiError;
 use crate::state::AppState;
-use crate::tokens::{self, Entropy, TokenParams};
+use crate::tokens::{self, Entropy, SessionId, TokenParams};
 
 /// Most groups accepted for one user, and the longest id/name/group.
 const MAX_GROUPS: usize = 64;
 const MAX_IDENT_LEN: usize = 256;
-const MAX_SESSION_ID_LEN: usize = 512;
 
 /// Body of `POST /v1/tokens` and `POST /v1/decide`.
 #[derive(Debug, Clone, Deserialize)]
@@ -124,19 +123,22 @@ fn check_ident(field: &str, v: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks the request's shape and returns the identity, requested role and expiry.
-fn validate(
-    caller: &Caller,
-    req: &TokenRequest,
-) -> Result<(Identity, Option<Role>, Option<Expiry>), ApiError> {
-    if req.session_id.is_empty() || req.session_id.len() > MAX_SESSION_ID_LEN {
-        return Err(ApiError::bad(
-            "invalid_session_id",
-            "session_id",
-            "session_id must be a Vonage Video session ID",
-        ));
-    }
-    let identity = match (&caller.identity, &req.user) {
+/// A request that passed the edge checks.
+struct Checked {
+    who: Identity,
+    role: Option<Role>,
+    expiry: Option<Expiry>,
+    session: SessionId,
+}
+
+/// Checks the request's shape at the edge, before any arithmetic, lookup or
+/// audit row: every identifier free of control characters (NUL included) and
+/// bounded, the session ID in a spelling the service uses, the expiry within
+/// the 30-day limit.
+fn validate(caller: &Caller, req: &TokenRequest, now: i64) -> Result<Checked, ApiError> {
+    let session = SessionId::parse(&req.session_id)
+        .map_err(|e| ApiError::bad(e.code(), "session_id", e.to_string()))?;
+    let who = match (&caller.identity, &req.user) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad(
                 "user_not_allowed",
@@ -188,28 +190,76 @@ fn validate(
                 "give ttl or expire_time, not both",
             ));
         }
+        (Some(t), None) if !(1..=tokens::MAX_TTL_SECS).contains(&t) => {
+            return Err(ApiError::bad(
+                "invalid_ttl",
+                "ttl",
+                format!(
+                    "ttl must be 1 to {} seconds (30 days)",
+                    tokens::MAX_TTL_SECS
+                ),
+            ));
+        }
         (Some(t), None) => Some(Expiry::Ttl(t)),
+        (None, Some(e)) if e <= now => {
+            return Err(ApiError::bad(
+                "expire_time_in_past",
+                "expire_time",
+                format!("expire_time {e} is not in the future"),
+            ));
+        }
+        (None, Some(e)) if e - now > tokens::MAX_TTL_SECS => {
+            return Err(ApiError::bad(
+                "expire_time_too_far",
+                "expire_time",
+                format!("expire_time {e} is more than 30 days from now"),
+            ));
+        }
         (None, Some(e)) => Some(Expiry::At(e)),
         (None, None) => None,
     };
     if let Some(list) = &req.initial_layout_class_list {
+        if list.iter().any(|c| c.chars().any(char::is_control)) {
+            return Err(ApiError::bad(
+                "invalid_layout_class_list",
+                "initial_layout_class_list",
+                "a class name contains a control character",
+            ));
+        }
         tokens::validate_layout_class_list(list)
             .map_err(|e| ApiError::bad(e.code(), "initial_layout_class_list", e.to_string()))?;
     }
-    if let Some(d) = &req.data
-        && d.len() > tokens::MAX_CONNECTION_DATA_BYTES
-    {
-        return Err(ApiError::bad(
-            "connection_data_too_long",
-            "data",
-            format!(
-                "data is {} bytes; connection data is limited to {} bytes",
-                d.len(),
-                tokens::MAX_CONNECTION_DATA_BYTES
-            ),
-        ));
+    if let Some(d) = &req.data {
+        if d.len() > tokens::MAX_CONNECTION_DATA_BYTES {
+            return Err(ApiError::bad(
+                "connection_data_too_long",
+                "data",
+                format!(
+                    "data is {} bytes; connection data is limited to {} bytes",
+                    d.len(),
+                    tokens::MAX_CONNECTION_DATA_BYTES
+                ),
+            ));
+        }
+        // Tab, newline and carriage return are ordinary text (and whitespace
+        // between JSON tokens); any other control character, NUL above all,
+        // is refused: JSON text carries those escaped, never raw.
+        if d.chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+        {
+            return Err(ApiError::bad(
+                "invalid_data",
+                "data",
+                "data contains a control character (only tab, newline and carriage return are allowed; escape others as \\uXXXX in JSON text)",
+            ));
+        }
     }
-    Ok((identity, role, expiry))
+    Ok(Checked {
+        who,
+        role,
+        expiry,
+        session,
+    })
 }
 
 /// The connection data the broker signs: compact JSON with the authenticated
@@ -237,14 +287,7 @@ pub fn stamp(tenant: &str, who: &Identity, idp: Option<&str>, data: Option<&str>
     .unwrap_or_default()
 }
 
-fn base_row(
-    caller: &Caller,
-    who: &Identity,
-    req: &TokenRequest,
-    now_ms: i64,
-    k: &str,
-    outcome: &str,
-) -> AuditRow {
+fn base_row(caller: &Caller, c: &Checked, now_ms: i64, k: &str, outcome: &str) -> AuditRow {
     let mut row = AuditRow::new(
         &caller.tenant,
         k,
@@ -256,16 +299,25 @@ fn base_row(
         },
         now_ms,
     );
+    let who = &c.who;
     row.key_id = caller.key_id.clone();
     row.idp = caller.idp.clone();
     row.user_id = Some(who.user_id.clone());
     row.user_name = who.name.clone();
     row.user_groups = Some(serde_json::to_string(&who.groups).unwrap_or_default());
-    row.session_id = Some(req.session_id.clone());
-    row.requested_role = req.role.clone();
-    row.requested_expire_time = match (req.ttl, req.expire_time) {
-        (Some(t), _) => Some(now_ms / 1000 + t),
-        (_, e) => e,
+    // The canonical form, so one audit search finds every spelling; the
+    // spelling the token carries is kept in `detail` when it differs.
+    row.session_id = Some(c.session.canonical().to_owned());
+    if c.session.for_token() != c.session.canonical() {
+        row.detail =
+            Some(serde_json::json!({ "token_session_id": c.session.for_token() }).to_string());
+    }
+    row.requested_role = c.role.map(|r| r.as_str().to_owned());
+    // `validate` bounded both to 30 days: no overflow here.
+    row.requested_expire_time = match c.expiry {
+        Some(Expiry::Ttl(t)) => (now_ms / 1000).checked_add(t),
+        Some(Expiry::At(e)) => Some(e),
+        None => None,
     };
     row.client_addr = caller.client_addr.clone();
     row.user_agent = caller.user_agent.clone();
@@ -292,6 +344,16 @@ async fn refuse(state: &AppState, mode: Mode, mut row: AuditRow, err: ApiError) 
 }
 
 fn audit_unavailable(state: &AppState, e: crate::audit::AuditUnavailable) -> ApiError {
+    if matches!(e, crate::audit::AuditUnavailable::Refused) {
+        // This request's own record cannot be stored (the edge checks should
+        // have caught it); no token, and nobody else is affected.
+        tracing::error!(target: "broker::security", "audit record refused: refusing to issue");
+        return ApiError::new(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "audit_record_refused",
+            "the audit record of this request cannot be stored, so no token is issued",
+        );
+    }
     Metrics::inc(&state.metrics.audit_unavailable);
     tracing::error!(target: "broker::security", error = %e, "audit unavailable: refusing to issue");
     ApiError::unavailable(
@@ -325,10 +387,10 @@ async fn run(
     now_ms: i64,
 ) -> Result<Issued, ApiError> {
     let now = now_ms / 1000;
-    let (who, role, expiry) = validate(caller, req)?;
-    let owner = tokens::session_owner(&req.session_id)
-        .map_err(|e| ApiError::bad(e.code(), "session_id", e.to_string()))?;
-    let row = || base_row(caller, &who, req, now_ms, kind::TOKEN_REFUSED, "refused");
+    let checked = validate(caller, req, now)?;
+    let (who, role, expiry) = (&checked.who, checked.role, checked.expiry);
+    let sid = &checked.session;
+    let row = || base_row(caller, &checked, now_ms, kind::TOKEN_REFUSED, "refused");
 
     let Some(rt) = state.tenant(&caller.tenant) else {
         let e = ApiError::forbidden(
@@ -338,7 +400,7 @@ async fn run(
         return Err(refuse(state, mode, row(), e).await);
     };
     let version = rt.policy.version;
-    let Some(cred) = rt.credential_for(&owner) else {
+    let Some(cred) = rt.credential_for(sid.owner()) else {
         let mut e = ApiError::forbidden(
             "session_not_owned",
             "the session belongs to none of this tenant's credentials",
@@ -347,11 +409,11 @@ async fn run(
         e.body.policy_version = Some(version);
         return Err(refuse(state, mode, row(), e).await);
     };
-    let facts = state.session_facts(&caller.tenant, &req.session_id).await?;
+    let facts = state.session_facts(&caller.tenant, sid.canonical()).await?;
     let decision = policy::decide(
         &rt.policy,
-        &who,
-        &req.session_id,
+        who,
+        sid.canonical(),
         &facts,
         &DecisionRequest { role, expiry },
         now,
@@ -375,7 +437,7 @@ async fn run(
     };
     let connection_data = stamp(
         &caller.tenant,
-        &who,
+        who,
         caller.idp.as_deref(),
         req.data.as_deref(),
     );
@@ -409,7 +471,7 @@ async fn run(
         token: None,
         token_id: None,
         format: signer.format().as_str(),
-        session_id: req.session_id.clone(),
+        session_id: sid.for_token().to_owned(),
         role: granted_role,
         expire_time,
         connection_data,
@@ -424,7 +486,7 @@ async fn run(
     let signed = signer
         .sign(
             &TokenParams {
-                session_id: &req.session_id,
+                session_id: sid.for_token(),
                 role: granted_role,
                 expire_time,
                 connection_data: Some(&out.connection_data),
@@ -434,7 +496,7 @@ async fn run(
             &Entropy::random(),
         )
         .map_err(|e| ApiError::bad(e.code(), e.field(), e.to_string()))?;
-    let mut r = base_row(caller, &who, req, now_ms, kind::TOKEN_ISSUED, "issued");
+    let mut r = base_row(caller, &checked, now_ms, kind::TOKEN_ISSUED, "issued");
     r.credential = Some(cred.name.clone());
     r.granted_role = Some(granted_role.as_str().to_owned());
     r.granted_expire_time = Some(expire_time);

@@ -10,6 +10,12 @@
 //! most `timeout` for its commit, and a failed batch is reported to each of its
 //! requests. The writer keeps running and the next batch tries again, so issuing
 //! resumes by itself when the store is back.
+//!
+//! One bad row fails only itself: rows are checked before batching (no NUL,
+//! bounded lengths: what the databases refuse), and when the database still
+//! refuses a batch because of a row's content, the batch is split in halves and
+//! retried until the refused rows stand alone; only their requests fail. Only a
+//! failure of the store itself (not a row's refusal) marks the writer failing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,11 +60,17 @@ pub enum AuditUnavailable {
     StoreFailed,
     #[error("the audit writer has stopped")]
     Stopped,
+    /// This row (only this one) cannot be stored: it failed the writer's checks
+    /// or the database refused it.
+    #[error("the audit store refused this record")]
+    Refused,
 }
+
+type Answer = Result<(), AuditUnavailable>;
 
 struct Pending {
     row: AuditRow,
-    done: oneshot::Sender<Result<(), ()>>,
+    done: oneshot::Sender<Answer>,
 }
 
 /// Health of the audit path, for `/readyz` and metrics.
@@ -72,6 +84,9 @@ pub struct WriterHealth {
     pub committed_rows: AtomicU64,
     pub committed_batches: AtomicU64,
     pub failed_batches: AtomicU64,
+    /// Rows refused on their own (writer checks or the database), each failing
+    /// only its own request.
+    pub refused_rows: AtomicU64,
 }
 
 impl WriterHealth {
@@ -132,12 +147,127 @@ impl AuditWriter {
                 mpsc::error::TrySendError::Closed(_) => AuditUnavailable::Stopped,
             })?;
         match tokio::time::timeout(self.timeout, wait).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(()))) => Err(AuditUnavailable::StoreFailed),
+            Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(AuditUnavailable::Stopped),
             Err(_) => Err(AuditUnavailable::Timeout),
         }
     }
+}
+
+/// Longest value of a column that is indexed (PostgreSQL refuses index rows
+/// over ~2.7 kB), of any other short column, and of `detail`.
+const MAX_INDEXED: usize = 1024;
+const MAX_TEXT: usize = 8 * 1024;
+const MAX_DETAIL: usize = 256 * 1024;
+
+/// Why the databases would refuse `row`, checked before it joins a batch:
+/// PostgreSQL stores no NUL in text, and bounds index rows.
+pub fn row_problem(row: &AuditRow) -> Option<String> {
+    let indexed = [
+        ("audit_id", Some(&row.audit_id)),
+        ("tenant", Some(&row.tenant)),
+        ("session_id", row.session_id.as_ref()),
+        ("user_id", row.user_id.as_ref()),
+        ("token_id", row.token_id.as_ref()),
+        ("granted_role", row.granted_role.as_ref()),
+    ];
+    let other = [
+        ("kind", Some(&row.kind)),
+        ("outcome", Some(&row.outcome)),
+        ("code", row.code.as_ref()),
+        ("actor", Some(&row.actor)),
+        ("key_id", row.key_id.as_ref()),
+        ("idp", row.idp.as_ref()),
+        ("user_name", row.user_name.as_ref()),
+        ("user_groups", row.user_groups.as_ref()),
+        ("credential", row.credential.as_ref()),
+        ("requested_role", row.requested_role.as_ref()),
+        ("rule", row.rule.as_ref()),
+        ("token_sha256", row.token_sha256.as_ref()),
+        ("client_addr", row.client_addr.as_ref()),
+        ("user_agent", row.user_agent.as_ref()),
+        ("request_id", row.request_id.as_ref()),
+    ];
+    let limits = indexed
+        .iter()
+        .map(|(c, v)| (*c, *v, MAX_INDEXED))
+        .chain(other.iter().map(|(c, v)| (*c, *v, MAX_TEXT)))
+        .chain(std::iter::once(("detail", row.detail.as_ref(), MAX_DETAIL)));
+    for (col, v, max) in limits {
+        let Some(v) = v else { continue };
+        if v.contains('\0') {
+            return Some(format!("{col} contains NUL"));
+        }
+        if v.len() > max {
+            return Some(format!("{col} is {} bytes (limit {max})", v.len()));
+        }
+    }
+    None
+}
+
+/// What committing one batch came to.
+#[derive(Debug)]
+pub struct BatchOutcome {
+    /// One answer per row, in order.
+    pub answers: Vec<Answer>,
+    /// Rows committed.
+    pub committed: usize,
+    /// Transactions that committed.
+    pub transactions: usize,
+    /// The store itself failed (not just some rows' content).
+    pub store_failed: bool,
+}
+
+/// Commits `rows` so that rows the database refuses for their content fail
+/// alone: the whole batch first; when the database refuses it because of a
+/// row, each half on its own, down to single rows. A failure of the store
+/// itself fails the rest of the batch at once (no retry storm against a store
+/// that is down). Order is kept: the first half commits before the second.
+pub async fn commit_isolating(
+    store: &Store,
+    rows: &mut [AuditRow],
+    heads: &mut HashMap<String, (i64, String)>,
+) -> BatchOutcome {
+    let n = rows.len();
+    let mut out = BatchOutcome {
+        answers: (0..n).map(|_| Err(AuditUnavailable::StoreFailed)).collect(),
+        committed: 0,
+        transactions: 0,
+        store_failed: false,
+    };
+    // Ranges still to commit, the next one last.
+    let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
+    todo.push(0..n);
+    while let Some(r) = todo.pop() {
+        if r.is_empty() {
+            continue;
+        }
+        match store.append_audit(&mut rows[r.clone()], heads).await {
+            Ok(()) => {
+                out.transactions += 1;
+                out.committed += r.len();
+                for a in &mut out.answers[r] {
+                    *a = Ok(());
+                }
+            }
+            Err(e) if e.is_row_refusal() && r.len() > 1 => {
+                let mid = r.start + r.len() / 2;
+                todo.push(mid..r.end);
+                todo.push(r.start..mid);
+            }
+            Err(e) if e.is_row_refusal() => {
+                let row = &rows[r.start];
+                tracing::warn!(target: "broker::audit", error = %e, tenant = ?row.tenant, audit_id = %row.audit_id, "the database refused one audit row; only its request fails");
+                out.answers[r.start] = Err(AuditUnavailable::Refused);
+            }
+            Err(e) => {
+                tracing::error!(target: "broker::audit", error = %e, rows = r.len() + todo.iter().map(|t| t.len()).sum::<usize>(), "audit store failed; the batch's requests get 503");
+                out.store_failed = true;
+                break;
+            }
+        }
+    }
+    out
 }
 
 async fn run(
@@ -147,41 +277,59 @@ async fn run(
     health: Arc<WriterHealth>,
 ) {
     let mut heads: HashMap<String, (i64, String)> = HashMap::new();
-    let mut waiters: Vec<oneshot::Sender<Result<(), ()>>> = Vec::with_capacity(max_batch);
+    let mut waiters: Vec<oneshot::Sender<Answer>> = Vec::with_capacity(max_batch);
     let mut rows: Vec<AuditRow> = Vec::with_capacity(max_batch);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
+        let mut taken = 0;
         while let Some(p) = next.take() {
-            rows.push(p.row);
-            waiters.push(p.done);
-            if rows.len() < max_batch {
+            taken += 1;
+            // A row the database would refuse never joins the batch.
+            if let Some(why) = row_problem(&p.row) {
+                health.refused_rows.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: "broker::audit", tenant = ?p.row.tenant, audit_id = %p.row.audit_id, problem = %why, "audit row refused before batching; only its request fails");
+                let _ = p.done.send(Err(AuditUnavailable::Refused));
+            } else {
+                rows.push(p.row);
+                waiters.push(p.done);
+            }
+            if taken < max_batch {
                 next = rx.try_recv().ok();
             }
+        }
+        if rows.is_empty() {
+            continue;
         }
         // Rows of requests that already timed out are still written: they got no
         // token, and the record errs on the side of more rows, never fewer.
         health
             .busy_since_ms
             .store(crate::clock::now_unix_ms(), Ordering::Relaxed);
-        let result = store.append_audit(&mut rows, &mut heads).await;
+        let outcome = commit_isolating(&store, &mut rows, &mut heads).await;
         health.busy_since_ms.store(0, Ordering::Relaxed);
-        match &result {
-            Ok(()) => {
-                health.failing.store(false, Ordering::Relaxed);
-                health.committed_batches.fetch_add(1, Ordering::Relaxed);
-                health
-                    .committed_rows
-                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                health.failing.store(true, Ordering::Relaxed);
-                health.failed_batches.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(target: "broker::audit", error = %e, rows = rows.len(), "audit batch failed; its requests get 503");
-            }
+        // Failing reflects the store, never one row's content.
+        health
+            .failing
+            .store(outcome.store_failed, Ordering::Relaxed);
+        if outcome.store_failed {
+            health.failed_batches.fetch_add(1, Ordering::Relaxed);
         }
-        let ok = result.is_ok();
-        for done in waiters.drain(..) {
-            let _ = done.send(if ok { Ok(()) } else { Err(()) });
+        health
+            .committed_batches
+            .fetch_add(outcome.transactions as u64, Ordering::Relaxed);
+        health
+            .committed_rows
+            .fetch_add(outcome.committed as u64, Ordering::Relaxed);
+        let refused = outcome
+            .answers
+            .iter()
+            .filter(|a| matches!(a, Err(AuditUnavailable::Refused)))
+            .count();
+        health
+            .refused_rows
+            .fetch_add(refused as u64, Ordering::Relaxed);
+        for (done, answer) in waiters.drain(..).zip(outcome.answers) {
+            let _ = done.send(answer);
         }
         rows.clear();
     }

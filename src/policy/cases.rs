@@ -192,7 +192,13 @@ pub fn run_cases(
         let (sid, facts) = match &c.session {
             None => ("session".to_owned(), SessionFacts::default()),
             Some(s) => (
-                s.id.clone().unwrap_or_else(|| "session".into()),
+                // Canonical, as the broker matches `id:` rules.
+                s.id.as_deref()
+                    .map(|id| {
+                        crate::tokens::SessionId::parse(id)
+                            .map_or_else(|_| id.to_owned(), |sid| sid.canonical().to_owned())
+                    })
+                    .unwrap_or_else(|| "session".into()),
                 SessionFacts {
                     owner: s.owner.clone(),
                     labels: s.labels.clone(),

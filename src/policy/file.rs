@@ -505,7 +505,14 @@ fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<Po
             } else if v == "owner" {
                 Some(SessionMatch::Owner)
             } else if let Some(id) = v.strip_prefix("id:").filter(|x| !x.is_empty()) {
-                Some(SessionMatch::Id(id.to_owned()))
+                // Canonical, so every spelling of the session meets this rule.
+                match crate::tokens::SessionId::parse(id) {
+                    Ok(sid) => Some(SessionMatch::Id(sid.canonical().to_owned())),
+                    Err(e) => {
+                        errs.at(s.span(), f("sessions"), format!("{v:?}: {e}"));
+                        None
+                    }
+                }
             } else if let Some((k, g)) = v
                 .strip_prefix("label:")
                 .and_then(|x| x.split_once('='))

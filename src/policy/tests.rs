@@ -43,7 +43,7 @@ max_ttl = "4h"
 id = "lobby"
 priority = 30
 subjects = ["*"]
-sessions = ["id:lobby-session"]
+sessions = ["id:1_MX4xMjM0NTZ-fjE3NjQwMDAwMDAwMDB-c2Vzc2lvbi0xfg"]
 roles = ["subscriber"]
 
 [[rules]]
@@ -58,6 +58,8 @@ on_role_excess = "downgrade"
 "#;
 
 const NOW: i64 = 1_764_000_000;
+/// The `lobby` rule's session (a real session ID: `id:` rules take only those).
+const LOBBY: &str = "1_MX4xMjM0NTZ-fjE3NjQwMDAwMDAwMDB-c2Vzc2lvbi0xfg";
 
 fn policy() -> CompiledPolicy {
     CompiledPolicy::compile(parse("acme.toml", POLICY).expect("valid"), 7)
@@ -241,7 +243,7 @@ fn decisions_table() {
         Case {
             name: "id matcher",
             who: who("sam", &[]),
-            session: "lobby-session",
+            session: LOBBY,
             facts: SessionFacts::default(),
             role: None,
             expiry: None,
@@ -250,7 +252,7 @@ fn decisions_table() {
         Case {
             name: "id matcher, allowed role",
             who: who("sam", &[]),
-            session: "lobby-session",
+            session: LOBBY,
             facts: SessionFacts::default(),
             role: Some(Subscriber),
             expiry: None,
@@ -365,7 +367,7 @@ fn the_thirty_day_cap_applies_without_max_ttl() {
     let d = decide(
         &p,
         &who("x", &[]),
-        "lobby-session",
+        LOBBY,
         &SessionFacts::default(),
         &DecisionRequest {
             role: None,
@@ -579,4 +581,24 @@ expect = { outcome = "granted", role = "moderator", rule = "teachers" }
             && text.contains("expected rule teachers, got students"),
         "{text}"
     );
+}
+
+#[test]
+fn id_rules_are_canonical_and_only_take_session_ids() {
+    // Written with the `2_` prefix, `+` for `-` and `=` padding: the rule holds
+    // the canonical form, so decisions (made on canonical IDs) meet it.
+    let other = format!("2_{}==", LOBBY[2..].replace('-', "+"));
+    let text = POLICY.replace(LOBBY, &other);
+    let p = CompiledPolicy::compile(parse("acme.toml", &text).unwrap(), 1);
+    let lobby = p.rules().find(|r| r.id == "lobby").unwrap();
+    assert_eq!(lobby.sessions, vec![SessionMatch::Id(LOBBY.to_owned())]);
+    // Text that is no session ID could never match a request: refused.
+    for bad in ["lobby-session", "\\u0000\\u0000MX4xMjM0NTZ-fg"] {
+        let errs = errors(&POLICY.replace(LOBBY, bad));
+        assert!(
+            errs.iter()
+                .any(|e| e.message.contains("invalid session ID")),
+            "{bad:?}: {errs:?}"
+        );
+    }
 }

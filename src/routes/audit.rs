@@ -139,6 +139,7 @@ impl AuditParams {
                 )
             })?),
         };
+        let (session_id, session_id_as_given) = session_filter(self.session_id.as_deref())?;
         Ok(AuditFilter {
             tenant: tenant.to_owned(),
             kind: self.kind.clone(),
@@ -146,7 +147,8 @@ impl AuditParams {
             outcome: self.outcome.clone(),
             code: self.code.clone(),
             user: self.user.clone(),
-            session_id: self.session_id.clone(),
+            session_id,
+            session_id_as_given,
             rule: self.rule.clone(),
             policy_version: self.policy_version,
             key_id: self.key_id.clone(),
@@ -197,6 +199,31 @@ pub fn encode_cursor(seq: i64) -> String {
     }
     s.reverse();
     format!("c1.{}", String::from_utf8_lossy(&s))
+}
+
+/// The `session_id` filter: any accepted spelling of a session finds the rows
+/// of every spelling (they are recorded under the canonical form). The text as
+/// given is matched too, for rows recorded before session IDs were canonical;
+/// text that is no session ID is matched as given, unless it could never have
+/// been recorded (control characters, over-long).
+fn session_filter(v: Option<&str>) -> Result<(Option<String>, Option<String>), ApiError> {
+    let Some(v) = v else {
+        return Ok((None, None));
+    };
+    match crate::tokens::SessionId::parse(v) {
+        Ok(s) if s.canonical() == v => Ok((Some(v.to_owned()), None)),
+        Ok(s) => Ok((Some(s.canonical().to_owned()), Some(v.to_owned()))),
+        Err(_)
+            if v.len() > crate::tokens::MAX_SESSION_ID_LEN || v.chars().any(char::is_control) =>
+        {
+            Err(ApiError::bad(
+                "invalid_filter",
+                "session_id",
+                "session_id is a session ID (no control characters, at most 512 bytes)",
+            ))
+        }
+        Err(_) => Ok((Some(v.to_owned()), None)),
+    }
 }
 
 pub fn decode_cursor(c: &str) -> Option<i64> {

@@ -1,6 +1,8 @@
 //! `PUT /v1/sessions/{session_id}` and `GET /v1/sessions/{session_id}` (issue
 //! scope): the session's owner and labels, which policy rules match on.
 //! Idempotent; the session must belong to one of the tenant's credentials.
+//! Any accepted spelling of a session ID names the same registration: it is
+//! stored and answered under the canonical form (`tokens::SessionId`).
 
 use std::collections::BTreeMap;
 
@@ -12,6 +14,7 @@ use super::extractors::ApiKey;
 use super::json::Json;
 use crate::auth::Scopes;
 use crate::state::AppState;
+use crate::tokens::SessionId;
 
 const MAX_LABELS: usize = 32;
 const MAX_LABEL_KEY: usize = 64;
@@ -79,13 +82,15 @@ fn validate(body: &SessionBody) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn owned_session(state: &AppState, tenant: &str, session_id: &str) -> Result<(), ApiError> {
-    let owner = crate::tokens::session_owner(session_id)
-        .map_err(|e| ApiError::bad(e.code(), "session_id", e.to_string()))?;
+fn parse_session(path: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(path).map_err(|e| ApiError::bad(e.code(), "session_id", e.to_string()))
+}
+
+fn owned_session(state: &AppState, tenant: &str, session: &SessionId) -> Result<(), ApiError> {
     let rt = state
         .tenant(tenant)
         .ok_or_else(|| ApiError::forbidden("no_policy", "this tenant has no policy applied yet"))?;
-    if rt.credential_for(&owner).is_none() {
+    if rt.credential_for(session.owner()).is_none() {
         return Err(ApiError::forbidden(
             "session_not_owned",
             "the session belongs to none of this tenant's credentials",
@@ -102,23 +107,24 @@ pub async fn put(
     body: Json<SessionBody>,
 ) -> Result<HttpResponse, ApiError> {
     let p = key.require(Scopes::ISSUE)?;
-    let session_id = path.into_inner();
-    owned_session(&state, &p.tenant, &session_id)?;
+    let session = parse_session(&path.into_inner())?;
+    owned_session(&state, &p.tenant, &session)?;
+    let session_id = session.canonical();
     validate(&body)?;
     let labels = serde_json::to_string(&body.labels).map_err(ApiError::internal)?;
     state
         .store
         .put_session(
             &p.tenant,
-            &session_id,
+            session_id,
             body.owner.as_deref(),
             &labels,
             crate::clock::now_unix_ms(),
         )
         .await?;
-    state.forget_session(&p.tenant, &session_id);
+    state.forget_session(&p.tenant, session_id);
     Ok(HttpResponse::Ok().json(SessionView {
-        session_id: &session_id,
+        session_id,
         owner: body.owner.as_deref(),
         labels: &body.labels,
         registered: true,
@@ -131,13 +137,14 @@ pub async fn get(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let p = key.require(Scopes::ISSUE)?;
-    let session_id = path.into_inner();
-    match state.store.get_session(&p.tenant, &session_id).await? {
+    let session = parse_session(&path.into_inner())?;
+    let session_id = session.canonical();
+    match state.store.get_session(&p.tenant, session_id).await? {
         Some(row) => {
             let labels: BTreeMap<String, String> =
                 serde_json::from_str(&row.labels).unwrap_or_default();
             Ok(HttpResponse::Ok().json(SessionView {
-                session_id: &session_id,
+                session_id,
                 owner: row.owner.as_deref(),
                 labels: &labels,
                 registered: true,

@@ -65,9 +65,10 @@ macro_rules! insert_rows {
                 .push_bind(&r.hash);
         });
         qb.build().execute(&mut *$tx).await.map_err(|e| {
-            match StoreError::on_unique(e, "audit seq taken") {
-                StoreError::Conflict(_) => StoreError::HeadMoved,
-                other => other,
+            if $crate::store::audit::is_seq_collision(&e) {
+                StoreError::HeadMoved
+            } else {
+                StoreError::Db(e)
             }
         })?;
     }};
@@ -92,6 +93,56 @@ macro_rules! append_in_tx {
     }};
 }
 pub(crate) use {advance_head, append_in_tx, insert_rows};
+
+/// A unique violation on a chain position `(tenant, seq)`: another writer took
+/// it. Any other unique violation (a repeated `audit_id`) is the row's own fault.
+pub(crate) fn is_seq_collision(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.is_unique_violation()
+        && (db.constraint().is_some_and(|c| c.contains("seq"))
+            || db.message().contains("audit_events.seq"))
+}
+
+impl StoreError {
+    /// True when the database refused the statement because of what a row
+    /// holds (a constraint, a value it cannot store, a size limit), so other
+    /// rows would commit without it; false when the store itself failed
+    /// (connection, timeout, pool, I/O), which fails every row alike.
+    pub fn is_row_refusal(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Encode(_) => true,
+            sqlx::Error::Database(db) => {
+                use sqlx::error::ErrorKind as K;
+                if matches!(
+                    db.kind(),
+                    K::UniqueViolation
+                        | K::ForeignKeyViolation
+                        | K::NotNullViolation
+                        | K::CheckViolation
+                ) {
+                    return true;
+                }
+                let code = db.code().unwrap_or_default();
+                if let Ok(n) = code.parse::<i32>() {
+                    // SQLite (extended) result codes: TOOBIG, CONSTRAINT (triggers
+                    // included), MISMATCH.
+                    matches!(n & 0xff, 18..=20)
+                } else {
+                    // PostgreSQL SQLSTATE classes: 22 data exception (a NUL in
+                    // text is 22021), 23 integrity constraint, 54 program limit
+                    // (an index row too large).
+                    code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
+                }
+            }
+            _ => false,
+        }
+    }
+}
 
 /// A tenant's chain head as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -129,7 +180,11 @@ pub struct AuditFilter {
     pub outcome: Option<String>,
     pub code: Option<String>,
     pub user: Option<String>,
+    /// The canonical session ID (`tokens::SessionId::canonical`).
     pub session_id: Option<String>,
+    /// Another spelling also matched in `session_id` (rows recorded before
+    /// session IDs were canonical); only with `session_id`.
+    pub session_id_as_given: Option<String>,
     pub rule: Option<String>,
     pub policy_version: Option<i64>,
     pub key_id: Option<String>,
@@ -253,7 +308,6 @@ impl Store {
                     ("outcome", &f.outcome),
                     ("code", &f.code),
                     ("user_id", &f.user),
-                    ("session_id", &f.session_id),
                     ("rule", &f.rule),
                     ("key_id", &f.key_id),
                     ("token_id", &f.token_id),
@@ -263,6 +317,13 @@ impl Store {
                     if let Some(v) = v {
                         $qb.push(format!(" AND {col} = ")).push_bind(v.clone());
                     }
+                }
+                if let Some(v) = &f.session_id {
+                    $qb.push(" AND session_id IN (")
+                        .push_bind(v.clone())
+                        .push(", ");
+                    $qb.push_bind(f.session_id_as_given.clone().unwrap_or_else(|| v.clone()))
+                        .push(")");
                 }
                 if let Some(v) = f.policy_version {
                     $qb.push(" AND policy_version = ").push_bind(v);

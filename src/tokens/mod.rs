@@ -21,7 +21,7 @@ use std::fmt;
 
 pub use crate::domain::{CredentialSpec, OpenTokFormat, Provider, Role, SecretRef};
 pub use inspect::{InspectError, Inspection, Verification, inspect};
-pub use session_id::{check_session_owned, session_owner};
+pub use session_id::{MAX_SESSION_ID_LEN, SessionId, check_session_owned, session_owner};
 pub use validate::{
     MAX_CONNECTION_DATA_BYTES, MAX_LAYOUT_CLASS_LIST_CHARS, MAX_TTL_SECS, parse_role,
     validate_layout_class_list,

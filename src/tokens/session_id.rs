@@ -1,30 +1,121 @@
-//! Session IDs: which credential a session belongs to.
+//! Session IDs: their one canonical form, and which credential a session
+//! belongs to.
 //!
 //! A session ID is a 2-character prefix (`1_`, `2_`) followed by URL-safe
 //! base64 of `~`-separated fields; field 1 is the API key (OpenTok projects)
-//! or the application id (Vonage applications). Decoding is lenient about
-//! padding, the alphabet and the prefix (as the SDKs are); ownership is strict:
-//! `fields[1]` must equal the credential's id exactly (opentok-node's rule).
+//! or the application id (Vonage applications). The SDKs decode leniently
+//! (any prefix, either base64 alphabet, padding optional), so one session has
+//! many spellings. The broker accepts only spellings with the prefix the
+//! service uses (a digit and `_`) and names every session by one canonical
+//! form: `1_` + unpadded URL-safe base64 of the decoded bytes. Rules, the
+//! registration table, the session cache and the audit all use that form.
+//! Ownership is strict: `fields[1]` must equal the credential's id exactly
+//! (opentok-node's rule).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::TokenError;
 use super::encoding::b64_lenient;
 
-/// The owner id (`fields[1]`) a session ID names.
+/// Longest session ID accepted, in bytes (service-issued ones are ~70-120).
+pub const MAX_SESSION_ID_LEN: usize = 512;
+
+/// A session ID that passed the edge checks, in its two useful spellings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionId {
+    canonical: String,
+    token: String,
+    owner: String,
+}
+
+impl SessionId {
+    /// Parses any accepted spelling: `<digit>_` then base64 of the fields,
+    /// in either alphabet (`-_` or `+/`), with at most two `=` of padding.
+    pub fn parse(s: &str) -> Result<SessionId, TokenError> {
+        let invalid = |why: &str| TokenError::InvalidSessionId(why.to_owned());
+        if s.is_empty() || s.len() > MAX_SESSION_ID_LEN {
+            return Err(invalid("a session ID is 1 to 512 characters"));
+        }
+        let b = s.as_bytes();
+        if b.len() < 3 || !b[0].is_ascii_digit() || b[1] != b'_' {
+            return Err(invalid(
+                "it must start with the prefix the service uses: a digit and `_` (as in `1_`)",
+            ));
+        }
+        let body = &s[2..];
+        let unpadded = body.trim_end_matches('=');
+        if body.len() - unpadded.len() > 2
+            || !unpadded
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_+/".contains(&c))
+        {
+            return Err(invalid(
+                "after its prefix it must be base64 (A-Z a-z 0-9 - _, or + /, optional = padding)",
+            ));
+        }
+        let bytes = b64_lenient(unpadded).ok_or_else(|| invalid("it does not decode as base64"))?;
+        let owner = owner_of(&bytes)?;
+        let mut canonical = String::with_capacity(2 + body.len());
+        canonical.push_str("1_");
+        URL_SAFE_NO_PAD.encode_string(&bytes, &mut canonical);
+        let mut token = String::with_capacity(canonical.len());
+        token.push_str(&s[..2]);
+        token.push_str(&canonical[2..]);
+        Ok(SessionId {
+            canonical,
+            token,
+            owner,
+        })
+    }
+
+    /// The one name of this session: `1_` + unpadded URL-safe base64. Used for
+    /// `id:` rules, registration, the session cache, ownership and the audit.
+    pub fn canonical(&self) -> &str {
+        &self.canonical
+    }
+
+    /// The spelling a token carries: the caller's prefix digit (the service
+    /// issues both `1_` and `2_` IDs and its meaning is undocumented, so it is
+    /// kept) with the body in the service's own form (URL-safe, unpadded).
+    /// For every ID the service issued this is the caller's text unchanged.
+    pub fn for_token(&self) -> &str {
+        &self.token
+    }
+
+    /// The project API key or application id the session names (`fields[1]`).
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.canonical)
+    }
+}
+
+fn owner_of(bytes: &[u8]) -> Result<String, TokenError> {
+    let text = String::from_utf8_lossy(bytes);
+    let fields: Vec<&str> = text.split('~').collect();
+    match fields.get(1) {
+        Some(owner) if fields.len() >= 2 && !owner.is_empty() => Ok((*owner).to_owned()),
+        _ => Err(TokenError::InvalidSessionId(
+            "it does not name the project or application it belongs to".to_owned(),
+        )),
+    }
+}
+
+/// The owner id (`fields[1]`) a session ID names. Lenient about the prefix
+/// (as the SDKs are): used by signers and `token inspect`, after the edge.
 pub fn session_owner(session_id: &str) -> Result<String, TokenError> {
     let invalid = |why: &str| TokenError::InvalidSessionId(why.to_owned());
-    if session_id.is_empty() || session_id.len() > 512 {
+    if session_id.is_empty() || session_id.len() > MAX_SESSION_ID_LEN {
         return Err(invalid("a session ID is 1 to 512 characters"));
     }
     let body = session_id.get(2..).ok_or_else(|| invalid("too short"))?;
     let bytes = b64_lenient(body).ok_or_else(|| invalid("it does not decode as base64"))?;
-    let text = String::from_utf8_lossy(&bytes);
-    let fields: Vec<&str> = text.split('~').collect();
-    match fields.get(1) {
-        Some(owner) if fields.len() >= 2 && !owner.is_empty() => Ok((*owner).to_owned()),
-        _ => Err(invalid(
-            "it does not name the project or application it belongs to",
-        )),
-    }
+    owner_of(&bytes)
 }
 
 /// `Ok` when the session belongs to `owner_id`.
@@ -110,6 +201,91 @@ mod tests {
                 ("invalid_session_id", "session_id"),
                 "{bad:?}"
             );
+        }
+    }
+
+    /// `1~123456~~1764000000000~session-1~`: its base64 has `-` (so a `+`
+    /// spelling exists) and needs padding (so a `=` spelling exists).
+    const SID: &str = "1_MX4xMjM0NTZ-fjE3NjQwMDAwMDAwMDB-c2Vzc2lvbi0xfg";
+
+    #[test]
+    fn every_spelling_of_one_session_has_one_canonical_form() {
+        let canonical = SessionId::parse(SID).unwrap();
+        assert_eq!(canonical.canonical(), SID);
+        assert_eq!(canonical.for_token(), SID);
+        assert_eq!(canonical.owner(), "123456");
+        let body = &SID[2..];
+        let std_alphabet = body.replace('-', "+").replace('_', "/");
+        assert_ne!(std_alphabet, body, "the fixture must exercise the alphabet");
+        for (spelling, token) in [
+            (format!("2_{body}"), format!("2_{body}")),
+            (format!("9_{body}"), format!("9_{body}")),
+            (format!("1_{body}=="), SID.to_owned()),
+            (format!("1_{std_alphabet}"), SID.to_owned()),
+            (format!("2_{std_alphabet}=="), format!("2_{body}")),
+        ] {
+            let s = SessionId::parse(&spelling).unwrap();
+            assert_eq!(s.canonical(), SID, "{spelling}");
+            assert_eq!(s.for_token(), token, "{spelling}");
+            assert_eq!(s.owner(), "123456");
+        }
+    }
+
+    #[test]
+    fn the_prefix_must_be_a_digit_and_underscore() {
+        let body = &SID[2..];
+        for bad in [
+            format!("\u{0}\u{0}{body}"),
+            format!("ab{body}"),
+            format!("1-{body}"),
+            format!("__{body}"),
+            format!("_1{body}"),
+            format!("\u{663}_{body}"), // an Arabic-Indic digit is not ASCII
+            body.to_owned(),
+            "1_".to_owned(),
+        ] {
+            let e = SessionId::parse(&bad).unwrap_err();
+            assert_eq!(
+                (e.code(), e.field()),
+                ("invalid_session_id", "session_id"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_body_is_base64_and_nothing_else() {
+        let body = &SID[2..];
+        for bad in [
+            format!("1_{body}==="),
+            format!("1_{body}\u{0}"),
+            format!("1_\u{0}{body}"),
+            format!("1_{body} "),
+            format!("1_{body}\n"),
+            format!("1_{}={}", &body[..8], &body[8..]),
+            format!("1_{body}%3D"),
+            "1_".to_owned() + &"A".repeat(MAX_SESSION_ID_LEN),
+        ] {
+            let e = SessionId::parse(&bad).unwrap_err();
+            assert_eq!(e.code(), "invalid_session_id", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn spec_samples_are_their_own_canonical_form_up_to_the_prefix() {
+        for sid in [
+            "1_MX4xMjM0NTZ-flNhdCBNYXIgMTUgMTQ6NDI6MjMgUERUIDIwMTR-MC40OTAxMzAyNX4",
+            "2_MX44NTQ1MTF-flR1ZSBOb3YgMTIgMDk6NDA6NTkgUFNUIDIwMTN-MC43NjU0Nzh-",
+            "1_MX4yOWY3NjBmOC03Y2UxLTQ2YzktYWRlMy1mMmRlZGVlNGVkNWZ-fjE3MjY0NjI1ODg2NDd-MTF4TGExYmJoelBlR1FHbVhzbWd4STBrfn5-",
+        ] {
+            let s = SessionId::parse(sid).unwrap();
+            assert_eq!(
+                s.for_token(),
+                sid,
+                "a service-issued ID reaches the token unchanged"
+            );
+            assert_eq!(&s.canonical()[2..], &sid[2..]);
+            assert!(s.canonical().starts_with("1_"));
         }
     }
 }

@@ -10,6 +10,7 @@ mod bounded_admin;
 mod end_users;
 mod errors;
 mod health_and_keys;
+mod hostile_input;
 mod issue_tokens;
 mod policy_admin;
 mod real_binary;
