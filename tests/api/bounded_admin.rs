@@ -21,9 +21,31 @@ fn big_policy(tenant: &str, rules: usize, salt: &str) -> String {
     p
 }
 
+/// The figure (100 ms) is a latency under load, so it is measured
+/// alone: `.ci/run` runs it by itself (`-- --ignored --test-threads 1`); in the
+/// parallel suite the other tests' load would be what it measured.
 #[tokio::test]
+#[ignore = "timing: run alone by .ci/run"]
 async fn healthz_stays_fast_while_two_tenants_dry_run_the_largest_policies() {
-    let app = spawn_app().await;
+    healthz_during_largest_dry_runs(2, Duration::from_millis(100)).await;
+}
+
+/// The structural half, safe in the parallel suite: with a single HTTP
+/// worker, /healthz answers in well under the time one dry run takes, so the
+/// dry runs cannot be running on that worker (on it, /healthz would wait for them).
+#[tokio::test]
+async fn dry_runs_of_the_largest_policies_leave_the_only_worker_free() {
+    let (slowest, shortest_dry_run) = healthz_during_largest_dry_runs(1, Duration::MAX).await;
+    assert!(
+        slowest < shortest_dry_run / 2,
+        "healthz took {slowest:?}; a dry run {shortest_dry_run:?}"
+    );
+}
+
+/// Returns the slowest /healthz and the shortest dry run seen.
+async fn healthz_during_largest_dry_runs(workers: usize, bound: Duration) -> (Duration, Duration) {
+    let (url, db) = fresh_database().await;
+    let app = spawn_app_on(url, db, |s| s.workers = workers).await;
     // As many rules as the caps allow.
     let rules = (MAX_POLICY_LINES - 10) / 9;
     let mut keys = Vec::new();
@@ -43,7 +65,9 @@ async fn healthz_stays_fast_while_two_tenants_dry_run_the_largest_policies() {
             let v2 = big_policy(t, rules, "b");
             tokio::spawn(async move {
                 let mut statuses = Vec::new();
+                let mut shortest = Duration::MAX;
                 for _ in 0..3 {
+                    let started = Instant::now();
                     let r = client
                         .post(&url)
                         .bearer_auth(&key)
@@ -53,9 +77,10 @@ async fn healthz_stays_fast_while_two_tenants_dry_run_the_largest_policies() {
                         .unwrap();
                     statuses.push(r.status().as_u16());
                     let v: Value = r.json().await.unwrap();
+                    shortest = shortest.min(started.elapsed());
                     assert!(v["diff"].as_str().is_some(), "{}", &v.to_string()[..200]);
                 }
-                statuses
+                (statuses, shortest)
             })
         })
         .collect();
@@ -67,10 +92,14 @@ async fn healthz_stays_fast_while_two_tenants_dry_run_the_largest_policies() {
         slowest = slowest.max(started.elapsed());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let mut shortest = Duration::MAX;
     for h in hostile {
-        assert_eq!(h.await.unwrap(), vec![200, 200, 200]);
+        let (statuses, d) = h.await.unwrap();
+        assert_eq!(statuses, vec![200, 200, 200]);
+        shortest = shortest.min(d);
     }
-    assert!(slowest < Duration::from_millis(100), "healthz took {slowest:?}");
+    assert!(slowest < bound, "healthz took {slowest:?}");
+    (slowest, shortest)
 }
 
 #[tokio::test]
