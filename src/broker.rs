@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{AuditRow, chain, kind};
 use crate::domain::{Identity, Role};
 use crate::metrics::Metrics;
-use crate::policy::{self, Decision, DecisionRequest, Expiry, Outcome};
+use crate::policy::{self, Decision, DecisionRequest, Expiry, Outcome, SessionFacts};
 use crate::routes::error::ApiError;
 use crate::state::AppState;
 use crate::tokens::{self, Entropy, SessionId, TokenParams};
@@ -287,7 +287,18 @@ pub fn stamp(tenant: &str, who: &Identity, idp: Option<&str>, data: Option<&str>
     .unwrap_or_default()
 }
 
-fn base_row(caller: &Caller, c: &Checked, now_ms: i64, k: &str, outcome: &str) -> AuditRow {
+/// The audit row of a token request. Besides what was asked, it records the
+/// session's registered owner and labels as the decision saw them (in
+/// `detail.session`, inside the hash chain), so `policy replay` can decide
+/// the request again exactly as it was decided.
+fn base_row(
+    caller: &Caller,
+    c: &Checked,
+    facts: &SessionFacts,
+    now_ms: i64,
+    k: &str,
+    outcome: &str,
+) -> AuditRow {
     let mut row = AuditRow::new(
         &caller.tenant,
         k,
@@ -308,10 +319,12 @@ fn base_row(caller: &Caller, c: &Checked, now_ms: i64, k: &str, outcome: &str) -
     // The canonical form, so one audit search finds every spelling; the
     // spelling the token carries is kept in `detail` when it differs.
     row.session_id = Some(c.session.canonical().to_owned());
+    let mut detail = serde_json::Map::new();
     if c.session.for_token() != c.session.canonical() {
-        row.detail =
-            Some(serde_json::json!({ "token_session_id": c.session.for_token() }).to_string());
+        detail.insert("token_session_id".into(), c.session.for_token().into());
     }
+    detail.insert("session".into(), facts.to_json());
+    row.detail = Some(serde_json::Value::Object(detail).to_string());
     row.requested_role = c.role.map(|r| r.as_str().to_owned());
     // `validate` bounded both to 30 days: no overflow here.
     row.requested_expire_time = match c.expiry {
@@ -390,7 +403,8 @@ async fn run(
     let checked = validate(caller, req, now)?;
     let (who, role, expiry) = (&checked.who, checked.role, checked.expiry);
     let sid = &checked.session;
-    let row = || base_row(caller, &checked, now_ms, kind::TOKEN_REFUSED, "refused");
+    let facts = state.session_facts(&caller.tenant, sid.canonical()).await?;
+    let row = || base_row(caller, &checked, &facts, now_ms, kind::TOKEN_REFUSED, "refused");
 
     let Some(rt) = state.tenant(&caller.tenant) else {
         let e = ApiError::forbidden(
@@ -409,7 +423,6 @@ async fn run(
         e.body.policy_version = Some(version);
         return Err(refuse(state, mode, row(), e).await);
     };
-    let facts = state.session_facts(&caller.tenant, sid.canonical()).await?;
     let decision = policy::decide(
         &rt.policy,
         who,
@@ -496,7 +509,7 @@ async fn run(
             &Entropy::random(),
         )
         .map_err(|e| ApiError::bad(e.code(), e.field(), e.to_string()))?;
-    let mut r = base_row(caller, &checked, now_ms, kind::TOKEN_ISSUED, "issued");
+    let mut r = base_row(caller, &checked, &facts, now_ms, kind::TOKEN_ISSUED, "issued");
     r.credential = Some(cred.name.clone());
     r.granted_role = Some(granted_role.as_str().to_owned());
     r.granted_expire_time = Some(expire_time);

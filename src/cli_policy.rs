@@ -65,6 +65,27 @@ pub enum PolicyCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Decide the tenant's recorded token requests again under a proposed
+    /// policy and show what would have changed (nothing is applied).
+    Replay {
+        path: PathBuf,
+        /// Start of the window: RFC 3339 or unix seconds (default: 7 days ago).
+        #[arg(long)]
+        since: Option<String>,
+        /// End of the window (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Must match the policy file's tenant, when given.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Exit non-zero when any of these changes occur (comma-separated:
+        /// granted-moderator, refused, granted, role-raised, role-lowered,
+        /// ttl-shortened, ttl-lengthened, rule-changed).
+        #[arg(long)]
+        fail_on: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A command failure listing every policy error, one per line.
@@ -285,6 +306,14 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
             }
             Ok(())
         }
+        PolicyCmd::Replay {
+            path,
+            since,
+            until,
+            tenant,
+            fail_on,
+            json,
+        } => replay(settings, path, since, until, tenant, fail_on, json).await,
         PolicyCmd::Rollback { tenant, to, json } => {
             let store = store_for(&settings).await?;
             let o = admin::rollback_policy(
@@ -308,4 +337,98 @@ pub fn secret_resolver(settings: &Settings) -> crate::secrets::SecretResolver {
         settings.secrets_dir.clone(),
         crate::state::SECRET_READ_BOUND,
     )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn replay(
+    settings: Settings,
+    path: PathBuf,
+    since: Option<String>,
+    until: Option<String>,
+    tenant: Option<String>,
+    fail_on: Option<String>,
+    json: bool,
+) -> CmdResult {
+    let fail_on = crate::replay::parse_fail_on(fail_on.as_deref().unwrap_or(""))
+        .map_err(Failure::from)?;
+    let now = crate::clock::now_unix_ms();
+    let time = |field: &str, v: Option<String>, default: i64| -> Result<i64, Failure> {
+        match v {
+            None => Ok(default),
+            Some(v) => crate::routes::audit::parse_time(field, &v)
+                .map_err(|e| Failure::from(e.body.message.clone())),
+        }
+    };
+    let window = crate::replay::Window {
+        since_ms: time("since", since, now - 7 * 86_400_000)?,
+        until_ms: time("until", until, now + 1)?,
+    };
+    let text = read_file(&path)?;
+    let store = store_for(&settings).await?;
+    let report = crate::replay::replay(
+        &store,
+        &file_name(&path),
+        &text,
+        tenant.as_deref(),
+        window,
+        &Actor::Cli,
+        now,
+    )
+    .await?;
+    if json {
+        out_json(&report);
+    } else {
+        print_replay(&report);
+    }
+    let failed = crate::replay::failures(&report, &fail_on);
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = failed.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    Err(Failure {
+        message: format!("replay found changes named by --fail-on: {}", list.join(", ")),
+        code: 3,
+    })
+}
+
+fn print_replay(r: &crate::policy::replay::ReplayReport) {
+    out(format!(
+        "{} recorded request(s) decided again{}",
+        r.requests,
+        if r.approximate > 0 {
+            format!(
+                " ({} recorded before session facts were kept: decided with today's registrations)",
+                r.approximate
+            )
+        } else {
+            String::new()
+        }
+    ));
+    out(format!("{:<20} {:>10}", "change", "requests"));
+    for k in crate::policy::replay::KINDS {
+        out(format!(
+            "{:<20} {:>10}",
+            k,
+            r.changes.get(k).unwrap_or_default()
+        ));
+    }
+    for (k, ex) in &r.examples {
+        out(format!("\n{k}:"));
+        for u in &ex.users {
+            out(format!(
+                "  user {:<24} {:>6}  e.g. {}",
+                u.id,
+                u.requests,
+                u.audit_ids.join(", ")
+            ));
+        }
+        for s in &ex.sessions {
+            out(format!(
+                "  session {:<21} {:>6}  e.g. {}",
+                s.id,
+                s.requests,
+                s.audit_ids.join(", ")
+            ));
+        }
+    }
 }

@@ -24,6 +24,7 @@ pub mod kind {
     pub const TENANT_CREATED: &str = "tenant_created";
     pub const CREDENTIAL_SET: &str = "credential_set";
     pub const CREDENTIAL_DELETED: &str = "credential_deleted";
+    pub const POLICY_REPLAYED: &str = "policy_replayed";
 }
 
 /// One audit row. Fields that do not apply to an event kind are `None`.

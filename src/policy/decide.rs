@@ -48,6 +48,32 @@ pub struct SessionFacts {
     pub labels: BTreeMap<String, String>,
 }
 
+impl SessionFacts {
+    /// As recorded with each decision: `{}` for an unregistered session, else
+    /// `{"owner": …, "labels": {…}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        if self.owner.is_none() && self.labels.is_empty() {
+            return serde_json::json!({});
+        }
+        serde_json::json!({"owner": self.owner, "labels": self.labels})
+    }
+
+    /// The inverse of `to_json`; `None` when `v` is not such a record.
+    pub fn from_json(v: &serde_json::Value) -> Option<SessionFacts> {
+        let o = v.as_object()?;
+        let owner = match o.get("owner") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(_) => return None,
+        };
+        let labels = match o.get("labels") {
+            None => BTreeMap::new(),
+            Some(l) => serde_json::from_value(l.clone()).ok()?,
+        };
+        Some(SessionFacts { owner, labels })
+    }
+}
+
 /// A requested lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expiry {

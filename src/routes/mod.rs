@@ -79,6 +79,13 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
         .service(resource("/v1/policy/versions/{version}").route(web::get().to(policy::version)))
         .service(resource("/v1/policy/rollback").route(web::post().to(policy::rollback)))
         .service(
+            resource("/v1/policy/replay")
+                .app_data(web::Data::new(json::BodyLimit(
+                    POLICY_BODY_LIMIT.max(body_limit),
+                )))
+                .route(web::post().to(policy::replay)),
+        )
+        .service(
             resource("/v1/credentials/{name}")
                 .route(web::put().to(credentials::put))
                 .route(web::get().to(credentials::show))

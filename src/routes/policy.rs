@@ -152,3 +152,51 @@ pub async fn rollback(
     }
     Ok(HttpResponse::Ok().json(out))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayBody {
+    /// The proposed policy's TOML text.
+    pub source: String,
+    pub source_name: Option<String>,
+    /// Window start: RFC 3339 or unix seconds (default: 7 days ago).
+    pub since: Option<String>,
+    /// Window end (default: now).
+    pub until: Option<String>,
+}
+
+/// `POST /v1/policy/replay`: what the proposed policy would have decided on
+/// the tenant's recorded requests in the window (nothing is applied).
+pub async fn replay(
+    state: web::Data<AppState>,
+    key: ApiKey,
+    req: HttpRequest,
+    body: Json<ReplayBody>,
+) -> Result<HttpResponse, ApiError> {
+    let p = key.require(Scopes::ADMIN)?;
+    let now = crate::clock::now_unix_ms();
+    let time = |field: &str, v: &Option<String>, default: i64| match v {
+        None => Ok(default),
+        Some(v) => super::audit::parse_time(field, v),
+    };
+    let window = crate::replay::Window {
+        since_ms: time("since", &body.since, now - 7 * 86_400_000)?,
+        until_ms: time("until", &body.until, now + 1)?,
+    };
+    let name = body
+        .source_name
+        .clone()
+        .unwrap_or_else(|| format!("{}.toml", p.tenant));
+    let report = crate::replay::replay(
+        &state.store,
+        &name,
+        &body.source,
+        Some(&p.tenant),
+        window,
+        &actor(&req, &p.key_id),
+        now,
+    )
+    .await
+    .map_err(admin_error)?;
+    Ok(HttpResponse::Ok().json(report))
+}

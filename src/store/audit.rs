@@ -144,6 +144,25 @@ impl StoreError {
     }
 }
 
+/// A recorded token request, as `policy replay` reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RequestRow {
+    pub audit_id: String,
+    pub at_ms: i64,
+    pub outcome: String,
+    pub code: Option<String>,
+    pub idp: Option<String>,
+    pub user_id: Option<String>,
+    pub user_groups: Option<String>,
+    pub session_id: Option<String>,
+    pub requested_role: Option<String>,
+    pub requested_expire_time: Option<i64>,
+    pub granted_role: Option<String>,
+    pub granted_expire_time: Option<i64>,
+    pub rule: Option<String>,
+    pub detail: Option<String>,
+}
+
 /// A tenant's chain head as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HeadRow {
@@ -369,6 +388,33 @@ impl Store {
                 if !f(row) {
                     break;
                 }
+            }
+            Ok(())
+        })
+    }
+
+    /// Streams a tenant's recorded token requests (issued and refused) with
+    /// `since_ms <= at_ms < until_ms`, in time order, into `f`: only the
+    /// columns `policy replay` needs, so a million rows read quickly.
+    pub async fn scan_requests<F>(
+        &self,
+        tenant: &str,
+        since_ms: i64,
+        until_ms: i64,
+        mut f: F,
+    ) -> StoreResult<()>
+    where
+        F: FnMut(RequestRow),
+    {
+        let sql = "SELECT audit_id, at_ms, outcome, code, idp, user_id, user_groups, session_id, \
+             requested_role, requested_expire_time, granted_role, granted_expire_time, rule, detail \
+             FROM audit_events WHERE tenant = $1 AND at_ms >= $2 AND at_ms < $3 \
+             AND kind IN ('token_issued', 'token_refused') ORDER BY at_ms, seq";
+        with_pool!(self, p => {
+            let mut s = sqlx::query_as::<_, RequestRow>(sql)
+                .bind(tenant).bind(since_ms).bind(until_ms).fetch(p);
+            while let Some(row) = s.try_next().await? {
+                f(row);
             }
             Ok(())
         })

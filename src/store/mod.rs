@@ -14,7 +14,7 @@ mod policies;
 mod sessions;
 mod tenants;
 
-pub use audit::{AuditFilter, AuditRow, HeadRow, PruneRow, SummaryRow};
+pub use audit::{AuditFilter, AuditRow, HeadRow, PruneRow, RequestRow, SummaryRow};
 pub use credentials::StoredCredentialRow;
 pub use keys::KeyRow;
 pub use policies::PolicyVersionRow;

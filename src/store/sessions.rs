@@ -47,3 +47,13 @@ impl Store {
         ).bind(tenant).bind(session_id).fetch_optional(p).await)?)
     }
 }
+
+impl Store {
+    /// Every session a tenant registered (for `policy replay` of requests
+    /// recorded before the decision's session facts were).
+    pub async fn list_sessions(&self, tenant: &str) -> StoreResult<Vec<SessionRow>> {
+        Ok(with_pool!(self, p => sqlx::query_as::<_, SessionRow>(
+            "SELECT session_id, owner, labels, updated_at_ms FROM sessions WHERE tenant = $1"
+        ).bind(tenant).fetch_all(p).await)?)
+    }
+}

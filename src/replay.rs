@@ -1,0 +1,189 @@
+//! `policy replay`, shared by the CLI and `POST /v1/policy/replay`: every
+//! recorded token request of a tenant in a time window is decided again under
+//! a proposed policy (`crate::policy::replay` decides and counts), reading
+//! only what replay needs from the audit record. Replay writes no decision;
+//! the replay itself is one audit event (`policy_replayed`).
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::admin::{Actor, AdminError};
+use crate::audit::{AuditRow, chain, kind};
+use crate::domain::Identity;
+use crate::policy::replay::{Recorded, ReplayReport, Replayer, Verdict};
+use crate::policy::{self, CompiledPolicy, DecisionRequest, Expiry, SessionFacts};
+use crate::store::{RequestRow, Store};
+use crate::tokens::SessionId;
+
+/// The time window of a replay: `since_ms <= at < until_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub since_ms: i64,
+    pub until_ms: i64,
+}
+
+/// Turns a recorded row into a replay input; `None` for rows that carry no
+/// request to decide (no user or session: refused before a decision).
+pub fn recorded(row: RequestRow, fallback: &HashMap<String, SessionFacts>) -> Option<Recorded> {
+    let user_id = row.user_id?;
+    let session_id = row.session_id?;
+    let groups: Vec<String> = row
+        .user_groups
+        .as_deref()
+        .and_then(|g| serde_json::from_str(g).ok())
+        .unwrap_or_default();
+    let detail: Option<serde_json::Value> =
+        row.detail.as_deref().and_then(|d| serde_json::from_str(d).ok());
+    let recorded_facts = detail
+        .as_ref()
+        .and_then(|d| d.get("session"))
+        .and_then(SessionFacts::from_json);
+    let facts_recorded = recorded_facts.is_some();
+    let facts = recorded_facts
+        .or_else(|| fallback.get(&session_id).cloned())
+        .unwrap_or_default();
+    let at = row.at_ms.div_euclid(1000);
+    let then = match (row.outcome.as_str(), row.granted_role.as_deref(), row.granted_expire_time) {
+        ("issued", Some(role), Some(expire_time)) => Verdict::Granted {
+            role: role.parse().ok()?,
+            expire_time,
+        },
+        _ => Verdict::Refused {
+            code: row.code.unwrap_or_default(),
+        },
+    };
+    Some(Recorded {
+        audit_id: row.audit_id,
+        at,
+        who: Identity {
+            user_id,
+            name: None,
+            groups,
+        },
+        session_project: SessionId::parse(&session_id)
+            .ok()
+            .map(|s| s.owner().to_owned()),
+        session_id,
+        facts,
+        facts_recorded,
+        request: DecisionRequest {
+            role: row.requested_role.as_deref().and_then(|r| r.parse().ok()),
+            // The recorded request is absolute; a `ttl` was `at + ttl`.
+            expiry: row.requested_expire_time.map(Expiry::At),
+        },
+        then,
+        then_rule: row.rule,
+    })
+}
+
+/// Replays `source` (a proposed policy for `tenant`) over the window.
+/// `confine`: the tenant an HTTP admin key belongs to.
+#[allow(clippy::too_many_arguments)]
+pub async fn replay(
+    store: &Store,
+    source_name: &str,
+    source: &str,
+    confine: Option<&str>,
+    window: Window,
+    actor: &Actor,
+    now_ms: i64,
+) -> Result<ReplayReport, AdminError> {
+    let (name, text) = (source_name.to_owned(), source.to_owned());
+    let doc = tokio::task::spawn_blocking(move || policy::parse(&name, &text))
+        .await
+        .map_err(|e| AdminError::Invalid(e.to_string()))?
+        .map_err(AdminError::Policy)?;
+    let tenant = doc.tenant.clone();
+    if let Some(t) = confine
+        && t != tenant
+    {
+        return Err(AdminError::Forbidden(format!(
+            "this key belongs to tenant {t}; the policy is for tenant {tenant}"
+        )));
+    }
+    if !store.tenant_exists(&tenant).await? {
+        return Err(AdminError::NoTenant(tenant));
+    }
+    if window.until_ms <= window.since_ms {
+        return Err(AdminError::Field {
+            field: "until".into(),
+            message: "until must be after since".into(),
+        });
+    }
+    let compiled = CompiledPolicy::compile(doc, 0);
+    let stored: Vec<String> = store
+        .list_credentials(&tenant)
+        .await?
+        .into_iter()
+        .map(|c| c.owner_id)
+        .collect();
+    let fallback: HashMap<String, SessionFacts> = store
+        .list_sessions(&tenant)
+        .await?
+        .into_iter()
+        .map(|s| {
+            let facts = SessionFacts {
+                owner: s.owner,
+                labels: serde_json::from_str(&s.labels).unwrap_or_default(),
+            };
+            (s.session_id, facts)
+        })
+        .collect();
+    let mut replayer = Replayer::new(&compiled, stored);
+    store
+        .scan_requests(&tenant, window.since_ms, window.until_ms, |row| {
+            if let Some(r) = recorded(row, &fallback) {
+                replayer.push(&r);
+            }
+        })
+        .await?;
+    let report = replayer.finish();
+    let mut row = AuditRow::new(&tenant, kind::POLICY_REPLAYED, "ok", "cli", now_ms);
+    actor.stamp(&mut row);
+    row.detail = Some(
+        serde_json::json!({
+            "source_name": source_name,
+            "sha256": chain::hex(&Sha256::digest(source.as_bytes())),
+            "since_ms": window.since_ms,
+            "until_ms": window.until_ms,
+            "requests": report.requests,
+            "changes": report.changes,
+        })
+        .to_string(),
+    );
+    crate::admin::record(store, row).await?;
+    Ok(report)
+}
+
+/// `--fail-on` names (comma-separated) → the change kinds they stand for.
+/// `refused` is granted → refused, `granted` refused → granted; the others are
+/// the kinds' own names, with `-` or `_`.
+pub fn parse_fail_on(list: &str) -> Result<Vec<&'static str>, String> {
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let key = name.replace('-', "_");
+        let kind = match key.as_str() {
+            "refused" => "granted_to_refused",
+            "granted" => "refused_to_granted",
+            other => policy::replay::KINDS
+                .into_iter()
+                .find(|k| *k == other && *k != "unchanged")
+                .ok_or_else(|| {
+                    format!(
+                        "unknown --fail-on kind {name:?}: use granted-moderator, refused, granted, role-raised, role-lowered, ttl-shortened, ttl-lengthened or rule-changed"
+                    )
+                })?,
+        };
+        out.push(kind);
+    }
+    Ok(out)
+}
+
+/// The kinds of `fail_on` that occurred, with their counts.
+pub fn failures(report: &ReplayReport, fail_on: &[&'static str]) -> Vec<(&'static str, u64)> {
+    fail_on
+        .iter()
+        .filter_map(|k| report.changes.get(k).filter(|n| *n > 0).map(|n| (*k, n)))
+        .collect()
+}
