@@ -171,6 +171,8 @@ fn validate(
                 user_id: u.id.clone(),
                 name: u.name.clone(),
                 groups: u.groups.clone(),
+                // Vouched by the app (its API key), not by an identity provider.
+                idp: None,
             }
         }
     };
@@ -469,6 +471,7 @@ mod tests {
             user_id: "alice".into(),
             name: Some("Alice".into()),
             groups: vec![],
+            idp: None,
         };
         let s = stamp("acme", &who, None, Some(r#"{"sub":"mallory"}"#));
         assert_eq!(

@@ -7,6 +7,6 @@ pub mod idp;
 pub mod role;
 
 pub use credential::{CredentialSpec, OpenTokFormat, Provider, SecretRef};
-pub use identity::Identity;
-pub use idp::{IdpKeys, IdpSpec};
+pub use identity::{Identity, Owner};
+pub use idp::{IdpKeys, IdpSpec, check_jwks_url};
 pub use role::Role;

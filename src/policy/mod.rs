@@ -18,7 +18,7 @@ pub use decide::{
 };
 pub use diff::diff;
 pub use file::{
-    Defaults, Effect, Excess, PolicyDoc, PolicyError, Rule, SessionMatch, Subject, parse,
+    Defaults, Effect, Excess, PolicyDoc, PolicyError, Rule, SessionMatch, Source, Subject, parse,
 };
 
 #[cfg(test)]
