@@ -127,15 +127,17 @@ struct JwksCache {
     last_failed: bool,
 }
 
+struct Jwks {
+    url: reqwest::Url,
+    client: reqwest::Client,
+    cache: RwLock<JwksCache>,
+    /// Single flight: held for the duration of a fetch.
+    fetching: tokio::sync::Mutex<()>,
+}
+
 enum Keys {
     Static(Vec<Key>),
-    Jwks {
-        url: reqwest::Url,
-        client: reqwest::Client,
-        cache: RwLock<JwksCache>,
-        /// Single flight: held for the duration of a fetch.
-        fetching: tokio::sync::Mutex<()>,
-    },
+    Jwks(Box<Jwks>),
 }
 
 /// A loaded identity provider.
@@ -221,7 +223,7 @@ impl IdentityProvider {
                 }
                 Keys::Static(keys)
             }
-            IdpKeys::JwksUrl(url) => Keys::Jwks {
+            IdpKeys::JwksUrl(url) => Keys::Jwks(Box::new(Jwks {
                 url: check_jwks_url(url).map_err(|e| format!("jwks_url: {e}"))?,
                 client: reqwest::Client::builder()
                     .timeout(Duration::from_secs(5))
@@ -232,7 +234,7 @@ impl IdentityProvider {
                     .map_err(|e| format!("HTTP client: {e}"))?,
                 cache: Default::default(),
                 fetching: tokio::sync::Mutex::new(()),
-            },
+            })),
         };
         Ok(IdentityProvider {
             spec: spec.clone(),
@@ -307,15 +309,15 @@ impl IdentityProvider {
         kid: &str,
         now_ms: i64,
     ) -> Result<(AlgorithmFamily, DecodingKey), IdpError> {
-        let Keys::Jwks {
+        let Keys::Jwks(jwks) = &self.keys else {
+            return Err(IdpError::KeysUnavailable);
+        };
+        let Jwks {
             url,
             client,
             cache,
             fetching,
-        } = &self.keys
-        else {
-            return Err(IdpError::KeysUnavailable);
-        };
+        } = &**jwks;
         let max_age = (self.spec.jwks_max_age as i64).saturating_mul(1000);
         let min_gap = (self.spec.jwks_min_refresh.max(1) as i64).saturating_mul(1000);
         let fresh = |c: &JwksCache| {
@@ -433,7 +435,7 @@ impl IdentityProvider {
                 }
                 found.ok_or(last)?
             }
-            Keys::Jwks { .. } => {
+            Keys::Jwks(_) => {
                 let kid = header.kid.clone().ok_or(IdpError::UnknownKid)?;
                 let (family, key) = self.jwks_key(&kid, now_ms).await?;
                 if family != alg.family() {
@@ -480,11 +482,10 @@ impl IdentityProvider {
         for c in ["nbf", "iat"] {
             match claims.get(c) {
                 None => {}
-                Some(Value::Number(n)) => {
-                    if n.as_f64().is_some_and(|t| t - leeway > now) {
-                        return Err(IdpError::NotYetValid);
-                    }
+                Some(Value::Number(n)) if n.as_f64().is_some_and(|t| t - leeway > now) => {
+                    return Err(IdpError::NotYetValid);
                 }
+                Some(Value::Number(_)) => {}
                 Some(_) => return Err(IdpError::Malformed),
             }
         }

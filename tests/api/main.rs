@@ -10,5 +10,6 @@ mod end_users;
 mod errors;
 mod health_and_keys;
 mod issue_tokens;
+mod logins_hardened;
 mod policy_admin;
 mod real_binary;
