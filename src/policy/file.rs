@@ -827,6 +827,7 @@ fn credentials(errs: &mut Errors, raw: &[RawCredential]) -> Vec<CredentialSpec> 
 fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
     let mut out = Vec::new();
     let mut names = HashSet::new();
+    let mut issuers = HashSet::new();
     for (i, p) in raw.iter().enumerate() {
         let f = |k: &str| format!("identity_providers[{i}].{k}");
         if !valid_id(p.name.get_ref()) || !names.insert(p.name.get_ref().clone()) {
@@ -841,6 +842,14 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
                 p.issuer.span(),
                 f("issuer"),
                 "the issuer is the exact iss claim of the provider's tokens",
+            );
+        } else if !issuers.insert(p.issuer.get_ref().clone()) {
+            // The issuer picks the provider, and the provider is the identity's
+            // source: two providers with one issuer would make it ambiguous.
+            errs.at(
+                p.issuer.span(),
+                f("issuer"),
+                "another identity provider has this issuer; the issuer decides whose user a token names, so it must be unique",
             );
         }
         if p.audiences.get_ref().is_empty() {

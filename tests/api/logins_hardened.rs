@@ -848,6 +848,24 @@ fn ambiguous_subjects_are_refused_at_validation() {
         );
         assert!(errs[0].message.contains(why), "{subject}: {}", errs[0]);
     }
+    // Two providers with one issuer: whose user would a token name?
+    let twins = format!(
+        "tenant = \"acme\"\n{}\n{}",
+        rsa_idp(
+            "corp",
+            CORP_ISS,
+            "jwks_url = \"https://corp.example/jwks\"",
+            ""
+        ),
+        rsa_idp(
+            "social",
+            CORP_ISS,
+            "jwks_url = \"https://corp.example/jwks\"",
+            ""
+        )
+    );
+    let errs = token_broker::policy::parse("acme.toml", &twins).expect_err("same issuer");
+    assert_eq!(errs[0].field, "identity_providers[1].issuer", "{errs:?}");
     for (subject, with_idp) in [
         ("user:alice", false),
         ("group:teachers", false),
