@@ -32,23 +32,11 @@ fn claims(sub: &str, now: i64) -> Value {
            "realm": {"groups": ["teachers"]}})
 }
 
-/// The standard policy's subjects with their sources spelled out, as a policy
-/// with identity providers must: the ban holds for every source, and both the
-/// app's and `idp`'s teachers teach.
-pub fn sourced_subjects(policy: &str, idp: &str) -> String {
-    policy
-        .replace("\"group:banned\"", "\"*:group:banned\"")
-        .replace(
-            "\"group:teachers\"",
-            &format!("\"app:group:teachers\", \"idp:{idp}:group:teachers\""),
-        )
-}
-
 /// The standard policy plus an identity provider (public key or JWKS), CORS and limits.
 fn policy_with_idp(app: &TestApp, keys: &str) -> String {
     format!(
         "{}\n[[identity_providers]]\nname = \"acme-login\"\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\nalgorithms = [\"RS256\"]\n{keys}\nname_claim = \"name\"\ngroups_claim = \"realm.groups\"\n\n[cors]\nallowed_origins = [\"{ORIGIN}\"]\n\n[rate_limits]\nend_user = \"5/20\"\n",
-        sourced_subjects(&app.standard_policy("acme"), "acme-login")
+        app.standard_policy("acme")
     )
 }
 

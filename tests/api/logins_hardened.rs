@@ -44,10 +44,14 @@ fn claims(iss: &str, sub: Value, now: i64) -> Value {
     json!({"iss": iss, "aud": AUD, "sub": sub, "iat": now, "exp": now + 300})
 }
 
-/// The rules of the standard test policy with every subject's source spelled
-/// out, as a policy with identity providers must.
+/// The standard test policy: its subjects already name their source (`*:`),
+/// as a policy with identity providers must.
 fn rules_with_sources(policy: &str) -> String {
-    policy.replace("\"group:", "\"*:group:")
+    assert!(
+        !policy.contains("\"group:"),
+        "bare subjects in a policy with providers"
+    );
+    policy.to_owned()
 }
 
 /// Tenant `acme` with the standard credentials and rules and `idps` appended.
@@ -66,10 +70,19 @@ fn rsa_idp(name: &str, iss: &str, key_source: &str, extra: &str) -> String {
     )
 }
 
-fn public_key(n: u8) -> String {
+/// Makes `bytes` available to the broker as a secret of tenant `acme` and
+/// returns its reference (the one place that knows how secrets are provided).
+fn secret_ref(app: &TestApp, name: &str, bytes: &[u8]) -> String {
+    let path = app.dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    format!("file:{}", path.display())
+}
+
+fn public_key(app: &TestApp, n: u8) -> String {
+    let name = format!("idp-rsa-{n}.pub.pem");
     format!(
-        "public_keys = [\"file:{}\"]",
-        fixture(&format!("idp-rsa-{n}.pub.pem")).display()
+        "public_keys = [\"{}\"]",
+        secret_ref(app, &name, &key_pem(&name))
     )
 }
 
@@ -99,7 +112,7 @@ fn now() -> i64 {
 #[tokio::test]
 async fn login_tokens_without_aud_iss_or_exp_are_refused() {
     let app = spawn_app().await;
-    tenant_with(&app, &rsa_idp("acme-login", ISS, &public_key(1), "")).await;
+    tenant_with(&app, &rsa_idp("acme-login", ISS, &public_key(&app, 1), "")).await;
     let body = json!({"session_id": session_for(API_KEY, 1)});
     let t = now();
     let without = |k: &str| {
@@ -158,11 +171,9 @@ async fn an_hmac_provider_with_a_short_or_empty_secret_is_unavailable_never_open
     let t = now();
     for (len, want) in [(0usize, 503u16), (31, 503), (32, 201)] {
         let secret = vec![b'k'; len];
-        let path = app.dir.path().join(format!("hs-{len}.secret"));
-        std::fs::write(&path, &secret).unwrap();
+        let r = secret_ref(&app, &format!("hs-{len}.secret"), &secret);
         let p = format!(
-            "{base}\n[[identity_providers]]\nname = \"hs\"\nissuer = \"{HS_ISS}\"\naudiences = [\"{AUD}\"]\nalgorithms = [\"HS256\"]\nsecret = \"file:{}\"\n",
-            path.display()
+            "{base}\n[[identity_providers]]\nname = \"hs\"\nissuer = \"{HS_ISS}\"\naudiences = [\"{AUD}\"]\nalgorithms = [\"HS256\"]\nsecret = \"{r}\"\n"
         );
         app.apply_policy(&p).await;
         // The attacker signs with the very key the provider would use.
@@ -533,7 +544,7 @@ async fn hostile_end_user_claims_are_refused_not_truncated() {
         s.rates.failed_auth_ip = token_broker::limits::Rate::parse("1000/1000").unwrap()
     })
     .await;
-    tenant_with(&app, &rsa_idp("acme-login", ISS, &public_key(1), "")).await;
+    tenant_with(&app, &rsa_idp("acme-login", ISS, &public_key(&app, 1), "")).await;
     let body = json!({"session_id": session_for(API_KEY, 1)});
     let t = now();
     let with = |k: &str, v: Value| {
@@ -677,8 +688,8 @@ async fn two_provider_tenant(app: &TestApp, rates: &str) -> String {
     let credentials = &standard[..standard.find("[[rules]]").unwrap()];
     let p = format!(
         "{credentials}{SOURCED_RULES}\n{}\n{}\n{rates}",
-        rsa_idp("corp", CORP_ISS, &public_key(1), ""),
-        rsa_idp("social", SOCIAL_ISS, &public_key(2), ""),
+        rsa_idp("corp", CORP_ISS, &public_key(app, 1), ""),
+        rsa_idp("social", SOCIAL_ISS, &public_key(app, 2), ""),
     );
     app.apply_policy(&p).await;
     app.create_key("acme", &["issue"]).await
