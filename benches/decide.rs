@@ -14,6 +14,7 @@ fn decisions(c: &mut Criterion) {
         user_id: "sam".into(),
         name: Some("Sam".into()),
         groups: vec!["students".into(), "chess-club".into()],
+        idp: None,
     };
     let facts = SessionFacts {
         owner: Some("olga".into()),

@@ -173,6 +173,8 @@ fn validate(caller: &Caller, req: &TokenRequest, now: i64) -> Result<Checked, Ap
                 user_id: u.id.clone(),
                 name: u.name.clone(),
                 groups: u.groups.clone(),
+                // Vouched by the app (its API key), not by an identity provider.
+                idp: None,
             }
         }
     };
@@ -544,6 +546,7 @@ mod tests {
             user_id: "alice".into(),
             name: Some("Alice".into()),
             groups: vec![],
+            idp: None,
         };
         let s = stamp("acme", &who, None, Some(r#"{"sub":"mallory"}"#));
         assert_eq!(

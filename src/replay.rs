@@ -60,6 +60,8 @@ pub fn recorded(row: RequestRow, fallback: &HashMap<String, SessionFacts>) -> Op
             user_id,
             name: None,
             groups,
+            // The identity's source: the provider that vouched, or the app.
+            idp: row.idp,
         },
         session_project: SessionId::parse(&session_id)
             .ok()

@@ -169,11 +169,16 @@ impl TenantRuntime {
         ))
     }
 
-    /// The identity provider whose issuer is `iss`.
+    /// The identity provider whose issuer is `iss`, loaded or not (one that
+    /// failed to load answers `idp_unavailable`, never opens).
     pub fn idp_for(&self, iss: &str) -> Option<&(String, Result<IdentityProvider, String>)> {
-        self.idps
+        let spec = self
+            .policy
+            .doc
+            .identity_providers
             .iter()
-            .find(|(_, i)| i.as_ref().is_ok_and(|i| i.spec.issuer == iss))
+            .find(|s| s.issuer == iss)?;
+        self.idps.iter().find(|(name, _)| *name == spec.name)
     }
 
     pub fn allows_origin(&self, origin: &str) -> bool {

@@ -10,6 +10,6 @@ pub use credential::{
     CredentialSpec, MAX_SECRET_FILE_BYTES, OpenTokFormat, Provider, SecretRef, confined_relative,
     env_prefix,
 };
-pub use identity::Identity;
-pub use idp::{IdpKeys, IdpSpec};
+pub use identity::{Identity, Owner};
+pub use idp::{IdpKeys, IdpSpec, check_jwks_url};
 pub use role::Role;

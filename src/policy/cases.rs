@@ -7,8 +7,10 @@
 //!
 //! [[cases]]
 //! name = "a teacher moderates a class"
-//! user = { id = "tina", groups = ["teachers"] }
+//! user = { id = "tina", groups = ["teachers"] }                   # vouched by the app
+//! # user = { id = "tina", idp = "corp" }                           # an end user of provider corp
 //! session = { owner = "olga", labels = { kind = "class-math" } }   # omit: unregistered
+//! # owner = "idp:corp:tina" is provider corp's tina (policies/README.md)
 //! request = { role = "moderator", ttl = "8h" }                    # or expire_time = <unix s>
 //! expect = { outcome = "granted", role = "moderator", ttl = "4h", rule = "teachers" }
 //! ```
@@ -57,6 +59,8 @@ struct Case {
 #[serde(deny_unknown_fields)]
 struct CaseUser {
     id: String,
+    /// The identity provider that vouched (omit: the app did).
+    idp: Option<String>,
     name: Option<String>,
     #[serde(default)]
     groups: Vec<String>,
@@ -188,6 +192,7 @@ pub fn run_cases(
             user_id: c.user.id.clone(),
             name: c.user.name.clone(),
             groups: c.user.groups.clone(),
+            idp: c.user.idp.clone(),
         };
         let (sid, facts) = match &c.session {
             None => ("session".to_owned(), SessionFacts::default()),
@@ -206,6 +211,13 @@ pub fn run_cases(
             ),
         };
         let mut problems = Vec::new();
+        if let Some(p) = &c.user.idp
+            && !policy.doc.identity_providers.iter().any(|s| s.name == *p)
+        {
+            problems.push(format!(
+                "user.idp: the policy declares no identity provider named {p:?}"
+            ));
+        }
         let ttl = match c.request.ttl.as_ref().map(duration::parse).transpose() {
             Ok(t) => t,
             Err(m) => {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::duration::human;
-use super::file::{Effect, Excess, MAX_TTL, PolicyDoc, Rule, SessionMatch, Subject};
+use super::file::{Effect, Excess, MAX_TTL, PolicyDoc, Rule, SessionMatch, Source, Subject};
 use crate::domain::{Identity, Role};
 
 /// A policy version in force, rules sorted by priority.
@@ -181,11 +181,28 @@ pub struct Decision {
     pub explain: Option<Vec<RuleMiss>>,
 }
 
+/// Whether `who` was vouched for by `source`.
+fn source_matches(source: &Source, who: &Identity) -> bool {
+    match source {
+        Source::Any => true,
+        Source::App => who.idp.is_none(),
+        Source::Idp(p) => who.idp.as_deref() == Some(p.as_str()),
+    }
+}
+
 fn subject_matches(s: &Subject, who: &Identity) -> bool {
     match s {
         Subject::Any => true,
-        Subject::User(u) => *u == who.user_id,
-        Subject::Group(g) => who.groups.iter().any(|x| x == g),
+        Subject::User(src, u) => source_matches(src, who) && *u == who.user_id,
+        Subject::Group(src, g) => source_matches(src, who) && who.groups.iter().any(|x| x == g),
+    }
+}
+
+fn describe_source(s: &Source) -> String {
+    match s {
+        Source::App => "vouched by the app".to_owned(),
+        Source::Idp(p) => format!("from identity provider {p}"),
+        Source::Any => "from any source".to_owned(),
     }
 }
 
@@ -193,7 +210,8 @@ fn session_matches(m: &SessionMatch, who: &Identity, session_id: &str, f: &Sessi
     match m {
         SessionMatch::Any => true,
         SessionMatch::Id(id) => id == session_id,
-        SessionMatch::Owner => f.owner.as_deref() == Some(who.user_id.as_str()),
+        // Same source and same id: `idp:<p>:<id>` owners are provider users.
+        SessionMatch::Owner => f.owner.as_deref().is_some_and(|o| who.owns(o)),
         SessionMatch::Label { key, value, .. } => {
             f.labels.get(key).is_some_and(|v| value.matches(v))
         }
@@ -205,8 +223,8 @@ fn describe_subjects(r: &Rule) -> String {
         .iter()
         .map(|s| match s {
             Subject::Any => "anyone".to_owned(),
-            Subject::User(u) => format!("user {u}"),
-            Subject::Group(g) => format!("group {g}"),
+            Subject::User(src, u) => format!("user {u} ({})", describe_source(src)),
+            Subject::Group(src, g) => format!("group {g} ({})", describe_source(src)),
         })
         .collect::<Vec<_>>()
         .join(" or ")

@@ -10,7 +10,9 @@ use toml::Spanned;
 
 use super::duration::{self, RawDuration};
 use super::glob::Glob;
-use crate::domain::{CredentialSpec, IdpKeys, IdpSpec, OpenTokFormat, Provider, Role, SecretRef};
+use crate::domain::{
+    CredentialSpec, IdpKeys, IdpSpec, OpenTokFormat, Provider, Role, SecretRef, check_jwks_url,
+};
 use crate::limits::{Rate, Rates};
 
 /// The longest `max_ttl`/`default_ttl` a rule may have: the service's 30 days.
@@ -30,12 +32,96 @@ pub struct PolicyError {
     pub message: String,
 }
 
+/// Whose word a user or group subject takes: identities carry their source,
+/// so `alice` vouched by one identity provider is not `alice` vouched by the
+/// app or by another provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Vouched by the tenant's app (API-key callers): `app:user:<id>`, or the
+    /// bare `user:<id>` in a policy without identity providers.
+    App,
+    /// Vouched by this identity provider: `idp:<name>:user:<id>`.
+    Idp(String),
+    /// Any source, spelled explicitly: `*:user:<id>`.
+    Any,
+}
+
 /// Who a rule is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
     Any,
-    User(String),
-    Group(String),
+    User(Source, String),
+    Group(Source, String),
+}
+
+/// The longest user id or group name a subject may name (as for identities).
+const MAX_SUBJECT_LEN: usize = 256;
+
+/// Parses one rule subject. `idps` are the provider names the file declares:
+/// when there are any, a user or group subject must name its source.
+fn parse_subject(v: &str, idps: &[String]) -> Result<Subject, String> {
+    const FORMS: &str = "use \"*\", \"app:user:<id>\", \"app:group:<name>\", \"idp:<provider>:user:<id>\", \"idp:<provider>:group:<name>\", or \"*:user:<id>\" / \"*:group:<name>\" for any source";
+    if v == "*" {
+        return Ok(Subject::Any);
+    }
+    let (source, rest, explicit) = if let Some(r) = v.strip_prefix("app:") {
+        (Source::App, r, true)
+    } else if let Some(r) = v.strip_prefix("*:") {
+        (Source::Any, r, true)
+    } else if let Some(r) = v.strip_prefix("idp:") {
+        let Some((name, r)) = r.split_once(':') else {
+            return Err(format!("{v:?} is not a subject: {FORMS}"));
+        };
+        if !idps.iter().any(|p| p == name) {
+            return Err(if idps.is_empty() {
+                format!(
+                    "{v:?} names identity provider {name:?}, but this file declares no [[identity_providers]]"
+                )
+            } else {
+                format!(
+                    "{v:?} names identity provider {name:?}, which this file does not declare (declared: {})",
+                    idps.join(", ")
+                )
+            });
+        }
+        (Source::Idp(name.to_owned()), r, true)
+    } else {
+        (Source::App, v, false)
+    };
+    let (is_user, id) = if let Some(id) = rest.strip_prefix("user:") {
+        (true, id)
+    } else if let Some(g) = rest.strip_prefix("group:") {
+        (false, g)
+    } else {
+        return Err(format!("{v:?} is not a subject: {FORMS}"));
+    };
+    if id.is_empty() || id.len() > MAX_SUBJECT_LEN || id.chars().any(char::is_control) {
+        return Err(format!(
+            "{v:?}: a user id or group name is 1-{MAX_SUBJECT_LEN} bytes without control characters"
+        ));
+    }
+    if !explicit {
+        let kind = if is_user { "user" } else { "group" };
+        if ["app:", "idp:", "*:", "user:", "group:"]
+            .iter()
+            .any(|p| id.starts_with(p))
+        {
+            return Err(format!(
+                "{v:?} is ambiguous: it reads like a source-qualified subject but names an app-vouched {kind} whose id is {id:?}; write \"app:{kind}:{id}\" if that is meant, or the provider's form \"idp:<provider>:{kind}:<id>\""
+            ));
+        }
+        if !idps.is_empty() {
+            return Err(format!(
+                "{v:?} is ambiguous in a policy with identity providers ({}): say whose {kind} it is: \"app:{kind}:{id}\" (vouched by your app's API keys), \"idp:<provider>:{kind}:{id}\" (one provider), or \"*:{kind}:{id}\" (any source)",
+                idps.join(", ")
+            ));
+        }
+    }
+    Ok(if is_user {
+        Subject::User(source, id.to_owned())
+    } else {
+        Subject::Group(source, id.to_owned())
+    })
 }
 
 /// Which sessions a rule is for.
@@ -187,7 +273,7 @@ struct RawRule {
 struct RawIdp {
     name: S<String>,
     issuer: S<String>,
-    audiences: S<Vec<String>>,
+    audiences: S<Vec<S<String>>>,
     algorithms: S<Vec<S<String>>>,
     secret: Option<S<String>>,
     public_keys: Option<S<Vec<S<String>>>>,
@@ -197,6 +283,7 @@ struct RawIdp {
     groups_claim: Option<String>,
     leeway: Option<S<RawDuration>>,
     jwks_min_refresh: Option<S<RawDuration>>,
+    jwks_max_age: Option<S<RawDuration>>,
 }
 
 #[derive(Deserialize)]
@@ -432,6 +519,12 @@ fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<Po
         }
     }
 
+    // Subjects name providers, so their names are known before the rules.
+    let idp_names: Vec<String> = raw
+        .identity_providers
+        .iter()
+        .map(|p| p.name.get_ref().clone())
+        .collect();
     let mut rules = Vec::new();
     let mut ids = HashSet::new();
     let mut priorities = HashSet::new();
@@ -473,26 +566,14 @@ fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<Po
             errs.at(
                 r.subjects.span(),
                 f("subjects"),
-                "a rule needs at least one subject (\"*\", \"user:<id>\" or \"group:<name>\")",
+                "a rule needs at least one subject (\"*\", \"user:<id>\", \"group:<name>\", or with identity providers \"app:user:<id>\", \"idp:<provider>:user:<id>\", ...)",
             );
         }
         for s in r.subjects.get_ref() {
-            let v = s.get_ref();
-            let m = if v == "*" {
-                Some(Subject::Any)
-            } else if let Some(u) = v.strip_prefix("user:").filter(|u| !u.is_empty()) {
-                Some(Subject::User(u.to_owned()))
-            } else if let Some(g) = v.strip_prefix("group:").filter(|g| !g.is_empty()) {
-                Some(Subject::Group(g.to_owned()))
-            } else {
-                errs.at(
-                    s.span(),
-                    f("subjects"),
-                    format!("{v:?} is not a subject: use \"*\", \"user:<id>\" or \"group:<name>\""),
-                );
-                None
-            };
-            subjects.extend(m);
+            match parse_subject(s.get_ref(), &idp_names) {
+                Ok(m) => subjects.push(m),
+                Err(m) => errs.at(s.span(), f("subjects"), m),
+            }
         }
         let mut sessions = Vec::new();
         if r.sessions.get_ref().is_empty() {
@@ -828,6 +909,7 @@ fn credentials(errs: &mut Errors, raw: &[RawCredential]) -> Vec<CredentialSpec> 
 fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
     let mut out = Vec::new();
     let mut names = HashSet::new();
+    let mut issuers = HashSet::new();
     for (i, p) in raw.iter().enumerate() {
         let f = |k: &str| format!("identity_providers[{i}].{k}");
         if !valid_id(p.name.get_ref()) || !names.insert(p.name.get_ref().clone()) {
@@ -843,6 +925,14 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
                 f("issuer"),
                 "the issuer is the exact iss claim of the provider's tokens",
             );
+        } else if !issuers.insert(p.issuer.get_ref().clone()) {
+            // The issuer picks the provider, and the provider is the identity's
+            // source: two providers with one issuer would make it ambiguous.
+            errs.at(
+                p.issuer.span(),
+                f("issuer"),
+                "another identity provider has this issuer; the issuer decides whose user a token names, so it must be unique",
+            );
         }
         if p.audiences.get_ref().is_empty() {
             errs.at(
@@ -850,6 +940,15 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
                 f("audiences"),
                 "list at least one accepted aud value",
             );
+        }
+        for a in p.audiences.get_ref() {
+            if a.get_ref().is_empty() {
+                errs.at(
+                    a.span(),
+                    f("audiences"),
+                    "an audience is the non-empty aud value the provider puts in its tokens",
+                );
+            }
         }
         let mut families = HashSet::new();
         for a in p.algorithms.get_ref() {
@@ -925,20 +1024,25 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
                     "a JWKS goes with public-key algorithms, never HS*",
                 );
             }
-            if !(u.get_ref().starts_with("https://") || u.get_ref().starts_with("http://")) {
-                errs.at(u.span(), f("jwks_url"), "jwks_url must be an https:// URL");
+            if let Err(m) = check_jwks_url(u.get_ref()) {
+                errs.at(u.span(), f("jwks_url"), m);
             }
             Some(IdpKeys::JwksUrl(u.get_ref().clone()))
         } else {
             None
         };
-        let secs = |errs: &mut Errors, v: &Option<S<RawDuration>>, k: &str, default: u64| -> u64 {
+        let secs = |errs: &mut Errors,
+                    v: &Option<S<RawDuration>>,
+                    k: &str,
+                    default: u64,
+                    range: (i64, i64, &str)|
+         -> u64 {
             match v {
                 None => default,
                 Some(s) => match duration::parse(s.get_ref()) {
-                    Ok(n) if (0..=3600).contains(&n) => n as u64,
+                    Ok(n) if (range.0..=range.1).contains(&n) => n as u64,
                     Ok(_) => {
-                        errs.at(s.span(), f(k), "use 0 to 1h");
+                        errs.at(s.span(), f(k), format!("use {}", range.2));
                         default
                     }
                     Err(m) => {
@@ -948,13 +1052,51 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
                 },
             }
         };
-        let leeway = secs(errs, &p.leeway, "leeway", 60);
-        let jwks_min_refresh = secs(errs, &p.jwks_min_refresh, "jwks_min_refresh", 10);
+        let leeway = secs(errs, &p.leeway, "leeway", 60, (0, 3600, "0 to 1h"));
+        // A floor, so unknown kids cannot make the broker fetch in a loop.
+        let jwks_min_refresh = secs(
+            errs,
+            &p.jwks_min_refresh,
+            "jwks_min_refresh",
+            10,
+            (1, 3600, "1s to 1h"),
+        );
+        let jwks_max_age = secs(
+            errs,
+            &p.jwks_max_age,
+            "jwks_max_age",
+            3600,
+            (1, 86_400, "1s to 1d"),
+        );
+        for (k, v) in [
+            ("jwks_min_refresh", &p.jwks_min_refresh),
+            ("jwks_max_age", &p.jwks_max_age),
+        ] {
+            if let Some(v) = v
+                && p.jwks_url.is_none()
+            {
+                errs.at(v.span(), f(k), format!("{k} applies only with jwks_url"));
+            }
+        }
+        if let Some(v) = &p.jwks_max_age
+            && jwks_max_age < jwks_min_refresh
+        {
+            errs.at(
+                v.span(),
+                f("jwks_max_age"),
+                format!("jwks_max_age must be at least jwks_min_refresh ({jwks_min_refresh}s)"),
+            );
+        }
         if let Some(keys) = keys {
             out.push(IdpSpec {
                 name: p.name.get_ref().clone(),
                 issuer: p.issuer.get_ref().clone(),
-                audiences: p.audiences.get_ref().clone(),
+                audiences: p
+                    .audiences
+                    .get_ref()
+                    .iter()
+                    .map(|a| a.get_ref().clone())
+                    .collect(),
                 algorithms: p
                     .algorithms
                     .get_ref()
@@ -967,6 +1109,7 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
                 groups_claim: p.groups_claim.clone(),
                 leeway,
                 jwks_min_refresh,
+                jwks_max_age,
             });
         }
     }

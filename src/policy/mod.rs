@@ -20,8 +20,7 @@ pub use decide::{
 pub use diff::diff;
 pub use file::{
     Defaults, Effect, Excess, MAX_POLICY_BYTES, MAX_POLICY_LINES, PolicyDoc, PolicyError, Rule,
-    SessionMatch, Subject, parse,
-    parse_stored,
+    SessionMatch, Source, Subject, parse, parse_stored,
 };
 
 #[cfg(test)]

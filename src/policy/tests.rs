@@ -70,6 +70,7 @@ fn who(id: &str, groups: &[&str]) -> Identity {
         user_id: id.into(),
         name: None,
         groups: groups.iter().map(|g| g.to_string()).collect(),
+        idp: None,
     }
 }
 

@@ -7,8 +7,11 @@
 //!
 //! Refusals of login tokens are 401 with `WWW-Authenticate: Bearer
 //! error="invalid_token"` and a code: `token_expired`, `token_not_yet_valid`,
-//! `invalid_issuer`, `invalid_audience`, `unknown_kid`, `invalid_signature`,
-//! `algorithm_not_allowed`, `malformed_token`, `missing_user_claim`.
+//! `invalid_issuer`, `invalid_audience`, `missing_exp`, `unknown_kid`,
+//! `invalid_signature`, `algorithm_not_allowed`, `malformed_token`,
+//! `missing_user_claim`, `invalid_user_claim` (with the claim as `field`). A
+//! provider whose keys cannot be used (a short HMAC secret, a JWKS that cannot
+//! be fetched or is refused) answers 503 `idp_unavailable`.
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -88,7 +91,11 @@ impl Boxed for ApiError {
 }
 
 fn invalid_token(e: &crate::idp::IdpError) -> ApiError {
-    ApiError::unauthorized(e.code(), e.to_string())
+    let err = ApiError::unauthorized(e.code(), e.to_string());
+    match e.claim() {
+        Some(c) => err.field(c),
+        None => err,
+    }
 }
 
 /// `POST /v1/tenants/{tenant}/tokens`
@@ -154,14 +161,17 @@ async fn issue_inner(
         })?;
         let issuer = crate::idp::peek_issuer(presented);
         let verified = match issuer.as_deref().and_then(|i| rt.idp_for(i)) {
-            None => Err(if issuer.is_some() {
-                crate::idp::IdpError::InvalidIssuer
-            } else {
-                crate::idp::IdpError::Malformed
-            }),
+            None => Err(
+                if issuer.is_some() || crate::idp::is_jwt_shaped(presented) {
+                    // No iss (or an unknown one): a token whose issuer is not named is refused.
+                    crate::idp::IdpError::InvalidIssuer
+                } else {
+                    crate::idp::IdpError::Malformed
+                },
+            ),
             Some((_, Err(_))) => Err(crate::idp::IdpError::KeysUnavailable),
             Some((name, Ok(idp))) => idp
-                .verify(presented, crate::clock::now_unix())
+                .verify(presented, crate::clock::now_unix_ms())
                 .await
                 .map(|identity| (name.clone(), identity)),
         };
@@ -180,9 +190,11 @@ async fn issue_inner(
         };
         // Per user first, so one user's burst does not use up its address's budget
         // for the other users behind it; the address limit then bounds many users.
+        // The bucket carries the provider: `alice` of one provider never spends
+        // `alice` of another's budget (ids hold no control characters).
         if let Err(wait) = limits
             .end_user
-            .check(&format!("{tenant}\u{0}{}", identity.user_id))
+            .check(&format!("{tenant}\u{0}{idp_name}\u{0}{}", identity.user_id))
         {
             Metrics::inc(&state.metrics.rate_limited_end_user);
             return Err(rate_limited(wait));

@@ -261,7 +261,7 @@ ttl = "1h"
 id = "banned"
 priority = 1
 effect = "deny"
-subjects = ["group:banned"]
+subjects = ["*:group:banned"]
 sessions = ["*"]
 
 [[rules]]
@@ -276,7 +276,7 @@ max_ttl = "8h"
 [[rules]]
 id = "teachers"
 priority = 20
-subjects = ["group:teachers"]
+subjects = ["*:group:teachers"]
 sessions = ["label:kind=class-*"]
 roles = ["subscriber", "publisher", "moderator"]
 max_ttl = "4h"

@@ -12,6 +12,7 @@ mod errors;
 mod health_and_keys;
 mod hostile_input;
 mod issue_tokens;
+mod logins_hardened;
 mod policy_admin;
 mod real_binary;
 mod tenant_credentials;
