@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::audit::AuditWriter;
 use crate::auth::Authenticator;
 use crate::idp::IdentityProvider;
-use crate::limits::Limits;
+use crate::limits::{Limits, Rates};
 use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, SessionFacts};
 use crate::settings::Settings;
@@ -33,8 +33,9 @@ pub struct TenantRuntime {
     pub credentials: Vec<LoadedCredential>,
     pub idps: Vec<(String, Result<IdentityProvider, String>)>,
     pub cors_origins: Vec<String>,
-    /// Limits of this tenant when its policy overrides the broker's rates.
-    pub limits: Option<Limits>,
+    /// This tenant's rates when its policy overrides the broker's (the
+    /// buckets themselves live in `AppState::limits` and survive reloads).
+    pub rate_limits: Option<Rates>,
 }
 
 impl TenantRuntime {
@@ -74,13 +75,13 @@ impl TenantRuntime {
             })
             .collect();
         let cors_origins = doc.cors_allowed_origins.clone();
-        let limits = doc.rate_limits.as_ref().map(|r| Limits::new(*r));
+        let rate_limits = doc.rate_limits;
         Ok(TenantRuntime {
             policy: CompiledPolicy::compile(doc, row.version),
             credentials,
             idps,
             cors_origins,
-            limits,
+            rate_limits,
         })
     }
 
@@ -160,6 +161,8 @@ impl AppState {
         match TenantRuntime::load(row) {
             Ok(rt) => {
                 tracing::info!(tenant = %row.tenant, version = row.version, "policy loaded");
+                self.limits
+                    .set_tenant_rates(&row.tenant, rt.rate_limits.as_ref());
                 if let Ok(mut m) = self.tenants.write() {
                     m.insert(row.tenant.clone(), Arc::new(rt));
                 }

@@ -277,6 +277,8 @@ pub struct Authenticator {
     /// run it once per waiting request). Sharded by key id.
     flights: [tokio::sync::Mutex<()>; 16],
     dummy_hash: String,
+    /// argon2 verifications started (real and dummy), for tests and metrics.
+    verifications: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Authenticator {
@@ -301,6 +303,7 @@ impl Authenticator {
             hashers: HashPool::new(parallel_hashes),
             flights: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             dummy_hash,
+            verifications: Default::default(),
         }
     }
 
@@ -337,6 +340,8 @@ impl Authenticator {
             None => (self.dummy_hash.clone(), false),
         };
         let secret = k.secret.to_owned();
+        self.verifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ok = self
             .hashers
             .run(move || {
@@ -365,6 +370,12 @@ impl Authenticator {
             }
             _ => Err(AuthError::Invalid),
         }
+    }
+
+    /// How many argon2 verifications this instance has started.
+    pub fn verifications(&self) -> u64 {
+        self.verifications
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Drops a key from the cache (after revocation).

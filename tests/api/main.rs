@@ -12,3 +12,4 @@ mod health_and_keys;
 mod issue_tokens;
 mod policy_admin;
 mod real_binary;
+mod throttling_and_revocation;
