@@ -159,3 +159,170 @@ async fn policy_applies_keep_the_tenants_buckets() {
     assert_eq!(app.get("/v1/whoami", &key).await.status(), 200);
     assert_429(app.get("/v1/whoami", &key).await).await;
 }
+
+/// Polls `cond` until it holds, failing after `secs` seconds. For waiting on
+/// the instances' background change feed (real time, polled every 250 ms).
+async fn eventually<F, Fut>(secs: u64, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Instance B revokes a key while instance A registers hundreds of sessions.
+/// On PostgreSQL the revocation takes its change id and then waits on the
+/// tenant's audit head (held here, as a busy audit writer would), so 600
+/// later ids commit and are read by A first. A must still read it: the key
+/// stops working on A. (Today A reads a window of 256 ids below the last
+/// seen and skips the revocation for good.) On SQLite commits are serial;
+/// the same steps then check the plain case.
+#[tokio::test]
+async fn a_revocation_committed_behind_a_flood_of_registrations_reaches_every_instance() {
+    use sqlx::Connection;
+    let a = spawn_app().await;
+    let victim = a.acme().await;
+    let admin = a.create_key("acme", &["admin"]).await;
+    let flooder = a.create_key("acme", &["issue"]).await;
+    let b = spawn_app_on(a.db_url.clone(), TestDb::Shared, |_| {}).await;
+    let who: Value = a.get("/v1/whoami", &victim).await.json().await.unwrap();
+    let victim_id = who["key_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        a.get("/v1/whoami", &victim).await.status(),
+        200,
+        "cached on A"
+    );
+
+    let pg = a.store.dialect() == token_broker::store::Dialect::Postgres;
+    let mut head_lock = None;
+    let mut taken_before = 0i64;
+    if pg {
+        let mut conn = sqlx::PgConnection::connect(&a.db_url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+        sqlx::query("SELECT seq FROM audit_heads WHERE tenant = 'acme' FOR UPDATE")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        taken_before = sqlx::query_scalar("SELECT last_value FROM changes_change_id_seq")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        head_lock = Some(conn);
+    }
+    let revoke_on_b = || {
+        tokio::spawn({
+            let (client, url, admin) = (
+                b.client.clone(),
+                b.url(&format!("/v1/keys/{victim_id}")),
+                admin.clone(),
+            );
+            async move {
+                client
+                    .delete(url)
+                    .bearer_auth(admin)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }
+        })
+    };
+    // SQLite has one writer: two instances writing at once would only get
+    // `database is locked`, so there B revokes after the flood.
+    let revoke = pg.then(revoke_on_b);
+    if pg {
+        // The revocation has its change id (and now waits on the head).
+        let url = a.db_url.clone();
+        eventually(10, "the revocation takes its change id", || {
+            let url = url.clone();
+            async move {
+                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                let v: i64 = sqlx::query_scalar("SELECT last_value FROM changes_change_id_seq")
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+                v > taken_before
+            }
+        })
+        .await;
+    }
+
+    // The flood: 600 registrations on A, eight at a time.
+    let mut tasks = Vec::new();
+    for w in 0..8u32 {
+        let (client, base, key) = (a.client.clone(), a.addr.clone(), flooder.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..75u32 {
+                let sid = session_for(API_KEY, w * 1000 + i);
+                let r = client
+                    .put(format!("{base}/v1/sessions/{sid}"))
+                    .bearer_auth(&key)
+                    .json(&json!({"labels": {"n": i.to_string()}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (_, newest) = a.store.change_id_bounds().await.unwrap();
+    eventually(10, "A's feed reads past the flood", || async {
+        a.app_state.change_feed_position() >= newest
+    })
+    .await;
+    if pg {
+        assert_eq!(
+            a.get("/v1/whoami", &victim).await.status(),
+            200,
+            "not committed yet"
+        );
+    }
+
+    if let Some(mut conn) = head_lock {
+        sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+    }
+    let revoke = match revoke {
+        Some(r) => r,
+        None => revoke_on_b(),
+    };
+    assert_eq!(revoke.await.unwrap(), 200);
+    eventually(5, "the revoked key stops working on A", || async {
+        a.get("/v1/whoami", &victim).await.status() == 401
+    })
+    .await;
+}
+
+/// `serve --dev` mints a fresh demo key at every start; the earlier ones
+/// are revoked, so a key printed in an old terminal or log stops working.
+#[tokio::test]
+async fn each_dev_start_revokes_the_earlier_demo_keys() {
+    let app = spawn_app().await;
+    let mut settings = token_broker::settings::Settings::for_database(&app.db_url);
+    settings.data_dir = app.dir.path().to_owned();
+    let first = token_broker::dev::seed(&settings, &app.store)
+        .await
+        .unwrap();
+    assert_eq!(app.get("/v1/whoami", &first).await.status(), 200);
+    let second = token_broker::dev::seed(&settings, &app.store)
+        .await
+        .unwrap();
+    let third = token_broker::dev::seed(&settings, &app.store)
+        .await
+        .unwrap();
+    eventually(5, "the first demo key stops working", || async {
+        app.get("/v1/whoami", &first).await.status() == 401
+    })
+    .await;
+    assert_eq!(app.get("/v1/whoami", &second).await.status(), 401);
+    assert_eq!(app.get("/v1/whoami", &third).await.status(), 200);
+    let keys = app.store.list_keys("demo").await.unwrap();
+    let live: Vec<_> = keys.iter().filter(|k| k.revoked_at_ms.is_none()).collect();
+    assert_eq!((keys.len(), live.len()), (3, 1));
+}
