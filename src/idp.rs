@@ -190,7 +190,7 @@ impl IdentityProvider {
             .await
             .and_then(|r| r.error_for_status())
             .map_err(|e| {
-                tracing::warn!(idp = %self.spec.name, error = %e, "JWKS fetch failed");
+                tracing::warn!(idp = ?self.spec.name, error = ?e.to_string(), "JWKS fetch failed");
                 IdpError::KeysUnavailable
             })?
             .json()

@@ -68,7 +68,7 @@ impl Application {
         let state = web::Data::new(AppState::new(settings.clone(), store, writer));
         state.load_all_policies().await?;
         for p in state.problems() {
-            tracing::warn!(problem = %p, "not fully ready");
+            tracing::warn!(problem = ?p, "not fully ready");
         }
         let listener = TcpListener::bind(settings.listen)?;
         let port = listener.local_addr()?.port();
@@ -85,7 +85,7 @@ impl Application {
         .listen(listener)?
         .run();
         let poller = tokio::spawn(Arc::clone(&state).follow_changes(CHANGE_POLL));
-        tracing::info!(listen = %settings.listen.ip(), port, database = %state.store.url_redacted(), "token-broker listening");
+        tracing::info!(listen = %settings.listen.ip(), port, database = ?state.store.url_redacted(), "token-broker listening");
         Ok(Application {
             port,
             server,

@@ -54,7 +54,7 @@ impl TenantRuntime {
             .map(|spec| {
                 let signer = Signer::load(spec).map_err(|e| e.to_string());
                 if let Err(e) = &signer {
-                    tracing::warn!(tenant = %row.tenant, credential = %spec.name, error = %e,
+                    tracing::warn!(tenant = ?row.tenant, credential = ?spec.name, error = ?e,
                         "credential unavailable; its sessions get 503 credential_unavailable");
                 }
                 LoadedCredential {
@@ -70,7 +70,7 @@ impl TenantRuntime {
             .map(|spec| {
                 let idp = IdentityProvider::load(spec);
                 if let Err(e) = &idp {
-                    tracing::warn!(tenant = %row.tenant, idp = %spec.name, error = %e, "identity provider unavailable");
+                    tracing::warn!(tenant = ?row.tenant, idp = ?spec.name, error = ?e, "identity provider unavailable");
                 }
                 (spec.name.clone(), idp)
             })
@@ -164,7 +164,7 @@ impl AppState {
     fn install(&self, row: &PolicyVersionRow) {
         match TenantRuntime::load(row) {
             Ok(rt) => {
-                tracing::info!(tenant = %row.tenant, version = row.version, "policy loaded");
+                tracing::info!(tenant = ?row.tenant, version = row.version, "policy loaded");
                 self.limits
                     .set_tenant_rates(&row.tenant, rt.rate_limits.as_ref());
                 if let Ok(mut m) = self.tenants.write() {
@@ -175,7 +175,7 @@ impl AppState {
                 }
             }
             Err(e) => {
-                tracing::error!(tenant = %row.tenant, version = row.version, error = %e, "stored policy does not load");
+                tracing::error!(tenant = ?row.tenant, version = row.version, error = ?e, "stored policy does not load");
                 if let Ok(mut b) = self.broken.write() {
                     b.insert(row.tenant.clone(), e);
                 }
@@ -258,7 +258,7 @@ impl AppState {
                 None => match ChangeCursor::start(&self.store).await {
                     Ok(c) => cursor.insert(c),
                     Err(e) => {
-                        tracing::warn!(error = %e, "change feed unavailable");
+                        tracing::warn!(error = ?e.to_string(), "change feed unavailable");
                         continue;
                     }
                 },
@@ -272,7 +272,7 @@ impl AppState {
                             "session_updated" => self.forget_session(&row.tenant, &row.subject),
                             "policy_applied" => {
                                 if let Err(e) = self.reload_policy(&row.tenant).await {
-                                    tracing::warn!(error = %e, "policy reload failed; will retry");
+                                    tracing::warn!(tenant = ?row.tenant, error = ?e.to_string(), "policy reload failed; will retry");
                                     c.retry(&row, now_ms);
                                 }
                             }
@@ -281,7 +281,7 @@ impl AppState {
                     }
                     self.feed_position.store(c.position(), Ordering::Release);
                 }
-                Err(e) => tracing::warn!(error = %e, "change feed unavailable"),
+                Err(e) => tracing::warn!(error = ?e.to_string(), "change feed unavailable"),
             }
             // About once a minute, drop feed rows every instance has seen by now.
             if ticks.is_multiple_of(240) {

@@ -176,7 +176,7 @@ async fn run(
             Err(e) => {
                 health.failing.store(true, Ordering::Relaxed);
                 health.failed_batches.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(target: "broker::audit", error = %e, rows = rows.len(), "audit batch failed; its requests get 503");
+                tracing::error!(target: "broker::audit", error = ?e.to_string(), rows = rows.len(), "audit batch failed; its requests get 503");
             }
         }
         let ok = result.is_ok();

@@ -250,7 +250,7 @@ impl HashPool {
                     }
                 });
             if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start an argon2 thread");
+                tracing::error!(error = ?e.to_string(), "cannot start an argon2 thread");
             }
         }
         HashPool { tx }

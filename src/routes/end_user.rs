@@ -177,7 +177,7 @@ async fn issue_inner(
                 ));
             }
             Err(e) => {
-                tracing::info!(target: "broker::security", tenant, code = e.code(), "login token refused");
+                tracing::info!(target: "broker::security", tenant = ?tenant, code = e.code(), "login token refused");
                 return Err(failed_auth(state, req, invalid_token(&e)).await);
             }
         };

@@ -60,7 +60,7 @@ pub fn to_js_string(x: f64) -> String {
 /// reproduce `x`, and of those the closest to `x`, ties to the even one.
 ///
 /// Rust's shortest formatting (`{:e}`) gives the fewest digits but breaks an
-/// exact tie upwards (`0.50000762939453125` → `…313`, JavaScript `…312`), so
+/// exact tie upwards (0.5 + 2^-17 = `0.50000762939453125` → `…313`, JavaScript `…312`), so
 /// the count comes from it and the digits from the correctly rounded exact
 /// formatting (`{:.*e}`, ties to even) when that reads back as `x`. Near a
 /// power of two the closest candidate can fall outside `x`'s narrower lower
@@ -181,8 +181,8 @@ mod tests {
             (9.999999999999999e-6, "0.000009999999999999999"),
             // exact ties between two shortest candidates go to the even one
             // (Rust's `{:e}` writes …313 and …341.3)
-            (0.50000762939453125, "0.5000076293945312"),
-            (979762548894341.25, "979762548894341.2"),
+            (0.5 + 1.0 / 131_072.0, "0.5000076293945312"), // exactly …453125
+            (979_762_548_894_341.0 + 0.25, "979762548894341.2"),
             (0.00001, "0.00001"),
             (0.1 + 0.2, "0.30000000000000004"),
             (5e-324, "5e-324"),

@@ -326,3 +326,142 @@ async fn each_dev_start_revokes_the_earlier_demo_keys() {
     let live: Vec<_> = keys.iter().filter(|k| k.revoked_at_ms.is_none()).collect();
     assert_eq!((keys.len(), live.len()), (3, 1));
 }
+
+/// Logs that cannot be forged (issue 11 point 8): a hostile app and a hostile
+/// end user put a newline and a whole fake log line into values the broker
+/// logs (a body field name, a login token's `sub`); the real binary's text
+/// logs carry them escaped on the line of the real event, never as a line of
+/// their own.
+#[tokio::test]
+async fn user_controlled_text_cannot_forge_a_log_line() {
+    use std::process::{Command, Stdio};
+    const BIN: &str = env!("CARGO_BIN_EXE_token-broker");
+    const FAKE: &str = "2099-01-01T00:00:00.000000Z  INFO broker::security: FORGED";
+    let (url, _db) = fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = || {
+        let mut c = Command::new(BIN);
+        c.env("TOKEN_BROKER_DATABASE_URL", &url)
+            .env("TOKEN_BROKER_DATA_DIR", dir.path())
+            .env_remove("TOKEN_BROKER_LISTEN")
+            .env_remove("TOKEN_BROKER_LOG_FORMAT")
+            .env_remove("RUST_LOG");
+        c
+    };
+    let run = |args: &[&str]| {
+        let out = cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let secret = dir.path().join("opentok.secret");
+    std::fs::write(&secret, API_SECRET).unwrap();
+    let policy = dir.path().join("acme.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "{}\n[[identity_providers]]\nname = \"acme-login\"\nissuer = \"https://login.acme.test\"\naudiences = [\"token-broker\"]\nalgorithms = [\"RS256\"]\npublic_keys = [\"file:{}\"]\ngroups_claim = \"groups\"\n",
+            standard_policy_text("acme", &secret),
+            fixture("idp-rsa-1.pub.pem").display()
+        ),
+    )
+    .unwrap();
+    run(&["tenant", "create", "acme"]);
+    run(&["policy", "apply", policy.to_str().unwrap()]);
+    let created: Value = serde_json::from_str(&run(&[
+        "key", "create", "--tenant", "acme", "--scope", "issue", "--json",
+    ]))
+    .unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log_path = dir.path().join("broker.log");
+    let mut child = cmd()
+        .arg("serve")
+        .env("TOKEN_BROKER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TOKEN_BROKER_LOG", "debug,sqlx=info,h2=info,hyper=info")
+        .env("TOKEN_BROKER_WORKERS", "2")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let healthy = || async { client.get(format!("{base}/healthz")).send().await.is_ok() };
+    eventually(30, "the broker comes up", healthy).await;
+
+    // A session where teachers may moderate.
+    let sid = session_for(API_KEY, 7);
+    let r = client
+        .put(format!("{base}/v1/sessions/{sid}"))
+        .bearer_auth(&key)
+        .json(&json!({"labels": {"kind": "class-1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A hostile app: a field name carrying a log line.
+    let mut body = json!({"session_id": sid, "user": user("alice")});
+    body[format!("x\n{FAKE} app")] = json!(1);
+    let r = client
+        .post(format!("{base}/v1/tokens"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // A hostile end user: a `sub` carrying a log line, asking to moderate.
+    let now = token_broker::clock::now_unix();
+    let claims = json!({"iss": "https://login.acme.test", "aud": "token-broker",
+        "sub": format!("mallory\n{FAKE} sub"), "iat": now, "exp": now + 300, "groups": ["teachers"]});
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(fixture("idp-rsa-1.key")).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let r = client
+        .post(format!("{base}/v1/tenants/acme/tokens"))
+        .bearer_auth(&jwt)
+        .json(&json!({"session_id": sid, "role": "moderator"}))
+        .send()
+        .await
+        .unwrap();
+    // Issued today; refused once identity claims are checked at the edge.
+    assert!(
+        [201, 400, 401].contains(&r.status().as_u16()),
+        "{}",
+        r.status()
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logs.contains("token-broker listening"),
+        "logs were captured"
+    );
+    assert!(
+        logs.contains(&format!("x\\n{FAKE} app")),
+        "the refusal was logged, escaped:\n{logs}"
+    );
+    let forged: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("FORGED") && l.starts_with("2099"))
+        .collect();
+    assert!(forged.is_empty(), "forged log lines: {forged:#?}");
+}
