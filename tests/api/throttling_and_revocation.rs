@@ -1,6 +1,7 @@
-//! Throttling that works, revocation that sticks (issue 11, points 7 and 9):
-//! each test plays the attacker. Limiter time is frozen and moved by hand
-//! (`limits.ticker`), never slept through.
+//! Throttling that works, logs that cannot be forged, revocation that sticks
+//! (issue 11, points 7, 8 and 9): each test plays the attacker. Limiter time
+//! is frozen and moved by hand (`limits.ticker`), never slept through; only
+//! the instances' background change feed is waited for (`eventually`).
 
 use std::time::Duration;
 
