@@ -370,7 +370,7 @@ fn audit_unavailable(state: &AppState, e: crate::audit::AuditUnavailable) -> Api
         );
     }
     Metrics::inc(&state.metrics.audit_unavailable);
-    tracing::error!(target: "broker::security", error = %e, "audit unavailable: refusing to issue");
+    tracing::error!(target: "broker::security", error = ?e.to_string(), "audit unavailable: refusing to issue");
     ApiError::unavailable(
         "audit_unavailable",
         "the audit record cannot be written right now, so no token is issued; try again shortly",
@@ -528,7 +528,7 @@ async fn run(
     Metrics::inc(&state.metrics.tokens_issued);
     if granted_role == Role::Moderator {
         Metrics::inc(&state.metrics.moderator_tokens);
-        tracing::info!(target: "broker::security", tenant = %caller.tenant, user = %who.user_id, session_id = %req.session_id, rule = ?decision.rule, "moderator token issued");
+        tracing::info!(target: "broker::security", tenant = ?caller.tenant, user = ?who.user_id, session_id = ?req.session_id, rule = ?decision.rule, "moderator token issued");
     }
     out.token = Some(signed.token);
     out.token_id = Some(signed.token_id);

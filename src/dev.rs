@@ -7,8 +7,10 @@
 //! start writes a random OpenTok API secret to
 //! `<secrets_dir>/demo/opentok.secret` (mode 0600, referenced from the policy
 //! as `file:opentok.secret`, inside the demo tenant's namespace, as production
-//! secrets are) and applies the demo rules; at every start mints a fresh API key (scopes
-//! issue, audit, admin) and prints it once with ready-to-paste commands.
+//! secrets are) and applies the demo rules; at every start revokes the demo
+//! keys of earlier starts (so a key left in an old terminal or log stops
+//! working), mints a fresh API key (scopes issue, audit, admin) and prints it
+//! once with ready-to-paste commands.
 
 use std::io::Write;
 
@@ -87,7 +89,11 @@ default_role = "publisher"
     )
 }
 
-pub async fn seed(settings: &Settings, store: &Store) -> Result<(), Failure> {
+/// The name of the keys `seed` mints (and revokes at the next start).
+pub const DEV_KEY_NAME: &str = "dev";
+
+/// Seeds the demo tenant; returns the fresh demo API key.
+pub async fn seed(settings: &Settings, store: &Store) -> Result<String, Failure> {
     let now = crate::clock::now_unix_ms();
     if !store.tenant_exists("demo").await? {
         admin::create_tenant(store, "demo", &Actor::Cli, now).await?;
@@ -130,11 +136,16 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<(), Failure> {
         )
         .await?;
     }
+    for old in store.list_keys("demo").await? {
+        if old.revoked_at_ms.is_none() && old.name.as_deref() == Some(DEV_KEY_NAME) {
+            admin::revoke_key(store, &old.key_id, Some("demo"), &Actor::Cli, now).await?;
+        }
+    }
     let key = admin::create_key(
         store,
         "demo",
         Scopes::ISSUE.union(Scopes::AUDIT).union(Scopes::ADMIN),
-        Some("dev".into()),
+        Some(DEV_KEY_NAME.into()),
         &Actor::Cli,
         now,
     )
@@ -152,5 +163,5 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<(), Failure> {
          curl -s \"http://{addr}/v1/audit?kind=token_issued\" -H \"Authorization: Bearer $TB_KEY\"\n",
         key = key.key
     );
-    Ok(())
+    Ok(key.key)
 }

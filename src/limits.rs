@@ -11,12 +11,17 @@
 //! `failed_auth_ip` (checked before the tenant is known), in a tenant's policy file
 //! (`[rate_limits] end_user = "5/20"`). A refusal is 429 `rate_limited` with `Retry-After`,
 //! counted in `/metrics`, and not audited row by row.
+//!
+//! `failed_auth_ip` is consulted (without taking a token) before any credential is looked
+//! at, so an address over it gets 429 without an argon2 verification, even for a correct
+//! key; each failure then takes a token. A tenant's `api_key` rate applies on every route
+//! its keys call. Tenants' buckets live here, outside the compiled policy, and survive
+//! policy applies: a new version changes the rates in place.
 
-use std::num::NonZeroU32;
-use std::time::Duration;
-
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// A sustained rate and a burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,74 +81,263 @@ impl Default for Rates {
     }
 }
 
-/// One keyed token bucket.
+/// The limiters' monotonic time, in nanoseconds since the broker started.
+/// Tests freeze it and move it forward instead of sleeping.
+#[derive(Debug)]
+pub struct Ticker {
+    origin: Instant,
+    /// `u64::MAX` while the real clock runs; otherwise the frozen time.
+    frozen: AtomicU64,
+}
+
+impl Default for Ticker {
+    fn default() -> Ticker {
+        Ticker {
+            origin: Instant::now(),
+            frozen: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Ticker {
+    pub fn now_ns(&self) -> u64 {
+        match self.frozen.load(Ordering::Acquire) {
+            u64::MAX => u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX - 1),
+            t => t,
+        }
+    }
+
+    /// Stops time where it is (for tests).
+    pub fn freeze(&self) {
+        let now = self.now_ns();
+        self.frozen.store(now, Ordering::Release);
+    }
+
+    /// Moves frozen time forward (for tests; freezes it first).
+    pub fn advance(&self, by: Duration) {
+        self.freeze();
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .frozen
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                Some(t.saturating_add(by).min(u64::MAX - 1))
+            });
+    }
+}
+
+const SHARDS: usize = 16;
+
+/// One keyed limit: a token bucket per key, kept as GCRA's "theoretical
+/// arrival time" (one `u64` per key). Its rate can be changed in place, so a
+/// policy apply keeps every key's state.
 pub struct Limiter {
-    inner: DefaultKeyedRateLimiter<String>,
-    clock: DefaultClock,
+    /// `per_second` in the low 32 bits, `burst` in the high 32.
+    rate: AtomicU64,
+    shards: [Mutex<HashMap<String, u64>>; SHARDS],
+    ticker: Arc<Ticker>,
 }
 
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limiter")
-            .field("keys", &self.inner.len())
+            .field("rate", &self.rate())
+            .field("keys", &self.len())
             .finish()
     }
 }
 
-fn nz(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN)
+fn pack(r: Rate) -> u64 {
+    u64::from(r.per_second.max(1)) | (u64::from(r.burst.max(1)) << 32)
+}
+
+fn shard_of(key: &str) -> usize {
+    key.bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+        % SHARDS
 }
 
 impl Limiter {
     pub fn new(rate: Rate) -> Limiter {
-        let quota = Quota::per_second(nz(rate.per_second)).allow_burst(nz(rate.burst));
+        Limiter::with_ticker(rate, Arc::default())
+    }
+
+    pub fn with_ticker(rate: Rate, ticker: Arc<Ticker>) -> Limiter {
         Limiter {
-            inner: DefaultKeyedRateLimiter::keyed(quota),
-            clock: DefaultClock::default(),
+            rate: AtomicU64::new(pack(rate)),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            ticker,
         }
     }
 
-    /// `Err(retry_after)` when `key` is over its rate.
+    pub fn rate(&self) -> Rate {
+        let v = self.rate.load(Ordering::Relaxed);
+        Rate {
+            per_second: v as u32,
+            burst: (v >> 32) as u32,
+        }
+    }
+
+    /// Changes the rate; every key keeps its state.
+    pub fn set_rate(&self, rate: Rate) {
+        self.rate.store(pack(rate), Ordering::Relaxed);
+    }
+
+    /// Emission interval and tolerance (a full bucket), in nanoseconds.
+    fn params(&self) -> (u64, u64) {
+        let r = self.rate();
+        let interval = (1_000_000_000 / u64::from(r.per_second.max(1))).max(1);
+        (interval, interval.saturating_mul(u64::from(r.burst.max(1))))
+    }
+
+    /// Takes one token of `key`'s bucket; `Err(retry_after)` when it is empty
+    /// (and then nothing is taken).
     pub fn check(&self, key: &str) -> Result<(), Duration> {
-        // Allocation only on the slow path would need a borrowed-key API governor lacks.
-        self.inner
-            .check_key(&key.to_owned())
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        self.decide(key, true)
+    }
+
+    /// Whether `key` has a token left, without taking it.
+    pub fn peek(&self, key: &str) -> Result<(), Duration> {
+        self.decide(key, false)
+    }
+
+    fn decide(&self, key: &str, take: bool) -> Result<(), Duration> {
+        let (interval, tolerance) = self.params();
+        let now = self.ticker.now_ns();
+        let Ok(mut shard) = self.shards[shard_of(key)].lock() else {
+            return Ok(()); // a poisoned shard: fail open rather than refuse everyone
+        };
+        let tat = shard.get(key).copied().unwrap_or(now).max(now);
+        let next = tat.saturating_add(interval);
+        if next - now > tolerance {
+            return Err(Duration::from_nanos(next - now - tolerance));
+        }
+        if take {
+            match shard.get_mut(key) {
+                Some(t) => *t = next,
+                None => {
+                    shard.insert(key.to_owned(), next);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys currently tracked.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Forgets keys whose buckets are full again (bounds memory).
     pub fn shrink(&self) {
-        self.inner.retain_recent();
-        self.inner.shrink_to_fit();
+        let now = self.ticker.now_ns();
+        for s in &self.shards {
+            if let Ok(mut m) = s.lock() {
+                m.retain(|_, tat| *tat > now);
+                m.shrink_to_fit();
+            }
+        }
     }
 }
 
-/// The broker's limiters.
+/// The limits a tenant's policy may override (`[rate_limits]`).
 #[derive(Debug)]
-pub struct Limits {
-    pub rates: Rates,
+pub struct LimitSet {
     pub end_user: Limiter,
     pub end_user_ip: Limiter,
     pub api_key: Limiter,
+}
+
+impl LimitSet {
+    fn new(rates: &Rates, ticker: &Arc<Ticker>) -> LimitSet {
+        LimitSet {
+            end_user: Limiter::with_ticker(rates.end_user, ticker.clone()),
+            end_user_ip: Limiter::with_ticker(rates.end_user_ip, ticker.clone()),
+            api_key: Limiter::with_ticker(rates.api_key, ticker.clone()),
+        }
+    }
+
+    fn set_rates(&self, rates: &Rates) {
+        self.end_user.set_rate(rates.end_user);
+        self.end_user_ip.set_rate(rates.end_user_ip);
+        self.api_key.set_rate(rates.api_key);
+    }
+
+    fn shrink(&self) {
+        self.end_user.shrink();
+        self.end_user_ip.shrink();
+        self.api_key.shrink();
+    }
+}
+
+/// The broker's limiters: the settings' set, the failed-authentication limit
+/// per address, and one set per tenant whose policy overrides the rates.
+///
+/// A tenant's set lives here, outside its compiled policy, so applying a new
+/// policy version updates its rates in place and keeps every bucket: an
+/// apply (or a flood of them) never hands out a fresh burst.
+#[derive(Debug)]
+pub struct Limits {
+    pub rates: Rates,
     pub failed_auth_ip: Limiter,
+    pub ticker: Arc<Ticker>,
+    global: Arc<LimitSet>,
+    tenants: RwLock<HashMap<String, Arc<LimitSet>>>,
 }
 
 impl Limits {
     pub fn new(rates: Rates) -> Limits {
+        let ticker = Arc::new(Ticker::default());
         Limits {
             rates,
-            end_user: Limiter::new(rates.end_user),
-            end_user_ip: Limiter::new(rates.end_user_ip),
-            api_key: Limiter::new(rates.api_key),
-            failed_auth_ip: Limiter::new(rates.failed_auth_ip),
+            failed_auth_ip: Limiter::with_ticker(rates.failed_auth_ip, ticker.clone()),
+            global: Arc::new(LimitSet::new(&rates, &ticker)),
+            tenants: RwLock::new(HashMap::new()),
+            ticker,
+        }
+    }
+
+    /// The limits that apply to `tenant`'s callers: its policy's, else the broker's.
+    pub fn for_tenant(&self, tenant: &str) -> Arc<LimitSet> {
+        self.tenants
+            .read()
+            .ok()
+            .and_then(|m| m.get(tenant).cloned())
+            .unwrap_or_else(|| self.global.clone())
+    }
+
+    /// Sets `tenant`'s overrides (after a policy load). An existing set keeps
+    /// its buckets and takes the new rates; `None` returns the tenant to the
+    /// broker's limits.
+    pub fn set_tenant_rates(&self, tenant: &str, rates: Option<&Rates>) {
+        let Ok(mut m) = self.tenants.write() else {
+            return;
+        };
+        match (rates, m.get(tenant)) {
+            (Some(r), Some(set)) => set.set_rates(r),
+            (Some(r), None) => {
+                m.insert(tenant.to_owned(), Arc::new(LimitSet::new(r, &self.ticker)));
+            }
+            (None, _) => {
+                m.remove(tenant);
+            }
         }
     }
 
     pub fn shrink(&self) {
-        self.end_user.shrink();
-        self.end_user_ip.shrink();
-        self.api_key.shrink();
+        self.global.shrink();
         self.failed_auth_ip.shrink();
+        if let Ok(m) = self.tenants.read() {
+            for set in m.values() {
+                set.shrink();
+            }
+        }
     }
 }
 
@@ -151,17 +345,101 @@ impl Limits {
 mod tests {
     use super::*;
 
+    fn frozen() -> Arc<Ticker> {
+        let t = Arc::new(Ticker::default());
+        t.freeze();
+        t
+    }
+
     #[test]
     fn a_burst_past_the_limit_is_refused_with_a_retry_time() {
-        let l = Limiter::new(Rate {
-            per_second: 5,
-            burst: 20,
-        });
+        let t = frozen();
+        let l = Limiter::with_ticker(
+            Rate {
+                per_second: 5,
+                burst: 20,
+            },
+            t.clone(),
+        );
         let refused = (0..100).filter(|_| l.check("alice").is_err()).count();
-        assert!((75..=80).contains(&refused), "{refused} of 100 refused");
+        assert_eq!(refused, 80, "a burst of 20, then nothing while time stands");
         let wait = l.check("alice").unwrap_err();
-        assert!(wait <= Duration::from_millis(200), "{wait:?}");
+        assert_eq!(wait, Duration::from_millis(200));
         assert!(l.check("bob").is_ok(), "other keys are unaffected");
+        t.advance(Duration::from_millis(200));
+        assert!(l.check("alice").is_ok(), "one token back after 1/rate");
+        assert!(l.check("alice").is_err());
+    }
+
+    #[test]
+    fn peeking_takes_nothing() {
+        let l = Limiter::with_ticker(
+            Rate {
+                per_second: 1,
+                burst: 2,
+            },
+            frozen(),
+        );
+        for _ in 0..10 {
+            assert!(l.peek("ip").is_ok());
+        }
+        assert!(l.check("ip").is_ok() && l.check("ip").is_ok());
+        assert!(l.peek("ip").is_err());
+        assert!(l.check("ip").is_err());
+    }
+
+    #[test]
+    fn a_rate_change_keeps_every_bucket() {
+        let limits = Limits::new(Rates::default());
+        limits.ticker.freeze();
+        let slow = Rates {
+            api_key: Rate {
+                per_second: 1,
+                burst: 2,
+            },
+            ..Rates::default()
+        };
+        limits.set_tenant_rates("acme", Some(&slow));
+        let set = limits.for_tenant("acme");
+        assert!(set.api_key.check("k").is_ok() && set.api_key.check("k").is_ok());
+        assert!(set.api_key.check("k").is_err());
+        // A new policy version with a larger burst: the empty bucket stays empty.
+        limits.set_tenant_rates(
+            "acme",
+            Some(&Rates {
+                api_key: Rate {
+                    per_second: 1,
+                    burst: 3,
+                },
+                ..Rates::default()
+            }),
+        );
+        let again = limits.for_tenant("acme");
+        assert!(Arc::ptr_eq(&set, &again));
+        assert!(again.api_key.check("k").is_ok(), "only the one extra token");
+        assert!(again.api_key.check("k").is_err());
+        assert!(
+            limits.for_tenant("other").api_key.check("k").is_ok(),
+            "tenants without overrides use the broker's limits"
+        );
+    }
+
+    #[test]
+    fn shrinking_forgets_only_full_buckets() {
+        let t = frozen();
+        let l = Limiter::with_ticker(
+            Rate {
+                per_second: 1,
+                burst: 5,
+            },
+            t.clone(),
+        );
+        l.check("a").unwrap();
+        l.shrink();
+        assert_eq!(l.len(), 1);
+        t.advance(Duration::from_secs(1));
+        l.shrink();
+        assert_eq!(l.len(), 0);
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl Application {
         .listen(listener)?
         .run();
         let poller = tokio::spawn(Arc::clone(&state).follow_changes(CHANGE_POLL));
-        tracing::info!(listen = %settings.listen.ip(), port, database = %state.store.url_redacted(), "token-broker listening");
+        tracing::info!(listen = %settings.listen.ip(), port, database = ?state.store.url_redacted(), "token-broker listening");
         Ok(Application {
             port,
             server,

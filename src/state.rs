@@ -3,19 +3,20 @@
 //! its loaded signers, and a cache of registered sessions. The change poller
 //! keeps these caches in step with the database (and so with other instances).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::audit::AuditWriter;
 use crate::auth::Authenticator;
 use crate::idp::IdentityProvider;
-use crate::limits::Limits;
+use crate::limits::{Limits, Rates};
 use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, SessionFacts};
 use crate::settings::Settings;
 use crate::secrets::{Keyring, Resolved, SecretResolver};
-use crate::store::{PolicyVersionRow, Store, StoreResult, StoredCredentialRow};
+use crate::store::{ChangeRow, PolicyVersionRow, Store, StoreResult, StoredCredentialRow};
 use crate::tokens::Signer;
 
 /// A credential of a tenant, loaded (or why it could not be).
@@ -36,8 +37,9 @@ pub struct TenantRuntime {
     pub credentials: Vec<LoadedCredential>,
     pub idps: Vec<(String, Result<IdentityProvider, String>)>,
     pub cors_origins: Vec<String>,
-    /// Limits of this tenant when its policy overrides the broker's rates.
-    pub limits: Option<Limits>,
+    /// This tenant's rates when its policy overrides the broker's (the
+    /// buckets themselves live in `AppState::limits` and survive reloads).
+    pub rate_limits: Option<Rates>,
 }
 
 /// What loading a tenant needs from outside the policy text.
@@ -128,13 +130,13 @@ impl TenantRuntime {
             })
             .collect();
         let cors_origins = doc.cors_allowed_origins.clone();
-        let limits = doc.rate_limits.as_ref().map(|r| Limits::new(*r));
+        let rate_limits = doc.rate_limits;
         Ok(TenantRuntime {
             policy: CompiledPolicy::compile(doc, row.version),
             credentials,
             idps,
             cors_origins,
-            limits,
+            rate_limits,
         })
     }
 
@@ -211,6 +213,8 @@ pub struct AppState {
     /// Tenants whose stored policy failed to load (kept for `/readyz`).
     broken: RwLock<HashMap<String, String>>,
     sessions: quick_cache::sync::Cache<(String, String), Arc<SessionFacts>>,
+    /// The highest change id the feed has read.
+    feed_position: AtomicI64,
 }
 
 impl AppState {
@@ -233,6 +237,7 @@ impl AppState {
             tenants: RwLock::new(HashMap::new()),
             broken: RwLock::new(HashMap::new()),
             sessions: quick_cache::sync::Cache::new(100_000),
+            feed_position: AtomicI64::new(0),
         }
     }
 
@@ -293,6 +298,8 @@ impl AppState {
         match loaded {
             Ok(rt) => {
                 tracing::info!(tenant = ?row.tenant, version = row.version, "policy loaded");
+                self.limits
+                    .set_tenant_rates(&row.tenant, rt.rate_limits.as_ref());
                 if let Ok(mut m) = self.tenants.write() {
                     m.insert(row.tenant.clone(), Arc::new(rt));
                 }
@@ -385,54 +392,249 @@ impl AppState {
     }
 
     /// Follows the change feed until the process ends: every `every`, drops what
-    /// changed from the caches. Reads a window below the last id seen, because
-    /// PostgreSQL sequence ids can commit out of order.
+    /// changed from the caches. The cursor reads every change exactly once,
+    /// including ids that commit long after higher ones (see `ChangeCursor`).
     pub async fn follow_changes(self: Arc<Self>, every: Duration) {
-        const WINDOW: i64 = 256;
-        let mut seen = self.store.last_change_id().await.unwrap_or(0);
-        let mut done: HashSet<i64> = HashSet::new();
+        let mut cursor: Option<ChangeCursor> = None;
         let mut ticks: u64 = 0;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             ticks += 1;
-            let low = (seen - WINDOW).max(0);
-            match self.store.changes_since(low).await {
+            let c = match &mut cursor {
+                Some(c) => c,
+                None => match ChangeCursor::start(&self.store).await {
+                    Ok(c) => cursor.insert(c),
+                    Err(e) => {
+                        tracing::warn!(error = ?e.to_string(), "change feed unavailable");
+                        continue;
+                    }
+                },
+            };
+            let now_ms = crate::clock::now_unix_ms();
+            match c.poll(&self.store, now_ms).await {
                 Ok(rows) => {
-                    for c in rows {
-                        seen = seen.max(c.change_id);
-                        if !done.insert(c.change_id) {
-                            continue;
-                        }
-                        match c.kind.as_str() {
-                            "key_revoked" => self.auth.forget(&c.subject),
-                            "session_updated" => self.forget_session(&c.tenant, &c.subject),
+                    for row in rows {
+                        match row.kind.as_str() {
+                            "key_revoked" => self.auth.forget(&row.subject),
+                            "session_updated" => self.forget_session(&row.tenant, &row.subject),
                             "credential_changed" => {
-                                if let Err(e) = self.reload_tenant(&c.tenant).await {
-                                    tracing::warn!(error = %e, "credential reload failed; will retry");
-                                    done.remove(&c.change_id);
+                                if let Err(e) = self.reload_tenant(&row.tenant).await {
+                                    tracing::warn!(tenant = ?row.tenant, error = ?e.to_string(), "credential reload failed; will retry");
+                                    c.retry(&row, now_ms);
                                 }
                             }
                             "policy_applied" => {
-                                if let Err(e) = self.reload_policy(&c.tenant).await {
-                                    tracing::warn!(error = %e, "policy reload failed; will retry");
-                                    done.remove(&c.change_id);
+                                if let Err(e) = self.reload_policy(&row.tenant).await {
+                                    tracing::warn!(tenant = ?row.tenant, error = ?e.to_string(), "policy reload failed; will retry");
+                                    c.retry(&row, now_ms);
                                 }
                             }
                             _ => {}
                         }
                     }
-                    done.retain(|id| *id > seen - WINDOW);
+                    self.feed_position.store(c.position(), Ordering::Release);
                 }
-                Err(e) => tracing::warn!(error = %e, "change feed unavailable"),
+                Err(e) => tracing::warn!(error = ?e.to_string(), "change feed unavailable"),
             }
             // About once a minute, drop feed rows every instance has seen by now.
             if ticks.is_multiple_of(240) {
                 self.limits.shrink();
-                let cutoff = crate::clock::now_unix_ms() - 10 * 60 * 1000;
+                let cutoff = now_ms - 10 * 60 * 1000;
                 let _ = self.store.prune_changes(cutoff).await;
             }
         }
+    }
+
+    /// The highest change id this instance's feed has read (for tests and
+    /// diagnostics; 0 before the first read).
+    pub fn change_feed_position(&self) -> i64 {
+        self.feed_position.load(Ordering::Acquire)
+    }
+}
+
+/// A complete reader of the `changes` table.
+///
+/// Ids come from a sequence, and on PostgreSQL a transaction takes its id
+/// when it inserts and becomes visible when it commits, so a revocation that
+/// waits on a lock can appear after hundreds of later ids. Reading a fixed
+/// window below the last id seen skipped it under such a flood. Instead the
+/// cursor reads everything above the highest id it has seen, page by page,
+/// and remembers every id it stepped over ("gaps"); each poll asks for the
+/// gaps again, so a late commit is read whenever it lands. A gap that never
+/// fills (its transaction rolled back) is given up after `GAP_PATIENCE_MS`,
+/// well before the feed's rows are pruned (10 minutes).
+#[derive(Debug)]
+pub struct ChangeCursor {
+    high: i64,
+    /// Ids below `high` not read yet, with when they were first missed (ms).
+    gaps: BTreeMap<i64, i64>,
+}
+
+impl ChangeCursor {
+    /// Rows per query when catching up.
+    const PAGE: i64 = 1000;
+    /// How far back a fresh cursor starts, so that changes still committing
+    /// when the instance starts are read too.
+    const START_BACKLOG: i64 = 1000;
+    const GAP_PATIENCE_MS: i64 = 5 * 60 * 1000;
+    /// Bounds memory if ids jump (a sequence restart, many rollbacks).
+    const MAX_GAPS: usize = 100_000;
+
+    /// A cursor near the current end of the feed (see `START_BACKLOG`).
+    pub async fn start(store: &Store) -> StoreResult<ChangeCursor> {
+        let (lo, hi) = store.change_id_bounds().await?;
+        Ok(ChangeCursor::at(
+            (hi - Self::START_BACKLOG).max(lo - 1).max(0),
+        ))
+    }
+
+    /// A cursor that has read every id up to `high`.
+    pub fn at(high: i64) -> ChangeCursor {
+        ChangeCursor {
+            high,
+            gaps: BTreeMap::new(),
+        }
+    }
+
+    /// The highest id read.
+    pub fn position(&self) -> i64 {
+        self.high
+    }
+
+    /// Ids stepped over and not read yet.
+    pub fn gaps(&self) -> usize {
+        self.gaps.len()
+    }
+
+    /// Every change not read before: late commits into gaps, then everything
+    /// above the highest id, oldest first within each.
+    pub async fn poll(&mut self, store: &Store, now_ms: i64) -> StoreResult<Vec<ChangeRow>> {
+        let mut out = Vec::new();
+        if !self.gaps.is_empty() {
+            let ids: Vec<i64> = self.gaps.keys().copied().collect();
+            for row in store.changes_with_ids(&ids).await? {
+                self.gaps.remove(&row.change_id);
+                out.push(row);
+            }
+        }
+        loop {
+            let page = match store.changes_since(self.high, Self::PAGE).await {
+                Ok(p) => p,
+                // What was read so far is handed out; the rest comes next time.
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            };
+            let full = page.len() as i64 == Self::PAGE;
+            for row in page {
+                for id in (self.high + 1)..row.change_id {
+                    if self.gaps.len() >= Self::MAX_GAPS {
+                        break;
+                    }
+                    self.gaps.entry(id).or_insert(now_ms);
+                }
+                self.high = self.high.max(row.change_id);
+                out.push(row);
+            }
+            if !full {
+                break;
+            }
+        }
+        self.gaps
+            .retain(|_, since| now_ms - *since < Self::GAP_PATIENCE_MS);
+        Ok(out)
+    }
+
+    /// Reads `row` again at the next poll (handling it failed).
+    pub fn retry(&mut self, row: &ChangeRow, now_ms: i64) {
+        self.gaps.insert(row.change_id, now_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChangeCursor;
+    use crate::store::{Store, with_pool};
+
+    async fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("tb.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        (store, dir)
+    }
+
+    /// Inserts change rows with chosen ids, as out-of-order commits leave them.
+    async fn insert(store: &Store, ids: impl IntoIterator<Item = i64>) {
+        for id in ids {
+            with_pool!(write store, p => sqlx::query(
+                "INSERT INTO changes (change_id, tenant, kind, subject, at_ms) VALUES ($1, 't', 'session_updated', $2, 0)"
+            ).bind(id).bind(id.to_string()).execute(p).await.map(|_| ()))
+            .unwrap();
+        }
+    }
+
+    fn ids(rows: &[crate::store::ChangeRow]) -> Vec<i64> {
+        rows.iter().map(|r| r.change_id).collect()
+    }
+
+    /// A change whose id was taken before a flood of others and that commits
+    /// after all of them is still read (a window of 256 below the last id
+    /// seen skipped it), and so is every row of a flood larger than a page.
+    #[tokio::test]
+    async fn a_late_commit_below_a_flood_is_read_once() {
+        let (store, _dir) = store().await;
+        insert(&store, [1]).await;
+        let mut c = ChangeCursor::start(&store).await.unwrap();
+        assert_eq!(ids(&c.poll(&store, 0).await.unwrap()), [1]);
+
+        // id 2 is taken by a slow transaction; 3..=2502 commit first.
+        insert(&store, 3..=2502).await;
+        let flood = c.poll(&store, 10).await.unwrap();
+        assert_eq!(flood.len(), 2500, "every row, across pages");
+        assert_eq!((c.position(), c.gaps()), (2502, 1));
+        assert!(c.poll(&store, 20).await.unwrap().is_empty());
+
+        insert(&store, [2]).await;
+        assert_eq!(ids(&c.poll(&store, 30).await.unwrap()), [2]);
+        assert_eq!(c.gaps(), 0);
+        assert!(c.poll(&store, 40).await.unwrap().is_empty());
+    }
+
+    /// An id that never commits (a rollback) is given up after a while, and a
+    /// failed handling is read again.
+    #[tokio::test]
+    async fn rolled_back_ids_are_given_up_and_retries_come_back() {
+        let (store, _dir) = store().await;
+        let mut c = ChangeCursor::at(0);
+        insert(&store, [1, 3]).await;
+        let rows = c.poll(&store, 0).await.unwrap();
+        assert_eq!(ids(&rows), [1, 3]);
+        assert_eq!(c.gaps(), 1);
+        c.retry(&rows[1], 0);
+        assert_eq!(ids(&c.poll(&store, 1).await.unwrap()), [3]);
+        c.poll(&store, ChangeCursor::GAP_PATIENCE_MS + 1)
+            .await
+            .unwrap();
+        assert_eq!(c.gaps(), 0);
+    }
+
+    /// A new instance starts near the end of the feed, not at its beginning,
+    /// and does not count pruned ids as gaps.
+    #[tokio::test]
+    async fn a_fresh_cursor_starts_near_the_end() {
+        let (store, _dir) = store().await;
+        insert(&store, 5000..=5003).await;
+        let mut c = ChangeCursor::start(&store).await.unwrap();
+        assert_eq!(
+            ids(&c.poll(&store, 0).await.unwrap()),
+            [5000, 5001, 5002, 5003]
+        );
+        assert_eq!(c.gaps(), 0);
+        insert(&store, 7000..=9500).await;
+        let mut c = ChangeCursor::start(&store).await.unwrap();
+        assert_eq!(c.poll(&store, 0).await.unwrap().len(), 1000);
+        assert_eq!(c.gaps(), 0);
     }
 }

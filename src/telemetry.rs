@@ -3,6 +3,13 @@
 //! id (`tracing-actix-web`). Secrets and tokens are never passed to a log macro:
 //! keys, secrets and tokens have redacting `Debug` impls, and handlers log ids
 //! and fingerprints only. Security events use the target `broker::security`.
+//!
+//! Values a tenant, app, end user or anonymous client controls (user ids,
+//! names, groups, session ids, key ids from a path, issuers, origins, paths,
+//! error texts that may quote them) are logged as `Debug` fields (`user =
+//! ?id`): quoted, with newlines and control characters escaped. Never as `%`
+//! fields (the text format writes those raw) and never in the message, where a
+//! newline would end the line and let the rest pose as another event.
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;

@@ -16,6 +16,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -249,7 +250,7 @@ impl HashPool {
                     }
                 });
             if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start an argon2 thread");
+                tracing::error!(error = ?e.to_string(), "cannot start an argon2 thread");
             }
         }
         HashPool { tx }
@@ -277,6 +278,11 @@ pub struct Authenticator {
     /// run it once per waiting request). Sharded by key id.
     flights: [tokio::sync::Mutex<()>; 16],
     dummy_hash: String,
+    /// argon2 verifications started (real and dummy), for tests and metrics.
+    verifications: std::sync::atomic::AtomicU64,
+    /// Bumped by every `forget`. A verification caches its key only if no
+    /// revocation landed while it ran (see `authenticate`).
+    forgets: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Authenticator {
@@ -301,6 +307,8 @@ impl Authenticator {
             hashers: HashPool::new(parallel_hashes),
             flights: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             dummy_hash,
+            verifications: Default::default(),
+            forgets: Default::default(),
         }
     }
 
@@ -327,6 +335,8 @@ impl Authenticator {
         {
             return Ok(c.principal.clone());
         }
+        // Read before the row: a revocation committed after this point bumps it.
+        let epoch = self.forgets.load(SeqCst);
         let row = self
             .store
             .get_key(k.key_id)
@@ -337,6 +347,8 @@ impl Authenticator {
             None => (self.dummy_hash.clone(), false),
         };
         let secret = k.secret.to_owned();
+        self.verifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ok = self
             .hashers
             .run(move || {
@@ -355,20 +367,45 @@ impl Authenticator {
                     scopes,
                 });
                 self.cache.insert(
-                    r.key_id,
+                    r.key_id.clone(),
                     Arc::new(CachedKey {
                         secret_sha256: digest,
                         principal: principal.clone(),
                     }),
                 );
+                // A revocation may have landed while argon2 ran on the row we
+                // read before it: its `forget` either saw our entry (and
+                // dropped it) or bumped the epoch before we look here. Either
+                // way the revoked key does not stay cached; re-read the row to
+                // answer this request.
+                if self.forgets.load(SeqCst) != epoch {
+                    self.cache.remove(&r.key_id);
+                    let still_live = self
+                        .store
+                        .get_key(&r.key_id)
+                        .await
+                        .map_err(AuthError::Unavailable)?
+                        .is_some_and(|row| row.revoked_at_ms.is_none());
+                    if !still_live {
+                        return Err(AuthError::Invalid);
+                    }
+                }
                 Ok(principal)
             }
             _ => Err(AuthError::Invalid),
         }
     }
 
-    /// Drops a key from the cache (after revocation).
+    /// How many argon2 verifications this instance has started.
+    pub fn verifications(&self) -> u64 {
+        self.verifications
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Drops a key from the cache (after revocation), and makes sure a
+    /// verification in flight does not put it back.
     pub fn forget(&self, key_id: &str) {
+        self.forgets.fetch_add(1, SeqCst);
         self.cache.remove(key_id);
     }
 }
@@ -400,6 +437,51 @@ mod tests {
         ] {
             assert!(parse_presented(bad).is_none(), "{bad:?}");
         }
+    }
+
+    /// A verification that read the key's row before a revocation and
+    /// finished after it must not put the revoked key (back) into the cache.
+    #[tokio::test]
+    async fn a_verification_in_flight_cannot_cache_a_key_revoked_meanwhile() {
+        use crate::admin::{self, Actor};
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("tb.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        admin::create_tenant(&store, "acme", &Actor::Cli, 1)
+            .await
+            .unwrap();
+        let key = admin::create_key(&store, "acme", Scopes::ISSUE, None, &Actor::Cli, 1)
+            .await
+            .unwrap();
+        let auth = Arc::new(Authenticator::new(store.clone(), 16, 1));
+
+        // Hold the only argon2 thread so the verification waits after its row read.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        auth.hashers
+            .tx
+            .try_send(Box::new(move || {
+                let _ = gate.recv();
+            }))
+            .unwrap();
+        let in_flight = tokio::spawn({
+            let (auth, key) = (auth.clone(), key.key.clone());
+            async move { auth.authenticate(&key).await }
+        });
+        while auth.verifications() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The row is read as live; now the key is revoked and forgotten.
+        admin::revoke_key(&store, &key.row.key_id, None, &Actor::Cli, 2)
+            .await
+            .unwrap();
+        auth.forget(&key.row.key_id);
+        release.send(()).unwrap();
+
+        let r = in_flight.await.unwrap();
+        assert!(matches!(r, Err(AuthError::Invalid)), "{r:?}");
+        let again = auth.authenticate(&key.key).await;
+        assert!(matches!(again, Err(AuthError::Invalid)), "{again:?}");
     }
 
     #[test]

@@ -301,7 +301,7 @@ pub fn export(store: Store, f: AuditFilter, csv: bool) -> HttpResponse {
             let rows = match store.query_audit(&f).await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(error = %e, "audit export failed mid-stream");
+                    tracing::error!(error = ?e.to_string(), "audit export failed mid-stream");
                     return Some((
                         Err(actix_web::error::ErrorServiceUnavailable(
                             "export interrupted",

@@ -17,7 +17,9 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::error::ApiError;
-use super::extractors::{auth_error, bearer, failed_auth, rate_limited};
+use super::extractors::{
+    auth_error, bearer, failed_auth, rate_limited, refuse_if_over_failed_auth_limit,
+};
 use super::json::Json;
 use super::tokens::caller_from;
 use crate::auth::{KEY_PREFIX, Scopes};
@@ -128,7 +130,8 @@ async fn issue_inner(
     body: &TokenRequest,
 ) -> Result<HttpResponse, ApiError> {
     let presented = bearer(req)?;
-    let limits = rt.and_then(|r| r.limits.as_ref()).unwrap_or(&state.limits);
+    refuse_if_over_failed_auth_limit(state, req)?;
+    let limits = state.limits.for_tenant(tenant);
     let mut caller;
     if presented.starts_with(KEY_PREFIX) {
         let p = match state.auth.authenticate(presented).await {
@@ -184,7 +187,7 @@ async fn issue_inner(
                 ));
             }
             Err(e) => {
-                tracing::info!(target: "broker::security", tenant, code = e.code(), "login token refused");
+                tracing::info!(target: "broker::security", tenant = ?tenant, code = e.code(), "login token refused");
                 return Err(failed_auth(state, req, invalid_token(&e)).await);
             }
         };

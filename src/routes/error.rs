@@ -93,7 +93,7 @@ impl ApiError {
 
     /// 500 with a generic body; the cause goes to the log only.
     pub fn internal(cause: impl fmt::Display) -> ApiError {
-        tracing::error!(error = %cause, "internal error");
+        tracing::error!(error = ?cause.to_string(), "internal error");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -140,7 +140,7 @@ impl From<crate::store::StoreError> for ApiError {
             E::Conflict(m) => ApiError::conflict(m),
             E::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m),
             other => {
-                tracing::error!(error = %other, "store error");
+                tracing::error!(error = ?other.to_string(), "store error");
                 ApiError::unavailable(
                     "store_unavailable",
                     "the database is unavailable; try again",

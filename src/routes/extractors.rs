@@ -99,6 +99,28 @@ pub fn rate_limited(wait: std::time::Duration) -> ApiError {
     e
 }
 
+/// The client address the failed-authentication limit is keyed by.
+fn client_ip(req: &HttpRequest) -> String {
+    req.peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default()
+}
+
+/// 429 before any credential is looked at (no argon2, no JWT verification)
+/// when the client address has used up its failed-authentication budget, so
+/// a guesser that is over its limit learns nothing, not even from a correct
+/// guess. Takes no token: only failures do.
+pub fn refuse_if_over_failed_auth_limit(
+    state: &AppState,
+    req: &HttpRequest,
+) -> Result<(), ApiError> {
+    if let Err(wait) = state.limits.failed_auth_ip.peek(&client_ip(req)) {
+        crate::metrics::Metrics::inc(&state.metrics.rate_limited_failed_auth);
+        return Err(rate_limited(wait));
+    }
+    Ok(())
+}
+
 /// Counts a failed authentication against the client address, slows the answer
 /// down, and turns it into 429 once the address is over its limit.
 pub async fn failed_auth(state: &AppState, req: &HttpRequest, err: ApiError) -> ApiError {
@@ -106,11 +128,7 @@ pub async fn failed_auth(state: &AppState, req: &HttpRequest, err: ApiError) -> 
         return err;
     }
     crate::metrics::Metrics::inc(&state.metrics.auth_failures);
-    let ip = req
-        .peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default();
-    if let Err(wait) = state.limits.failed_auth_ip.check(&ip) {
+    if let Err(wait) = state.limits.failed_auth_ip.check(&client_ip(req)) {
         crate::metrics::Metrics::inc(&state.metrics.rate_limited_failed_auth);
         return rate_limited(wait);
     }
@@ -133,9 +151,12 @@ impl FromRequest for ApiKey {
                 .ok_or_else(|| ApiError::internal("AppState missing"))?
                 .clone();
             let presented = bearer(&req)?;
+            refuse_if_over_failed_auth_limit(&state, &req)?;
             match state.auth.authenticate(presented).await {
                 Ok(p) => {
-                    if let Err(wait) = state.limits.api_key.check(&p.key_id) {
+                    // The tenant's own `[rate_limits]` when its policy sets them.
+                    let limits = state.limits.for_tenant(&p.tenant);
+                    if let Err(wait) = limits.api_key.check(&p.key_id) {
                         crate::metrics::Metrics::inc(&state.metrics.rate_limited_api_key);
                         return Err(rate_limited(wait));
                     }

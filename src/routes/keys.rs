@@ -114,7 +114,7 @@ pub async fn create(
     )
     .await
     .map_err(admin_error)?;
-    tracing::info!(target: "broker::security", created_key_id = %new.row.key_id, by = %p.key_id, "API key created");
+    tracing::info!(target: "broker::security", created_key_id = ?new.row.key_id, by = ?p.key_id, "API key created");
     let info = KeyInfo::from(new.row.clone());
     Ok(HttpResponse::Created()
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
@@ -139,6 +139,6 @@ pub async fn revoke(
     .await
     .map_err(admin_error)?;
     state.auth.forget(&key_id);
-    tracing::info!(target: "broker::security", revoked_key_id = %key_id, by = %p.key_id, "API key revoked");
+    tracing::info!(target: "broker::security", revoked_key_id = ?key_id, by = ?p.key_id, "API key revoked");
     Ok(HttpResponse::Ok().json(json!({"key_id": key_id, "revoked": true})))
 }

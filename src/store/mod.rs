@@ -233,19 +233,39 @@ impl Store {
         Ok(())
     }
 
-    /// Changes with an id above `after`, oldest first.
-    pub async fn changes_since(&self, after: i64) -> StoreResult<Vec<ChangeRow>> {
+    /// Up to `limit` changes with an id above `after`, oldest first.
+    pub async fn changes_since(&self, after: i64, limit: i64) -> StoreResult<Vec<ChangeRow>> {
         Ok(with_pool!(self, p => sqlx::query_as::<_, ChangeRow>(
-            "SELECT change_id, tenant, kind, subject FROM changes WHERE change_id > $1 ORDER BY change_id LIMIT 1000"
-        ).bind(after).fetch_all(p).await)?)
+            "SELECT change_id, tenant, kind, subject FROM changes WHERE change_id > $1 ORDER BY change_id LIMIT $2"
+        ).bind(after).bind(limit).fetch_all(p).await)?)
     }
 
-    /// The newest change id (0 when there is none).
-    pub async fn last_change_id(&self) -> StoreResult<i64> {
-        let id: Option<i64> = with_pool!(self, p => sqlx::query_scalar(
-            "SELECT MAX(change_id) FROM changes"
+    /// The changes among `ids` that exist (have committed), oldest first.
+    pub async fn changes_with_ids(&self, ids: &[i64]) -> StoreResult<Vec<ChangeRow>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let rows = with_pool!(self, p => {
+                let mut q = sqlx::QueryBuilder::new(
+                    "SELECT change_id, tenant, kind, subject FROM changes WHERE change_id IN (",
+                );
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                q.push(") ORDER BY change_id");
+                q.build_query_as::<ChangeRow>().fetch_all(p).await
+            })?;
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// The oldest and newest change ids (0 when there is none).
+    pub async fn change_id_bounds(&self) -> StoreResult<(i64, i64)> {
+        let (lo, hi): (Option<i64>, Option<i64>) = with_pool!(self, p => sqlx::query_as(
+            "SELECT MIN(change_id), MAX(change_id) FROM changes"
         ).fetch_one(p).await)?;
-        Ok(id.unwrap_or(0))
+        Ok((lo.unwrap_or(0), hi.unwrap_or(0)))
     }
 
     /// Drops change-feed rows older than `before_ms` (they have been seen by then).

@@ -11,6 +11,7 @@
 
 mod encoding;
 pub mod inspect;
+pub mod js_number;
 pub mod opentok_jwt;
 mod session_id;
 pub mod t1;
@@ -79,9 +80,11 @@ impl Entropy {
         }
     }
 
-    /// The nonce as it appears in tokens (shortest round-trip form, like JS).
+    /// The nonce as it appears in tokens: exactly JavaScript's
+    /// `String(Math.random())`, e.g. `0.000001234`, where Rust's float
+    /// formatting would write `1.234e-6`.
     pub fn nonce_text(&self) -> String {
-        serde_json::to_string(&self.nonce).unwrap_or_default()
+        js_number::to_js_string(self.nonce)
     }
 }
 

@@ -22,7 +22,7 @@ struct Claims<'a> {
     exp: i64,
     session_id: &'a str,
     create_time: i64,
-    nonce: f64,
+    nonce: super::js_number::JsNumber,
     role: &'static str,
     expire_time: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,7 +63,7 @@ pub(super) fn sign(
         exp: p.expire_time,
         session_id: p.session_id,
         create_time: now,
-        nonce,
+        nonce: super::js_number::JsNumber(nonce),
         role: p.role.as_str(),
         expire_time: p.expire_time,
         connection_data: p.connection_data,

@@ -16,3 +16,4 @@ mod logins_hardened;
 mod policy_admin;
 mod real_binary;
 mod tenant_credentials;
+mod throttling_and_revocation;
