@@ -366,7 +366,13 @@ pub async fn apply_policy(
 }
 
 /// Where in `text` a quoted value stands (for locating errors found after parsing).
-fn locate(source_name: &str, text: &str, value: &str, field: String, message: String) -> PolicyError {
+fn locate(
+    source_name: &str,
+    text: &str,
+    value: &str,
+    field: String,
+    message: String,
+) -> PolicyError {
     let quoted = format!("\"{value}\"");
     let offset = text.find(&quoted).unwrap_or(0);
     let (line, column) = policy::file::line_col(text, offset);
@@ -390,7 +396,12 @@ async fn check_references(
     source_name: &str,
     text: &str,
 ) -> Result<Vec<String>, AdminError> {
-    let tenants: Vec<String> = store.list_tenants().await?.into_iter().map(|t| t.0).collect();
+    let tenants: Vec<String> = store
+        .list_tenants()
+        .await?
+        .into_iter()
+        .map(|t| t.0)
+        .collect();
     let refs = doc.secret_refs();
     let resolved = secrets
         .resolve_all(
@@ -447,7 +458,9 @@ async fn check_references(
         if let Ok(bytes) = resolved.get(secret)
             && let Err(e) = crate::tokens::Signer::from_spec(c, bytes)
         {
-            warnings.push(format!("credentials[{i}]: {e} (the credential will be unusable)"));
+            warnings.push(format!(
+                "credentials[{i}]: {e} (the credential will be unusable)"
+            ));
         }
     }
     if !errors.is_empty() {

@@ -406,7 +406,16 @@ async fn run(
     let (who, role, expiry) = (&checked.who, checked.role, checked.expiry);
     let sid = &checked.session;
     let facts = state.session_facts(&caller.tenant, sid.canonical()).await?;
-    let row = || base_row(caller, &checked, &facts, now_ms, kind::TOKEN_REFUSED, "refused");
+    let row = || {
+        base_row(
+            caller,
+            &checked,
+            &facts,
+            now_ms,
+            kind::TOKEN_REFUSED,
+            "refused",
+        )
+    };
 
     let Some(rt) = state.tenant(&caller.tenant) else {
         let e = ApiError::forbidden(
@@ -511,7 +520,14 @@ async fn run(
             &Entropy::random(),
         )
         .map_err(|e| ApiError::bad(e.code(), e.field(), e.to_string()))?;
-    let mut r = base_row(caller, &checked, &facts, now_ms, kind::TOKEN_ISSUED, "issued");
+    let mut r = base_row(
+        caller,
+        &checked,
+        &facts,
+        now_ms,
+        kind::TOKEN_ISSUED,
+        "issued",
+    );
     r.credential = Some(cred.name.clone());
     r.granted_role = Some(granted_role.as_str().to_owned());
     r.granted_expire_time = Some(expire_time);

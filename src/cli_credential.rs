@@ -103,7 +103,10 @@ fn print_view(v: &CredentialView) {
         v.name,
         v.provider,
         v.source,
-        v.api_key.as_deref().or(v.application_id.as_deref()).unwrap_or("-"),
+        v.api_key
+            .as_deref()
+            .or(v.application_id.as_deref())
+            .unwrap_or("-"),
         v.fingerprint.as_deref().unwrap_or("-"),
         v.updated_at_ms.map(fmt_ms).unwrap_or_else(|| "-".into())
     ));
@@ -125,7 +128,8 @@ pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
             let secret = read_secret(&secret_file)?;
             let input = match provider.as_str() {
                 "opentok" => CredentialInput::Opentok {
-                    api_key: api_key.ok_or_else(|| Failure::from("--api-key is required for opentok"))?,
+                    api_key: api_key
+                        .ok_or_else(|| Failure::from("--api-key is required for opentok"))?,
                     api_secret: secret,
                     token_format,
                 },
@@ -230,8 +234,13 @@ pub async fn status(settings: Settings, json: bool) -> CmdResult {
         let mut version = None;
         if let Some(row) = row {
             version = Some(row.version);
-            match crate::state::TenantRuntime::load_from_store(&store, &resolver, keyring.as_ref(), &row)
-                .await?
+            match crate::state::TenantRuntime::load_from_store(
+                &store,
+                &resolver,
+                keyring.as_ref(),
+                &row,
+            )
+            .await?
             {
                 Ok(rt) => {
                     for c in &rt.credentials {
@@ -273,7 +282,11 @@ pub async fn status(settings: Settings, json: bool) -> CmdResult {
                 "{}\tpolicy v{}\t{}",
                 t["tenant"].as_str().unwrap_or_default(),
                 t["policy_version"],
-                if problems.is_empty() { "ok".to_owned() } else { format!("{} problem(s)", problems.len()) }
+                if problems.is_empty() {
+                    "ok".to_owned()
+                } else {
+                    format!("{} problem(s)", problems.len())
+                }
             ));
             for p in problems {
                 out(format!("  - {}", p.as_str().unwrap_or_default()));

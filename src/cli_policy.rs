@@ -191,7 +191,8 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
                         message: format!("tenant {tenant} has no applied policy"),
                         code: 1,
                     })?;
-                let doc = policy::parse_stored(&row.source_name, &row.source).map_err(policy_failure)?;
+                let doc =
+                    policy::parse_stored(&row.source_name, &row.source).map_err(policy_failure)?;
                 policy::CompiledPolicy::compile(doc, row.version)
             } else {
                 let policy_path =
@@ -349,8 +350,8 @@ async fn replay(
     fail_on: Option<String>,
     json: bool,
 ) -> CmdResult {
-    let fail_on = crate::replay::parse_fail_on(fail_on.as_deref().unwrap_or(""))
-        .map_err(Failure::from)?;
+    let fail_on =
+        crate::replay::parse_fail_on(fail_on.as_deref().unwrap_or("")).map_err(Failure::from)?;
     let now = crate::clock::now_unix_ms();
     let time = |field: &str, v: Option<String>, default: i64| -> Result<i64, Failure> {
         match v {
@@ -386,7 +387,10 @@ async fn replay(
     }
     let list: Vec<String> = failed.iter().map(|(k, n)| format!("{k}: {n}")).collect();
     Err(Failure {
-        message: format!("replay found changes named by --fail-on: {}", list.join(", ")),
+        message: format!(
+            "replay found changes named by --fail-on: {}",
+            list.join(", ")
+        ),
         code: 3,
     })
 }

@@ -148,7 +148,8 @@ fn check_input(input: CredentialInput) -> Result<Checked, AdminError> {
                     ));
                 }
             };
-            Signer::opentok(&api_key, s, format).map_err(|e| invalid("api_secret", e.to_string()))?;
+            Signer::opentok(&api_key, s, format)
+                .map_err(|e| invalid("api_secret", e.to_string()))?;
             Ok(Checked {
                 provider: "opentok",
                 owner_id: api_key,
@@ -325,7 +326,11 @@ pub async fn delete(
     );
     crate::admin::retry_head(|| {
         let mut audit = audit.clone();
-        async move { store.delete_credential(tenant, name, now_ms, &mut audit).await }
+        async move {
+            store
+                .delete_credential(tenant, name, now_ms, &mut audit)
+                .await
+        }
     })
     .await
     .map_err(|e| match e {
@@ -418,7 +423,8 @@ pub fn open_signer(keyring: Option<&Keyring>, row: &StoredCredentialRow) -> Resu
                 Some("t1") => OpenTokFormat::T1,
                 _ => OpenTokFormat::Jwt,
             };
-            let s = std::str::from_utf8(&secret).map_err(|_| "the secret is not text".to_owned())?;
+            let s =
+                std::str::from_utf8(&secret).map_err(|_| "the secret is not text".to_owned())?;
             Signer::opentok(&row.owner_id, s, format).map_err(|e| e.to_string())
         }
         "vonage" => Signer::vonage(&row.owner_id, &secret).map_err(|e| e.to_string()),

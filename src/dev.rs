@@ -44,7 +44,10 @@ pub fn ensure_master_key(settings: &mut Settings) -> Result<(), Failure> {
         let path = settings.data_dir.join("master.key");
         if !path.exists() {
             let id = crate::secrets::Keyring::generate(&path)?;
-            eprintln!("development mode: created master key {id} at {}", path.display());
+            eprintln!(
+                "development mode: created master key {id} at {}",
+                path.display()
+            );
         }
         settings.master_key_file = Some(path);
     }

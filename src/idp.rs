@@ -216,7 +216,8 @@ impl IdentityProvider {
                 for r in refs {
                     let pem =
                         resolve_secret(secrets, r).map_err(|e| format!("public key {r}: {e}"))?;
-                    let (family, key) = family_of_pem(pem).map_err(|e| format!("public key {r}: {e}"))?;
+                    let (family, key) =
+                        family_of_pem(pem).map_err(|e| format!("public key {r}: {e}"))?;
                     keys.push(Key {
                         kid: None,
                         family,

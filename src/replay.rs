@@ -33,8 +33,10 @@ pub fn recorded(row: RequestRow, fallback: &HashMap<String, SessionFacts>) -> Op
         .as_deref()
         .and_then(|g| serde_json::from_str(g).ok())
         .unwrap_or_default();
-    let detail: Option<serde_json::Value> =
-        row.detail.as_deref().and_then(|d| serde_json::from_str(d).ok());
+    let detail: Option<serde_json::Value> = row
+        .detail
+        .as_deref()
+        .and_then(|d| serde_json::from_str(d).ok());
     let recorded_facts = detail
         .as_ref()
         .and_then(|d| d.get("session"))
@@ -44,7 +46,11 @@ pub fn recorded(row: RequestRow, fallback: &HashMap<String, SessionFacts>) -> Op
         .or_else(|| fallback.get(&session_id).cloned())
         .unwrap_or_default();
     let at = row.at_ms.div_euclid(1000);
-    let then = match (row.outcome.as_str(), row.granted_role.as_deref(), row.granted_expire_time) {
+    let then = match (
+        row.outcome.as_str(),
+        row.granted_role.as_deref(),
+        row.granted_expire_time,
+    ) {
         ("issued", Some(role), Some(expire_time)) => Verdict::Granted {
             role: role.parse().ok()?,
             expire_time,

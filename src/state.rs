@@ -14,8 +14,8 @@ use crate::idp::IdentityProvider;
 use crate::limits::{Limits, Rates};
 use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, SessionFacts};
-use crate::settings::Settings;
 use crate::secrets::{Keyring, Resolved, SecretResolver};
+use crate::settings::Settings;
 use crate::store::{ChangeRow, PolicyVersionRow, Store, StoreResult, StoredCredentialRow};
 use crate::tokens::Signer;
 
@@ -100,7 +100,10 @@ impl TenantRuntime {
         for stored in inputs.stored {
             let signer = if claimed_elsewhere(&stored.owner_id) {
                 Err("its video project is claimed by another tenant".to_owned())
-            } else if credentials.iter().any(|c| c.name == stored.name || c.owner_id == stored.owner_id) {
+            } else if credentials
+                .iter()
+                .any(|c| c.name == stored.name || c.owner_id == stored.owner_id)
+            {
                 Err("a policy credential has the same name or project".to_owned())
             } else {
                 crate::credentials::open_signer(inputs.keyring, stored)
@@ -260,7 +263,9 @@ impl AppState {
                     .iter()
                     .map(|c| c.owner_id().to_owned())
                     .collect();
-                self.store.claim_free_projects(&row.tenant, &owners, now).await?;
+                self.store
+                    .claim_free_projects(&row.tenant, &owners, now)
+                    .await?;
             }
         }
         let loads = rows.iter().map(|row| self.install(row));

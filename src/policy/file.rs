@@ -203,10 +203,15 @@ impl PolicyDoc {
         }
         for (i, p) in self.identity_providers.iter().enumerate() {
             match &p.keys {
-                IdpKeys::Secret(r) => out.push((format!("identity_providers[{i}].secret"), r.clone())),
+                IdpKeys::Secret(r) => {
+                    out.push((format!("identity_providers[{i}].secret"), r.clone()))
+                }
                 IdpKeys::PublicKeys(list) => {
                     for (j, r) in list.iter().enumerate() {
-                        out.push((format!("identity_providers[{i}].public_keys[{j}]"), r.clone()));
+                        out.push((
+                            format!("identity_providers[{i}].public_keys[{j}]"),
+                            r.clone(),
+                        ));
                     }
                 }
                 IdpKeys::JwksUrl(_) => {}

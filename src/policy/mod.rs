@@ -7,10 +7,10 @@
 pub mod cases;
 pub mod decide;
 mod diff;
-pub mod replay;
 pub mod duration;
 pub mod file;
 pub mod glob;
+pub mod replay;
 
 pub use cases::{CaseReport, cases_policy_path, cases_tenant, run_cases};
 pub use decide::{

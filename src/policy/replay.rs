@@ -156,7 +156,10 @@ pub struct Replayer<'a> {
 impl<'a> Replayer<'a> {
     /// `stored_projects`: project ids of the tenant's stored credentials, which
     /// sign whatever the policy file says.
-    pub fn new(policy: &'a CompiledPolicy, stored_projects: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(
+        policy: &'a CompiledPolicy,
+        stored_projects: impl IntoIterator<Item = String>,
+    ) -> Self {
         let mut projects: HashSet<String> = stored_projects.into_iter().collect();
         projects.extend(policy.credential_projects());
         Replayer {
@@ -182,7 +185,15 @@ impl<'a> Replayer<'a> {
                 None,
             );
         }
-        match decide(self.policy, &r.who, &r.session_id, &r.facts, &r.request, r.at, false) {
+        match decide(
+            self.policy,
+            &r.who,
+            &r.session_id,
+            &r.facts,
+            &r.request,
+            r.at,
+            false,
+        ) {
             Ok(d) => {
                 let v = match d.outcome {
                     Outcome::Granted {
@@ -258,7 +269,10 @@ impl<'a> Replayer<'a> {
         }
         for k in kinds {
             self.report.changes.bump(k);
-            for (map, id) in [(&mut self.users, &r.who.user_id), (&mut self.sessions, &r.session_id)] {
+            for (map, id) in [
+                (&mut self.users, &r.who.user_id),
+                (&mut self.sessions, &r.session_id),
+            ] {
                 let e = map.entry(k).or_default().entry(id.clone()).or_default();
                 e.0 += 1;
                 if e.1.len() < IDS {

@@ -111,9 +111,7 @@ impl Keyring {
                 .strip_prefix(PREFIX)
                 .and_then(|b| B64.decode(b).ok())
                 .filter(|b| b.len() == 32)
-                .ok_or_else(|| {
-                    format!("line {}: expected {PREFIX}<base64 of 32 bytes>", i + 1)
-                })?;
+                .ok_or_else(|| format!("line {}: expected {PREFIX}<base64 of 32 bytes>", i + 1))?;
             let unbound = UnboundKey::new(&AES_256_GCM, &bytes)
                 .map_err(|_| format!("line {}: not an AES-256 key", i + 1))?;
             keys.push(MasterKey {

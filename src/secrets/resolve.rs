@@ -123,12 +123,7 @@ impl SecretResolver {
         let keys: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
         let work = tokio::task::spawn_blocking(move || {
             refs.iter()
-                .map(|r| {
-                    (
-                        r.to_string(),
-                        resolve_one(&dir, &slug_owned, r, &tenants),
-                    )
-                })
+                .map(|r| (r.to_string(), resolve_one(&dir, &slug_owned, r, &tenants)))
                 .collect::<HashMap<_, _>>()
         });
         match tokio::time::timeout(self.timeout, work).await {
@@ -270,7 +265,10 @@ mod tests {
         .to_vec();
         let started = std::time::Instant::now();
         let got = res.resolve_all("acme", refs, &["acme".into()]).await;
-        assert!(started.elapsed() < Duration::from_secs(2), "the pipe must not block");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the pipe must not block"
+        );
         assert_eq!(got.get(&file_ref("ok.secret")).unwrap(), b"s3cret");
         assert_eq!(got.get(&file_ref("in-link")).unwrap(), b"s3cret");
         for unusable in ["big", "sub", "pipe", "dangling"] {
@@ -312,7 +310,9 @@ mod tests {
         let res = SecretResolver::new("/nonexistent".into(), Duration::from_secs(5));
         let tenants = vec!["acme".to_owned(), "acme-west".to_owned()];
         let theirs = SecretRef::Env("TOKEN_BROKER_TENANT_ACME_WEST_SECRET".into());
-        let got = res.resolve_all("acme", vec![theirs.clone()], &tenants).await;
+        let got = res
+            .resolve_all("acme", vec![theirs.clone()], &tenants)
+            .await;
         assert!(matches!(
             got.get(&theirs),
             Err(SecretError::OutsideNamespace(_))
@@ -321,7 +321,9 @@ mod tests {
         let got = res.resolve_all("acme", vec![unset.clone()], &tenants).await;
         assert!(matches!(got.get(&unset), Err(SecretError::Missing { .. })));
         let foreign = SecretRef::Env("HOME".into());
-        let got = res.resolve_all("acme", vec![foreign.clone()], &tenants).await;
+        let got = res
+            .resolve_all("acme", vec![foreign.clone()], &tenants)
+            .await;
         assert!(matches!(
             got.get(&foreign),
             Err(SecretError::OutsideNamespace(_))

@@ -135,8 +135,10 @@ impl Store {
 
     pub async fn list_credentials(&self, tenant: &str) -> StoreResult<Vec<StoredCredentialRow>> {
         let sql = format!("SELECT {COLS} FROM stored_credentials WHERE tenant = $1 ORDER BY name");
-        Ok(with_pool!(self, p => sqlx::query_as::<_, StoredCredentialRow>(&sql)
-            .bind(tenant).fetch_all(p).await)?)
+        Ok(
+            with_pool!(self, p => sqlx::query_as::<_, StoredCredentialRow>(&sql)
+            .bind(tenant).fetch_all(p).await)?,
+        )
     }
 
     pub async fn get_credential(
@@ -145,14 +147,18 @@ impl Store {
         name: &str,
     ) -> StoreResult<Option<StoredCredentialRow>> {
         let sql = format!("SELECT {COLS} FROM stored_credentials WHERE tenant = $1 AND name = $2");
-        Ok(with_pool!(self, p => sqlx::query_as::<_, StoredCredentialRow>(&sql)
-            .bind(tenant).bind(name).fetch_optional(p).await)?)
+        Ok(
+            with_pool!(self, p => sqlx::query_as::<_, StoredCredentialRow>(&sql)
+            .bind(tenant).bind(name).fetch_optional(p).await)?,
+        )
     }
 
     /// Every stored credential (for `credential rekey`).
     pub async fn all_credentials(&self) -> StoreResult<Vec<StoredCredentialRow>> {
         let sql = format!("SELECT {COLS} FROM stored_credentials ORDER BY tenant, name");
-        Ok(with_pool!(self, p => sqlx::query_as::<_, StoredCredentialRow>(&sql).fetch_all(p).await)?)
+        Ok(
+            with_pool!(self, p => sqlx::query_as::<_, StoredCredentialRow>(&sql).fetch_all(p).await)?,
+        )
     }
 
     /// Replaces a credential's sealed secret if it is still sealed under

@@ -11,7 +11,8 @@ use crate::helpers::*;
 
 /// A policy of `rules` rules (8 lines each), every rule's text salted by `salt`.
 fn big_policy(tenant: &str, rules: usize, salt: &str) -> String {
-    let mut p = format!("tenant = \"{tenant}\"\n\n[defaults]\nrole = \"publisher\"\nttl = \"1h\"\n");
+    let mut p =
+        format!("tenant = \"{tenant}\"\n\n[defaults]\nrole = \"publisher\"\nttl = \"1h\"\n");
     for i in 0..rules {
         p.push_str(&format!(
             "\n[[rules]]\nid = \"r{i}-{salt}\"\npriority = {}\nsubjects = [\"user:u{i}{salt}\"]\nsessions = [\"label:k=v{i}*\"]\nroles = [\"publisher\"]\nmax_ttl = \"1h\"\n",
@@ -121,7 +122,11 @@ async fn policies_over_the_caps_are_refused_at_once() {
     for source in [many_lines, many_bytes] {
         let started = Instant::now();
         let r = app
-            .post("/v1/policy", &key, &json!({"source": source, "dry_run": true}))
+            .post(
+                "/v1/policy",
+                &key,
+                &json!({"source": source, "dry_run": true}),
+            )
             .await;
         assert_eq!(r.status(), 400);
         let v: Value = r.json().await.unwrap();

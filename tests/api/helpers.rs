@@ -322,10 +322,11 @@ pub async fn table_text(app: &TestApp, table: &str) -> String {
     use sqlx::Connection;
     if app.db_url.starts_with("sqlite") {
         let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
-        let cols: Vec<String> = sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{table}')"))
-            .fetch_all(&mut c)
-            .await
-            .unwrap();
+        let cols: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{table}')"))
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
         let expr = cols
             .iter()
             .map(|c| format!("COALESCE(CAST({c} AS TEXT), '')"))
@@ -338,10 +339,11 @@ pub async fn table_text(app: &TestApp, table: &str) -> String {
         rows.join("\n")
     } else {
         let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
-        let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM {table} t"))
-            .fetch_all(&mut c)
-            .await
-            .unwrap();
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT row_to_json(t)::text FROM {table} t"))
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
         rows.join("\n")
     }
 }

@@ -410,8 +410,18 @@ async fn stored_credentials_through_cli_and_http_never_reach_logs_or_database_in
         .cmd()
         .env("TOKEN_BROKER_MASTER_KEY_FILE", &master)
         .args([
-            "credential", "set", "--tenant", "acme", "cli-made", "--provider", "opentok",
-            "--api-key", "818181", "--secret-file", "-", "--json",
+            "credential",
+            "set",
+            "--tenant",
+            "acme",
+            "cli-made",
+            "--provider",
+            "opentok",
+            "--api-key",
+            "818181",
+            "--secret-file",
+            "-",
+            "--json",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -426,9 +436,16 @@ async fn stored_credentials_through_cli_and_http_never_reach_logs_or_database_in
         .write_all(cli_secret.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(shown.contains("sha256:") && !shown.contains(&cli_secret), "{shown}");
+    assert!(
+        shown.contains("sha256:") && !shown.contains(&cli_secret),
+        "{shown}"
+    );
 
     let port = free_port();
     let log = b.dir.path().join("broker.log");
@@ -482,7 +499,10 @@ async fn stored_credentials_through_cli_and_http_never_reach_logs_or_database_in
         assert!(!status.contains(secret.as_str()), "secret in status");
     }
     for t in &tokens {
-        assert!(!logs.contains(t.rsplit('.').next().unwrap()), "token in logs");
+        assert!(
+            !logs.contains(t.rsplit('.').next().unwrap()),
+            "token in logs"
+        );
     }
     if let Some(path) = b.url.strip_prefix("sqlite://") {
         for suffix in ["", "-wal"] {

@@ -51,7 +51,9 @@ fn mkfifo(path: &std::path::Path) {
 async fn two_tenants(app: &TestApp) -> (String, String) {
     let victim_key = app.acme().await;
     app.create_tenant("mallory").await;
-    let mallory = app.create_key("mallory", &["issue", "admin", "audit"]).await;
+    let mallory = app
+        .create_key("mallory", &["issue", "admin", "audit"])
+        .await;
     (victim_key, mallory)
 }
 
@@ -64,7 +66,11 @@ async fn a_hostile_admin_cannot_point_references_outside_its_namespace() {
     std::fs::create_dir_all(ns.join("a-directory")).unwrap();
     std::fs::write(ns.join("huge"), vec![b'x'; 64 * 1024 + 1]).unwrap();
     mkfifo(&ns.join("pipe"));
-    let victim_secret = app.app_state.settings.secrets_dir.join("acme/opentok.secret");
+    let victim_secret = app
+        .app_state
+        .settings
+        .secrets_dir
+        .join("acme/opentok.secret");
     std::os::unix::fs::symlink(&victim_secret, ns.join("link-out")).unwrap();
     let cases = [
         "env:TOKEN_BROKER_TENANT_ACME_SECRET", // another tenant's variable
@@ -97,7 +103,10 @@ async fn a_hostile_admin_cannot_point_references_outside_its_namespace() {
             assert_eq!(v["error"]["field"], "credentials[0].api_secret", "{v}");
             let msg = v["error"]["message"].as_str().unwrap().to_lowercase();
             for oracle in ["exist", "no such", "permission", "is a directory", "denied"] {
-                assert!(!msg.contains(oracle), "{reference}: oracle {oracle:?} in {msg}");
+                assert!(
+                    !msg.contains(oracle),
+                    "{reference}: oracle {oracle:?} in {msg}"
+                );
             }
             assert!(!msg.contains(API_SECRET) && !msg.contains("root:"), "{msg}");
         }
@@ -109,14 +118,20 @@ async fn a_hostile_admin_cannot_point_references_outside_its_namespace() {
     );
     let (s, v) = apply_http(&app, &mallory, &idp, true).await;
     assert_eq!(s, 400, "{v}");
-    assert_eq!(v["error"]["field"], "identity_providers[0].public_keys[0]", "{v}");
+    assert_eq!(
+        v["error"]["field"], "identity_providers[0].public_keys[0]",
+        "{v}"
+    );
     let idp_pipe = idp.replace("file:/etc/ssl/certs/ca-certificates.crt", "file:pipe");
     let (s, v) = apply_http(&app, &mallory, &idp_pipe, false).await;
     assert_eq!(s, 400, "{v}");
     // Nothing was applied, and the victim still issues with its own secret.
     assert!(app.store.current_policy("mallory").await.unwrap().is_none());
     let (s, v) = app
-        .issue(&victim_key, &json!({"session_id": session_for(API_KEY, 1), "user": user("v")}))
+        .issue(
+            &victim_key,
+            &json!({"session_id": session_for(API_KEY, 1), "user": user("v")}),
+        )
         .await;
     assert_eq!(s, 201, "{v}");
     // The CLI path (the library the CLI calls) refuses the same.
@@ -171,9 +186,15 @@ async fn a_named_pipe_blocks_no_worker_while_others_are_served() {
         let started = Instant::now();
         let r = app.client.get(app.url("/healthz")).send().await.unwrap();
         assert_eq!(r.status(), 200);
-        assert!(started.elapsed() < Duration::from_secs(1), "healthz was slow");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "healthz was slow"
+        );
         let (s, v) = app
-            .issue(&victim_key, &json!({"session_id": session_for(API_KEY, i), "user": user("v")}))
+            .issue(
+                &victim_key,
+                &json!({"session_id": session_for(API_KEY, i), "user": user("v")}),
+            )
             .await;
         assert_eq!(s, 201, "{v}");
     }
@@ -188,7 +209,11 @@ async fn a_tenant_cannot_claim_another_tenants_video_project() {
     let (_victim_key, mallory) = two_tenants(&app).await;
     // The victim's api key is public (it is in every session ID); mallory has a
     // secret of its own in its namespace and claims the victim's project with it.
-    app.provision_secret("mallory", "guess.secret", b"a-guessed-secret-of-forty-characters-xx");
+    app.provision_secret(
+        "mallory",
+        "guess.secret",
+        b"a-guessed-secret-of-forty-characters-xx",
+    );
     let claim = policy_with_secret("mallory", API_KEY, "file:guess.secret");
     for dry_run in [true, false] {
         let (s, v) = apply_http(&app, &mallory, &claim, dry_run).await;
@@ -197,7 +222,10 @@ async fn a_tenant_cannot_claim_another_tenants_video_project() {
             (409, Some("credential_claimed")),
             "{v}"
         );
-        assert!(!v.to_string().contains("acme"), "says nothing of the other tenant: {v}");
+        assert!(
+            !v.to_string().contains("acme"),
+            "says nothing of the other tenant: {v}"
+        );
     }
     // Nor through an upload, with any secret, for an OpenTok or a Vonage project.
     let r = app
@@ -227,11 +255,21 @@ async fn a_tenant_cannot_claim_another_tenants_video_project() {
     assert!(matches!(e, token_broker::admin::AdminError::Claimed), "{e}");
     // So mallory never gets a token for the victim's sessions.
     let mallory_rules = rules_only("mallory");
-    assert_eq!(apply_http(&app, &mallory, &mallory_rules, false).await.0, 200);
+    assert_eq!(
+        apply_http(&app, &mallory, &mallory_rules, false).await.0,
+        200
+    );
     let (s, v) = app
-        .issue(&mallory, &json!({"session_id": session_for(API_KEY, 1), "user": user("m"), "role": "moderator"}))
+        .issue(
+            &mallory,
+            &json!({"session_id": session_for(API_KEY, 1), "user": user("m"), "role": "moderator"}),
+        )
         .await;
-    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("session_not_owned")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("session_not_owned")),
+        "{v}"
+    );
     assert!(v["token"].is_null());
 }
 
@@ -240,7 +278,12 @@ async fn a_stored_credential_signs_and_its_secret_is_never_shown_or_stored_in_cl
     let app = spawn_app().await;
     app.create_tenant("bravo").await;
     let admin = app.create_key("bravo", &["issue", "admin", "audit"]).await;
-    assert_eq!(apply_http(&app, &admin, &rules_only("bravo"), false).await.0, 200);
+    assert_eq!(
+        apply_http(&app, &admin, &rules_only("bravo"), false)
+            .await
+            .0,
+        200
+    );
     let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), "0badc0de");
     let body = json!({"provider": "opentok", "api_key": "424242", "api_secret": secret, "token_format": "jwt"});
     let r = app.put("/v1/credentials/main", &admin, &body).await;
@@ -248,7 +291,12 @@ async fn a_stored_credential_signs_and_its_secret_is_never_shown_or_stored_in_cl
     let created: Value = r.json().await.unwrap();
     assert_eq!(created["source"], "stored");
     assert_eq!(created["api_key"], "424242");
-    assert!(created["fingerprint"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        created["fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     let r = app.put("/v1/credentials/main", &admin, &body).await;
     assert_eq!(r.status(), 200, "replaced");
     let sid = session_for("424242", 1);
@@ -278,21 +326,47 @@ async fn a_stored_credential_signs_and_its_secret_is_never_shown_or_stored_in_cl
         .await;
     assert_eq!(r.status(), 201);
     // Shown: names, ids, fingerprints; never a secret.
-    let list: Value = app.get("/v1/credentials", &admin).await.json().await.unwrap();
+    let list: Value = app
+        .get("/v1/credentials", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 2, "{list}");
-    let one: Value = app.get("/v1/credentials/app", &admin).await.json().await.unwrap();
-    assert_eq!(one["application_id"], "29f760f8-7ce1-46c9-ade3-f2dedee4ed5f");
+    let one: Value = app
+        .get("/v1/credentials/app", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        one["application_id"],
+        "29f760f8-7ce1-46c9-ade3-f2dedee4ed5f"
+    );
     let audit: Value = app.audit(&admin, "kind=credential_set").await;
     assert_eq!(audit["items"].as_array().unwrap().len(), 3, "{audit}");
     let pem_body = pem.lines().nth(1).unwrap();
-    for shown in [list.to_string(), one.to_string(), audit.to_string(), v.to_string()] {
+    for shown in [
+        list.to_string(),
+        one.to_string(),
+        audit.to_string(),
+        v.to_string(),
+    ] {
         assert!(!shown.contains(&secret), "secret shown: {shown}");
         assert!(!shown.contains(pem_body), "private key shown");
     }
     // Nor stored in clear: not in any table, nor in the SQLite files (WAL included).
-    for table in ["stored_credentials", "audit_events", "changes", "video_projects"] {
+    for table in [
+        "stored_credentials",
+        "audit_events",
+        "changes",
+        "video_projects",
+    ] {
         let text = table_text(&app, table).await;
-        assert!(!text.contains(&secret) && !text.contains(pem_body), "{table}");
+        assert!(
+            !text.contains(&secret) && !text.contains(pem_body),
+            "{table}"
+        );
     }
     if let Some(path) = app.db_url.strip_prefix("sqlite://") {
         for suffix in ["", "-wal", "-shm"] {
@@ -301,19 +375,44 @@ async fn a_stored_credential_signs_and_its_secret_is_never_shown_or_stored_in_cl
                 assert!(!hay.contains(&secret), "secret in {path}{suffix}");
                 assert!(!hay.contains(pem_body), "key in {path}{suffix}");
                 use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(format!("{path}{suffix}")).unwrap().permissions().mode();
-                assert_eq!(mode & 0o077, 0, "{path}{suffix} is readable by others: {mode:o}");
+                let mode = std::fs::metadata(format!("{path}{suffix}"))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(
+                    mode & 0o077,
+                    0,
+                    "{path}{suffix} is readable by others: {mode:o}"
+                );
             }
         }
     }
     // Bad uploads: status, code and the field at fault.
     for (body, field) in [
-        (json!({"provider": "opentok", "api_key": "12ab", "api_secret": "x"}), "api_key"),
-        (json!({"provider": "opentok", "api_key": "1", "api_secret": ""}), "api_secret"),
-        (json!({"provider": "opentok", "api_key": "1", "api_secret": "a\u{0}b"}), "api_secret"),
-        (json!({"provider": "opentok", "api_key": "1", "api_secret": "s", "token_format": "t2"}), "token_format"),
-        (json!({"provider": "vonage", "application_id": "not-a-uuid", "private_key": pem}), "application_id"),
-        (json!({"provider": "vonage", "application_id": "29f760f8-7ce1-46c9-ade3-f2dedee4ed50", "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}), "private_key"),
+        (
+            json!({"provider": "opentok", "api_key": "12ab", "api_secret": "x"}),
+            "api_key",
+        ),
+        (
+            json!({"provider": "opentok", "api_key": "1", "api_secret": ""}),
+            "api_secret",
+        ),
+        (
+            json!({"provider": "opentok", "api_key": "1", "api_secret": "a\u{0}b"}),
+            "api_secret",
+        ),
+        (
+            json!({"provider": "opentok", "api_key": "1", "api_secret": "s", "token_format": "t2"}),
+            "token_format",
+        ),
+        (
+            json!({"provider": "vonage", "application_id": "not-a-uuid", "private_key": pem}),
+            "application_id",
+        ),
+        (
+            json!({"provider": "vonage", "application_id": "29f760f8-7ce1-46c9-ade3-f2dedee4ed50", "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}),
+            "private_key",
+        ),
     ] {
         let r = app.put("/v1/credentials/bad", &admin, &body).await;
         assert_eq!(r.status(), 400, "{body}");
@@ -323,18 +422,38 @@ async fn a_stored_credential_signs_and_its_secret_is_never_shown_or_stored_in_cl
     let r = app.put("/v1/credentials/Bad%20Name", &admin, &body).await;
     assert_eq!(r.status(), 400);
     let r = app
-        .put("/v1/credentials/x", &admin, &json!({"provider": "twilio", "api_key": "1"}))
+        .put(
+            "/v1/credentials/x",
+            &admin,
+            &json!({"provider": "twilio", "api_key": "1"}),
+        )
         .await;
     assert_eq!(r.status(), 400);
     // Delete: its sessions are no longer signed; a second delete is 404.
-    let r = app.client.delete(app.url("/v1/credentials/main")).bearer_auth(&admin).send().await.unwrap();
+    let r = app
+        .client
+        .delete(app.url("/v1/credentials/main"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = app.client.delete(app.url("/v1/credentials/main")).bearer_auth(&admin).send().await.unwrap();
+    let r = app
+        .client
+        .delete(app.url("/v1/credentials/main"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let (s, v) = app
         .issue(&admin, &json!({"session_id": sid, "user": user("u")}))
         .await;
-    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("session_not_owned")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("session_not_owned")),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -342,7 +461,7 @@ async fn credentials_are_confined_to_their_tenant_and_scope() {
     let app = spawn_app().await;
     let (victim_key, mallory) = two_tenants(&app).await;
     // Only admin keys manage credentials.
-    let r = app.get("/v1/credentials", &victim_key.replace("", "")).await;
+    let r = app.get("/v1/credentials", &victim_key).await;
     assert_eq!(r.status(), 200, "acme's key has admin scope");
     let issue_only = app.create_key("acme", &["issue"]).await;
     let r = app
@@ -354,10 +473,24 @@ async fn credentials_are_confined_to_their_tenant_and_scope() {
         .await;
     assert_eq!(r.status(), 403);
     // Mallory sees and touches nothing of acme's.
-    let list: Value = app.get("/v1/credentials", &mallory).await.json().await.unwrap();
+    let list: Value = app
+        .get("/v1/credentials", &mallory)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["items"], json!([]), "{list}");
-    assert_eq!(app.get("/v1/credentials/main", &mallory).await.status(), 404);
-    let r = app.client.delete(app.url("/v1/credentials/main")).bearer_auth(&mallory).send().await.unwrap();
+    assert_eq!(
+        app.get("/v1/credentials/main", &mallory).await.status(),
+        404
+    );
+    let r = app
+        .client
+        .delete(app.url("/v1/credentials/main"))
+        .bearer_auth(&mallory)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let st: Value = app.get("/v1/status", &mallory).await.json().await.unwrap();
     assert!(!st.to_string().contains("acme"), "{st}");
@@ -399,15 +532,33 @@ async fn a_ciphertext_moved_to_another_tenant_does_not_decrypt() {
     .await;
     app.app_state.reload_tenant("bravo").await.unwrap();
     let (s, v) = app
-        .issue(&bravo, &json!({"session_id": session_for("222222", 1), "user": user("b")}))
+        .issue(
+            &bravo,
+            &json!({"session_id": session_for("222222", 1), "user": user("b")}),
+        )
         .await;
-    assert_eq!((s, v["error"]["code"].as_str()), (503, Some("credential_unavailable")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("credential_unavailable")),
+        "{v}"
+    );
     // And alpha's whole row moved under bravo (with alpha's project id): still no token.
-    raw_sql(&app, "DELETE FROM stored_credentials WHERE tenant = 'bravo'").await;
-    raw_sql(&app, "UPDATE stored_credentials SET tenant = 'bravo' WHERE tenant = 'alpha'").await;
+    raw_sql(
+        &app,
+        "DELETE FROM stored_credentials WHERE tenant = 'bravo'",
+    )
+    .await;
+    raw_sql(
+        &app,
+        "UPDATE stored_credentials SET tenant = 'bravo' WHERE tenant = 'alpha'",
+    )
+    .await;
     app.app_state.reload_tenant("bravo").await.unwrap();
     let (s, v) = app
-        .issue(&bravo, &json!({"session_id": session_for("111111", 1), "user": user("b")}))
+        .issue(
+            &bravo,
+            &json!({"session_id": session_for("111111", 1), "user": user("b")}),
+        )
         .await;
     assert_eq!(s, 503, "{v}");
     assert!(v["token"].is_null());
@@ -454,23 +605,53 @@ async fn a_broken_tenant_breaks_only_itself_even_across_a_restart() {
     // A restart (another instance on the same database, secrets and keys).
     let started = Instant::now();
     let second = app.spawn_second().await;
-    assert!(started.elapsed() < Duration::from_secs(5), "listening within seconds");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "listening within seconds"
+    );
     let (s, v) = second
-        .issue(&victim_key, &json!({"session_id": session_for(API_KEY, 1), "user": user("v")}))
+        .issue(
+            &victim_key,
+            &json!({"session_id": session_for(API_KEY, 1), "user": user("v")}),
+        )
         .await;
     assert_eq!(s, 201, "{v}");
     let (s, v) = second
-        .issue(&mallory, &json!({"session_id": session_for("555001", 1), "user": user("m")}))
+        .issue(
+            &mallory,
+            &json!({"session_id": session_for("555001", 1), "user": user("m")}),
+        )
         .await;
-    assert_eq!((s, v["error"]["code"].as_str()), (503, Some("credential_unavailable")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("credential_unavailable")),
+        "{v}"
+    );
     // Anonymous readiness is ready and names nobody; mallory's admin sees its own problems.
-    let r = second.client.get(second.url("/readyz")).send().await.unwrap();
+    let r = second
+        .client
+        .get(second.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
-    for secret_word in ["mallory", "acme", "opentok.secret", "idp.pem", "secrets", "login"] {
+    for secret_word in [
+        "mallory",
+        "acme",
+        "opentok.secret",
+        "idp.pem",
+        "secrets",
+        "login",
+    ] {
         assert!(!text.contains(secret_word), "{secret_word} in {text}");
     }
-    let st: Value = second.get("/v1/status", &mallory).await.json().await.unwrap();
+    let st: Value = second
+        .get("/v1/status", &mallory)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(st["credentials"][0]["available"], false, "{st}");
     assert_eq!(st["identity_providers"][0]["available"], false, "{st}");
 }
