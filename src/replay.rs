@@ -23,66 +23,113 @@ pub struct Window {
     pub until_ms: i64,
 }
 
-/// Turns a recorded row into a replay input; `None` for rows that carry no
-/// request to decide (no user or session: refused before a decision).
-pub fn recorded(row: RequestRow, fallback: &HashMap<String, SessionFacts>) -> Option<Recorded> {
-    let user_id = row.user_id?;
-    let session_id = row.session_id?;
-    let groups: Vec<String> = row
-        .user_groups
-        .as_deref()
-        .and_then(|g| serde_json::from_str(g).ok())
-        .unwrap_or_default();
-    let detail: Option<serde_json::Value> = row
-        .detail
-        .as_deref()
-        .and_then(|d| serde_json::from_str(d).ok());
-    let recorded_facts = detail
-        .as_ref()
-        .and_then(|d| d.get("session"))
-        .and_then(SessionFacts::from_json);
-    let facts_recorded = recorded_facts.is_some();
-    let facts = recorded_facts
-        .or_else(|| fallback.get(&session_id).cloned())
-        .unwrap_or_default();
-    let at = row.at_ms.div_euclid(1000);
-    let then = match (
-        row.outcome.as_str(),
-        row.granted_role.as_deref(),
-        row.granted_expire_time,
-    ) {
-        ("issued", Some(role), Some(expire_time)) => Verdict::Granted {
-            role: role.parse().ok()?,
-            expire_time,
-        },
-        _ => Verdict::Refused {
-            code: row.code.unwrap_or_default(),
-        },
-    };
-    Some(Recorded {
-        audit_id: row.audit_id,
-        at,
-        who: Identity {
-            user_id,
-            name: None,
-            groups,
-            // The identity's source: the provider that vouched, or the app.
-            idp: row.idp,
-        },
-        session_project: SessionId::parse(&session_id)
-            .ok()
-            .map(|s| s.owner().to_owned()),
-        session_id,
-        facts,
-        facts_recorded,
-        request: DecisionRequest {
-            role: row.requested_role.as_deref().and_then(|r| r.parse().ok()),
-            // The recorded request is absolute; a `ttl` was `at + ttl`.
-            expiry: row.requested_expire_time.map(Expiry::At),
-        },
-        then,
-        then_rule: row.rule,
-    })
+/// Most distinct values each decoding cache keeps (sessions, details, group lists).
+const CACHE_LIMIT: usize = 100_000;
+
+/// Turns recorded rows into replay inputs. Session IDs, session-fact records
+/// and group lists repeat across a tenant's traffic, so each distinct text is
+/// decoded once (bounded caches): reading rows, not parsing them, stays the cost.
+#[derive(Debug)]
+pub struct RowDecoder {
+    /// Today's registrations, for rows recorded before session facts were.
+    fallback: HashMap<String, SessionFacts>,
+    projects: HashMap<String, Option<String>>,
+    details: HashMap<String, Option<SessionFacts>>,
+    groups: HashMap<String, Vec<String>>,
+}
+
+fn cached<V: Clone>(map: &mut HashMap<String, V>, key: &str, make: impl FnOnce() -> V) -> V {
+    if let Some(v) = map.get(key) {
+        return v.clone();
+    }
+    let v = make();
+    if map.len() < CACHE_LIMIT {
+        map.insert(key.to_owned(), v.clone());
+    }
+    v
+}
+
+/// The part of a token row's `detail` replay reads.
+#[derive(serde::Deserialize)]
+struct Detail {
+    session: Option<serde_json::Value>,
+}
+
+impl RowDecoder {
+    pub fn new(fallback: HashMap<String, SessionFacts>) -> RowDecoder {
+        RowDecoder {
+            fallback,
+            projects: HashMap::new(),
+            details: HashMap::new(),
+            groups: HashMap::new(),
+        }
+    }
+
+    /// The replay input of a row; `None` for rows that carry no request to
+    /// decide (no user or session: refused before any decision).
+    pub fn decode(&mut self, row: RequestRow) -> Option<Recorded> {
+        let user_id = row.user_id?;
+        let session_id = row.session_id?;
+        let groups = match row.user_groups.as_deref() {
+            Some(g) => cached(&mut self.groups, g, || {
+                serde_json::from_str(g).unwrap_or_default()
+            }),
+            None => Vec::new(),
+        };
+        let recorded_facts = match row.detail.as_deref() {
+            Some(d) => cached(&mut self.details, d, || {
+                serde_json::from_str::<Detail>(d)
+                    .ok()
+                    .and_then(|d| d.session)
+                    .and_then(|s| SessionFacts::from_json(&s))
+            }),
+            None => None,
+        };
+        let facts_recorded = recorded_facts.is_some();
+        let facts = recorded_facts
+            .or_else(|| self.fallback.get(&session_id).cloned())
+            .unwrap_or_default();
+        let session_project = cached(&mut self.projects, &session_id, || {
+            SessionId::parse(&session_id)
+                .ok()
+                .map(|s| s.owner().to_owned())
+        });
+        let then = match (
+            row.outcome.as_str(),
+            row.granted_role.as_deref(),
+            row.granted_expire_time,
+        ) {
+            ("issued", Some(role), Some(expire_time)) => Verdict::Granted {
+                role: role.parse().ok()?,
+                expire_time,
+            },
+            _ => Verdict::Refused {
+                code: row.code.unwrap_or_default(),
+            },
+        };
+        Some(Recorded {
+            audit_id: row.audit_id,
+            at: row.at_ms.div_euclid(1000),
+            who: Identity {
+                user_id,
+                name: None,
+                groups,
+                // The identity's source: the provider that vouched, or the app.
+                idp: row.idp,
+            },
+            session_project,
+            session_id,
+            facts,
+            facts_recorded,
+            request: DecisionRequest {
+                role: row.requested_role.as_deref().and_then(|r| r.parse().ok()),
+                // The recorded request is absolute; a `ttl` was `at + ttl`.
+                expiry: row.requested_expire_time.map(Expiry::At),
+            },
+            then,
+            then_rule: row.rule,
+        })
+    }
 }
 
 /// Replays `source` (a proposed policy for `tenant`) over the window.
@@ -139,9 +186,10 @@ pub async fn replay(
         })
         .collect();
     let mut replayer = Replayer::new(&compiled, stored);
+    let mut decoder = RowDecoder::new(fallback);
     store
         .scan_requests(&tenant, window.since_ms, window.until_ms, |row| {
-            if let Some(r) = recorded(row, &fallback) {
+            if let Some(r) = decoder.decode(row) {
                 replayer.push(&r);
             }
         })

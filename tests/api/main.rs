@@ -14,6 +14,7 @@ mod hostile_input;
 mod issue_tokens;
 mod logins_hardened;
 mod policy_admin;
+mod policy_replay;
 mod real_binary;
 mod tenant_credentials;
 mod throttling_and_revocation;
