@@ -655,3 +655,65 @@ async fn a_broken_tenant_breaks_only_itself_even_across_a_restart() {
     assert_eq!(st["credentials"][0]["available"], false, "{st}");
     assert_eq!(st["identity_providers"][0]["available"], false, "{st}");
 }
+
+#[tokio::test]
+async fn rekey_reseals_every_credential_under_the_new_master_key() {
+    use token_broker::secrets::Keyring;
+    let app = spawn_app().await;
+    app.create_tenant("bravo").await;
+    let admin = app.create_key("bravo", &["issue", "admin"]).await;
+    assert_eq!(
+        apply_http(&app, &admin, &rules_only("bravo"), false)
+            .await
+            .0,
+        200
+    );
+    let secret = "bravo-secret-0123456789abcdef0123";
+    let r = app
+        .put(
+            "/v1/credentials/main",
+            &admin,
+            &json!({"provider": "opentok", "api_key": "262626", "api_secret": secret}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let old_path = app.app_state.settings.master_key_file.clone().unwrap();
+    let old = Keyring::load(&old_path).unwrap();
+    // Rotation: a new key first, the old one kept below it.
+    let new_path = app.dir.path().join("new.key");
+    let new_id = Keyring::generate(&new_path).unwrap();
+    let both = format!(
+        "{}\n{}",
+        std::fs::read_to_string(&new_path).unwrap(),
+        std::fs::read_to_string(&old_path).unwrap()
+    );
+    let rotated = Keyring::parse(&both).unwrap();
+    let report = token_broker::credentials::rekey(&app.store, &rotated)
+        .await
+        .unwrap();
+    assert_eq!((report.resealed, report.failed.len()), (1, 0), "{report:?}");
+    let row = app
+        .store
+        .get_credential("bravo", "main")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.key_id, new_id);
+    // The new key alone opens it and signs with the same secret; the old key alone no longer does.
+    let new_only = Keyring::load(&new_path).unwrap();
+    assert!(token_broker::credentials::open_signer(Some(&new_only), &row).is_ok());
+    assert!(token_broker::credentials::open_signer(Some(&old), &row).is_err());
+    // Running it again has nothing left to do.
+    let again = token_broker::credentials::rekey(&app.store, &rotated)
+        .await
+        .unwrap();
+    assert_eq!((again.resealed, again.already_current), (0, 1));
+    // A keyring that lacks the sealing key reports the credential, never a secret.
+    let stranger = app.dir.path().join("stranger.key");
+    Keyring::generate(&stranger).unwrap();
+    let r = token_broker::credentials::rekey(&app.store, &Keyring::load(&stranger).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.failed, vec!["bravo/main".to_owned()]);
+    assert!(!format!("{r:?}").contains(secret));
+}
