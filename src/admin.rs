@@ -242,6 +242,49 @@ async fn off_workers<T: Send + 'static>(
         .map_err(|e| AdminError::Invalid(e.to_string()))
 }
 
+/// Parses a proposed policy off the workers and checks that its tenant
+/// exists and is `confine` (the tenant of the HTTP admin key), when given.
+pub(crate) async fn parse_for_tenant(
+    store: &Store,
+    source_name: &str,
+    text: &str,
+    confine: Option<&str>,
+) -> Result<policy::PolicyDoc, AdminError> {
+    let (name, src) = (source_name.to_owned(), text.to_owned());
+    let doc = off_workers(move || policy::parse(&name, &src))
+        .await?
+        .map_err(AdminError::Policy)?;
+    if let Some(t) = confine
+        && t != doc.tenant
+    {
+        return Err(AdminError::Forbidden(format!(
+            "this key belongs to tenant {t}; the policy is for tenant {}",
+            doc.tenant
+        )));
+    }
+    if !store.tenant_exists(&doc.tenant).await? {
+        return Err(AdminError::NoTenant(doc.tenant));
+    }
+    Ok(doc)
+}
+
+/// Maps a project claim refused by the store: another tenant's project says
+/// nothing more (`Claimed`); one of the same tenant says which and how to fix it.
+pub(crate) fn claim_error(e: StoreError, fix: &str) -> AdminError {
+    match e {
+        StoreError::Claimed {
+            same_tenant: false, ..
+        } => AdminError::Claimed,
+        StoreError::Claimed {
+            owner_id,
+            same_tenant: true,
+        } => AdminError::Conflict(format!(
+            "another credential of this tenant already uses {owner_id}; {fix}"
+        )),
+        other => AdminError::Store(other),
+    }
+}
+
 /// The result of applying (or dry-running) a policy.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApplyOutcome {
@@ -276,21 +319,8 @@ pub async fn apply_policy(
     note: Option<&str>,
     now_ms: i64,
 ) -> Result<ApplyOutcome, AdminError> {
-    let (name, src) = (source_name.to_owned(), text.to_owned());
-    let doc = off_workers(move || policy::parse(&name, &src))
-        .await?
-        .map_err(AdminError::Policy)?;
+    let doc = parse_for_tenant(store, source_name, text, confine).await?;
     let tenant = doc.tenant.clone();
-    if let Some(t) = confine
-        && t != tenant
-    {
-        return Err(AdminError::Forbidden(format!(
-            "this key belongs to tenant {t}; the policy is for tenant {tenant}"
-        )));
-    }
-    if !store.tenant_exists(&tenant).await? {
-        return Err(AdminError::NoTenant(tenant));
-    }
     let warnings = check_references(store, secrets, &doc, source_name, text).await?;
     let current = store.current_policy(&tenant).await?;
     let previous_version = current.as_ref().map(|c| c.version).unwrap_or(0);
@@ -349,18 +379,7 @@ pub async fn apply_policy(
         }
     })
     .await
-    .map_err(|e| match e {
-        StoreError::Claimed {
-            same_tenant: false, ..
-        } => AdminError::Claimed,
-        StoreError::Claimed {
-            owner_id,
-            same_tenant: true,
-        } => AdminError::Conflict(format!(
-            "a stored credential of this tenant already uses {owner_id}; delete it or drop it from the policy"
-        )),
-        other => AdminError::Store(other),
-    })?;
+    .map_err(|e| claim_error(e, "delete the stored credential or drop it from the policy"))?;
     out.version = Some(version);
     Ok(out)
 }
@@ -396,12 +415,7 @@ async fn check_references(
     source_name: &str,
     text: &str,
 ) -> Result<Vec<String>, AdminError> {
-    let tenants: Vec<String> = store
-        .list_tenants()
-        .await?
-        .into_iter()
-        .map(|t| t.0)
-        .collect();
+    let tenants = store.tenant_slugs().await?;
     let refs = doc.secret_refs();
     let resolved = secrets
         .resolve_all(
@@ -451,10 +465,7 @@ async fn check_references(
                 ),
             ));
         }
-        let secret = match &c.provider {
-            crate::domain::Provider::OpenTok { api_secret, .. } => api_secret,
-            crate::domain::Provider::Vonage { private_key, .. } => private_key,
-        };
+        let secret = c.secret();
         if let Ok(bytes) = resolved.get(secret)
             && let Err(e) = crate::tokens::Signer::from_spec(c, bytes)
         {

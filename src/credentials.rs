@@ -215,21 +215,6 @@ async fn policy_credential_names(store: &Store, tenant: &str) -> Result<Vec<Stri
     })
 }
 
-fn map_claim(e: StoreError) -> AdminError {
-    match e {
-        StoreError::Claimed {
-            same_tenant: false, ..
-        } => AdminError::Claimed,
-        StoreError::Claimed {
-            owner_id,
-            same_tenant: true,
-        } => AdminError::Conflict(format!(
-            "another credential of this tenant already uses {owner_id}; a session's project must pick exactly one credential"
-        )),
-        other => AdminError::Store(other),
-    }
-}
-
 /// Uploads (creates or replaces) a credential. Returns its view and whether
 /// it was created.
 pub async fn put(
@@ -293,7 +278,9 @@ pub async fn put(
         async move { store.put_credential(row, &mut audit).await }
     })
     .await
-    .map_err(map_claim)?;
+    .map_err(|e| {
+        crate::admin::claim_error(e, "a session's project must pick exactly one credential")
+    })?;
     let mut view = CredentialView::from(&row);
     if !created {
         // The stored row keeps its first creation time.

@@ -144,22 +144,8 @@ pub async fn replay(
     actor: &Actor,
     now_ms: i64,
 ) -> Result<ReplayReport, AdminError> {
-    let (name, text) = (source_name.to_owned(), source.to_owned());
-    let doc = tokio::task::spawn_blocking(move || policy::parse(&name, &text))
-        .await
-        .map_err(|e| AdminError::Invalid(e.to_string()))?
-        .map_err(AdminError::Policy)?;
+    let doc = crate::admin::parse_for_tenant(store, source_name, source, confine).await?;
     let tenant = doc.tenant.clone();
-    if let Some(t) = confine
-        && t != tenant
-    {
-        return Err(AdminError::Forbidden(format!(
-            "this key belongs to tenant {t}; the policy is for tenant {tenant}"
-        )));
-    }
-    if !store.tenant_exists(&tenant).await? {
-        return Err(AdminError::NoTenant(tenant));
-    }
     if window.until_ms <= window.since_ms {
         return Err(AdminError::Field {
             field: "until".into(),

@@ -76,10 +76,7 @@ impl TenantRuntime {
             .credentials
             .iter()
             .map(|spec| {
-                let secret = match &spec.provider {
-                    crate::domain::Provider::OpenTok { api_secret, .. } => api_secret,
-                    crate::domain::Provider::Vonage { private_key, .. } => private_key,
-                };
+                let secret = spec.secret();
                 let signer = if claimed_elsewhere(spec.owner_id()) {
                     Err("its video project is claimed by another tenant".to_owned())
                 } else {
@@ -154,12 +151,7 @@ impl TenantRuntime {
         let refs = crate::policy::parse_stored(&row.source_name, &row.source)
             .map(|d| d.secret_refs().into_iter().map(|(_, r)| r).collect())
             .unwrap_or_default();
-        let tenants: Vec<String> = store
-            .list_tenants()
-            .await?
-            .into_iter()
-            .map(|t| t.0)
-            .collect();
+        let tenants = store.tenant_slugs().await?;
         let secrets = resolver.resolve_all(&row.tenant, refs, &tenants).await;
         let stored = store.list_credentials(&row.tenant).await?;
         let claims: HashMap<String, String> = store.project_claims().await?.into_iter().collect();

@@ -163,6 +163,14 @@ impl CredentialSpec {
             Provider::Vonage { application_id, .. } => application_id,
         }
     }
+
+    /// The reference of the secret it signs with: the API secret or the private key.
+    pub fn secret(&self) -> &SecretRef {
+        match &self.provider {
+            Provider::OpenTok { api_secret, .. } => api_secret,
+            Provider::Vonage { private_key, .. } => private_key,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -192,14 +192,11 @@ impl PolicyDoc {
     pub fn secret_refs(&self) -> Vec<(String, SecretRef)> {
         let mut out = Vec::new();
         for (i, c) in self.credentials.iter().enumerate() {
-            match &c.provider {
-                Provider::OpenTok { api_secret, .. } => {
-                    out.push((format!("credentials[{i}].api_secret"), api_secret.clone()))
-                }
-                Provider::Vonage { private_key, .. } => {
-                    out.push((format!("credentials[{i}].private_key"), private_key.clone()))
-                }
-            }
+            let key = match &c.provider {
+                Provider::OpenTok { .. } => "api_secret",
+                Provider::Vonage { .. } => "private_key",
+            };
+            out.push((format!("credentials[{i}].{key}"), c.secret().clone()));
         }
         for (i, p) in self.identity_providers.iter().enumerate() {
             match &p.keys {

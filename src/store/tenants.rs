@@ -39,4 +39,14 @@ impl Store {
         ).bind(tenant).fetch_one(p).await)?;
         Ok(n > 0)
     }
+
+    /// Every tenant's slug.
+    pub async fn tenant_slugs(&self) -> StoreResult<Vec<String>> {
+        Ok(self
+            .list_tenants()
+            .await?
+            .into_iter()
+            .map(|t| t.0)
+            .collect())
+    }
 }

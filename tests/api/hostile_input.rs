@@ -13,19 +13,6 @@ use token_broker::cli_audit::verify_tenant;
 
 use crate::helpers::*;
 
-/// Runs raw SQL against the test database (as the operator or an attacker with
-/// database access would).
-async fn raw_sql(app: &TestApp, sql: &str) {
-    use sqlx::Connection;
-    if app.db_url.starts_with("sqlite") {
-        let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
-        sqlx::query(sql).execute(&mut c).await.unwrap();
-    } else {
-        let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
-        sqlx::query(sql).execute(&mut c).await.unwrap();
-    }
-}
-
 /// Makes the database itself refuse every audit row whose user is `user`
 /// (a CHECK constraint on PostgreSQL, a trigger on SQLite): a stand-in for any
 /// row content the edge checks did not foresee.
