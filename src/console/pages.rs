@@ -313,7 +313,7 @@ pub async fn sign_out(
 
 /// Issued/refused per day as an inline SVG bar chart (no script, no styles).
 fn chart(days: &[(String, i64, i64)]) -> String {
-    if days.is_empty() {
+    if days.iter().all(|d| d.1 == 0 && d.2 == 0) {
         return "<p class=\"empty\">No token requests in the last 14 days.</p>".into();
     }
     let max = days.iter().map(|d| d.1.max(d.2)).max().unwrap_or(1).max(1);
@@ -353,11 +353,22 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
         .audit_summary(&s.tenant, "day", Some(since), None)
         .await
         .map_err(|e| api_error(&s, e.into()))?;
-    let mut days: Vec<(String, i64, i64)> = by_day
+    let counted: HashMap<String, (i64, i64)> = by_day
         .into_iter()
-        .map(|r| (r.key.unwrap_or_default(), r.issued, r.refused))
+        .map(|r| (r.key.unwrap_or_default(), (r.issued, r.refused)))
         .collect();
-    days.sort();
+    // Every one of the 14 UTC days, empty ones included, oldest first.
+    let days: Vec<(String, i64, i64)> = (0..14)
+        .rev()
+        .map(|back| {
+            let day = html::rfc3339(now - back * 86_400_000)
+                .get(..10)
+                .unwrap_or_default()
+                .to_owned();
+            let (i, r) = counted.get(&day).copied().unwrap_or((0, 0));
+            (day, i, r)
+        })
+        .collect();
     let week = now - 7 * 86_400_000;
     let by_role = state
         .store
@@ -765,14 +776,40 @@ pub async fn audit_event(
                 .collect()
         })
         .unwrap_or_default();
-    let explanation = if detail.is_null() {
-        "<p class=\"empty\">This event has no decision detail.</p>".to_owned()
-    } else {
-        format!(
-            "<pre id=\"detail\">{}</pre>",
-            esc(&serde_json::to_string_pretty(&detail).unwrap_or_default())
-        )
+    let decided = match (row.kind.as_str(), &row.granted_role, &row.code) {
+        (kind::TOKEN_ISSUED, Some(g), _) => format!(
+            "Issued a <strong>{}</strong> token (requested {}) to {}",
+            esc(g),
+            opt(&row.requested_role),
+            opt(&row.user_id)
+        ),
+        (kind::TOKEN_REFUSED, _, code) => format!(
+            "Refused ({}) a {} token to {}",
+            opt(code),
+            opt(&row.requested_role),
+            opt(&row.user_id)
+        ),
+        (k, _, _) => format!("{} by {}", esc(k), esc(&row.actor)),
     };
+    let under = match (&row.rule, row.policy_version) {
+        (Some(r), Some(v)) => format!(
+            " under rule <code>{}</code> of <a href=\"/console/policy/versions/{v}\">policy v{v}</a>.",
+            esc(r)
+        ),
+        (None, Some(v)) => format!(" with policy v{v} in force (no rule matched)."),
+        _ => ".".into(),
+    };
+    let explanation = format!(
+        "<p id=\"explanation\">{decided}{under}</p>{}",
+        if detail.is_null() {
+            String::new()
+        } else {
+            format!(
+                "<pre id=\"detail\">{}</pre>",
+                esc(&serde_json::to_string_pretty(&detail).unwrap_or_default())
+            )
+        }
+    );
     let prev = if seq > 1 {
         format!(
             "<a href=\"/console/audit/{}\" rel=\"prev\">← #{}</a> ",
