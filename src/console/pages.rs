@@ -25,11 +25,13 @@ type Page = Result<HttpResponse, Fail>;
 /// A finished error page travelling through `?` (actix needs a
 /// `ResponseError`; this one just hands the page out once).
 #[derive(Debug)]
-pub struct Fail(actix_web::error::InternalError<&'static str>);
+pub struct Fail(Box<actix_web::error::InternalError<&'static str>>);
 
 impl From<HttpResponse> for Fail {
     fn from(r: HttpResponse) -> Fail {
-        Fail(actix_web::error::InternalError::from_response("console", r))
+        Fail(Box::new(actix_web::error::InternalError::from_response(
+            "console", r,
+        )))
     }
 }
 
@@ -41,10 +43,10 @@ impl std::fmt::Display for Fail {
 
 impl actix_web::ResponseError for Fail {
     fn status_code(&self) -> StatusCode {
-        actix_web::ResponseError::status_code(&self.0)
+        actix_web::ResponseError::status_code(&*self.0)
     }
     fn error_response(&self) -> HttpResponse {
-        actix_web::ResponseError::error_response(&self.0)
+        actix_web::ResponseError::error_response(&*self.0)
     }
 }
 
@@ -61,8 +63,8 @@ fn see_other(to: &str) -> HttpResponse {
 
 /// The request's live session, or a redirect to the sign-in page. A session
 /// whose key has been revoked (here or on another broker) ends now.
-async fn signed_in(state: &AppState, req: &HttpRequest) -> Result<Session, HttpResponse> {
-    let to_sign_in = || see_other("/console/sign-in");
+async fn signed_in(state: &AppState, req: &HttpRequest) -> Result<Session, Fail> {
+    let to_sign_in = || Fail::from(see_other("/console/sign-in"));
     let id = session::cookie(req, COOKIE).ok_or_else(to_sign_in)?;
     let s = session::lookup(id, now()).ok_or_else(to_sign_in)?;
     match state.store.get_key(&s.key_id).await {
@@ -71,7 +73,7 @@ async fn signed_in(state: &AppState, req: &HttpRequest) -> Result<Session, HttpR
             session::remove(id);
             Err(to_sign_in())
         }
-        Err(e) => Err(api_error(&s, e.into())),
+        Err(e) => Err(api_error(&s, e.into()).into()),
     }
 }
 
@@ -79,43 +81,43 @@ fn api_error(s: &Session, e: ApiError) -> HttpResponse {
     html::error_in_page(s, e.status, e.body.code, &e.body.message)
 }
 
-fn require_admin(s: &Session) -> Result<(), HttpResponse> {
+fn require_admin(s: &Session) -> Result<(), Fail> {
     if s.is_admin() {
         Ok(())
     } else {
-        Err(html::error_in_page(
+        Err(Fail::from(html::error_in_page(
             s,
             StatusCode::FORBIDDEN,
             "insufficient_scope",
             "this page needs a key with the admin scope",
-        ))
+        )))
     }
 }
 
-fn require_audit(s: &Session) -> Result<(), HttpResponse> {
+fn require_audit(s: &Session) -> Result<(), Fail> {
     if s.can_audit() {
         Ok(())
     } else {
-        Err(html::error_in_page(
+        Err(Fail::from(html::error_in_page(
             s,
             StatusCode::FORBIDDEN,
             "insufficient_scope",
             "this page needs a key with the audit or admin scope",
-        ))
+        )))
     }
 }
 
-fn csrf_ok(s: &Session, presented: &str) -> Result<(), HttpResponse> {
+fn csrf_ok(s: &Session, presented: &str) -> Result<(), Fail> {
     if !presented.is_empty() && session::same(&s.csrf, presented) {
         Ok(())
     } else {
         tracing::info!(target: "broker::security", tenant = ?s.tenant, key_id = ?s.key_id, "console CSRF token mismatch");
-        Err(html::error_in_page(
+        Err(Fail::from(html::error_in_page(
             s,
             StatusCode::FORBIDDEN,
             "csrf_failed",
             "this form did not carry this session's CSRF token; reload the page and try again",
-        ))
+        )))
     }
 }
 
@@ -161,7 +163,7 @@ pub async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse 
         Ok(s) if s.is_admin() => see_other("/console/overview"),
         // Auditors land on who got moderator.
         Ok(_) => see_other("/console/moderators"),
-        Err(r) => r,
+        Err(f) => actix_web::ResponseError::error_response(&f),
     }
 }
 
@@ -622,10 +624,10 @@ pub async fn audit_browser(
     let s = signed_in(&state, &req).await?;
     require_audit(&s)?;
     let bad = |field: &str| {
-        api_error(
+        Fail::from(api_error(
             &s,
             ApiError::bad("invalid_filter", field, format!("{field} must be a number")),
-        )
+        ))
     };
     let params = AuditParams {
         kind: given(&q, "kind"),
