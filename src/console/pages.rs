@@ -348,6 +348,14 @@ fn chart(days: &[(String, i64, i64)]) -> String {
 pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
     let s = signed_in(&state, &req).await?;
     require_audit(&s)?;
+    record(
+        &state,
+        &req,
+        &s,
+        kind::AUDIT_READ,
+        json!({"read": "summary", "console": "overview"}),
+    )
+    .await?;
     let now = now();
     let since = now - 14 * 86_400_000;
     let by_day = state
@@ -507,6 +515,15 @@ pub async fn moderators(
     require_audit(&s)?;
     let params = moderator_params(&q);
     let f = params.to_filter(&s.tenant).map_err(|e| api_error(&s, e))?;
+    // Every read of the audit is itself recorded, as in the API.
+    record(
+        &state,
+        &req,
+        &s,
+        kind::AUDIT_READ,
+        json!({"read": "query", "console": "moderators", "filters": params.for_record()}),
+    )
+    .await?;
     let rows = state
         .store
         .query_audit(&f)

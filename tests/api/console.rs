@@ -448,3 +448,52 @@ async fn sign_ins_and_exports_are_audit_events() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn a_dry_run_applies_nothing_and_a_rollback_needs_the_confirmation_form() {
+    let app = spawn_app().await;
+    let acme = app.acme().await;
+    let v1 = app.standard_policy("acme");
+    let v2 = v1.replace("max_ttl = \"8h\"", "max_ttl = \"6h\"");
+    app.apply_policy(&v2).await;
+    let c = sign_in(&app, &acme).await;
+    let v3 = v1.replace("max_ttl = \"8h\"", "max_ttl = \"3h\"");
+    let (s, body) = c
+        .post(
+            "/console/policy/dry-run",
+            &[("csrf", &c.csrf), ("source", &v3)],
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("Nothing was applied"), "{body}");
+    assert!(body.contains("+max_ttl = &quot;3h&quot;"), "{body}");
+    assert_eq!(app.store.policy_history("acme").await.unwrap().len(), 2);
+    // A policy naming another tenant is refused, not applied to it.
+    let (_, body) = c
+        .post(
+            "/console/policy/dry-run",
+            &[
+                ("csrf", &c.csrf),
+                ("source", &standard_policy_text("globex", "x")),
+            ],
+        )
+        .await;
+    assert!(body.contains("id=\"error-code\""), "{body}");
+    // GET only asks; the POST with the token rolls back.
+    let (s, body) = c.get("/console/policy/rollback?to=1").await;
+    assert_eq!(s, 200);
+    assert!(body.contains("Yes, roll back to v1"), "{body}");
+    assert_eq!(app.store.policy_history("acme").await.unwrap().len(), 2);
+    let (s, _) = c
+        .post(
+            "/console/policy/rollback",
+            &[("csrf", &c.csrf), ("to", "1")],
+        )
+        .await;
+    assert_eq!(s, 303);
+    let cur = app.store.current_policy("acme").await.unwrap().unwrap();
+    assert_eq!(
+        (cur.version, cur.source.contains("max_ttl = \"8h\"")),
+        (3, true)
+    );
+}
