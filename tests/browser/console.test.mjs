@@ -201,6 +201,17 @@ test("policy: versions, the current text, a dry run with its diff and a refused 
   await shot("policy");
   await page.click("#versions a[href$='/versions/1']");
   assert.match(await page.locator("#diff").innerText(), /tenant = "demo"/);
+  // Rollback with confirmation: apply v2 through the API, roll back to v1 here.
+  const r = await api("POST", "/v1/policy", demoKey, { source: current.replace('max_ttl = "8h"', 'max_ttl = "5h"') });
+  assert.equal(r.status, 200, JSON.stringify(r.json));
+  await page.goto(base + "/console/policy");
+  await page.click("text=Roll back to v1…");
+  assert.equal(await page.locator("h1").innerText(), "Confirm rollback");
+  await shot("policy-rollback-confirm");
+  await page.click("text=Yes, roll back to v1");
+  await page.waitForURL(/\/console\/policy$/);
+  assert.match(await page.locator("#versions").innerText(), /rollback to 1/);
+  assert.match(await page.locator("#current").innerText(), /max_ttl = "8h"/);
 });
 
 test("keys: create one (its secret shown once), then revoke it", async () => {
