@@ -163,7 +163,9 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<String, Failure>
          curl -s -X POST http://{addr}/v1/tokens -H \"Authorization: Bearer $TB_KEY\" -H 'Content-Type: application/json' \\\n  \
          -d '{{\"session_id\":\"{sid}\",\"user\":{{\"id\":\"alice\",\"name\":\"Alice\"}}}}'\n\n\
          See its audit row:\n\n\
-         curl -s \"http://{addr}/v1/audit?kind=token_issued\" -H \"Authorization: Bearer $TB_KEY\"\n",
+         curl -s \"http://{addr}/v1/audit?kind=token_issued\" -H \"Authorization: Bearer $TB_KEY\"\n\n\
+         Or open the web console and sign in with the key above:\n\n\
+         http://{addr}/console\n",
         key = key.key
     );
     Ok(key.key)

@@ -26,6 +26,7 @@ pub mod cli_credential;
 pub mod cli_policy;
 pub mod cli_token;
 pub mod clock;
+pub mod console;
 pub mod credentials;
 pub mod dev;
 pub mod domain;

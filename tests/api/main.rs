@@ -7,6 +7,7 @@ mod helpers;
 
 mod audit_log;
 mod bounded_admin;
+mod console;
 mod end_users;
 mod errors;
 mod health_and_keys;

@@ -1,0 +1,1296 @@
+//! The console's pages. Each handler first resolves the session (tenant and
+//! scopes come only from it), checks the scope the API would check, and then
+//! calls the same store and admin operations as the API handlers.
+
+use std::collections::{BTreeMap, HashMap};
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::html::{self, esc, opt, time, url};
+use super::session::{self, COOKIE, PRE_COOKIE, Session};
+use crate::audit::{AuditRow, kind};
+use crate::auth::Scopes;
+use crate::routes::audit::{AuditParams, encode_cursor};
+use crate::routes::error::ApiError;
+use crate::state::AppState;
+
+/// Audit event kind of a console sign-in.
+pub const CONSOLE_SIGN_IN: &str = "console_sign_in";
+
+type Page = Result<HttpResponse, Fail>;
+
+/// A finished error page travelling through `?` (actix needs a
+/// `ResponseError`; this one just hands the page out once).
+#[derive(Debug)]
+pub struct Fail(Box<actix_web::error::InternalError<&'static str>>);
+
+impl From<HttpResponse> for Fail {
+    fn from(r: HttpResponse) -> Fail {
+        Fail(Box::new(actix_web::error::InternalError::from_response(
+            "console", r,
+        )))
+    }
+}
+
+impl std::fmt::Display for Fail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl actix_web::ResponseError for Fail {
+    fn status_code(&self) -> StatusCode {
+        actix_web::ResponseError::status_code(&*self.0)
+    }
+    fn error_response(&self) -> HttpResponse {
+        actix_web::ResponseError::error_response(&*self.0)
+    }
+}
+
+fn now() -> i64 {
+    crate::clock::now_unix_ms()
+}
+
+fn see_other(to: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, to))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish()
+}
+
+/// The request's live session, or a redirect to the sign-in page. A session
+/// whose key has been revoked (here or on another broker) ends now.
+async fn signed_in(state: &AppState, req: &HttpRequest) -> Result<Session, Fail> {
+    let to_sign_in = || Fail::from(see_other("/console/sign-in"));
+    let id = session::cookie(req, COOKIE).ok_or_else(to_sign_in)?;
+    let s = session::lookup(id, now()).ok_or_else(to_sign_in)?;
+    match state.store.get_key(&s.key_id).await {
+        Ok(Some(k)) if k.revoked_at_ms.is_none() && k.tenant == s.tenant => Ok(s),
+        Ok(_) => {
+            session::remove(id);
+            Err(to_sign_in())
+        }
+        Err(e) => Err(api_error(&s, e.into()).into()),
+    }
+}
+
+fn api_error(s: &Session, e: ApiError) -> HttpResponse {
+    html::error_in_page(s, e.status, e.body.code, &e.body.message)
+}
+
+fn require_admin(s: &Session) -> Result<(), Fail> {
+    if s.is_admin() {
+        Ok(())
+    } else {
+        Err(Fail::from(html::error_in_page(
+            s,
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "this page needs a key with the admin scope",
+        )))
+    }
+}
+
+fn require_audit(s: &Session) -> Result<(), Fail> {
+    if s.can_audit() {
+        Ok(())
+    } else {
+        Err(Fail::from(html::error_in_page(
+            s,
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "this page needs a key with the audit or admin scope",
+        )))
+    }
+}
+
+fn csrf_ok(s: &Session, presented: &str) -> Result<(), Fail> {
+    if !presented.is_empty() && session::same(&s.csrf, presented) {
+        Ok(())
+    } else {
+        tracing::info!(target: "broker::security", tenant = ?s.tenant, key_id = ?s.key_id, "console CSRF token mismatch");
+        Err(Fail::from(html::error_in_page(
+            s,
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+            "this form did not carry this session's CSRF token; reload the page and try again",
+        )))
+    }
+}
+
+/// Appends a console event to the tenant's audit chain (fail closed).
+async fn record(
+    state: &AppState,
+    req: &HttpRequest,
+    s: &Session,
+    kind: &str,
+    detail: serde_json::Value,
+) -> Result<(), HttpResponse> {
+    let mut row = AuditRow::new(&s.tenant, kind, "ok", "api_key", now());
+    row.key_id = Some(s.key_id.clone());
+    row.request_id = req
+        .extensions()
+        .get::<tracing_actix_web::RequestId>()
+        .map(|r| r.to_string());
+    row.client_addr = req.peer_addr().map(|a| a.ip().to_string());
+    row.user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(256).collect());
+    row.detail = Some(detail.to_string());
+    state.audit.append(row).await.map_err(|_| {
+        html::error_in_page(
+            s,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit record cannot be written right now, so this was not done",
+        )
+    })
+}
+
+fn actor(req: &HttpRequest, s: &Session) -> crate::admin::Actor {
+    crate::routes::keys::actor(req, &s.key_id)
+}
+
+// ---------------------------------------------------------------- sign-in
+
+pub async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    match signed_in(&state, &req).await {
+        Ok(s) if s.is_admin() => see_other("/console/overview"),
+        // Auditors land on who got moderator.
+        Ok(_) => see_other("/console/moderators"),
+        Err(f) => actix_web::ResponseError::error_response(&f),
+    }
+}
+
+fn sign_in_page(status: StatusCode, error: Option<(&str, &str)>, secure: bool) -> HttpResponse {
+    let pre = session::random_token();
+    let err = error
+        .map(|(code, m)| {
+            format!(
+                "<div class=\"error\" role=\"alert\"><p><code id=\"error-code\">{}</code></p><p>{}</p></div>",
+                esc(code),
+                esc(m)
+            )
+        })
+        .unwrap_or_default();
+    let mut r = html::bare(
+        status,
+        "Sign in",
+        &format!(
+            "{err}<form method=\"post\" action=\"/console/sign-in\" class=\"card\">{}\
+             <label for=\"key\">Tenant API key (audit or admin scope)</label>\
+             <input id=\"key\" name=\"key\" type=\"password\" autocomplete=\"off\" required autofocus>\
+             <p class=\"hint\">The key is checked once and exchanged for a session; it is not kept in this browser.</p>\
+             <button type=\"submit\">Sign in</button></form>",
+            html::csrf_field(&pre)
+        ),
+    );
+    if let Ok(v) =
+        header::HeaderValue::from_str(&session::set_cookie(PRE_COOKIE, &pre, Some(3600), secure))
+    {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+pub async fn sign_in_form(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    if signed_in(&state, &req).await.is_ok() {
+        return see_other("/console");
+    }
+    sign_in_page(StatusCode::OK, None, super::is_https(&req))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SignInForm {
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn sign_in(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: web::Form<SignInForm>,
+) -> HttpResponse {
+    let secure = super::is_https(&req);
+    // Login CSRF: the form's token must match the pre-session cookie.
+    let pre = session::cookie(&req, PRE_COOKIE).unwrap_or_default();
+    if pre.is_empty() || !session::same(pre, &form.csrf) {
+        return sign_in_page(
+            StatusCode::FORBIDDEN,
+            Some((
+                "csrf_failed",
+                "the sign-in form's CSRF token is missing or wrong; try again",
+            )),
+            secure,
+        );
+    }
+    if let Err(e) = crate::routes::extractors::refuse_if_over_failed_auth_limit(&state, &req) {
+        return sign_in_page(e.status, Some((e.body.code, &e.body.message)), secure);
+    }
+    let p = match state.auth.authenticate(form.key.trim()).await {
+        Ok(p) => p,
+        Err(e) => {
+            let e = crate::routes::extractors::failed_auth(
+                &state,
+                &req,
+                crate::routes::extractors::auth_error(e),
+            )
+            .await;
+            return sign_in_page(e.status, Some((e.body.code, &e.body.message)), secure);
+        }
+    };
+    if !(p.scopes.contains(Scopes::AUDIT) || p.scopes.contains(Scopes::ADMIN)) {
+        return sign_in_page(
+            StatusCode::FORBIDDEN,
+            Some((
+                "insufficient_scope",
+                "the console needs a key with the audit or admin scope",
+            )),
+            secure,
+        );
+    }
+    let now = now();
+    let s = Session::new(&p, now);
+    if let Err(r) = record(
+        &state,
+        &req,
+        &s,
+        CONSOLE_SIGN_IN,
+        json!({"console": "sign_in", "scopes": p.scopes.names()}),
+    )
+    .await
+    {
+        return r;
+    }
+    let id = session::insert(s, now);
+    tracing::info!(target: "broker::security", tenant = ?p.tenant, key_id = ?p.key_id, "console sign-in");
+    let mut r = see_other("/console");
+    for c in [
+        session::set_cookie(COOKIE, &id, Some(session::ABSOLUTE_TTL_MS / 1000), secure),
+        session::set_cookie(PRE_COOKIE, "", None, secure),
+    ] {
+        if let Ok(v) = header::HeaderValue::from_str(&c) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    r
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn sign_out(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: web::Form<CsrfForm>,
+) -> Page {
+    let s = signed_in(&state, &req).await?;
+    csrf_ok(&s, &form.csrf)?;
+    if let Some(id) = session::cookie(&req, COOKIE) {
+        session::remove(id);
+    }
+    let mut r = see_other("/console/sign-in");
+    if let Ok(v) = header::HeaderValue::from_str(&session::set_cookie(
+        COOKIE,
+        "",
+        None,
+        super::is_https(&req),
+    )) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(r)
+}
+
+// ---------------------------------------------------------------- overview
+
+/// Issued/refused per day as an inline SVG bar chart (no script, no styles).
+fn chart(days: &[(String, i64, i64)]) -> String {
+    if days.iter().all(|d| d.1 == 0 && d.2 == 0) {
+        return "<p class=\"empty\">No token requests in the last 14 days.</p>".into();
+    }
+    let max = days.iter().map(|d| d.1.max(d.2)).max().unwrap_or(1).max(1);
+    let (w, h, bw) = (40 * days.len() as i64 + 20, 160i64, 14i64);
+    let mut bars = String::new();
+    for (i, (day, issued, refused)) in days.iter().enumerate() {
+        let x = 20 + 40 * i as i64;
+        let hi = issued * 120 / max;
+        let hr = refused * 120 / max;
+        bars.push_str(&format!(
+            "<g><title>{day}: {issued} issued, {refused} refused</title>\
+             <rect x=\"{x}\" y=\"{}\" width=\"{bw}\" height=\"{hi}\" fill=\"#2b6cb0\"/>\
+             <rect x=\"{}\" y=\"{}\" width=\"{bw}\" height=\"{hr}\" fill=\"#c53030\"/>\
+             <text x=\"{}\" y=\"150\" font-size=\"9\" text-anchor=\"middle\" fill=\"currentColor\">{}</text></g>",
+            130 - hi,
+            x + bw,
+            130 - hr,
+            x + bw,
+            esc(day.get(5..).unwrap_or(day)),
+            day = esc(day),
+        ));
+    }
+    format!(
+        "<figure><svg role=\"img\" aria-labelledby=\"chart-title\" viewBox=\"0 0 {w} {h}\" class=\"chart\">\
+         <title id=\"chart-title\">Tokens issued (blue) and refused (red) per day, UTC</title>{bars}</svg>\
+         <figcaption><span class=\"k issued\">■</span> issued <span class=\"k refused\">■</span> refused (per UTC day; max {max})</figcaption></figure>"
+    )
+}
+
+pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
+    let s = signed_in(&state, &req).await?;
+    require_audit(&s)?;
+    record(
+        &state,
+        &req,
+        &s,
+        kind::AUDIT_READ,
+        json!({"read": "summary", "console": "overview"}),
+    )
+    .await?;
+    let now = now();
+    let since = now - 14 * 86_400_000;
+    let by_day = state
+        .store
+        .audit_summary(&s.tenant, "day", Some(since), None)
+        .await
+        .map_err(|e| api_error(&s, e.into()))?;
+    let counted: HashMap<String, (i64, i64)> = by_day
+        .into_iter()
+        .map(|r| (r.key.unwrap_or_default(), (r.issued, r.refused)))
+        .collect();
+    // Every one of the 14 UTC days, empty ones included, oldest first.
+    let days: Vec<(String, i64, i64)> = (0..14)
+        .rev()
+        .map(|back| {
+            let day = html::rfc3339(now - back * 86_400_000)
+                .get(..10)
+                .unwrap_or_default()
+                .to_owned();
+            let (i, r) = counted.get(&day).copied().unwrap_or((0, 0));
+            (day, i, r)
+        })
+        .collect();
+    let week = now - 7 * 86_400_000;
+    let by_role = state
+        .store
+        .audit_summary(&s.tenant, "role", Some(week), None)
+        .await
+        .map_err(|e| api_error(&s, e.into()))?;
+    let moderators: i64 = by_role
+        .iter()
+        .filter(|r| r.key.as_deref() == Some("moderator"))
+        .map(|r| r.issued)
+        .sum();
+    let (issued, refused) = days.iter().fold((0, 0), |a, d| (a.0 + d.1, a.1 + d.2));
+    // Refusals by code over the last 7 days (the newest 1000).
+    let refusals = state
+        .store
+        .query_audit(&crate::store::AuditFilter {
+            tenant: s.tenant.clone(),
+            kind: Some(kind::TOKEN_REFUSED.into()),
+            since_ms: Some(week),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| api_error(&s, e.into()))?;
+    let mut by_code: BTreeMap<String, i64> = BTreeMap::new();
+    for r in &refusals {
+        *by_code
+            .entry(r.code.clone().unwrap_or_else(|| "unknown".into()))
+            .or_default() += 1;
+    }
+    let codes = if by_code.is_empty() {
+        "<p class=\"empty\">No refusals in the last 7 days.</p>".to_owned()
+    } else {
+        let rows: String = by_code
+            .iter()
+            .map(|(c, n)| {
+                format!(
+                    "<tr><td><a href=\"/console/audit?kind=token_refused&amp;code={}\"><code>{}</code></a></td><td class=\"num\">{n}</td></tr>",
+                    url(c),
+                    esc(c)
+                )
+            })
+            .collect();
+        format!(
+            "<table id=\"refusals\"><thead><tr><th scope=\"col\">Code</th><th scope=\"col\">Refusals</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    };
+    let verify = match crate::cli_audit::verify_tenant(&state.store, &s.tenant, None).await {
+        Ok(v) if v.ok => format!(
+            "<p class=\"ok\" id=\"chain\">✔ The audit chain verifies: {} rows, head seq {}, hash <code>{}</code>.</p>\
+             <p class=\"hint\">Checked from genesis (or the last prune point) against the stored head.</p>",
+            v.rows,
+            v.head_seq,
+            esc(v.head_hash.get(..16).unwrap_or(&v.head_hash))
+        ),
+        Ok(v) => format!(
+            "<p class=\"bad\" id=\"chain\">✘ The audit chain does NOT verify: {}</p>",
+            esc(&v
+                .fault
+                .map(|f| format!("{} at seq {}: {}", f.problem, f.seq, f.message))
+                .unwrap_or_default())
+        ),
+        Err(f) => format!(
+            "<p class=\"bad\" id=\"chain\">✘ Verification could not run: {}</p>",
+            esc(&f.message)
+        ),
+    };
+    let body = format!(
+        "<section class=\"stats\"><div><span class=\"big\" id=\"issued\">{issued}</span> issued</div>\
+         <div><span class=\"big\" id=\"refused\">{refused}</span> refused</div>\
+         <div><a href=\"/console/moderators\"><span class=\"big\" id=\"moderator-grants\">{moderators}</span> moderator grants</a> (7 days)</div></section>\
+         <h2>Per day (14 days)</h2>{}<h2>Refusals by code (7 days)</h2>{codes}<h2>Chain verification</h2>{verify}",
+        chart(&days)
+    );
+    Ok(html::page(&s, "overview", "Overview", &body))
+}
+
+// ---------------------------------------------------------------- who got moderator
+
+/// Non-empty query values only (empty form fields mean "no filter").
+fn given(q: &HashMap<String, String>, k: &str) -> Option<String> {
+    q.get(k)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// `<input type=datetime-local>` gives `2026-11-24T09:00` (no zone, treated
+/// as UTC here); the API's forms (RFC 3339, unix seconds) pass through.
+fn form_time(v: Option<String>) -> Option<String> {
+    v.map(|v| {
+        if v.len() == 16 && v.as_bytes().get(10) == Some(&b'T') {
+            format!("{v}:00Z")
+        } else {
+            v
+        }
+    })
+}
+
+fn moderator_params(q: &HashMap<String, String>) -> AuditParams {
+    AuditParams {
+        kind: Some(kind::TOKEN_ISSUED.into()),
+        role: Some("moderator".into()),
+        user: given(q, "user"),
+        session_id: given(q, "session_id"),
+        since: form_time(given(q, "since")),
+        until: form_time(given(q, "until")),
+        cursor: given(q, "cursor"),
+        limit: Some(100),
+        ..Default::default()
+    }
+}
+
+fn query_string(q: &HashMap<String, String>, keys: &[&str]) -> String {
+    keys.iter()
+        .filter_map(|k| given(q, k).map(|v| format!("{k}={}", url(&v))))
+        .collect::<Vec<_>>()
+        .join("&amp;")
+}
+
+fn input(q: &HashMap<String, String>, name: &str, label: &str, kind: &str) -> String {
+    format!(
+        "<label>{label}<input name=\"{name}\" type=\"{kind}\" value=\"{}\"></label>",
+        esc(&given(q, name).unwrap_or_default())
+    )
+}
+
+pub async fn moderators(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<HashMap<String, String>>,
+) -> Page {
+    let s = signed_in(&state, &req).await?;
+    require_audit(&s)?;
+    let params = moderator_params(&q);
+    let f = params.to_filter(&s.tenant).map_err(|e| api_error(&s, e))?;
+    // Every read of the audit is itself recorded, as in the API.
+    record(
+        &state,
+        &req,
+        &s,
+        kind::AUDIT_READ,
+        json!({"read": "query", "console": "moderators", "filters": params.for_record()}),
+    )
+    .await?;
+    let rows = state
+        .store
+        .query_audit(&f)
+        .await
+        .map_err(|e| api_error(&s, e.into()))?;
+    let filters = format!(
+        "<form method=\"get\" action=\"/console/moderators\" class=\"filters\">{}{}{}{}\
+         <button type=\"submit\">Filter</button> <a href=\"/console/moderators\">Clear</a></form>",
+        input(&q, "since", "From (UTC)", "text"),
+        input(&q, "until", "Until (UTC)", "text"),
+        input(&q, "user", "User", "text"),
+        input(&q, "session_id", "Session", "text"),
+    );
+    let qs = query_string(&q, &["since", "until", "user", "session_id"]);
+    let export = format!(
+        "<p><a id=\"export\" href=\"/console/moderators.csv?{qs}\" download>Export CSV</a> (every matching grant; the export is recorded in the audit)</p>"
+    );
+    let table = if rows.is_empty() {
+        "<p class=\"empty\" id=\"empty\">No moderator tokens match these filters.</p>".to_owned()
+    } else {
+        let trs: String = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td class=\"num\">{}</td><td><a href=\"/console/audit/{}\">#{}</a></td></tr>",
+                    time(r.at_ms),
+                    opt(&r.user_id),
+                    opt(&r.session_id),
+                    opt(&r.rule),
+                    r.policy_version.map(|v| v.to_string()).unwrap_or_default(),
+                    r.seq,
+                    r.seq
+                )
+            })
+            .collect();
+        format!(
+            "<div class=\"scroll\"><table id=\"grants\"><thead><tr><th scope=\"col\">Time</th><th scope=\"col\">User</th><th scope=\"col\">Session</th>\
+             <th scope=\"col\">Rule</th><th scope=\"col\">Policy version</th><th scope=\"col\">Event</th></tr></thead><tbody>{trs}</tbody></table></div>"
+        )
+    };
+    let more = next_link(&rows, f.limit, "/console/moderators", &qs);
+    Ok(html::page(
+        &s,
+        "moderators",
+        "Who got moderator",
+        &format!("{filters}{export}{table}{more}"),
+    ))
+}
+
+fn next_link(rows: &[AuditRow], limit: i64, path: &str, qs: &str) -> String {
+    if rows.len() as i64 == limit
+        && let Some(last) = rows.last()
+    {
+        let sep = if qs.is_empty() { "" } else { "&amp;" };
+        format!(
+            "<p><a id=\"next\" rel=\"next\" href=\"{path}?{qs}{sep}cursor={}\">Older →</a></p>",
+            url(&encode_cursor(last.seq))
+        )
+    } else {
+        String::new()
+    }
+}
+
+pub async fn moderators_csv(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<HashMap<String, String>>,
+) -> Page {
+    let s = signed_in(&state, &req).await?;
+    require_audit(&s)?;
+    let mut params = moderator_params(&q);
+    params.cursor = None;
+    params.format = Some("csv".into());
+    let mut f = params.to_filter(&s.tenant).map_err(|e| api_error(&s, e))?;
+    record(
+        &state,
+        &req,
+        &s,
+        kind::AUDIT_READ,
+        json!({"read": "csv", "console": "moderators", "filters": params.for_record()}),
+    )
+    .await?;
+    f.limit = 1000;
+    let mut r = crate::routes::audit::export(state.store.clone(), f, true);
+    r.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        header::HeaderValue::from_static("attachment; filename=\"moderator-grants.csv\""),
+    );
+    Ok(r)
+}
+
+// ---------------------------------------------------------------- audit browser
+
+const AUDIT_FILTERS: [(&str, &str); 13] = [
+    ("kind", "Kind"),
+    ("outcome", "Outcome"),
+    ("role", "Role"),
+    ("code", "Code"),
+    ("user", "User"),
+    ("session_id", "Session"),
+    ("rule", "Rule"),
+    ("policy_version", "Policy version"),
+    ("key_id", "Key id"),
+    ("token_id", "Token id"),
+    ("since", "From (UTC)"),
+    ("until", "Until (UTC)"),
+    ("limit", "Rows per page"),
+];
+
+pub async fn audit_browser(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<HashMap<String, String>>,
+) -> Page {
+    let s = signed_in(&state, &req).await?;
+    require_audit(&s)?;
+    let bad = |field: &str| {
+        Fail::from(api_error(
+            &s,
+            ApiError::bad("invalid_filter", field, format!("{field} must be a number")),
+        ))
+    };
+    let params = AuditParams {
+        kind: given(&q, "kind"),
+        role: given(&q, "role"),
+        outcome: given(&q, "outcome"),
+        code: given(&q, "code"),
+        user: given(&q, "user"),
+        session_id: given(&q, "session_id"),
+        rule: given(&q, "rule"),
+        policy_version: given(&q, "policy_version")
+            .map(|v| v.parse().map_err(|_| bad("policy_version")))
+            .transpose()?,
+        key_id: given(&q, "key_id"),
+        since: form_time(given(&q, "since")),
+        until: form_time(given(&q, "until")),
+        token_id: given(&q, "token_id"),
+        cursor: given(&q, "cursor"),
+        limit: Some(
+            given(&q, "limit")
+                .map(|v| v.parse().map_err(|_| bad("limit")))
+                .transpose()?
+                .unwrap_or(50),
+        ),
+        ..Default::default()
+    };
+    let f = params.to_filter(&s.tenant).map_err(|e| api_error(&s, e))?;
+    record(
+        &state,
+        &req,
+        &s,
+        kind::AUDIT_READ,
+        json!({"read": "query", "console": "audit", "filters": params.for_record()}),
+    )
+    .await?;
+    let rows = state
+        .store
+        .query_audit(&f)
+        .await
+        .map_err(|e| api_error(&s, e.into()))?;
+    let inputs: String = AUDIT_FILTERS
+        .iter()
+        .map(|(k, l)| input(&q, k, l, "text"))
+        .collect();
+    let keys: Vec<&str> = AUDIT_FILTERS.iter().map(|(k, _)| *k).collect();
+    let qs = query_string(&q, &keys);
+    let table = if rows.is_empty() {
+        "<p class=\"empty\" id=\"empty\">No events match these filters.</p>".to_owned()
+    } else {
+        let trs: String = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "<tr><td><a href=\"/console/audit/{}\">#{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                    r.seq,
+                    r.seq,
+                    time(r.at_ms),
+                    esc(&r.kind),
+                    esc(&r.outcome),
+                    opt(&r.code),
+                    opt(&r.granted_role.clone().or(r.requested_role.clone())),
+                    opt(&r.user_id),
+                    opt(&r.session_id),
+                )
+            })
+            .collect();
+        format!(
+            "<div class=\"scroll\"><table id=\"events\"><thead><tr><th scope=\"col\">Seq</th><th scope=\"col\">Time</th><th scope=\"col\">Kind</th>\
+             <th scope=\"col\">Outcome</th><th scope=\"col\">Code</th><th scope=\"col\">Role</th><th scope=\"col\">User</th><th scope=\"col\">Session</th></tr></thead><tbody>{trs}</tbody></table></div>"
+        )
+    };
+    let more = next_link(&rows, f.limit, "/console/audit", &qs);
+    Ok(html::page(
+        &s,
+        "audit",
+        "Audit",
+        &format!(
+            "<form method=\"get\" action=\"/console/audit\" class=\"filters\">{inputs}<button type=\"submit\">Filter</button> <a href=\"/console/audit\">Clear</a></form>{table}{more}"
+        ),
+    ))
+}
+
+pub async fn audit_event(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Page {
+    let s = signed_in(&state, &req).await?;
+    require_audit(&s)?;
+    let not_found = || {
+        html::error_in_page(
+            &s,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this tenant has no audit event with that number",
+        )
+    };
+    let seq: i64 = path
+        .parse()
+        .ok()
+        .filter(|n| *n > 0 && *n < i64::MAX)
+        .ok_or_else(not_found)?;
+    // The tenant comes from the session: another tenant's seq finds nothing.
+    let f = crate::store::AuditFilter {
+        tenant: s.tenant.clone(),
+        before_seq: Some(seq + 1),
+        limit: 1,
+        ..Default::default()
+    };
+    let row = state
+        .store
+        .query_audit(&f)
+        .await
+        .map_err(|e| api_error(&s, e.into()))?
+        .into_iter()
+        .find(|r| r.seq == seq)
+        .ok_or_else(not_found)?;
+    record(
+        &state,
+        &req,
+        &s,
+        kind::AUDIT_READ,
+        json!({"read": "event", "console": "audit", "seq": seq}),
+    )
+    .await?;
+    let mut v = serde_json::to_value(&row).unwrap_or_default();
+    let detail = v
+        .as_object_mut()
+        .and_then(|m| m.remove("detail"))
+        .and_then(|d| d.as_str().and_then(|d| serde_json::from_str(d).ok()))
+        .unwrap_or(serde_json::Value::Null);
+    let fields: String = v
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, x)| !x.is_null())
+                .map(|(k, x)| {
+                    let shown = match x {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    let shown = if k == "at_ms" {
+                        time(row.at_ms)
+                    } else {
+                        format!("<code>{}</code>", esc(&shown))
+                    };
+                    format!("<dt>{}</dt><dd>{shown}</dd>", esc(k))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let decided = match (row.kind.as_str(), &row.granted_role, &row.code) {
+        (kind::TOKEN_ISSUED, Some(g), _) => format!(
+            "Issued a <strong>{}</strong> token (requested {}) to {}",
+            esc(g),
+            opt(&row.requested_role),
+            opt(&row.user_id)
+        ),
+        (kind::TOKEN_REFUSED, _, code) => format!(
+            "Refused ({}) a {} token to {}",
+            opt(code),
+            opt(&row.requested_role),
+            opt(&row.user_id)
+        ),
+        (k, _, _) => format!("{} by {}", esc(k), esc(&row.actor)),
+    };
+    let under = match (&row.rule, row.policy_version) {
+        (Some(r), Some(v)) => format!(
+            " under rule <code>{}</code> of <a href=\"/console/policy/versions/{v}\">policy v{v}</a>.",
+            esc(r)
+        ),
+        (None, Some(v)) => format!(" with policy v{v} in force (no rule matched)."),
+        _ => ".".into(),
+    };
+    let explanation = format!(
+        "<p id=\"explanation\">{decided}{under}</p>{}",
+        if detail.is_null() {
+            String::new()
+        } else {
+            format!(
+                "<pre id=\"detail\">{}</pre>",
+                esc(&serde_json::to_string_pretty(&detail).unwrap_or_default())
+            )
+        }
+    );
+    let prev = if seq > 1 {
+        format!(
+            "<a href=\"/console/audit/{}\" rel=\"prev\">← #{}</a> ",
+            seq - 1,
+            seq - 1
+        )
+    } else {
+        String::new()
+    };
+    Ok(html::page(
+        &s,
+        "audit",
+        &format!("Audit event #{seq}"),
+        &format!(
+            "<p>{prev}<a href=\"/console/audit/{}\" rel=\"next\">#{} →</a></p>\
+             <h2>Chain position</h2><p>seq {seq}: previous hash <code>{}</code>, hash <code>{}</code></p>\
+             <h2>Event</h2><dl id=\"event\">{fields}</dl><h2>Decision</h2>{explanation}",
+            seq + 1,
+            seq + 1,
+            esc(&row.prev_hash),
+            esc(&row.hash)
+        ),
+    ))
+}
+
+// ---------------------------------------------------------------- policy (admin)
+
+pub async fn policy(state: web::Data<AppState>, req: HttpRequest) -> Page {
+    let s = signed_in(&state, &req).await?;
+    require_admin(&s)?;
+    let history = state
+        .store
+        .policy_history(&s.tenant)
+        .await
+        .map_err(|e| api_error(&s, e.into()))?;
+    let current = state
+        .store
+        .current_policy(&s.tenant)
+        .await
+        .map_err(|e| api_error(&s, e.into()))?;
+    let versions = if history.is_empty() {
+        "<p class=\"empty\">No policy has been applied to this tenant yet.</p>".to_owned()
+    } else {
+        let cur = current.as_ref().map(|c| c.version);
+        let trs: String = history
+            .iter()
+            .map(|v| {
+                let action = if Some(v.version) == cur {
+                    "<strong>in force</strong>".to_owned()
+                } else {
+                    format!(
+                        "<a href=\"/console/policy/rollback?to={}\">Roll back to v{}…</a>",
+                        v.version, v.version
+                    )
+                };
+                format!(
+                    "<tr><td><a href=\"/console/policy/versions/{}\">v{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
+                    v.version,
+                    v.version,
+                    time(v.applied_at_ms),
+                    esc(&v.applied_by),
+                    opt(&v.note)
+                )
+            })
+            .collect();
+        format!(
+            "<div class=\"scroll\"><table id=\"versions\"><thead><tr><th scope=\"col\">Version</th><th scope=\"col\">Applied</th><th scope=\"col\">By</th><th scope=\"col\">Note</th><th scope=\"col\"></th></tr></thead><tbody>{trs}</tbody></table></div>"
+        )
+    };
+    let cur_text = current
+        .as_ref()
+        .map(|c| {
+            format!(
+                "<h2>Current policy (v{})</h2><pre id=\"current\">{}</pre>",
+                c.version,
+                esc(&c.source)
+            )
+        })
+        .unwrap_or_default();
+    let dry = format!(
+        "<h2>Dry run</h2><form method=\"post\" action=\"/console/policy/dry-run\">{}\
+         <label for=\"source\">Paste a policy (TOML); nothing is applied</label>\
+         <textarea id=\"source\" name=\"source\" rows=\"12\" spellcheck=\"false\" required></textarea>\
+         <button type=\"submit\">Check and show the diff</button></form>",
+        html::csrf_field(&s.csrf)
+    );
+    Ok(html::page(
+        &s,
+        "policy",
+        "Policy",
+        &format!("<h2>Versions</h2>{versions}{dry}{cur_text}"),
+    ))
+}
+
+fn diff_html(diff: &str) -> String {
+    if diff.is_empty() {
+        return "<p class=\"empty\">No difference.</p>".into();
+    }
+    let lines: String = diff
+        .lines()
+        .map(|l| {
+            let class = match l.as_bytes().first() {
+                Some(b'+') => "add",
+                Some(b'-') => "del",
+                Some(b'@') => "hunk",
+                _ => "ctx",
+            };
+            format!("<span class=\"{class}\">{}</span>\n", esc(l))
+        })
+        .collect();
+    format!("<pre class=\"diff\" id=\"diff\">{lines}</pre>")
+}
+
+pub async fn policy_version(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Page {
+    let s = signed_in(&state, &req).await?;
+    require_admin(&s)?;
+    let not_found = || {
+        html::error_in_page(
+            &s,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this tenant has no such policy version",
+        )
+    };
+    let v: i64 = path.parse().map_err(|_| not_found())?;
+    let row = state
+        .store
+        .policy_version(&s.tenant, v)
+        .await
+        .map_err(|e| api_error(&s, e.into()))?
+        .ok_or_else(not_found)?;
+    let prev = state
+        .store
+        .policy_version(&s.tenant, v - 1)
+        .await
+        .map_err(|e| api_error(&s, e.into()))?;
+    let diff = similar::TextDiff::from_lines(
+        prev.as_ref().map(|p| p.source.as_str()).unwrap_or(""),
+        &row.source,
+    )
+    .unified_diff()
+    .header(&format!("v{}", v - 1), &format!("v{v}"))
+    .to_string();
+    Ok(html::page(
+        &s,
+        "policy",
+        &format!("Policy v{v}"),
+        &format!(
+            "<p>Applied {} by {} · sha256 <code>{}</code></p><h2>Changes from v{}</h2>{}<h2>Text</h2><pre>{}</pre>",
+            time(row.applied_at_ms),
+            esc(&row.applied_by),
+            esc(&row.sha256),
+            v - 1,
+            diff_html(&diff),
+            esc(&row.source)
+        ),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DryRunForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    source: String,
+}
+
+pub async fn policy_dry_run(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: web::Form<DryRunForm>,
+) -> Page {
+    let s = signed_in(&state, &req).await?;
+    csrf_ok(&s, &form.csrf)?;
+    require_admin(&s)?;
+    let out = crate::admin::apply_policy(
+        &state.store,
+        &state.secrets,
+        &format!("{}.toml", s.tenant),
+        &form.source,
+        Some(&s.tenant),
+        true,
+        &actor(&req, &s),
+        None,
+        now(),
+    )
+    .await;
+    let body = match out {
+        Ok(o) => {
+            let warnings: String = o
+                .warnings
+                .iter()
+                .map(|w| format!("<li>{}</li>", esc(w)))
+                .collect();
+            format!(
+                "<p class=\"ok\" id=\"dry-run-ok\">The policy is valid{}. Nothing was applied.</p>{}{}",
+                if o.unchanged {
+                    " and identical to the one in force"
+                } else {
+                    ""
+                },
+                if warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!("<h2>Warnings</h2><ul>{warnings}</ul>")
+                },
+                diff_html(&o.diff)
+            )
+        }
+        Err(e) => {
+            let e = crate::routes::keys::admin_error(e);
+            format!(
+                "<div class=\"error\" role=\"alert\"><p><code id=\"error-code\">{}</code>{}</p><pre>{}</pre></div>",
+                esc(e.body.code),
+                e.body
+                    .field
+                    .as_deref()
+                    .map(|f| format!(" field <code>{}</code>", esc(f)))
+                    .unwrap_or_default(),
+                esc(&e.body.message)
+            )
+        }
+    };
+    Ok(html::page(
+        &s,
+        "policy",
+        "Policy dry run",
+        &format!("{body}<p><a href=\"/console/policy\">Back to the policy</a></p>"),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RollbackQuery {
+    to: i64,
+}
+
+pub async fn policy_rollback_confirm(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<RollbackQuery>,
+) -> Page {
+    let s = signed_in(&state, &req).await?;
+    require_admin(&s)?;
+    Ok(html::page(
+        &s,
+        "policy",
+        "Confirm rollback",
+        &format!(
+            "<p>Roll back to policy v{0}? This applies v{0}'s text as a new version; the history keeps everything.</p>\
+             <form method=\"post\" action=\"/console/policy/rollback\">{1}<input type=\"hidden\" name=\"to\" value=\"{0}\">\
+             <button type=\"submit\" class=\"danger\">Yes, roll back to v{0}</button> <a href=\"/console/policy\">Cancel</a></form>",
+            q.to,
+            html::csrf_field(&s.csrf)
+        ),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RollbackForm {
+    #[serde(default)]
+    csrf: String,
+    to: i64,
+}
+
+pub async fn policy_rollback(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: web::Form<RollbackForm>,
+) -> Page {
+    let s = signed_in(&state, &req).await?;
+    csrf_ok(&s, &form.csrf)?;
+    require_admin(&s)?;
+    let out = crate::admin::rollback_policy(
+        &state.store,
+        &state.secrets,
+        &s.tenant,
+        form.to,
+        &actor(&req, &s),
+        now(),
+    )
+    .await
+    .map_err(|e| api_error(&s, crate::routes::keys::admin_error(e)))?;
+    if out.version.is_some() {
+        state
+            .reload_policy(&s.tenant)
+            .await
+            .map_err(|e| api_error(&s, e.into()))?;
+    }
+    Ok(see_other("/console/policy"))
+}
+
+// ---------------------------------------------------------------- keys and credentials (admin)
+
+async fn keys_page(state: &AppState, s: &Session, created: Option<(String, String)>) -> Page {
+    let keys = state
+        .store
+        .list_keys(&s.tenant)
+        .await
+        .map_err(|e| api_error(s, e.into()))?;
+    let creds = crate::credentials::list(&state.store, &s.tenant)
+        .await
+        .map_err(|e| api_error(s, crate::routes::keys::admin_error(e)))?;
+    let shown = created
+        .map(|(id, secret)| {
+            format!(
+                "<div class=\"secret\" role=\"status\"><p>Key <code>{}</code> created. Copy its secret now: it is shown this once and cannot be retrieved again.</p>\
+                 <p><code id=\"new-key\">{}</code></p></div>",
+                esc(&id),
+                esc(&secret)
+            )
+        })
+        .unwrap_or_default();
+    let trs: String = keys
+        .iter()
+        .map(|k| {
+            let state_cell = match k.revoked_at_ms {
+                Some(t) => format!("revoked {}", time(t)),
+                None if k.key_id == s.key_id => "active (this session)".to_owned(),
+                None => format!(
+                    "active <form method=\"post\" action=\"/console/keys/{}/revoke\" class=\"inline\">{}<button type=\"submit\" class=\"danger\" aria-label=\"Revoke key {}\">Revoke</button></form>",
+                    url(&k.key_id),
+                    html::csrf_field(&s.csrf),
+                    esc(&k.key_id)
+                ),
+            };
+            format!(
+                "<tr data-key=\"{}\"><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{state_cell}</td></tr>",
+                esc(&k.key_id),
+                esc(&k.key_id),
+                opt(&k.name),
+                esc(&k.scopes),
+                time(k.created_at_ms),
+            )
+        })
+        .collect();
+    let create = format!(
+        "<h2>Create a key</h2><form method=\"post\" action=\"/console/keys\" class=\"filters\">{}\
+         <label>Name<input name=\"name\" type=\"text\" maxlength=\"100\"></label>\
+         <fieldset><legend>Scopes</legend>\
+         <label><input type=\"checkbox\" name=\"scope_issue\" value=\"1\"> issue</label>\
+         <label><input type=\"checkbox\" name=\"scope_audit\" value=\"1\"> audit</label>\
+         <label><input type=\"checkbox\" name=\"scope_admin\" value=\"1\"> admin</label></fieldset>\
+         <button type=\"submit\">Create key</button></form>",
+        html::csrf_field(&s.csrf)
+    );
+    let creds_html = if creds.is_empty() {
+        "<p class=\"empty\">No video credentials.</p>".to_owned()
+    } else {
+        let trs: String = creds
+            .iter()
+            .map(|c| {
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+                    esc(&c.name),
+                    esc(&c.provider),
+                    esc(c.source),
+                    opt(&c.api_key.clone().or(c.application_id.clone())),
+                    opt(&c.fingerprint),
+                )
+            })
+            .collect();
+        format!(
+            "<div class=\"scroll\"><table id=\"credentials\"><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Provider</th><th scope=\"col\">Source</th>\
+             <th scope=\"col\">Project</th><th scope=\"col\">Fingerprint</th></tr></thead><tbody>{trs}</tbody></table></div>"
+        )
+    };
+    Ok(html::page(
+        s,
+        "keys",
+        "Keys & credentials",
+        &format!(
+            "{shown}<h2>API keys</h2><div class=\"scroll\"><table id=\"keys\"><thead><tr><th scope=\"col\">Key id</th><th scope=\"col\">Name</th>\
+             <th scope=\"col\">Scopes</th><th scope=\"col\">Created</th><th scope=\"col\">State</th></tr></thead><tbody>{trs}</tbody></table></div>\
+             {create}<h2>Video credentials</h2>{creds_html}"
+        ),
+    ))
+}
+
+pub async fn keys(state: web::Data<AppState>, req: HttpRequest) -> Page {
+    let s = signed_in(&state, &req).await?;
+    require_admin(&s)?;
+    keys_page(&state, &s, None).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CreateKeyForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    scope_issue: Option<String>,
+    scope_audit: Option<String>,
+    scope_admin: Option<String>,
+}
+
+pub async fn key_create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: web::Form<CreateKeyForm>,
+) -> Page {
+    let s = signed_in(&state, &req).await?;
+    csrf_ok(&s, &form.csrf)?;
+    require_admin(&s)?;
+    let mut names = Vec::new();
+    for (on, n) in [
+        (&form.scope_issue, "issue"),
+        (&form.scope_audit, "audit"),
+        (&form.scope_admin, "admin"),
+    ] {
+        if on.is_some() {
+            names.push(n);
+        }
+    }
+    if names.is_empty() {
+        return Err(api_error(
+            &s,
+            ApiError::bad("invalid_scope", "scopes", "choose at least one scope"),
+        )
+        .into());
+    }
+    let scopes = Scopes::parse(names)
+        .map_err(|m| api_error(&s, ApiError::bad("invalid_scope", "scopes", m)))?;
+    let name = Some(form.name.trim().to_owned()).filter(|n| !n.is_empty());
+    let new = crate::admin::create_key(
+        &state.store,
+        &s.tenant,
+        scopes,
+        name,
+        &actor(&req, &s),
+        now(),
+    )
+    .await
+    .map_err(|e| api_error(&s, crate::routes::keys::admin_error(e)))?;
+    tracing::info!(target: "broker::security", created_key_id = ?new.row.key_id, by = ?s.key_id, "API key created in the console");
+    keys_page(&state, &s, Some((new.row.key_id.clone(), new.key.clone()))).await
+}
+
+pub async fn key_revoke(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    form: web::Form<CsrfForm>,
+) -> Page {
+    let s = signed_in(&state, &req).await?;
+    csrf_ok(&s, &form.csrf)?;
+    require_admin(&s)?;
+    let key_id = path.into_inner();
+    crate::admin::revoke_key(
+        &state.store,
+        &key_id,
+        Some(&s.tenant),
+        &actor(&req, &s),
+        now(),
+    )
+    .await
+    .map_err(|e| api_error(&s, crate::routes::keys::admin_error(e)))?;
+    state.auth.forget(&key_id);
+    session::remove_key(&key_id);
+    tracing::info!(target: "broker::security", revoked_key_id = ?key_id, by = ?s.key_id, "API key revoked in the console");
+    Ok(see_other("/console/keys"))
+}

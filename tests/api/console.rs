@@ -1,0 +1,499 @@
+//! The web console (`/console`), attacked from the server side: a key of
+//! tenant A sees nothing of tenant B through any console URL, a form without
+//! the session's CSRF token changes nothing, the session cookie is HttpOnly,
+//! SameSite=Strict (Secure behind https) and never holds the key, pages carry
+//! a strict CSP, audit keys cannot reach admin pages, revoked keys' sessions
+//! end, and sign-ins and exports are audit events.
+
+use reqwest::redirect::Policy;
+use serde_json::json;
+
+use crate::helpers::*;
+
+struct Console {
+    client: reqwest::Client,
+    base: String,
+    cookie: String,
+    csrf: String,
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn key_id(key: &str) -> String {
+    key[4..20].to_owned()
+}
+
+fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+fn cookie_value(set_cookie: &str) -> String {
+    set_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_owned()
+}
+
+fn csrf_in(html: &str) -> String {
+    let m = "name=\"csrf\" value=\"";
+    let i = html.find(m).expect("a csrf field") + m.len();
+    html[i..].split('"').next().unwrap().to_owned()
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlenc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn urlenc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The sign-in exchange as a browser does it; returns the raw 303 response too.
+async fn sign_in_raw(app: &TestApp, key: &str, https: bool) -> reqwest::Response {
+    let c = no_redirects();
+    let mut g = c.get(app.url("/console/sign-in"));
+    if https {
+        g = g.header("x-forwarded-proto", "https");
+    }
+    let page = g.send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let pre = cookie_value(&set_cookie(&page, "tb_console_pre").expect("pre-session cookie"));
+    let csrf = csrf_in(&page.text().await.unwrap());
+    let mut p = c
+        .post(app.url("/console/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", format!("tb_console_pre={pre}"))
+        .body(form(&[("key", key), ("csrf", &csrf)]));
+    if https {
+        p = p.header("x-forwarded-proto", "https");
+    }
+    p.send().await.unwrap()
+}
+
+async fn sign_in(app: &TestApp, key: &str) -> Console {
+    let r = sign_in_raw(app, key, false).await;
+    assert_eq!(r.status(), 303, "sign-in accepted");
+    let cookie = cookie_value(&set_cookie(&r, "tb_console").expect("session cookie"));
+    let mut c = Console {
+        client: no_redirects(),
+        base: app.addr.clone(),
+        cookie,
+        csrf: String::new(),
+    };
+    let (s, body) = c.get("/console/audit").await;
+    assert_eq!(s, 200, "{body}");
+    c.csrf = csrf_in(&body);
+    c
+}
+
+impl Console {
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("cookie", format!("tb_console={}", self.cookie))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn post(&self, path: &str, pairs: &[(&str, &str)]) -> (u16, String) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("cookie", format!("tb_console={}", self.cookie))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(pairs))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+/// Tenant `globex`: its own video project (api keys 654321/888888).
+async fn globex(app: &TestApp) -> String {
+    app.create_tenant("globex").await;
+    app.provision_secret("globex", "opentok.secret", API_SECRET.as_bytes());
+    let p = standard_policy_text("globex", "opentok.secret")
+        .replace(API_KEY, "654321")
+        .replace(T1_API_KEY, "888888");
+    app.apply_policy(&p).await;
+    app.create_key("globex", &["issue", "audit", "admin"]).await
+}
+
+/// A moderator grant for `user` on a session they own.
+async fn moderator_grant(app: &TestApp, key: &str, api_key: &str, user_id: &str) {
+    let sid = session_for(api_key, 7);
+    let r = app
+        .put(
+            &format!("/v1/sessions/{sid}"),
+            key,
+            &json!({"owner": user_id}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let (s, v) = app
+        .issue(key, &json!({"session_id": sid, "user": user(user_id)}))
+        .await;
+    assert_eq!((s, v["role"].as_str()), (201, Some("moderator")), "{v}");
+}
+
+#[tokio::test]
+async fn a_key_of_one_tenant_sees_nothing_of_another_through_any_console_url() {
+    let app = spawn_app().await;
+    let acme = app.acme().await;
+    let gx = globex(&app).await;
+    moderator_grant(&app, &acme, API_KEY, "olga-acme").await;
+    moderator_grant(&app, &gx, "654321", "boris-globex").await;
+    let gx_audit = app.create_key("globex", &["audit"]).await;
+    let gx_key_id = key_id(&gx_audit);
+    // Refusals in globex with a telltale code and user.
+    app.issue(
+        &gx,
+        &json!({"session_id": session_for("654321", 9), "user": {"id": "boris-banned", "groups": ["banned"]}}),
+    )
+    .await;
+
+    let c = sign_in(&app, &acme).await;
+    let (_, mods) = c.get("/console/moderators").await;
+    assert!(mods.contains("olga-acme"), "{mods}");
+    // Every page and every event number first (the filter probes below are
+    // recorded in acme's own audit, with their text), then the probes.
+    let mut pages = vec![
+        "/console/overview".to_owned(),
+        "/console/moderators".to_owned(),
+        "/console/moderators.csv".to_owned(),
+        "/console/audit".to_owned(),
+        "/console/audit?tenant=globex".to_owned(),
+        "/console/policy".to_owned(),
+        "/console/keys".to_owned(),
+    ];
+    for n in 1..=20 {
+        pages.push(format!("/console/audit/{n}"));
+        pages.push(format!("/console/policy/versions/{n}"));
+    }
+    pages.extend([
+        "/console/moderators?user=boris-globex".to_owned(),
+        "/console/moderators.csv?user=boris-globex".to_owned(),
+        "/console/audit?user=boris-globex".to_owned(),
+        "/console/audit?key_id=".to_owned() + &gx_key_id,
+    ]);
+    for p in &pages {
+        let (status, body) = c.get(p).await;
+        if p.contains("boris") || p.contains("key_id") {
+            // The filter is echoed in its input; the result must be empty.
+            assert!(
+                body.contains("id=\"empty\"") || p.contains(".csv"),
+                "{p}: {body}"
+            );
+            assert!(!body.contains("boris-banned"), "{p}: {body}");
+            if p.contains(".csv") {
+                assert_eq!(body.lines().count(), 1, "only the header: {body}");
+            }
+            continue;
+        }
+        for secret in ["boris", "globex", "654321", &gx_key_id] {
+            assert!(
+                !body.contains(secret),
+                "{p} ({status}) shows {secret} of the other tenant: {body}"
+            );
+        }
+    }
+    // An acme admin cannot revoke a globex key through the console.
+    let (s, body) = c
+        .post(
+            &format!("/console/keys/{gx_key_id}/revoke"),
+            &[("csrf", &c.csrf)],
+        )
+        .await;
+    assert_eq!(s, 404, "{body}");
+    assert_eq!(app.get("/v1/whoami", &gx_audit).await.status(), 200);
+    // Nor roll back globex's policy: the version it names is acme's own.
+    let before = app.store.policy_history("globex").await.unwrap().len();
+    c.post(
+        "/console/policy/rollback",
+        &[("csrf", &c.csrf), ("to", "1")],
+    )
+    .await;
+    assert_eq!(
+        app.store.policy_history("globex").await.unwrap().len(),
+        before
+    );
+}
+
+#[tokio::test]
+async fn forms_without_the_sessions_csrf_token_change_nothing() {
+    let app = spawn_app().await;
+    let acme = app.acme().await;
+    let victim = app.create_key("acme", &["issue"]).await;
+    let victim_id = key_id(&victim);
+    let c = sign_in(&app, &acme).await;
+    let other = sign_in(&app, &acme).await;
+    assert_ne!(c.csrf, other.csrf, "CSRF tokens are per session");
+    let keys_before = app.store.list_keys("acme").await.unwrap().len();
+    let scopes = [("scope_admin", "1"), ("name", "attacker")];
+    for csrf in ["", "0000", other.csrf.as_str()] {
+        let mut f = scopes.to_vec();
+        f.push(("csrf", csrf));
+        let (s, body) = c.post("/console/keys", &f).await;
+        assert_eq!(s, 403, "{body}");
+        assert!(body.contains("csrf_failed"), "{body}");
+        let (s, _) = c
+            .post(
+                &format!("/console/keys/{victim_id}/revoke"),
+                &[("csrf", csrf)],
+            )
+            .await;
+        assert_eq!(s, 403);
+        let (s, _) = c
+            .post("/console/policy/rollback", &[("csrf", csrf), ("to", "1")])
+            .await;
+        assert_eq!(s, 403);
+        let (s, _) = c.post("/console/sign-out", &[("csrf", csrf)]).await;
+        assert_eq!(s, 403);
+    }
+    assert_eq!(
+        app.store.list_keys("acme").await.unwrap().len(),
+        keys_before
+    );
+    assert_eq!(app.get("/v1/whoami", &victim).await.status(), 200);
+    assert_eq!(app.store.policy_history("acme").await.unwrap().len(), 1);
+    assert_eq!(c.get("/console/overview").await.0, 200, "still signed in");
+
+    // Login CSRF: a sign-in post without the pre-session cookie's token.
+    let r = no_redirects()
+        .post(app.url("/console/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("key", &acme), ("csrf", "forged")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(set_cookie(&r, "tb_console").is_none());
+
+    // With the right token the same forms work.
+    let (s, body) = c
+        .post(
+            "/console/keys",
+            &[("scope_audit", "1"), ("name", "ok"), ("csrf", &c.csrf)],
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("id=\"new-key\">tkb_"), "{body}");
+    let (s, _) = c
+        .post(
+            &format!("/console/keys/{victim_id}/revoke"),
+            &[("csrf", &c.csrf)],
+        )
+        .await;
+    assert_eq!(s, 303);
+    assert_eq!(app.get("/v1/whoami", &victim).await.status(), 401);
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_locked_down_and_never_holds_the_key() {
+    let app = spawn_app().await;
+    let acme = app.acme().await;
+    let r = sign_in_raw(&app, &acme, false).await;
+    let c = set_cookie(&r, "tb_console").unwrap();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/console", "Max-Age="] {
+        assert!(c.contains(flag), "{c}");
+    }
+    assert!(!c.contains("Secure"), "plain http: {c}");
+    let secret = &acme[21..];
+    assert!(!c.contains(secret) && !c.contains(&acme), "{c}");
+    assert_eq!(cookie_value(&c).len(), 64, "256 random bits");
+    let r = sign_in_raw(&app, &acme, true).await;
+    let c = set_cookie(&r, "tb_console").unwrap();
+    assert!(c.contains("; Secure"), "behind https: {c}");
+
+    let console = sign_in(&app, &acme).await;
+    let r = console
+        .client
+        .get(app.url("/console/overview"))
+        .header("cookie", format!("tb_console={}", console.cookie))
+        .send()
+        .await
+        .unwrap();
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'") && csp.contains("default-src 'none'"));
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body = r.text().await.unwrap();
+    assert!(!body.contains(secret), "the key is not echoed in pages");
+    assert!(!body.contains("<script>"), "no inline scripts");
+
+    // Sign-out ends the session on the server, not just in the browser.
+    let (s, _) = console
+        .post("/console/sign-out", &[("csrf", &console.csrf)])
+        .await;
+    assert_eq!(s, 303);
+    assert_eq!(console.get("/console/overview").await.0, 303);
+    // A made-up session id is no session.
+    let forged = Console {
+        cookie: "a".repeat(64),
+        ..console
+    };
+    assert_eq!(forged.get("/console/moderators").await.0, 303);
+}
+
+#[tokio::test]
+async fn scopes_hold_in_the_console_and_revoked_keys_lose_their_sessions() {
+    let app = spawn_app().await;
+    let _admin = app.acme().await;
+    let auditor = app.create_key("acme", &["audit"]).await;
+    let issuer = app.create_key("acme", &["issue"]).await;
+
+    let r = sign_in_raw(&app, &issuer, false).await;
+    assert_eq!(r.status(), 403, "an issue-only key cannot sign in");
+    assert!(set_cookie(&r, "tb_console").is_none());
+    let r = sign_in_raw(&app, "tkb_nope.nope", false).await;
+    assert!(set_cookie(&r, "tb_console").is_none());
+    assert_eq!(r.status(), 401);
+
+    let c = sign_in(&app, &auditor).await;
+    for p in [
+        "/console/keys",
+        "/console/policy",
+        "/console/policy/versions/1",
+    ] {
+        let (s, body) = c.get(p).await;
+        assert_eq!(s, 403, "{p}");
+        assert!(body.contains("insufficient_scope"), "{body}");
+    }
+    let before = app.store.list_keys("acme").await.unwrap().len();
+    let (s, _) = c
+        .post("/console/keys", &[("scope_admin", "1"), ("csrf", &c.csrf)])
+        .await;
+    assert_eq!(s, 403);
+    assert_eq!(app.store.list_keys("acme").await.unwrap().len(), before);
+
+    // Revoked through the API: the console session ends at once.
+    let admin = app.create_key("acme", &["admin"]).await;
+    let auditor_id = &key_id(&auditor);
+    let r = app
+        .client
+        .delete(app.url(&format!("/v1/keys/{auditor_id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(c.get("/console/moderators").await.0, 303);
+}
+
+#[tokio::test]
+async fn sign_ins_and_exports_are_audit_events() {
+    let app = spawn_app().await;
+    let acme = app.acme().await;
+    moderator_grant(&app, &acme, API_KEY, "olga").await;
+    let c = sign_in(&app, &acme).await;
+    let v = app.audit(&acme, "kind=console_sign_in").await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    let r = c
+        .client
+        .get(app.url("/console/moderators.csv?user=olga"))
+        .header("cookie", format!("tb_console={}", c.cookie))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment")
+    );
+    let csv = r.text().await.unwrap();
+    assert_eq!(csv.lines().count(), 2, "header and olga's grant: {csv}");
+    assert!(csv.contains(",olga,"), "{csv}");
+    let v = app.audit(&acme, "kind=audit_read").await;
+    assert!(
+        v["items"].as_array().unwrap().iter().any(|r| r["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("\"csv\"")
+            && r["detail"].as_str().unwrap_or("").contains("moderators")),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_applies_nothing_and_a_rollback_needs_the_confirmation_form() {
+    let app = spawn_app().await;
+    let acme = app.acme().await;
+    let v1 = app.standard_policy("acme");
+    let v2 = v1.replace("max_ttl = \"8h\"", "max_ttl = \"6h\"");
+    app.apply_policy(&v2).await;
+    let c = sign_in(&app, &acme).await;
+    let v3 = v1.replace("max_ttl = \"8h\"", "max_ttl = \"3h\"");
+    let (s, body) = c
+        .post(
+            "/console/policy/dry-run",
+            &[("csrf", &c.csrf), ("source", &v3)],
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("Nothing was applied"), "{body}");
+    assert!(body.contains("+max_ttl = &quot;3h&quot;"), "{body}");
+    assert_eq!(app.store.policy_history("acme").await.unwrap().len(), 2);
+    // A policy naming another tenant is refused, not applied to it.
+    let (_, body) = c
+        .post(
+            "/console/policy/dry-run",
+            &[
+                ("csrf", &c.csrf),
+                ("source", &standard_policy_text("globex", "x")),
+            ],
+        )
+        .await;
+    assert!(body.contains("id=\"error-code\""), "{body}");
+    // GET only asks; the POST with the token rolls back.
+    let (s, body) = c.get("/console/policy/rollback?to=1").await;
+    assert_eq!(s, 200);
+    assert!(body.contains("Yes, roll back to v1"), "{body}");
+    assert_eq!(app.store.policy_history("acme").await.unwrap().len(), 2);
+    let (s, _) = c
+        .post(
+            "/console/policy/rollback",
+            &[("csrf", &c.csrf), ("to", "1")],
+        )
+        .await;
+    assert_eq!(s, 303);
+    let cur = app.store.current_policy("acme").await.unwrap().unwrap();
+    assert_eq!(
+        (cur.version, cur.source.contains("max_ttl = \"8h\"")),
+        (3, true)
+    );
+}
