@@ -243,7 +243,7 @@ async fn off_workers<T: Send + 'static>(
 }
 
 /// The result of applying (or dry-running) a policy.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ApplyOutcome {
     pub tenant: String,
     /// Version in force before.

@@ -33,6 +33,7 @@ pub mod idp;
 pub mod limits;
 pub mod metrics;
 pub mod policy;
+pub mod remote;
 pub mod replay;
 pub mod routes;
 pub mod secrets;

@@ -15,5 +15,6 @@ mod issue_tokens;
 mod logins_hardened;
 mod policy_admin;
 mod real_binary;
+mod remote_cli;
 mod tenant_credentials;
 mod throttling_and_revocation;
