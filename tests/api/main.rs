@@ -13,6 +13,7 @@ mod health_and_keys;
 mod hostile_input;
 mod issue_tokens;
 mod logins_hardened;
+mod metrics;
 mod policy_admin;
 mod real_binary;
 mod remote_cli;
