@@ -171,6 +171,26 @@ async fn policy_walkthrough_over_http_dry_run_apply_history_rollback() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The README's policy tests, also local.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = run({
+        let mut c = Command::new(BIN);
+        c.env_clear().args([
+            "--server",
+            "http://127.0.0.1:9",
+            "policy",
+            "test",
+            &format!("{root}/policies/acme.tests.toml"),
+        ]);
+        c
+    })
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let before = ok_json(&app, &key, &["policy", "history", "--json"]).await;
     let n = before["items"].as_array().unwrap().len();
 
