@@ -298,7 +298,7 @@ async fn export(store: &Store, f: &mut AuditFilter, csv: bool) -> CmdResult {
     Ok(())
 }
 
-fn parse_checkpoints(arg: &str) -> Result<Vec<Checkpoint>, Failure> {
+pub fn parse_checkpoints(arg: &str) -> Result<Vec<Checkpoint>, Failure> {
     let text = if arg.trim_start().starts_with(['{', '[']) {
         arg.to_owned()
     } else {

@@ -116,7 +116,8 @@ pub enum RemoteAudit {
     /// Recompute the tenant's hash chain from the rows the API returns, and
     /// compare with a checkpoint kept outside the broker.
     Verify {
-        /// A checkpoint (`{"tenant","count","hash"}`, a file path or the JSON itself).
+        /// A checkpoint printed by `audit checkpoint --json` (a file path or the
+        /// JSON itself); the entry of the key's tenant is used.
         #[arg(long)]
         checkpoint: Option<String>,
         #[arg(long)]
@@ -275,6 +276,11 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(usage("--server must be an http:// or https:// URL"));
         }
+        if base.starts_with("http://") && !is_loopback(&base) {
+            eprintln!(
+                "warning: {base} is plain HTTP: the API key crosses the network unencrypted; use https://"
+            );
+        }
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
             // A redirect could carry the key elsewhere.
@@ -322,6 +328,23 @@ impl Client {
     ) -> Result<Value, Failure> {
         self.json(self.req(method, path).json(body)).await
     }
+}
+
+/// True for `http://localhost…`, `http://127.…` and `http://[::1]…`.
+fn is_loopback(base: &str) -> bool {
+    let host = base
+        .trim_start_matches("http://")
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn usage(msg: &str) -> Failure {
@@ -631,29 +654,17 @@ async fn export(c: &Client, mut filters: AuditParams, csv: bool) -> CmdResult {
 /// gap in `seq`), starting at genesis or at the oldest row still kept, and the
 /// checkpoint's row still carries the checkpoint's hash.
 async fn verify(c: &Client, checkpoint: Option<String>, json: bool) -> CmdResult {
-    let cp: Option<crate::cli_audit::Checkpoint> = match &checkpoint {
-        Some(arg) => {
-            let text = if arg.trim_start().starts_with('{') {
-                arg.clone()
-            } else {
-                read_file(&PathBuf::from(arg))?
-            };
-            Some(serde_json::from_str(&text).map_err(|e| {
-                usage(&format!(
-                    "the checkpoint is not {{\"tenant\",\"count\",\"hash\"}} JSON: {e}"
-                ))
-            })?)
-        }
-        None => None,
+    let cps = match &checkpoint {
+        Some(arg) => crate::cli_audit::parse_checkpoints(arg)?,
+        None => Vec::new(),
     };
     let me = c.get("/v1/whoami").await?;
     let tenant = s(&me["tenant"]);
-    if let Some(cp) = &cp
-        && cp.tenant != tenant
-    {
+    // A checkpoint file may hold every tenant's heads (`audit checkpoint --json`).
+    let cp = cps.into_iter().find(|c| c.tenant == tenant);
+    if checkpoint.is_some() && cp.is_none() {
         return Err(usage(&format!(
-            "the checkpoint is for tenant {}, the key for {tenant}",
-            cp.tenant
+            "the checkpoint has no entry for tenant {tenant} (the key's tenant)"
         )));
     }
     let filters = AuditParams {
@@ -1062,4 +1073,37 @@ async fn session(c: &Client, cmd: RemoteSession) -> CmdResult {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_http_goes_without_a_warning() {
+        for ok in [
+            "http://localhost:8080",
+            "http://127.0.0.1:8080/",
+            "http://[::1]:8080",
+        ] {
+            assert!(is_loopback(ok), "{ok}");
+        }
+        for warn in [
+            "http://broker.example.com",
+            "http://10.0.0.5:8080",
+            "http://localhost.evil.com",
+            "http://127.0.0.1.nip.io",
+        ] {
+            assert!(!is_loopback(warn), "{warn}");
+        }
+    }
+
+    #[test]
+    fn the_remote_cli_is_chosen_only_by_a_server_flag_before_the_separator() {
+        let a = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert!(wanted(&a(&["tb", "--server", "http://x", "whoami"])));
+        assert!(wanted(&a(&["tb", "whoami", "--server=http://x"])));
+        assert!(!wanted(&a(&["tb", "serve"])));
+        assert!(!wanted(&a(&["tb", "policy", "check", "--", "--server"])));
+    }
 }

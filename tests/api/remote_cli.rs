@@ -128,6 +128,23 @@ async fn audit_verify_over_http_detects_a_rewritten_row_against_a_checkpoint() {
         true
     );
 
+    // The file `audit checkpoint --json` prints (every tenant) works too; the
+    // key's tenant's entry is used.
+    let all = json!({"checkpoints": [
+        {"tenant": "globex", "count": 1, "hash": "00"},
+        {"tenant": "acme", "count": t["head_seq"], "hash": t["head_hash"]},
+    ]})
+    .to_string();
+    assert_eq!(
+        ok_json(
+            &app,
+            &key,
+            &["audit", "verify", "--checkpoint", &all, "--json"]
+        )
+        .await["ok"],
+        true
+    );
+
     // A database administrator rewrites who got the token.
     raw_sql(
         &app,
@@ -375,4 +392,33 @@ async fn key_file_credentials_sessions_and_decide_over_http() {
     .unwrap();
     let d = ok_json(&app, &key, &["decide", req.to_str().unwrap(), "--json"]).await;
     assert!(d.is_object(), "{d}");
+}
+
+#[tokio::test]
+async fn audit_verify_over_http_detects_a_truncated_tail_against_a_checkpoint() {
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    issue_some(&app, &key).await;
+    let v = ok_json(&app, &key, &["audit", "verify", "--json"]).await;
+    let t = &v["tenants"][0];
+    let head = t["head_seq"].as_i64().unwrap();
+    let cp = json!({"tenant": "acme", "count": head, "hash": t["head_hash"]}).to_string();
+    // The database administrator removes the newest rows (who got moderator).
+    raw_sql(
+        &app,
+        &format!(
+            "DELETE FROM audit_events WHERE tenant = 'acme' AND seq > {}",
+            head - 3
+        ),
+    )
+    .await;
+    let out = remote(
+        &app,
+        &key,
+        &["audit", "verify", "--checkpoint", &cp, "--json"],
+    )
+    .await;
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
 }
