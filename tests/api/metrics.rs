@@ -149,3 +149,46 @@ async fn metrics_name_no_tenant_when_tenant_labels_are_off() {
         "{m}"
     );
 }
+
+/// A tenant whose identity provider's key set cannot be fetched: the failed
+/// fetch shows in `/metrics` (and the end user is refused).
+#[tokio::test]
+async fn failed_jwks_fetches_are_counted() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    // Nothing listens on port 1.
+    let policy = format!(
+        "{}\n[[identity_providers]]\nname = \"login\"\nissuer = \"https://login.acme.test\"\naudiences = [\"tb\"]\nalgorithms = [\"RS256\"]\njwks_url = \"http://127.0.0.1:1/jwks.json\"\n",
+        app.standard_policy("acme")
+    );
+    app.apply_policy(&policy).await;
+    let before = value(
+        &scrape(&app).await,
+        "token_broker_idp_jwks_fetches_total{result=\"failed\"}",
+    );
+    let now = token_broker::clock::now_unix();
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some("k1".into());
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(fixture("idp-rsa-1.key")).unwrap()).unwrap();
+    let jwt = jsonwebtoken::encode(
+        &h,
+        &json!({"iss": "https://login.acme.test", "aud": "tb", "sub": "eve", "iat": now, "exp": now + 300}),
+        &key,
+    )
+    .unwrap();
+    let r = app
+        .client
+        .post(app.url("/v1/tenants/acme/tokens"))
+        .bearer_auth(&jwt)
+        .json(&json!({"session_id": session_for(API_KEY, 1)}))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 201);
+    let after = value(
+        &scrape(&app).await,
+        "token_broker_idp_jwks_fetches_total{result=\"failed\"}",
+    );
+    assert!(after > before, "before {before}, after {after}");
+}
