@@ -286,7 +286,7 @@ pub(crate) fn claim_error(e: StoreError, fix: &str) -> AdminError {
 }
 
 /// The result of applying (or dry-running) a policy.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ApplyOutcome {
     pub tenant: String,
     /// Version in force before.

@@ -349,9 +349,14 @@ async fn refuse(state: &AppState, mode: Mode, mut row: AuditRow, err: ApiError) 
     row.code = Some(err.body.code.to_owned());
     row.rule = err.body.rule.clone();
     row.policy_version = err.body.policy_version;
+    let caller_tenant = row.tenant.clone();
     match state.audit.append(row).await {
         Ok(()) => {
-            Metrics::inc(&state.metrics.tokens_refused);
+            let known = state.tenant(&caller_tenant).is_some();
+            state.metrics.token_refused(
+                state.metrics.tenant_label(&caller_tenant, known),
+                err.body.code,
+            );
             err
         }
         Err(e) => audit_unavailable(state, e),
@@ -541,7 +546,11 @@ async fn run(
         .append(r)
         .await
         .map_err(|e| audit_unavailable(state, e))?;
-    Metrics::inc(&state.metrics.tokens_issued);
+    state.metrics.token_issued(
+        state.metrics.tenant_label(&caller.tenant, true),
+        granted_role.as_str(),
+        out.format,
+    );
     if granted_role == Role::Moderator {
         Metrics::inc(&state.metrics.moderator_tokens);
         tracing::info!(target: "broker::security", tenant = ?caller.tenant, user = ?who.user_id, session_id = ?req.session_id, rule = ?decision.rule, "moderator token issued");

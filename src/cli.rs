@@ -22,6 +22,11 @@ use crate::store::Store;
     about = "Issues Vonage Video tokens by per-tenant policy, and audits every decision."
 )]
 pub struct Cli {
+    /// Run against a remote broker over its HTTP API with a tenant's key
+    /// (TOKEN_BROKER_KEY or --key-file): whoami, audit, policy, decide, key,
+    /// credential, session. See `token-broker --server URL --help`.
+    #[arg(long, global = true, value_name = "URL")]
+    pub server: Option<String>,
     #[command(flatten)]
     pub settings: SettingsArgs,
     #[command(subcommand)]

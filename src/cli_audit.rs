@@ -219,6 +219,39 @@ pub async fn verify_tenant(
     })
 }
 
+/// Prints a page of audit rows as the table both CLIs show (local and `--server`).
+pub fn print_rows(rows: &[AuditRow], next: Option<&str>) {
+    out(
+        "TIME                      KIND           OUTCOME  USER             ROLE           SESSION                    RULE            V   CODE",
+    );
+    for r in rows {
+        let sid = r.session_id.clone().unwrap_or_default();
+        let sid: String = if sid.len() > 26 {
+            format!("{}…", &sid[..25])
+        } else {
+            sid
+        };
+        out(format!(
+            "{:<25} {:<14} {:<8} {:<16} {:<14} {:<26} {:<15} {:<3} {}",
+            fmt_ms(r.at_ms),
+            r.kind,
+            r.outcome,
+            r.user_id.clone().unwrap_or_default(),
+            r.granted_role
+                .clone()
+                .or(r.requested_role.clone())
+                .unwrap_or_default(),
+            sid,
+            r.rule.clone().unwrap_or_default(),
+            r.policy_version.map(|v| v.to_string()).unwrap_or_default(),
+            r.code.clone().unwrap_or_default()
+        ));
+    }
+    if let Some(n) = next {
+        out(format!("more: --cursor {n}"));
+    }
+}
+
 /// CLI reads are audited like API reads (actor `cli`).
 async fn record_cli_read(
     store: &Store,
@@ -265,7 +298,7 @@ async fn export(store: &Store, f: &mut AuditFilter, csv: bool) -> CmdResult {
     Ok(())
 }
 
-fn parse_checkpoints(arg: &str) -> Result<Vec<Checkpoint>, Failure> {
+pub fn parse_checkpoints(arg: &str) -> Result<Vec<Checkpoint>, Failure> {
     let text = if arg.trim_start().starts_with(['{', '[']) {
         arg.to_owned()
     } else {
@@ -330,35 +363,7 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             if json {
                 out_json(&json!({"items": rows, "next": next}));
             } else {
-                out(
-                    "TIME                      KIND           OUTCOME  USER             ROLE           SESSION                    RULE            V   CODE",
-                );
-                for r in &rows {
-                    let sid = r.session_id.clone().unwrap_or_default();
-                    let sid: String = if sid.len() > 26 {
-                        format!("{}…", &sid[..25])
-                    } else {
-                        sid
-                    };
-                    out(format!(
-                        "{:<25} {:<14} {:<8} {:<16} {:<14} {:<26} {:<15} {:<3} {}",
-                        fmt_ms(r.at_ms),
-                        r.kind,
-                        r.outcome,
-                        r.user_id.clone().unwrap_or_default(),
-                        r.granted_role
-                            .clone()
-                            .or(r.requested_role.clone())
-                            .unwrap_or_default(),
-                        sid,
-                        r.rule.clone().unwrap_or_default(),
-                        r.policy_version.map(|v| v.to_string()).unwrap_or_default(),
-                        r.code.clone().unwrap_or_default()
-                    ));
-                }
-                if let Some(n) = next {
-                    out(format!("more: --cursor {n}"));
-                }
+                print_rows(&rows, next.as_deref());
             }
             Ok(())
         }

@@ -72,7 +72,7 @@ pub enum CredentialCmd {
     },
 }
 
-fn read_secret(path: &PathBuf) -> Result<String, Failure> {
+pub fn read_secret(path: &PathBuf) -> Result<String, Failure> {
     let mut s = String::new();
     if path.as_os_str() == "-" {
         std::io::stdin().read_to_string(&mut s)?;
@@ -97,7 +97,7 @@ fn keyring(settings: &Settings) -> Result<Keyring, Failure> {
     })
 }
 
-fn print_view(v: &CredentialView) {
+pub fn print_view(v: &CredentialView) {
     out(format!(
         "{}\t{}\t{}\t{}\t{}\t{}",
         v.name,

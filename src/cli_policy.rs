@@ -106,7 +106,7 @@ fn file_name(p: &std::path::Path) -> String {
         .unwrap_or_else(|| p.display().to_string())
 }
 
-fn print_outcome(o: &ApplyOutcome, json: bool) {
+pub fn print_outcome(o: &ApplyOutcome, json: bool) {
     if json {
         out_json(o);
         return;

@@ -252,6 +252,20 @@ impl IdentityProvider {
         url: &reqwest::Url,
         client: &reqwest::Client,
     ) -> Result<HashMap<String, (AlgorithmFamily, DecodingKey)>, String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::metrics::IDP_FETCHES.fetch_add(1, Relaxed);
+        let r = self.fetch_jwks_inner(url, client).await;
+        if r.is_err() {
+            crate::metrics::IDP_FETCH_FAILURES.fetch_add(1, Relaxed);
+        }
+        r
+    }
+
+    async fn fetch_jwks_inner(
+        &self,
+        url: &reqwest::Url,
+        client: &reqwest::Client,
+    ) -> Result<HashMap<String, (AlgorithmFamily, DecodingKey)>, String> {
         let mut resp = client
             .get(url.clone())
             .send()

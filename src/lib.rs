@@ -9,12 +9,13 @@
 //! - `secrets`: tenant-confined secret references and the master keyring.
 //! - `audit`: audit rows, the hash chain, the group-commit writer.
 //! - `auth`: API keys (argon2id once, then a cache); `idp`: end users' login JWTs;
-//!   `limits`: rate limits; `metrics`: counters for `/metrics`.
+//!   `limits`: rate limits; `metrics`: Prometheus metrics for `/metrics`.
 //! - `state`: what a running broker keeps in memory, and the change feed.
 //! - `broker`: the issuance pipeline (decide → stamp → sign → audit).
 //! - `admin`: tenant/key/policy operations shared by CLI and HTTP.
 //! - `routes`: the HTTP API; `startup`: building and running the server.
-//! - `cli*`, `settings`, `telemetry`, `clock`, `dev`: the shell around it.
+//! - `cli*`, `settings`, `telemetry`, `clock`, `dev`: the shell around it;
+//!   `remote`: the CLI over HTTP (`--server`) for tenant keys.
 
 pub mod admin;
 pub mod audit;
@@ -34,6 +35,7 @@ pub mod idp;
 pub mod limits;
 pub mod metrics;
 pub mod policy;
+pub mod remote;
 pub mod replay;
 pub mod routes;
 pub mod secrets;

@@ -17,6 +17,7 @@
 //! | HTTP workers | `--workers` | `TOKEN_BROKER_WORKERS` | `workers` | CPUs available |
 //! | tenants' secrets directory | `--secrets-dir` | `TOKEN_BROKER_SECRETS_DIR` | `secrets_dir` | `<data dir>/secrets` |
 //! | master key file | `--master-key-file` | `TOKEN_BROKER_MASTER_KEY_FILE` | `master_key_file` | none (uploads refused) |
+//! | tenant slugs as metric labels | `--metrics-tenant-labels` | `TOKEN_BROKER_METRICS_TENANT_LABELS` | `metrics_tenant_labels` | `true` (docs/operations.md) |
 //! | rate limits | `--rate-end-user` etc. | `TOKEN_BROKER_RATE_END_USER`, `_END_USER_IP`, `_API_KEY`, `_FAILED_AUTH_IP` | `rate_end_user` etc. | see `crate::limits` |
 //!
 //! The database URL may carry a password: it is redacted wherever settings are
@@ -70,6 +71,10 @@ pub struct SettingsArgs {
     /// argon2 verifications allowed to run at once.
     #[arg(long, env = "TOKEN_BROKER_HASH_PARALLELISM", global = true)]
     pub hash_parallelism: Option<usize>,
+    /// Label per-tenant metrics with the tenant's slug (true, the default) or
+    /// with `-` (false: /metrics then names no tenant).
+    #[arg(long, env = "TOKEN_BROKER_METRICS_TENANT_LABELS", global = true)]
+    pub metrics_tenant_labels: Option<bool>,
     /// HTTP worker threads.
     #[arg(long, env = "TOKEN_BROKER_WORKERS", global = true)]
     pub workers: Option<usize>,
@@ -116,6 +121,7 @@ struct FileSettings {
     audit_max_batch: Option<usize>,
     key_cache: Option<usize>,
     hash_parallelism: Option<usize>,
+    metrics_tenant_labels: Option<bool>,
     workers: Option<usize>,
     rate_end_user: Option<String>,
     rate_end_user_ip: Option<String>,
@@ -138,6 +144,7 @@ pub struct Settings {
     pub audit_max_batch: usize,
     pub key_cache: usize,
     pub hash_parallelism: usize,
+    pub metrics_tenant_labels: bool,
     pub workers: usize,
     pub rates: Rates,
     pub secrets_dir: PathBuf,
@@ -157,6 +164,7 @@ impl fmt::Debug for Settings {
             .field("audit_max_batch", &self.audit_max_batch)
             .field("key_cache", &self.key_cache)
             .field("hash_parallelism", &self.hash_parallelism)
+            .field("metrics_tenant_labels", &self.metrics_tenant_labels)
             .field("workers", &self.workers)
             .field("rates", &self.rates)
             .field("secrets_dir", &self.secrets_dir)
@@ -241,6 +249,10 @@ impl Settings {
             audit_max_batch: args.audit_max_batch.or(file.audit_max_batch).unwrap_or(512),
             key_cache: args.key_cache.or(file.key_cache).unwrap_or(10_000),
             hash_parallelism: args.hash_parallelism.or(file.hash_parallelism).unwrap_or(2),
+            metrics_tenant_labels: args
+                .metrics_tenant_labels
+                .or(file.metrics_tenant_labels)
+                .unwrap_or(true),
             workers: args.workers.or(file.workers).unwrap_or(cpus).max(1),
         })
     }

@@ -96,7 +96,27 @@ impl Application {
         let limit = settings.body_limit;
         let app_state = state.clone();
         let server = HttpServer::new(move || {
+            let metrics_state = app_state.clone();
             App::new()
+                // Request latency by route pattern (inside the tracing span).
+                .wrap_fn(move |req, srv| {
+                    let started = std::time::Instant::now();
+                    let route = req.match_pattern();
+                    let method = req.method().clone();
+                    let state = metrics_state.clone();
+                    let fut = actix_web::dev::Service::call(srv, req);
+                    async move {
+                        let res = fut.await;
+                        let status = match &res {
+                            Ok(r) => r.status().as_u16(),
+                            Err(e) => e.as_response_error().status_code().as_u16(),
+                        };
+                        state
+                            .metrics
+                            .request(route, method.as_str(), status, started.elapsed());
+                        res
+                    }
+                })
                 .wrap(TracingLogger::<routes::span::BrokerRootSpan>::new())
                 .app_data(app_state.clone())
                 .configure(|c| routes::configure(c, limit))

@@ -224,7 +224,7 @@ impl AppState {
             secrets: SecretResolver::new(settings.secrets_dir.clone(), SECRET_READ_BOUND),
             keyring,
             limits: Limits::new(settings.rates),
-            metrics: Metrics::default(),
+            metrics: Metrics::new(&audit.health.metrics, settings.metrics_tenant_labels),
             settings,
             store,
             auth,

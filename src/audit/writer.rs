@@ -87,6 +87,8 @@ pub struct WriterHealth {
     /// Rows refused on their own (writer checks or the database), each failing
     /// only its own request.
     pub refused_rows: AtomicU64,
+    /// Commit latency and batch sizes (histograms served at `/metrics`).
+    pub metrics: crate::metrics::AuditMetrics,
 }
 
 impl WriterHealth {
@@ -135,6 +137,11 @@ impl AuditWriter {
             },
             task,
         )
+    }
+
+    /// Rows waiting in the queue for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Records `row` durably; returns only after its transaction committed.
@@ -305,8 +312,16 @@ async fn run(
         health
             .busy_since_ms
             .store(crate::clock::now_unix_ms(), Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let outcome = commit_isolating(&store, &mut rows, &mut heads).await;
         health.busy_since_ms.store(0, Ordering::Relaxed);
+        if !outcome.store_failed {
+            health
+                .metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            health.metrics.batch_rows.observe(rows.len() as f64);
+        }
         // Failing reflects the store, never one row's content.
         health
             .failing

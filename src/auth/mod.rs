@@ -278,6 +278,9 @@ pub struct Authenticator {
     /// run it once per waiting request). Sharded by key id.
     flights: [tokio::sync::Mutex<()>; 16],
     dummy_hash: String,
+    /// Authentications answered from the cache, and those that were not.
+    cache_hits: std::sync::atomic::AtomicU64,
+    cache_misses: std::sync::atomic::AtomicU64,
     /// argon2 verifications started (real and dummy), for tests and metrics.
     verifications: std::sync::atomic::AtomicU64,
     /// Bumped by every `forget`. A verification caches its key only if no
@@ -309,7 +312,17 @@ impl Authenticator {
             dummy_hash,
             verifications: Default::default(),
             forgets: Default::default(),
+            cache_hits: Default::default(),
+            cache_misses: Default::default(),
         }
+    }
+
+    /// (cache hits, cache misses) so far, for `/metrics`.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (
+            self.cache_hits.load(std::sync::atomic::Ordering::Relaxed),
+            self.cache_misses.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Authenticates a presented key string.
@@ -321,6 +334,8 @@ impl Authenticator {
         if let Some(c) = self.cache.get(k.key_id)
             && bool::from(c.secret_sha256.ct_eq(&digest))
         {
+            self.cache_hits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(c.principal.clone());
         }
         let shard = k
@@ -333,8 +348,12 @@ impl Authenticator {
         if let Some(c) = self.cache.get(k.key_id)
             && bool::from(c.secret_sha256.ct_eq(&digest))
         {
+            self.cache_hits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(c.principal.clone());
         }
+        self.cache_misses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Read before the row: a revocation committed after this point bumps it.
         let epoch = self.forgets.load(SeqCst);
         let row = self

@@ -24,7 +24,7 @@ use super::json::Json;
 use super::tokens::caller_from;
 use crate::auth::{KEY_PREFIX, Scopes};
 use crate::broker::{self, Mode, TokenRequest};
-use crate::metrics::Metrics;
+use crate::metrics::Limit;
 use crate::state::{AppState, TenantRuntime};
 
 fn origin(req: &HttpRequest) -> Option<&str> {
@@ -151,7 +151,7 @@ async fn issue_inner(
             ));
         }
         if let Err(wait) = limits.api_key.check(&p.key_id) {
-            Metrics::inc(&state.metrics.rate_limited_api_key);
+            state.metrics.rate_limited(Limit::ApiKey);
             return Err(rate_limited(wait));
         }
         caller = caller_from(req, tenant, Some(&p.key_id));
@@ -199,7 +199,7 @@ async fn issue_inner(
             .end_user
             .check(&format!("{tenant}\u{0}{idp_name}\u{0}{}", identity.user_id))
         {
-            Metrics::inc(&state.metrics.rate_limited_end_user);
+            state.metrics.rate_limited(Limit::EndUser);
             return Err(rate_limited(wait));
         }
         let ip = req
@@ -207,7 +207,7 @@ async fn issue_inner(
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
         if let Err(wait) = limits.end_user_ip.check(&ip) {
-            Metrics::inc(&state.metrics.rate_limited_end_user_ip);
+            state.metrics.rate_limited(Limit::EndUserIp);
             return Err(rate_limited(wait));
         }
         caller = caller_from(req, tenant, None);

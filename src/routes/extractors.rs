@@ -115,7 +115,9 @@ pub fn refuse_if_over_failed_auth_limit(
     req: &HttpRequest,
 ) -> Result<(), ApiError> {
     if let Err(wait) = state.limits.failed_auth_ip.peek(&client_ip(req)) {
-        crate::metrics::Metrics::inc(&state.metrics.rate_limited_failed_auth);
+        state
+            .metrics
+            .rate_limited(crate::metrics::Limit::FailedAuthIp);
         return Err(rate_limited(wait));
     }
     Ok(())
@@ -129,7 +131,9 @@ pub async fn failed_auth(state: &AppState, req: &HttpRequest, err: ApiError) -> 
     }
     crate::metrics::Metrics::inc(&state.metrics.auth_failures);
     if let Err(wait) = state.limits.failed_auth_ip.check(&client_ip(req)) {
-        crate::metrics::Metrics::inc(&state.metrics.rate_limited_failed_auth);
+        state
+            .metrics
+            .rate_limited(crate::metrics::Limit::FailedAuthIp);
         return rate_limited(wait);
     }
     tokio::time::sleep(FAILED_AUTH_DELAY).await;
@@ -157,7 +161,7 @@ impl FromRequest for ApiKey {
                     // The tenant's own `[rate_limits]` when its policy sets them.
                     let limits = state.limits.for_tenant(&p.tenant);
                     if let Err(wait) = limits.api_key.check(&p.key_id) {
-                        crate::metrics::Metrics::inc(&state.metrics.rate_limited_api_key);
+                        state.metrics.rate_limited(crate::metrics::Limit::ApiKey);
                         return Err(rate_limited(wait));
                     }
                     Ok(ApiKey(p))

@@ -43,9 +43,10 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// `GET /metrics`: Prometheus text (counters only; no tenant data).
+/// `GET /metrics`: OpenMetrics text (docs/operations.md). No secrets; tenant
+/// slugs as labels unless `metrics_tenant_labels` is off.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(&state.audit.health))
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.render(&state.audit, &state.auth))
 }

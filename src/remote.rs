@@ -1,0 +1,1109 @@
+//! `token-broker --server URL …`: the commands a tenant key may run, over the
+//! HTTP API, for tenant admins and auditors who have the binary and a key but
+//! no access to the broker's host or database. The key comes from
+//! `TOKEN_BROKER_KEY` or `--key-file`; the tenant always comes from the key.
+//! Output (tables and `--json`) is the local CLI's; `policy check` and
+//! `policy test` run locally (they are pure). Errors print the API's code and
+//! message, plus a hint for 401 and 403.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::audit::AuditRow;
+use crate::audit::chain::{self, ChainFault, Verifier};
+use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, read_file};
+use crate::routes::audit::AuditParams;
+
+/// Longest a single API call may take before the CLI gives up.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "token-broker",
+    version,
+    about = "token-broker's remote commands: run over the HTTP API with a tenant's key."
+)]
+pub struct RemoteCli {
+    /// The broker's base URL, e.g. https://broker.example.com.
+    #[arg(long)]
+    pub server: String,
+    /// A file holding the API key (default: the TOKEN_BROKER_KEY environment variable).
+    #[arg(long, global = true)]
+    pub key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: RemoteCmd,
+}
+
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+pub enum RemoteCmd {
+    /// The key's tenant, id and scopes.
+    Whoami {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Query, summarise, export and verify the tenant's audit record.
+    Audit {
+        #[command(subcommand)]
+        cmd: RemoteAudit,
+    },
+    /// Check and test (locally), apply, show, list and roll back the tenant's policy.
+    Policy {
+        #[command(subcommand)]
+        cmd: RemotePolicy,
+    },
+    /// Decide a token request without issuing (no token is minted).
+    Decide {
+        /// The request body as JSON (a file path, or `-` for stdin).
+        request: PathBuf,
+        /// Include every rule's evaluation.
+        #[arg(long)]
+        explain: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The tenant's API keys.
+    Key {
+        #[command(subcommand)]
+        cmd: RemoteKey,
+    },
+    /// The tenant's stored video credentials.
+    Credential {
+        #[command(subcommand)]
+        cmd: RemoteCredential,
+    },
+    /// Registered sessions (issue keys).
+    Session {
+        #[command(subcommand)]
+        cmd: RemoteSession,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)]
+pub enum RemoteAudit {
+    /// A page of rows, newest first (table or --json); every row with --csv or --ndjson.
+    Query {
+        #[command(flatten)]
+        filters: AuditParams,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, conflicts_with_all = ["json", "ndjson"])]
+        csv: bool,
+        #[arg(long, conflicts_with = "json")]
+        ndjson: bool,
+    },
+    /// Every matching row, streamed as NDJSON (default) or CSV.
+    Export {
+        #[command(flatten)]
+        filters: AuditParams,
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Counts of issued and refused tokens grouped by role, user, session, rule or day.
+    Summary {
+        #[arg(long, default_value = "role")]
+        by: String,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute the tenant's hash chain from the rows the API returns, and
+    /// compare with a checkpoint kept outside the broker.
+    Verify {
+        /// A checkpoint printed by `audit checkpoint --json` (a file path or the
+        /// JSON itself); the entry of the key's tenant is used.
+        #[arg(long)]
+        checkpoint: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemotePolicy {
+    /// Validate policy files (locally; nothing is sent).
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a file of test cases against its policy file (locally).
+    Test {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the difference to the version in force, then apply as a new version.
+    Apply {
+        path: PathBuf,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the policy in force (or --version N).
+    Show {
+        #[arg(long)]
+        version: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the policy versions.
+    History {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-apply version N as a new version.
+    Rollback {
+        #[arg(long)]
+        to: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteKey {
+    /// Create a key of this tenant and print it once.
+    Create {
+        /// issue, audit or admin (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the tenant's keys (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key of this tenant.
+    Revoke {
+        key_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteCredential {
+    /// List the tenant's credentials, never a secret.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one credential.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload (create or replace) a credential; the secret is read from a file.
+    Set {
+        name: String,
+        /// opentok or vonage.
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        api_key: Option<String>,
+        #[arg(long)]
+        token_format: Option<String>,
+        #[arg(long)]
+        application_id: Option<String>,
+        /// File holding the secret (OpenTok API secret, or Vonage private key PEM); `-` for stdin.
+        #[arg(long)]
+        secret_file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a stored credential.
+    Delete {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteSession {
+    /// Show a registered session.
+    Get {
+        session_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a session with an owner and labels.
+    Put {
+        session_id: String,
+        #[arg(long)]
+        owner: Option<String>,
+        /// KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// True when the command line asks for the remote CLI (`--server` before any `--`).
+pub fn wanted(args: &[std::ffi::OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--server" || a.to_string_lossy().starts_with("--server="))
+}
+
+/// The HTTP side: one client, one key, the server's base URL.
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Client {
+    pub fn new(server: &str, key: String) -> Result<Client, Failure> {
+        let base = server.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(usage("--server must be an http:// or https:// URL"));
+        }
+        if base.starts_with("http://") && !is_loopback(&base) {
+            eprintln!(
+                "warning: {base} is plain HTTP: the API key crosses the network unencrypted; use https://"
+            );
+        }
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            // A redirect could carry the key elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("token-broker-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Failure::from(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client { http, base, key })
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, Failure> {
+        let resp = rb.send().await.map_err(|e| Failure {
+            message: format!("cannot reach {}: {e}", self.base),
+            code: 1,
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(api_failure(resp).await)
+    }
+
+    async fn json(&self, rb: reqwest::RequestBuilder) -> Result<Value, Failure> {
+        let resp = self.send(rb).await?;
+        resp.json::<Value>().await.map_err(|e| Failure {
+            message: format!("the server's answer is not JSON: {e}"),
+            code: 1,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.json(self.req(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, Failure> {
+        self.json(self.req(method, path).json(body)).await
+    }
+}
+
+/// True for `http://localhost…`, `http://127.…` and `http://[::1]…`.
+fn is_loopback(base: &str) -> bool {
+    let host = base
+        .trim_start_matches("http://")
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn usage(msg: &str) -> Failure {
+    Failure {
+        message: msg.to_owned(),
+        code: 2,
+    }
+}
+
+/// An API error as `<status> <code>: <message> (field …)`, with a hint for 401/403.
+async fn api_failure(resp: reqwest::Response) -> Failure {
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let e = &body["error"];
+    let code = e["code"].as_str().unwrap_or("unknown_error");
+    let msg = e["message"].as_str().unwrap_or("");
+    let mut message = format!("{} {code}: {msg}", status.as_u16());
+    if let Some(f) = e["field"].as_str() {
+        message.push_str(&format!(" (field {f})"));
+    }
+    match status.as_u16() {
+        401 => message.push_str(
+            "\nhint: the server did not accept the key. Check TOKEN_BROKER_KEY (or --key-file): the whole key, not revoked, for this server.",
+        ),
+        403 => message.push_str(
+            "\nhint: the key is valid but lacks the scope for this command (run `whoami` to see its scopes; admin commands need an admin key, audit commands an audit or admin key, decide and session an issue key).",
+        ),
+        _ => {}
+    }
+    Failure { message, code: 1 }
+}
+
+/// The key: `--key-file` (first line, trimmed) or `TOKEN_BROKER_KEY`.
+fn load_key(key_file: Option<&PathBuf>) -> Result<String, Failure> {
+    let key = match key_file {
+        Some(p) => {
+            let meta = std::fs::metadata(p).map_err(|e| Failure {
+                message: format!("cannot read {}: {e}", p.display()),
+                code: 2,
+            })?;
+            if !meta.is_file() || meta.len() > 4096 {
+                return Err(usage(&format!(
+                    "{} is not a regular file of at most 4 KiB",
+                    p.display()
+                )));
+            }
+            read_file(p)?.lines().next().unwrap_or("").trim().to_owned()
+        }
+        None => std::env::var("TOKEN_BROKER_KEY")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    };
+    if key.is_empty() {
+        return Err(usage(
+            "no API key: set TOKEN_BROKER_KEY or pass --key-file PATH",
+        ));
+    }
+    Ok(key)
+}
+
+/// Runs one remote command.
+pub async fn run(cli: RemoteCli) -> CmdResult {
+    // Pure commands need no key.
+    if let RemoteCmd::Policy { cmd } = &cli.command {
+        match cmd {
+            RemotePolicy::Check { paths, json } => return local_check(paths, *json),
+            RemotePolicy::Test { path, json } => return local_test(path, *json),
+            _ => {}
+        }
+    }
+    let c = Client::new(&cli.server, load_key(cli.key_file.as_ref())?)?;
+    match cli.command {
+        RemoteCmd::Whoami { json } => {
+            let v = c.get("/v1/whoami").await?;
+            if json {
+                out_json(&v);
+            } else {
+                out(format!(
+                    "tenant: {}\nkey id: {}\nscopes: {}",
+                    s(&v["tenant"]),
+                    s(&v["key_id"]),
+                    strs(&v["scopes"]).join(",")
+                ));
+            }
+            Ok(())
+        }
+        RemoteCmd::Audit { cmd } => audit(&c, cmd).await,
+        RemoteCmd::Policy { cmd } => policy(&c, cmd).await,
+        RemoteCmd::Decide {
+            request,
+            explain,
+            json,
+        } => {
+            let text = if request.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+                s
+            } else {
+                read_file(&request)?
+            };
+            let body: Value = serde_json::from_str(&text)
+                .map_err(|e| usage(&format!("the request is not JSON: {e}")))?;
+            let path = if explain {
+                "/v1/decide?explain=true"
+            } else {
+                "/v1/decide"
+            };
+            let v = c.send_json(reqwest::Method::POST, path, &body).await?;
+            if json {
+                out_json(&v);
+            } else {
+                out(serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            Ok(())
+        }
+        RemoteCmd::Key { cmd } => key(&c, cmd).await,
+        RemoteCmd::Credential { cmd } => credential(&c, cmd).await,
+        RemoteCmd::Session { cmd } => session(&c, cmd).await,
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default()
+}
+
+/// `segment` percent-encoded for a URL path.
+fn seg(segment: &str) -> String {
+    let mut o = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+fn local_check(paths: &[PathBuf], json: bool) -> CmdResult {
+    let mut failed = 0;
+    let mut report = Vec::new();
+    for p in paths {
+        let text = read_file(p)?;
+        match crate::policy::parse(&p.display().to_string(), &text) {
+            Ok(doc) => {
+                if !json {
+                    out(format!(
+                        "{}: ok (tenant {}, {} rules)",
+                        p.display(),
+                        doc.tenant,
+                        doc.rules.len()
+                    ));
+                }
+                report.push(
+                    json!({"file": p, "ok": true, "tenant": doc.tenant, "rules": doc.rules.len()}),
+                );
+            }
+            Err(errs) => {
+                failed += 1;
+                if !json {
+                    for e in &errs {
+                        out(e.to_string());
+                    }
+                }
+                report.push(json!({"file": p, "ok": false, "errors": errs}));
+            }
+        }
+    }
+    if json {
+        out_json(&json!({ "files": report }));
+    }
+    if failed > 0 {
+        return Err(Failure {
+            message: format!("{failed} of {} policy files are invalid", paths.len()),
+            code: 1,
+        });
+    }
+    Ok(())
+}
+
+fn policy_failure(errs: Vec<crate::policy::PolicyError>) -> Failure {
+    Failure {
+        message: errs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        code: 1,
+    }
+}
+
+fn local_test(path: &PathBuf, json: bool) -> CmdResult {
+    use crate::policy;
+    let cases_text = read_file(path)?;
+    let cases_name = path.display().to_string();
+    let policy_path = policy::cases_policy_path(path, &cases_text).map_err(policy_failure)?;
+    let text = read_file(&policy_path)?;
+    let doc = policy::parse(&policy_path.display().to_string(), &text).map_err(policy_failure)?;
+    let compiled = policy::CompiledPolicy::compile(doc, 0);
+    let report = policy::run_cases(&compiled, &cases_name, &cases_text).map_err(policy_failure)?;
+    if json {
+        out_json(&report);
+    } else {
+        out(report.to_string());
+    }
+    if report.failed() > 0 {
+        return Err(Failure {
+            message: format!("{} of {} cases failed", report.failed(), report.total()),
+            code: 1,
+        });
+    }
+    Ok(())
+}
+
+async fn audit(c: &Client, cmd: RemoteAudit) -> CmdResult {
+    match cmd {
+        RemoteAudit::Query {
+            filters,
+            json,
+            csv,
+            ndjson,
+        } => {
+            if csv || ndjson {
+                return export(c, filters, csv).await;
+            }
+            let rb = c.req(reqwest::Method::GET, "/v1/audit").query(&filters);
+            let v = c.json(rb).await?;
+            if json {
+                out_json(&v);
+            } else {
+                let rows: Vec<AuditRow> =
+                    serde_json::from_value(v["items"].clone()).map_err(|e| Failure {
+                        message: format!("unexpected audit rows from the server: {e}"),
+                        code: 1,
+                    })?;
+                crate::cli_audit::print_rows(&rows, v["next"].as_str());
+            }
+            Ok(())
+        }
+        RemoteAudit::Export { filters, csv } => export(c, filters, csv).await,
+        RemoteAudit::Summary {
+            by,
+            since,
+            until,
+            json,
+        } => {
+            let mut q = vec![("by", by.clone())];
+            q.extend(since.map(|v| ("since", v)));
+            q.extend(until.map(|v| ("until", v)));
+            let rb = c.req(reqwest::Method::GET, "/v1/audit/summary").query(&q);
+            let v = c.json(rb).await?;
+            if json {
+                out_json(&v);
+            } else {
+                out(format!(
+                    "{:<40} {:>10} {:>10}",
+                    by.to_uppercase(),
+                    "ISSUED",
+                    "REFUSED"
+                ));
+                for g in v["groups"].as_array().into_iter().flatten() {
+                    let k = s(&g["key"]);
+                    out(format!(
+                        "{:<40} {:>10} {:>10}",
+                        if k.is_empty() { "-".into() } else { k },
+                        s(&g["issued"]),
+                        s(&g["refused"])
+                    ));
+                }
+            }
+            Ok(())
+        }
+        RemoteAudit::Verify { checkpoint, json } => verify(c, checkpoint, json).await,
+    }
+}
+
+/// Streams the server's export to stdout as it arrives.
+async fn export(c: &Client, mut filters: AuditParams, csv: bool) -> CmdResult {
+    use std::io::Write;
+    filters.format = Some(if csv { "csv" } else { "ndjson" }.into());
+    let rb = c.req(reqwest::Method::GET, "/v1/audit").query(&filters);
+    let mut resp = c.send(rb).await?;
+    let mut o = std::io::BufWriter::new(std::io::stdout().lock());
+    while let Some(chunk) = resp.chunk().await.map_err(|e| Failure {
+        message: format!("the export was cut off: {e}"),
+        code: 1,
+    })? {
+        o.write_all(&chunk)?;
+    }
+    o.flush()?;
+    Ok(())
+}
+
+/// What the API lets a tenant verify: the rows it returns chain to each
+/// other (each hash recomputed, each `prev_hash` the previous row's hash, no
+/// gap in `seq`), starting at genesis or at the oldest row still kept, and the
+/// checkpoint's row still carries the checkpoint's hash.
+async fn verify(c: &Client, checkpoint: Option<String>, json: bool) -> CmdResult {
+    let cps = match &checkpoint {
+        Some(arg) => crate::cli_audit::parse_checkpoints(arg)?,
+        None => Vec::new(),
+    };
+    let me = c.get("/v1/whoami").await?;
+    let tenant = s(&me["tenant"]);
+    // A checkpoint file may hold every tenant's heads (`audit checkpoint --json`).
+    let cp = cps.into_iter().find(|c| c.tenant == tenant);
+    if checkpoint.is_some() && cp.is_none() {
+        return Err(usage(&format!(
+            "the checkpoint has no entry for tenant {tenant} (the key's tenant)"
+        )));
+    }
+    let filters = AuditParams {
+        format: Some("ndjson".into()),
+        ..AuditParams::default()
+    };
+    let rb = c.req(reqwest::Method::GET, "/v1/audit").query(&filters);
+    let text = c
+        .send(rb)
+        .await?
+        .text()
+        .await
+        .map_err(|e| Failure::from(format!("the export was cut off: {e}")))?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
+        let r: AuditRow = serde_json::from_str(line)
+            .map_err(|e| Failure::from(format!("row {} of the export is not a row: {e}", i + 1)))?;
+        rows.push(r);
+    }
+    rows.sort_by_key(|r| r.seq);
+    // The oldest row kept: after a prune it is not seq 1; the chain is
+    // checked from its predecessor's hash (which the API does not vouch for).
+    let (from_seq, from_hash) = match rows.first() {
+        Some(r) if r.seq > 1 => (r.seq - 1, r.prev_hash.clone()),
+        _ => (0, chain::GENESIS.to_owned()),
+    };
+    let mut v = Verifier::new(from_seq, &from_hash);
+    let mut fault: Option<ChainFault> = None;
+    let mut at_cp: Option<String> = None;
+    for r in &rows {
+        if let Err(f) = v.push(r) {
+            fault = Some(f);
+            break;
+        }
+        if cp.as_ref().map(|c| c.count) == Some(r.seq) {
+            at_cp = Some(r.hash.clone());
+        }
+    }
+    if fault.is_none()
+        && let Some(cp) = &cp
+    {
+        match &at_cp {
+            Some(h) if *h == cp.hash => {}
+            None if cp.count <= from_seq => {}
+            Some(_) => {
+                fault = Some(ChainFault {
+                    audit_id: String::new(),
+                    seq: cp.count,
+                    problem: "modified",
+                    message: format!(
+                        "row {} does not carry the checkpoint's hash: the chain was rewritten",
+                        cp.count
+                    ),
+                })
+            }
+            None => {
+                fault = Some(ChainFault {
+                    audit_id: String::new(),
+                    seq: cp.count,
+                    problem: "truncated",
+                    message: format!(
+                        "the checkpoint names row {} but the chain has only {} rows: the tail was truncated",
+                        cp.count,
+                        v.expected_seq - 1
+                    ),
+                })
+            }
+        }
+    }
+    let result = crate::cli_audit::TenantVerify {
+        tenant: tenant.clone(),
+        ok: fault.is_none(),
+        rows: v.rows,
+        head_seq: v.expected_seq - 1,
+        head_hash: v.head_hash.clone(),
+        fault,
+    };
+    let ok = result.ok;
+    if json {
+        out_json(
+            &json!({"ok": ok, "rows": result.rows, "from_seq": from_seq, "tenants": [result]}),
+        );
+    } else {
+        match &result.fault {
+            None => out(format!(
+                "{}: ok, {} rows verified (from seq {}), head seq {} hash {}",
+                result.tenant,
+                result.rows,
+                from_seq + 1,
+                result.head_seq,
+                result.head_hash
+            )),
+            Some(f) => out(format!(
+                "{}: FAILED at seq {}: {} ({})",
+                result.tenant, f.seq, f.message, f.problem
+            )),
+        }
+    }
+    if !ok {
+        return Err(Failure {
+            message: "audit verification failed".into(),
+            code: 1,
+        });
+    }
+    Ok(())
+}
+
+async fn policy(c: &Client, cmd: RemotePolicy) -> CmdResult {
+    match cmd {
+        RemotePolicy::Check { paths, json } => local_check(&paths, json),
+        RemotePolicy::Test { path, json } => local_test(&path, json),
+        RemotePolicy::Apply {
+            path,
+            dry_run,
+            json,
+        } => {
+            let text = read_file(&path)?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string());
+            // Validate locally first: errors name lines of the local file.
+            if let Err(errs) = crate::policy::parse(&path.display().to_string(), &text) {
+                for e in &errs {
+                    eprintln!("{e}");
+                }
+                return Err(Failure {
+                    message: format!("{} is invalid; nothing was applied", path.display()),
+                    code: 1,
+                });
+            }
+            let v = c
+                .send_json(
+                    reqwest::Method::POST,
+                    "/v1/policy",
+                    &json!({"source": text, "source_name": name, "dry_run": dry_run}),
+                )
+                .await?;
+            print_outcome(v, json)
+        }
+        RemotePolicy::Show { version, json } => {
+            let v = match version {
+                Some(n) => c.get(&format!("/v1/policy/versions/{n}")).await?,
+                None => c.get("/v1/policy").await?,
+            };
+            if json {
+                out_json(&v);
+            } else {
+                out(format!(
+                    "# tenant {} version {} applied {} by {}",
+                    s(&v["tenant"]),
+                    s(&v["version"]),
+                    v["applied_at_ms"].as_i64().map(fmt_ms).unwrap_or_default(),
+                    s(&v["applied_by"])
+                ));
+                out(s(&v["source"]));
+            }
+            Ok(())
+        }
+        RemotePolicy::History { json } => {
+            let v = c.get("/v1/policy/versions").await?;
+            if json {
+                out_json(&v);
+            } else {
+                out("VERSION  APPLIED                   BY                  SHA-256       NOTE");
+                for r in v["items"].as_array().into_iter().flatten() {
+                    let sha = s(&r["sha256"]);
+                    out(format!(
+                        "{:<8} {:<25} {:<19} {:<13} {}",
+                        s(&r["version"]),
+                        r["applied_at_ms"].as_i64().map(fmt_ms).unwrap_or_default(),
+                        s(&r["applied_by"]),
+                        &sha[..12.min(sha.len())],
+                        s(&r["note"])
+                    ));
+                }
+            }
+            Ok(())
+        }
+        RemotePolicy::Rollback { to, json } => {
+            let v = c
+                .send_json(
+                    reqwest::Method::POST,
+                    "/v1/policy/rollback",
+                    &json!({ "to": to }),
+                )
+                .await?;
+            print_outcome(v, json)
+        }
+    }
+}
+
+fn print_outcome(v: Value, json: bool) -> CmdResult {
+    let o: crate::admin::ApplyOutcome = serde_json::from_value(v)
+        .map_err(|e| Failure::from(format!("unexpected answer from the server: {e}")))?;
+    crate::cli_policy::print_outcome(&o, json);
+    Ok(())
+}
+
+async fn key(c: &Client, cmd: RemoteKey) -> CmdResult {
+    match cmd {
+        RemoteKey::Create { scopes, name, json } => {
+            let scopes: Vec<String> = scopes
+                .iter()
+                .flat_map(|s| s.split(','))
+                .map(str::to_owned)
+                .collect();
+            let v = c
+                .send_json(
+                    reqwest::Method::POST,
+                    "/v1/keys",
+                    &json!({"scopes": scopes, "name": name}),
+                )
+                .await?;
+            if json {
+                out_json(&v);
+            } else {
+                out(format!(
+                    "key id: {}\nscopes: {}\n\n{}\n\nThis is the only time the key is shown. Present it as `Authorization: Bearer <key>`.",
+                    s(&v["key_id"]),
+                    strs(&v["scopes"]).join(","),
+                    s(&v["key"])
+                ));
+            }
+            Ok(())
+        }
+        RemoteKey::List { json } => {
+            let v = c.get("/v1/keys").await?;
+            if json {
+                out_json(&v);
+            } else {
+                out(
+                    "KEY ID            SCOPES              CREATED                   STATUS   NAME",
+                );
+                for k in v["items"].as_array().into_iter().flatten() {
+                    let status = if k["revoked_at_ms"].is_null() {
+                        "active"
+                    } else {
+                        "revoked"
+                    };
+                    out(format!(
+                        "{:<17} {:<19} {:<25} {:<8} {}",
+                        s(&k["key_id"]),
+                        strs(&k["scopes"]).join(","),
+                        k["created_at_ms"].as_i64().map(fmt_ms).unwrap_or_default(),
+                        status,
+                        s(&k["name"])
+                    ));
+                }
+            }
+            Ok(())
+        }
+        RemoteKey::Revoke { key_id, json } => {
+            let v = c
+                .json(c.req(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/keys/{}", seg(&key_id)),
+                ))
+                .await?;
+            if json {
+                out_json(&v);
+            } else {
+                out(format!("revoked {key_id}"));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_credential(v: &Value) {
+    let or_dash = |x: &Value| {
+        let t = s(x);
+        if t.is_empty() { "-".to_owned() } else { t }
+    };
+    let id = if v["api_key"].is_null() {
+        &v["application_id"]
+    } else {
+        &v["api_key"]
+    };
+    out(format!(
+        "{}\t{}\t{}\t{}\t{}\t{}",
+        s(&v["name"]),
+        s(&v["provider"]),
+        s(&v["source"]),
+        or_dash(id),
+        or_dash(&v["fingerprint"]),
+        v["updated_at_ms"]
+            .as_i64()
+            .map(fmt_ms)
+            .unwrap_or_else(|| "-".into())
+    ));
+}
+
+async fn credential(c: &Client, cmd: RemoteCredential) -> CmdResult {
+    match cmd {
+        RemoteCredential::List { json } => {
+            let v = c.get("/v1/credentials").await?;
+            if json {
+                out_json(&v);
+            } else {
+                for i in v["items"].as_array().into_iter().flatten() {
+                    print_credential(i);
+                }
+            }
+        }
+        RemoteCredential::Show { name, json } => {
+            let v = c.get(&format!("/v1/credentials/{}", seg(&name))).await?;
+            if json {
+                out_json(&v);
+            } else {
+                print_credential(&v);
+            }
+        }
+        RemoteCredential::Set {
+            name,
+            provider,
+            api_key,
+            token_format,
+            application_id,
+            secret_file,
+            json,
+        } => {
+            let secret = crate::cli_credential::read_secret(&secret_file)?;
+            let secret = secret.trim_end_matches(['\n', '\r']).to_owned();
+            let body = match provider.as_str() {
+                "opentok" => json!({
+                    "provider": "opentok",
+                    "api_key": api_key.ok_or_else(|| usage("--api-key is required for opentok"))?,
+                    "api_secret": secret,
+                    "token_format": token_format,
+                }),
+                "vonage" => json!({
+                    "provider": "vonage",
+                    "application_id": application_id
+                        .ok_or_else(|| usage("--application-id is required for vonage"))?,
+                    "private_key": secret,
+                }),
+                _ => return Err(usage("--provider is opentok or vonage")),
+            };
+            let v = c
+                .send_json(
+                    reqwest::Method::PUT,
+                    &format!("/v1/credentials/{}", seg(&name)),
+                    &body,
+                )
+                .await?;
+            if json {
+                out_json(&v);
+            } else {
+                print_credential(&v);
+            }
+        }
+        RemoteCredential::Delete { name, json } => {
+            let v = c
+                .json(c.req(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/credentials/{}", seg(&name)),
+                ))
+                .await?;
+            if json {
+                out_json(&v);
+            } else {
+                out(format!("deleted {name}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn session(c: &Client, cmd: RemoteSession) -> CmdResult {
+    let (v, json) = match cmd {
+        RemoteSession::Get { session_id, json } => (
+            c.get(&format!("/v1/sessions/{}", seg(&session_id))).await?,
+            json,
+        ),
+        RemoteSession::Put {
+            session_id,
+            owner,
+            labels,
+            json,
+        } => {
+            let mut map = serde_json::Map::new();
+            for l in labels {
+                let (k, val) = l
+                    .split_once('=')
+                    .ok_or_else(|| usage("--label is KEY=VALUE"))?;
+                map.insert(k.to_owned(), Value::String(val.to_owned()));
+            }
+            let v = c
+                .send_json(
+                    reqwest::Method::PUT,
+                    &format!("/v1/sessions/{}", seg(&session_id)),
+                    &json!({"owner": owner, "labels": map}),
+                )
+                .await?;
+            (v, json)
+        }
+    };
+    if json {
+        out_json(&v);
+    } else {
+        out(format!("session: {}", s(&v["session_id"])));
+        out(format!("owner: {}", s(&v["owner"])));
+        for (k, val) in v["labels"].as_object().into_iter().flatten() {
+            out(format!("label: {k}={}", s(val)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_http_goes_without_a_warning() {
+        for ok in [
+            "http://localhost:8080",
+            "http://127.0.0.1:8080/",
+            "http://[::1]:8080",
+        ] {
+            assert!(is_loopback(ok), "{ok}");
+        }
+        for warn in [
+            "http://broker.example.com",
+            "http://10.0.0.5:8080",
+            "http://localhost.evil.com",
+            "http://127.0.0.1.nip.io",
+        ] {
+            assert!(!is_loopback(warn), "{warn}");
+        }
+    }
+
+    #[test]
+    fn the_remote_cli_is_chosen_only_by_a_server_flag_before_the_separator() {
+        let a = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert!(wanted(&a(&["tb", "--server", "http://x", "whoami"])));
+        assert!(wanted(&a(&["tb", "whoami", "--server=http://x"])));
+        assert!(!wanted(&a(&["tb", "serve"])));
+        assert!(!wanted(&a(&["tb", "policy", "check", "--", "--server"])));
+    }
+}
