@@ -92,6 +92,10 @@ pub struct SettingsArgs {
     /// Master keyring file that seals stored credentials (kept outside the database).
     #[arg(long, env = "TOKEN_BROKER_MASTER_KEY_FILE", global = true)]
     pub master_key_file: Option<PathBuf>,
+    /// Networks of reverse proxies whose `X-Forwarded-For` / `Forwarded` is
+    /// believed (comma-separated CIDRs; empty: the TCP peer is the client).
+    #[arg(long, env = "TOKEN_BROKER_TRUSTED_PROXIES", global = true)]
+    pub trusted_proxies: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -123,6 +127,7 @@ struct FileSettings {
     rate_failed_auth_ip: Option<String>,
     secrets_dir: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
+    trusted_proxies: Option<String>,
 }
 
 /// Effective settings.
@@ -142,6 +147,8 @@ pub struct Settings {
     pub rates: Rates,
     pub secrets_dir: PathBuf,
     pub master_key_file: Option<PathBuf>,
+    /// Only from peers in these networks are forwarding headers read.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl fmt::Debug for Settings {
@@ -161,6 +168,7 @@ impl fmt::Debug for Settings {
             .field("rates", &self.rates)
             .field("secrets_dir", &self.secrets_dir)
             .field("master_key_file", &self.master_key_file)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -220,7 +228,15 @@ impl Settings {
             .or(file.secrets_dir)
             .unwrap_or_else(|| data_dir.join("secrets"));
         let master_key_file = args.master_key_file.clone().or(file.master_key_file);
+        let trusted_proxies = crate::routes::client_addr::parse_trusted_proxies(
+            args.trusted_proxies
+                .as_deref()
+                .or(file.trusted_proxies.as_deref())
+                .unwrap_or(""),
+        )
+        .map_err(anyhow::Error::msg)?;
         Ok(Settings {
+            trusted_proxies,
             rates,
             secrets_dir,
             master_key_file,
