@@ -179,7 +179,12 @@ mod tests {
         let nets = "10.0.0.0/8, 127.0.0.1";
         // The client forged 6.6.6.6 on the left; the proxies appended the rest.
         assert_eq!(
-            r("127.0.0.1", nets, &["6.6.6.6, 198.51.100.7", "10.1.2.3"], &[]),
+            r(
+                "127.0.0.1",
+                nets,
+                &["6.6.6.6, 198.51.100.7", "10.1.2.3"],
+                &[]
+            ),
             "198.51.100.7"
         );
         // All hops trusted: the leftmost one.

@@ -32,7 +32,12 @@ fn route_table() -> BTreeSet<(String, String)> {
 }
 
 async fn document(app: &TestApp) -> Value {
-    let r = app.client.get(app.url("/openapi.json")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-type"]
@@ -48,7 +53,11 @@ async fn the_document_is_openapi_3_1_and_lists_every_route_of_the_table() {
     let app = spawn_app().await;
     // Anonymous: no Authorization header.
     let doc = document(&app).await;
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1."), "{}", doc["openapi"]);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1."),
+        "{}",
+        doc["openapi"]
+    );
     assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -78,25 +87,36 @@ async fn every_authenticated_route_names_its_scopes_and_every_error_is_in_the_ca
         .collect();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (m, op) in item.as_object().unwrap() {
-            let public = ["/healthz", "/readyz", "/metrics", "/openapi.json"].contains(&path.as_str())
+            let public = ["/healthz", "/readyz", "/metrics", "/openapi.json"]
+                .contains(&path.as_str())
                 || m == "options";
             let security = op["security"].as_array().cloned().unwrap_or_default();
             assert_eq!(security.is_empty(), public, "{m} {path}: {security:?}");
             let responses = op["responses"].as_object().unwrap();
             if !public {
-                assert!(responses.contains_key("401") && responses.contains_key("403"), "{m} {path}");
+                assert!(
+                    responses.contains_key("401") && responses.contains_key("403"),
+                    "{m} {path}"
+                );
             }
             for (status, r) in responses {
                 if !status.starts_with('4') && !status.starts_with('5') {
                     continue;
                 }
-                let codes = &r["content"]["application/json"]["schema"]["properties"]["error"]["properties"]["code"]["enum"];
+                let codes = &r["content"]["application/json"]["schema"]["properties"]["error"]["properties"]
+                    ["code"]["enum"];
                 if m == "get" && path == "/readyz" && status == "503" {
                     continue; // readiness answers its own status shape
                 }
-                for c in codes.as_array().unwrap_or_else(|| panic!("{m} {path} {status}: {r}")) {
+                for c in codes
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{m} {path} {status}: {r}"))
+                {
                     let c = c.as_str().unwrap().to_owned();
-                    assert!(catalogue.contains(&(status.clone(), c.clone())), "{m} {path}: {status} {c} not in the catalogue");
+                    assert!(
+                        catalogue.contains(&(status.clone(), c.clone())),
+                        "{m} {path}: {status} {c} not in the catalogue"
+                    );
                 }
             }
         }
@@ -119,6 +139,9 @@ fn docs_api_md_and_the_catalogue_list_the_same_codes() {
             documented.insert((status, code.trim().trim_matches('`').to_owned()));
         }
     }
-    let catalogue: BTreeSet<(u16, String)> = CATALOGUE.iter().map(|(s, c, _)| (*s, c.to_string())).collect();
+    let catalogue: BTreeSet<(u16, String)> = CATALOGUE
+        .iter()
+        .map(|(s, c, _)| (*s, c.to_string()))
+        .collect();
     assert_eq!(documented, catalogue);
 }
