@@ -204,6 +204,7 @@ pub const OPERATIONS: &[Operation] = &[
         Answer::Json(201),
         &[
             "user_not_allowed",
+            "invalid_user",
             "wrong_tenant",
             "tenant_not_found",
             "token_expired",
@@ -592,6 +593,52 @@ fn json_object() -> RefOr<Schema> {
     schema(json!({"type": "object"}))
 }
 
+/// The success body of an operation, where it is more than "an object".
+fn success_schema(id: &str) -> RefOr<Schema> {
+    let string = json!({"type": "string"});
+    let items = json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"type": "object"}}}});
+    let token = json!({
+        "type": "object",
+        "required": ["format", "session_id", "role", "expire_time", "connection_data", "credential", "decision"],
+        "properties": {
+            "token": string, "token_id": string, "format": string, "session_id": string,
+            "role": {"type": "string", "enum": ["subscriber", "publisher", "publisheronly", "moderator"]},
+            "expire_time": {"type": "integer"}, "connection_data": string, "credential": string,
+            "decision": {"type": "object"}, "audit_id": string
+        }
+    });
+    match id {
+        "healthz" => schema(
+            json!({"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}),
+        ),
+        "whoami" => schema(json!({
+            "type": "object", "required": ["tenant", "key_id", "scopes"],
+            "properties": {"tenant": string, "key_id": string,
+                "scopes": {"type": "array", "items": {"type": "string", "enum": ["issue", "audit", "admin"]}}}
+        })),
+        "issue_token" | "issue_end_user_token" => schema(token),
+        "create_key" => schema(json!({
+            "type": "object", "required": ["key_id", "key", "tenant", "scopes"],
+            "properties": {"key_id": string, "key": {"type": "string", "description": "shown once"}, "tenant": string,
+                "scopes": {"type": "array", "items": string}, "name": {"type": ["string", "null"]}}
+        })),
+        "revoke_key" => schema(
+            json!({"type": "object", "required": ["key_id", "revoked"], "properties": {"key_id": string, "revoked": {"const": true}}}),
+        ),
+        "delete_credential" => schema(
+            json!({"type": "object", "required": ["name", "deleted"], "properties": {"name": string, "deleted": {"const": true}}}),
+        ),
+        "list_keys" | "list_credentials" | "policy_history" => schema(items),
+        "current_policy" | "policy_version" => super::policy::VersionView::schema(),
+        "put_session" | "get_session" => schema(json!({
+            "type": "object", "required": ["session_id", "labels", "registered"],
+            "properties": {"session_id": string, "owner": {"type": ["string", "null"]},
+                "labels": {"type": "object", "additionalProperties": string}, "registered": {"type": "boolean"}}
+        })),
+        _ => json_object(),
+    }
+}
+
 fn operation(o: &Operation) -> openapi::path::Operation {
     let mut b = OperationBuilder::new()
         .operation_id(Some(o.id))
@@ -642,7 +689,7 @@ fn operation(o: &Operation) -> openapi::path::Operation {
             status.to_string(),
             ResponseBuilder::new()
                 .description(reason(status))
-                .content("application/json", ContentBuilder::new().schema(Some(json_object())).build()),
+                .content("application/json", ContentBuilder::new().schema(Some(success_schema(o.id))).build()),
         ),
         Answer::CreatedOrReplaced => b
             .response(

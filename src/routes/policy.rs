@@ -16,7 +16,7 @@ use crate::auth::Scopes;
 use crate::state::AppState;
 use crate::store::PolicyVersionRow;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VersionView {
     pub tenant: String,
     pub version: i64,
