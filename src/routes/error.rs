@@ -178,6 +178,11 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
     (400, "malformed_json", "the body is not JSON"),
     (
         400,
+        "malformed_body",
+        "the body could not be read (a broken transfer encoding)",
+    ),
+    (
+        400,
         "invalid_body",
         "a field has the wrong type, or is unknown (`field` names it)",
     ),

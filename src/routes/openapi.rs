@@ -512,6 +512,7 @@ fn implied_errors(o: &Operation) -> Vec<&'static str> {
     if !matches!(o.body, Body::None) {
         v.extend([
             "malformed_json",
+            "malformed_body",
             "invalid_body",
             "missing_field",
             "body_too_large",
@@ -656,10 +657,12 @@ fn operation(o: &Operation) -> openapi::path::Operation {
     }
     for seg in o.path.split('/') {
         if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            let kind = if name == "version" {
-                json!({"type": "integer", "format": "int64"})
-            } else {
-                json!({"type": "string"})
+            let kind = match name {
+                "version" => json!({"type": "integer", "format": "int64"}),
+                "name" => {
+                    json!({"type": "string", "pattern": "^[a-z0-9_-]{1,64}$", "example": "main"})
+                }
+                _ => json!({"type": "string"}),
             };
             b = b.parameter(
                 ParameterBuilder::new()
