@@ -341,6 +341,21 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_are_cidrs_and_a_bad_one_stops_startup() {
+        let s = resolve(&["t", "--trusted-proxies", "10.0.0.0/8, 127.0.0.1"]).unwrap();
+        let nets: Vec<String> = s.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "127.0.0.1/32"]);
+        assert!(
+            resolve(&["t"]).unwrap().trusted_proxies.is_empty(),
+            "none by default"
+        );
+        let e = resolve(&["t", "--trusted-proxies", "10.0.0.0/8,proxy.local"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proxy.local"), "{e}");
+    }
+
+    #[test]
     fn the_default_database_is_sqlite_in_the_data_dir() {
         let s = resolve(&["t", "--data-dir", "/var/lib/tb"]).unwrap();
         assert_eq!(s.database_url, "sqlite:///var/lib/tb/token-broker.db");
