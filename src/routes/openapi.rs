@@ -662,6 +662,7 @@ fn operation(o: &Operation) -> openapi::path::Operation {
                 "name" => {
                     json!({"type": "string", "pattern": "^[a-z0-9_-]{1,64}$", "example": "main"})
                 }
+                "tenant" => json!({"type": "string", "example": "acme"}),
                 _ => json!({"type": "string"}),
             };
             b = b.parameter(
