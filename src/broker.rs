@@ -18,7 +18,7 @@ const MAX_GROUPS: usize = 64;
 const MAX_IDENT_LEN: usize = 256;
 
 /// Body of `POST /v1/tokens` and `POST /v1/decide`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub session_id: String,
@@ -32,7 +32,7 @@ pub struct TokenRequest {
     pub initial_layout_class_list: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
     pub id: String,

@@ -203,6 +203,7 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
                     "workers": settings.workers,
                     "secrets_dir": settings.secrets_dir,
                     "master_key_file": settings.master_key_file,
+                    "trusted_proxies": settings.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
                 }));
             } else {
                 out(format!("{settings:#?}"));

@@ -97,6 +97,10 @@ pub struct SettingsArgs {
     /// Master keyring file that seals stored credentials (kept outside the database).
     #[arg(long, env = "TOKEN_BROKER_MASTER_KEY_FILE", global = true)]
     pub master_key_file: Option<PathBuf>,
+    /// Networks of reverse proxies whose `X-Forwarded-For` / `Forwarded` is
+    /// believed (comma-separated CIDRs; empty: the TCP peer is the client).
+    #[arg(long, env = "TOKEN_BROKER_TRUSTED_PROXIES", global = true)]
+    pub trusted_proxies: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -129,6 +133,7 @@ struct FileSettings {
     rate_failed_auth_ip: Option<String>,
     secrets_dir: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
+    trusted_proxies: Option<String>,
 }
 
 /// Effective settings.
@@ -149,6 +154,8 @@ pub struct Settings {
     pub rates: Rates,
     pub secrets_dir: PathBuf,
     pub master_key_file: Option<PathBuf>,
+    /// Only from peers in these networks are forwarding headers read.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl fmt::Debug for Settings {
@@ -169,6 +176,7 @@ impl fmt::Debug for Settings {
             .field("rates", &self.rates)
             .field("secrets_dir", &self.secrets_dir)
             .field("master_key_file", &self.master_key_file)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -228,7 +236,15 @@ impl Settings {
             .or(file.secrets_dir)
             .unwrap_or_else(|| data_dir.join("secrets"));
         let master_key_file = args.master_key_file.clone().or(file.master_key_file);
+        let trusted_proxies = crate::routes::client_addr::parse_trusted_proxies(
+            args.trusted_proxies
+                .as_deref()
+                .or(file.trusted_proxies.as_deref())
+                .unwrap_or(""),
+        )
+        .map_err(anyhow::Error::msg)?;
         Ok(Settings {
+            trusted_proxies,
             rates,
             secrets_dir,
             master_key_file,
@@ -334,6 +350,21 @@ mod tests {
         std::fs::write(&file, "rate_api_key = \"fast\"\n").unwrap();
         assert!(resolve(&["t", "--config", file.to_str().unwrap()]).is_err());
         assert!(resolve(&["t", "--config", "/nonexistent/tb.toml"]).is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_and_a_bad_one_stops_startup() {
+        let s = resolve(&["t", "--trusted-proxies", "10.0.0.0/8, 127.0.0.1"]).unwrap();
+        let nets: Vec<String> = s.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "127.0.0.1/32"]);
+        assert!(
+            resolve(&["t"]).unwrap().trusted_proxies.is_empty(),
+            "none by default"
+        );
+        let e = resolve(&["t", "--trusted-proxies", "10.0.0.0/8,proxy.local"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proxy.local"), "{e}");
     }
 
     #[test]

@@ -251,7 +251,7 @@ async fn record_read(
         .extensions()
         .get::<tracing_actix_web::RequestId>()
         .map(|r| r.to_string());
-    row.client_addr = req.peer_addr().map(|a| a.ip().to_string());
+    row.client_addr = super::client_addr::client_addr_string(req);
     row.detail = Some(json!({"read": what, "filters": filters}).to_string());
     state.audit.append(row).await.map_err(|_| {
         ApiError::unavailable("audit_unavailable", "reads of the audit are themselves audited, and that record cannot be written right now")

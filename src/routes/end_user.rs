@@ -202,10 +202,7 @@ async fn issue_inner(
             state.metrics.rate_limited(Limit::EndUser);
             return Err(rate_limited(wait));
         }
-        let ip = req
-            .peer_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
+        let ip = super::client_addr::client_addr_string(req).unwrap_or_default();
         if let Err(wait) = limits.end_user_ip.check(&ip) {
             state.metrics.rate_limited(Limit::EndUserIp);
             return Err(rate_limited(wait));

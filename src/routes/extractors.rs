@@ -101,9 +101,7 @@ pub fn rate_limited(wait: std::time::Duration) -> ApiError {
 
 /// The client address the failed-authentication limit is keyed by.
 fn client_ip(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default()
+    super::client_addr::client_addr_string(req).unwrap_or_default()
 }
 
 /// 429 before any credential is looked at (no argon2, no JWT verification)

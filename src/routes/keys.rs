@@ -88,7 +88,7 @@ pub async fn list(state: web::Data<AppState>, key: ApiKey) -> Result<HttpRespons
     Ok(HttpResponse::Ok().json(json!({ "items": keys })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     pub scopes: Vec<String>,

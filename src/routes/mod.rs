@@ -3,6 +3,7 @@
 //! the result; every failure is an `error::ApiError`.
 
 pub mod audit;
+pub mod client_addr;
 pub mod credentials;
 pub mod end_user;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod extractors;
 pub mod health;
 pub mod json;
 pub mod keys;
+pub mod openapi;
 pub mod policy;
 pub mod sessions;
 pub mod span;
@@ -96,5 +98,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
         .service(resource("/v1/audit").route(web::get().to(audit::query)))
         .service(resource("/v1/audit/summary").route(web::get().to(audit::summary)))
         .configure(crate::console::configure)
+        .service(resource("/openapi.json").route(web::get().to(openapi::serve)))
         .default_service(web::to(not_found));
 }

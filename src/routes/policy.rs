@@ -16,7 +16,7 @@ use crate::auth::Scopes;
 use crate::state::AppState;
 use crate::store::PolicyVersionRow;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VersionView {
     pub tenant: String,
     pub version: i64,
@@ -83,7 +83,7 @@ pub async fn version(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyBody {
     /// The policy file's TOML text.
@@ -124,7 +124,7 @@ pub async fn apply(
     Ok(HttpResponse::Ok().json(out))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackBody {
     pub to: i64,
@@ -153,7 +153,7 @@ pub async fn rollback(
     Ok(HttpResponse::Ok().json(out))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayBody {
     /// The proposed policy's TOML text.

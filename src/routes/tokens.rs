@@ -21,7 +21,7 @@ pub fn caller_from(req: &HttpRequest, tenant: &str, key_id: Option<&str>) -> Cal
         key_id: key_id.map(str::to_owned),
         idp: None,
         identity: None,
-        client_addr: req.peer_addr().map(|a| a.ip().to_string()),
+        client_addr: super::client_addr::client_addr_string(req),
         user_agent: req
             .headers()
             .get(header::USER_AGENT)
