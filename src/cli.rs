@@ -227,6 +227,9 @@ async fn serve(mut settings: Settings, dev: bool) -> CmdResult {
         crate::dev::seed(&settings, &store).await?;
     }
     let app = Application::build_with_store(settings, store).await?;
+    if dev {
+        crate::dev::first_tokens(&app.state(), crate::clock::now_unix_ms()).await?;
+    }
     app.run_until_stopped().await?;
     Ok(())
 }

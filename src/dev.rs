@@ -11,6 +11,12 @@
 //! keys of earlier starts (so a key left in an old terminal or log stops
 //! working), mints a fresh API key (scopes issue, audit, admin) and prints it
 //! once with ready-to-paste commands.
+//!
+//! Once the broker is built (`first_tokens`), a demo tenant that has never
+//! had a token request gets its first tokens through the real issuance
+//! pipeline (decision, signing, durable audit), so the console's overview,
+//! moderator list and refusals are not empty from a fresh clone: a moderator
+//! for a `hosts` member, a publisher, and one refusal.
 
 use std::io::Write;
 
@@ -169,4 +175,100 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<String, Failure>
         key = key.key
     );
     Ok(key.key)
+}
+
+/// The demo project's sessions are `demo_session_id()`; this one belongs to
+/// a video project the demo tenant does not own, so requests for it are
+/// refused (and audited).
+pub fn foreign_session_id() -> String {
+    use base64::Engine;
+    format!(
+        "1_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode("1~999999~~1764000000000~elsewhere~")
+    )
+}
+
+/// Issues the demo's first tokens through `broker::handle` (policy decision,
+/// signing, durable audit), as the demo key `seed` minted, unless the demo
+/// tenant has had a token request before (a restart adds nothing). Returns
+/// how many requests were made. Development mode only: `serve --dev` calls
+/// it after building the application.
+pub async fn first_tokens(state: &crate::state::AppState, now_ms: i64) -> Result<usize, Failure> {
+    use crate::audit::kind;
+    use crate::broker::{self, Caller, Mode, TokenRequest, UserBody};
+    for k in [kind::TOKEN_ISSUED, kind::TOKEN_REFUSED] {
+        let seen = state
+            .store
+            .query_audit(&crate::store::AuditFilter {
+                tenant: "demo".into(),
+                kind: Some(k.into()),
+                limit: 1,
+                ..Default::default()
+            })
+            .await?;
+        if !seen.is_empty() {
+            return Ok(0);
+        }
+    }
+    let Some(key) = state
+        .store
+        .list_keys("demo")
+        .await?
+        .into_iter()
+        .find(|k| k.revoked_at_ms.is_none() && k.name.as_deref() == Some(DEV_KEY_NAME))
+    else {
+        return Ok(0);
+    };
+    let caller = Caller {
+        tenant: "demo".into(),
+        key_id: Some(key.key_id),
+        idp: None,
+        identity: None,
+        client_addr: None,
+        user_agent: Some("token-broker serve --dev (demo's first tokens)".into()),
+        request_id: None,
+    };
+    let ask = |session_id: String, id: &str, groups: &[&str], role: Option<&str>| TokenRequest {
+        session_id,
+        user: Some(UserBody {
+            id: id.into(),
+            name: None,
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        }),
+        role: role.map(str::to_owned),
+        ttl: None,
+        expire_time: None,
+        data: None,
+        initial_layout_class_list: None,
+    };
+    // (request, should it be issued?)
+    let requests = [
+        (
+            ask(demo_session_id(), "alice", &["hosts"], Some("moderator")),
+            true,
+        ),
+        (ask(demo_session_id(), "bob", &[], None), true),
+        (ask(foreign_session_id(), "mallory", &[], None), false),
+    ];
+    let n = requests.len();
+    for (req, issue) in requests {
+        let out = broker::handle(state, &caller, &req, Mode::Issue, now_ms).await;
+        match (out, issue) {
+            (Ok(_), true) | (Err(_), false) => {}
+            (Ok(_), false) => eprintln!(
+                "development mode: the demo request for {} was expected to be refused but was issued",
+                req.session_id
+            ),
+            (Err(e), true) => eprintln!(
+                "development mode: a demo token could not be issued: {} ({})",
+                e.body.code, e.body.message
+            ),
+        }
+    }
+    eprintln!(
+        "development mode: issued the demo's first tokens (a moderator for alice of `hosts`, a publisher for bob, \
+         one refusal) so the console's overview is not empty\n"
+    );
+    Ok(n)
 }

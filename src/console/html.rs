@@ -1,27 +1,14 @@
-//! HTML building for the console: every interpolated value goes through
-//! `esc` (text and attribute values alike), and every page goes out through
-//! `respond`, which sets the Content-Security-Policy and no-store.
+//! Page plumbing for the console: every page is rendered by a template in
+//! `templates/console/` (see `views`), which escapes every interpolated
+//! value, and goes out through `respond`, which sets the
+//! Content-Security-Policy and no-store.
 
 use actix_web::HttpResponse;
 use actix_web::http::{StatusCode, header};
+use askama::Template;
 
 use super::Session;
-
-/// Escapes text for HTML text and double-quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
+use super::views::{ErrorBody, Layout, NavItem};
 
 /// Percent-encodes a query-string value.
 pub fn url(s: &str) -> String {
@@ -49,20 +36,6 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-/// A `<time>` element: UTC in the text and the hover title; our script
-/// rewrites the text into the viewer's time zone.
-pub fn time(ms: i64) -> String {
-    let t = rfc3339(ms);
-    format!(
-        "<time datetime=\"{t}\" title=\"{t} (UTC)\">{}</time>",
-        t.replace('T', " ").replace('Z', " UTC")
-    )
-}
-
-pub fn opt(v: &Option<String>) -> String {
-    v.as_deref().map(esc).unwrap_or_else(|| "—".into())
-}
-
 /// Security headers shared by every console page.
 pub fn respond(status: StatusCode, body: String) -> HttpResponse {
     HttpResponse::build(status)
@@ -75,78 +48,67 @@ pub fn respond(status: StatusCode, body: String) -> HttpResponse {
         .body(body)
 }
 
-fn head(title: &str) -> String {
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · token-broker console</title>\
-         <link rel=\"stylesheet\" href=\"/console/assets/console.css\">\
-         <script src=\"/console/assets/console.js\" defer></script></head>",
-        esc(title)
-    )
+fn layout(s: Option<&Session>, active: &str, title: &str, body: &str) -> askama::Result<String> {
+    let mut nav = Vec::new();
+    if let Some(s) = s {
+        let mut items = vec![
+            ("overview", "/console/overview", "Overview"),
+            ("moderators", "/console/moderators", "Who got moderator"),
+            ("audit", "/console/audit", "Audit"),
+        ];
+        if s.is_admin() {
+            items.push(("policy", "/console/policy", "Policy"));
+            items.push(("keys", "/console/keys", "Keys & credentials"));
+        }
+        nav = items
+            .into_iter()
+            .map(|(id, href, label)| NavItem {
+                href,
+                label,
+                current: id == active,
+            })
+            .collect();
+    }
+    Layout {
+        title,
+        session: s,
+        scopes: s.map(|s| s.scopes.names().join(", ")).unwrap_or_default(),
+        nav,
+        body,
+    }
+    .render()
+}
+
+/// Sends a rendered page; a template that cannot render (a bug, never
+/// input) becomes a plain 500 page.
+fn finish(status: StatusCode, page: askama::Result<String>) -> HttpResponse {
+    match page {
+        Ok(text) => respond(status, text),
+        Err(e) => {
+            tracing::error!(error = %e, "console template failed to render");
+            respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<!doctype html><title>Internal error</title><p>internal_error</p>".into(),
+            )
+        }
+    }
 }
 
 /// A signed-in page: navigation for the session's scopes, the sign-out form
-/// (with the CSRF token), and `body`.
-pub fn page(s: &Session, active: &str, title: &str, body: &str) -> HttpResponse {
-    respond(StatusCode::OK, page_text(s, active, title, body))
-}
-
-pub fn page_text(s: &Session, active: &str, title: &str, body: &str) -> String {
-    let mut nav = vec![
-        ("overview", "/console/overview", "Overview"),
-        ("moderators", "/console/moderators", "Who got moderator"),
-        ("audit", "/console/audit", "Audit"),
-    ];
-    if s.is_admin() {
-        nav.push(("policy", "/console/policy", "Policy"));
-        nav.push(("keys", "/console/keys", "Keys &amp; credentials"));
-    }
-    let links: String = nav
-        .iter()
-        .map(|(id, href, label)| {
-            let cur = if *id == active {
-                " aria-current=\"page\""
-            } else {
-                ""
-            };
-            format!("<li><a href=\"{href}\"{cur}>{label}</a></li>")
-        })
-        .collect();
-    let scopes = s.scopes.names().join(", ");
-    format!(
-        "{}<body><a class=\"skip\" href=\"#main\">Skip to content</a>\
-         <header><span class=\"brand\">token-broker</span>\
-         <span class=\"who\">tenant <strong id=\"tenant\">{}</strong> · key {} ({})</span>\
-         <form method=\"post\" action=\"/console/sign-out\">{}<button type=\"submit\">Sign out</button></form>\
-         </header><nav aria-label=\"Console\"><ul>{links}</ul></nav>\
-         <main id=\"main\"><h1>{}</h1>{body}</main></body></html>",
-        head(title),
-        esc(&s.tenant),
-        esc(&s.key_id),
-        esc(&scopes),
-        csrf_field(&s.csrf),
-        esc(title),
-    )
-}
-
-pub fn csrf_field(token: &str) -> String {
-    format!(
-        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
-        esc(token)
+/// (with the CSRF token), and the body (rendered by a template).
+pub fn page(s: &Session, active: &str, title: &str, body: &impl Template) -> HttpResponse {
+    finish(
+        StatusCode::OK,
+        body.render()
+            .and_then(|b| layout(Some(s), active, title, &b)),
     )
 }
 
 /// A page for a visitor without a session (sign-in, errors).
-pub fn bare(status: StatusCode, title: &str, body: &str) -> HttpResponse {
-    respond(
+pub fn bare(status: StatusCode, title: &str, body: &impl Template) -> HttpResponse {
+    finish(
         status,
-        format!(
-            "{}<body><header><span class=\"brand\">token-broker</span></header>\
-             <main id=\"main\"><h1>{}</h1>{body}</main></body></html>",
-            head(title),
-            esc(title)
-        ),
+        body.render().and_then(|b| layout(None, "", title, &b)),
     )
 }
 
@@ -155,42 +117,82 @@ pub fn error_page(status: StatusCode, code: &str, message: &str) -> HttpResponse
     bare(
         status,
         "Refused",
-        &format!(
-            "<div class=\"error\" role=\"alert\"><p><code id=\"error-code\">{}</code></p><p>{}</p></div>\
-             <p><a href=\"/console\">Back to the console</a></p>",
-            esc(code),
-            esc(message)
-        ),
+        &ErrorBody {
+            code,
+            message,
+            back: true,
+        },
     )
 }
 
 /// An error shown inside a signed-in page.
 pub fn error_in_page(s: &Session, status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    respond(
+    let body = ErrorBody {
+        code,
+        message,
+        back: false,
+    };
+    finish(
         status,
-        page_text(
-            s,
-            "",
-            "Refused",
-            &format!(
-                "<div class=\"error\" role=\"alert\"><p><code id=\"error-code\">{}</code></p><p>{}</p></div>",
-                esc(code),
-                esc(message)
-            ),
-        ),
+        body.render()
+            .and_then(|b| layout(Some(s), "", "Refused", &b)),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::views::{Chain, DryRun, DryRunPage, Overview, diff_lines};
+
+    const HOSTILE: &str = "<script>\"x\"&'y'</script>";
 
     #[test]
-    fn hostile_text_is_escaped() {
-        assert_eq!(
-            esc("<script>\"x\"&'y'</script>"),
-            "&lt;script&gt;&quot;x&quot;&amp;&#39;y&#39;&lt;/script&gt;"
+    fn hostile_text_is_escaped_by_the_templates() {
+        let page = error_page(StatusCode::BAD_REQUEST, HOSTILE, HOSTILE);
+        let body = actix_web::body::to_bytes(page.into_body());
+        let body = futures_util::FutureExt::now_or_never(body)
+            .and_then(Result::ok)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        assert!(!body.contains("<script>"), "{body}");
+        assert!(!body.contains("'y'"), "{body}");
+        assert!(
+            body.contains("&#60;script&#62;&#34;x&#34;&#38;&#39;y&#39;&#60;/script&#62;"),
+            "{body}"
         );
+
+        // Attribute values and diff lines too.
+        let text = Overview {
+            issued: 0,
+            refused: 1,
+            moderators: 0,
+            chart: None,
+            codes: vec![(format!("a\" onmouseover=\"x{HOSTILE}"), 1)],
+            chain: Chain::Broken(HOSTILE.into()),
+        }
+        .render()
+        .unwrap_or_default();
+        assert!(
+            !text.contains("<script>") && !text.contains("\" onmouseover"),
+            "{text}"
+        );
+        let text = DryRunPage {
+            outcome: DryRun::Valid {
+                unchanged: false,
+                warnings: vec![HOSTILE.into()],
+                diff: diff_lines(&format!("+{HOSTILE}")),
+            },
+        }
+        .render()
+        .unwrap_or_default();
+        assert!(
+            !text.contains("<script>") && text.contains("+&#60;script&#62;"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn urls_and_times() {
         assert_eq!(url("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
     }

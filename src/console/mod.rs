@@ -18,6 +18,7 @@
 pub mod html;
 mod pages;
 pub mod session;
+mod views;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};

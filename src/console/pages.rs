@@ -9,8 +9,9 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::html::{self, esc, opt, time, url};
+use super::html::{self, url};
 use super::session::{self, COOKIE, PRE_COOKIE, Session};
+use super::views;
 use crate::audit::{AuditRow, kind};
 use crate::auth::Scopes;
 use crate::routes::audit::{AuditParams, encode_cursor};
@@ -169,27 +170,7 @@ pub async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse 
 
 fn sign_in_page(status: StatusCode, error: Option<(&str, &str)>, secure: bool) -> HttpResponse {
     let pre = session::random_token();
-    let err = error
-        .map(|(code, m)| {
-            format!(
-                "<div class=\"error\" role=\"alert\"><p><code id=\"error-code\">{}</code></p><p>{}</p></div>",
-                esc(code),
-                esc(m)
-            )
-        })
-        .unwrap_or_default();
-    let mut r = html::bare(
-        status,
-        "Sign in",
-        &format!(
-            "{err}<form method=\"post\" action=\"/console/sign-in\" class=\"card\">{}\
-             <label for=\"key\">Tenant API key (audit or admin scope)</label>\
-             <input id=\"key\" name=\"key\" type=\"password\" autocomplete=\"off\" required autofocus>\
-             <p class=\"hint\">The key is checked once and exchanged for a session; it is not kept in this browser.</p>\
-             <button type=\"submit\">Sign in</button></form>",
-            html::csrf_field(&pre)
-        ),
-    );
+    let mut r = html::bare(status, "Sign in", &views::SignIn { error, csrf: &pre });
     if let Ok(v) =
         header::HeaderValue::from_str(&session::set_cookie(PRE_COOKIE, &pre, Some(3600), secure))
     {
@@ -313,38 +294,6 @@ pub async fn sign_out(
 
 // ---------------------------------------------------------------- overview
 
-/// Issued/refused per day as an inline SVG bar chart (no script, no styles).
-fn chart(days: &[(String, i64, i64)]) -> String {
-    if days.iter().all(|d| d.1 == 0 && d.2 == 0) {
-        return "<p class=\"empty\">No token requests in the last 14 days.</p>".into();
-    }
-    let max = days.iter().map(|d| d.1.max(d.2)).max().unwrap_or(1).max(1);
-    let (w, h, bw) = (40 * days.len() as i64 + 20, 160i64, 14i64);
-    let mut bars = String::new();
-    for (i, (day, issued, refused)) in days.iter().enumerate() {
-        let x = 20 + 40 * i as i64;
-        let hi = issued * 120 / max;
-        let hr = refused * 120 / max;
-        bars.push_str(&format!(
-            "<g><title>{day}: {issued} issued, {refused} refused</title>\
-             <rect x=\"{x}\" y=\"{}\" width=\"{bw}\" height=\"{hi}\" fill=\"#2b6cb0\"/>\
-             <rect x=\"{}\" y=\"{}\" width=\"{bw}\" height=\"{hr}\" fill=\"#c53030\"/>\
-             <text x=\"{}\" y=\"150\" font-size=\"9\" text-anchor=\"middle\" fill=\"currentColor\">{}</text></g>",
-            130 - hi,
-            x + bw,
-            130 - hr,
-            x + bw,
-            esc(day.get(5..).unwrap_or(day)),
-            day = esc(day),
-        ));
-    }
-    format!(
-        "<figure><svg role=\"img\" aria-labelledby=\"chart-title\" viewBox=\"0 0 {w} {h}\" class=\"chart\">\
-         <title id=\"chart-title\">Tokens issued (blue) and refused (red) per day, UTC</title>{bars}</svg>\
-         <figcaption><span class=\"k issued\">■</span> issued <span class=\"k refused\">■</span> refused (per UTC day; max {max})</figcaption></figure>"
-    )
-}
-
 pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
     let s = signed_in(&state, &req).await?;
     require_audit(&s)?;
@@ -409,50 +358,27 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
             .entry(r.code.clone().unwrap_or_else(|| "unknown".into()))
             .or_default() += 1;
     }
-    let codes = if by_code.is_empty() {
-        "<p class=\"empty\">No refusals in the last 7 days.</p>".to_owned()
-    } else {
-        let rows: String = by_code
-            .iter()
-            .map(|(c, n)| {
-                format!(
-                    "<tr><td><a href=\"/console/audit?kind=token_refused&amp;code={}\"><code>{}</code></a></td><td class=\"num\">{n}</td></tr>",
-                    url(c),
-                    esc(c)
-                )
-            })
-            .collect();
-        format!(
-            "<table id=\"refusals\"><thead><tr><th scope=\"col\">Code</th><th scope=\"col\">Refusals</th></tr></thead><tbody>{rows}</tbody></table>"
-        )
-    };
-    let verify = match crate::cli_audit::verify_tenant(&state.store, &s.tenant, None).await {
-        Ok(v) if v.ok => format!(
-            "<p class=\"ok\" id=\"chain\">✔ The audit chain verifies: {} rows, head seq {}, hash <code>{}</code>.</p>\
-             <p class=\"hint\">Checked from genesis (or the last prune point) against the stored head.</p>",
-            v.rows,
-            v.head_seq,
-            esc(v.head_hash.get(..16).unwrap_or(&v.head_hash))
-        ),
-        Ok(v) => format!(
-            "<p class=\"bad\" id=\"chain\">✘ The audit chain does NOT verify: {}</p>",
-            esc(&v
-                .fault
+    let chain = match crate::cli_audit::verify_tenant(&state.store, &s.tenant, None).await {
+        Ok(v) if v.ok => views::Chain::Verified {
+            rows: v.rows,
+            head_seq: v.head_seq,
+            hash: v.head_hash.get(..16).unwrap_or(&v.head_hash).to_owned(),
+        },
+        Ok(v) => views::Chain::Broken(
+            v.fault
                 .map(|f| format!("{} at seq {}: {}", f.problem, f.seq, f.message))
-                .unwrap_or_default())
+                .unwrap_or_default(),
         ),
-        Err(f) => format!(
-            "<p class=\"bad\" id=\"chain\">✘ Verification could not run: {}</p>",
-            esc(&f.message)
-        ),
+        Err(f) => views::Chain::NotRun(f.message),
     };
-    let body = format!(
-        "<section class=\"stats\"><div><span class=\"big\" id=\"issued\">{issued}</span> issued</div>\
-         <div><span class=\"big\" id=\"refused\">{refused}</span> refused</div>\
-         <div><a href=\"/console/moderators\"><span class=\"big\" id=\"moderator-grants\">{moderators}</span> moderator grants</a> (7 days)</div></section>\
-         <h2>Per day (14 days)</h2>{}<h2>Refusals by code (7 days)</h2>{codes}<h2>Chain verification</h2>{verify}",
-        chart(&days)
-    );
+    let body = views::Overview {
+        issued,
+        refused,
+        moderators,
+        chart: views::Chart::of(&days),
+        codes: by_code.into_iter().collect(),
+        chain,
+    };
     Ok(html::page(&s, "overview", "Overview", &body))
 }
 
@@ -492,18 +418,26 @@ fn moderator_params(q: &HashMap<String, String>) -> AuditParams {
     }
 }
 
+/// The given filters as a raw query string (templates escape it).
 fn query_string(q: &HashMap<String, String>, keys: &[&str]) -> String {
     keys.iter()
         .filter_map(|k| given(q, k).map(|v| format!("{k}={}", url(&v))))
         .collect::<Vec<_>>()
-        .join("&amp;")
+        .join("&")
 }
 
-fn input(q: &HashMap<String, String>, name: &str, label: &str, kind: &str) -> String {
-    format!(
-        "<label>{label}<input name=\"{name}\" type=\"{kind}\" value=\"{}\"></label>",
-        esc(&given(q, name).unwrap_or_default())
-    )
+fn inputs(
+    q: &HashMap<String, String>,
+    fields: &[(&'static str, &'static str)],
+) -> Vec<views::FilterInput> {
+    fields
+        .iter()
+        .map(|(name, label)| views::FilterInput {
+            name,
+            label,
+            value: given(q, name).unwrap_or_default(),
+        })
+        .collect()
 }
 
 pub async fn moderators(
@@ -529,61 +463,33 @@ pub async fn moderators(
         .query_audit(&f)
         .await
         .map_err(|e| api_error(&s, e.into()))?;
-    let filters = format!(
-        "<form method=\"get\" action=\"/console/moderators\" class=\"filters\">{}{}{}{}\
-         <button type=\"submit\">Filter</button> <a href=\"/console/moderators\">Clear</a></form>",
-        input(&q, "since", "From (UTC)", "text"),
-        input(&q, "until", "Until (UTC)", "text"),
-        input(&q, "user", "User", "text"),
-        input(&q, "session_id", "Session", "text"),
-    );
     let qs = query_string(&q, &["since", "until", "user", "session_id"]);
-    let export = format!(
-        "<p><a id=\"export\" href=\"/console/moderators.csv?{qs}\" download>Export CSV</a> (every matching grant; the export is recorded in the audit)</p>"
-    );
-    let table = if rows.is_empty() {
-        "<p class=\"empty\" id=\"empty\">No moderator tokens match these filters.</p>".to_owned()
-    } else {
-        let trs: String = rows
-            .iter()
-            .map(|r| {
-                format!(
-                    "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td class=\"num\">{}</td><td><a href=\"/console/audit/{}\">#{}</a></td></tr>",
-                    time(r.at_ms),
-                    opt(&r.user_id),
-                    opt(&r.session_id),
-                    opt(&r.rule),
-                    r.policy_version.map(|v| v.to_string()).unwrap_or_default(),
-                    r.seq,
-                    r.seq
-                )
-            })
-            .collect();
-        format!(
-            "<div class=\"scroll\"><table id=\"grants\"><thead><tr><th scope=\"col\">Time</th><th scope=\"col\">User</th><th scope=\"col\">Session</th>\
-             <th scope=\"col\">Rule</th><th scope=\"col\">Policy version</th><th scope=\"col\">Event</th></tr></thead><tbody>{trs}</tbody></table></div>"
-        )
+    let body = views::Moderators {
+        inputs: inputs(
+            &q,
+            &[
+                ("since", "From (UTC)"),
+                ("until", "Until (UTC)"),
+                ("user", "User"),
+                ("session_id", "Session"),
+            ],
+        ),
+        qs: &qs,
+        rows: &rows,
+        next: next_query(&rows, f.limit, &qs),
     };
-    let more = next_link(&rows, f.limit, "/console/moderators", &qs);
-    Ok(html::page(
-        &s,
-        "moderators",
-        "Who got moderator",
-        &format!("{filters}{export}{table}{more}"),
-    ))
+    Ok(html::page(&s, "moderators", "Who got moderator", &body))
 }
 
-fn next_link(rows: &[AuditRow], limit: i64, path: &str, qs: &str) -> String {
+/// The query string of the next (older) keyset page, when there may be one.
+fn next_query(rows: &[AuditRow], limit: i64, qs: &str) -> Option<String> {
     if rows.len() as i64 == limit
         && let Some(last) = rows.last()
     {
-        let sep = if qs.is_empty() { "" } else { "&amp;" };
-        format!(
-            "<p><a id=\"next\" rel=\"next\" href=\"{path}?{qs}{sep}cursor={}\">Older →</a></p>",
-            url(&encode_cursor(last.seq))
-        )
+        let sep = if qs.is_empty() { "" } else { "&" };
+        Some(format!("{qs}{sep}cursor={}", url(&encode_cursor(last.seq))))
     } else {
-        String::new()
+        None
     }
 }
 
@@ -684,46 +590,14 @@ pub async fn audit_browser(
         .query_audit(&f)
         .await
         .map_err(|e| api_error(&s, e.into()))?;
-    let inputs: String = AUDIT_FILTERS
-        .iter()
-        .map(|(k, l)| input(&q, k, l, "text"))
-        .collect();
     let keys: Vec<&str> = AUDIT_FILTERS.iter().map(|(k, _)| *k).collect();
     let qs = query_string(&q, &keys);
-    let table = if rows.is_empty() {
-        "<p class=\"empty\" id=\"empty\">No events match these filters.</p>".to_owned()
-    } else {
-        let trs: String = rows
-            .iter()
-            .map(|r| {
-                format!(
-                    "<tr><td><a href=\"/console/audit/{}\">#{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-                    r.seq,
-                    r.seq,
-                    time(r.at_ms),
-                    esc(&r.kind),
-                    esc(&r.outcome),
-                    opt(&r.code),
-                    opt(&r.granted_role.clone().or(r.requested_role.clone())),
-                    opt(&r.user_id),
-                    opt(&r.session_id),
-                )
-            })
-            .collect();
-        format!(
-            "<div class=\"scroll\"><table id=\"events\"><thead><tr><th scope=\"col\">Seq</th><th scope=\"col\">Time</th><th scope=\"col\">Kind</th>\
-             <th scope=\"col\">Outcome</th><th scope=\"col\">Code</th><th scope=\"col\">Role</th><th scope=\"col\">User</th><th scope=\"col\">Session</th></tr></thead><tbody>{trs}</tbody></table></div>"
-        )
+    let body = views::Audit {
+        inputs: inputs(&q, &AUDIT_FILTERS),
+        rows: &rows,
+        next: next_query(&rows, f.limit, &qs),
     };
-    let more = next_link(&rows, f.limit, "/console/audit", &qs);
-    Ok(html::page(
-        &s,
-        "audit",
-        "Audit",
-        &format!(
-            "<form method=\"get\" action=\"/console/audit\" class=\"filters\">{inputs}<button type=\"submit\">Filter</button> <a href=\"/console/audit\">Clear</a></form>{table}{more}"
-        ),
-    ))
+    Ok(html::page(&s, "audit", "Audit", &body))
 }
 
 pub async fn audit_event(
@@ -775,82 +649,40 @@ pub async fn audit_event(
         .and_then(|m| m.remove("detail"))
         .and_then(|d| d.as_str().and_then(|d| serde_json::from_str(d).ok()))
         .unwrap_or(serde_json::Value::Null);
-    let fields: String = v
+    let fields: Vec<views::EventField> = v
         .as_object()
         .map(|m| {
             m.iter()
                 .filter(|(_, x)| !x.is_null())
-                .map(|(k, x)| {
-                    let shown = match x {
+                .map(|(k, x)| views::EventField {
+                    key: k.clone(),
+                    value: match x {
                         serde_json::Value::String(s) => s.clone(),
                         other => other.to_string(),
-                    };
-                    let shown = if k == "at_ms" {
-                        time(row.at_ms)
-                    } else {
-                        format!("<code>{}</code>", esc(&shown))
-                    };
-                    format!("<dt>{}</dt><dd>{shown}</dd>", esc(k))
+                    },
+                    is_time: k == "at_ms",
                 })
                 .collect()
         })
         .unwrap_or_default();
-    let decided = match (row.kind.as_str(), &row.granted_role, &row.code) {
-        (kind::TOKEN_ISSUED, Some(g), _) => format!(
-            "Issued a <strong>{}</strong> token (requested {}) to {}",
-            esc(g),
-            opt(&row.requested_role),
-            opt(&row.user_id)
-        ),
-        (kind::TOKEN_REFUSED, _, code) => format!(
-            "Refused ({}) a {} token to {}",
-            opt(code),
-            opt(&row.requested_role),
-            opt(&row.user_id)
-        ),
-        (k, _, _) => format!("{} by {}", esc(k), esc(&row.actor)),
+    let decided = match (row.kind.as_str(), &row.granted_role) {
+        (kind::TOKEN_ISSUED, Some(g)) => views::Decided::Issued(g.clone()),
+        (kind::TOKEN_REFUSED, _) => views::Decided::Refused,
+        _ => views::Decided::Other,
     };
-    let under = match (&row.rule, row.policy_version) {
-        (Some(r), Some(v)) => format!(
-            " under rule <code>{}</code> of <a href=\"/console/policy/versions/{v}\">policy v{v}</a>.",
-            esc(r)
-        ),
-        (None, Some(v)) => format!(" with policy v{v} in force (no rule matched)."),
-        _ => ".".into(),
-    };
-    let explanation = format!(
-        "<p id=\"explanation\">{decided}{under}</p>{}",
-        if detail.is_null() {
-            String::new()
-        } else {
-            format!(
-                "<pre id=\"detail\">{}</pre>",
-                esc(&serde_json::to_string_pretty(&detail).unwrap_or_default())
-            )
-        }
-    );
-    let prev = if seq > 1 {
-        format!(
-            "<a href=\"/console/audit/{}\" rel=\"prev\">← #{}</a> ",
-            seq - 1,
-            seq - 1
-        )
-    } else {
-        String::new()
+    let body = views::Event {
+        seq,
+        row: &row,
+        fields,
+        decided,
+        detail: (!detail.is_null())
+            .then(|| serde_json::to_string_pretty(&detail).unwrap_or_default()),
     };
     Ok(html::page(
         &s,
         "audit",
         &format!("Audit event #{seq}"),
-        &format!(
-            "<p>{prev}<a href=\"/console/audit/{}\" rel=\"next\">#{} →</a></p>\
-             <h2>Chain position</h2><p>seq {seq}: previous hash <code>{}</code>, hash <code>{}</code></p>\
-             <h2>Event</h2><dl id=\"event\">{fields}</dl><h2>Decision</h2>{explanation}",
-            seq + 1,
-            seq + 1,
-            esc(&row.prev_hash),
-            esc(&row.hash)
-        ),
+        &body,
     ))
 }
 
@@ -869,77 +701,13 @@ pub async fn policy(state: web::Data<AppState>, req: HttpRequest) -> Page {
         .current_policy(&s.tenant)
         .await
         .map_err(|e| api_error(&s, e.into()))?;
-    let versions = if history.is_empty() {
-        "<p class=\"empty\">No policy has been applied to this tenant yet.</p>".to_owned()
-    } else {
-        let cur = current.as_ref().map(|c| c.version);
-        let trs: String = history
-            .iter()
-            .map(|v| {
-                let action = if Some(v.version) == cur {
-                    "<strong>in force</strong>".to_owned()
-                } else {
-                    format!(
-                        "<a href=\"/console/policy/rollback?to={}\">Roll back to v{}…</a>",
-                        v.version, v.version
-                    )
-                };
-                format!(
-                    "<tr><td><a href=\"/console/policy/versions/{}\">v{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
-                    v.version,
-                    v.version,
-                    time(v.applied_at_ms),
-                    esc(&v.applied_by),
-                    opt(&v.note)
-                )
-            })
-            .collect();
-        format!(
-            "<div class=\"scroll\"><table id=\"versions\"><thead><tr><th scope=\"col\">Version</th><th scope=\"col\">Applied</th><th scope=\"col\">By</th><th scope=\"col\">Note</th><th scope=\"col\"></th></tr></thead><tbody>{trs}</tbody></table></div>"
-        )
+    let body = views::Policy {
+        history: &history,
+        in_force: current.as_ref().map(|c| c.version),
+        current: current.as_ref(),
+        csrf: &s.csrf,
     };
-    let cur_text = current
-        .as_ref()
-        .map(|c| {
-            format!(
-                "<h2>Current policy (v{})</h2><pre id=\"current\">{}</pre>",
-                c.version,
-                esc(&c.source)
-            )
-        })
-        .unwrap_or_default();
-    let dry = format!(
-        "<h2>Dry run</h2><form method=\"post\" action=\"/console/policy/dry-run\">{}\
-         <label for=\"source\">Paste a policy (TOML); nothing is applied</label>\
-         <textarea id=\"source\" name=\"source\" rows=\"12\" spellcheck=\"false\" required></textarea>\
-         <button type=\"submit\">Check and show the diff</button></form>",
-        html::csrf_field(&s.csrf)
-    );
-    Ok(html::page(
-        &s,
-        "policy",
-        "Policy",
-        &format!("<h2>Versions</h2>{versions}{dry}{cur_text}"),
-    ))
-}
-
-fn diff_html(diff: &str) -> String {
-    if diff.is_empty() {
-        return "<p class=\"empty\">No difference.</p>".into();
-    }
-    let lines: String = diff
-        .lines()
-        .map(|l| {
-            let class = match l.as_bytes().first() {
-                Some(b'+') => "add",
-                Some(b'-') => "del",
-                Some(b'@') => "hunk",
-                _ => "ctx",
-            };
-            format!("<span class=\"{class}\">{}</span>\n", esc(l))
-        })
-        .collect();
-    format!("<pre class=\"diff\" id=\"diff\">{lines}</pre>")
+    Ok(html::page(&s, "policy", "Policy", &body))
 }
 
 pub async fn policy_version(
@@ -976,20 +744,11 @@ pub async fn policy_version(
     .unified_diff()
     .header(&format!("v{}", v - 1), &format!("v{v}"))
     .to_string();
-    Ok(html::page(
-        &s,
-        "policy",
-        &format!("Policy v{v}"),
-        &format!(
-            "<p>Applied {} by {} · sha256 <code>{}</code></p><h2>Changes from v{}</h2>{}<h2>Text</h2><pre>{}</pre>",
-            time(row.applied_at_ms),
-            esc(&row.applied_by),
-            esc(&row.sha256),
-            v - 1,
-            diff_html(&diff),
-            esc(&row.source)
-        ),
-    ))
+    let body = views::PolicyVersion {
+        row: &row,
+        diff: views::diff_lines(&diff),
+    };
+    Ok(html::page(&s, "policy", &format!("Policy v{v}"), &body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -1020,47 +779,26 @@ pub async fn policy_dry_run(
         now(),
     )
     .await;
-    let body = match out {
-        Ok(o) => {
-            let warnings: String = o
-                .warnings
-                .iter()
-                .map(|w| format!("<li>{}</li>", esc(w)))
-                .collect();
-            format!(
-                "<p class=\"ok\" id=\"dry-run-ok\">The policy is valid{}. Nothing was applied.</p>{}{}",
-                if o.unchanged {
-                    " and identical to the one in force"
-                } else {
-                    ""
-                },
-                if warnings.is_empty() {
-                    String::new()
-                } else {
-                    format!("<h2>Warnings</h2><ul>{warnings}</ul>")
-                },
-                diff_html(&o.diff)
-            )
-        }
+    let outcome = match out {
+        Ok(o) => views::DryRun::Valid {
+            unchanged: o.unchanged,
+            warnings: o.warnings,
+            diff: views::diff_lines(&o.diff),
+        },
         Err(e) => {
             let e = crate::routes::keys::admin_error(e);
-            format!(
-                "<div class=\"error\" role=\"alert\"><p><code id=\"error-code\">{}</code>{}</p><pre>{}</pre></div>",
-                esc(e.body.code),
-                e.body
-                    .field
-                    .as_deref()
-                    .map(|f| format!(" field <code>{}</code>", esc(f)))
-                    .unwrap_or_default(),
-                esc(&e.body.message)
-            )
+            views::DryRun::Invalid {
+                code: e.body.code.to_owned(),
+                field: e.body.field.clone(),
+                message: e.body.message.clone(),
+            }
         }
     };
     Ok(html::page(
         &s,
         "policy",
         "Policy dry run",
-        &format!("{body}<p><a href=\"/console/policy\">Back to the policy</a></p>"),
+        &views::DryRunPage { outcome },
     ))
 }
 
@@ -1080,13 +818,10 @@ pub async fn policy_rollback_confirm(
         &s,
         "policy",
         "Confirm rollback",
-        &format!(
-            "<p>Roll back to policy v{0}? This applies v{0}'s text as a new version; the history keeps everything.</p>\
-             <form method=\"post\" action=\"/console/policy/rollback\">{1}<input type=\"hidden\" name=\"to\" value=\"{0}\">\
-             <button type=\"submit\" class=\"danger\">Yes, roll back to v{0}</button> <a href=\"/console/policy\">Cancel</a></form>",
-            q.to,
-            html::csrf_field(&s.csrf)
-        ),
+        &views::Rollback {
+            to: q.to,
+            csrf: &s.csrf,
+        },
     ))
 }
 
@@ -1135,80 +870,14 @@ async fn keys_page(state: &AppState, s: &Session, created: Option<(String, Strin
     let creds = crate::credentials::list(&state.store, &s.tenant)
         .await
         .map_err(|e| api_error(s, crate::routes::keys::admin_error(e)))?;
-    let shown = created
-        .map(|(id, secret)| {
-            format!(
-                "<div class=\"secret\" role=\"status\"><p>Key <code>{}</code> created. Copy its secret now: it is shown this once and cannot be retrieved again.</p>\
-                 <p><code id=\"new-key\">{}</code></p></div>",
-                esc(&id),
-                esc(&secret)
-            )
-        })
-        .unwrap_or_default();
-    let trs: String = keys
-        .iter()
-        .map(|k| {
-            let state_cell = match k.revoked_at_ms {
-                Some(t) => format!("revoked {}", time(t)),
-                None if k.key_id == s.key_id => "active (this session)".to_owned(),
-                None => format!(
-                    "active <form method=\"post\" action=\"/console/keys/{}/revoke\" class=\"inline\">{}<button type=\"submit\" class=\"danger\" aria-label=\"Revoke key {}\">Revoke</button></form>",
-                    url(&k.key_id),
-                    html::csrf_field(&s.csrf),
-                    esc(&k.key_id)
-                ),
-            };
-            format!(
-                "<tr data-key=\"{}\"><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{state_cell}</td></tr>",
-                esc(&k.key_id),
-                esc(&k.key_id),
-                opt(&k.name),
-                esc(&k.scopes),
-                time(k.created_at_ms),
-            )
-        })
-        .collect();
-    let create = format!(
-        "<h2>Create a key</h2><form method=\"post\" action=\"/console/keys\" class=\"filters\">{}\
-         <label>Name<input name=\"name\" type=\"text\" maxlength=\"100\"></label>\
-         <fieldset><legend>Scopes</legend>\
-         <label><input type=\"checkbox\" name=\"scope_issue\" value=\"1\"> issue</label>\
-         <label><input type=\"checkbox\" name=\"scope_audit\" value=\"1\"> audit</label>\
-         <label><input type=\"checkbox\" name=\"scope_admin\" value=\"1\"> admin</label></fieldset>\
-         <button type=\"submit\">Create key</button></form>",
-        html::csrf_field(&s.csrf)
-    );
-    let creds_html = if creds.is_empty() {
-        "<p class=\"empty\">No video credentials.</p>".to_owned()
-    } else {
-        let trs: String = creds
-            .iter()
-            .map(|c| {
-                format!(
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>",
-                    esc(&c.name),
-                    esc(&c.provider),
-                    esc(c.source),
-                    opt(&c.api_key.clone().or(c.application_id.clone())),
-                    opt(&c.fingerprint),
-                )
-            })
-            .collect();
-        format!(
-            "<div class=\"scroll\"><table id=\"credentials\"><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Provider</th><th scope=\"col\">Source</th>\
-             <th scope=\"col\">Project</th><th scope=\"col\">Fingerprint</th></tr></thead><tbody>{trs}</tbody></table></div>"
-        )
+    let body = views::Keys {
+        created,
+        keys: &keys,
+        own_key_id: &s.key_id,
+        csrf: &s.csrf,
+        creds: &creds,
     };
-    Ok(html::page(
-        s,
-        "keys",
-        "Keys & credentials",
-        &format!(
-            "{shown}<h2>API keys</h2><div class=\"scroll\"><table id=\"keys\"><thead><tr><th scope=\"col\">Key id</th><th scope=\"col\">Name</th>\
-             <th scope=\"col\">Scopes</th><th scope=\"col\">Created</th><th scope=\"col\">State</th></tr></thead><tbody>{trs}</tbody></table></div>\
-             {create}<h2>Video credentials</h2>{creds_html}"
-        ),
-    ))
+    Ok(html::page(s, "keys", "Keys & credentials", &body))
 }
 
 pub async fn keys(state: web::Data<AppState>, req: HttpRequest) -> Page {

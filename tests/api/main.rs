@@ -8,6 +8,7 @@ mod helpers;
 mod audit_log;
 mod bounded_admin;
 mod console;
+mod dev_demo;
 mod end_users;
 mod errors;
 mod health_and_keys;
