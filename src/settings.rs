@@ -17,6 +17,10 @@
 //! | HTTP workers | `--workers` | `TOKEN_BROKER_WORKERS` | `workers` | CPUs available |
 //! | tenants' secrets directory | `--secrets-dir` | `TOKEN_BROKER_SECRETS_DIR` | `secrets_dir` | `<data dir>/secrets` |
 //! | master key file | `--master-key-file` | `TOKEN_BROKER_MASTER_KEY_FILE` | `master_key_file` | none (uploads refused) |
+//! | checkpoint signing key | `--checkpoint-key-file` | `TOKEN_BROKER_CHECKPOINT_KEY_FILE` | `checkpoint_key_file` | none (no signed checkpoints) |
+//! | checkpoint log | `--checkpoint-file` | `TOKEN_BROKER_CHECKPOINT_FILE` | `checkpoint_file` | none (checkpoints not written) |
+//! | checkpoint period | `--checkpoint-interval-secs` | `TOKEN_BROKER_CHECKPOINT_INTERVAL_SECS` | `checkpoint_interval_secs` | 60 |
+//! | checkpoint every N rows | `--checkpoint-every-rows` | `TOKEN_BROKER_CHECKPOINT_EVERY_ROWS` | `checkpoint_every_rows` | 10000 |
 //! | rate limits | `--rate-end-user` etc. | `TOKEN_BROKER_RATE_END_USER`, `_END_USER_IP`, `_API_KEY`, `_FAILED_AUTH_IP` | `rate_end_user` etc. | see `crate::limits` |
 //!
 //! The database URL may carry a password: it is redacted wherever settings are
@@ -92,6 +96,18 @@ pub struct SettingsArgs {
     /// Master keyring file that seals stored credentials (kept outside the database).
     #[arg(long, env = "TOKEN_BROKER_MASTER_KEY_FILE", global = true)]
     pub master_key_file: Option<PathBuf>,
+    /// Ed25519 key that signs audit checkpoints (kept outside the database).
+    #[arg(long, env = "TOKEN_BROKER_CHECKPOINT_KEY_FILE", global = true)]
+    pub checkpoint_key_file: Option<PathBuf>,
+    /// Append-only file the broker writes signed checkpoints to.
+    #[arg(long, env = "TOKEN_BROKER_CHECKPOINT_FILE", global = true)]
+    pub checkpoint_file: Option<PathBuf>,
+    /// Write a checkpoint of every tenant whose history moved at least this often (seconds).
+    #[arg(long, env = "TOKEN_BROKER_CHECKPOINT_INTERVAL_SECS", global = true)]
+    pub checkpoint_interval_secs: Option<u64>,
+    /// Also write one as soon as a tenant's history grew by this many rows.
+    #[arg(long, env = "TOKEN_BROKER_CHECKPOINT_EVERY_ROWS", global = true)]
+    pub checkpoint_every_rows: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -123,6 +139,10 @@ struct FileSettings {
     rate_failed_auth_ip: Option<String>,
     secrets_dir: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
+    checkpoint_key_file: Option<PathBuf>,
+    checkpoint_file: Option<PathBuf>,
+    checkpoint_interval_secs: Option<u64>,
+    checkpoint_every_rows: Option<u64>,
 }
 
 /// Effective settings.
@@ -142,6 +162,10 @@ pub struct Settings {
     pub rates: Rates,
     pub secrets_dir: PathBuf,
     pub master_key_file: Option<PathBuf>,
+    pub checkpoint_key_file: Option<PathBuf>,
+    pub checkpoint_file: Option<PathBuf>,
+    pub checkpoint_interval: Duration,
+    pub checkpoint_every_rows: u64,
 }
 
 impl fmt::Debug for Settings {
@@ -161,6 +185,10 @@ impl fmt::Debug for Settings {
             .field("rates", &self.rates)
             .field("secrets_dir", &self.secrets_dir)
             .field("master_key_file", &self.master_key_file)
+            .field("checkpoint_key_file", &self.checkpoint_key_file)
+            .field("checkpoint_file", &self.checkpoint_file)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("checkpoint_every_rows", &self.checkpoint_every_rows)
             .finish()
     }
 }
@@ -220,7 +248,24 @@ impl Settings {
             .or(file.secrets_dir)
             .unwrap_or_else(|| data_dir.join("secrets"));
         let master_key_file = args.master_key_file.clone().or(file.master_key_file);
+        let checkpoint_key_file = args.checkpoint_key_file.clone().or(file.checkpoint_key_file);
+        let checkpoint_file = args.checkpoint_file.clone().or(file.checkpoint_file);
+        let checkpoint_interval = Duration::from_secs(
+            args.checkpoint_interval_secs
+                .or(file.checkpoint_interval_secs)
+                .unwrap_or(60)
+                .max(1),
+        );
+        let checkpoint_every_rows = args
+            .checkpoint_every_rows
+            .or(file.checkpoint_every_rows)
+            .unwrap_or(10_000)
+            .max(1);
         Ok(Settings {
+            checkpoint_key_file,
+            checkpoint_file,
+            checkpoint_interval,
+            checkpoint_every_rows,
             rates,
             secrets_dir,
             master_key_file,
