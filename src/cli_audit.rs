@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::audit::chain::{self, ChainFault, Verifier};
+use crate::audit::checkpoint::{self, Checkpointer, SigningKey, VerifierKey};
 use crate::audit::{AuditRow, kind};
 use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
 use crate::routes::audit::{AuditParams, csv_header, csv_line, encode_cursor, parse_time};
@@ -64,15 +65,59 @@ pub enum AuditCmd {
         /// the JSON itself): also detects truncation of the tail.
         #[arg(long)]
         checkpoint: Option<String>,
+        /// A file of signed checkpoints (the broker's checkpoint file, or notes
+        /// printed by `audit checkpoint`): every row they cover must still be there,
+        /// unchanged and in order. Needs --public-key.
+        #[arg(long, requires = "public_key")]
+        checkpoints: Option<String>,
+        /// The verifier key, as `audit checkpoint-key` prints it (or a file holding it).
+        #[arg(long)]
+        public_key: Option<String>,
         #[arg(long)]
         json: bool,
     },
-    /// Print each chain's head (tenant, count, hash) to keep outside the database.
+    /// Print each tenant's signed checkpoint (with a checkpoint key; also
+    /// appended to the checkpoint file), or its chain head without one.
     Checkpoint {
         #[arg(long)]
         tenant: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Print the checkpoint verifier key (`<name>+<key hash>+<base64 key>`).
+    CheckpointKey {
+        /// Create the key file named by `checkpoint_key_file` (never overwrites).
+        #[arg(long)]
+        generate: bool,
+        /// The key's name in signature lines (with --generate).
+        #[arg(long, default_value = "token-broker")]
+        name: String,
+    },
+    /// Print an inclusion proof of one row (by --token, --audit-id or
+    /// --token-id), or a consistency proof between tree sizes (--from, --to).
+    Prove {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, group = "what")]
+        token: Option<String>,
+        #[arg(long, group = "what")]
+        audit_id: Option<String>,
+        #[arg(long, group = "what")]
+        token_id: Option<String>,
+        #[arg(long, group = "what", requires = "to")]
+        from: Option<u64>,
+        #[arg(long, requires = "from")]
+        to: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a proof printed by `audit prove --json` (or the HTTP proof route)
+    /// with the verifier key, without the database.
+    VerifyProof {
+        /// The proof file (`-` for stdin).
+        file: String,
+        #[arg(long)]
+        public_key: String,
     },
 }
 
@@ -219,6 +264,136 @@ pub async fn verify_tenant(
     })
 }
 
+/// Reads `--checkpoints FILE` (signatures checked with `--public-key`).
+fn signed_checkpoints(
+    file: Option<&str>,
+    key: Option<&str>,
+) -> Result<Vec<(String, checkpoint::Checkpoint)>, Failure> {
+    let (Some(file), Some(key)) = (file, key) else {
+        return Ok(Vec::new());
+    };
+    let key = VerifierKey::from_arg(key).map_err(|e| Failure {
+        message: e.to_string(),
+        code: 2,
+    })?;
+    let text = std::fs::read_to_string(file).map_err(|e| Failure {
+        message: format!("cannot read checkpoints {file}: {}", e.kind()),
+        code: 2,
+    })?;
+    let cps = checkpoint::open_checkpoints(&text, &key).map_err(|e| Failure {
+        message: format!("{file}: {e}"),
+        code: 1,
+    })?;
+    if cps.is_empty() {
+        return Err(Failure {
+            message: format!("{file} holds no checkpoints"),
+            code: 2,
+        });
+    }
+    Ok(cps)
+}
+
+/// Adds the signed-checkpoint check to a tenant's chain result: the chain
+/// verifier names a row whose content does not match its hash; this catches
+/// what a rewrite with recomputed hashes leaves consistent.
+pub async fn apply_signed(
+    store: &Store,
+    r: &mut TenantVerify,
+    signed: &[(String, checkpoint::Checkpoint)],
+) -> Result<(), Failure> {
+    let mine: Vec<checkpoint::Checkpoint> = signed
+        .iter()
+        .filter(|(t, _)| *t == r.tenant)
+        .map(|(_, c)| c.clone())
+        .collect();
+    if r.fault.is_some() || mine.is_empty() {
+        return Ok(());
+    }
+    if let Some(f) = checkpoint::verify_tenant_signed(store, &r.tenant, &mine).await? {
+        r.ok = false;
+        r.fault = Some(ChainFault {
+            audit_id: String::new(),
+            seq: f.size as i64,
+            problem: f.problem,
+            message: f.message,
+        });
+    }
+    Ok(())
+}
+
+/// `audit verify --checkpoints` as a library call: every tenant with a head
+/// or a checkpoint (or only `tenant`), chain plus signed checkpoints.
+pub async fn verify_signed(
+    store: &Store,
+    tenant: Option<&str>,
+    notes: &str,
+    key: &VerifierKey,
+) -> Result<Vec<TenantVerify>, Failure> {
+    let signed = checkpoint::open_checkpoints(notes, key).map_err(|e| Failure {
+        message: e.to_string(),
+        code: 1,
+    })?;
+    let mut tenants: Vec<String> = store
+        .audit_heads()
+        .await?
+        .into_iter()
+        .map(|h| h.tenant)
+        .collect();
+    for (t, _) in &signed {
+        if !tenants.contains(t) {
+            tenants.push(t.clone());
+        }
+    }
+    tenants.retain(|t| tenant.is_none_or(|x| x == t));
+    let mut out = Vec::new();
+    for t in &tenants {
+        let mut r = verify_tenant(store, t, None).await?;
+        apply_signed(store, &mut r, &signed).await?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// The signing key and checkpoint file from the settings.
+pub fn checkpointer(settings: &Settings) -> Result<Checkpointer, Failure> {
+    let Some(path) = &settings.checkpoint_key_file else {
+        return Err(Failure {
+            message: "no checkpoint key: set checkpoint_key_file (TOKEN_BROKER_CHECKPOINT_KEY_FILE)".into(),
+            code: 2,
+        });
+    };
+    let key = SigningKey::load(path).map_err(|e| Failure {
+        message: e.to_string(),
+        code: 2,
+    })?;
+    Ok(Checkpointer::new(key, settings.checkpoint_file.clone(), 1))
+}
+
+fn prove_failure(e: checkpoint::ProveError) -> Failure {
+    Failure {
+        message: e.to_string(),
+        code: 1,
+    }
+}
+
+/// The audit id of the `token_issued` row of a token (by token or token id).
+pub async fn issued_row(
+    store: &Store,
+    tenant: &str,
+    token: Option<&str>,
+    token_id: Option<&str>,
+) -> Result<Option<String>, crate::store::StoreError> {
+    let f = AuditFilter {
+        tenant: tenant.to_owned(),
+        kind: Some(kind::TOKEN_ISSUED.to_owned()),
+        token_sha256: token.map(chain::fingerprint),
+        token_id: token_id.map(str::to_owned),
+        limit: 1,
+        ..AuditFilter::default()
+    };
+    Ok(store.query_audit(&f).await?.pop().map(|r| r.audit_id))
+}
+
 /// CLI reads are audited like API reads (actor `cli`).
 async fn record_cli_read(
     store: &Store,
@@ -293,7 +468,36 @@ fn parse_checkpoints(arg: &str) -> Result<Vec<Checkpoint>, Failure> {
     })
 }
 
+/// `audit verify-proof FILE --public-key KEY`: offline, no database.
+fn verify_proof_cmd(file: &str, key: &str) -> CmdResult {
+    let key = VerifierKey::from_arg(key).map_err(|e| Failure {
+        message: e.to_string(),
+        code: 2,
+    })?;
+    let text = if file == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).map_err(|e| Failure {
+            message: format!("cannot read {file}: {}", e.kind()),
+            code: 2,
+        })?
+    };
+    match checkpoint::verify_proof(&text, &key) {
+        Ok(what) => {
+            out(format!("ok: {what}"));
+            Ok(())
+        }
+        Err(why) => Err(Failure {
+            message: format!("proof rejected: {why}"),
+            code: 1,
+        }),
+    }
+}
+
 pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
+    if let AuditCmd::VerifyProof { file, public_key } = &cmd {
+        return verify_proof_cmd(file, public_key);
+    }
     let store = store_for(&settings).await?;
     match cmd {
         AuditCmd::Query {
@@ -365,8 +569,11 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
         AuditCmd::Verify {
             tenant,
             checkpoint,
+            checkpoints,
+            public_key,
             json,
         } => {
+            let signed = signed_checkpoints(checkpoints.as_deref(), public_key.as_deref())?;
             let cps = match &checkpoint {
                 Some(c) => parse_checkpoints(c)?,
                 None => Vec::new(),
@@ -385,13 +592,21 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
                             t.push(cp.tenant.clone());
                         }
                     }
+                    // An erased tenant has no head left to list it.
+                    for (st, _) in &signed {
+                        if !t.contains(st) {
+                            t.push(st.clone());
+                        }
+                    }
                     t
                 }
             };
             let mut results = Vec::new();
             for t in &tenants {
                 let cp = cps.iter().find(|c| &c.tenant == t);
-                results.push(verify_tenant(&store, t, cp).await?);
+                let mut r = verify_tenant(&store, t, cp).await?;
+                apply_signed(&store, &mut r, &signed).await?;
+                results.push(r);
             }
             let ok = results.iter().all(|r| r.ok);
             let rows: u64 = results.iter().map(|r| r.rows).sum();
@@ -492,12 +707,20 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             let now = crate::clock::now_unix_ms();
             let mut report = Vec::new();
             for t in tenants {
+                // The tree of the rows about to go, so the prune row can record its
+                // frontier (signed checkpoints and later proofs stay checkable).
+                let tree = checkpoint::load(&store, &t, false).await.ok();
                 let Some(p) = store.prune_audit(&t, before_ms, now).await? else {
                     report.push(json!({"tenant": t, "rows_deleted": 0}));
                     continue;
                 };
                 let mut row = AuditRow::new(&t, kind::AUDIT_PRUNED, "ok", "cli", now);
-                row.detail = Some(json!({"before_ms": before_ms, "through_seq": p.through_seq, "through_hash": p.through_hash, "rows_deleted": p.rows_deleted}).to_string());
+                let mut detail = json!({"before_ms": before_ms, "through_seq": p.through_seq, "through_hash": p.through_hash, "rows_deleted": p.rows_deleted});
+                if let Some(f) = tree.and_then(|tr| checkpoint::frontier_at(&tr, p.through_seq as u64)) {
+                    detail[checkpoint::FRONTIER_FIELD] =
+                        json!(f.iter().map(crate::audit::merkle::to_hex).collect::<Vec<_>>());
+                }
+                row.detail = Some(detail.to_string());
                 crate::admin::record(&store, row).await?;
                 report.push(json!({"tenant": t, "rows_deleted": p.rows_deleted, "through_seq": p.through_seq, "through_hash": p.through_hash}));
             }
@@ -518,6 +741,34 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             Ok(())
         }
         AuditCmd::Checkpoint { tenant, json } => {
+            if settings.checkpoint_key_file.is_some() {
+                let cpr = checkpointer(&settings)?;
+                let mut notes = Vec::new();
+                for h in store.audit_heads().await? {
+                    if tenant.as_ref().is_some_and(|t| *t != h.tenant) {
+                        continue;
+                    }
+                    let note = cpr.refresh(&store, &h.tenant, 1).await.map_err(|e| Failure {
+                        message: format!("{}: {e}", h.tenant),
+                        code: 1,
+                    })?;
+                    if let Some(n) = note {
+                        notes.push((h.tenant, h.seq, h.hash, n));
+                    }
+                }
+                if json {
+                    let items: Vec<_> = notes
+                        .iter()
+                        .map(|(t, c, h, n)| json!({"tenant": t, "count": c, "hash": h, "note": n}))
+                        .collect();
+                    out_json(&json!({ "checkpoints": items }));
+                } else {
+                    for (_, _, _, n) in notes {
+                        print!("{n}");
+                    }
+                }
+                return Ok(());
+            }
             let heads: Vec<Checkpoint> = store
                 .audit_heads()
                 .await?
@@ -538,5 +789,71 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             }
             Ok(())
         }
+        AuditCmd::CheckpointKey { generate, name } => {
+            let Some(path) = &settings.checkpoint_key_file else {
+                return Err(Failure {
+                    message: "no checkpoint key: set checkpoint_key_file (TOKEN_BROKER_CHECKPOINT_KEY_FILE)".into(),
+                    code: 2,
+                });
+            };
+            let key = if generate {
+                SigningKey::generate(path, &name)
+            } else {
+                SigningKey::load(path)
+            }
+            .map_err(|e| Failure {
+                message: e.to_string(),
+                code: 2,
+            })?;
+            out(key.verifier().to_string());
+            Ok(())
+        }
+        AuditCmd::Prove {
+            tenant,
+            token,
+            audit_id,
+            token_id,
+            from,
+            to,
+            json,
+        } => {
+            let cpr = checkpointer(&settings)?;
+            let proof = if let (Some(from), Some(to)) = (from, to) {
+                let p = checkpoint::prove_consistency(&store, cpr.key(), &tenant, from, to)
+                    .await
+                    .map_err(prove_failure)?;
+                serde_json::to_value(p)?
+            } else {
+                let id = match (audit_id, token, token_id) {
+                    (Some(id), _, _) => Some(id),
+                    (None, t, tid) if t.is_some() || tid.is_some() => {
+                        issued_row(&store, &tenant, t.as_deref(), tid.as_deref()).await?
+                    }
+                    _ => {
+                        return Err(Failure {
+                            message: "say what to prove: --token, --audit-id, --token-id, or --from and --to".into(),
+                            code: 2,
+                        });
+                    }
+                };
+                let Some(id) = id else {
+                    return Err(Failure {
+                        message: "no such token in this tenant's audit history".into(),
+                        code: 1,
+                    });
+                };
+                let (p, _) = checkpoint::prove_inclusion(&store, cpr.key(), &tenant, &id)
+                    .await
+                    .map_err(prove_failure)?;
+                serde_json::to_value(p)?
+            };
+            if json {
+                out_json(&proof);
+            } else {
+                out(serde_json::to_string_pretty(&proof)?);
+            }
+            Ok(())
+        }
+        AuditCmd::VerifyProof { .. } => unreachable!("handled before opening the store"),
     }
 }

@@ -536,6 +536,10 @@ impl Checkpointer {
         self.key.verifier()
     }
 
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
     /// Brings `tenant`'s checkpoint up to its current history and returns the
     /// latest note. A new checkpoint is signed and appended when the history
     /// grew since the last one (or always, with `force`); with `min_rows`,
@@ -650,6 +654,306 @@ impl Checkpointer {
             }
             self.round(&store, full).await;
         }
+    }
+}
+
+/// What a signed-checkpoint check found wrong with a tenant's history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SignedFault {
+    /// The size of the checkpoint that caught it.
+    pub size: u64,
+    /// `erased` | `truncated` | `rewritten` | `unrecorded_prune` | `missing_or_reordered` | `modified`
+    pub problem: &'static str,
+    pub message: String,
+}
+
+/// Reads the notes of a checkpoint file (or a single note), checking each
+/// one's signature by `key`; returns `(tenant, checkpoint)` pairs.
+pub fn open_checkpoints(
+    text: &str,
+    key: &VerifierKey,
+) -> Result<Vec<(String, Checkpoint)>, NoteError> {
+    let mut out = Vec::new();
+    for note in split_notes(text) {
+        let cp = key.open_checkpoint(&note)?;
+        let tenant = tenant_of(&cp.origin)
+            .ok_or(NoteError::Malformed("the origin is not token-broker/<tenant>"))?
+            .to_owned();
+        out.push((tenant, cp));
+    }
+    Ok(out)
+}
+
+/// Checks a tenant's history in the database against its signed checkpoints
+/// (any order). The chain links and row contents are checked by the chain
+/// verifier; this checks that the rows (by their chain hashes) still form the
+/// trees the checkpoints signed, so an edit, deletion, insertion, reordering or
+/// truncation of rows covered by a checkpoint is caught even when every hash
+/// was recomputed.
+pub async fn verify_tenant_signed(
+    store: &Store,
+    tenant: &str,
+    checkpoints: &[Checkpoint],
+) -> Result<Option<SignedFault>, StoreError> {
+    let Some(largest) = checkpoints.iter().map(|c| c.size).max() else {
+        return Ok(None);
+    };
+    let t = match load(store, tenant, false).await {
+        Ok(t) => t,
+        Err(TreeError::Store(e)) => return Err(e),
+        Err(TreeError::UnrecordedPrune(k)) => {
+            return Ok(Some(SignedFault {
+                size: largest,
+                problem: "unrecorded_prune",
+                message: format!(
+                    "the history starts after seq {k}, but no audit_pruned row in it records that prune point: rows were deleted"
+                ),
+            }));
+        }
+        Err(e @ TreeError::Gap { .. }) => {
+            return Ok(Some(SignedFault {
+                size: largest,
+                problem: "missing_or_reordered",
+                message: e.to_string(),
+            }));
+        }
+        Err(e @ TreeError::BadHash(_)) => {
+            return Ok(Some(SignedFault {
+                size: largest,
+                problem: "modified",
+                message: e.to_string(),
+            }));
+        }
+    };
+    let tree = t.tree();
+    let mut sorted: Vec<&Checkpoint> = checkpoints.iter().collect();
+    sorted.sort_by_key(|c| c.size);
+    for cp in sorted {
+        if cp.size > tree.size() {
+            let (problem, message) = if tree.size() == 0 {
+                (
+                    "erased",
+                    format!(
+                        "a signed checkpoint says the tenant had {} rows, and the database has none: the tenant's history was erased",
+                        cp.size
+                    ),
+                )
+            } else {
+                (
+                    "truncated",
+                    format!(
+                        "a signed checkpoint says the history had {} rows, and it has {}: the tail was truncated",
+                        cp.size,
+                        tree.size()
+                    ),
+                )
+            };
+            return Ok(Some(SignedFault {
+                size: cp.size,
+                problem,
+                message,
+            }));
+        }
+        // Checkpoints older than the recorded prune point are covered by the
+        // prune row (itself covered by any later checkpoint).
+        if cp.size < t.pruned {
+            continue;
+        }
+        let root = tree.root(cp.size).map_err(|_| StoreError::Invalid("tree".into()))?;
+        if root != cp.root {
+            return Ok(Some(SignedFault {
+                size: cp.size,
+                problem: "rewritten",
+                message: format!(
+                    "the first {} rows do not hash to the signed root: a row among them was edited, inserted, deleted, reordered or rehashed",
+                    cp.size
+                ),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// An inclusion proof of one row against a signed checkpoint (hashes in hex).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InclusionProof {
+    pub leaf_index: u64,
+    pub tree_size: u64,
+    /// `SHA-256(0x00 || row_hash bytes)`.
+    pub leaf_hash: String,
+    pub hashes: Vec<String>,
+    pub root_hash: String,
+    /// The signed checkpoint (note text) of `tree_size` and `root_hash`.
+    pub checkpoint: String,
+    /// The row proven: its audit id and chain hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_hash: Option<String>,
+}
+
+/// A consistency proof that the tree of `to_size` extends the tree of `from_size`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsistencyProof {
+    pub from_size: u64,
+    pub to_size: u64,
+    pub from_root: String,
+    pub to_root: String,
+    pub hashes: Vec<String>,
+    /// Signed checkpoints of both sizes. Compare `old_checkpoint` with the one
+    /// you kept: the broker signs whatever the database holds now.
+    pub old_checkpoint: String,
+    pub checkpoint: String,
+}
+
+/// Why a proof could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ProveError {
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error("no such row in this tenant's audit history")]
+    NoSuchRow,
+    #[error("{0}")]
+    Proof(#[from] merkle::ProofError),
+}
+
+/// Builds an inclusion proof of the row `audit_id` against a checkpoint of
+/// the tenant's current history, signed by `key`.
+pub async fn prove_inclusion(
+    store: &Store,
+    key: &SigningKey,
+    tenant: &str,
+    audit_id: &str,
+) -> Result<(InclusionProof, String), ProveError> {
+    let t = load(store, tenant, true).await?;
+    let &m = t.ids.get(audit_id).ok_or(ProveError::NoSuchRow)?;
+    let tree = t.tree();
+    let n = tree.size();
+    let root = tree.root(n)?;
+    let hashes = tree.inclusion(m, n)?;
+    let note = key.sign(&Checkpoint {
+        origin: origin(tenant),
+        size: n,
+        root,
+    });
+    let leaf = t.leaves[(m - t.pruned) as usize];
+    let row_hash = store_row_hash(store, tenant, m as i64 + 1).await?;
+    Ok((
+        InclusionProof {
+            leaf_index: m,
+            tree_size: n,
+            leaf_hash: merkle::to_hex(&leaf),
+            hashes: hashes.iter().map(merkle::to_hex).collect(),
+            root_hash: merkle::to_hex(&root),
+            checkpoint: note.clone(),
+            audit_id: Some(audit_id.to_owned()),
+            row_hash,
+        },
+        note,
+    ))
+}
+
+async fn store_row_hash(store: &Store, tenant: &str, seq: i64) -> Result<Option<String>, TreeError> {
+    let mut h = None;
+    store
+        .scan_audit(tenant, seq - 1, |r| {
+            if r.seq == seq {
+                h = Some(r.hash);
+            }
+            false
+        })
+        .await?;
+    Ok(h)
+}
+
+/// Builds a consistency proof between the first `from` and first `to` rows.
+pub async fn prove_consistency(
+    store: &Store,
+    key: &SigningKey,
+    tenant: &str,
+    from: u64,
+    to: u64,
+) -> Result<ConsistencyProof, ProveError> {
+    let t = load(store, tenant, false).await?;
+    let tree = t.tree();
+    let hashes = tree.consistency(from, to)?;
+    let (r1, r2) = (tree.root(from)?, tree.root(to)?);
+    let sign = |size, root| {
+        key.sign(&Checkpoint {
+            origin: origin(tenant),
+            size,
+            root,
+        })
+    };
+    Ok(ConsistencyProof {
+        from_size: from,
+        to_size: to,
+        from_root: merkle::to_hex(&r1),
+        to_root: merkle::to_hex(&r2),
+        hashes: hashes.iter().map(merkle::to_hex).collect(),
+        old_checkpoint: sign(from, r1),
+        checkpoint: sign(to, r2),
+    })
+}
+
+fn hashes_of(v: &[String]) -> Result<Vec<Hash>, String> {
+    v.iter()
+        .map(|h| merkle::from_hex(h).ok_or_else(|| "a hash is not 64 hex characters".to_owned()))
+        .collect()
+}
+
+/// Checks a proof (inclusion or consistency, as JSON) offline with the
+/// verifier key; returns what it proves, or why it is rejected.
+pub fn verify_proof(json: &str, key: &VerifierKey) -> Result<String, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("the proof is not JSON: {e}"))?;
+    if v.get("leaf_index").is_some() {
+        let p: InclusionProof =
+            serde_json::from_value(v).map_err(|e| format!("not an inclusion proof: {e}"))?;
+        let cp = key.open_checkpoint(&p.checkpoint).map_err(|e| e.to_string())?;
+        let root = merkle::from_hex(&p.root_hash).ok_or("root_hash is not 64 hex characters")?;
+        let leaf = merkle::from_hex(&p.leaf_hash).ok_or("leaf_hash is not 64 hex characters")?;
+        if cp.size != p.tree_size || cp.root != root {
+            return Err("the signed checkpoint is not of this tree size and root".into());
+        }
+        if let Some(rh) = &p.row_hash
+            && merkle::row_leaf(rh) != Some(leaf)
+        {
+            return Err("leaf_hash is not the leaf hash of row_hash".into());
+        }
+        let hashes = hashes_of(&p.hashes)?;
+        if !merkle::verify_inclusion(p.leaf_index, p.tree_size, &leaf, &hashes, &root) {
+            return Err("the audit path does not lead to the signed root".into());
+        }
+        Ok(format!(
+            "row {} is leaf {} of {}'s history of {} rows, signed by {}",
+            p.audit_id.as_deref().unwrap_or("?"),
+            p.leaf_index,
+            cp.origin,
+            cp.size,
+            key.name
+        ))
+    } else {
+        let p: ConsistencyProof =
+            serde_json::from_value(v).map_err(|e| format!("not a consistency proof: {e}"))?;
+        let old = key.open_checkpoint(&p.old_checkpoint).map_err(|e| e.to_string())?;
+        let new = key.open_checkpoint(&p.checkpoint).map_err(|e| e.to_string())?;
+        if old.origin != new.origin {
+            return Err("the two checkpoints are of different logs".into());
+        }
+        let r1 = merkle::from_hex(&p.from_root).ok_or("from_root is not 64 hex characters")?;
+        let r2 = merkle::from_hex(&p.to_root).ok_or("to_root is not 64 hex characters")?;
+        if (old.size, old.root, new.size, new.root) != (p.from_size, r1, p.to_size, r2) {
+            return Err("the signed checkpoints are not of these sizes and roots".into());
+        }
+        let hashes = hashes_of(&p.hashes)?;
+        if !merkle::verify_consistency(p.from_size, p.to_size, &r1, &r2, &hashes) {
+            return Err("the consistency proof does not hold".into());
+        }
+        Ok(format!(
+            "{}'s history of {} rows extends its history of {} rows, signed by {}",
+            new.origin, p.to_size, p.from_size, key.name
+        ))
     }
 }
 
