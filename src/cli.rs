@@ -198,6 +198,10 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
                     "workers": settings.workers,
                     "secrets_dir": settings.secrets_dir,
                     "master_key_file": settings.master_key_file,
+                    "checkpoint_key_file": settings.checkpoint_key_file,
+                    "checkpoint_file": settings.checkpoint_file,
+                    "checkpoint_interval_secs": settings.checkpoint_interval.as_secs(),
+                    "checkpoint_every_rows": settings.checkpoint_every_rows,
                 }));
             } else {
                 out(format!("{settings:#?}"));
@@ -218,6 +222,7 @@ async fn serve(mut settings: Settings, dev: bool) -> CmdResult {
     let store = open_store(&settings).await?;
     if dev {
         crate::dev::ensure_master_key(&mut settings)?;
+        crate::dev::ensure_checkpoint_key(&mut settings)?;
         crate::dev::seed(&settings, &store).await?;
     }
     let app = Application::build_with_store(settings, store).await?;

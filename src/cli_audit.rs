@@ -394,6 +394,32 @@ pub async fn issued_row(
     Ok(store.query_audit(&f).await?.pop().map(|r| r.audit_id))
 }
 
+/// `audit prune` of one tenant: deletes its rows older than `before_ms` and
+/// records the prune as a row of its history, with the prune point and the
+/// Merkle frontier of the deleted rows (signed checkpoints and proofs of later
+/// rows stay checkable; a prune point without such a row is refused by
+/// `verify --checkpoints`).
+pub async fn prune_tenant(
+    store: &Store,
+    tenant: &str,
+    before_ms: i64,
+    now: i64,
+) -> Result<Option<crate::store::PruneRow>, Failure> {
+    let tree = checkpoint::load(store, tenant, false).await.ok();
+    let Some(p) = store.prune_audit(tenant, before_ms, now).await? else {
+        return Ok(None);
+    };
+    let mut row = AuditRow::new(tenant, kind::AUDIT_PRUNED, "ok", "cli", now);
+    let mut detail = json!({"before_ms": before_ms, "through_seq": p.through_seq, "through_hash": p.through_hash, "rows_deleted": p.rows_deleted});
+    if let Some(f) = tree.and_then(|tr| checkpoint::frontier_at(&tr, p.through_seq as u64)) {
+        detail[checkpoint::FRONTIER_FIELD] =
+            json!(f.iter().map(crate::audit::merkle::to_hex).collect::<Vec<_>>());
+    }
+    row.detail = Some(detail.to_string());
+    crate::admin::record(store, row).await?;
+    Ok(Some(p))
+}
+
 /// CLI reads are audited like API reads (actor `cli`).
 async fn record_cli_read(
     store: &Store,
@@ -707,21 +733,10 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             let now = crate::clock::now_unix_ms();
             let mut report = Vec::new();
             for t in tenants {
-                // The tree of the rows about to go, so the prune row can record its
-                // frontier (signed checkpoints and later proofs stay checkable).
-                let tree = checkpoint::load(&store, &t, false).await.ok();
-                let Some(p) = store.prune_audit(&t, before_ms, now).await? else {
+                let Some(p) = prune_tenant(&store, &t, before_ms, now).await? else {
                     report.push(json!({"tenant": t, "rows_deleted": 0}));
                     continue;
                 };
-                let mut row = AuditRow::new(&t, kind::AUDIT_PRUNED, "ok", "cli", now);
-                let mut detail = json!({"before_ms": before_ms, "through_seq": p.through_seq, "through_hash": p.through_hash, "rows_deleted": p.rows_deleted});
-                if let Some(f) = tree.and_then(|tr| checkpoint::frontier_at(&tr, p.through_seq as u64)) {
-                    detail[checkpoint::FRONTIER_FIELD] =
-                        json!(f.iter().map(crate::audit::merkle::to_hex).collect::<Vec<_>>());
-                }
-                row.detail = Some(detail.to_string());
-                crate::admin::record(&store, row).await?;
                 report.push(json!({"tenant": t, "rows_deleted": p.rows_deleted, "through_seq": p.through_seq, "through_hash": p.through_hash}));
             }
             if json {

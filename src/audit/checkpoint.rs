@@ -494,6 +494,28 @@ pub fn frontier_at(t: &TenantTree, k: u64) -> Option<Vec<Hash>> {
     Some(r.frontier())
 }
 
+/// The broker's checkpointer, when a checkpoint key is configured (app data of the HTTP routes).
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoints(pub Option<std::sync::Arc<Checkpointer>>);
+
+impl Checkpoints {
+    /// Loads the key named by the settings; a configured key that cannot be
+    /// read stops the start (an operator mistake must fail loudly).
+    pub fn from_settings(settings: &crate::settings::Settings) -> anyhow::Result<Checkpoints> {
+        let Some(path) = &settings.checkpoint_key_file else {
+            tracing::warn!("no checkpoint key (setting checkpoint_key_file): audit checkpoints are not signed");
+            return Ok(Checkpoints(None));
+        };
+        let key = SigningKey::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        tracing::info!(verifier_key = %key.verifier(), file = ?settings.checkpoint_file, "audit checkpoints are signed");
+        Ok(Checkpoints(Some(std::sync::Arc::new(Checkpointer::new(
+            key,
+            settings.checkpoint_file.clone(),
+            settings.checkpoint_every_rows,
+        )))))
+    }
+}
+
 /// Keeps every tenant's latest checkpoint, appends new ones to the checkpoint
 /// file, and serves them. Each tenant's tree is kept as a streaming range
 /// (O(log n) memory) and advanced by reading only the rows added since.

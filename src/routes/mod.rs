@@ -95,5 +95,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
         .service(resource("/v1/status").route(web::get().to(credentials::status)))
         .service(resource("/v1/audit").route(web::get().to(audit::query)))
         .service(resource("/v1/audit/summary").route(web::get().to(audit::summary)))
+        .service(resource("/v1/audit/checkpoint").route(web::get().to(audit::checkpoint)))
+        .service(resource("/v1/audit/proof").route(web::get().to(audit::proof)))
         .default_service(web::to(not_found));
 }
