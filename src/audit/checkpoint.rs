@@ -105,7 +105,8 @@ impl SigningKey {
     /// Parses the key file's text.
     pub fn parse(text: &str) -> Result<SigningKey, NoteError> {
         let bad = || NoteError::Key("the checkpoint key file is not a PRIVATE+KEY+<name>+<hash>+<key> line".into());
-        let parts: Vec<&str> = text.trim().split('+').collect();
+        // The base64 key may itself contain '+'.
+        let parts: Vec<&str> = text.trim().splitn(5, '+').collect();
         let [p, k, name, hash, key] = parts[..] else {
             return Err(bad());
         };
@@ -224,7 +225,7 @@ impl std::fmt::Display for VerifierKey {
 impl VerifierKey {
     pub fn parse(text: &str) -> Result<VerifierKey, NoteError> {
         let bad = || NoteError::Key("a verifier key is <name>+<key hash hex>+<base64 key>".into());
-        let parts: Vec<&str> = text.trim().split('+').collect();
+        let parts: Vec<&str> = text.trim().splitn(3, '+').collect();
         let [name, hash, key] = parts[..] else {
             return Err(bad());
         };
@@ -1042,6 +1043,15 @@ mod tests {
         assert!(VerifierKey::parse("PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW").is_err());
         let note = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n\n\u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
         assert!(v.open(note).is_ok());
+    }
+
+    #[test]
+    fn keys_whose_base64_holds_a_plus_round_trip() {
+        let k = (0u8..=255)
+            .map(|b| SigningKey::from_seed("n", &[b; 32]).unwrap())
+            .find(|k| k.verifier().to_string().matches('+').count() > 2)
+            .unwrap();
+        assert_eq!(VerifierKey::parse(&k.verifier().to_string()).unwrap(), k.verifier());
     }
 
     #[test]
