@@ -524,7 +524,8 @@ pub struct Checkpointer {
     key: SigningKey,
     file: Option<PathBuf>,
     every_rows: u64,
-    tenants: tokio::sync::Mutex<HashMap<String, TenantState>>,
+    /// One lock per tenant: a tenant's (first, full) scan never holds up another's.
+    tenants: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<Option<TenantState>>>>>,
     file_lock: Mutex<()>,
 }
 
@@ -550,7 +551,7 @@ impl Checkpointer {
             key,
             file,
             every_rows,
-            tenants: tokio::sync::Mutex::new(HashMap::new()),
+            tenants: Mutex::new(HashMap::new()),
             file_lock: Mutex::new(()),
         }
     }
@@ -573,18 +574,22 @@ impl Checkpointer {
         tenant: &str,
         min_rows: u64,
     ) -> Result<Option<String>, TreeError> {
-        let mut tenants = self.tenants.lock().await;
-        if !tenants.contains_key(tenant) {
+        let slot = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(tenant.to_owned())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if slot.is_none() {
             let t = load(store, tenant, false).await?;
-            tenants.insert(
-                tenant.to_owned(),
-                TenantState {
-                    range: t.range,
-                    latest: None,
-                },
-            );
+            *slot = Some(TenantState {
+                range: t.range,
+                latest: None,
+            });
         }
-        let Some(st) = tenants.get_mut(tenant) else {
+        let Some(st) = slot.as_mut() else {
             return Ok(None);
         };
         // Only rows up to the stored head: a batch being committed right now

@@ -435,3 +435,111 @@ async fn proofs_round_trip_and_forged_or_foreign_proofs_are_rejected() {
         assert!(verify_proof(&bad.to_string(), &s.key).is_err());
     }
 }
+
+#[tokio::test]
+async fn the_broker_writes_checkpoints_by_rows_and_by_time() {
+    use token_broker::audit::checkpoint::Checkpointer;
+    let s = signed_app().await;
+    let file = s.dir.path().join("periodic.log");
+    let key = SigningKey::load(&s.dir.path().join("checkpoint.key")).unwrap();
+    let c = Checkpointer::new(key, Some(file.clone()), 3);
+    let count = || {
+        std::fs::read_to_string(&file)
+            .map(|t| token_broker::audit::checkpoint::split_notes(&t).len())
+            .unwrap_or(0)
+    };
+    c.round(&s.app.store, true).await;
+    assert_eq!(count(), 1, "the first time tick checkpoints the tenant");
+    c.round(&s.app.store, true).await;
+    assert_eq!(count(), 1, "nothing moved, nothing written");
+    issue_n(&s.app, &s.acme, 2).await;
+    c.round(&s.app.store, false).await;
+    assert_eq!(count(), 1, "2 rows < every 3 rows");
+    issue_n(&s.app, &s.acme, 1).await;
+    c.round(&s.app.store, false).await;
+    assert_eq!(count(), 2, "3 rows: a row-count checkpoint");
+    issue_n(&s.app, &s.acme, 1).await;
+    c.round(&s.app.store, true).await;
+    assert_eq!(count(), 3, "a time tick takes any growth");
+    // Every note in the file verifies, and together they cover the history.
+    let notes = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(s.verify(&notes).await, None);
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_token-broker");
+
+impl Signed {
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(BIN)
+            .env("TOKEN_BROKER_DATABASE_URL", &self.app.db_url)
+            .env("TOKEN_BROKER_DATA_DIR", self.dir.path())
+            .env(
+                "TOKEN_BROKER_CHECKPOINT_KEY_FILE",
+                self.dir.path().join("checkpoint.key"),
+            )
+            .env(
+                "TOKEN_BROKER_CHECKPOINT_FILE",
+                self.dir.path().join("checkpoints.log"),
+            )
+            .env_remove("RUST_LOG")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn the_command_line_prints_keys_checkpoints_and_proofs_and_checks_them() {
+    let s = signed_app().await;
+    let issued = issue_n(&s.app, &s.acme, 4).await;
+    let pk = s.cli_ok(&["audit", "checkpoint-key"]);
+    assert_eq!(pk.trim(), s.key.to_string());
+    let note = s.cli_ok(&["audit", "checkpoint", "--tenant", "acme"]);
+    let cp = s.key.open_checkpoint(&note).unwrap();
+    assert_eq!(cp.origin, "token-broker/acme");
+
+    let token = issued[1]["token"].as_str().unwrap();
+    let proof = s.cli_ok(&["audit", "prove", "--tenant", "acme", "--token", token, "--json"]);
+    let pf = s.dir.path().join("proof.json");
+    std::fs::write(&pf, &proof).unwrap();
+    let ok = s.cli_ok(&["audit", "verify-proof", pf.to_str().unwrap(), "--public-key", pk.trim()]);
+    assert!(ok.starts_with("ok:"), "{ok}");
+    let mut forged: Value = serde_json::from_str(&proof).unwrap();
+    forged["leaf_index"] = json!(0);
+    std::fs::write(&pf, forged.to_string()).unwrap();
+    let out = s.cli(&["audit", "verify-proof", pf.to_str().unwrap(), "--public-key", pk.trim()]);
+    assert_eq!(out.status.code(), Some(1));
+
+    let size = cp.size.to_string();
+    let cons = s.cli_ok(&["audit", "prove", "--tenant", "acme", "--from", "2", "--to", &size, "--json"]);
+    std::fs::write(&pf, &cons).unwrap();
+    s.cli_ok(&["audit", "verify-proof", pf.to_str().unwrap(), "--public-key", pk.trim()]);
+
+    // verify --checkpoints over the broker's checkpoint file, before and after a forger.
+    let file = s.dir.path().join("checkpoints.log");
+    let args = [
+        "audit",
+        "verify",
+        "--checkpoints",
+        file.to_str().unwrap(),
+        "--public-key",
+        pk.trim(),
+    ];
+    s.cli_ok(&args);
+    rewrite_with_recomputed_hashes(&s.app, 5, |r| r.user_id = Some("mallory".into())).await;
+    let out = s.cli(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("acme: FAILED") && text.contains("rewritten"), "{text}");
+}
