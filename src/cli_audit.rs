@@ -358,7 +358,9 @@ pub async fn verify_signed(
 pub fn checkpointer(settings: &Settings) -> Result<Checkpointer, Failure> {
     let Some(path) = &settings.checkpoint_key_file else {
         return Err(Failure {
-            message: "no checkpoint key: set checkpoint_key_file (TOKEN_BROKER_CHECKPOINT_KEY_FILE)".into(),
+            message:
+                "no checkpoint key: set checkpoint_key_file (TOKEN_BROKER_CHECKPOINT_KEY_FILE)"
+                    .into(),
             code: 2,
         });
     };
@@ -412,8 +414,11 @@ pub async fn prune_tenant(
     let mut row = AuditRow::new(tenant, kind::AUDIT_PRUNED, "ok", "cli", now);
     let mut detail = json!({"before_ms": before_ms, "through_seq": p.through_seq, "through_hash": p.through_hash, "rows_deleted": p.rows_deleted});
     if let Some(f) = tree.and_then(|tr| checkpoint::frontier_at(&tr, p.through_seq as u64)) {
-        detail[checkpoint::FRONTIER_FIELD] =
-            json!(f.iter().map(crate::audit::merkle::to_hex).collect::<Vec<_>>());
+        detail[checkpoint::FRONTIER_FIELD] = json!(
+            f.iter()
+                .map(crate::audit::merkle::to_hex)
+                .collect::<Vec<_>>()
+        );
     }
     row.detail = Some(detail.to_string());
     crate::admin::record(store, row).await?;
@@ -763,10 +768,13 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
                     if tenant.as_ref().is_some_and(|t| *t != h.tenant) {
                         continue;
                     }
-                    let note = cpr.refresh(&store, &h.tenant, 1).await.map_err(|e| Failure {
-                        message: format!("{}: {e}", h.tenant),
-                        code: 1,
-                    })?;
+                    let note = cpr
+                        .refresh(&store, &h.tenant, 1)
+                        .await
+                        .map_err(|e| Failure {
+                            message: format!("{}: {e}", h.tenant),
+                            code: 1,
+                        })?;
                     if let Some(n) = note {
                         notes.push((h.tenant, h.seq, h.hash, n));
                     }

@@ -248,7 +248,10 @@ impl Settings {
             .or(file.secrets_dir)
             .unwrap_or_else(|| data_dir.join("secrets"));
         let master_key_file = args.master_key_file.clone().or(file.master_key_file);
-        let checkpoint_key_file = args.checkpoint_key_file.clone().or(file.checkpoint_key_file);
+        let checkpoint_key_file = args
+            .checkpoint_key_file
+            .clone()
+            .or(file.checkpoint_key_file);
         let checkpoint_file = args.checkpoint_file.clone().or(file.checkpoint_file);
         let checkpoint_interval = Duration::from_secs(
             args.checkpoint_interval_secs

@@ -104,7 +104,11 @@ impl SigningKey {
 
     /// Parses the key file's text.
     pub fn parse(text: &str) -> Result<SigningKey, NoteError> {
-        let bad = || NoteError::Key("the checkpoint key file is not a PRIVATE+KEY+<name>+<hash>+<key> line".into());
+        let bad = || {
+            NoteError::Key(
+                "the checkpoint key file is not a PRIVATE+KEY+<name>+<hash>+<key> line".into(),
+            )
+        };
         // The base64 key may itself contain '+'.
         let parts: Vec<&str> = text.trim().splitn(5, '+').collect();
         let [p, k, name, hash, key] = parts[..] else {
@@ -163,7 +167,9 @@ impl SigningKey {
         })?;
         f.write_all(text.as_bytes())
             .and_then(|_| f.sync_all())
-            .map_err(|e| NoteError::Key(format!("cannot write {}: {}", path.display(), e.kind())))?;
+            .map_err(|e| {
+                NoteError::Key(format!("cannot write {}: {}", path.display(), e.kind()))
+            })?;
         Ok(key)
     }
 
@@ -273,15 +279,21 @@ impl VerifierKey {
         let body = &note[..split + 1];
         let sigs = &note[split + 2..];
         if !sigs.ends_with('\n') || sigs.is_empty() {
-            return Err(NoteError::Malformed("signature lines must end in a newline"));
+            return Err(NoteError::Malformed(
+                "signature lines must end in a newline",
+            ));
         }
         let mut found = false;
         for line in sigs.lines() {
             let Some(rest) = line.strip_prefix("\u{2014} ") else {
-                return Err(NoteError::Malformed("a signature line starts with an em dash"));
+                return Err(NoteError::Malformed(
+                    "a signature line starts with an em dash",
+                ));
             };
             let Some((name, sig)) = rest.split_once(' ') else {
-                return Err(NoteError::Malformed("a signature line is '— name signature'"));
+                return Err(NoteError::Malformed(
+                    "a signature line is '— name signature'",
+                ));
             };
             let Ok(raw) = B64.decode(sig) else {
                 return Err(NoteError::Malformed("a signature is base64"));
@@ -316,13 +328,20 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn body(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        )
     }
 
     pub fn parse_body(body: &str) -> Result<Checkpoint, NoteError> {
         let lines: Vec<&str> = body.strip_suffix('\n').unwrap_or("").split('\n').collect();
         let [origin, size, root] = lines[..] else {
-            return Err(NoteError::Malformed("a checkpoint body is origin, size and root"));
+            return Err(NoteError::Malformed(
+                "a checkpoint body is origin, size and root",
+            ));
         };
         if origin.is_empty() {
             return Err(NoteError::Malformed("empty origin"));
@@ -504,7 +523,9 @@ impl Checkpoints {
     /// read stops the start (an operator mistake must fail loudly).
     pub fn from_settings(settings: &crate::settings::Settings) -> anyhow::Result<Checkpoints> {
         let Some(path) = &settings.checkpoint_key_file else {
-            tracing::warn!("no checkpoint key (setting checkpoint_key_file): audit checkpoints are not signed");
+            tracing::warn!(
+                "no checkpoint key (setting checkpoint_key_file): audit checkpoints are not signed"
+            );
             return Ok(Checkpoints(None));
         };
         let key = SigningKey::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -625,7 +646,9 @@ impl Checkpointer {
         st.range = range;
         let size = st.range.size();
         let written = st.latest.as_ref().map(|(s, _)| *s);
-        let grew = written.map(|w| size.saturating_sub(w)).unwrap_or(size.max(1));
+        let grew = written
+            .map(|w| size.saturating_sub(w))
+            .unwrap_or(size.max(1));
         if written != Some(size) && grew >= min_rows.max(1) && size > 0 {
             let note = self.key.sign(&Checkpoint {
                 origin: origin(tenant),
@@ -705,7 +728,9 @@ pub fn open_checkpoints(
     for note in split_notes(text) {
         let cp = key.open_checkpoint(&note)?;
         let tenant = tenant_of(&cp.origin)
-            .ok_or(NoteError::Malformed("the origin is not token-broker/<tenant>"))?
+            .ok_or(NoteError::Malformed(
+                "the origin is not token-broker/<tenant>",
+            ))?
             .to_owned();
         out.push((tenant, cp));
     }
@@ -787,7 +812,9 @@ pub async fn verify_tenant_signed(
         if cp.size < t.pruned {
             continue;
         }
-        let root = tree.root(cp.size).map_err(|_| StoreError::Invalid("tree".into()))?;
+        let root = tree
+            .root(cp.size)
+            .map_err(|_| StoreError::Invalid("tree".into()))?;
         if root != cp.root {
             return Ok(Some(SignedFault {
                 size: cp.size,
@@ -881,7 +908,11 @@ pub async fn prove_inclusion(
     ))
 }
 
-async fn store_row_hash(store: &Store, tenant: &str, seq: i64) -> Result<Option<String>, TreeError> {
+async fn store_row_hash(
+    store: &Store,
+    tenant: &str,
+    seq: i64,
+) -> Result<Option<String>, TreeError> {
     let mut h = None;
     store
         .scan_audit(tenant, seq - 1, |r| {
@@ -938,7 +969,9 @@ pub fn verify_proof(json: &str, key: &VerifierKey) -> Result<String, String> {
     if v.get("leaf_index").is_some() {
         let p: InclusionProof =
             serde_json::from_value(v).map_err(|e| format!("not an inclusion proof: {e}"))?;
-        let cp = key.open_checkpoint(&p.checkpoint).map_err(|e| e.to_string())?;
+        let cp = key
+            .open_checkpoint(&p.checkpoint)
+            .map_err(|e| e.to_string())?;
         let root = merkle::from_hex(&p.root_hash).ok_or("root_hash is not 64 hex characters")?;
         let leaf = merkle::from_hex(&p.leaf_hash).ok_or("leaf_hash is not 64 hex characters")?;
         if cp.size != p.tree_size || cp.root != root {
@@ -964,8 +997,12 @@ pub fn verify_proof(json: &str, key: &VerifierKey) -> Result<String, String> {
     } else {
         let p: ConsistencyProof =
             serde_json::from_value(v).map_err(|e| format!("not a consistency proof: {e}"))?;
-        let old = key.open_checkpoint(&p.old_checkpoint).map_err(|e| e.to_string())?;
-        let new = key.open_checkpoint(&p.checkpoint).map_err(|e| e.to_string())?;
+        let old = key
+            .open_checkpoint(&p.old_checkpoint)
+            .map_err(|e| e.to_string())?;
+        let new = key
+            .open_checkpoint(&p.checkpoint)
+            .map_err(|e| e.to_string())?;
         if old.origin != new.origin {
             return Err("the two checkpoints are of different logs".into());
         }
@@ -1045,7 +1082,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v.name, "PeterNeumann");
-        assert!(VerifierKey::parse("PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW").is_err());
+        assert!(
+            VerifierKey::parse(
+                "PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
+            )
+            .is_err()
+        );
         let note = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n\n\u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n";
         assert!(v.open(note).is_ok());
     }
@@ -1056,7 +1098,10 @@ mod tests {
             .map(|b| SigningKey::from_seed("n", &[b; 32]).unwrap())
             .find(|k| k.verifier().to_string().matches('+').count() > 2)
             .unwrap();
-        assert_eq!(VerifierKey::parse(&k.verifier().to_string()).unwrap(), k.verifier());
+        assert_eq!(
+            VerifierKey::parse(&k.verifier().to_string()).unwrap(),
+            k.verifier()
+        );
     }
 
     #[test]
@@ -1072,7 +1117,10 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        assert!(SigningKey::generate(&path, "x").is_err(), "never overwrites");
+        assert!(
+            SigningKey::generate(&path, "x").is_err(),
+            "never overwrites"
+        );
     }
 
     #[test]

@@ -187,8 +187,7 @@ impl<'a> Tree<'a> {
         {
             return Ok(h);
         }
-        if hi - lo == 1 || (hi <= self.pruned && !self.frontier.iter().any(|&(s, _, _)| s == lo))
-        {
+        if hi - lo == 1 || (hi <= self.pruned && !self.frontier.iter().any(|&(s, _, _)| s == lo)) {
             return Err(ProofError::Pruned);
         }
         let k = split(hi - lo);
@@ -377,8 +376,8 @@ mod tests {
             &[0x40, 0x41, 0x42, 0x43],
             &[0x50, 0x51, 0x52, 0x53, 0x54, 0x55, 0x56, 0x57],
             &[
-                0x60, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x6b, 0x6c,
-                0x6d, 0x6e, 0x6f,
+                0x60, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x6b, 0x6c, 0x6d,
+                0x6e, 0x6f,
             ],
         ];
         data.iter().map(|d| leaf_hash(d)).collect()
@@ -426,11 +425,16 @@ mod tests {
                 "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
             ]
         );
-        assert_eq!(to_hex(&empty_root()), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            to_hex(&empty_root()),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 
     fn leaves(n: usize) -> Vec<Hash> {
-        (0..n).map(|i| leaf_hash(&(i as u64).to_be_bytes())).collect()
+        (0..n)
+            .map(|i| leaf_hash(&(i as u64).to_be_bytes()))
+            .collect()
     }
 
     #[test]
@@ -443,7 +447,13 @@ mod tests {
             for m in 0..n {
                 let p = t.inclusion(m, n).unwrap();
                 assert!(verify_inclusion(m, n, &all[m as usize], &p, &root));
-                assert!(!verify_inclusion(m, n, &all[(m as usize + 1) % 33], &p, &root));
+                assert!(!verify_inclusion(
+                    m,
+                    n,
+                    &all[(m as usize + 1) % 33],
+                    &p,
+                    &root
+                ));
             }
             for m in 1..=n {
                 let p = t.consistency(m, n).unwrap();

@@ -602,14 +602,25 @@ pub async fn proof(
         ("token_id", &q.token_id),
         ("token", &q.token),
     ] {
-        if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 8192 || v.chars().any(char::is_control)) {
-            return Err(ApiError::bad("invalid_proof_request", field, format!("{field} is empty, too long or has control characters")));
+        if v.as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > 8192 || v.chars().any(char::is_control))
+        {
+            return Err(ApiError::bad(
+                "invalid_proof_request",
+                field,
+                format!("{field} is empty, too long or has control characters"),
+            ));
         }
     }
-    let chosen = [q.audit_id.is_some(), q.token_id.is_some(), q.token.is_some(), q.from.is_some() || q.to.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let chosen = [
+        q.audit_id.is_some(),
+        q.token_id.is_some(),
+        q.token.is_some(),
+        q.from.is_some() || q.to.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if chosen != 1 {
         return Err(ApiError::bad(
             "invalid_proof_request",
@@ -619,21 +630,37 @@ pub async fn proof(
     }
     if q.from.is_some() || q.to.is_some() {
         let (Some(from), Some(to)) = (q.from, q.to) else {
-            return Err(ApiError::bad("invalid_proof_request", if q.from.is_none() { "from" } else { "to" }, "a consistency proof needs from and to"));
+            return Err(ApiError::bad(
+                "invalid_proof_request",
+                if q.from.is_none() { "from" } else { "to" },
+                "a consistency proof needs from and to",
+            ));
         };
-        let proof = crate::audit::checkpoint::prove_consistency(&state.store, c.key(), &p.tenant, from, to)
-            .await
-            .map_err(prove_err)?;
+        let proof =
+            crate::audit::checkpoint::prove_consistency(&state.store, c.key(), &p.tenant, from, to)
+                .await
+                .map_err(prove_err)?;
         return Ok(HttpResponse::Ok().json(proof));
     }
     let id = match q.audit_id {
         Some(id) => id,
-        None => crate::cli_audit::issued_row(&state.store, &p.tenant, q.token.as_deref(), q.token_id.as_deref())
-            .await?
-            .ok_or_else(|| ApiError::not_found("audit_row_not_found", "no such token in this tenant's audit"))?,
+        None => crate::cli_audit::issued_row(
+            &state.store,
+            &p.tenant,
+            q.token.as_deref(),
+            q.token_id.as_deref(),
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "audit_row_not_found",
+                "no such token in this tenant's audit",
+            )
+        })?,
     };
-    let (proof, _) = crate::audit::checkpoint::prove_inclusion(&state.store, c.key(), &p.tenant, &id)
-        .await
-        .map_err(prove_err)?;
+    let (proof, _) =
+        crate::audit::checkpoint::prove_inclusion(&state.store, c.key(), &p.tenant, &id)
+            .await
+            .map_err(prove_err)?;
     Ok(HttpResponse::Ok().json(proof))
 }

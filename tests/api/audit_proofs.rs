@@ -160,7 +160,10 @@ async fn checkpoints_are_signed_notes_for_the_tenants_audit_keys_only() {
 
     // An app key (issue scope), no key, another tenant: never acme's checkpoint.
     let issuer = s.app.create_key("acme", &["issue"]).await;
-    assert_eq!(s.app.get("/v1/audit/checkpoint", &issuer).await.status(), 403);
+    assert_eq!(
+        s.app.get("/v1/audit/checkpoint", &issuer).await.status(),
+        403
+    );
     let anon = s
         .app
         .client
@@ -198,7 +201,10 @@ async fn a_rewrite_with_recomputed_hashes_passes_the_chain_but_not_a_signed_chec
     })
     .await;
     let chain_only = verify_tenant(&s.app.store, "acme", None).await.unwrap();
-    assert!(chain_only.ok, "the forger recomputed every hash: {chain_only:?}");
+    assert!(
+        chain_only.ok,
+        "the forger recomputed every hash: {chain_only:?}"
+    );
     let (problem, message) = s.verify(&notes).await.expect("caught");
     assert_eq!(problem, "rewritten", "{message}");
 }
@@ -220,15 +226,27 @@ async fn edits_deletions_insertions_and_reordering_are_caught() {
     let s = signed_app().await;
     issue_n(&s.app, &s.acme, 5).await;
     let notes = s.take().await;
-    raw_sql(&s.app, "DELETE FROM audit_events WHERE tenant = 'acme' AND seq = 5").await;
+    raw_sql(
+        &s.app,
+        "DELETE FROM audit_events WHERE tenant = 'acme' AND seq = 5",
+    )
+    .await;
     assert_eq!(s.verify(&notes).await.unwrap().0, "missing_or_reordered");
 
     // A row inserted in the middle (later rows shifted up).
     let s = signed_app().await;
     issue_n(&s.app, &s.acme, 5).await;
     let notes = s.take().await;
-    raw_sql(&s.app, "UPDATE audit_events SET seq = seq + 1000 WHERE tenant = 'acme' AND seq >= 5").await;
-    raw_sql(&s.app, "UPDATE audit_events SET seq = seq - 999 WHERE tenant = 'acme' AND seq >= 1000").await;
+    raw_sql(
+        &s.app,
+        "UPDATE audit_events SET seq = seq + 1000 WHERE tenant = 'acme' AND seq >= 5",
+    )
+    .await;
+    raw_sql(
+        &s.app,
+        "UPDATE audit_events SET seq = seq - 999 WHERE tenant = 'acme' AND seq >= 1000",
+    )
+    .await;
     let cols = token_broker::audit::COLUMNS;
     let rest = cols.split_once(" seq,").unwrap().1;
     raw_sql(
@@ -239,7 +257,10 @@ async fn edits_deletions_insertions_and_reordering_are_caught() {
         ),
     )
     .await;
-    assert!(s.verify(&notes).await.is_some(), "an inserted row is caught");
+    assert!(
+        s.verify(&notes).await.is_some(),
+        "an inserted row is caught"
+    );
 
     // Two rows swapped, and the swap rehashed into a consistent chain.
     let s = signed_app().await;
@@ -269,7 +290,11 @@ async fn truncation_erasure_and_an_unrecorded_prune_are_caught() {
     let notes = s.take().await;
     let all = rows(&s.app, "acme").await;
     let keep = all.len() as i64 - 2;
-    raw_sql(&s.app, &format!("DELETE FROM audit_events WHERE tenant = 'acme' AND seq > {keep}")).await;
+    raw_sql(
+        &s.app,
+        &format!("DELETE FROM audit_events WHERE tenant = 'acme' AND seq > {keep}"),
+    )
+    .await;
     raw_sql(
         &s.app,
         &format!(
@@ -294,7 +319,11 @@ async fn truncation_erasure_and_an_unrecorded_prune_are_caught() {
     issue_n(&s.app, &s.acme, 4).await;
     let notes = s.take().await;
     let all = rows(&s.app, "acme").await;
-    raw_sql(&s.app, "DELETE FROM audit_events WHERE tenant = 'acme' AND seq <= 4").await;
+    raw_sql(
+        &s.app,
+        "DELETE FROM audit_events WHERE tenant = 'acme' AND seq <= 4",
+    )
+    .await;
     raw_sql(
         &s.app,
         &format!(
@@ -327,7 +356,10 @@ async fn a_recorded_prune_keeps_old_checkpoints_and_later_proofs_valid() {
     assert_eq!(s.verify(&notes).await, None, "{before}");
     // A row after the prune still has an inclusion proof against the new root.
     let id = issued[1]["audit_id"].as_str().unwrap();
-    let r = s.app.get(&format!("/v1/audit/proof?audit_id={id}"), &s.acme).await;
+    let r = s
+        .app
+        .get(&format!("/v1/audit/proof?audit_id={id}"), &s.acme)
+        .await;
     assert_eq!(r.status(), 200);
     let proof = r.text().await.unwrap();
     verify_proof(&proof, &s.key).unwrap();
@@ -343,10 +375,20 @@ async fn proofs_round_trip_and_forged_or_foreign_proofs_are_rejected() {
         format!("token_id={}", t["token_id"].as_str().unwrap()),
         format!("audit_id={}", t["audit_id"].as_str().unwrap()),
     ] {
-        let r = s.app.get(&format!("/v1/audit/proof?{query}"), &s.acme).await;
+        let r = s
+            .app
+            .get(&format!("/v1/audit/proof?{query}"), &s.acme)
+            .await;
         assert_eq!(r.status(), 200, "{query}");
         let proof: Value = r.json().await.unwrap();
-        for k in ["leaf_index", "tree_size", "leaf_hash", "hashes", "root_hash", "checkpoint"] {
+        for k in [
+            "leaf_index",
+            "tree_size",
+            "leaf_hash",
+            "hashes",
+            "root_hash",
+            "checkpoint",
+        ] {
             assert!(proof.get(k).is_some(), "{k} in {proof}");
         }
         assert_eq!(proof["audit_id"], t["audit_id"]);
@@ -356,7 +398,10 @@ async fn proofs_round_trip_and_forged_or_foreign_proofs_are_rejected() {
     let r = s
         .app
         .get(
-            &format!("/v1/audit/proof?audit_id={}", t["audit_id"].as_str().unwrap()),
+            &format!(
+                "/v1/audit/proof?audit_id={}",
+                t["audit_id"].as_str().unwrap()
+            ),
             &s.acme,
         )
         .await;
@@ -383,15 +428,24 @@ async fn proofs_round_trip_and_forged_or_foreign_proofs_are_rejected() {
     assert!(err.contains("no signature"), "{err}");
     // A checkpoint re-signed by another key over a forged root: rejected by ours.
     let mut p = proof.clone();
-    let cp = s.key.open_checkpoint(p["checkpoint"].as_str().unwrap()).unwrap();
-    let forged = token_broker::audit::checkpoint::Checkpoint { root: [9u8; 32], ..cp };
+    let cp = s
+        .key
+        .open_checkpoint(p["checkpoint"].as_str().unwrap())
+        .unwrap();
+    let forged = token_broker::audit::checkpoint::Checkpoint {
+        root: [9u8; 32],
+        ..cp
+    };
     p["checkpoint"] = json!(other.sign(&forged));
     assert!(verify_proof(&p.to_string(), &s.key).is_err());
 
     // A row that is not there, or is another tenant's: 404, nothing else said.
     let r = s
         .app
-        .get("/v1/audit/proof?audit_id=0190b7a0-0000-7000-8000-000000000000", &s.acme)
+        .get(
+            "/v1/audit/proof?audit_id=0190b7a0-0000-7000-8000-000000000000",
+            &s.acme,
+        )
         .await;
     assert_eq!(r.status(), 404);
     let body: Value = r.json().await.unwrap();
@@ -401,14 +455,20 @@ async fn proofs_round_trip_and_forged_or_foreign_proofs_are_rejected() {
     let r = s
         .app
         .get(
-            &format!("/v1/audit/proof?audit_id={}", t["audit_id"].as_str().unwrap()),
+            &format!(
+                "/v1/audit/proof?audit_id={}",
+                t["audit_id"].as_str().unwrap()
+            ),
             &globex,
         )
         .await;
     assert_eq!(r.status(), 404);
     let r = s
         .app
-        .get(&format!("/v1/audit/proof?token={}", t["token"].as_str().unwrap()), &globex)
+        .get(
+            &format!("/v1/audit/proof?token={}", t["token"].as_str().unwrap()),
+            &globex,
+        )
         .await;
     assert_eq!(r.status(), 404);
     // Bad requests name the field.
@@ -431,7 +491,11 @@ async fn proofs_round_trip_and_forged_or_foreign_proofs_are_rejected() {
     assert!(verify_proof(&bad.to_string(), &s.key).is_err());
     let mut bad = c.clone();
     if let Some(first) = bad["hashes"][0].as_str().map(str::to_owned) {
-        bad["hashes"][0] = json!(format!("{}{}", if first.starts_with('f') { "e" } else { "f" }, &first[1..]));
+        bad["hashes"][0] = json!(format!(
+            "{}{}",
+            if first.starts_with('f') { "e" } else { "f" },
+            &first[1..]
+        ));
         assert!(verify_proof(&bad.to_string(), &s.key).is_err());
     }
 }
@@ -510,21 +574,43 @@ async fn the_command_line_prints_keys_checkpoints_and_proofs_and_checks_them() {
     assert_eq!(cp.origin, "token-broker/acme");
 
     let token = issued[1]["token"].as_str().unwrap();
-    let proof = s.cli_ok(&["audit", "prove", "--tenant", "acme", "--token", token, "--json"]);
+    let proof = s.cli_ok(&[
+        "audit", "prove", "--tenant", "acme", "--token", token, "--json",
+    ]);
     let pf = s.dir.path().join("proof.json");
     std::fs::write(&pf, &proof).unwrap();
-    let ok = s.cli_ok(&["audit", "verify-proof", pf.to_str().unwrap(), "--public-key", pk.trim()]);
+    let ok = s.cli_ok(&[
+        "audit",
+        "verify-proof",
+        pf.to_str().unwrap(),
+        "--public-key",
+        pk.trim(),
+    ]);
     assert!(ok.starts_with("ok:"), "{ok}");
     let mut forged: Value = serde_json::from_str(&proof).unwrap();
     forged["leaf_index"] = json!(0);
     std::fs::write(&pf, forged.to_string()).unwrap();
-    let out = s.cli(&["audit", "verify-proof", pf.to_str().unwrap(), "--public-key", pk.trim()]);
+    let out = s.cli(&[
+        "audit",
+        "verify-proof",
+        pf.to_str().unwrap(),
+        "--public-key",
+        pk.trim(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
 
     let size = cp.size.to_string();
-    let cons = s.cli_ok(&["audit", "prove", "--tenant", "acme", "--from", "2", "--to", &size, "--json"]);
+    let cons = s.cli_ok(&[
+        "audit", "prove", "--tenant", "acme", "--from", "2", "--to", &size, "--json",
+    ]);
     std::fs::write(&pf, &cons).unwrap();
-    s.cli_ok(&["audit", "verify-proof", pf.to_str().unwrap(), "--public-key", pk.trim()]);
+    s.cli_ok(&[
+        "audit",
+        "verify-proof",
+        pf.to_str().unwrap(),
+        "--public-key",
+        pk.trim(),
+    ]);
 
     // verify --checkpoints over the broker's checkpoint file, before and after a forger.
     let file = s.dir.path().join("checkpoints.log");
@@ -541,5 +627,8 @@ async fn the_command_line_prints_keys_checkpoints_and_proofs_and_checks_them() {
     let out = s.cli(&args);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("acme: FAILED") && text.contains("rewritten"), "{text}");
+    assert!(
+        text.contains("acme: FAILED") && text.contains("rewritten"),
+        "{text}"
+    );
 }
