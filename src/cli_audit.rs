@@ -865,7 +865,7 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
                         code: 1,
                     });
                 };
-                let (p, _) = checkpoint::prove_inclusion(&store, cpr.key(), &tenant, &id)
+                let p = checkpoint::prove_inclusion(&store, &cpr, &tenant, &id)
                     .await
                     .map_err(prove_failure)?;
                 serde_json::to_value(p)?

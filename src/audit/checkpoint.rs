@@ -548,6 +548,9 @@ pub struct Checkpointer {
     /// One lock per tenant: a tenant's (first, full) scan never holds up another's.
     tenants: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<Option<TenantState>>>>>,
     file_lock: Mutex<()>,
+    /// Tenants whose history could not be checkpointed: retried on time ticks
+    /// only, not every second (a damaged history is not rescanned constantly).
+    failed: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Checkpointer {
@@ -574,6 +577,7 @@ impl Checkpointer {
             every_rows,
             tenants: Mutex::new(HashMap::new()),
             file_lock: Mutex::new(()),
+            failed: Mutex::new(Default::default()),
         }
     }
 
@@ -685,9 +689,26 @@ impl Checkpointer {
             }
         };
         for h in heads {
+            let failed = |f: &Self| {
+                f.failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&h.tenant)
+            };
+            if !time_tick && failed(self) {
+                continue;
+            }
             let min = if time_tick { 1 } else { self.every_rows };
-            if let Err(e) = self.refresh(store, &h.tenant, min).await {
-                tracing::error!(tenant = %h.tenant, error = %e, "cannot checkpoint the tenant's audit history");
+            let r = self.refresh(store, &h.tenant, min).await;
+            let mut set = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            match r {
+                Ok(_) => {
+                    set.remove(&h.tenant);
+                }
+                Err(e) => {
+                    tracing::error!(tenant = %h.tenant, error = %e, "cannot checkpoint the tenant's audit history");
+                    set.insert(h.tenant.clone());
+                }
             }
         }
     }
@@ -870,42 +891,57 @@ pub enum ProveError {
     NoSuchRow,
     #[error("{0}")]
     Proof(#[from] merkle::ProofError),
+    #[error("the row was committed after the latest checkpoint; ask again")]
+    NotYetCheckpointed,
+    #[error("the stored history no longer matches the broker's checkpoint: run audit verify")]
+    Changed,
 }
 
-/// Builds an inclusion proof of the row `audit_id` against a checkpoint of
-/// the tenant's current history, signed by `key`.
+/// Builds an inclusion proof of the row `audit_id` against the tenant's latest
+/// checkpoint (brought up to date first, so it is the one `GET
+/// /v1/audit/checkpoint` serves and the checkpoint file holds). The rows read
+/// now must still hash to that checkpoint's root; if they do not, the history
+/// changed under the broker and no proof is signed.
 pub async fn prove_inclusion(
     store: &Store,
-    key: &SigningKey,
+    cpr: &Checkpointer,
     tenant: &str,
     audit_id: &str,
-) -> Result<(InclusionProof, String), ProveError> {
+) -> Result<InclusionProof, ProveError> {
     let t = load(store, tenant, true).await?;
     let &m = t.ids.get(audit_id).ok_or(ProveError::NoSuchRow)?;
+    let note = cpr
+        .refresh(store, tenant, 1)
+        .await?
+        .ok_or(ProveError::NoSuchRow)?;
+    let cp = cpr
+        .key
+        .verifier()
+        .open_checkpoint(&note)
+        .map_err(|_| ProveError::Changed)?;
     let tree = t.tree();
-    let n = tree.size();
+    let n = cp.size;
+    if m >= n {
+        // Committed after the checkpoint was read: the next one covers it.
+        return Err(ProveError::NotYetCheckpointed);
+    }
     let root = tree.root(n)?;
+    if root != cp.root {
+        return Err(ProveError::Changed);
+    }
     let hashes = tree.inclusion(m, n)?;
-    let note = key.sign(&Checkpoint {
-        origin: origin(tenant),
-        size: n,
-        root,
-    });
     let leaf = t.leaves[(m - t.pruned) as usize];
     let row_hash = store_row_hash(store, tenant, m as i64 + 1).await?;
-    Ok((
-        InclusionProof {
-            leaf_index: m,
-            tree_size: n,
-            leaf_hash: merkle::to_hex(&leaf),
-            hashes: hashes.iter().map(merkle::to_hex).collect(),
-            root_hash: merkle::to_hex(&root),
-            checkpoint: note.clone(),
-            audit_id: Some(audit_id.to_owned()),
-            row_hash,
-        },
-        note,
-    ))
+    Ok(InclusionProof {
+        leaf_index: m,
+        tree_size: n,
+        leaf_hash: merkle::to_hex(&leaf),
+        hashes: hashes.iter().map(merkle::to_hex).collect(),
+        root_hash: merkle::to_hex(&root),
+        checkpoint: note,
+        audit_id: Some(audit_id.to_owned()),
+        row_hash,
+    })
 }
 
 async fn store_row_hash(

@@ -595,6 +595,17 @@ pub async fn proof(
             ApiError::not_found("audit_row_not_found", "no such row in this tenant's audit")
         }
         ProveError::Proof(e) => ApiError::bad("invalid_proof_request", "from", e.to_string()),
+        ProveError::NotYetCheckpointed => ApiError::unavailable(
+            "not_yet_checkpointed",
+            "the row was committed after the latest checkpoint; ask again",
+        ),
+        ProveError::Changed => {
+            tracing::error!(tenant = %p.tenant, "the stored audit history no longer matches the signed checkpoint");
+            ApiError::unavailable(
+                "audit_unverifiable",
+                "the audit history cannot be proven; the operator must run audit verify",
+            )
+        }
     };
     let q = q.into_inner();
     for (field, v) in [
@@ -658,9 +669,8 @@ pub async fn proof(
             )
         })?,
     };
-    let (proof, _) =
-        crate::audit::checkpoint::prove_inclusion(&state.store, c.key(), &p.tenant, &id)
-            .await
-            .map_err(prove_err)?;
+    let proof = crate::audit::checkpoint::prove_inclusion(&state.store, &c, &p.tenant, &id)
+        .await
+        .map_err(prove_err)?;
     Ok(HttpResponse::Ok().json(proof))
 }

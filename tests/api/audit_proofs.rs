@@ -207,6 +207,23 @@ async fn a_rewrite_with_recomputed_hashes_passes_the_chain_but_not_a_signed_chec
     );
     let (problem, message) = s.verify(&notes).await.expect("caught");
     assert_eq!(problem, "rewritten", "{message}");
+
+    // The running broker signs no proof over the forged history...
+    let forged = rows(&s.app, "acme").await;
+    let r = s
+        .app
+        .get(
+            &format!("/v1/audit/proof?audit_id={}", forged[5].audit_id),
+            &s.acme,
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "audit_unverifiable", "{body}");
+    // ...and its later checkpoints keep the roots it computed from the rows it
+    // saw, so the forger is still caught with every checkpoint of the file.
+    let all = s.take().await;
+    assert_eq!(s.verify(&all).await.unwrap().0, "rewritten");
 }
 
 #[tokio::test]
