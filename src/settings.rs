@@ -331,6 +331,28 @@ mod tests {
     }
 
     #[test]
+    fn checkpoint_settings_come_from_flags_and_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tb.toml");
+        std::fs::write(
+            &file,
+            "checkpoint_key_file = \"/keys/cp.key\"\ncheckpoint_file = \"/var/cp.log\"\ncheckpoint_interval_secs = 30\n",
+        )
+        .unwrap();
+        let cfg = file.to_str().unwrap();
+        let s = resolve(&["t", "--config", cfg, "--checkpoint-every-rows", "500"]).unwrap();
+        assert_eq!(s.checkpoint_key_file, Some(PathBuf::from("/keys/cp.key")));
+        assert_eq!(s.checkpoint_file, Some(PathBuf::from("/var/cp.log")));
+        assert_eq!(s.checkpoint_interval, Duration::from_secs(30));
+        assert_eq!(s.checkpoint_every_rows, 500);
+        let d = resolve(&["t"]).unwrap();
+        assert_eq!(d.checkpoint_key_file, None, "no key unless configured");
+        assert_eq!(d.checkpoint_interval, Duration::from_secs(60));
+        assert_eq!(d.checkpoint_every_rows, 10_000);
+        assert!(format!("{d:?}").contains("checkpoint_file"));
+    }
+
+    #[test]
     fn flags_beat_the_config_file_which_beats_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tb.toml");

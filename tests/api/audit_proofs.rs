@@ -649,3 +649,33 @@ async fn the_command_line_prints_keys_checkpoints_and_proofs_and_checks_them() {
         "{text}"
     );
 }
+
+#[test]
+fn dev_mode_creates_a_private_checkpoint_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = token_broker::settings::Settings::for_database("sqlite://unused");
+    s.data_dir = dir.path().join("data");
+    s.checkpoint_key_file = None;
+    s.checkpoint_file = None;
+    token_broker::dev::ensure_checkpoint_key(&mut s).unwrap();
+    let path = s.checkpoint_key_file.clone().unwrap();
+    assert!(path.starts_with(&s.data_dir));
+    assert!(s.checkpoint_file.as_ref().unwrap().starts_with(&s.data_dir));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let first = SigningKey::load(&path).unwrap().verifier();
+    // A second start keeps the key (checkpoints already kept stay verifiable).
+    let mut again = s.clone();
+    again.checkpoint_key_file = None;
+    token_broker::dev::ensure_checkpoint_key(&mut again).unwrap();
+    assert_eq!(SigningKey::load(&path).unwrap().verifier(), first);
+    // An operator's key is left alone.
+    let mut mine = s.clone();
+    mine.checkpoint_key_file = Some(dir.path().join("operator.key"));
+    token_broker::dev::ensure_checkpoint_key(&mut mine).unwrap();
+    assert!(!dir.path().join("operator.key").exists());
+}
