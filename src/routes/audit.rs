@@ -585,6 +585,7 @@ pub async fn proof(
     state: web::Data<AppState>,
     cps: web::Data<Checkpoints>,
     key: ApiKey,
+    req: HttpRequest,
     q: web::Query<ProofParams>,
 ) -> Result<HttpResponse, ApiError> {
     let p = key.require_any(&[Scopes::AUDIT, Scopes::ADMIN])?;
@@ -639,6 +640,15 @@ pub async fn proof(
             "give exactly one of audit_id, token_id, token, or from and to",
         ));
     }
+    // Proofs are reads of the audit, and recorded as such (a token only by its fingerprint).
+    let record = json!({
+        "audit_id": q.audit_id,
+        "token_id": q.token_id,
+        "token": q.token.as_deref().map(|t| format!("sha256:{}", crate::audit::chain::fingerprint(t))),
+        "from": q.from,
+        "to": q.to,
+    });
+    record_read(&state, &req, p, "proof", record).await?;
     if q.from.is_some() || q.to.is_some() {
         let (Some(from), Some(to)) = (q.from, q.to) else {
             return Err(ApiError::bad(
