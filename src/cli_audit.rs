@@ -265,12 +265,11 @@ pub async fn verify_tenant(
 }
 
 /// Reads `--checkpoints FILE` (signatures checked with `--public-key`).
-fn signed_checkpoints(
-    file: Option<&str>,
-    key: Option<&str>,
-) -> Result<Vec<(String, checkpoint::Checkpoint)>, Failure> {
+type Signed = (Vec<(String, checkpoint::Checkpoint)>, Option<VerifierKey>);
+
+fn signed_checkpoints(file: Option<&str>, key: Option<&str>) -> Result<Signed, Failure> {
     let (Some(file), Some(key)) = (file, key) else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     };
     let key = VerifierKey::from_arg(key).map_err(|e| Failure {
         message: e.to_string(),
@@ -290,7 +289,7 @@ fn signed_checkpoints(
             code: 2,
         });
     }
-    Ok(cps)
+    Ok((cps, Some(key)))
 }
 
 /// Adds the signed-checkpoint check to a tenant's chain result: the chain
@@ -300,7 +299,9 @@ pub async fn apply_signed(
     store: &Store,
     r: &mut TenantVerify,
     signed: &[(String, checkpoint::Checkpoint)],
+    key: Option<&VerifierKey>,
 ) -> Result<(), Failure> {
+    let Some(key) = key else { return Ok(()) };
     let mine: Vec<checkpoint::Checkpoint> = signed
         .iter()
         .filter(|(t, _)| *t == r.tenant)
@@ -309,7 +310,7 @@ pub async fn apply_signed(
     if r.fault.is_some() || mine.is_empty() {
         return Ok(());
     }
-    if let Some(f) = checkpoint::verify_tenant_signed(store, &r.tenant, &mine).await? {
+    if let Some(f) = checkpoint::verify_tenant_signed(store, &r.tenant, &mine, key).await? {
         r.ok = false;
         r.fault = Some(ChainFault {
             audit_id: String::new(),
@@ -348,7 +349,7 @@ pub async fn verify_signed(
     let mut out = Vec::new();
     for t in &tenants {
         let mut r = verify_tenant(store, t, None).await?;
-        apply_signed(store, &mut r, &signed).await?;
+        apply_signed(store, &mut r, &signed, Some(key)).await?;
         out.push(r);
     }
     Ok(out)
@@ -406,6 +407,7 @@ pub async fn prune_tenant(
     tenant: &str,
     before_ms: i64,
     now: i64,
+    key: Option<&SigningKey>,
 ) -> Result<Option<crate::store::PruneRow>, Failure> {
     let tree = checkpoint::load(store, tenant, false).await.ok();
     let Some(p) = store.prune_audit(tenant, before_ms, now).await? else {
@@ -419,6 +421,18 @@ pub async fn prune_tenant(
                 .map(crate::audit::merkle::to_hex)
                 .collect::<Vec<_>>()
         );
+        // The operator's key vouches for the prune point: the database alone
+        // cannot make a prune that `verify --checkpoints` accepts.
+        if let (Some(key), Some(r)) = (
+            key,
+            crate::audit::merkle::CompactRange::from_frontier(p.through_seq as u64, &f),
+        ) {
+            detail[checkpoint::PRUNE_NOTE_FIELD] = json!(key.sign(&checkpoint::Checkpoint {
+                origin: checkpoint::origin(tenant),
+                size: p.through_seq as u64,
+                root: r.root(),
+            }));
+        }
     }
     row.detail = Some(detail.to_string());
     crate::admin::record(store, row).await?;
@@ -604,7 +618,7 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             public_key,
             json,
         } => {
-            let signed = signed_checkpoints(checkpoints.as_deref(), public_key.as_deref())?;
+            let (signed, vkey) = signed_checkpoints(checkpoints.as_deref(), public_key.as_deref())?;
             let cps = match &checkpoint {
                 Some(c) => parse_checkpoints(c)?,
                 None => Vec::new(),
@@ -636,7 +650,7 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             for t in &tenants {
                 let cp = cps.iter().find(|c| &c.tenant == t);
                 let mut r = verify_tenant(&store, t, cp).await?;
-                apply_signed(&store, &mut r, &signed).await?;
+                apply_signed(&store, &mut r, &signed, vkey.as_ref()).await?;
                 results.push(r);
             }
             let ok = results.iter().all(|r| r.ok);
@@ -736,9 +750,18 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
                     .collect(),
             };
             let now = crate::clock::now_unix_ms();
+            // With a checkpoint key the prune point is signed (a configured key
+            // that cannot be read stops the prune).
+            let key = match &settings.checkpoint_key_file {
+                Some(path) => Some(SigningKey::load(path).map_err(|e| Failure {
+                    message: e.to_string(),
+                    code: 2,
+                })?),
+                None => None,
+            };
             let mut report = Vec::new();
             for t in tenants {
-                let Some(p) = prune_tenant(&store, &t, before_ms, now).await? else {
+                let Some(p) = prune_tenant(&store, &t, before_ms, now, key.as_ref()).await? else {
                     report.push(json!({"tenant": t, "rows_deleted": 0}));
                     continue;
                 };

@@ -412,6 +412,8 @@ pub enum TreeError {
 pub struct TenantTree {
     pub pruned: u64,
     pub frontier: Vec<Hash>,
+    /// The signed checkpoint of the pruned rows, from the prune row.
+    pub prune_note: Option<String>,
     pub leaves: Vec<Hash>,
     /// The streaming tree of every row.
     pub range: CompactRange,
@@ -444,6 +446,7 @@ pub async fn load(store: &Store, tenant: &str, keep: bool) -> Result<TenantTree,
     let mut leaves = Vec::new();
     let mut ids = HashMap::new();
     let mut frontier: Option<Vec<Hash>> = if k == 0 { Some(Vec::new()) } else { None };
+    let mut prune_note = None;
     let mut fault: Option<TreeError> = None;
     let mut expected = k + 1;
     store
@@ -461,7 +464,10 @@ pub async fn load(store: &Store, tenant: &str, keep: bool) -> Result<TenantTree,
                 return false;
             };
             if frontier.is_none() && row.kind == kind::AUDIT_PRUNED {
-                frontier = recorded_frontier(&row, k, &k_hash);
+                if let Some((f, n)) = recorded_frontier(&row, k, &k_hash) {
+                    frontier = Some(f);
+                    prune_note = n;
+                }
             }
             if keep {
                 ids.insert(row.audit_id, (row.seq - 1) as u64);
@@ -482,6 +488,7 @@ pub async fn load(store: &Store, tenant: &str, keep: bool) -> Result<TenantTree,
     Ok(TenantTree {
         pruned: k as u64,
         frontier,
+        prune_note,
         leaves,
         range,
         ids,
@@ -490,17 +497,27 @@ pub async fn load(store: &Store, tenant: &str, keep: bool) -> Result<TenantTree,
 
 /// The frontier an `audit_pruned` row records, when it records the prune
 /// point `(k, k_hash)`.
-fn recorded_frontier(row: &AuditRow, k: i64, k_hash: &str) -> Option<Vec<Hash>> {
+fn recorded_frontier(row: &AuditRow, k: i64, k_hash: &str) -> Option<(Vec<Hash>, Option<String>)> {
     let d: serde_json::Value = serde_json::from_str(row.detail.as_deref()?).ok()?;
     if d.get("through_seq")?.as_i64()? != k || d.get("through_hash")?.as_str()? != k_hash {
         return None;
     }
-    d.get(FRONTIER_FIELD)?
+    let f = d
+        .get(FRONTIER_FIELD)?
         .as_array()?
         .iter()
         .map(|h| merkle::from_hex(h.as_str()?))
-        .collect()
+        .collect::<Option<Vec<Hash>>>()?;
+    let note = d
+        .get(PRUNE_NOTE_FIELD)
+        .and_then(|n| n.as_str())
+        .map(str::to_owned);
+    Some((f, note))
 }
+
+/// The prune rows' detail field with the checkpoint of the pruned rows, signed
+/// by the operator's checkpoint key when the prune was made.
+pub const PRUNE_NOTE_FIELD: &str = "prune_checkpoint";
 
 /// The frontier of the first `k` leaves of `t` (for the prune that deletes rows `1..=k`).
 pub fn frontier_at(t: &TenantTree, k: u64) -> Option<Vec<Hash>> {
@@ -768,6 +785,7 @@ pub async fn verify_tenant_signed(
     store: &Store,
     tenant: &str,
     checkpoints: &[Checkpoint],
+    key: &VerifierKey,
 ) -> Result<Option<SignedFault>, StoreError> {
     let Some(largest) = checkpoints.iter().map(|c| c.size).max() else {
         return Ok(None);
@@ -799,6 +817,28 @@ pub async fn verify_tenant_signed(
             }));
         }
     };
+    // A prune point is accepted only with the prune row's checkpoint of the
+    // pruned rows, signed by the key: the database alone cannot make one.
+    if t.pruned > 0 {
+        let want = CompactRange::from_frontier(t.pruned, &t.frontier).map(|r| r.root());
+        let signed = t
+            .prune_note
+            .as_deref()
+            .and_then(|n| key.open_checkpoint(n).ok())
+            .is_some_and(|cp| {
+                cp.origin == origin(tenant) && cp.size == t.pruned && Some(cp.root) == want
+            });
+        if !signed {
+            return Ok(Some(SignedFault {
+                size: largest,
+                problem: "unrecorded_prune",
+                message: format!(
+                    "the history starts after seq {}, and its prune row carries no checkpoint of the pruned rows signed by this key: rows were deleted",
+                    t.pruned
+                ),
+            }));
+        }
+    }
     let tree = t.tree();
     let mut sorted: Vec<&Checkpoint> = checkpoints.iter().collect();
     sorted.sort_by_key(|c| c.size);

@@ -366,7 +366,8 @@ async fn a_recorded_prune_keeps_old_checkpoints_and_later_proofs_valid() {
     issue_n(&s.app, &s.acme, 3).await;
     let before = s.take().await;
     // Rows created at 1 s (tenant, key) are older than the cut; everything else stays.
-    let p = prune_tenant(&s.app.store, "acme", 1_500, 2_000)
+    let key = SigningKey::load(&s.dir.path().join("checkpoint.key")).unwrap();
+    let p = prune_tenant(&s.app.store, "acme", 1_500, 2_000, Some(&key))
         .await
         .unwrap()
         .expect("something pruned");
@@ -689,4 +690,58 @@ fn dev_mode_creates_a_private_checkpoint_key_once() {
     mine.checkpoint_key_file = Some(dir.path().join("operator.key"));
     token_broker::dev::ensure_checkpoint_key(&mut mine).unwrap();
     assert!(!dir.path().join("operator.key").exists());
+}
+
+#[tokio::test]
+async fn a_prune_forged_with_the_true_frontier_but_without_the_key_is_caught() {
+    // The attacker reads the rows, computes the true frontier (so every root
+    // still matches), deletes them, inserts a prune point and appends a prune
+    // row that records it: everything but the operator's signature.
+    let s = signed_app().await;
+    issue_n(&s.app, &s.acme, 4).await;
+    let notes = s.take().await;
+    let all = rows(&s.app, "acme").await;
+    let tree = token_broker::audit::checkpoint::load(&s.app.store, "acme", false)
+        .await
+        .unwrap();
+    let k = 4u64;
+    let frontier = token_broker::audit::checkpoint::frontier_at(&tree, k).unwrap();
+    raw_sql(
+        &s.app,
+        "DELETE FROM audit_events WHERE tenant = 'acme' AND seq <= 4",
+    )
+    .await;
+    raw_sql(
+        &s.app,
+        &format!(
+            "INSERT INTO audit_prunes (tenant, through_seq, through_hash, rows_deleted, pruned_at_ms) \
+             VALUES ('acme', 4, '{}', 4, 0)",
+            all[3].hash
+        ),
+    )
+    .await;
+    let mut row = AuditRow::new("acme", "audit_pruned", "ok", "cli", 5_000);
+    row.detail = Some(
+        json!({"before_ms": 1, "through_seq": 4, "through_hash": all[3].hash, "rows_deleted": 4,
+               "merkle_frontier": frontier.iter().map(token_broker::audit::merkle::to_hex).collect::<Vec<_>>()})
+        .to_string(),
+    );
+    s.app
+        .store
+        .append_audit(&mut [row], &mut Default::default())
+        .await
+        .unwrap();
+    assert!(verify_tenant(&s.app.store, "acme", None).await.unwrap().ok);
+    let (problem, message) = s.verify(&notes).await.expect("caught");
+    assert_eq!(problem, "unrecorded_prune", "{message}");
+
+    // The operator who prunes without the checkpoint key is told the same, loudly.
+    let s = signed_app().await;
+    issue_n(&s.app, &s.acme, 2).await;
+    let notes = s.take().await;
+    prune_tenant(&s.app.store, "acme", 1_500, 2_000, None)
+        .await
+        .unwrap()
+        .expect("pruned");
+    assert_eq!(s.verify(&notes).await.unwrap().0, "unrecorded_prune");
 }
