@@ -463,11 +463,12 @@ pub async fn load(store: &Store, tenant: &str, keep: bool) -> Result<TenantTree,
                 fault = Some(TreeError::BadHash(row.seq));
                 return false;
             };
-            if frontier.is_none() && row.kind == kind::AUDIT_PRUNED {
-                if let Some((f, n)) = recorded_frontier(&row, k, &k_hash) {
-                    frontier = Some(f);
-                    prune_note = n;
-                }
+            if frontier.is_none()
+                && row.kind == kind::AUDIT_PRUNED
+                && let Some((f, n)) = recorded_frontier(&row, k, &k_hash)
+            {
+                frontier = Some(f);
+                prune_note = n;
             }
             if keep {
                 ids.insert(row.audit_id, (row.seq - 1) as u64);
