@@ -204,6 +204,10 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
                     "secrets_dir": settings.secrets_dir,
                     "master_key_file": settings.master_key_file,
                     "trusted_proxies": settings.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                    "checkpoint_key_file": settings.checkpoint_key_file,
+                    "checkpoint_file": settings.checkpoint_file,
+                    "checkpoint_interval_secs": settings.checkpoint_interval.as_secs(),
+                    "checkpoint_every_rows": settings.checkpoint_every_rows,
                 }));
             } else {
                 out(format!("{settings:#?}"));
@@ -224,6 +228,7 @@ async fn serve(mut settings: Settings, dev: bool) -> CmdResult {
     let store = open_store(&settings).await?;
     if dev {
         crate::dev::ensure_master_key(&mut settings)?;
+        crate::dev::ensure_checkpoint_key(&mut settings)?;
         crate::dev::seed(&settings, &store).await?;
     }
     let app = Application::build_with_store(settings, store).await?;

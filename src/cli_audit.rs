@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::audit::chain::{self, ChainFault, Verifier};
+use crate::audit::checkpoint::{self, Checkpointer, SigningKey, VerifierKey};
 use crate::audit::{AuditRow, kind};
 use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
 use crate::routes::audit::{AuditParams, csv_header, csv_line, encode_cursor, parse_time};
@@ -64,15 +65,59 @@ pub enum AuditCmd {
         /// the JSON itself): also detects truncation of the tail.
         #[arg(long)]
         checkpoint: Option<String>,
+        /// A file of signed checkpoints (the broker's checkpoint file, or notes
+        /// printed by `audit checkpoint`): every row they cover must still be there,
+        /// unchanged and in order. Needs --public-key.
+        #[arg(long, requires = "public_key")]
+        checkpoints: Option<String>,
+        /// The verifier key, as `audit checkpoint-key` prints it (or a file holding it).
+        #[arg(long)]
+        public_key: Option<String>,
         #[arg(long)]
         json: bool,
     },
-    /// Print each chain's head (tenant, count, hash) to keep outside the database.
+    /// Print each tenant's signed checkpoint (with a checkpoint key; also
+    /// appended to the checkpoint file), or its chain head without one.
     Checkpoint {
         #[arg(long)]
         tenant: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Print the checkpoint verifier key (`<name>+<key hash>+<base64 key>`).
+    CheckpointKey {
+        /// Create the key file named by `checkpoint_key_file` (never overwrites).
+        #[arg(long)]
+        generate: bool,
+        /// The key's name in signature lines (with --generate).
+        #[arg(long, default_value = "token-broker")]
+        name: String,
+    },
+    /// Print an inclusion proof of one row (by --token, --audit-id or
+    /// --token-id), or a consistency proof between tree sizes (--from, --to).
+    Prove {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, group = "what")]
+        token: Option<String>,
+        #[arg(long, group = "what")]
+        audit_id: Option<String>,
+        #[arg(long, group = "what")]
+        token_id: Option<String>,
+        #[arg(long, group = "what", requires = "to")]
+        from: Option<u64>,
+        #[arg(long, requires = "from")]
+        to: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a proof printed by `audit prove --json` (or the HTTP proof route)
+    /// with the verifier key, without the database.
+    VerifyProof {
+        /// The proof file (`-` for stdin).
+        file: String,
+        #[arg(long)]
+        public_key: String,
     },
 }
 
@@ -252,6 +297,181 @@ pub fn print_rows(rows: &[AuditRow], next: Option<&str>) {
     }
 }
 
+/// Reads `--checkpoints FILE` (signatures checked with `--public-key`).
+type Signed = (Vec<(String, checkpoint::Checkpoint)>, Option<VerifierKey>);
+
+fn signed_checkpoints(file: Option<&str>, key: Option<&str>) -> Result<Signed, Failure> {
+    let (Some(file), Some(key)) = (file, key) else {
+        return Ok((Vec::new(), None));
+    };
+    let key = VerifierKey::from_arg(key).map_err(|e| Failure {
+        message: e.to_string(),
+        code: 2,
+    })?;
+    let text = std::fs::read_to_string(file).map_err(|e| Failure {
+        message: format!("cannot read checkpoints {file}: {}", e.kind()),
+        code: 2,
+    })?;
+    let cps = checkpoint::open_checkpoints(&text, &key).map_err(|e| Failure {
+        message: format!("{file}: {e}"),
+        code: 1,
+    })?;
+    if cps.is_empty() {
+        return Err(Failure {
+            message: format!("{file} holds no checkpoints"),
+            code: 2,
+        });
+    }
+    Ok((cps, Some(key)))
+}
+
+/// Adds the signed-checkpoint check to a tenant's chain result: the chain
+/// verifier names a row whose content does not match its hash; this catches
+/// what a rewrite with recomputed hashes leaves consistent.
+pub async fn apply_signed(
+    store: &Store,
+    r: &mut TenantVerify,
+    signed: &[(String, checkpoint::Checkpoint)],
+    key: Option<&VerifierKey>,
+) -> Result<(), Failure> {
+    let Some(key) = key else { return Ok(()) };
+    let mine: Vec<checkpoint::Checkpoint> = signed
+        .iter()
+        .filter(|(t, _)| *t == r.tenant)
+        .map(|(_, c)| c.clone())
+        .collect();
+    if r.fault.is_some() || mine.is_empty() {
+        return Ok(());
+    }
+    if let Some(f) = checkpoint::verify_tenant_signed(store, &r.tenant, &mine, key).await? {
+        r.ok = false;
+        r.fault = Some(ChainFault {
+            audit_id: String::new(),
+            seq: f.size as i64,
+            problem: f.problem,
+            message: f.message,
+        });
+    }
+    Ok(())
+}
+
+/// `audit verify --checkpoints` as a library call: every tenant with a head
+/// or a checkpoint (or only `tenant`), chain plus signed checkpoints.
+pub async fn verify_signed(
+    store: &Store,
+    tenant: Option<&str>,
+    notes: &str,
+    key: &VerifierKey,
+) -> Result<Vec<TenantVerify>, Failure> {
+    let signed = checkpoint::open_checkpoints(notes, key).map_err(|e| Failure {
+        message: e.to_string(),
+        code: 1,
+    })?;
+    let mut tenants: Vec<String> = store
+        .audit_heads()
+        .await?
+        .into_iter()
+        .map(|h| h.tenant)
+        .collect();
+    for (t, _) in &signed {
+        if !tenants.contains(t) {
+            tenants.push(t.clone());
+        }
+    }
+    tenants.retain(|t| tenant.is_none_or(|x| x == t));
+    let mut out = Vec::new();
+    for t in &tenants {
+        let mut r = verify_tenant(store, t, None).await?;
+        apply_signed(store, &mut r, &signed, Some(key)).await?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// The signing key and checkpoint file from the settings.
+pub fn checkpointer(settings: &Settings) -> Result<Checkpointer, Failure> {
+    let Some(path) = &settings.checkpoint_key_file else {
+        return Err(Failure {
+            message:
+                "no checkpoint key: set checkpoint_key_file (TOKEN_BROKER_CHECKPOINT_KEY_FILE)"
+                    .into(),
+            code: 2,
+        });
+    };
+    let key = SigningKey::load(path).map_err(|e| Failure {
+        message: e.to_string(),
+        code: 2,
+    })?;
+    Ok(Checkpointer::new(key, settings.checkpoint_file.clone(), 1))
+}
+
+fn prove_failure(e: checkpoint::ProveError) -> Failure {
+    Failure {
+        message: e.to_string(),
+        code: 1,
+    }
+}
+
+/// The audit id of the `token_issued` row of a token (by token or token id).
+pub async fn issued_row(
+    store: &Store,
+    tenant: &str,
+    token: Option<&str>,
+    token_id: Option<&str>,
+) -> Result<Option<String>, crate::store::StoreError> {
+    let f = AuditFilter {
+        tenant: tenant.to_owned(),
+        kind: Some(kind::TOKEN_ISSUED.to_owned()),
+        token_sha256: token.map(chain::fingerprint),
+        token_id: token_id.map(str::to_owned),
+        limit: 1,
+        ..AuditFilter::default()
+    };
+    Ok(store.query_audit(&f).await?.pop().map(|r| r.audit_id))
+}
+
+/// `audit prune` of one tenant: deletes its rows older than `before_ms` and
+/// records the prune as a row of its history, with the prune point and the
+/// Merkle frontier of the deleted rows (signed checkpoints and proofs of later
+/// rows stay checkable; a prune point without such a row is refused by
+/// `verify --checkpoints`).
+pub async fn prune_tenant(
+    store: &Store,
+    tenant: &str,
+    before_ms: i64,
+    now: i64,
+    key: Option<&SigningKey>,
+) -> Result<Option<crate::store::PruneRow>, Failure> {
+    let tree = checkpoint::load(store, tenant, false).await.ok();
+    let Some(p) = store.prune_audit(tenant, before_ms, now).await? else {
+        return Ok(None);
+    };
+    let mut row = AuditRow::new(tenant, kind::AUDIT_PRUNED, "ok", "cli", now);
+    let mut detail = json!({"before_ms": before_ms, "through_seq": p.through_seq, "through_hash": p.through_hash, "rows_deleted": p.rows_deleted});
+    if let Some(f) = tree.and_then(|tr| checkpoint::frontier_at(&tr, p.through_seq as u64)) {
+        detail[checkpoint::FRONTIER_FIELD] = json!(
+            f.iter()
+                .map(crate::audit::merkle::to_hex)
+                .collect::<Vec<_>>()
+        );
+        // The operator's key vouches for the prune point: the database alone
+        // cannot make a prune that `verify --checkpoints` accepts.
+        if let (Some(key), Some(r)) = (
+            key,
+            crate::audit::merkle::CompactRange::from_frontier(p.through_seq as u64, &f),
+        ) {
+            detail[checkpoint::PRUNE_NOTE_FIELD] = json!(key.sign(&checkpoint::Checkpoint {
+                origin: checkpoint::origin(tenant),
+                size: p.through_seq as u64,
+                root: r.root(),
+            }));
+        }
+    }
+    row.detail = Some(detail.to_string());
+    crate::admin::record(store, row).await?;
+    Ok(Some(p))
+}
+
 /// CLI reads are audited like API reads (actor `cli`).
 async fn record_cli_read(
     store: &Store,
@@ -326,7 +546,36 @@ pub fn parse_checkpoints(arg: &str) -> Result<Vec<Checkpoint>, Failure> {
     })
 }
 
+/// `audit verify-proof FILE --public-key KEY`: offline, no database.
+fn verify_proof_cmd(file: &str, key: &str) -> CmdResult {
+    let key = VerifierKey::from_arg(key).map_err(|e| Failure {
+        message: e.to_string(),
+        code: 2,
+    })?;
+    let text = if file == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).map_err(|e| Failure {
+            message: format!("cannot read {file}: {}", e.kind()),
+            code: 2,
+        })?
+    };
+    match checkpoint::verify_proof(&text, &key) {
+        Ok(what) => {
+            out(format!("ok: {what}"));
+            Ok(())
+        }
+        Err(why) => Err(Failure {
+            message: format!("proof rejected: {why}"),
+            code: 1,
+        }),
+    }
+}
+
 pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
+    if let AuditCmd::VerifyProof { file, public_key } = &cmd {
+        return verify_proof_cmd(file, public_key);
+    }
     let store = store_for(&settings).await?;
     match cmd {
         AuditCmd::Query {
@@ -370,8 +619,11 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
         AuditCmd::Verify {
             tenant,
             checkpoint,
+            checkpoints,
+            public_key,
             json,
         } => {
+            let (signed, vkey) = signed_checkpoints(checkpoints.as_deref(), public_key.as_deref())?;
             let cps = match &checkpoint {
                 Some(c) => parse_checkpoints(c)?,
                 None => Vec::new(),
@@ -390,13 +642,21 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
                             t.push(cp.tenant.clone());
                         }
                     }
+                    // An erased tenant has no head left to list it.
+                    for (st, _) in &signed {
+                        if !t.contains(st) {
+                            t.push(st.clone());
+                        }
+                    }
                     t
                 }
             };
             let mut results = Vec::new();
             for t in &tenants {
                 let cp = cps.iter().find(|c| &c.tenant == t);
-                results.push(verify_tenant(&store, t, cp).await?);
+                let mut r = verify_tenant(&store, t, cp).await?;
+                apply_signed(&store, &mut r, &signed, vkey.as_ref()).await?;
+                results.push(r);
             }
             let ok = results.iter().all(|r| r.ok);
             let rows: u64 = results.iter().map(|r| r.rows).sum();
@@ -495,15 +755,21 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
                     .collect(),
             };
             let now = crate::clock::now_unix_ms();
+            // With a checkpoint key the prune point is signed (a configured key
+            // that cannot be read stops the prune).
+            let key = match &settings.checkpoint_key_file {
+                Some(path) => Some(SigningKey::load(path).map_err(|e| Failure {
+                    message: e.to_string(),
+                    code: 2,
+                })?),
+                None => None,
+            };
             let mut report = Vec::new();
             for t in tenants {
-                let Some(p) = store.prune_audit(&t, before_ms, now).await? else {
+                let Some(p) = prune_tenant(&store, &t, before_ms, now, key.as_ref()).await? else {
                     report.push(json!({"tenant": t, "rows_deleted": 0}));
                     continue;
                 };
-                let mut row = AuditRow::new(&t, kind::AUDIT_PRUNED, "ok", "cli", now);
-                row.detail = Some(json!({"before_ms": before_ms, "through_seq": p.through_seq, "through_hash": p.through_hash, "rows_deleted": p.rows_deleted}).to_string());
-                crate::admin::record(&store, row).await?;
                 report.push(json!({"tenant": t, "rows_deleted": p.rows_deleted, "through_seq": p.through_seq, "through_hash": p.through_hash}));
             }
             if json {
@@ -523,6 +789,37 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             Ok(())
         }
         AuditCmd::Checkpoint { tenant, json } => {
+            if settings.checkpoint_key_file.is_some() {
+                let cpr = checkpointer(&settings)?;
+                let mut notes = Vec::new();
+                for h in store.audit_heads().await? {
+                    if tenant.as_ref().is_some_and(|t| *t != h.tenant) {
+                        continue;
+                    }
+                    let note = cpr
+                        .refresh(&store, &h.tenant, 1)
+                        .await
+                        .map_err(|e| Failure {
+                            message: format!("{}: {e}", h.tenant),
+                            code: 1,
+                        })?;
+                    if let Some(n) = note {
+                        notes.push((h.tenant, h.seq, h.hash, n));
+                    }
+                }
+                if json {
+                    let items: Vec<_> = notes
+                        .iter()
+                        .map(|(t, c, h, n)| json!({"tenant": t, "count": c, "hash": h, "note": n}))
+                        .collect();
+                    out_json(&json!({ "checkpoints": items }));
+                } else {
+                    for (_, _, _, n) in notes {
+                        print!("{n}");
+                    }
+                }
+                return Ok(());
+            }
             let heads: Vec<Checkpoint> = store
                 .audit_heads()
                 .await?
@@ -543,5 +840,71 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             }
             Ok(())
         }
+        AuditCmd::CheckpointKey { generate, name } => {
+            let Some(path) = &settings.checkpoint_key_file else {
+                return Err(Failure {
+                    message: "no checkpoint key: set checkpoint_key_file (TOKEN_BROKER_CHECKPOINT_KEY_FILE)".into(),
+                    code: 2,
+                });
+            };
+            let key = if generate {
+                SigningKey::generate(path, &name)
+            } else {
+                SigningKey::load(path)
+            }
+            .map_err(|e| Failure {
+                message: e.to_string(),
+                code: 2,
+            })?;
+            out(key.verifier().to_string());
+            Ok(())
+        }
+        AuditCmd::Prove {
+            tenant,
+            token,
+            audit_id,
+            token_id,
+            from,
+            to,
+            json,
+        } => {
+            let cpr = checkpointer(&settings)?;
+            let proof = if let (Some(from), Some(to)) = (from, to) {
+                let p = checkpoint::prove_consistency(&store, cpr.key(), &tenant, from, to)
+                    .await
+                    .map_err(prove_failure)?;
+                serde_json::to_value(p)?
+            } else {
+                let id = match (audit_id, token, token_id) {
+                    (Some(id), _, _) => Some(id),
+                    (None, t, tid) if t.is_some() || tid.is_some() => {
+                        issued_row(&store, &tenant, t.as_deref(), tid.as_deref()).await?
+                    }
+                    _ => {
+                        return Err(Failure {
+                            message: "say what to prove: --token, --audit-id, --token-id, or --from and --to".into(),
+                            code: 2,
+                        });
+                    }
+                };
+                let Some(id) = id else {
+                    return Err(Failure {
+                        message: "no such token in this tenant's audit history".into(),
+                        code: 1,
+                    });
+                };
+                let p = checkpoint::prove_inclusion(&store, &cpr, &tenant, &id)
+                    .await
+                    .map_err(prove_failure)?;
+                serde_json::to_value(p)?
+            };
+            if json {
+                out_json(&proof);
+            } else {
+                out(serde_json::to_string_pretty(&proof)?);
+            }
+            Ok(())
+        }
+        AuditCmd::VerifyProof { .. } => unreachable!("handled before opening the store"),
     }
 }

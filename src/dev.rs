@@ -3,7 +3,8 @@
 //! loud about itself and never runs without the flag.
 //!
 //! What it does, idempotently: creates a master keyring `<data dir>/master.key`
-//! (0600) unless `master_key_file` is set; creates tenant `demo`; on first
+//! (0600) unless `master_key_file` is set; creates an audit checkpoint key
+//! `<data dir>/checkpoint.key` (0600) unless `checkpoint_key_file` is set; creates tenant `demo`; on first
 //! start writes a random OpenTok API secret to
 //! `<secrets_dir>/demo/opentok.secret` (mode 0600, referenced from the policy
 //! as `file:opentok.secret`, inside the demo tenant's namespace, as production
@@ -56,6 +57,34 @@ pub fn ensure_master_key(settings: &mut Settings) -> Result<(), Failure> {
             );
         }
         settings.master_key_file = Some(path);
+    }
+    Ok(())
+}
+
+/// Development mode also signs audit checkpoints: a key in the data directory
+/// (`checkpoint.key`, 0600) unless `checkpoint_key_file` is set, and a
+/// checkpoint file `checkpoints.log` beside it unless `checkpoint_file` is set.
+/// (Production keeps both outside the broker's data directory and database.)
+pub fn ensure_checkpoint_key(settings: &mut Settings) -> Result<(), Failure> {
+    if settings.checkpoint_key_file.is_none() {
+        std::fs::create_dir_all(&settings.data_dir)?;
+        let path = settings.data_dir.join("checkpoint.key");
+        if !path.exists() {
+            let key = crate::audit::checkpoint::SigningKey::generate(&path, "token-broker-dev")
+                .map_err(|e| Failure {
+                    message: e.to_string(),
+                    code: 1,
+                })?;
+            eprintln!(
+                "development mode: created checkpoint key at {} (verifier key {})",
+                path.display(),
+                key.verifier()
+            );
+        }
+        settings.checkpoint_key_file = Some(path);
+    }
+    if settings.checkpoint_file.is_none() {
+        settings.checkpoint_file = Some(settings.data_dir.join("checkpoints.log"));
     }
     Ok(())
 }

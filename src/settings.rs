@@ -18,6 +18,10 @@
 //! | tenants' secrets directory | `--secrets-dir` | `TOKEN_BROKER_SECRETS_DIR` | `secrets_dir` | `<data dir>/secrets` |
 //! | master key file | `--master-key-file` | `TOKEN_BROKER_MASTER_KEY_FILE` | `master_key_file` | none (uploads refused) |
 //! | tenant slugs as metric labels | `--metrics-tenant-labels` | `TOKEN_BROKER_METRICS_TENANT_LABELS` | `metrics_tenant_labels` | `true` (docs/operations.md) |
+//! | checkpoint signing key | `--checkpoint-key-file` | `TOKEN_BROKER_CHECKPOINT_KEY_FILE` | `checkpoint_key_file` | none (no signed checkpoints) |
+//! | checkpoint log | `--checkpoint-file` | `TOKEN_BROKER_CHECKPOINT_FILE` | `checkpoint_file` | none (checkpoints not written) |
+//! | checkpoint period | `--checkpoint-interval-secs` | `TOKEN_BROKER_CHECKPOINT_INTERVAL_SECS` | `checkpoint_interval_secs` | 60 |
+//! | checkpoint every N rows | `--checkpoint-every-rows` | `TOKEN_BROKER_CHECKPOINT_EVERY_ROWS` | `checkpoint_every_rows` | 10000 |
 //! | rate limits | `--rate-end-user` etc. | `TOKEN_BROKER_RATE_END_USER`, `_END_USER_IP`, `_API_KEY`, `_FAILED_AUTH_IP` | `rate_end_user` etc. | see `crate::limits` |
 //!
 //! The database URL may carry a password: it is redacted wherever settings are
@@ -101,6 +105,18 @@ pub struct SettingsArgs {
     /// believed (comma-separated CIDRs; empty: the TCP peer is the client).
     #[arg(long, env = "TOKEN_BROKER_TRUSTED_PROXIES", global = true)]
     pub trusted_proxies: Option<String>,
+    /// Ed25519 key that signs audit checkpoints (kept outside the database).
+    #[arg(long, env = "TOKEN_BROKER_CHECKPOINT_KEY_FILE", global = true)]
+    pub checkpoint_key_file: Option<PathBuf>,
+    /// Append-only file the broker writes signed checkpoints to.
+    #[arg(long, env = "TOKEN_BROKER_CHECKPOINT_FILE", global = true)]
+    pub checkpoint_file: Option<PathBuf>,
+    /// Write a checkpoint of every tenant whose history moved at least this often (seconds).
+    #[arg(long, env = "TOKEN_BROKER_CHECKPOINT_INTERVAL_SECS", global = true)]
+    pub checkpoint_interval_secs: Option<u64>,
+    /// Also write one as soon as a tenant's history grew by this many rows.
+    #[arg(long, env = "TOKEN_BROKER_CHECKPOINT_EVERY_ROWS", global = true)]
+    pub checkpoint_every_rows: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -134,6 +150,10 @@ struct FileSettings {
     secrets_dir: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
     trusted_proxies: Option<String>,
+    checkpoint_key_file: Option<PathBuf>,
+    checkpoint_file: Option<PathBuf>,
+    checkpoint_interval_secs: Option<u64>,
+    checkpoint_every_rows: Option<u64>,
 }
 
 /// Effective settings.
@@ -156,6 +176,10 @@ pub struct Settings {
     pub master_key_file: Option<PathBuf>,
     /// Only from peers in these networks are forwarding headers read.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub checkpoint_key_file: Option<PathBuf>,
+    pub checkpoint_file: Option<PathBuf>,
+    pub checkpoint_interval: Duration,
+    pub checkpoint_every_rows: u64,
 }
 
 impl fmt::Debug for Settings {
@@ -177,6 +201,10 @@ impl fmt::Debug for Settings {
             .field("secrets_dir", &self.secrets_dir)
             .field("master_key_file", &self.master_key_file)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("checkpoint_key_file", &self.checkpoint_key_file)
+            .field("checkpoint_file", &self.checkpoint_file)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("checkpoint_every_rows", &self.checkpoint_every_rows)
             .finish()
     }
 }
@@ -243,8 +271,28 @@ impl Settings {
                 .unwrap_or(""),
         )
         .map_err(anyhow::Error::msg)?;
+        let checkpoint_key_file = args
+            .checkpoint_key_file
+            .clone()
+            .or(file.checkpoint_key_file);
+        let checkpoint_file = args.checkpoint_file.clone().or(file.checkpoint_file);
+        let checkpoint_interval = Duration::from_secs(
+            args.checkpoint_interval_secs
+                .or(file.checkpoint_interval_secs)
+                .unwrap_or(60)
+                .max(1),
+        );
+        let checkpoint_every_rows = args
+            .checkpoint_every_rows
+            .or(file.checkpoint_every_rows)
+            .unwrap_or(10_000)
+            .max(1);
         Ok(Settings {
             trusted_proxies,
+            checkpoint_key_file,
+            checkpoint_file,
+            checkpoint_interval,
+            checkpoint_every_rows,
             rates,
             secrets_dir,
             master_key_file,
@@ -308,6 +356,28 @@ mod tests {
 
     fn resolve(argv: &[&str]) -> anyhow::Result<Settings> {
         Settings::resolve(&Args::try_parse_from(argv)?.s)
+    }
+
+    #[test]
+    fn checkpoint_settings_come_from_flags_and_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tb.toml");
+        std::fs::write(
+            &file,
+            "checkpoint_key_file = \"/keys/cp.key\"\ncheckpoint_file = \"/var/cp.log\"\ncheckpoint_interval_secs = 30\n",
+        )
+        .unwrap();
+        let cfg = file.to_str().unwrap();
+        let s = resolve(&["t", "--config", cfg, "--checkpoint-every-rows", "500"]).unwrap();
+        assert_eq!(s.checkpoint_key_file, Some(PathBuf::from("/keys/cp.key")));
+        assert_eq!(s.checkpoint_file, Some(PathBuf::from("/var/cp.log")));
+        assert_eq!(s.checkpoint_interval, Duration::from_secs(30));
+        assert_eq!(s.checkpoint_every_rows, 500);
+        let d = resolve(&["t"]).unwrap();
+        assert_eq!(d.checkpoint_key_file, None, "no key unless configured");
+        assert_eq!(d.checkpoint_interval, Duration::from_secs(60));
+        assert_eq!(d.checkpoint_every_rows, 10_000);
+        assert!(format!("{d:?}").contains("checkpoint_file"));
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Application {
     state: web::Data<AppState>,
     writer_task: JoinHandle<()>,
     poller: JoinHandle<()>,
+    /// The periodic audit checkpoint writer (with a checkpoint key).
+    checkpoint_task: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Application {
@@ -86,6 +88,12 @@ impl Application {
             },
         );
         let keyring = load_keyring(&settings)?;
+        let checkpoints = crate::audit::checkpoint::Checkpoints::from_settings(&settings)?;
+        let checkpoint_task = checkpoints
+            .0
+            .clone()
+            .map(|c| tokio::spawn(c.run(store.clone(), settings.checkpoint_interval)));
+        let checkpoints = web::Data::new(checkpoints);
         let state = web::Data::new(AppState::new(settings.clone(), store, writer, keyring));
         state.load_all_policies().await?;
         for p in state.problems() {
@@ -119,6 +127,7 @@ impl Application {
                 })
                 .wrap(TracingLogger::<routes::span::BrokerRootSpan>::new())
                 .app_data(app_state.clone())
+                .app_data(checkpoints.clone())
                 .configure(|c| routes::configure(c, limit))
         })
         .workers(settings.workers)
@@ -133,6 +142,7 @@ impl Application {
             state,
             writer_task,
             poller,
+            checkpoint_task,
         })
     }
 
@@ -154,6 +164,10 @@ impl Application {
         let result = self.server.await;
         self.poller.abort();
         let _ = self.poller.await;
+        if let Some(t) = self.checkpoint_task {
+            t.abort();
+            let _ = t.await;
+        }
         let store = self.state.store.clone();
         // Dropping the last handle to the writer lets it commit what is queued and stop.
         drop(self.state);

@@ -6,6 +6,8 @@
 //!   no committed row, no token.
 
 pub mod chain;
+pub mod checkpoint;
+pub mod merkle;
 pub mod writer;
 
 pub use writer::{AuditUnavailable, AuditWriter, WriterConfig};

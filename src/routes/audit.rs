@@ -4,6 +4,7 @@
 //! request, so no filter can reach another tenant's rows. Every read is itself
 //! recorded (`audit_read`, with its filters) before it is answered.
 
+use crate::audit::checkpoint::{Checkpoints, ProveError, TreeError};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -517,4 +518,169 @@ mod tests {
             assert_eq!(decode_cursor(bad), None, "{bad}");
         }
     }
+}
+
+fn checkpointer(
+    cps: &web::Data<Checkpoints>,
+) -> Result<std::sync::Arc<crate::audit::checkpoint::Checkpointer>, ApiError> {
+    cps.0.clone().ok_or_else(|| {
+        ApiError::not_found(
+            "checkpoints_disabled",
+            "this broker does not sign audit checkpoints",
+        )
+    })
+}
+
+fn tree_error(e: TreeError) -> ApiError {
+    match e {
+        TreeError::Store(e) => e.into(),
+        // The history is damaged: say so without detail (verify tells the operator).
+        other => {
+            tracing::error!(error = %other, "cannot build the tenant's audit tree");
+            ApiError::unavailable(
+                "audit_unverifiable",
+                "the audit history cannot be checkpointed; the operator must run audit verify",
+            )
+        }
+    }
+}
+
+/// `GET /v1/audit/checkpoint`: the latest signed checkpoint of the caller's
+/// tenant (a C2SP signed note, `text/plain`), brought up to date first.
+pub async fn checkpoint(
+    state: web::Data<AppState>,
+    cps: web::Data<Checkpoints>,
+    key: ApiKey,
+) -> Result<HttpResponse, ApiError> {
+    let p = key.require_any(&[Scopes::AUDIT, Scopes::ADMIN])?;
+    let c = checkpointer(&cps)?;
+    let note = c
+        .refresh(&state.store, &p.tenant, 1)
+        .await
+        .map_err(tree_error)?
+        .ok_or_else(|| {
+            ApiError::not_found("no_checkpoint", "the tenant's audit history is empty")
+        })?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body(note))
+}
+
+/// Query of `GET /v1/audit/proof`: one of `audit_id`, `token_id`, `token`
+/// (inclusion), or `from` and `to` (consistency).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofParams {
+    pub audit_id: Option<String>,
+    pub token_id: Option<String>,
+    pub token: Option<String>,
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+}
+
+/// `GET /v1/audit/proof`: an inclusion proof of one of the tenant's rows, or a
+/// consistency proof between two sizes of its history, against checkpoints
+/// signed by the broker's key.
+pub async fn proof(
+    state: web::Data<AppState>,
+    cps: web::Data<Checkpoints>,
+    key: ApiKey,
+    req: HttpRequest,
+    q: web::Query<ProofParams>,
+) -> Result<HttpResponse, ApiError> {
+    let p = key.require_any(&[Scopes::AUDIT, Scopes::ADMIN])?;
+    let c = checkpointer(&cps)?;
+    let prove_err = |e: ProveError| match e {
+        ProveError::Tree(t) => tree_error(t),
+        ProveError::NoSuchRow => {
+            ApiError::not_found("audit_row_not_found", "no such row in this tenant's audit")
+        }
+        ProveError::Proof(e) => ApiError::bad("invalid_proof_request", "from", e.to_string()),
+        ProveError::NotYetCheckpointed => ApiError::unavailable(
+            "not_yet_checkpointed",
+            "the row was committed after the latest checkpoint; ask again",
+        ),
+        ProveError::Changed => {
+            tracing::error!(tenant = %p.tenant, "the stored audit history no longer matches the signed checkpoint");
+            ApiError::unavailable(
+                "audit_unverifiable",
+                "the audit history cannot be proven; the operator must run audit verify",
+            )
+        }
+    };
+    let q = q.into_inner();
+    for (field, v) in [
+        ("audit_id", &q.audit_id),
+        ("token_id", &q.token_id),
+        ("token", &q.token),
+    ] {
+        if v.as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > 8192 || v.chars().any(char::is_control))
+        {
+            return Err(ApiError::bad(
+                "invalid_proof_request",
+                field,
+                format!("{field} is empty, too long or has control characters"),
+            ));
+        }
+    }
+    let chosen = [
+        q.audit_id.is_some(),
+        q.token_id.is_some(),
+        q.token.is_some(),
+        q.from.is_some() || q.to.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if chosen != 1 {
+        return Err(ApiError::bad(
+            "invalid_proof_request",
+            "audit_id",
+            "give exactly one of audit_id, token_id, token, or from and to",
+        ));
+    }
+    // Proofs are reads of the audit, and recorded as such (a token only by its fingerprint).
+    let record = json!({
+        "audit_id": q.audit_id,
+        "token_id": q.token_id,
+        "token": q.token.as_deref().map(|t| format!("sha256:{}", crate::audit::chain::fingerprint(t))),
+        "from": q.from,
+        "to": q.to,
+    });
+    record_read(&state, &req, p, "proof", record).await?;
+    if q.from.is_some() || q.to.is_some() {
+        let (Some(from), Some(to)) = (q.from, q.to) else {
+            return Err(ApiError::bad(
+                "invalid_proof_request",
+                if q.from.is_none() { "from" } else { "to" },
+                "a consistency proof needs from and to",
+            ));
+        };
+        let proof =
+            crate::audit::checkpoint::prove_consistency(&state.store, c.key(), &p.tenant, from, to)
+                .await
+                .map_err(prove_err)?;
+        return Ok(HttpResponse::Ok().json(proof));
+    }
+    let id = match q.audit_id {
+        Some(id) => id,
+        None => crate::cli_audit::issued_row(
+            &state.store,
+            &p.tenant,
+            q.token.as_deref(),
+            q.token_id.as_deref(),
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "audit_row_not_found",
+                "no such token in this tenant's audit",
+            )
+        })?,
+    };
+    let proof = crate::audit::checkpoint::prove_inclusion(&state.store, &c, &p.tenant, &id)
+        .await
+        .map_err(prove_err)?;
+    Ok(HttpResponse::Ok().json(proof))
 }

@@ -99,5 +99,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
         .service(resource("/v1/audit/summary").route(web::get().to(audit::summary)))
         .configure(crate::console::configure)
         .service(resource("/openapi.json").route(web::get().to(openapi::serve)))
+        .service(resource("/v1/audit/checkpoint").route(web::get().to(audit::checkpoint)))
+        .service(resource("/v1/audit/proof").route(web::get().to(audit::proof)))
         .default_service(web::to(not_found));
 }

@@ -6,6 +6,7 @@
 mod helpers;
 
 mod audit_log;
+mod audit_proofs;
 mod bounded_admin;
 mod console;
 mod dev_demo;
