@@ -366,4 +366,30 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
         "auth_busy",
         "too many API-key verifications are queued; `Retry-After`",
     ),
+    (
+        400,
+        "invalid_proof_request",
+        "a proof request that names not exactly one row or range, or sizes out of range",
+    ),
+    (
+        404,
+        "checkpoints_disabled",
+        "the broker has no checkpoint signing key",
+    ),
+    (404, "no_checkpoint", "the tenant's audit history is empty"),
+    (
+        404,
+        "audit_row_not_found",
+        "no such row (or token) in the caller's tenant's history",
+    ),
+    (
+        503,
+        "audit_unverifiable",
+        "the stored history no longer hashes to what the broker signed; no checkpoint or proof is signed over it",
+    ),
+    (
+        503,
+        "not_yet_checkpointed",
+        "the row was committed after the latest checkpoint; ask again",
+    ),
 ];

@@ -74,8 +74,10 @@ pub enum Answer {
     Json(u16),
     /// 201 created or 200 replaced, JSON.
     CreatedOrReplaced,
-    /// Prometheus text.
+    /// Prometheus text (OpenMetrics).
     Metrics,
+    /// 200, `text/plain` (a signed checkpoint note).
+    Text,
     /// NDJSON or CSV (audit export).
     JsonOrStream,
     /// 204, no body (CORS preflight).
@@ -476,6 +478,39 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         "get",
+        "/v1/audit/checkpoint",
+        "audit_checkpoint",
+        "The tenant's latest signed checkpoint (C2SP signed note)",
+        Auth::AuditOrAdmin,
+        Body::None,
+        Answer::Text,
+        &[
+            "checkpoints_disabled",
+            "no_checkpoint",
+            "audit_unverifiable",
+            "audit_unavailable",
+        ],
+    ),
+    op(
+        "get",
+        "/v1/audit/proof",
+        "audit_proof",
+        "An inclusion proof of a row (by audit_id, token_id or token) or a consistency proof (from, to) against signed checkpoints",
+        Auth::AuditOrAdmin,
+        Body::None,
+        Answer::Json(200),
+        &[
+            "invalid_proof_request",
+            "checkpoints_disabled",
+            "no_checkpoint",
+            "audit_row_not_found",
+            "audit_unverifiable",
+            "not_yet_checkpointed",
+            "audit_unavailable",
+        ],
+    ),
+    op(
+        "get",
         "/v1/audit/summary",
         "audit_summary",
         "Counts of issued and refused tokens",
@@ -711,7 +746,13 @@ fn operation(o: &Operation) -> openapi::path::Operation {
         Answer::Metrics => b.response(
             "200",
             ResponseBuilder::new()
-                .description("Prometheus text exposition")
+                .description("Prometheus metrics, OpenMetrics text exposition")
+                .content("application/openmetrics-text", ContentBuilder::new().schema(Some(schema(json!({"type": "string"})))).build()),
+        ),
+        Answer::Text => b.response(
+            "200",
+            ResponseBuilder::new()
+                .description("a C2SP signed note (tlog checkpoint)")
                 .content("text/plain", ContentBuilder::new().schema(Some(schema(json!({"type": "string"})))).build()),
         ),
         Answer::JsonOrStream => b.response(
