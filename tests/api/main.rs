@@ -6,6 +6,7 @@
 mod helpers;
 
 mod audit_log;
+mod audit_scale;
 mod bounded_admin;
 mod end_users;
 mod errors;
