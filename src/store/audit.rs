@@ -8,6 +8,7 @@ use sqlx::QueryBuilder;
 
 use super::{Db, Store, StoreError, StoreResult, with_pool};
 pub use crate::audit::AuditRow;
+use crate::audit::chain::RowRef;
 use crate::audit::{COLUMNS, chain};
 
 /// Inserts sealed rows inside a transaction (one multi-row statement).
@@ -195,6 +196,98 @@ pub struct AuditFilter {
     /// Keyset cursor: only rows with `seq` below this.
     pub before_seq: Option<i64>,
     pub limit: i64,
+}
+
+/// One page of a tenant's rows as the database returned them, decoded only
+/// when checked (`for_each`, on the verifier's thread) and then without
+/// allocating: the columns are borrowed from the driver's row.
+pub struct ChainPage(PageRows);
+
+impl std::fmt::Debug for ChainPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainPage")
+            .field("rows", &self.len())
+            .finish()
+    }
+}
+
+enum PageRows {
+    Sqlite(Vec<sqlx::sqlite::SqliteRow>),
+    Postgres(Vec<sqlx::postgres::PgRow>),
+}
+
+macro_rules! row_ref_fn {
+    ($name:ident, $row:ty) => {
+        fn $name(r: &$row) -> Result<RowRef<'_>, sqlx::Error> {
+            use sqlx::Row;
+            Ok(RowRef {
+                audit_id: r.try_get(0)?,
+                tenant: r.try_get(1)?,
+                seq: r.try_get(2)?,
+                at_ms: r.try_get(3)?,
+                kind: r.try_get(4)?,
+                outcome: r.try_get(5)?,
+                code: r.try_get(6)?,
+                actor: r.try_get(7)?,
+                key_id: r.try_get(8)?,
+                idp: r.try_get(9)?,
+                user_id: r.try_get(10)?,
+                user_name: r.try_get(11)?,
+                user_groups: r.try_get(12)?,
+                session_id: r.try_get(13)?,
+                credential: r.try_get(14)?,
+                requested_role: r.try_get(15)?,
+                requested_expire_time: r.try_get(16)?,
+                granted_role: r.try_get(17)?,
+                granted_expire_time: r.try_get(18)?,
+                rule: r.try_get(19)?,
+                policy_version: r.try_get(20)?,
+                token_id: r.try_get(21)?,
+                token_sha256: r.try_get(22)?,
+                client_addr: r.try_get(23)?,
+                user_agent: r.try_get(24)?,
+                request_id: r.try_get(25)?,
+                detail: r.try_get(26)?,
+                prev_hash: r.try_get(27)?,
+                hash: r.try_get(28)?,
+            })
+        }
+    };
+}
+row_ref_fn!(sqlite_row_ref, sqlx::sqlite::SqliteRow);
+row_ref_fn!(pg_row_ref, sqlx::postgres::PgRow);
+
+impl ChainPage {
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            PageRows::Sqlite(v) => v.len(),
+            PageRows::Postgres(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Each row in chain order; stops when `f` returns `false`.
+    pub fn for_each(&self, mut f: impl FnMut(Result<RowRef<'_>, sqlx::Error>) -> bool) {
+        match &self.0 {
+            PageRows::Sqlite(v) => {
+                for r in v {
+                    if !f(sqlite_row_ref(r)) {
+                        return;
+                    }
+                }
+            }
+            PageRows::Postgres(v) => {
+                for r in v {
+                    if !f(pg_row_ref(r)) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 const MAX_CAS_RETRIES: usize = 8;
@@ -447,6 +540,60 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// A tenant's rows with `after_seq < seq <= upto_seq`, in chain order, a
+    /// page of at most `page` rows at a time (keyset on `seq`, the primary
+    /// key's order), into `f`; stops early when `f` returns `false`. Memory is
+    /// bounded by the page, for any size of history.
+    pub async fn scan_chain<F>(
+        &self,
+        tenant: &str,
+        after_seq: i64,
+        upto_seq: i64,
+        page: i64,
+        mut f: F,
+    ) -> StoreResult<()>
+    where
+        F: FnMut(ChainPage) -> bool,
+    {
+        use sqlx::Row;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE tenant = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
+        );
+        let mut last = after_seq;
+        while last < upto_seq {
+            let (rows, next) = match &self.db {
+                Db::Sqlite { read, .. } => {
+                    let v = sqlx::query(&sql)
+                        .bind(tenant)
+                        .bind(last)
+                        .bind(upto_seq)
+                        .bind(page)
+                        .fetch_all(read)
+                        .await?;
+                    let next = v.last().map(|r| r.try_get::<i64, _>(2)).transpose()?;
+                    (ChainPage(PageRows::Sqlite(v)), next)
+                }
+                Db::Postgres(p) => {
+                    let v = sqlx::query(&sql)
+                        .bind(tenant)
+                        .bind(last)
+                        .bind(upto_seq)
+                        .bind(page)
+                        .fetch_all(p)
+                        .await?;
+                    let next = v.last().map(|r| r.try_get::<i64, _>(2)).transpose()?;
+                    (ChainPage(PageRows::Postgres(v)), next)
+                }
+            };
+            let Some(next) = next else { break };
+            last = next;
+            if !f(rows) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Streams a tenant's recorded token requests (issued and refused) with
