@@ -40,7 +40,7 @@ fn row(tenant: &str, k: usize) -> AuditRow {
         T0 + k as i64 * STEP_MS,
     );
     r.key_id = Some(
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             "keyaaaaaaaaaaaaa"
         } else {
             "keybbbbbbbbbbbbb"
@@ -58,7 +58,7 @@ fn row(tenant: &str, k: usize) -> AuditRow {
     let rule = ["students", "teachers", "guests", "admins"][k % 4];
     if refused {
         r.code = Some(
-            if k % 2 == 0 {
+            if k.is_multiple_of(2) {
                 "no_rule_matched"
             } else {
                 "session_denied"
@@ -175,7 +175,7 @@ async fn generate(url: &str, tenant: &str, rows: usize) {
             .connect(url)
             .await
             .unwrap();
-        run!(pool, sqlx::Postgres);
+        run!(pool.clone(), sqlx::Postgres);
         sqlx::query("ANALYZE audit_events")
             .execute(&pool)
             .await
