@@ -6,7 +6,9 @@
 #   bash benches/http.sh [OUT_DIR]
 #
 # env: DURATION [15] seconds per run, REPS [3], CONNS [64], WARMUP [3],
-#      STORES ["sqlite postgres"] broker stores to measure, PEERS [../shared/bench/peers],
+#      STORES ["sqlite postgres"] broker stores to measure; add "postgres-x2" (or "sqlite-x2")
+#      for the multi-instance mode: two brokers on the same database serving the same tenant,
+#      both pinned to CPU 0 like the single one, two wrk (CONNS/2 each) on CPU 1, rps summed, PEERS [../shared/bench/peers],
 #      PG_URL [postgres://postgres@127.0.0.1:5432/postgres], SKIP_BUILD=1, SKIP_PEER_INSTALL=1
 # Prints req/s, p50, p99 (medians), the ratios to the peer, the broker's peak RSS, the fsync probe
 # before and after, and checks that audit rows >= completed requests. Output: OUT_DIR/summary.md.
@@ -36,8 +38,11 @@ if [ -z "${SKIP_PEER_INSTALL:-}" ]; then
 fi
 [ -d "$PEER/node_modules/opentok" ] || { log "peer install failed: see $RES/peer-install.log"; exit 1; }
 
-SRV=""
-stop() { if [ -n "$SRV" ] && kill -0 "$SRV" 2>/dev/null; then kill "$SRV"; wait "$SRV" 2>/dev/null || true; fi; SRV=""; }
+SRV=""; SRV2=""
+stop() {
+  for p in $SRV $SRV2; do if kill -0 "$p" 2>/dev/null; then kill "$p"; wait "$p" 2>/dev/null || true; fi; done
+  SRV=""; SRV2=""
+}
 trap stop EXIT INT TERM
 wait_up() { for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.05; done; log "server on $1 did not start"; return 1; }
 fsync_probe() { node "$PEER/fsync-probe.js" 500 "$OUT/probe.tmp" | sed "s/^{/{\"when\":\"$1\",/" | tee -a "$RES/fsync.jsonl" >&2; }
@@ -78,7 +83,8 @@ TOML
   "$TB" policy apply "$dir/bench.toml" >/dev/null
   "$TB" key create --tenant bench --scope issue --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' >"$dir/key"
 }
-for s in $STORES; do setup_broker "$s"; done
+for s in $STORES; do case $s in *-x2) ;; *) setup_broker "$s";; esac; done
+for s in $STORES; do case $s in *-x2) [ -d "$OUT/broker-${s%-x2}" ] || setup_broker "${s%-x2}"; ln -sfn "$OUT/broker-${s%-x2}" "$OUT/broker-$s";; esac; done
 
 start() { # variant -> sets SRV and the port
   case $1 in
@@ -90,22 +96,45 @@ start() { # variant -> sets SRV and the port
       local s=${1#broker-} dir=$OUT/broker-${1#broker-}
       TOKEN_BROKER_DATABASE_URL=$(cat "$dir/url") TOKEN_BROKER_DATA_DIR=$dir TOKEN_BROKER_LOG=warn \
         TOKEN_BROKER_LISTEN=127.0.0.1:$TB_PORT taskset -c 0 "$TB" serve >"$RES/server-$1.log" 2>&1 &
-      SRV=$!; wait_up $TB_PORT ;;
+      SRV=$!; wait_up $TB_PORT
+      if [ "${s%-x2}" != "$s" ]; then # a second instance on the same database, same tenant
+        TOKEN_BROKER_DATABASE_URL=$(cat "$dir/url") TOKEN_BROKER_DATA_DIR=$dir TOKEN_BROKER_LOG=warn \
+          TOKEN_BROKER_LISTEN=127.0.0.1:$((TB_PORT + 1)) taskset -c 0 "$TB" serve >"$RES/server-$1-b.log" 2>&1 &
+        SRV2=$!; wait_up $((TB_PORT + 1))
+      fi ;;
   esac
 }
 
 run_wrk() { # variant rep
   local port=$PORT script=$PEERS/post.lua
   case $1 in broker-*) port=$TB_PORT; script=$ROOT/benches/tokens.lua; export TB_KEY; TB_KEY=$(cat "$OUT/broker-${1#broker-}/key");; esac
-  SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" --timeout 10s -s "$script" "http://127.0.0.1:$port" >/dev/null
-  SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency -s "$script" "http://127.0.0.1:$port" >"$RES/wrk-$1-$2.txt"
-  local rss=null
-  [ -r "/proc/$SRV/status" ] && rss=$(awk '/VmHWM/ {print $2}' "/proc/$SRV/status")
-  python3 - "$1" "$2" "$rss" "$RES/wrk-$1-$2.txt" >>"$RES/runs.jsonl" <<'PY'
-import json, sys
-variant, rep, rss, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-line = next(l for l in open(path) if l.startswith("WRKJSON "))
-r = json.loads(line[8:]); r.update(variant=variant, rep=rep, peak_rss_kib=None if rss == "null" else int(rss))
+  if [ -n "$SRV2" ]; then # two instances: half the connections on each, at the same time
+    local half=$((CONNS / 2))
+    SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$half" -d"${WARMUP}s" --timeout 10s -s "$script" "http://127.0.0.1:$port" >/dev/null &
+    local w0=$!
+    SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$half" -d"${WARMUP}s" --timeout 10s -s "$script" "http://127.0.0.1:$((port + 1))" >/dev/null
+    wait $w0 || true
+    SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$half" -d"${DURATION}s" --timeout 10s --latency -s "$script" "http://127.0.0.1:$port" >"$RES/wrk-$1-$2.txt" &
+    local w1=$!
+    SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$half" -d"${DURATION}s" --timeout 10s --latency -s "$script" "http://127.0.0.1:$((port + 1))" >"$RES/wrk-$1-$2-b.txt"
+    wait $w1
+  else
+    SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" --timeout 10s -s "$script" "http://127.0.0.1:$port" >/dev/null
+    SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency -s "$script" "http://127.0.0.1:$port" >"$RES/wrk-$1-$2.txt"
+  fi
+  local rss=0
+  for p in $SRV $SRV2; do [ -r "/proc/$p/status" ] && rss=$((rss + $(awk '/VmHWM/ {print $2}' "/proc/$p/status"))); done
+  python3 - "$1" "$2" "$rss" "$RES/wrk-$1-$2.txt" "$RES/wrk-$1-$2-b.txt" >>"$RES/runs.jsonl" <<'PY'
+import json, os, sys
+variant, rep, rss, paths = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+rs = [json.loads(next(l for l in open(p) if l.startswith("WRKJSON "))[8:]) for p in paths if os.path.exists(p)]
+r = rs[0]
+for o in rs[1:]:  # two instances: throughput and errors add up, latency is the worse of the two
+    for k in ("rps", "requests", "non2xx"):
+        r[k] += o[k]
+    for k in ("p50_us", "p99_us"):
+        r[k] = max(r[k], o[k])
+r.update(variant=variant, rep=rep, instances=len(rs), peak_rss_kib=rss or None)
 print(json.dumps(r))
 PY
   log "  $1 rep $2: $(tail -1 "$RES/runs.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.0f req/s, p50 %.1f ms, p99 %.1f ms, non2xx %d" % (r["rps"], r["p50_us"]/1000, r["p99_us"]/1000, r["non2xx"]))')"
@@ -122,6 +151,7 @@ fsync_probe "after"
 
 # Audit rows vs completed requests for the broker (every 2xx has a row; in-flight extras are fine).
 for s in $STORES; do
+  case $s in *-x2) continue;; esac  # same database as the single instance: verified there
   dir=$OUT/broker-$s
   TOKEN_BROKER_LOG=error TOKEN_BROKER_DATABASE_URL=$(cat "$dir/url") "$TB" audit verify --tenant bench --json >"$RES/verify-$s.json" || true
 done
@@ -155,7 +185,7 @@ for s in os.listdir(res):
         try:
             v = json.load(open(os.path.join(res, s)))
             store = s[7:-5]
-            done = sum(r["requests"] for r in by.get("broker-" + store, []))
+            done = sum(r["requests"] for r in by.get("broker-" + store, []) + by.get("broker-" + store + "-x2", []))
             ok = "holds" if v["rows"] >= done else "FAILS"
             print("- {} audit chain: ok={}, rows={} >= completed measured requests {}: {}".format(store, v["ok"], v["rows"], done, ok))
         except Exception as e:

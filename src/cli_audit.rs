@@ -157,49 +157,55 @@ pub async fn verify_tenant(
     // for the next verification instead of racing with it.
     let head = store.audit_head(tenant).await?;
     let head_seq = head.as_ref().map(|h| h.seq).unwrap_or(0);
-    // Rows are decoded here and checked (hashing is most of the work) on a
-    // second thread, a batch at a time and in order, so both cores work.
-    const BATCH: usize = 2048;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<AuditRow>>(4);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Pages of rows are read here and decoded and checked (hashing is most of
+    // the work) on a second thread, in order, so both cores work. Rows are
+    // decoded there straight from the driver's buffers, without allocating.
+    const PAGE: i64 = 4096;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<crate::store::ChainPage>(2);
     let cp_count = checkpoint.map(|c| c.count);
-    let checker = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut v = Verifier::new(from_seq, &from_hash);
-            let mut seen_at_checkpoint: Option<String> = None;
-            for batch in rx {
-                for row in &batch {
-                    if let Err(f) = v.push(row) {
-                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                        return (v, Some(f), seen_at_checkpoint);
+    let checker = std::thread::spawn(move || {
+        let mut v = Verifier::new(from_seq, &from_hash);
+        let mut seen_at_checkpoint: Option<String> = None;
+        let mut buf = Vec::with_capacity(2048);
+        for page in rx {
+            let mut fault = None;
+            page.for_each(|row| {
+                let row = match row {
+                    Ok(r) => r,
+                    Err(e) => {
+                        fault = Some(ChainFault {
+                            audit_id: String::new(),
+                            seq: v.expected_seq,
+                            problem: "unreadable",
+                            message: format!(
+                                "a row near seq {} cannot be read: {e}",
+                                v.expected_seq
+                            ),
+                        });
+                        return false;
                     }
-                    if cp_count == Some(row.seq) {
-                        seen_at_checkpoint = Some(row.hash.clone());
-                    }
+                };
+                if let Err(f) = v.push_ref(&row, &mut buf) {
+                    fault = Some(f);
+                    return false;
                 }
+                if cp_count == Some(row.seq) {
+                    seen_at_checkpoint = Some(row.hash.to_owned());
+                }
+                true
+            });
+            if fault.is_some() {
+                // Dropping `rx` ends the scan.
+                return (v, fault, seen_at_checkpoint);
             }
-            (v, None, seen_at_checkpoint)
-        })
-    };
-    let mut batch = Vec::with_capacity(BATCH);
+        }
+        (v, None, seen_at_checkpoint)
+    });
     let scanned = store
-        .scan_audit(tenant, from_seq, |row| {
-            if row.seq > head_seq || stop.load(std::sync::atomic::Ordering::Relaxed) {
-                return false;
-            }
-            batch.push(row);
-            if batch.len() == BATCH {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                // The checker only stops early on a fault, and then `stop` ends the scan.
-                return tx.send(full).is_ok();
-            }
-            true
+        .scan_chain(tenant, from_seq, head_seq, PAGE, |page| {
+            tx.send(page).is_ok()
         })
         .await;
-    if !batch.is_empty() {
-        let _ = tx.send(batch);
-    }
     drop(tx);
     let (v, mut fault, seen_at_checkpoint) = checker.join().map_err(|_| Failure {
         message: "the verification thread failed".into(),

@@ -8,26 +8,8 @@ use sqlx::QueryBuilder;
 
 use super::{Db, Store, StoreError, StoreResult, with_pool};
 pub use crate::audit::AuditRow;
+use crate::audit::chain::RowRef;
 use crate::audit::{COLUMNS, chain};
-
-/// Moves a tenant's chain head from `old_seq` to `(new_seq, new_hash)` inside
-/// a transaction; `HeadMoved` when another writer moved it first. Heads go
-/// first in every audit transaction: a concurrent writer blocks on the row
-/// lock (PostgreSQL) and then sees the move, instead of colliding on (tenant, seq).
-macro_rules! advance_head {
-    ($tx:ident, $tenant:expr, $old_seq:expr, $new_seq:expr, $new_hash:expr) => {{
-        let n = if $old_seq == 0 {
-            sqlx::query("INSERT INTO audit_heads (tenant, seq, hash) VALUES ($1, $2, $3) ON CONFLICT (tenant) DO NOTHING")
-                .bind($tenant).bind($new_seq).bind($new_hash).execute(&mut *$tx).await?.rows_affected()
-        } else {
-            sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1 AND seq = $4")
-                .bind($tenant).bind($new_seq).bind($new_hash).bind($old_seq).execute(&mut *$tx).await?.rows_affected()
-        };
-        if n != 1 {
-            return Err(StoreError::HeadMoved);
-        }
-    }};
-}
 
 /// Inserts sealed rows inside a transaction (one multi-row statement).
 macro_rules! insert_rows {
@@ -81,18 +63,18 @@ macro_rules! insert_rows {
 macro_rules! append_in_tx {
     ($tx:ident, $row:expr) => {{
         let row: &mut AuditRow = $row;
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE tenant = $1")
-                .bind(row.tenant.clone())
-                .fetch_optional(&mut *$tx)
-                .await?;
-        let (old_seq, old_hash) = head.unwrap_or_else(|| (0, chain::GENESIS.to_owned()));
+        let (old_seq, old_hash) = $crate::store::audit::lock_head!($tx, row.tenant.clone(), false);
         let (new_seq, new_hash) = chain::seal(row, old_seq, &old_hash);
-        $crate::store::audit::advance_head!($tx, row.tenant.clone(), old_seq, new_seq, new_hash);
+        sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1")
+            .bind(row.tenant.clone())
+            .bind(new_seq)
+            .bind(new_hash)
+            .execute(&mut *$tx)
+            .await?;
         $crate::store::audit::insert_rows!($tx, std::iter::once(&*row));
     }};
 }
-pub(crate) use {advance_head, append_in_tx, insert_rows};
+pub(crate) use {append_in_tx, insert_rows};
 
 /// A unique violation on a chain position `(tenant, seq)`: another writer took
 /// it. Any other unique violation (a repeated `audit_id`) is the row's own fault.
@@ -216,66 +198,207 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
+/// One page of a tenant's rows as the database returned them, decoded only
+/// when checked (`for_each`, on the verifier's thread) and then without
+/// allocating: the columns are borrowed from the driver's row.
+pub struct ChainPage(PageRows);
+
+impl std::fmt::Debug for ChainPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainPage")
+            .field("rows", &self.len())
+            .finish()
+    }
+}
+
+enum PageRows {
+    Sqlite(Vec<sqlx::sqlite::SqliteRow>),
+    Postgres(Vec<sqlx::postgres::PgRow>),
+}
+
+macro_rules! row_ref_fn {
+    ($name:ident, $row:ty) => {
+        fn $name(r: &$row) -> Result<RowRef<'_>, sqlx::Error> {
+            use sqlx::Row;
+            Ok(RowRef {
+                audit_id: r.try_get(0)?,
+                tenant: r.try_get(1)?,
+                seq: r.try_get(2)?,
+                at_ms: r.try_get(3)?,
+                kind: r.try_get(4)?,
+                outcome: r.try_get(5)?,
+                code: r.try_get(6)?,
+                actor: r.try_get(7)?,
+                key_id: r.try_get(8)?,
+                idp: r.try_get(9)?,
+                user_id: r.try_get(10)?,
+                user_name: r.try_get(11)?,
+                user_groups: r.try_get(12)?,
+                session_id: r.try_get(13)?,
+                credential: r.try_get(14)?,
+                requested_role: r.try_get(15)?,
+                requested_expire_time: r.try_get(16)?,
+                granted_role: r.try_get(17)?,
+                granted_expire_time: r.try_get(18)?,
+                rule: r.try_get(19)?,
+                policy_version: r.try_get(20)?,
+                token_id: r.try_get(21)?,
+                token_sha256: r.try_get(22)?,
+                client_addr: r.try_get(23)?,
+                user_agent: r.try_get(24)?,
+                request_id: r.try_get(25)?,
+                detail: r.try_get(26)?,
+                prev_hash: r.try_get(27)?,
+                hash: r.try_get(28)?,
+            })
+        }
+    };
+}
+row_ref_fn!(sqlite_row_ref, sqlx::sqlite::SqliteRow);
+row_ref_fn!(pg_row_ref, sqlx::postgres::PgRow);
+
+impl ChainPage {
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            PageRows::Sqlite(v) => v.len(),
+            PageRows::Postgres(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Each row in chain order; stops when `f` returns `false`.
+    pub fn for_each(&self, mut f: impl FnMut(Result<RowRef<'_>, sqlx::Error>) -> bool) {
+        match &self.0 {
+            PageRows::Sqlite(v) => {
+                for r in v {
+                    if !f(sqlite_row_ref(r)) {
+                        return;
+                    }
+                }
+            }
+            PageRows::Postgres(v) => {
+                for r in v {
+                    if !f(pg_row_ref(r)) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 const MAX_CAS_RETRIES: usize = 8;
 
 /// A chain head: (seq, hash).
 type Head = (i64, String);
-/// Per tenant: the head before a batch and after it.
-type HeadMoves = HashMap<String, (Head, Head)>;
+
+/// The statement that reads a tenant's head and holds it for the rest of the
+/// transaction. PostgreSQL locks the row (`FOR UPDATE`): a second writer on the
+/// same tenant queues behind the first and then reads the head the first one
+/// committed. SQLite has no row locks; its one writer lock (taken by the
+/// transaction's first write, which always comes before this read) does the same.
+pub(crate) trait HeadSql: sqlx::Database {
+    const LOCK_HEAD: &'static str;
+}
+impl HeadSql for sqlx::Sqlite {
+    const LOCK_HEAD: &'static str = "SELECT seq, hash FROM audit_heads WHERE tenant = $1";
+}
+impl HeadSql for sqlx::Postgres {
+    const LOCK_HEAD: &'static str =
+        "SELECT seq, hash FROM audit_heads WHERE tenant = $1 FOR UPDATE";
+}
+/// `HeadSql::LOCK_HEAD` for the database of `_tx`.
+pub(crate) fn lock_head_sql<DB: HeadSql>(_tx: &sqlx::Transaction<'_, DB>) -> &'static str {
+    DB::LOCK_HEAD
+}
+
+/// Takes a tenant's head inside a transaction and keeps it until commit:
+/// creates it at `(0, GENESIS)` when the tenant has none yet (a write first, so
+/// SQLite's write lock is held before the read), else locks and reads it.
+macro_rules! lock_head {
+    ($tx:ident, $tenant:expr, $insert_first:expr) => {{
+        let mut insert = $insert_first;
+        let mut got: Option<(i64, String)> = None;
+        for _ in 0..3 {
+            if insert {
+                let n = sqlx::query("INSERT INTO audit_heads (tenant, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (tenant) DO NOTHING")
+                    .bind($tenant).bind(chain::GENESIS).execute(&mut *$tx).await?.rows_affected();
+                if n == 1 {
+                    got = Some((0, chain::GENESIS.to_owned()));
+                    break;
+                }
+            }
+            let sql = $crate::store::audit::lock_head_sql(&$tx);
+            got = sqlx::query_as::<_, (i64, String)>(sql).bind($tenant).fetch_optional(&mut *$tx).await?;
+            if got.is_some() {
+                break;
+            }
+            insert = true;
+        }
+        match got {
+            Some(h) => h,
+            None => return Err(StoreError::HeadMoved),
+        }
+    }};
+}
+pub(crate) use lock_head;
 
 impl Store {
     /// Seals `rows` into their tenants' chains and commits them in one
-    /// transaction. `heads` is the caller's cache of chain heads; it is refreshed
-    /// from the database when another writer (a second instance, the CLI) moved a
-    /// head, and the batch is then resealed and retried.
+    /// transaction. `heads` is the caller's cache of chain heads.
+    ///
+    /// Several writers (broker instances on one PostgreSQL, the CLI) may append
+    /// to one tenant at once; they queue, they never fail each other. Inside the
+    /// transaction each tenant's head is taken in a fixed order (sorted by
+    /// tenant, so two batches cannot deadlock): first with a compare-and-set from
+    /// the cached head (one statement, the common case of one writer); when
+    /// another writer moved the head, by locking it (`FOR UPDATE`, which waits
+    /// for that writer's commit) and resealing this batch's rows of that tenant
+    /// after the head it now holds. The chain stays one line: no fork, no gap.
     pub async fn append_audit(
         &self,
         rows: &mut [AuditRow],
         heads: &mut HashMap<String, (i64, String)>,
     ) -> StoreResult<()> {
+        let mut tenants: Vec<String> = rows.iter().map(|r| r.tenant.clone()).collect();
+        tenants.sort();
+        tenants.dedup();
+        // Retries only for what no lock can prevent (a head row deleted under us).
         for _ in 0..MAX_CAS_RETRIES {
-            let missing: Vec<String> = {
-                let mut m: Vec<String> = rows
-                    .iter()
-                    .filter(|r| !heads.contains_key(&r.tenant))
-                    .map(|r| r.tenant.clone())
-                    .collect();
-                m.sort();
-                m.dedup();
-                m
-            };
-            for t in missing {
-                let h = self.audit_head(&t).await?;
-                heads.insert(
-                    t,
-                    h.map(|h| (h.seq, h.hash))
-                        .unwrap_or((0, chain::GENESIS.to_owned())),
-                );
+            // Seal in order after the cached heads; remember each tenant's old head.
+            let mut olds: HashMap<String, Option<Head>> = HashMap::new();
+            for t in &tenants {
+                olds.insert(t.clone(), heads.get(t).cloned());
             }
-            // Seal in order; remember each tenant's old and new head.
-            let mut moves: HeadMoves = HashMap::new();
+            let mut news: HashMap<String, Head> = HashMap::new();
             for r in rows.iter_mut() {
-                let cur = heads
-                    .get(&r.tenant)
-                    .cloned()
-                    .unwrap_or((0, chain::GENESIS.to_owned()));
-                let new = chain::seal(r, cur.0, &cur.1);
-                moves
-                    .entry(r.tenant.clone())
-                    .and_modify(|m| m.1 = new.clone())
-                    .or_insert((cur, new.clone()));
-                heads.insert(r.tenant.clone(), new);
+                let h = match news.get(&r.tenant) {
+                    Some(h) => h.clone(),
+                    None => olds
+                        .get(&r.tenant)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or((0, chain::GENESIS.to_owned())),
+                };
+                let new = chain::seal(r, h.0, &h.1);
+                news.insert(r.tenant.clone(), new);
             }
-            match self.commit_sealed(rows, &moves).await {
-                Ok(()) => return Ok(()),
+            let res = self.commit_sealed(rows, &tenants, &olds, &mut news).await;
+            match res {
+                Ok(()) => {
+                    heads.extend(news);
+                    return Ok(());
+                }
                 Err(StoreError::HeadMoved) => {
-                    // Someone else advanced a head: forget ours and reseal.
-                    for t in moves.keys() {
+                    for t in &tenants {
                         heads.remove(t);
                     }
                 }
                 Err(e) => {
-                    for t in moves.keys() {
+                    for t in &tenants {
                         heads.remove(t);
                     }
                     return Err(e);
@@ -287,11 +410,37 @@ impl Store {
         ))
     }
 
-    async fn commit_sealed(&self, rows: &[AuditRow], moves: &HeadMoves) -> StoreResult<()> {
+    async fn commit_sealed(
+        &self,
+        rows: &mut [AuditRow],
+        tenants: &[String],
+        olds: &HashMap<String, Option<Head>>,
+        news: &mut HashMap<String, Head>,
+    ) -> StoreResult<()> {
         with_pool!(write self, p => {
             let mut tx = p.begin().await?;
-            for (tenant, ((old_seq, _), (new_seq, new_hash))) in moves {
-                advance_head!(tx, tenant, *old_seq, new_seq, new_hash);
+            for tenant in tenants {
+                let Some(new) = news.get(tenant).cloned() else { continue };
+                let old = olds.get(tenant).cloned().flatten();
+                if let Some((old_seq, _)) = &old {
+                    // Fast path: nobody moved the head since we last wrote.
+                    let n = sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1 AND seq = $4")
+                        .bind(tenant).bind(new.0).bind(&new.1).bind(*old_seq)
+                        .execute(&mut *tx).await?.rows_affected();
+                    if n == 1 {
+                        continue;
+                    }
+                }
+                // Another writer moved it (or we never saw it): wait for it, then
+                // reseal this tenant's rows after the head we now hold.
+                let mut h = lock_head!(tx, tenant, old.is_none());
+                for r in rows.iter_mut().filter(|r| r.tenant == *tenant) {
+                    h = chain::seal(r, h.0, &h.1);
+                }
+                sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1")
+                    .bind(tenant).bind(h.0).bind(&h.1)
+                    .execute(&mut *tx).await?;
+                news.insert(tenant.clone(), h);
             }
             insert_rows!(tx, rows.iter());
             tx.commit().await?;
@@ -391,6 +540,60 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// A tenant's rows with `after_seq < seq <= upto_seq`, in chain order, a
+    /// page of at most `page` rows at a time (keyset on `seq`, the primary
+    /// key's order), into `f`; stops early when `f` returns `false`. Memory is
+    /// bounded by the page, for any size of history.
+    pub async fn scan_chain<F>(
+        &self,
+        tenant: &str,
+        after_seq: i64,
+        upto_seq: i64,
+        page: i64,
+        mut f: F,
+    ) -> StoreResult<()>
+    where
+        F: FnMut(ChainPage) -> bool,
+    {
+        use sqlx::Row;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE tenant = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
+        );
+        let mut last = after_seq;
+        while last < upto_seq {
+            let (rows, next) = match &self.db {
+                Db::Sqlite { read, .. } => {
+                    let v = sqlx::query(&sql)
+                        .bind(tenant)
+                        .bind(last)
+                        .bind(upto_seq)
+                        .bind(page)
+                        .fetch_all(read)
+                        .await?;
+                    let next = v.last().map(|r| r.try_get::<i64, _>(2)).transpose()?;
+                    (ChainPage(PageRows::Sqlite(v)), next)
+                }
+                Db::Postgres(p) => {
+                    let v = sqlx::query(&sql)
+                        .bind(tenant)
+                        .bind(last)
+                        .bind(upto_seq)
+                        .bind(page)
+                        .fetch_all(p)
+                        .await?;
+                    let next = v.last().map(|r| r.try_get::<i64, _>(2)).transpose()?;
+                    (ChainPage(PageRows::Postgres(v)), next)
+                }
+            };
+            let Some(next) = next else { break };
+            last = next;
+            if !f(rows) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Streams a tenant's recorded token requests (issued and refused) with

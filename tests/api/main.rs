@@ -7,6 +7,7 @@ mod helpers;
 
 mod audit_log;
 mod audit_proofs;
+mod audit_scale;
 mod bounded_admin;
 mod console;
 mod dev_demo;
