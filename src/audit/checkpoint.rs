@@ -607,6 +607,18 @@ impl Checkpointer {
         &self.key
     }
 
+    /// The latest checkpoint this broker signed for `tenant` (note text), if any yet.
+    pub async fn latest(&self, tenant: &str) -> Option<String> {
+        let slot = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .cloned()?;
+        let slot = slot.lock().await;
+        slot.as_ref()?.latest.as_ref().map(|(_, note)| note.clone())
+    }
+
     /// Brings `tenant`'s checkpoint up to its current history and returns the
     /// latest note. A new checkpoint is signed and appended when the history
     /// grew since the last one (or always, with `force`); with `min_rows`,

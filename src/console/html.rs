@@ -181,6 +181,11 @@ mod tests {
                 unchanged: false,
                 warnings: vec![HOSTILE.into()],
                 diff: diff_lines(&format!("+{HOSTILE}")),
+                replay: Some(crate::console::views::ReplayView {
+                    requests: 1,
+                    approximate: 0,
+                    rows: vec![("role_lowered".into(), 1, HOSTILE.into())],
+                }),
             },
         }
         .render()

@@ -91,6 +91,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/moderators.csv", web::get().to(moderators_csv))
             .route("/audit", web::get().to(audit_browser))
             .route("/audit/{seq}", web::get().to(audit_event))
+            .route("/audit/{seq}/proof", web::get().to(audit_event_proof))
             .route("/policy", web::get().to(policy))
             .route("/policy/versions/{version}", web::get().to(policy_version))
             .route("/policy/dry-run", web::post().to(policy_dry_run))

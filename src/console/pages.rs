@@ -294,6 +294,36 @@ pub async fn sign_out(
 
 // ---------------------------------------------------------------- overview
 
+/// Checks the tenant's history against the latest checkpoint this broker
+/// signed for it: `Ok(Some(size))` when it matches, `Ok(None)` when there is
+/// none yet (or no signing key), `Err` naming what no longer matches.
+async fn signed_state(
+    state: &AppState,
+    req: &HttpRequest,
+    tenant: &str,
+) -> Result<Option<u64>, String> {
+    use crate::audit::checkpoint::{Checkpoints, verify_tenant_signed};
+    let Some(c) = req
+        .app_data::<web::Data<Checkpoints>>()
+        .and_then(|c| c.0.clone())
+    else {
+        return Ok(None);
+    };
+    let Some(note) = c.latest(tenant).await else {
+        return Ok(None);
+    };
+    let key = c.verifier();
+    let cp = key.open_checkpoint(&note).map_err(|e| e.to_string())?;
+    match verify_tenant_signed(&state.store, tenant, std::slice::from_ref(&cp), &key).await {
+        Ok(None) => Ok(Some(cp.size)),
+        Ok(Some(f)) => Err(format!(
+            "{} (signed checkpoint of {} rows): {}",
+            f.problem, f.size, f.message
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
     let s = signed_in(&state, &req).await?;
     require_audit(&s)?;
@@ -359,10 +389,14 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
             .or_default() += 1;
     }
     let chain = match crate::cli_audit::verify_tenant(&state.store, &s.tenant, None).await {
-        Ok(v) if v.ok => views::Chain::Verified {
-            rows: v.rows,
-            head_seq: v.head_seq,
-            hash: v.head_hash.get(..16).unwrap_or(&v.head_hash).to_owned(),
+        Ok(v) if v.ok => match signed_state(&state, &req, &s.tenant).await {
+            Ok(signed) => views::Chain::Verified {
+                rows: v.rows,
+                head_seq: v.head_seq,
+                hash: v.head_hash.get(..16).unwrap_or(&v.head_hash).to_owned(),
+                signed,
+            },
+            Err(fault) => views::Chain::Broken(fault),
         },
         Ok(v) => views::Chain::Broken(
             v.fault
@@ -686,6 +720,75 @@ pub async fn audit_event(
     ))
 }
 
+/// `GET /console/audit/{seq}/proof`: the event's inclusion proof against the
+/// latest signed checkpoint, as a JSON download (the same proof as
+/// `GET /v1/audit/proof`, and recorded as a read the same way).
+pub async fn audit_event_proof(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Fail> {
+    use crate::audit::checkpoint::{Checkpoints, prove_inclusion};
+    let s = signed_in(&state, &req).await?;
+    require_audit(&s)?;
+    let fail = |status: StatusCode, code: &'static str, message: &str| -> Fail {
+        html::error_in_page(&s, status, code, message).into()
+    };
+    let seq: i64 = path
+        .parse()
+        .ok()
+        .filter(|n| *n > 0 && *n < i64::MAX)
+        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "not_found", "no such audit event"))?;
+    let f = crate::store::AuditFilter {
+        tenant: s.tenant.clone(),
+        before_seq: Some(seq + 1),
+        limit: 1,
+        ..Default::default()
+    };
+    let row = state
+        .store
+        .query_audit(&f)
+        .await
+        .map_err(|e| api_error(&s, e.into()))?
+        .into_iter()
+        .find(|r| r.seq == seq)
+        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "not_found", "no such audit event"))?;
+    let Some(c) = req
+        .app_data::<web::Data<Checkpoints>>()
+        .and_then(|c| c.0.clone())
+    else {
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            "checkpoints_disabled",
+            "this broker does not sign audit checkpoints, so it has no proofs",
+        ));
+    };
+    record(
+        &state,
+        &req,
+        &s,
+        kind::AUDIT_READ,
+        json!({"read": "proof", "console": "audit", "seq": seq}),
+    )
+    .await?;
+    let proof = prove_inclusion(&state.store, &c, &s.tenant, &row.audit_id)
+        .await
+        .map_err(|e| {
+            fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "proof_unavailable",
+                &format!("no proof can be given right now: {e}"),
+            )
+        })?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"proof-{}-{seq}.json\"", s.tenant),
+        ))
+        .json(proof))
+}
+
 // ---------------------------------------------------------------- policy (admin)
 
 pub async fn policy(state: web::Data<AppState>, req: HttpRequest) -> Page {
@@ -784,6 +887,7 @@ pub async fn policy_dry_run(
             unchanged: o.unchanged,
             warnings: o.warnings,
             diff: views::diff_lines(&o.diff),
+            replay: replay_last_week(&state, &req, &s, &form.source).await,
         },
         Err(e) => {
             let e = crate::routes::keys::admin_error(e);
@@ -800,6 +904,57 @@ pub async fn policy_dry_run(
         "Policy dry run",
         &views::DryRunPage { outcome },
     ))
+}
+
+/// The pasted policy replayed over the tenant's last 7 days of requests (a
+/// replay is recorded as such; it decides nothing for real).
+async fn replay_last_week(
+    state: &AppState,
+    req: &HttpRequest,
+    s: &Session,
+    source: &str,
+) -> Option<views::ReplayView> {
+    let now = now();
+    let report = crate::replay::replay(
+        &state.store,
+        &format!("{}.toml", s.tenant),
+        source,
+        Some(&s.tenant),
+        crate::replay::Window {
+            since_ms: now - 7 * 86_400_000,
+            until_ms: now + 1,
+        },
+        &actor(req, s),
+        now,
+    )
+    .await
+    .ok()?;
+    let rows = crate::policy::replay::KINDS
+        .iter()
+        .map(|k| {
+            let users = report
+                .examples
+                .get(k)
+                .map(|e| {
+                    e.users
+                        .iter()
+                        .map(|u| format!("{} ({})", u.id, u.requests))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            (
+                (*k).to_owned(),
+                report.changes.get(k).unwrap_or_default(),
+                users,
+            )
+        })
+        .collect();
+    Some(views::ReplayView {
+        requests: report.requests,
+        approximate: report.approximate,
+        rows,
+    })
 }
 
 #[derive(Debug, Deserialize)]

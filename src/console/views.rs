@@ -135,6 +135,8 @@ pub enum Chain {
         rows: u64,
         head_seq: i64,
         hash: String,
+        /// The size of the latest signed checkpoint the history was also checked against.
+        signed: Option<u64>,
     },
     Broken(String),
     NotRun(String),
@@ -244,6 +246,8 @@ pub enum DryRun {
         unchanged: bool,
         warnings: Vec<String>,
         diff: Vec<DiffLine>,
+        /// What the policy would have decided on the last 7 days' requests.
+        replay: Option<ReplayView>,
     },
     Invalid {
         code: String,
@@ -273,4 +277,13 @@ pub struct Keys<'a> {
     pub own_key_id: &'a str,
     pub csrf: &'a str,
     pub creds: &'a [CredentialView],
+}
+
+/// A replay's counts and its most affected users, for the dry-run page.
+#[derive(Debug)]
+pub struct ReplayView {
+    pub requests: u64,
+    pub approximate: u64,
+    /// (change kind, requests, most affected users)
+    pub rows: Vec<(String, u64, String)>,
 }

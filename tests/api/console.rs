@@ -498,3 +498,88 @@ async fn a_dry_run_applies_nothing_and_a_rollback_needs_the_confirmation_form() 
         (3, true)
     );
 }
+
+#[tokio::test]
+async fn event_pages_offer_an_inclusion_proof_and_the_overview_checks_the_signed_checkpoint() {
+    use token_broker::audit::checkpoint::SigningKey;
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("checkpoint.key");
+    let verifier = SigningKey::generate(&key_path, "test-broker")
+        .unwrap()
+        .verifier();
+    let (url, db) = fresh_database().await;
+    let app = spawn_app_on(url, db, move |s| {
+        s.checkpoint_key_file = Some(key_path);
+        s.checkpoint_interval = std::time::Duration::from_secs(3600);
+        s.checkpoint_every_rows = u64::MAX;
+    })
+    .await;
+    let acme = app.acme().await;
+    let globex_key = globex(&app).await;
+    moderator_grant(&app, &acme, API_KEY, "ann").await;
+    // The broker signs a checkpoint covering the grant.
+    let r = app.get("/v1/audit/checkpoint", &acme).await;
+    assert_eq!(r.status(), 200);
+    let c = sign_in(&app, &acme).await;
+    let (s, body) = c.get("/console/overview").await;
+    assert_eq!(s, 200);
+    assert!(
+        body.contains("matches the latest signed checkpoint"),
+        "{body}"
+    );
+    let grant = app.audit(&acme, "kind=token_issued").await["items"][0].clone();
+    let seq = grant["seq"].as_i64().unwrap();
+    let (s, body) = c.get(&format!("/console/audit/{seq}")).await;
+    assert_eq!(s, 200);
+    assert!(
+        body.contains(&format!("/console/audit/{seq}/proof")),
+        "{body}"
+    );
+    let (s, proof) = c.get(&format!("/console/audit/{seq}/proof")).await;
+    assert_eq!(s, 200, "{proof}");
+    let v: serde_json::Value = serde_json::from_str(&proof).unwrap();
+    assert_eq!(v["leaf_index"], seq - 1, "{v}");
+    assert!(token_broker::audit::checkpoint::verify_proof(&proof, &verifier).is_ok());
+    // Another tenant's session finds no such proof (its seq numbers are its own history).
+    let g = sign_in(&app, &globex_key).await;
+    let (s, _) = g.get("/console/audit/999/proof").await;
+    assert_eq!(s, 404);
+    // Without a checkpoint key there is no proof to give, said plainly.
+    let plain = spawn_app().await;
+    let key = plain.acme().await;
+    moderator_grant(&plain, &key, API_KEY, "ann").await;
+    let c = sign_in(&plain, &key).await;
+    let (s, body) = c.get("/console/audit/1/proof").await;
+    assert_eq!(s, 404);
+    assert!(body.contains("checkpoints_disabled"), "{body}");
+}
+
+#[tokio::test]
+async fn a_dry_run_shows_what_the_policy_would_have_decided_last_week() {
+    let app = spawn_app().await;
+    let acme = app.acme().await;
+    moderator_grant(&app, &acme, API_KEY, "ann").await;
+    let c = sign_in(&app, &acme).await;
+    // The owner rule no longer grants moderator.
+    let proposed = app.standard_policy("acme").replace(
+        "roles = [\"subscriber\", \"publisher\", \"publisheronly\", \"moderator\"]\ndefault_role = \"moderator\"",
+        "roles = [\"subscriber\", \"publisher\", \"publisheronly\"]\ndefault_role = \"publisher\"",
+    );
+    assert_ne!(proposed, app.standard_policy("acme"));
+    let (s, body) = c
+        .post(
+            "/console/policy/dry-run",
+            &[("csrf", &c.csrf), ("source", &proposed)],
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("id=\"replay-summary\""), "{body}");
+    assert!(
+        body.contains("1 recorded request(s) decided again"),
+        "{body}"
+    );
+    assert!(
+        body.contains("<td><code>role_lowered</code></td><td>1</td><td>ann (1)</td>"),
+        "{body}"
+    );
+}
