@@ -232,33 +232,12 @@ pub async fn verify_tenant(
     if fault.is_none()
         && let Some(cp) = checkpoint
     {
-        match &seen_at_checkpoint {
-            Some(h) if *h == cp.hash => {}
-            None if cp.count <= from_seq => {} // pruned since the checkpoint was taken
-            Some(_) => {
-                fault = Some(ChainFault {
-                    audit_id: String::new(),
-                    seq: cp.count,
-                    problem: "modified",
-                    message: format!(
-                        "row {} does not carry the checkpoint's hash: the chain was rewritten",
-                        cp.count
-                    ),
-                });
-            }
-            None => {
-                fault = Some(ChainFault {
-                    audit_id: String::new(),
-                    seq: cp.count,
-                    problem: "truncated",
-                    message: format!(
-                        "the checkpoint names row {} but the chain has only {} rows: the tail was truncated",
-                        cp.count,
-                        v.expected_seq - 1
-                    ),
-                });
-            }
-        }
+        fault = checkpoint_fault(
+            cp,
+            seen_at_checkpoint.as_deref(),
+            from_seq,
+            v.expected_seq - 1,
+        );
     }
     Ok(TenantVerify {
         tenant: tenant.to_owned(),
@@ -268,6 +247,39 @@ pub async fn verify_tenant(
         head_hash: v.head_hash,
         fault,
     })
+}
+
+/// What a (JSON, unsigned) checkpoint says of a verified chain: `seen` is the
+/// hash the chain carries at the checkpoint's row, `from_seq` where the
+/// verified part starts (rows before it were pruned), `last_seq` its end.
+pub fn checkpoint_fault(
+    cp: &Checkpoint,
+    seen: Option<&str>,
+    from_seq: i64,
+    last_seq: i64,
+) -> Option<ChainFault> {
+    match seen {
+        Some(h) if h == cp.hash => None,
+        None if cp.count <= from_seq => None, // pruned since the checkpoint was taken
+        Some(_) => Some(ChainFault {
+            audit_id: String::new(),
+            seq: cp.count,
+            problem: "modified",
+            message: format!(
+                "row {} does not carry the checkpoint's hash: the chain was rewritten",
+                cp.count
+            ),
+        }),
+        None => Some(ChainFault {
+            audit_id: String::new(),
+            seq: cp.count,
+            problem: "truncated",
+            message: format!(
+                "the checkpoint names row {} but the chain has only {last_seq} rows: the tail was truncated",
+                cp.count
+            ),
+        }),
+    }
 }
 
 /// Prints a page of audit rows as the table both CLIs show (local and `--server`).

@@ -132,47 +132,54 @@ pub fn print_outcome(o: &ApplyOutcome, json: bool) {
     }
 }
 
-pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
-    match cmd {
-        PolicyCmd::Check { paths, json } => {
-            let mut failed = 0;
-            let mut report = Vec::new();
-            for p in &paths {
-                let text = read_file(p)?;
-                match policy::parse(&p.display().to_string(), &text) {
-                    Ok(doc) => {
-                        report.push(json!({"file": p, "ok": true, "tenant": doc.tenant, "rules": doc.rules.len()}));
-                        if !json {
-                            out(format!(
-                                "{}: ok (tenant {}, {} rules)",
-                                p.display(),
-                                doc.tenant,
-                                doc.rules.len()
-                            ));
-                        }
-                    }
-                    Err(errs) => {
-                        failed += 1;
-                        if !json {
-                            for e in &errs {
-                                out(e.to_string());
-                            }
-                        }
-                        report.push(json!({"file": p, "ok": false, "errors": errs}));
+/// `policy check`: validates each file (pure; no database, no key), prints
+/// every error with its location, and fails when any file is invalid. The
+/// local and the remote CLI both run it here.
+pub fn check_files(paths: &[PathBuf], json: bool) -> CmdResult {
+    let mut failed = 0;
+    let mut report = Vec::new();
+    for p in paths {
+        let text = read_file(p)?;
+        match policy::parse(&p.display().to_string(), &text) {
+            Ok(doc) => {
+                if !json {
+                    out(format!(
+                        "{}: ok (tenant {}, {} rules)",
+                        p.display(),
+                        doc.tenant,
+                        doc.rules.len()
+                    ));
+                }
+                report.push(
+                    json!({"file": p, "ok": true, "tenant": doc.tenant, "rules": doc.rules.len()}),
+                );
+            }
+            Err(errs) => {
+                failed += 1;
+                if !json {
+                    for e in &errs {
+                        out(e.to_string());
                     }
                 }
+                report.push(json!({"file": p, "ok": false, "errors": errs}));
             }
-            if json {
-                out_json(&json!({ "files": report }));
-            }
-            if failed > 0 {
-                return Err(Failure {
-                    message: format!("{failed} of {} policy files are invalid", paths.len()),
-                    code: 1,
-                });
-            }
-            Ok(())
         }
+    }
+    if json {
+        out_json(&json!({ "files": report }));
+    }
+    if failed > 0 {
+        return Err(Failure {
+            message: format!("{failed} of {} policy files are invalid", paths.len()),
+            code: 1,
+        });
+    }
+    Ok(())
+}
+
+pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
+    match cmd {
+        PolicyCmd::Check { paths, json } => check_files(&paths, json),
         PolicyCmd::Test {
             path,
             applied,

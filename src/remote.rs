@@ -495,45 +495,7 @@ fn seg(segment: &str) -> String {
 }
 
 fn local_check(paths: &[PathBuf], json: bool) -> CmdResult {
-    let mut failed = 0;
-    let mut report = Vec::new();
-    for p in paths {
-        let text = read_file(p)?;
-        match crate::policy::parse(&p.display().to_string(), &text) {
-            Ok(doc) => {
-                if !json {
-                    out(format!(
-                        "{}: ok (tenant {}, {} rules)",
-                        p.display(),
-                        doc.tenant,
-                        doc.rules.len()
-                    ));
-                }
-                report.push(
-                    json!({"file": p, "ok": true, "tenant": doc.tenant, "rules": doc.rules.len()}),
-                );
-            }
-            Err(errs) => {
-                failed += 1;
-                if !json {
-                    for e in &errs {
-                        out(e.to_string());
-                    }
-                }
-                report.push(json!({"file": p, "ok": false, "errors": errs}));
-            }
-        }
-    }
-    if json {
-        out_json(&json!({ "files": report }));
-    }
-    if failed > 0 {
-        return Err(Failure {
-            message: format!("{failed} of {} policy files are invalid", paths.len()),
-            code: 1,
-        });
-    }
-    Ok(())
+    crate::cli_policy::check_files(paths, json)
 }
 
 fn policy_failure(errs: Vec<crate::policy::PolicyError>) -> Failure {
@@ -706,33 +668,8 @@ async fn verify(c: &Client, checkpoint: Option<String>, json: bool) -> CmdResult
     if fault.is_none()
         && let Some(cp) = &cp
     {
-        match &at_cp {
-            Some(h) if *h == cp.hash => {}
-            None if cp.count <= from_seq => {}
-            Some(_) => {
-                fault = Some(ChainFault {
-                    audit_id: String::new(),
-                    seq: cp.count,
-                    problem: "modified",
-                    message: format!(
-                        "row {} does not carry the checkpoint's hash: the chain was rewritten",
-                        cp.count
-                    ),
-                })
-            }
-            None => {
-                fault = Some(ChainFault {
-                    audit_id: String::new(),
-                    seq: cp.count,
-                    problem: "truncated",
-                    message: format!(
-                        "the checkpoint names row {} but the chain has only {} rows: the tail was truncated",
-                        cp.count,
-                        v.expected_seq - 1
-                    ),
-                })
-            }
-        }
+        fault =
+            crate::cli_audit::checkpoint_fault(cp, at_cp.as_deref(), from_seq, v.expected_seq - 1);
     }
     let result = crate::cli_audit::TenantVerify {
         tenant: tenant.clone(),
