@@ -438,6 +438,69 @@ fn form_time(v: Option<String>) -> Option<String> {
     })
 }
 
+/// Runs an audit query of the session's tenant, recorded first as a read
+/// (every read of the audit is, as in the API).
+async fn recorded_query(
+    state: &AppState,
+    req: &HttpRequest,
+    s: &Session,
+    page: &str,
+    params: &AuditParams,
+) -> Result<(Vec<crate::audit::AuditRow>, i64), Fail> {
+    let f = params.to_filter(&s.tenant).map_err(|e| api_error(s, e))?;
+    record(
+        state,
+        req,
+        s,
+        kind::AUDIT_READ,
+        json!({"read": "query", "console": page, "filters": params.for_record()}),
+    )
+    .await?;
+    let rows = state
+        .store
+        .query_audit(&f)
+        .await
+        .map_err(|e| api_error(s, e.into()))?;
+    Ok((rows, f.limit))
+}
+
+/// The session's tenant's audit event number `seq` (another tenant's number
+/// finds nothing), or the not-found page.
+async fn event_row(
+    state: &AppState,
+    s: &Session,
+    seq: &str,
+) -> Result<crate::audit::AuditRow, Fail> {
+    let not_found = || -> Fail {
+        html::error_in_page(
+            s,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this tenant has no audit event with that number",
+        )
+        .into()
+    };
+    let seq: i64 = seq
+        .parse()
+        .ok()
+        .filter(|n| *n > 0 && *n < i64::MAX)
+        .ok_or_else(not_found)?;
+    let f = crate::store::AuditFilter {
+        tenant: s.tenant.clone(),
+        before_seq: Some(seq + 1),
+        limit: 1,
+        ..Default::default()
+    };
+    state
+        .store
+        .query_audit(&f)
+        .await
+        .map_err(|e| api_error(s, e.into()))?
+        .into_iter()
+        .find(|r| r.seq == seq)
+        .ok_or_else(not_found)
+}
+
 fn moderator_params(q: &HashMap<String, String>) -> AuditParams {
     AuditParams {
         kind: Some(kind::TOKEN_ISSUED.into()),
@@ -482,21 +545,7 @@ pub async fn moderators(
     let s = signed_in(&state, &req).await?;
     require_audit(&s)?;
     let params = moderator_params(&q);
-    let f = params.to_filter(&s.tenant).map_err(|e| api_error(&s, e))?;
-    // Every read of the audit is itself recorded, as in the API.
-    record(
-        &state,
-        &req,
-        &s,
-        kind::AUDIT_READ,
-        json!({"read": "query", "console": "moderators", "filters": params.for_record()}),
-    )
-    .await?;
-    let rows = state
-        .store
-        .query_audit(&f)
-        .await
-        .map_err(|e| api_error(&s, e.into()))?;
+    let (rows, limit) = recorded_query(&state, &req, &s, "moderators", &params).await?;
     let qs = query_string(&q, &["since", "until", "user", "session_id"]);
     let body = views::Moderators {
         inputs: inputs(
@@ -510,7 +559,7 @@ pub async fn moderators(
         ),
         qs: &qs,
         rows: &rows,
-        next: next_query(&rows, f.limit, &qs),
+        next: next_query(&rows, limit, &qs),
     };
     Ok(html::page(&s, "moderators", "Who got moderator", &body))
 }
@@ -610,26 +659,13 @@ pub async fn audit_browser(
         ),
         ..Default::default()
     };
-    let f = params.to_filter(&s.tenant).map_err(|e| api_error(&s, e))?;
-    record(
-        &state,
-        &req,
-        &s,
-        kind::AUDIT_READ,
-        json!({"read": "query", "console": "audit", "filters": params.for_record()}),
-    )
-    .await?;
-    let rows = state
-        .store
-        .query_audit(&f)
-        .await
-        .map_err(|e| api_error(&s, e.into()))?;
+    let (rows, limit) = recorded_query(&state, &req, &s, "audit", &params).await?;
     let keys: Vec<&str> = AUDIT_FILTERS.iter().map(|(k, _)| *k).collect();
     let qs = query_string(&q, &keys);
     let body = views::Audit {
         inputs: inputs(&q, &AUDIT_FILTERS),
         rows: &rows,
-        next: next_query(&rows, f.limit, &qs),
+        next: next_query(&rows, limit, &qs),
     };
     Ok(html::page(&s, "audit", "Audit", &body))
 }
@@ -641,34 +677,8 @@ pub async fn audit_event(
 ) -> Page {
     let s = signed_in(&state, &req).await?;
     require_audit(&s)?;
-    let not_found = || {
-        html::error_in_page(
-            &s,
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "this tenant has no audit event with that number",
-        )
-    };
-    let seq: i64 = path
-        .parse()
-        .ok()
-        .filter(|n| *n > 0 && *n < i64::MAX)
-        .ok_or_else(not_found)?;
-    // The tenant comes from the session: another tenant's seq finds nothing.
-    let f = crate::store::AuditFilter {
-        tenant: s.tenant.clone(),
-        before_seq: Some(seq + 1),
-        limit: 1,
-        ..Default::default()
-    };
-    let row = state
-        .store
-        .query_audit(&f)
-        .await
-        .map_err(|e| api_error(&s, e.into()))?
-        .into_iter()
-        .find(|r| r.seq == seq)
-        .ok_or_else(not_found)?;
+    let row = event_row(&state, &s, &path).await?;
+    let seq = row.seq;
     record(
         &state,
         &req,
@@ -734,25 +744,8 @@ pub async fn audit_event_proof(
     let fail = |status: StatusCode, code: &'static str, message: &str| -> Fail {
         html::error_in_page(&s, status, code, message).into()
     };
-    let seq: i64 = path
-        .parse()
-        .ok()
-        .filter(|n| *n > 0 && *n < i64::MAX)
-        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "not_found", "no such audit event"))?;
-    let f = crate::store::AuditFilter {
-        tenant: s.tenant.clone(),
-        before_seq: Some(seq + 1),
-        limit: 1,
-        ..Default::default()
-    };
-    let row = state
-        .store
-        .query_audit(&f)
-        .await
-        .map_err(|e| api_error(&s, e.into()))?
-        .into_iter()
-        .find(|r| r.seq == seq)
-        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "not_found", "no such audit event"))?;
+    let row = event_row(&state, &s, &path).await?;
+    let seq = row.seq;
     let Some(c) = req
         .app_data::<web::Data<Checkpoints>>()
         .and_then(|c| c.0.clone())
