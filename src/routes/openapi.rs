@@ -652,7 +652,70 @@ fn success_schema(id: &str) -> RefOr<Schema> {
             "properties": {"tenant": string, "key_id": string,
                 "scopes": {"type": "array", "items": {"type": "string", "enum": ["issue", "audit", "admin"]}}}
         })),
-        "issue_token" | "issue_end_user_token" => schema(token),
+        "issue_token" | "issue_end_user_token" | "decide" => schema(token),
+        "apply_policy" | "rollback_policy" => schema(json!({
+            "type": "object",
+            "required": ["tenant", "previous_version", "dry_run", "unchanged", "diff", "warnings"],
+            "properties": {"tenant": string, "previous_version": {"type": "integer"},
+                "version": {"type": ["integer", "null"], "description": "the new version; null on a dry run or when nothing changed"},
+                "dry_run": {"type": "boolean"}, "unchanged": {"type": "boolean"},
+                "diff": {"type": "string", "description": "unified diff from the version in force"},
+                "warnings": {"type": "array", "items": string}}
+        })),
+        "replay_policy" => {
+            let count = json!({"type": "integer", "minimum": 0});
+            let affected = json!({"type": "array", "items": {"type": "object", "required": ["id", "requests", "audit_ids"],
+                "properties": {"id": string, "requests": count, "audit_ids": {"type": "array", "items": string}}}});
+            schema(json!({
+                "type": "object", "required": ["requests", "approximate", "changes", "examples"],
+                "properties": {
+                    "requests": count, "approximate": count,
+                    "changes": {"type": "object",
+                        "required": crate::policy::replay::KINDS,
+                        "properties": crate::policy::replay::KINDS.iter().map(|k| ((*k).to_owned(), count.clone())).collect::<serde_json::Map<_, _>>()},
+                    "examples": {"type": "object", "additionalProperties": {"type": "object",
+                        "properties": {"users": affected, "sessions": affected}}}
+                }
+            }))
+        }
+        "put_credential" | "show_credential" => schema(json!({
+            "type": "object", "required": ["name", "provider", "source"],
+            "properties": {"name": string, "provider": {"type": "string", "enum": ["opentok", "vonage"]},
+                "source": {"type": "string", "enum": ["stored", "policy"]},
+                "api_key": string, "application_id": string, "token_format": {"type": "string", "enum": ["jwt", "t1"]},
+                "fingerprint": {"type": "string", "description": "sha256: and 32 hex of the secret's SHA-256; never the secret"},
+                "created_at_ms": {"type": "integer"}, "updated_at_ms": {"type": "integer"}, "updated_by": string}
+        })),
+        "status" => schema(json!({
+            "type": "object", "required": ["tenant", "credentials", "identity_providers", "problems"],
+            "properties": {"tenant": string, "policy_version": {"type": ["integer", "null"]},
+                "credentials": {"type": "array", "items": {"type": "object", "required": ["name", "source", "available"],
+                    "properties": {"name": string, "source": string, "available": {"type": "boolean"}, "problem": {"type": ["string", "null"]}}}},
+                "identity_providers": {"type": "array", "items": {"type": "object", "required": ["name", "available"],
+                    "properties": {"name": string, "available": {"type": "boolean"}, "problem": {"type": ["string", "null"]}}}},
+                "problems": {"type": "array", "items": string}}
+        })),
+        "audit_summary" => schema(json!({
+            "type": "object", "required": ["by", "groups"],
+            "properties": {"by": {"type": "string", "enum": ["role", "user", "session", "rule", "day"]},
+                "since_ms": {"type": ["integer", "null"]}, "until_ms": {"type": ["integer", "null"]},
+                "groups": {"type": "array", "items": {"type": "object", "required": ["issued", "refused"],
+                    "properties": {"key": {"type": ["string", "null"]}, "issued": {"type": "integer"}, "refused": {"type": "integer"}}}}}
+        })),
+        "audit_proof" => {
+            let hex = json!({"type": "string", "pattern": "^[0-9a-f]{64}$"});
+            schema(json!({"oneOf": [
+                {"type": "object", "description": "inclusion proof (RFC 9162 audit path, hashes in hex)",
+                 "required": ["leaf_index", "tree_size", "leaf_hash", "hashes", "root_hash", "checkpoint"],
+                 "properties": {"leaf_index": {"type": "integer"}, "tree_size": {"type": "integer"}, "leaf_hash": hex,
+                    "hashes": {"type": "array", "items": hex}, "root_hash": hex, "checkpoint": string,
+                    "audit_id": string, "row_hash": string}},
+                {"type": "object", "description": "consistency proof between two tree sizes",
+                 "required": ["from_size", "to_size", "from_root", "to_root", "hashes", "old_checkpoint", "checkpoint"],
+                 "properties": {"from_size": {"type": "integer"}, "to_size": {"type": "integer"}, "from_root": hex, "to_root": hex,
+                    "hashes": {"type": "array", "items": hex}, "old_checkpoint": string, "checkpoint": string}}
+            ]}))
+        }
         "create_key" => schema(json!({
             "type": "object", "required": ["key_id", "key", "tenant", "scopes"],
             "properties": {"key_id": string, "key": {"type": "string", "description": "shown once"}, "tenant": string,
