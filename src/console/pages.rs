@@ -64,6 +64,15 @@ fn see_other(to: &str) -> HttpResponse {
 
 /// The request's live session, or a redirect to the sign-in page. A session
 /// whose key has been revoked (here or on another broker) ends now.
+/// The guard of every admin form: a signed-in session, its own CSRF token,
+/// and the admin scope, in that order.
+async fn admin_form(state: &AppState, req: &HttpRequest, csrf: &str) -> Result<Session, Fail> {
+    let s = signed_in(state, req).await?;
+    csrf_ok(&s, csrf)?;
+    require_admin(&s)?;
+    Ok(s)
+}
+
 async fn signed_in(state: &AppState, req: &HttpRequest) -> Result<Session, Fail> {
     let to_sign_in = || Fail::from(see_other("/console/sign-in"));
     let id = session::cookie(req, COOKIE).ok_or_else(to_sign_in)?;
@@ -860,9 +869,7 @@ pub async fn policy_dry_run(
     req: HttpRequest,
     form: web::Form<DryRunForm>,
 ) -> Page {
-    let s = signed_in(&state, &req).await?;
-    csrf_ok(&s, &form.csrf)?;
-    require_admin(&s)?;
+    let s = admin_form(&state, &req, &form.csrf).await?;
     let out = crate::admin::apply_policy(
         &state.store,
         &state.secrets,
@@ -985,9 +992,7 @@ pub async fn policy_rollback(
     req: HttpRequest,
     form: web::Form<RollbackForm>,
 ) -> Page {
-    let s = signed_in(&state, &req).await?;
-    csrf_ok(&s, &form.csrf)?;
-    require_admin(&s)?;
+    let s = admin_form(&state, &req, &form.csrf).await?;
     let out = crate::admin::rollback_policy(
         &state.store,
         &state.secrets,
@@ -1050,9 +1055,7 @@ pub async fn key_create(
     req: HttpRequest,
     form: web::Form<CreateKeyForm>,
 ) -> Page {
-    let s = signed_in(&state, &req).await?;
-    csrf_ok(&s, &form.csrf)?;
-    require_admin(&s)?;
+    let s = admin_form(&state, &req, &form.csrf).await?;
     let mut names = Vec::new();
     for (on, n) in [
         (&form.scope_issue, "issue"),
@@ -1093,9 +1096,7 @@ pub async fn key_revoke(
     path: web::Path<String>,
     form: web::Form<CsrfForm>,
 ) -> Page {
-    let s = signed_in(&state, &req).await?;
-    csrf_ok(&s, &form.csrf)?;
-    require_admin(&s)?;
+    let s = admin_form(&state, &req, &form.csrf).await?;
     let key_id = path.into_inner();
     crate::admin::revoke_key(
         &state.store,
