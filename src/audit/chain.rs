@@ -4,8 +4,10 @@
 //! canonical JSON includes `prev_hash` (the previous row's hash, or 64 zeros
 //! for a tenant's first row) and `seq`. Editing any column of a row changes its
 //! hash; removing or reordering rows breaks the `prev_hash` links or the `seq`
-//! sequence. The canonical form is `serde_json` of `Canonical` below: fixed field
-//! order, no whitespace. Changing it is a breaking change to every stored chain.
+//! sequence. The canonical form is `RowRef::write_canonical` (derived from the
+//! one column list in `schema`): fixed field order, no whitespace, values as
+//! `serde_json` writes them. Changing it is a breaking change to every stored
+//! chain (`the_canonical_hash_is_stable` pins it).
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -15,147 +17,11 @@ use super::AuditRow;
 /// The `prev_hash` of a tenant's first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-#[derive(Serialize)]
-struct Canonical<'a> {
-    v: u8,
-    audit_id: &'a str,
-    tenant: &'a str,
-    seq: i64,
-    at_ms: i64,
-    kind: &'a str,
-    outcome: &'a str,
-    code: Option<&'a str>,
-    actor: &'a str,
-    key_id: Option<&'a str>,
-    idp: Option<&'a str>,
-    user_id: Option<&'a str>,
-    user_name: Option<&'a str>,
-    user_groups: Option<&'a str>,
-    session_id: Option<&'a str>,
-    credential: Option<&'a str>,
-    requested_role: Option<&'a str>,
-    requested_expire_time: Option<i64>,
-    granted_role: Option<&'a str>,
-    granted_expire_time: Option<i64>,
-    rule: Option<&'a str>,
-    policy_version: Option<i64>,
-    token_id: Option<&'a str>,
-    token_sha256: Option<&'a str>,
-    client_addr: Option<&'a str>,
-    user_agent: Option<&'a str>,
-    request_id: Option<&'a str>,
-    detail: Option<&'a str>,
-    prev_hash: &'a str,
-}
-
-/// A row's columns as borrowed text: what the hash covers (plus `hash`).
-/// Verification decodes database rows into this without allocating.
-#[derive(Debug, Clone, Copy)]
-pub struct RowRef<'a> {
-    pub audit_id: &'a str,
-    pub tenant: &'a str,
-    pub seq: i64,
-    pub at_ms: i64,
-    pub kind: &'a str,
-    pub outcome: &'a str,
-    pub code: Option<&'a str>,
-    pub actor: &'a str,
-    pub key_id: Option<&'a str>,
-    pub idp: Option<&'a str>,
-    pub user_id: Option<&'a str>,
-    pub user_name: Option<&'a str>,
-    pub user_groups: Option<&'a str>,
-    pub session_id: Option<&'a str>,
-    pub credential: Option<&'a str>,
-    pub requested_role: Option<&'a str>,
-    pub requested_expire_time: Option<i64>,
-    pub granted_role: Option<&'a str>,
-    pub granted_expire_time: Option<i64>,
-    pub rule: Option<&'a str>,
-    pub policy_version: Option<i64>,
-    pub token_id: Option<&'a str>,
-    pub token_sha256: Option<&'a str>,
-    pub client_addr: Option<&'a str>,
-    pub user_agent: Option<&'a str>,
-    pub request_id: Option<&'a str>,
-    pub detail: Option<&'a str>,
-    pub prev_hash: &'a str,
-    pub hash: &'a str,
-}
-
-impl AuditRow {
-    /// The row as borrowed columns.
-    pub fn as_row_ref(&self) -> RowRef<'_> {
-        RowRef {
-            audit_id: &self.audit_id,
-            tenant: &self.tenant,
-            seq: self.seq,
-            at_ms: self.at_ms,
-            kind: &self.kind,
-            outcome: &self.outcome,
-            code: self.code.as_deref(),
-            actor: &self.actor,
-            key_id: self.key_id.as_deref(),
-            idp: self.idp.as_deref(),
-            user_id: self.user_id.as_deref(),
-            user_name: self.user_name.as_deref(),
-            user_groups: self.user_groups.as_deref(),
-            session_id: self.session_id.as_deref(),
-            credential: self.credential.as_deref(),
-            requested_role: self.requested_role.as_deref(),
-            requested_expire_time: self.requested_expire_time,
-            granted_role: self.granted_role.as_deref(),
-            granted_expire_time: self.granted_expire_time,
-            rule: self.rule.as_deref(),
-            policy_version: self.policy_version,
-            token_id: self.token_id.as_deref(),
-            token_sha256: self.token_sha256.as_deref(),
-            client_addr: self.client_addr.as_deref(),
-            user_agent: self.user_agent.as_deref(),
-            request_id: self.request_id.as_deref(),
-            detail: self.detail.as_deref(),
-            prev_hash: &self.prev_hash,
-            hash: &self.hash,
-        }
-    }
-}
+pub use super::RowRef;
 
 /// SHA-256 of a row's canonical JSON, serialized into `buf` (reused).
 fn digest_ref(r: &RowRef<'_>, buf: &mut Vec<u8>) -> [u8; 32] {
-    let c = Canonical {
-        v: 1,
-        audit_id: r.audit_id,
-        tenant: r.tenant,
-        seq: r.seq,
-        at_ms: r.at_ms,
-        kind: r.kind,
-        outcome: r.outcome,
-        code: r.code,
-        actor: r.actor,
-        key_id: r.key_id,
-        idp: r.idp,
-        user_id: r.user_id,
-        user_name: r.user_name,
-        user_groups: r.user_groups,
-        session_id: r.session_id,
-        credential: r.credential,
-        requested_role: r.requested_role,
-        requested_expire_time: r.requested_expire_time,
-        granted_role: r.granted_role,
-        granted_expire_time: r.granted_expire_time,
-        rule: r.rule,
-        policy_version: r.policy_version,
-        token_id: r.token_id,
-        token_sha256: r.token_sha256,
-        client_addr: r.client_addr,
-        user_agent: r.user_agent,
-        request_id: r.request_id,
-        detail: r.detail,
-        prev_hash: r.prev_hash,
-    };
-    buf.clear();
-    // Serializing plain strings and integers cannot fail.
-    let _ = serde_json::to_writer(&mut *buf, &c);
+    r.write_canonical(buf);
     Sha256::digest(&buf[..]).into()
 }
 

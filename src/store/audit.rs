@@ -16,35 +16,7 @@ macro_rules! insert_rows {
     ($tx:ident, $rows:expr) => {{
         let mut qb = QueryBuilder::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
         qb.push_values($rows, |mut b, r: &AuditRow| {
-            b.push_bind(&r.audit_id)
-                .push_bind(&r.tenant)
-                .push_bind(r.seq)
-                .push_bind(r.at_ms)
-                .push_bind(&r.kind)
-                .push_bind(&r.outcome)
-                .push_bind(&r.code)
-                .push_bind(&r.actor)
-                .push_bind(&r.key_id)
-                .push_bind(&r.idp)
-                .push_bind(&r.user_id)
-                .push_bind(&r.user_name)
-                .push_bind(&r.user_groups)
-                .push_bind(&r.session_id)
-                .push_bind(&r.credential)
-                .push_bind(&r.requested_role)
-                .push_bind(r.requested_expire_time)
-                .push_bind(&r.granted_role)
-                .push_bind(r.granted_expire_time)
-                .push_bind(&r.rule)
-                .push_bind(r.policy_version)
-                .push_bind(&r.token_id)
-                .push_bind(&r.token_sha256)
-                .push_bind(&r.client_addr)
-                .push_bind(&r.user_agent)
-                .push_bind(&r.request_id)
-                .push_bind(&r.detail)
-                .push_bind(&r.prev_hash)
-                .push_bind(&r.hash);
+            $crate::audit::schema::audit_columns!($crate::audit::schema::bind_row, b, r);
         });
         qb.build().execute(&mut *$tx).await.map_err(|e| {
             if $crate::store::audit::is_seq_collision(&e) {
@@ -216,46 +188,16 @@ enum PageRows {
     Postgres(Vec<sqlx::postgres::PgRow>),
 }
 
-macro_rules! row_ref_fn {
-    ($name:ident, $row:ty) => {
-        fn $name(r: &$row) -> Result<RowRef<'_>, sqlx::Error> {
-            use sqlx::Row;
-            Ok(RowRef {
-                audit_id: r.try_get(0)?,
-                tenant: r.try_get(1)?,
-                seq: r.try_get(2)?,
-                at_ms: r.try_get(3)?,
-                kind: r.try_get(4)?,
-                outcome: r.try_get(5)?,
-                code: r.try_get(6)?,
-                actor: r.try_get(7)?,
-                key_id: r.try_get(8)?,
-                idp: r.try_get(9)?,
-                user_id: r.try_get(10)?,
-                user_name: r.try_get(11)?,
-                user_groups: r.try_get(12)?,
-                session_id: r.try_get(13)?,
-                credential: r.try_get(14)?,
-                requested_role: r.try_get(15)?,
-                requested_expire_time: r.try_get(16)?,
-                granted_role: r.try_get(17)?,
-                granted_expire_time: r.try_get(18)?,
-                rule: r.try_get(19)?,
-                policy_version: r.try_get(20)?,
-                token_id: r.try_get(21)?,
-                token_sha256: r.try_get(22)?,
-                client_addr: r.try_get(23)?,
-                user_agent: r.try_get(24)?,
-                request_id: r.try_get(25)?,
-                detail: r.try_get(26)?,
-                prev_hash: r.try_get(27)?,
-                hash: r.try_get(28)?,
-            })
-        }
-    };
-}
-row_ref_fn!(sqlite_row_ref, sqlx::sqlite::SqliteRow);
-row_ref_fn!(pg_row_ref, sqlx::postgres::PgRow);
+crate::audit::schema::audit_columns!(
+    crate::audit::schema::row_ref_fn,
+    sqlite_row_ref,
+    sqlx::sqlite::SqliteRow
+);
+crate::audit::schema::audit_columns!(
+    crate::audit::schema::row_ref_fn,
+    pg_row_ref,
+    sqlx::postgres::PgRow
+);
 
 impl ChainPage {
     pub fn len(&self) -> usize {

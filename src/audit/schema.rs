@@ -1,0 +1,285 @@
+//! The audit row's schema, declared once.
+//!
+//! `audit_columns!` lists every column the hash chain covers, in table order,
+//! each with its kind. Everything that spells out the columns is derived from
+//! that one list: the [`AuditRow`] struct, its borrowed form [`RowRef`], the
+//! SQL column list, the canonical hash input (in Rust and as the databases
+//! build it for `audit verify`), the insert binds, the row decoder and the CSV
+//! header and lines. The `hash` column is the seal itself and is the one column
+//! outside the list: a column added to the list is in the chain, by
+//! construction.
+//!
+//! Kinds: `Text` (NOT NULL text), `OptText`, `Int` (NOT NULL BIGINT), `OptInt`.
+
+use serde::{Deserialize, Serialize};
+
+/// Calls `$cb! { [extra tokens] name: Kind, … }` with the chained columns in
+/// table order (the extra tokens are passed through, for the callback's use).
+macro_rules! audit_columns {
+    ($cb:path $(, $($extra:tt)*)?) => {
+        $cb! {
+            [$($($extra)*)?]
+            audit_id: Text,
+            tenant: Text,
+            seq: Int,
+            at_ms: Int,
+            kind: Text,
+            outcome: Text,
+            code: OptText,
+            actor: Text,
+            key_id: OptText,
+            idp: OptText,
+            user_id: OptText,
+            user_name: OptText,
+            user_groups: OptText,
+            session_id: OptText,
+            credential: OptText,
+            requested_role: OptText,
+            requested_expire_time: OptInt,
+            granted_role: OptText,
+            granted_expire_time: OptInt,
+            rule: OptText,
+            policy_version: OptInt,
+            token_id: OptText,
+            token_sha256: OptText,
+            client_addr: OptText,
+            user_agent: OptText,
+            request_id: OptText,
+            detail: OptText,
+            prev_hash: Text,
+        }
+    };
+}
+pub(crate) use audit_columns;
+
+/// The owned Rust type of a column kind.
+macro_rules! owned_ty {
+    (Text) => { String };
+    (OptText) => { Option<String> };
+    (Int) => { i64 };
+    (OptInt) => { Option<i64> };
+}
+
+/// The borrowed Rust type of a column kind.
+macro_rules! ref_ty {
+    ($a:lifetime, Text) => { &$a str };
+    ($a:lifetime, OptText) => { Option<&$a str> };
+    ($a:lifetime, Int) => { i64 };
+    ($a:lifetime, OptInt) => { Option<i64> };
+}
+
+/// Borrows a column of an `AuditRow`.
+macro_rules! borrow_col {
+    ($v:expr, Text) => {
+        &$v
+    };
+    ($v:expr, OptText) => {
+        $v.as_deref()
+    };
+    ($v:expr, Int) => {
+        $v
+    };
+    ($v:expr, OptInt) => {
+        $v
+    };
+}
+
+macro_rules! define_rows {
+    ([] $($col:ident: $kind:ident),* $(,)?) => {
+        /// One audit row, as stored and as returned by the query API. Fields that
+        /// do not apply to an event kind are `None`. `seq`, `prev_hash` and
+        /// `hash` are assigned when the row is sealed into its tenant's chain.
+        /// (`user_groups` is a JSON array of group names; `detail` a JSON object
+        /// with event-specific detail.)
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+        pub struct AuditRow {
+            $(pub $col: owned_ty!($kind),)*
+            pub hash: String,
+        }
+
+        /// A row's columns as borrowed values: what the hash covers, plus `hash`.
+        /// Verification decodes database rows into this without allocating.
+        #[derive(Debug, Clone, Copy)]
+        pub struct RowRef<'a> {
+            $(pub $col: ref_ty!('a, $kind),)*
+            pub hash: &'a str,
+        }
+
+        impl AuditRow {
+            /// The row as borrowed columns.
+            pub fn as_row_ref(&self) -> RowRef<'_> {
+                RowRef {
+                    $($col: borrow_col!(self.$col, $kind),)*
+                    hash: &self.hash,
+                }
+            }
+        }
+
+        impl RowRef<'_> {
+            /// The canonical hash input: compact JSON `{"v":1,<every column but
+            /// hash, in table order>}`, each value as `serde_json` writes it.
+            /// Written into `buf` (cleared first).
+            pub fn write_canonical(&self, buf: &mut Vec<u8>) {
+                buf.clear();
+                buf.extend_from_slice(b"{\"v\":1");
+                $(
+                    buf.extend_from_slice(concat!(",\"", stringify!($col), "\":").as_bytes());
+                    // Strings and integers always serialize.
+                    let _ = serde_json::to_writer(&mut *buf, &self.$col);
+                )*
+                buf.push(b'}');
+            }
+
+            /// The row's CSV record, in `CSV_HEADER` order.
+            pub fn csv_record(&self) -> Vec<String> {
+                vec![$(CsvCell::cell(&self.$col),)* self.hash.to_owned()]
+            }
+        }
+
+        /// Every column, in table order, as SQL lists them.
+        pub const COLUMNS: &str = concat!($(stringify!($col), ", ",)* "hash");
+
+        /// Every column's name, in table order (the CSV header).
+        pub const COLUMN_NAMES: &[&str] = &[$(stringify!($col),)* "hash"];
+
+        /// The chained columns (every column but `hash`) with whether each is an integer.
+        const CHAINED: &[(&str, bool)] = &[$((stringify!($col), is_int!($kind)),)*];
+    };
+}
+
+macro_rules! is_int {
+    (Text) => {
+        false
+    };
+    (OptText) => {
+        false
+    };
+    (Int) => {
+        true
+    };
+    (OptInt) => {
+        true
+    };
+}
+
+audit_columns!(define_rows);
+
+/// Defines `fn $name(&$row) -> Result<RowRef, sqlx::Error>`, decoding a driver
+/// row selected with `COLUMNS`: `audit_columns!(row_ref_fn, name, RowType)`.
+macro_rules! row_ref_fn {
+    ([$name:ident, $row:ty] $($col:ident: $kind:ident),* $(,)?) => {
+        fn $name(r: &$row) -> Result<$crate::audit::schema::RowRef<'_>, sqlx::Error> {
+            use sqlx::Row;
+            Ok($crate::audit::schema::RowRef {
+                $($col: r.try_get(stringify!($col))?,)*
+                hash: r.try_get("hash")?,
+            })
+        }
+    };
+}
+pub(crate) use row_ref_fn;
+
+/// Binds every column of `row` in `COLUMNS` order:
+/// `audit_columns!(bind_row, builder, row)` on a `push_values` separator.
+macro_rules! bind_row {
+    ([$b:ident, $r:ident] $($col:ident: $kind:ident),* $(,)?) => {
+        $b$(.push_bind(&$r.$col))*.push_bind(&$r.hash)
+    };
+}
+pub(crate) use bind_row;
+
+/// A CSV cell of a column value: empty for NULL.
+trait CsvCell {
+    fn cell(&self) -> String;
+}
+impl CsvCell for &str {
+    fn cell(&self) -> String {
+        (*self).to_owned()
+    }
+}
+impl CsvCell for Option<&str> {
+    fn cell(&self) -> String {
+        self.map(str::to_owned).unwrap_or_default()
+    }
+}
+impl CsvCell for i64 {
+    fn cell(&self) -> String {
+        self.to_string()
+    }
+}
+impl CsvCell for Option<i64> {
+    fn cell(&self) -> String {
+        self.map(|n| n.to_string()).unwrap_or_default()
+    }
+}
+
+/// Which SQL dialect to build the canonical text in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlDialect {
+    Sqlite,
+    Postgres,
+}
+
+/// An SQL expression giving one line per row, `"<seq> <prev_hash> <hash>
+/// <canonical JSON>\n"`, with the canonical JSON built by the database itself
+/// (SQLite's `json_object`; string concatenation of `to_json` in PostgreSQL,
+/// whose `json_build_object` adds spaces). Both escape strings as `serde_json`
+/// does for every value the broker writes; a row whose text differs anyway
+/// only fails the fast check, and the verifier then re-checks it the Rust way.
+pub fn canonical_line_sql(d: SqlDialect) -> String {
+    match d {
+        SqlDialect::Sqlite => {
+            let mut s =
+                String::from("seq || ' ' || prev_hash || ' ' || hash || ' ' || json_object('v', 1");
+            for (name, _) in CHAINED {
+                s.push_str(&format!(", '{name}', {name}"));
+            }
+            s.push_str(") || char(10)");
+            s
+        }
+        SqlDialect::Postgres => {
+            let mut s =
+                String::from("seq::text || ' ' || prev_hash || ' ' || hash || ' ' || '{\"v\":1'");
+            for (name, is_int) in CHAINED {
+                let value = if *is_int {
+                    format!("coalesce({name}::text, 'null')")
+                } else {
+                    format!("coalesce(to_json({name})::text, 'null')")
+                };
+                s.push_str(&format!(" || ',\"{name}\":' || {value}"));
+            }
+            s.push_str(" || '}' || E'\\n'");
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_column_is_listed_once_and_hash_is_last() {
+        let mut names: Vec<&str> = COLUMN_NAMES.to_vec();
+        assert_eq!(names.len(), 29);
+        assert_eq!(names.last(), Some(&"hash"));
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), 29);
+        assert_eq!(COLUMNS.split(", ").collect::<Vec<_>>(), COLUMN_NAMES);
+    }
+
+    #[test]
+    fn the_canonical_text_names_every_chained_column_in_order() {
+        let r = AuditRow::default();
+        let mut buf = Vec::new();
+        r.as_row_ref().write_canonical(&mut buf);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 29, "v plus 28 chained columns");
+        assert!(
+            !buf.windows(6).any(|w| w == b"\"hash\""),
+            "hash is not hashed"
+        );
+    }
+}
