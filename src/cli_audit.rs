@@ -2,10 +2,9 @@
 //! checkpoints.
 
 use clap::Subcommand;
-use serde::Serialize;
 use serde_json::json;
 
-use crate::audit::chain::{self, ChainFault, Verifier};
+use crate::audit::chain::{self, ChainFault};
 use crate::audit::checkpoint::{self, Checkpointer, SigningKey, VerifierKey};
 use crate::audit::{AuditRow, kind};
 use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
@@ -121,166 +120,7 @@ pub enum AuditCmd {
     },
 }
 
-/// One tenant's verification result.
-#[derive(Debug, Clone, Serialize)]
-pub struct TenantVerify {
-    pub tenant: String,
-    pub ok: bool,
-    pub rows: u64,
-    pub head_seq: i64,
-    pub head_hash: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fault: Option<ChainFault>,
-}
-
-/// A stored checkpoint: `{"tenant": …, "count": …, "hash": …}` (or a list of them).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Checkpoint {
-    pub tenant: String,
-    pub count: i64,
-    pub hash: String,
-}
-
-/// Verifies one tenant's chain from genesis against its stored head and an
-/// optional external checkpoint.
-pub async fn verify_tenant(
-    store: &Store,
-    tenant: &str,
-    checkpoint: Option<&Checkpoint>,
-) -> Result<TenantVerify, Failure> {
-    // After a prune the chain starts at the recorded prune point.
-    let start = store.last_prune(tenant).await?;
-    let (from_seq, from_hash) = start
-        .map(|p| (p.through_seq, p.through_hash))
-        .unwrap_or((0, chain::GENESIS.to_owned()));
-    // Read the head first: rows committed after it (a running broker) are left
-    // for the next verification instead of racing with it.
-    let head = store.audit_head(tenant).await?;
-    let head_seq = head.as_ref().map(|h| h.seq).unwrap_or(0);
-    // Pages of rows are read here and decoded and checked (hashing is most of
-    // the work) on a second thread, in order, so both cores work. Rows are
-    // decoded there straight from the driver's buffers, without allocating.
-    const PAGE: i64 = 4096;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<crate::store::ChainPage>(2);
-    let cp_count = checkpoint.map(|c| c.count);
-    let checker = std::thread::spawn(move || {
-        let mut v = Verifier::new(from_seq, &from_hash);
-        let mut seen_at_checkpoint: Option<String> = None;
-        let mut buf = Vec::with_capacity(2048);
-        for page in rx {
-            let mut fault = None;
-            page.for_each(|row| {
-                let row = match row {
-                    Ok(r) => r,
-                    Err(e) => {
-                        fault = Some(ChainFault {
-                            audit_id: String::new(),
-                            seq: v.expected_seq,
-                            problem: "unreadable",
-                            message: format!(
-                                "a row near seq {} cannot be read: {e}",
-                                v.expected_seq
-                            ),
-                        });
-                        return false;
-                    }
-                };
-                if let Err(f) = v.push_ref(&row, &mut buf) {
-                    fault = Some(f);
-                    return false;
-                }
-                if cp_count == Some(row.seq) {
-                    seen_at_checkpoint = Some(row.hash.to_owned());
-                }
-                true
-            });
-            if fault.is_some() {
-                // Dropping `rx` ends the scan.
-                return (v, fault, seen_at_checkpoint);
-            }
-        }
-        (v, None, seen_at_checkpoint)
-    });
-    let scanned = store
-        .scan_chain(tenant, from_seq, head_seq, PAGE, |page| {
-            tx.send(page).is_ok()
-        })
-        .await;
-    drop(tx);
-    let (v, mut fault, seen_at_checkpoint) = checker.join().map_err(|_| Failure {
-        message: "the verification thread failed".into(),
-        code: 1,
-    })?;
-    scanned?;
-    if fault.is_none() {
-        let (hs, hh) = head
-            .as_ref()
-            .map(|h| (h.seq, h.hash.clone()))
-            .unwrap_or((0, chain::GENESIS.to_owned()));
-        if hs != v.expected_seq - 1 || hh != v.head_hash {
-            fault = Some(ChainFault {
-                audit_id: String::new(),
-                seq: v.expected_seq - 1,
-                problem: "head_mismatch",
-                message: format!(
-                    "the rows end at seq {} but the stored head says seq {hs}: rows at the end were removed (or the head was edited)",
-                    v.expected_seq - 1
-                ),
-            });
-        }
-    }
-    if fault.is_none()
-        && let Some(cp) = checkpoint
-    {
-        fault = checkpoint_fault(
-            cp,
-            seen_at_checkpoint.as_deref(),
-            from_seq,
-            v.expected_seq - 1,
-        );
-    }
-    Ok(TenantVerify {
-        tenant: tenant.to_owned(),
-        ok: fault.is_none(),
-        rows: v.rows,
-        head_seq: v.expected_seq - 1,
-        head_hash: v.head_hash,
-        fault,
-    })
-}
-
-/// What a (JSON, unsigned) checkpoint says of a verified chain: `seen` is the
-/// hash the chain carries at the checkpoint's row, `from_seq` where the
-/// verified part starts (rows before it were pruned), `last_seq` its end.
-pub fn checkpoint_fault(
-    cp: &Checkpoint,
-    seen: Option<&str>,
-    from_seq: i64,
-    last_seq: i64,
-) -> Option<ChainFault> {
-    match seen {
-        Some(h) if h == cp.hash => None,
-        None if cp.count <= from_seq => None, // pruned since the checkpoint was taken
-        Some(_) => Some(ChainFault {
-            audit_id: String::new(),
-            seq: cp.count,
-            problem: "modified",
-            message: format!(
-                "row {} does not carry the checkpoint's hash: the chain was rewritten",
-                cp.count
-            ),
-        }),
-        None => Some(ChainFault {
-            audit_id: String::new(),
-            seq: cp.count,
-            problem: "truncated",
-            message: format!(
-                "the checkpoint names row {} but the chain has only {last_seq} rows: the tail was truncated",
-                cp.count
-            ),
-        }),
-    }
-}
+pub use crate::audit::verify::{Checkpoint, TenantVerify, checkpoint_fault, verify_tenant};
 
 /// Prints a page of audit rows as the table both CLIs show (local and `--server`).
 pub fn print_rows(rows: &[AuditRow], next: Option<&str>) {

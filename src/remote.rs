@@ -675,6 +675,7 @@ async fn verify(c: &Client, checkpoint: Option<String>, json: bool) -> CmdResult
         tenant: tenant.clone(),
         ok: fault.is_none(),
         rows: v.rows,
+        rows_fast: 0,
         head_seq: v.expected_seq - 1,
         head_hash: v.head_hash.clone(),
         fault,

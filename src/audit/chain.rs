@@ -26,7 +26,7 @@ fn digest_ref(r: &RowRef<'_>, buf: &mut Vec<u8>) -> [u8; 32] {
 }
 
 /// Lowercase hex of a digest, on the stack.
-fn hex32(d: &[u8; 32]) -> [u8; 64] {
+pub(crate) fn hex32(d: &[u8; 32]) -> [u8; 64] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 64];
     for (i, b) in d.iter().enumerate() {
@@ -76,7 +76,7 @@ pub struct ChainFault {
 }
 
 /// Incremental verifier: feed rows in `seq` order.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Verifier {
     pub expected_seq: i64,
     pub head_hash: String,

@@ -9,6 +9,7 @@ pub mod chain;
 pub mod checkpoint;
 pub mod merkle;
 pub mod schema;
+pub mod verify;
 pub mod writer;
 
 pub use schema::{AuditRow, COLUMNS, RowRef};

@@ -412,7 +412,7 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
                 .map(|f| format!("{} at seq {}: {}", f.problem, f.seq, f.message))
                 .unwrap_or_default(),
         ),
-        Err(f) => views::Chain::NotRun(f.message),
+        Err(f) => views::Chain::NotRun(f.to_string()),
     };
     let body = views::Overview {
         issued,

@@ -14,7 +14,9 @@ mod policies;
 mod sessions;
 mod tenants;
 
-pub use audit::{AuditFilter, AuditRow, ChainPage, HeadRow, PruneRow, RequestRow, SummaryRow};
+pub use audit::{
+    AuditFilter, AuditRow, ChainPage, ChainText, HeadRow, PruneRow, RequestRow, SummaryRow,
+};
 pub use credentials::StoredCredentialRow;
 pub use keys::KeyRow;
 pub use policies::PolicyVersionRow;

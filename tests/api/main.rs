@@ -8,6 +8,7 @@ mod helpers;
 mod audit_log;
 mod audit_proofs;
 mod audit_scale;
+mod audit_verify;
 mod bounded_admin;
 mod console;
 mod dev_demo;
