@@ -382,8 +382,9 @@ fn main() {
             let s = t.elapsed().as_secs_f64();
             assert!(v.ok, "{v:?}");
             println!(
-                "verified {} rows in {s:.2} s ({:.0} rows/s), peak RSS {} MiB, on {}",
+                "verified {} rows ({} on the fast pass) in {s:.2} s ({:.0} rows/s), peak RSS {} MiB, on {}",
                 v.rows,
+                v.rows_fast,
                 v.rows as f64 / s,
                 peak_rss_mib(),
                 store.url_redacted()

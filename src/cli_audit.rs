@@ -370,7 +370,7 @@ async fn export(store: &Store, f: &mut AuditFilter, csv: bool) -> CmdResult {
         if (rows.len() as i64) < f.limit {
             break;
         }
-        f.before_seq = rows.last().map(|r| r.seq);
+        f.before = rows.last().map(crate::store::AuditCursor::after);
     }
     o.flush()?;
     Ok(())
@@ -465,7 +465,10 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             }
             let rows = store.query_audit(&f).await?;
             let next = (rows.len() as i64 == f.limit)
-                .then(|| rows.last().map(|r| encode_cursor(r.seq)))
+                .then(|| {
+                    rows.last()
+                        .map(|r| encode_cursor(crate::store::AuditCursor::after(r)))
+                })
                 .flatten();
             if json {
                 out_json(&json!({"items": rows, "next": next}));

@@ -496,7 +496,7 @@ async fn event_row(
         .ok_or_else(not_found)?;
     let f = crate::store::AuditFilter {
         tenant: s.tenant.clone(),
-        before_seq: Some(seq + 1),
+        seq: Some(seq),
         limit: 1,
         ..Default::default()
     };
@@ -579,7 +579,10 @@ fn next_query(rows: &[AuditRow], limit: i64, qs: &str) -> Option<String> {
         && let Some(last) = rows.last()
     {
         let sep = if qs.is_empty() { "" } else { "&" };
-        Some(format!("{qs}{sep}cursor={}", url(&encode_cursor(last.seq))))
+        Some(format!(
+            "{qs}{sep}cursor={}",
+            url(&encode_cursor(crate::store::AuditCursor::after(last)))
+        ))
     } else {
         None
     }

@@ -14,7 +14,7 @@ use super::extractors::ApiKey;
 use crate::audit::{AuditRow, kind};
 use crate::auth::Scopes;
 use crate::state::AppState;
-use crate::store::{AuditFilter, Store};
+use crate::store::{AuditCursor, AuditFilter, Store};
 
 /// Rows fetched per round trip while exporting.
 const EXPORT_PAGE: i64 = 1000;
@@ -130,7 +130,7 @@ impl AuditParams {
                 format!("limit is 1 to {MAX_LIMIT}"),
             ));
         }
-        let before_seq = match &self.cursor {
+        let before = match &self.cursor {
             None => None,
             Some(c) => Some(decode_cursor(c).ok_or_else(|| {
                 ApiError::bad(
@@ -181,25 +181,36 @@ impl AuditParams {
                 None => self.token_id.clone(),
             },
             token_sha256: self.token.as_deref().map(crate::audit::chain::fingerprint),
-            before_seq,
+            before,
             limit,
+            seq: None,
         })
     }
 }
 
-/// The cursor is opaque to clients: `c1.<seq>` base-36 encoded.
-pub fn encode_cursor(seq: i64) -> String {
-    let mut n = seq as u64;
+/// The cursor is opaque to clients: `c2.<at_ms>.<seq>`, both base 36 (the
+/// page order is newest first by time, then by chain position). Cursors of the
+/// `c1.` form (chain position only) came from brokers before that order and
+/// are refused as `invalid_cursor`: start the listing again.
+pub fn encode_cursor(c: AuditCursor) -> String {
+    format!("c2.{}.{}", base36(c.at_ms), base36(c.seq))
+}
+
+fn base36(n: i64) -> String {
+    let mut u = n.unsigned_abs();
     let mut s = Vec::new();
     loop {
-        s.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
+        s.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(u % 36) as usize]);
+        u /= 36;
+        if u == 0 {
             break;
         }
     }
+    if n < 0 {
+        s.push(b'-');
+    }
     s.reverse();
-    format!("c1.{}", String::from_utf8_lossy(&s))
+    String::from_utf8_lossy(&s).into_owned()
 }
 
 /// The `session_id` filter: any accepted spelling of a session finds the rows
@@ -227,9 +238,19 @@ fn session_filter(v: Option<&str>) -> Result<(Option<String>, Option<String>), A
     }
 }
 
-pub fn decode_cursor(c: &str) -> Option<i64> {
-    let body = c.strip_prefix("c1.")?;
-    i64::from_str_radix(body, 36).ok().filter(|n| *n > 0)
+pub fn decode_cursor(c: &str) -> Option<AuditCursor> {
+    let (at, seq) = c.strip_prefix("c2.")?.split_once('.')?;
+    let digits = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    };
+    let at = at
+        .strip_prefix('-')
+        .map_or(digits(at), digits)
+        .then(|| i64::from_str_radix(at, 36).ok())??;
+    let seq = digits(seq).then(|| i64::from_str_radix(seq, 36).ok())??;
+    (seq > 0).then_some(AuditCursor { at_ms: at, seq })
 }
 
 /// Records a read of the audit as an admin event (fail closed).
@@ -285,7 +306,7 @@ pub async fn query(
     record_read(&state, &req, p, "query", q.for_record()).await?;
     let rows = state.store.query_audit(&f).await?;
     let next = if rows.len() as i64 == f.limit {
-        rows.last().map(|r| encode_cursor(r.seq))
+        rows.last().map(|r| encode_cursor(AuditCursor::after(r)))
     } else {
         None
     };
@@ -321,7 +342,7 @@ pub fn export(store: Store, f: AuditFilter, csv: bool) -> HttpResponse {
                 }
             }
             let next = (rows.len() as i64 == f.limit).then(|| {
-                f.before_seq = rows.last().map(|r| r.seq);
+                f.before = rows.last().map(AuditCursor::after);
                 f
             });
             if buf.is_empty() {
@@ -511,10 +532,16 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
-        for n in [1, 35, 36, 1_000_000, i64::MAX] {
-            assert_eq!(decode_cursor(&encode_cursor(n)), Some(n));
+        for at_ms in [0, 1, -1, 1_764_000_000_123, i64::MAX, i64::MIN] {
+            for seq in [1, 35, 36, 1_000_000, i64::MAX] {
+                let c = AuditCursor { at_ms, seq };
+                assert_eq!(decode_cursor(&encode_cursor(c)), Some(c));
+            }
         }
-        for bad in ["", "c1.", "c2.1", "c1.-5", "c1.0", "12"] {
+        for bad in [
+            "", "c1.", "c2.1", "c1.-5", "c1.0", "12", "c1.zz", "c2..1", "c2.1.", "c2.1.0",
+            "c2.1.-5", "c2.+1.1", "c2.1.+1", "c2.--1.1", "c2.1.1.1", "c2.ZZ.1",
+        ] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
         }
     }

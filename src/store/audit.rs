@@ -143,6 +143,23 @@ pub struct SummaryRow {
     pub refused: i64,
 }
 
+/// Where a page of `query_audit` ended: the last row's time and chain position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditCursor {
+    pub at_ms: i64,
+    pub seq: i64,
+}
+
+impl AuditCursor {
+    /// The cursor after `row`.
+    pub fn after(row: &AuditRow) -> AuditCursor {
+        AuditCursor {
+            at_ms: row.at_ms,
+            seq: row.seq,
+        }
+    }
+}
+
 /// Filters of the audit query (all optional; `tenant` is always set by the caller
 /// from the authenticated principal, never from the request).
 #[derive(Debug, Clone, Default)]
@@ -165,8 +182,11 @@ pub struct AuditFilter {
     pub until_ms: Option<i64>,
     pub token_id: Option<String>,
     pub token_sha256: Option<String>,
-    /// Keyset cursor: only rows with `seq` below this.
-    pub before_seq: Option<i64>,
+    /// Keyset cursor: only rows after this one in the page order
+    /// (newest first: `at_ms` descending, then `seq` descending).
+    pub before: Option<AuditCursor>,
+    /// Only the row at this chain position.
+    pub seq: Option<i64>,
     pub limit: i64,
 }
 
@@ -452,10 +472,22 @@ impl Store {
                 if let Some(v) = f.until_ms {
                     $qb.push(" AND at_ms < ").push_bind(v);
                 }
-                if let Some(v) = f.before_seq {
-                    $qb.push(" AND seq < ").push_bind(v);
+                if let Some(v) = f.seq {
+                    $qb.push(" AND seq = ").push_bind(v);
                 }
-                $qb.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
+                if let Some(c) = f.before {
+                    $qb.push(" AND (at_ms, seq) < (")
+                        .push_bind(c.at_ms)
+                        .push(", ")
+                        .push_bind(c.seq)
+                        .push(")");
+                }
+                // Newest first by recorded time (chain position breaks ties):
+                // every filter's index is (tenant, column, at_ms, seq), so any
+                // filter, with or without a time window, reads one index range
+                // in this order and stops after `limit` rows.
+                $qb.push(" ORDER BY at_ms DESC, seq DESC LIMIT ")
+                    .push_bind(f.limit);
             }};
         }
         Ok(match &self.db {

@@ -15,7 +15,8 @@ mod sessions;
 mod tenants;
 
 pub use audit::{
-    AuditFilter, AuditRow, ChainPage, ChainText, HeadRow, PruneRow, RequestRow, SummaryRow,
+    AuditCursor, AuditFilter, AuditRow, ChainPage, ChainText, HeadRow, PruneRow, RequestRow,
+    SummaryRow,
 };
 pub use credentials::StoredCredentialRow;
 pub use keys::KeyRow;
