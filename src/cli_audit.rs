@@ -6,9 +6,9 @@ use serde_json::json;
 
 use crate::audit::chain::{self, ChainFault};
 use crate::audit::checkpoint::{self, Checkpointer, SigningKey, VerifierKey};
+use crate::audit::query::{AuditParams, csv_header, csv_line, encode_cursor, parse_time};
 use crate::audit::{AuditRow, kind};
 use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
-use crate::routes::audit::{AuditParams, csv_header, csv_line, encode_cursor, parse_time};
 use crate::settings::Settings;
 use crate::store::{AuditFilter, Store};
 
@@ -444,7 +444,7 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             ndjson,
         } => {
             let mut f = filters.to_filter(&tenant).map_err(|e| Failure {
-                message: e.body.message,
+                message: e.message,
                 code: 2,
             })?;
             record_cli_read(
@@ -565,7 +565,7 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
                 .map(|v| parse_time("since", v))
                 .transpose()
                 .map_err(|e| Failure {
-                    message: e.body.message,
+                    message: e.message,
                     code: 2,
                 })?;
             let until = until
@@ -573,7 +573,7 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
                 .map(|v| parse_time("until", v))
                 .transpose()
                 .map_err(|e| Failure {
-                    message: e.body.message,
+                    message: e.message,
                     code: 2,
                 })?;
             let groups = store.audit_summary(&tenant, &by, since, until).await?;
@@ -603,7 +603,7 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             json,
         } => {
             let before_ms = parse_time("before", &before).map_err(|e| Failure {
-                message: e.body.message,
+                message: e.message,
                 code: 2,
             })?;
             let tenants: Vec<String> = match tenant {

@@ -360,11 +360,11 @@ async fn replay(
     let fail_on =
         crate::replay::parse_fail_on(fail_on.as_deref().unwrap_or("")).map_err(Failure::from)?;
     let now = crate::clock::now_unix_ms();
-    let time = |field: &str, v: Option<String>, default: i64| -> Result<i64, Failure> {
+    let time = |field: &'static str, v: Option<String>, default: i64| -> Result<i64, Failure> {
         match v {
             None => Ok(default),
-            Some(v) => crate::routes::audit::parse_time(field, &v)
-                .map_err(|e| Failure::from(e.body.message.clone())),
+            Some(v) => crate::audit::query::parse_time(field, &v)
+                .map_err(|e| Failure::from(e.message.clone())),
         }
     };
     let window = crate::replay::Window {

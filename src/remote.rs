@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use crate::audit::AuditRow;
 use crate::audit::chain::{self, ChainFault, Verifier};
+use crate::audit::query::AuditParams;
 use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, read_file};
-use crate::routes::audit::AuditParams;
 
 /// Longest a single API call may take before the CLI gives up.
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);

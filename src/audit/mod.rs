@@ -8,6 +8,7 @@
 pub mod chain;
 pub mod checkpoint;
 pub mod merkle;
+pub mod query;
 pub mod schema;
 pub mod verify;
 pub mod writer;

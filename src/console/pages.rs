@@ -12,9 +12,9 @@ use serde_json::json;
 use super::html::{self, url};
 use super::session::{self, COOKIE, PRE_COOKIE, Session};
 use super::views;
+use crate::audit::query::{AuditParams, encode_cursor};
 use crate::audit::{AuditRow, kind};
 use crate::auth::Scopes;
-use crate::routes::audit::{AuditParams, encode_cursor};
 use crate::routes::error::ApiError;
 use crate::state::AppState;
 
@@ -456,7 +456,9 @@ async fn recorded_query(
     page: &str,
     params: &AuditParams,
 ) -> Result<(Vec<crate::audit::AuditRow>, i64), Fail> {
-    let f = params.to_filter(&s.tenant).map_err(|e| api_error(s, e))?;
+    let f = params
+        .to_filter(&s.tenant)
+        .map_err(|e| api_error(s, e.into()))?;
     record(
         state,
         req,
@@ -598,7 +600,9 @@ pub async fn moderators_csv(
     let mut params = moderator_params(&q);
     params.cursor = None;
     params.format = Some("csv".into());
-    let mut f = params.to_filter(&s.tenant).map_err(|e| api_error(&s, e))?;
+    let mut f = params
+        .to_filter(&s.tenant)
+        .map_err(|e| api_error(&s, e.into()))?;
     record(
         &state,
         &req,

@@ -393,3 +393,10 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
         "the row was committed after the latest checkpoint; ask again",
     ),
 ];
+
+/// A query parameter of the audit API that does not hold: 400, its code and field.
+impl From<crate::audit::query::QueryError> for ApiError {
+    fn from(e: crate::audit::query::QueryError) -> ApiError {
+        ApiError::bad(e.code, e.field, e.message)
+    }
+}

@@ -175,9 +175,9 @@ pub async fn replay(
 ) -> Result<HttpResponse, ApiError> {
     let p = key.require(Scopes::ADMIN)?;
     let now = crate::clock::now_unix_ms();
-    let time = |field: &str, v: &Option<String>, default: i64| match v {
+    let time = |field: &'static str, v: &Option<String>, default: i64| match v {
         None => Ok(default),
-        Some(v) => super::audit::parse_time(field, v),
+        Some(v) => crate::audit::query::parse_time(field, v).map_err(ApiError::from),
     };
     let window = crate::replay::Window {
         since_ms: time("since", &body.since, now - 7 * 86_400_000)?,
