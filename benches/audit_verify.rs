@@ -67,8 +67,7 @@ fn main() {
                     r
                 })
                 .collect();
-            store
-                .append_audit(&mut batch, &mut heads)
+            token_broker::audit::append(&store, &mut batch, &mut heads)
                 .await
                 .expect("append");
             written += n;

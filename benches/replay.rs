@@ -146,7 +146,7 @@ fn main() {
                     r
                 })
                 .collect();
-            store.append_audit(&mut batch, &mut heads).await.expect("append");
+            token_broker::audit::append(&store, &mut batch, &mut heads).await.expect("append");
             written += n;
         }
         let write_s = t.elapsed().as_secs_f64();

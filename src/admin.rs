@@ -54,8 +54,7 @@ impl Actor {
 pub async fn record(store: &Store, row: AuditRow) -> Result<(), AdminError> {
     let mut rows = [row];
     let mut heads = Default::default();
-    store
-        .append_audit(&mut rows, &mut heads)
+    crate::audit::append(store, &mut rows, &mut heads)
         .await
         .map_err(AdminError::Store)
 }
@@ -107,27 +106,17 @@ pub async fn create_tenant(
     actor.stamp(&mut row);
     retry_head(|| {
         let mut row = row.clone();
-        async move { store.create_tenant(slug, now_ms, &mut row).await }
+        async move {
+            store
+                .create_tenant(slug, now_ms, &mut row, chain::seal)
+                .await
+        }
     })
     .await?;
     Ok(())
 }
 
-/// Runs a store write that records its own audit row, again when another
-/// writer moved the tenant's chain head in between (a bounded number of times).
-pub(crate) async fn retry_head<T, F, Fut>(mut op: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut tries = 0;
-    loop {
-        match op().await {
-            Err(StoreError::HeadMoved) if tries < 8 => tries += 1,
-            other => return other,
-        }
-    }
-}
+pub(crate) use crate::audit::retry_head;
 
 /// A key as shown to admins: never the secret or its hash.
 #[derive(Debug, Clone, Serialize)]
@@ -195,7 +184,7 @@ pub async fn create_key(
     retry_head(|| {
         let mut row = row.clone();
         let key = &new.row;
-        async move { store.insert_key(key, &mut row).await }
+        async move { store.insert_key(key, &mut row, chain::seal).await }
     })
     .await?;
     Ok(new)
@@ -215,7 +204,11 @@ pub async fn revoke_key(
     row.detail = Some(serde_json::json!({"revoked_key_id": key_id}).to_string());
     let owner = retry_head(|| {
         let mut row = row.clone();
-        async move { store.revoke_key(key_id, tenant, now_ms, &mut row).await }
+        async move {
+            store
+                .revoke_key(key_id, tenant, now_ms, &mut row, chain::seal)
+                .await
+        }
     })
     .await
     .map_err(|e| match e {
@@ -374,6 +367,7 @@ pub async fn apply_policy(
                     owner_ids,
                     now_ms,
                     &mut row,
+                    chain::seal,
                 )
                 .await
         }

@@ -272,10 +272,14 @@ pub async fn put(
         })
         .to_string(),
     );
-    let created = crate::admin::retry_head(|| {
+    let created = crate::audit::retry_head(|| {
         let mut audit = audit.clone();
         let row = &row;
-        async move { store.put_credential(row, &mut audit).await }
+        async move {
+            store
+                .put_credential(row, &mut audit, crate::audit::chain::seal)
+                .await
+        }
     })
     .await
     .map_err(|e| {
@@ -311,11 +315,11 @@ pub async fn delete(
         serde_json::json!({"owner_id": existing.owner_id, "fingerprint": existing.fingerprint})
             .to_string(),
     );
-    crate::admin::retry_head(|| {
+    crate::audit::retry_head(|| {
         let mut audit = audit.clone();
         async move {
             store
-                .delete_credential(tenant, name, now_ms, &mut audit)
+                .delete_credential(tenant, name, now_ms, &mut audit, crate::audit::chain::seal)
                 .await
         }
     })

@@ -14,8 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::AuditRow;
 
-/// The `prev_hash` of a tenant's first row.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub use super::schema::GENESIS;
 
 pub use super::RowRef;
 

@@ -5,14 +5,16 @@
 //! - `writer` is the single group-commit writer the issuance path waits on:
 //!   no committed row, no token.
 
+pub mod append;
 pub mod chain;
 pub mod checkpoint;
 pub mod merkle;
 pub mod query;
-pub mod schema;
 pub mod verify;
 pub mod writer;
 
+pub use crate::domain::audit_row as schema;
+pub use append::{append, retry_head};
 pub use schema::{AuditRow, COLUMNS, RowRef};
 pub use writer::{AuditUnavailable, AuditWriter, WriterConfig};
 

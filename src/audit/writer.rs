@@ -249,7 +249,7 @@ pub async fn commit_isolating(
         if r.is_empty() {
             continue;
         }
-        match store.append_audit(&mut rows[r.clone()], heads).await {
+        match super::append(store, &mut rows[r.clone()], heads).await {
             Ok(()) => {
                 out.transactions += 1;
                 out.committed += r.len();

@@ -1,6 +1,7 @@
 //! Pure domain types shared by the token signers, the policy engine and the broker.
 //! No I/O, no actix, no sqlx, no clock reads.
 
+pub mod audit_row;
 pub mod credential;
 pub mod identity;
 pub mod idp;

@@ -7,16 +7,15 @@ use futures_util::TryStreamExt;
 use sqlx::QueryBuilder;
 
 use super::{Db, Store, StoreError, StoreResult, with_pool};
-pub use crate::audit::AuditRow;
-use crate::audit::chain::RowRef;
-use crate::audit::{COLUMNS, chain};
+pub use crate::domain::audit_row::AuditRow;
+use crate::domain::audit_row::{COLUMNS, GENESIS, RowRef, Seal};
 
 /// Inserts sealed rows inside a transaction (one multi-row statement).
 macro_rules! insert_rows {
     ($tx:ident, $rows:expr) => {{
         let mut qb = QueryBuilder::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
         qb.push_values($rows, |mut b, r: &AuditRow| {
-            $crate::audit::schema::audit_columns!($crate::audit::schema::bind_row, b, r);
+            $crate::domain::audit_row::audit_columns!($crate::domain::audit_row::bind_row, b, r);
         });
         qb.build().execute(&mut *$tx).await.map_err(|e| {
             if $crate::store::audit::is_seq_collision(&e) {
@@ -33,10 +32,11 @@ macro_rules! insert_rows {
 /// their audit row (keys, policy versions, tenants). Run the change's own
 /// statement first, so SQLite's write lock is held before the head is read.
 macro_rules! append_in_tx {
-    ($tx:ident, $row:expr) => {{
+    ($tx:ident, $row:expr, $seal:expr) => {{
         let row: &mut AuditRow = $row;
+        let seal: $crate::domain::audit_row::Seal = $seal;
         let (old_seq, old_hash) = $crate::store::audit::lock_head!($tx, row.tenant.clone(), false);
-        let (new_seq, new_hash) = chain::seal(row, old_seq, &old_hash);
+        let (new_seq, new_hash) = seal(row, old_seq, &old_hash);
         sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1")
             .bind(row.tenant.clone())
             .bind(new_seq)
@@ -208,13 +208,13 @@ enum PageRows {
     Postgres(Vec<sqlx::postgres::PgRow>),
 }
 
-crate::audit::schema::audit_columns!(
-    crate::audit::schema::row_ref_fn,
+crate::domain::audit_row::audit_columns!(
+    crate::domain::audit_row::row_ref_fn,
     sqlite_row_ref,
     sqlx::sqlite::SqliteRow
 );
-crate::audit::schema::audit_columns!(
-    crate::audit::schema::row_ref_fn,
+crate::domain::audit_row::audit_columns!(
+    crate::domain::audit_row::row_ref_fn,
     pg_row_ref,
     sqlx::postgres::PgRow
 );
@@ -260,8 +260,6 @@ pub struct ChainText {
     pub text: String,
 }
 
-const MAX_CAS_RETRIES: usize = 8;
-
 /// A chain head: (seq, hash).
 type Head = (i64, String);
 
@@ -295,9 +293,9 @@ macro_rules! lock_head {
         for _ in 0..3 {
             if insert {
                 let n = sqlx::query("INSERT INTO audit_heads (tenant, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (tenant) DO NOTHING")
-                    .bind($tenant).bind(chain::GENESIS).execute(&mut *$tx).await?.rows_affected();
+                    .bind($tenant).bind($crate::domain::audit_row::GENESIS).execute(&mut *$tx).await?.rows_affected();
                 if n == 1 {
-                    got = Some((0, chain::GENESIS.to_owned()));
+                    got = Some((0, $crate::domain::audit_row::GENESIS.to_owned()));
                     break;
                 }
             }
@@ -317,8 +315,10 @@ macro_rules! lock_head {
 pub(crate) use lock_head;
 
 impl Store {
-    /// Seals `rows` into their tenants' chains and commits them in one
-    /// transaction. `heads` is the caller's cache of chain heads.
+    /// Seals `rows` into their tenants' chains with `seal` and commits them in
+    /// one transaction: one attempt (the audit module's `append` retries it).
+    /// `heads` is the caller's cache of chain heads, updated on success and
+    /// cleared for these tenants on failure.
     ///
     /// Several writers (broker instances on one PostgreSQL, the CLI) may append
     /// to one tenant at once; they queue, they never fail each other. Inside the
@@ -328,56 +328,50 @@ impl Store {
     /// another writer moved the head, by locking it (`FOR UPDATE`, which waits
     /// for that writer's commit) and resealing this batch's rows of that tenant
     /// after the head it now holds. The chain stays one line: no fork, no gap.
-    pub async fn append_audit(
+    /// `HeadMoved` is left only for what no lock prevents (a head row deleted
+    /// under us).
+    pub async fn append_once(
         &self,
         rows: &mut [AuditRow],
         heads: &mut HashMap<String, (i64, String)>,
+        seal: Seal,
     ) -> StoreResult<()> {
         let mut tenants: Vec<String> = rows.iter().map(|r| r.tenant.clone()).collect();
         tenants.sort();
         tenants.dedup();
-        // Retries only for what no lock can prevent (a head row deleted under us).
-        for _ in 0..MAX_CAS_RETRIES {
-            // Seal in order after the cached heads; remember each tenant's old head.
-            let mut olds: HashMap<String, Option<Head>> = HashMap::new();
-            for t in &tenants {
-                olds.insert(t.clone(), heads.get(t).cloned());
+        // Seal in order after the cached heads; remember each tenant's old head.
+        let mut olds: HashMap<String, Option<Head>> = HashMap::new();
+        for t in &tenants {
+            olds.insert(t.clone(), heads.get(t).cloned());
+        }
+        let mut news: HashMap<String, Head> = HashMap::new();
+        for r in rows.iter_mut() {
+            let h = match news.get(&r.tenant) {
+                Some(h) => h.clone(),
+                None => olds
+                    .get(&r.tenant)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or((0, GENESIS.to_owned())),
+            };
+            let new = seal(r, h.0, &h.1);
+            news.insert(r.tenant.clone(), new);
+        }
+        match self
+            .commit_sealed(rows, &tenants, &olds, &mut news, seal)
+            .await
+        {
+            Ok(()) => {
+                heads.extend(news);
+                Ok(())
             }
-            let mut news: HashMap<String, Head> = HashMap::new();
-            for r in rows.iter_mut() {
-                let h = match news.get(&r.tenant) {
-                    Some(h) => h.clone(),
-                    None => olds
-                        .get(&r.tenant)
-                        .cloned()
-                        .flatten()
-                        .unwrap_or((0, chain::GENESIS.to_owned())),
-                };
-                let new = chain::seal(r, h.0, &h.1);
-                news.insert(r.tenant.clone(), new);
-            }
-            let res = self.commit_sealed(rows, &tenants, &olds, &mut news).await;
-            match res {
-                Ok(()) => {
-                    heads.extend(news);
-                    return Ok(());
+            Err(e) => {
+                for t in &tenants {
+                    heads.remove(t);
                 }
-                Err(StoreError::HeadMoved) => {
-                    for t in &tenants {
-                        heads.remove(t);
-                    }
-                }
-                Err(e) => {
-                    for t in &tenants {
-                        heads.remove(t);
-                    }
-                    return Err(e);
-                }
+                Err(e)
             }
         }
-        Err(StoreError::Conflict(
-            "audit chain head kept moving; giving up".into(),
-        ))
     }
 
     async fn commit_sealed(
@@ -386,6 +380,7 @@ impl Store {
         tenants: &[String],
         olds: &HashMap<String, Option<Head>>,
         news: &mut HashMap<String, Head>,
+        seal: Seal,
     ) -> StoreResult<()> {
         with_pool!(write self, p => {
             let mut tx = p.begin().await?;
@@ -405,7 +400,7 @@ impl Store {
                 // reseal this tenant's rows after the head we now hold.
                 let mut h = lock_head!(tx, tenant, old.is_none());
                 for r in rows.iter_mut().filter(|r| r.tenant == *tenant) {
-                    h = chain::seal(r, h.0, &h.1);
+                    h = seal(r, h.0, &h.1);
                 }
                 sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1")
                     .bind(tenant).bind(h.0).bind(&h.1)
@@ -494,12 +489,18 @@ impl Store {
             Db::Sqlite { read, .. } => {
                 let mut qb = QueryBuilder::<sqlx::Sqlite>::new("");
                 build!(qb);
-                qb.build_query_as::<AuditRow>().fetch_all(read).await?
+                let rows = qb.build().fetch_all(read).await?;
+                rows.iter()
+                    .map(|r| sqlite_row_ref(r).map(|r| r.to_row()))
+                    .collect::<Result<_, _>>()?
             }
             Db::Postgres(p) => {
                 let mut qb = QueryBuilder::<sqlx::Postgres>::new("");
                 build!(qb);
-                qb.build_query_as::<AuditRow>().fetch_all(p).await?
+                let rows = qb.build().fetch_all(p).await?;
+                rows.iter()
+                    .map(|r| pg_row_ref(r).map(|r| r.to_row()))
+                    .collect::<Result<_, _>>()?
             }
         })
     }
@@ -513,15 +514,21 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM audit_events WHERE tenant = $1 AND seq > $2 ORDER BY seq"
         );
-        with_pool!(self, p => {
-            let mut s = sqlx::query_as::<_, AuditRow>(&sql).bind(tenant).bind(after_seq).fetch(p);
-            while let Some(row) = s.try_next().await? {
-                if !f(row) {
-                    break;
+        macro_rules! stream {
+            ($p:expr, $decode:ident) => {{
+                let mut s = sqlx::query(&sql).bind(tenant).bind(after_seq).fetch($p);
+                while let Some(row) = s.try_next().await? {
+                    if !f($decode(&row)?.to_row()) {
+                        break;
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            }};
+        }
+        match &self.db {
+            Db::Sqlite { read, .. } => stream!(read, sqlite_row_ref),
+            Db::Postgres(p) => stream!(p, pg_row_ref),
+        }
     }
 
     /// A tenant's rows with `after_seq < seq <= upto_seq`, in chain order, a
@@ -580,7 +587,7 @@ impl Store {
 
     /// Like `scan_chain`, but each page comes back as one text the database
     /// builds: `line_sql` (an expression per row, see
-    /// `audit::schema::canonical_line_sql`) concatenated in `seq` order. One
+    /// `domain::audit_row::canonical_line_sql`) concatenated in `seq` order. One
     /// fetched value per page instead of a decoded row per audit row: what
     /// lets `audit verify` run at the speed of the database's own scan.
     pub async fn scan_chain_text<F>(

@@ -6,7 +6,7 @@ use sqlx::QueryBuilder;
 
 use super::audit::append_in_tx;
 use super::{Store, StoreError, StoreResult, with_pool};
-use crate::audit::{AuditRow, COLUMNS, chain};
+use crate::domain::audit_row::{AuditRow, COLUMNS, Seal};
 
 /// One stored credential as in the database: public fields and the sealed secret.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -80,6 +80,7 @@ impl Store {
         &self,
         c: &StoredCredentialRow,
         audit: &mut AuditRow,
+        seal: Seal,
     ) -> StoreResult<bool> {
         let via = stored_via(&c.name);
         with_pool!(write self, p => {
@@ -100,7 +101,7 @@ impl Store {
             sqlx::query(
                 "INSERT INTO changes (tenant, kind, subject, at_ms) VALUES ($1, 'credential_changed', $2, $3)"
             ).bind(&c.tenant).bind(&c.name).bind(c.updated_at_ms).execute(&mut *tx).await?;
-            append_in_tx!(tx, audit);
+            append_in_tx!(tx, audit, seal);
             tx.commit().await?;
             Ok(existing.is_none())
         })
@@ -113,6 +114,7 @@ impl Store {
         name: &str,
         now_ms: i64,
         audit: &mut AuditRow,
+        seal: Seal,
     ) -> StoreResult<()> {
         let via = stored_via(name);
         with_pool!(write self, p => {
@@ -127,7 +129,7 @@ impl Store {
             sqlx::query(
                 "INSERT INTO changes (tenant, kind, subject, at_ms) VALUES ($1, 'credential_changed', $2, $3)"
             ).bind(tenant).bind(name).bind(now_ms).execute(&mut *tx).await?;
-            append_in_tx!(tx, audit);
+            append_in_tx!(tx, audit, seal);
             tx.commit().await?;
             Ok(())
         })

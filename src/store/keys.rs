@@ -4,7 +4,7 @@ use sqlx::QueryBuilder;
 
 use super::audit::append_in_tx;
 use super::{Store, StoreError, StoreResult, with_pool};
-use crate::audit::{AuditRow, COLUMNS, chain};
+use crate::domain::audit_row::{AuditRow, COLUMNS, Seal};
 
 /// One API key, as stored (the hash is never returned over the API).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -21,7 +21,12 @@ pub struct KeyRow {
 
 impl Store {
     /// Stores a new key and its `key_created` audit row in one transaction.
-    pub async fn insert_key(&self, k: &KeyRow, audit: &mut AuditRow) -> StoreResult<()> {
+    pub async fn insert_key(
+        &self,
+        k: &KeyRow,
+        audit: &mut AuditRow,
+        seal: Seal,
+    ) -> StoreResult<()> {
         with_pool!(write self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(
@@ -30,7 +35,7 @@ impl Store {
             ).bind(&k.key_id).bind(&k.tenant).bind(&k.name).bind(&k.scopes).bind(&k.secret_hash)
              .bind(k.created_at_ms).bind(&k.created_by).execute(&mut *tx).await
              .map_err(|e| StoreError::on_unique(e, "key id collision"))?;
-            append_in_tx!(tx, audit);
+            append_in_tx!(tx, audit, seal);
             tx.commit().await?;
             Ok(())
         })
@@ -60,6 +65,7 @@ impl Store {
         tenant: Option<&str>,
         now_ms: i64,
         audit: &mut AuditRow,
+        seal: Seal,
     ) -> StoreResult<String> {
         with_pool!(write self, p => {
             let mut tx = p.begin().await?;
@@ -78,7 +84,7 @@ impl Store {
                 "INSERT INTO changes (tenant, kind, subject, at_ms) VALUES ($1, 'key_revoked', $2, $3)"
             ).bind(&owner).bind(key_id).bind(now_ms).execute(&mut *tx).await?;
             audit.tenant = owner.clone();
-            append_in_tx!(tx, audit);
+            append_in_tx!(tx, audit, seal);
             tx.commit().await?;
             Ok(owner)
         })

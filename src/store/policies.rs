@@ -4,7 +4,7 @@ use sqlx::QueryBuilder;
 
 use super::audit::append_in_tx;
 use super::{Store, StoreError, StoreResult, with_pool};
-use crate::audit::{AuditRow, COLUMNS, chain};
+use crate::domain::audit_row::{AuditRow, COLUMNS, Seal};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PolicyVersionRow {
@@ -40,6 +40,7 @@ impl Store {
         owner_ids: &[String],
         now_ms: i64,
         audit: &mut AuditRow,
+        seal: Seal,
     ) -> StoreResult<i64> {
         let version = expected_current + 1;
         with_pool!(write self, p => {
@@ -64,7 +65,7 @@ impl Store {
                 "INSERT INTO changes (tenant, kind, subject, at_ms) VALUES ($1, 'policy_applied', $2, $3)"
             ).bind(tenant).bind(version.to_string()).bind(now_ms).execute(&mut *tx).await?;
             audit.policy_version = Some(version);
-            append_in_tx!(tx, audit);
+            append_in_tx!(tx, audit, seal);
             tx.commit().await?;
             Ok::<_, StoreError>(())
         })?;

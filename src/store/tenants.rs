@@ -4,7 +4,7 @@ use sqlx::QueryBuilder;
 
 use super::audit::append_in_tx;
 use super::{Store, StoreError, StoreResult, with_pool};
-use crate::audit::{AuditRow, COLUMNS, chain};
+use crate::domain::audit_row::{AuditRow, COLUMNS, Seal};
 
 impl Store {
     /// Creates a tenant and its `tenant_created` audit row in one transaction;
@@ -14,13 +14,14 @@ impl Store {
         tenant: &str,
         now_ms: i64,
         audit: &mut AuditRow,
+        seal: Seal,
     ) -> StoreResult<()> {
         with_pool!(write self, p => {
             let mut tx = p.begin().await?;
             sqlx::query("INSERT INTO tenants (tenant, created_at_ms) VALUES ($1, $2)")
                 .bind(tenant).bind(now_ms).execute(&mut *tx).await
                 .map_err(|e| StoreError::on_unique(e, &format!("tenant {tenant} already exists")))?;
-            append_in_tx!(tx, audit);
+            append_in_tx!(tx, audit, seal);
             tx.commit().await?;
             Ok(())
         })

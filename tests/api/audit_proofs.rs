@@ -726,9 +726,7 @@ async fn a_prune_forged_with_the_true_frontier_but_without_the_key_is_caught() {
                "merkle_frontier": frontier.iter().map(token_broker::audit::merkle::to_hex).collect::<Vec<_>>()})
         .to_string(),
     );
-    s.app
-        .store
-        .append_audit(&mut [row], &mut Default::default())
+    token_broker::audit::append(&s.app.store, &mut [row], &mut Default::default())
         .await
         .unwrap();
     assert!(verify_tenant(&s.app.store, "acme", None).await.unwrap().ok);

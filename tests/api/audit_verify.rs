@@ -62,7 +62,9 @@ async fn write_hostile_chain(app: &TestApp, tenant: &str) -> usize {
         })
         .collect();
     let mut heads = HashMap::new();
-    app.store.append_audit(&mut rows, &mut heads).await.unwrap();
+    token_broker::audit::append(&app.store, &mut rows, &mut heads)
+        .await
+        .unwrap();
     rows.len()
 }
 
@@ -149,7 +151,9 @@ async fn time_windowed_pages_walk_every_row_once_when_clocks_disagree() {
         })
         .collect();
     let mut heads = HashMap::new();
-    app.store.append_audit(&mut rows, &mut heads).await.unwrap();
+    token_broker::audit::append(&app.store, &mut rows, &mut heads)
+        .await
+        .unwrap();
     let since = t0 + 2;
     let until = t0 + 30;
     let mut want: Vec<(i64, i64)> = rows

@@ -1,4 +1,6 @@
-//! The audit row's schema, declared once.
+//! The audit row's schema, declared once: the record's format, below the
+//! store (which persists it) and the audit module (which seals, writes,
+//! verifies and proves it).
 //!
 //! `audit_columns!` lists every column the hash chain covers, in table order,
 //! each with its kind. Everything that spells out the columns is derived from
@@ -12,6 +14,14 @@
 //! Kinds: `Text` (NOT NULL text), `OptText`, `Int` (NOT NULL BIGINT), `OptInt`.
 
 use serde::{Deserialize, Serialize};
+
+/// The `prev_hash` of a tenant's first row.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Seals a row after a chain head `(seq, hash)` and returns the new head. The
+/// store takes it as a parameter (the audit module's `chain::seal`), so the
+/// persistence layer writes chains without knowing how they are hashed.
+pub type Seal = fn(&mut AuditRow, i64, &str) -> (i64, String);
 
 /// Calls `$cb! { [extra tokens] name: Kind, … }` with the chained columns in
 /// table order (the extra tokens are passed through, for the callback's use).
@@ -84,6 +94,22 @@ macro_rules! borrow_col {
     };
 }
 
+/// Owns a borrowed column.
+macro_rules! own_col {
+    ($v:expr, Text) => {
+        $v.to_owned()
+    };
+    ($v:expr, OptText) => {
+        $v.map(str::to_owned)
+    };
+    ($v:expr, Int) => {
+        $v
+    };
+    ($v:expr, OptInt) => {
+        $v
+    };
+}
+
 macro_rules! define_rows {
     ([] $($col:ident: $kind:ident),* $(,)?) => {
         /// One audit row, as stored and as returned by the query API. Fields that
@@ -91,7 +117,7 @@ macro_rules! define_rows {
         /// `hash` are assigned when the row is sealed into its tenant's chain.
         /// (`user_groups` is a JSON array of group names; `detail` a JSON object
         /// with event-specific detail.)
-        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
         pub struct AuditRow {
             $(pub $col: owned_ty!($kind),)*
             pub hash: String,
@@ -130,7 +156,15 @@ macro_rules! define_rows {
                 buf.push(b'}');
             }
 
-            /// The row's CSV record, in `CSV_HEADER` order.
+            /// The row, owned.
+            pub fn to_row(&self) -> AuditRow {
+                AuditRow {
+                    $($col: own_col!(self.$col, $kind),)*
+                    hash: self.hash.to_owned(),
+                }
+            }
+
+            /// The row's CSV record, in `COLUMN_NAMES` order.
             pub fn csv_record(&self) -> Vec<String> {
                 vec![$(CsvCell::cell(&self.$col),)* self.hash.to_owned()]
             }
@@ -168,9 +202,9 @@ audit_columns!(define_rows);
 /// row selected with `COLUMNS`: `audit_columns!(row_ref_fn, name, RowType)`.
 macro_rules! row_ref_fn {
     ([$name:ident, $row:ty] $($col:ident: $kind:ident),* $(,)?) => {
-        fn $name(r: &$row) -> Result<$crate::audit::schema::RowRef<'_>, sqlx::Error> {
+        fn $name(r: &$row) -> Result<$crate::domain::audit_row::RowRef<'_>, sqlx::Error> {
             use sqlx::Row;
-            Ok($crate::audit::schema::RowRef {
+            Ok($crate::domain::audit_row::RowRef {
                 $($col: r.try_get(stringify!($col))?,)*
                 hash: r.try_get("hash")?,
             })
