@@ -1,5 +1,5 @@
 //! Who is calling: tenant API keys (this module) and, for end users, identity
-//! provider JWTs (`crate::idp`).
+//! provider JWTs (`idp`).
 //!
 //! API keys look like `tkb_<key id>_<secret>`: a fixed prefix that leak
 //! scanners can match, a 16-character public key id used for lookup, and a
@@ -24,6 +24,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::store::{KeyRow, Store, StoreError};
+
+pub mod idp;
 
 /// Prefix of every API key.
 pub const KEY_PREFIX: &str = "tkb_";

@@ -92,7 +92,7 @@ impl Boxed for ApiError {
     }
 }
 
-fn invalid_token(e: &crate::idp::IdpError) -> ApiError {
+fn invalid_token(e: &crate::auth::idp::IdpError) -> ApiError {
     let err = ApiError::unauthorized(e.code(), e.to_string());
     match e.claim() {
         Some(c) => err.field(c),
@@ -162,17 +162,17 @@ async fn issue_inner(
                 "no such tenant, or it has no policy applied",
             )
         })?;
-        let issuer = crate::idp::peek_issuer(presented);
+        let issuer = crate::auth::idp::peek_issuer(presented);
         let verified = match issuer.as_deref().and_then(|i| rt.idp_for(i)) {
             None => Err(
-                if issuer.is_some() || crate::idp::is_jwt_shaped(presented) {
+                if issuer.is_some() || crate::auth::idp::is_jwt_shaped(presented) {
                     // No iss (or an unknown one): a token whose issuer is not named is refused.
-                    crate::idp::IdpError::InvalidIssuer
+                    crate::auth::idp::IdpError::InvalidIssuer
                 } else {
-                    crate::idp::IdpError::Malformed
+                    crate::auth::idp::IdpError::Malformed
                 },
             ),
-            Some((_, Err(_))) => Err(crate::idp::IdpError::KeysUnavailable),
+            Some((_, Err(_))) => Err(crate::auth::idp::IdpError::KeysUnavailable),
             Some((name, Ok(idp))) => idp
                 .verify(presented, crate::clock::now_unix_ms())
                 .await
@@ -180,7 +180,7 @@ async fn issue_inner(
         };
         let (idp_name, identity) = match verified {
             Ok(v) => v,
-            Err(crate::idp::IdpError::KeysUnavailable) => {
+            Err(crate::auth::idp::IdpError::KeysUnavailable) => {
                 return Err(ApiError::unavailable(
                     "idp_unavailable",
                     "the identity provider's keys cannot be loaded right now",
