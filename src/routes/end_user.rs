@@ -18,11 +18,12 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::error::ApiError;
 use super::extractors::{
-    auth_error, bearer, failed_auth, rate_limited, refuse_if_over_failed_auth_limit,
+    auth_error, bearer, failed_auth, insufficient_scope, rate_limited,
+    refuse_if_over_failed_auth_limit,
 };
 use super::json::Json;
 use super::tokens::caller_from;
-use crate::auth::{KEY_PREFIX, Scopes};
+use crate::auth::{Caller, KEY_PREFIX, Required, scope};
 use crate::broker::{self, Mode, TokenRequest};
 use crate::metrics::Limit;
 use crate::state::{AppState, TenantRuntime};
@@ -132,7 +133,7 @@ async fn issue_inner(
     let presented = bearer(req)?;
     refuse_if_over_failed_auth_limit(state, req)?;
     let limits = state.limits.for_tenant(tenant);
-    let mut caller;
+    let caller;
     if presented.starts_with(KEY_PREFIX) {
         let p = match state.auth.authenticate(presented).await {
             Ok(p) => p,
@@ -144,17 +145,18 @@ async fn issue_inner(
                 "this API key belongs to another tenant",
             ));
         }
-        if !p.scopes.contains(Scopes::ISSUE) {
-            return Err(ApiError::forbidden(
-                "insufficient_scope",
-                "this API key lacks the issue scope",
-            ));
-        }
+        scope::Issue::check(p.scopes).map_err(insufficient_scope)?;
         if let Err(wait) = limits.api_key.check(&p.key_id) {
             state.metrics.rate_limited(Limit::ApiKey);
             return Err(rate_limited(wait));
         }
-        caller = caller_from(req, tenant, Some(&p.key_id));
+        caller = caller_from(
+            req,
+            tenant,
+            Caller::AppKey {
+                key_id: p.key_id.clone(),
+            },
+        );
     } else {
         let rt = rt.ok_or_else(|| {
             ApiError::not_found(
@@ -207,9 +209,14 @@ async fn issue_inner(
             state.metrics.rate_limited(Limit::EndUserIp);
             return Err(rate_limited(wait));
         }
-        caller = caller_from(req, tenant, None);
-        caller.idp = Some(idp_name);
-        caller.identity = Some(identity);
+        caller = caller_from(
+            req,
+            tenant,
+            Caller::EndUser {
+                idp: idp_name,
+                identity,
+            },
+        );
     }
     let out = broker::handle(
         state,
