@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Format, Serialized, Toml};
+use figment::providers::Serialized;
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use secrecy::{ExposeSecret, SecretString};
@@ -176,17 +176,21 @@ fn expose_url<S: Serializer>(url: &Option<DatabaseUrl>, s: S) -> Result<S::Ok, S
     url.as_ref().map(DatabaseUrl::expose).serialize(s)
 }
 
-/// The settings given as flags or environment variables, as a figment
-/// provider: those not given are left out, so the config file's show through.
-struct Given<'a>(&'a SettingsArgs);
+/// One source of settings (the config file; the flags and environment) as a
+/// figment provider. Entries that are not set are left out, so that those of
+/// the sources below show through.
+struct Layer<T> {
+    name: &'static str,
+    values: T,
+}
 
-impl Provider for Given<'_> {
+impl<T: Serialize> Provider for Layer<T> {
     fn metadata(&self) -> Metadata {
-        Metadata::named("flags and environment")
+        Metadata::named(self.name)
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let mut data = Serialized::defaults(self.0).data()?;
+        let mut data = Serialized::defaults(&self.values).data()?;
         for dict in data.values_mut() {
             dict.retain(|_, v| !matches!(v, Value::Empty(..)));
         }
@@ -239,18 +243,29 @@ fn as_text<S: Serializer, T: fmt::Display>(items: &[T], s: S) -> Result<S::Ok, S
 impl Settings {
     /// Resolves flags/environment over the config file over defaults.
     pub fn resolve(args: &SettingsArgs) -> anyhow::Result<Settings> {
-        let file = match &args.config {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?,
-            None => String::new(),
+        let file: toml::Table = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read config file {}: {e}", path.display())
+                })?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
+            }
+            None => toml::Table::new(),
         };
-        let given: SettingsArgs = Figment::from(Toml::string(&file))
-            .merge(Given(args))
-            .extract()
-            .map_err(|e| match &args.config {
-                Some(path) => anyhow::anyhow!("config file {}: {e}", path.display()),
-                None => anyhow::anyhow!("settings: {e}"),
-            })?;
+        let given: SettingsArgs = Figment::from(Layer {
+            name: "the config file",
+            values: file,
+        })
+        .merge(Layer {
+            name: "flags and environment",
+            values: args,
+        })
+        .extract()
+        .map_err(|e| match &args.config {
+            Some(path) => anyhow::anyhow!("config file {}: {e}", path.display()),
+            None => anyhow::anyhow!("settings: {e}"),
+        })?;
         Settings::with_defaults(given)
     }
 
