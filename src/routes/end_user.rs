@@ -164,22 +164,12 @@ async fn issue_inner(
                 "no such tenant, or it has no policy applied",
             )
         })?;
-        let issuer = crate::auth::idp::peek_issuer(presented);
-        let verified = match issuer.as_deref().and_then(|i| rt.idp_for(i)) {
-            None => Err(
-                if issuer.is_some() || crate::auth::idp::is_jwt_shaped(presented) {
-                    // No iss (or an unknown one): a token whose issuer is not named is refused.
-                    crate::auth::idp::IdpError::InvalidIssuer
-                } else {
-                    crate::auth::idp::IdpError::Malformed
-                },
-            ),
-            Some((_, Err(_))) => Err(crate::auth::idp::IdpError::KeysUnavailable),
-            Some((name, Ok(idp))) => idp
-                .verify(presented, crate::clock::now_unix_ms())
-                .await
-                .map(|identity| (name.clone(), identity)),
-        };
+        let verified = crate::auth::idp::verify_login(
+            presented,
+            |iss| rt.idp_for(iss),
+            crate::clock::now_unix_ms(),
+        )
+        .await;
         let (idp_name, identity) = match verified {
             Ok(v) => v,
             Err(crate::auth::idp::IdpError::KeysUnavailable) => {
