@@ -80,6 +80,11 @@ pub struct InsufficientScope(String);
 pub trait Required {
     /// `Ok` when a key holding `have` may use a route that requires `Self`.
     fn check(have: Scopes) -> Result<(), InsufficientScope>;
+
+    /// `check` as a yes or no (the console words its own refusals).
+    fn allows(have: Scopes) -> bool {
+        Self::check(have).is_ok()
+    }
 }
 
 fn one(have: Scopes, need: Scopes) -> Result<(), InsufficientScope> {
