@@ -39,6 +39,9 @@ use crate::store::redact_url;
 /// reads it for the flag); the doc comment is its `--help` text. Everything is
 /// optional here: `Settings::resolve` lays what is given (flag, else
 /// environment) over the config file, and the file over the defaults.
+///
+/// `Serialize` exists for that merge only and shows the database URL as
+/// given; print `Settings`, never this.
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsArgs {
