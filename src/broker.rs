@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditRow, chain, kind};
+use crate::auth::Caller;
 use crate::domain::{Identity, Role};
 use crate::metrics::Metrics;
 use crate::policy::{self, Decision, DecisionRequest, Expiry, Outcome, SessionFacts};
@@ -41,15 +42,13 @@ pub struct UserBody {
     pub groups: Vec<String>,
 }
 
-/// Who is asking, as established by authentication.
+/// One call of the pipeline: who is asking, as established by
+/// authentication, for which tenant, and from where.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub struct Call {
     pub tenant: String,
-    /// The API key used, for API-key callers.
-    pub key_id: Option<String>,
-    /// The identity provider that vouched, for end users (then `identity` is set).
-    pub idp: Option<String>,
-    pub identity: Option<Identity>,
+    /// An application's API key, or an end user with the provider that vouched.
+    pub who: Caller,
     pub client_addr: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
@@ -135,10 +134,10 @@ struct Checked {
 /// audit row: every identifier free of control characters (NUL included) and
 /// bounded, the session ID in a spelling the service uses, the expiry within
 /// the 30-day limit.
-fn validate(caller: &Caller, req: &TokenRequest, now: i64) -> Result<Checked, ApiError> {
+fn validate(caller: &Call, req: &TokenRequest, now: i64) -> Result<Checked, ApiError> {
     let session = SessionId::parse(&req.session_id)
         .map_err(|e| ApiError::bad(e.code(), "session_id", e.to_string()))?;
-    let who = match (&caller.identity, &req.user) {
+    let who = match (caller.who.identity(), &req.user) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad(
                 "user_not_allowed",
@@ -294,7 +293,7 @@ pub fn stamp(tenant: &str, who: &Identity, idp: Option<&str>, data: Option<&str>
 /// `detail.session`, inside the hash chain), so `policy replay` can decide
 /// the request again exactly as it was decided.
 fn base_row(
-    caller: &Caller,
+    caller: &Call,
     c: &Checked,
     facts: &SessionFacts,
     now_ms: i64,
@@ -305,16 +304,15 @@ fn base_row(
         &caller.tenant,
         k,
         outcome,
-        if caller.idp.is_some() {
-            "end_user"
-        } else {
-            "api_key"
+        match caller.who {
+            Caller::EndUser { .. } => "end_user",
+            Caller::AppKey { .. } => "api_key",
         },
         now_ms,
     );
     let who = &c.who;
-    row.key_id = caller.key_id.clone();
-    row.idp = caller.idp.clone();
+    row.key_id = caller.who.key_id().map(str::to_owned);
+    row.idp = caller.who.idp().map(str::to_owned);
     row.user_id = Some(who.user_id.clone());
     row.user_name = who.name.clone();
     row.user_groups = Some(serde_json::to_string(&who.groups).unwrap_or_default());
@@ -385,7 +383,7 @@ fn audit_unavailable(state: &AppState, e: crate::audit::AuditUnavailable) -> Api
 /// Runs the pipeline for one request; counts malformed requests.
 pub async fn handle(
     state: &AppState,
-    caller: &Caller,
+    caller: &Call,
     req: &TokenRequest,
     mode: Mode,
     now_ms: i64,
@@ -401,7 +399,7 @@ pub async fn handle(
 
 async fn run(
     state: &AppState,
-    caller: &Caller,
+    caller: &Call,
     req: &TokenRequest,
     mode: Mode,
     now_ms: i64,
@@ -464,12 +462,7 @@ async fn run(
             return Err(refuse(state, mode, r, e).await);
         }
     };
-    let connection_data = stamp(
-        &caller.tenant,
-        who,
-        caller.idp.as_deref(),
-        req.data.as_deref(),
-    );
+    let connection_data = stamp(&caller.tenant, who, caller.who.idp(), req.data.as_deref());
     if connection_data.len() > tokens::MAX_CONNECTION_DATA_BYTES {
         return Err(ApiError::bad(
             "connection_data_too_long",

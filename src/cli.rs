@@ -190,25 +190,7 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
         }
         Command::Settings { json } => {
             if json {
-                out_json(&json!({
-                    "listen": settings.listen.to_string(),
-                    "database_url": crate::store::redact_url(&settings.database_url),
-                    "data_dir": settings.data_dir,
-                    "log_filter": settings.log_filter,
-                    "body_limit": settings.body_limit,
-                    "audit_timeout_ms": settings.audit_timeout.as_millis() as u64,
-                    "audit_max_batch": settings.audit_max_batch,
-                    "key_cache": settings.key_cache,
-                    "hash_parallelism": settings.hash_parallelism,
-                    "workers": settings.workers,
-                    "secrets_dir": settings.secrets_dir,
-                    "master_key_file": settings.master_key_file,
-                    "trusted_proxies": settings.trusted_proxies.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-                    "checkpoint_key_file": settings.checkpoint_key_file,
-                    "checkpoint_file": settings.checkpoint_file,
-                    "checkpoint_interval_secs": settings.checkpoint_interval.as_secs(),
-                    "checkpoint_every_rows": settings.checkpoint_every_rows,
-                }));
+                out_json(&settings);
             } else {
                 out(format!("{settings:#?}"));
             }

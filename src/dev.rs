@@ -225,7 +225,8 @@ pub fn foreign_session_id() -> String {
 /// it after building the application.
 pub async fn first_tokens(state: &crate::state::AppState, now_ms: i64) -> Result<usize, Failure> {
     use crate::audit::kind;
-    use crate::broker::{self, Caller, Mode, TokenRequest, UserBody};
+    use crate::auth::Caller;
+    use crate::broker::{self, Call, Mode, TokenRequest, UserBody};
     for k in [kind::TOKEN_ISSUED, kind::TOKEN_REFUSED] {
         let seen = state
             .store
@@ -249,11 +250,9 @@ pub async fn first_tokens(state: &crate::state::AppState, now_ms: i64) -> Result
     else {
         return Ok(0);
     };
-    let caller = Caller {
+    let caller = Call {
         tenant: "demo".into(),
-        key_id: Some(key.key_id),
-        idp: None,
-        identity: None,
+        who: Caller::AppKey { key_id: key.key_id },
         client_addr: None,
         user_agent: Some("token-broker serve --dev (demo's first tokens)".into()),
         request_id: None,

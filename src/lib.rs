@@ -8,7 +8,7 @@
 //! - `store`: SQLite/PostgreSQL persistence behind one `Store`.
 //! - `secrets`: tenant-confined secret references and the master keyring.
 //! - `audit`: audit rows, the hash chain, the group-commit writer.
-//! - `auth`: API keys (argon2id once, then a cache); `idp`: end users' login JWTs;
+//! - `auth`: API keys (argon2id once, then a cache) and end users' login JWTs (`auth::idp`);
 //!   `limits`: rate limits; `metrics`: Prometheus metrics for `/metrics`.
 //! - `state`: what a running broker keeps in memory, and the change feed.
 //! - `broker`: the issuance pipeline (decide → stamp → sign → audit).
@@ -31,7 +31,6 @@ pub mod console;
 pub mod credentials;
 pub mod dev;
 pub mod domain;
-pub mod idp;
 pub mod limits;
 pub mod metrics;
 pub mod policy;

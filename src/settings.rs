@@ -1,47 +1,53 @@
 //! Settings, from (highest first) command-line flags, environment variables,
-//! an optional TOML config file, then built-in defaults.
+//! an optional TOML config file (`--config`), then built-in defaults.
 //!
-//! | setting | flag | environment | config key | default |
-//! |---|---|---|---|---|
-//! | listen address | `--listen` | `TOKEN_BROKER_LISTEN` | `listen` | `127.0.0.1:8080` |
-//! | database | `--database-url` | `TOKEN_BROKER_DATABASE_URL` | `database_url` | `sqlite://<data dir>/token-broker.db` |
-//! | data directory | `--data-dir` | `TOKEN_BROKER_DATA_DIR` | `data_dir` | `./data` |
-//! | config file | `--config` | `TOKEN_BROKER_CONFIG` | — | none |
-//! | log format | `--log-format` | `TOKEN_BROKER_LOG_FORMAT` | `log_format` | `text` (or `json`) |
-//! | log filter | — | `TOKEN_BROKER_LOG`, else `RUST_LOG` | `log` | `info` |
-//! | request body limit | `--body-limit` | `TOKEN_BROKER_BODY_LIMIT` | `body_limit` | 16384 bytes |
-//! | audit commit timeout | `--audit-timeout-ms` | `TOKEN_BROKER_AUDIT_TIMEOUT_MS` | `audit_timeout_ms` | 2000 |
-//! | audit batch size | `--audit-max-batch` | `TOKEN_BROKER_AUDIT_MAX_BATCH` | `audit_max_batch` | 512 |
-//! | cached API keys | `--key-cache` | `TOKEN_BROKER_KEY_CACHE` | `key_cache` | 10000 |
-//! | parallel argon2 checks | `--hash-parallelism` | `TOKEN_BROKER_HASH_PARALLELISM` | `hash_parallelism` | 2 |
-//! | HTTP workers | `--workers` | `TOKEN_BROKER_WORKERS` | `workers` | CPUs available |
-//! | tenants' secrets directory | `--secrets-dir` | `TOKEN_BROKER_SECRETS_DIR` | `secrets_dir` | `<data dir>/secrets` |
-//! | master key file | `--master-key-file` | `TOKEN_BROKER_MASTER_KEY_FILE` | `master_key_file` | none (uploads refused) |
-//! | tenant slugs as metric labels | `--metrics-tenant-labels` | `TOKEN_BROKER_METRICS_TENANT_LABELS` | `metrics_tenant_labels` | `true` (docs/operations.md) |
-//! | checkpoint signing key | `--checkpoint-key-file` | `TOKEN_BROKER_CHECKPOINT_KEY_FILE` | `checkpoint_key_file` | none (no signed checkpoints) |
-//! | checkpoint log | `--checkpoint-file` | `TOKEN_BROKER_CHECKPOINT_FILE` | `checkpoint_file` | none (checkpoints not written) |
-//! | checkpoint period | `--checkpoint-interval-secs` | `TOKEN_BROKER_CHECKPOINT_INTERVAL_SECS` | `checkpoint_interval_secs` | 60 |
-//! | checkpoint every N rows | `--checkpoint-every-rows` | `TOKEN_BROKER_CHECKPOINT_EVERY_ROWS` | `checkpoint_every_rows` | 10000 |
-//! | rate limits | `--rate-end-user` etc. | `TOKEN_BROKER_RATE_END_USER`, `_END_USER_IP`, `_API_KEY`, `_FAILED_AUTH_IP` | `rate_end_user` etc. | see `crate::limits` |
+//! Each setting is declared once, as a field of `SettingsArgs` (flag,
+//! environment variable, config-file key, help); `token-broker --help` lists
+//! them all. figment lays the flags and environment over the file; `resolve`
+//! then applies the defaults and parses rates and networks into `Settings`.
+//! `token-broker settings` prints `Settings` through its derived `Serialize`
+//! (`--json`) or `Debug`, so the printer names every field and cannot drift.
 //!
-//! The database URL may carry a password: it is redacted wherever settings are
-//! printed (`Debug`, `token-broker settings`, start-up logs).
+//! Defaults: listen `127.0.0.1:8080`; database `sqlite://<data dir>/token-broker.db`;
+//! data dir `./data`; log format `text`; log filter `info`; body limit 16384
+//! bytes; audit commit timeout 2000 ms; audit batch 512 rows; 10000 cached API
+//! keys; 2 parallel argon2 checks; as many HTTP workers as CPUs; secrets dir
+//! `<data dir>/secrets`; no master key file (uploads refused); tenant slugs as
+//! metric labels (docs/operations.md); no checkpoint key or log, one checkpoint
+//! every 60 s or 10000 rows; rates as in `crate::limits`.
+//!
+//! The database URL may carry a password: it is a `DatabaseUrl` (a
+//! `secrecy::SecretString`), shown redacted wherever settings are printed
+//! (`Debug`, `token-broker settings`, start-up logs).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use figment::providers::Serialized;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::limits::{Rate, Rates};
 use crate::store::redact_url;
 
-/// Flags (each also read from its environment variable by clap).
-#[derive(Debug, Clone, Default, clap::Args)]
+/// Every setting, declared once. A field's name is its config-file key and,
+/// as `--field-name`, its flag; `env` names its environment variable (clap
+/// reads it for the flag); the doc comment is its `--help` text. Everything is
+/// optional here: `Settings::resolve` lays what is given (flag, else
+/// environment) over the config file, and the file over the defaults.
+///
+/// `Serialize` exists for that merge only and shows the database URL as
+/// given; print `Settings`, never this.
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SettingsArgs {
     /// Config file (TOML) with any of the settings below.
     #[arg(long, env = "TOKEN_BROKER_CONFIG", global = true)]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Database URL: sqlite://PATH or postgres://USER@HOST/DB.
     #[arg(
@@ -50,7 +56,8 @@ pub struct SettingsArgs {
         global = true,
         hide_env_values = true
     )]
-    pub database_url: Option<String>,
+    #[serde(default, serialize_with = "expose_url")]
+    pub database_url: Option<DatabaseUrl>,
     /// Directory for the embedded SQLite database (created if missing).
     #[arg(long, env = "TOKEN_BROKER_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
@@ -60,6 +67,10 @@ pub struct SettingsArgs {
     /// Log format: text or json.
     #[arg(long, env = "TOKEN_BROKER_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
+    /// Log filter (`tracing` syntax), from TOKEN_BROKER_LOG, else RUST_LOG, else
+    /// the config file's `log`; no flag.
+    #[arg(skip)]
+    pub log: Option<String>,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "TOKEN_BROKER_BODY_LIMIT", global = true)]
     pub body_limit: Option<usize>,
@@ -119,7 +130,7 @@ pub struct SettingsArgs {
     pub checkpoint_every_rows: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -127,44 +138,80 @@ pub enum LogFormat {
     Json,
 }
 
-/// The config file: every key optional, unknown keys refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    database_url: Option<String>,
-    data_dir: Option<PathBuf>,
-    listen: Option<SocketAddr>,
-    log_format: Option<LogFormat>,
-    log: Option<String>,
-    body_limit: Option<usize>,
-    audit_timeout_ms: Option<u64>,
-    audit_max_batch: Option<usize>,
-    key_cache: Option<usize>,
-    hash_parallelism: Option<usize>,
-    metrics_tenant_labels: Option<bool>,
-    workers: Option<usize>,
-    rate_end_user: Option<String>,
-    rate_end_user_ip: Option<String>,
-    rate_api_key: Option<String>,
-    rate_failed_auth_ip: Option<String>,
-    secrets_dir: Option<PathBuf>,
-    master_key_file: Option<PathBuf>,
-    trusted_proxies: Option<String>,
-    checkpoint_key_file: Option<PathBuf>,
-    checkpoint_file: Option<PathBuf>,
-    checkpoint_interval_secs: Option<u64>,
-    checkpoint_every_rows: Option<u64>,
+/// A database URL. It may carry a password, so it is kept as a secret; its
+/// `Debug` and `Serialize` show it with passwords redacted.
+#[derive(Clone)]
+pub struct DatabaseUrl(SecretString);
+
+impl DatabaseUrl {
+    /// The URL itself, password included: for connecting, never for printing.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
 }
 
-/// Effective settings.
-#[derive(Clone)]
+impl From<String> for DatabaseUrl {
+    fn from(url: String) -> DatabaseUrl {
+        DatabaseUrl(url.into())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redact_url(self.expose()), f)
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&redact_url(self.expose()))
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<DatabaseUrl, D::Error> {
+        String::deserialize(d).map(DatabaseUrl::from)
+    }
+}
+
+/// For figment only: the URL as given, so that it survives the merge.
+fn expose_url<S: Serializer>(url: &Option<DatabaseUrl>, s: S) -> Result<S::Ok, S::Error> {
+    url.as_ref().map(DatabaseUrl::expose).serialize(s)
+}
+
+/// One source of settings (the config file; the flags and environment) as a
+/// figment provider. Entries that are not set are left out, so that those of
+/// the sources below show through.
+struct Layer<T> {
+    name: &'static str,
+    values: T,
+}
+
+impl<T: Serialize> Provider for Layer<T> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut data = Serialized::defaults(&self.values).data()?;
+        for dict in data.values_mut() {
+            dict.retain(|_, v| !matches!(v, Value::Empty(..)));
+        }
+        Ok(data)
+    }
+}
+
+/// Effective settings. `Serialize` is the printer (`token-broker settings
+/// --json`): its keys are the config file's.
+#[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     pub listen: SocketAddr,
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
     pub log_filter: String,
     pub body_limit: usize,
+    #[serde(rename = "audit_timeout_ms", serialize_with = "millis")]
     pub audit_timeout: Duration,
     pub audit_max_batch: usize,
     pub key_cache: usize,
@@ -175,44 +222,31 @@ pub struct Settings {
     pub secrets_dir: PathBuf,
     pub master_key_file: Option<PathBuf>,
     /// Only from peers in these networks are forwarding headers read.
+    #[serde(serialize_with = "as_text")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub checkpoint_key_file: Option<PathBuf>,
     pub checkpoint_file: Option<PathBuf>,
+    #[serde(rename = "checkpoint_interval_secs", serialize_with = "secs")]
     pub checkpoint_interval: Duration,
     pub checkpoint_every_rows: u64,
 }
 
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("listen", &self.listen)
-            .field("database_url", &redact_url(&self.database_url))
-            .field("data_dir", &self.data_dir)
-            .field("log_format", &self.log_format)
-            .field("log_filter", &self.log_filter)
-            .field("body_limit", &self.body_limit)
-            .field("audit_timeout", &self.audit_timeout)
-            .field("audit_max_batch", &self.audit_max_batch)
-            .field("key_cache", &self.key_cache)
-            .field("hash_parallelism", &self.hash_parallelism)
-            .field("metrics_tenant_labels", &self.metrics_tenant_labels)
-            .field("workers", &self.workers)
-            .field("rates", &self.rates)
-            .field("secrets_dir", &self.secrets_dir)
-            .field("master_key_file", &self.master_key_file)
-            .field("trusted_proxies", &self.trusted_proxies)
-            .field("checkpoint_key_file", &self.checkpoint_key_file)
-            .field("checkpoint_file", &self.checkpoint_file)
-            .field("checkpoint_interval", &self.checkpoint_interval)
-            .field("checkpoint_every_rows", &self.checkpoint_every_rows)
-            .finish()
-    }
+fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+fn as_text<S: Serializer, T: fmt::Display>(items: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(items.iter().map(|i| i.to_string()))
 }
 
 impl Settings {
     /// Resolves flags/environment over the config file over defaults.
     pub fn resolve(args: &SettingsArgs) -> anyhow::Result<Settings> {
-        let file: FileSettings = match &args.config {
+        let file: toml::Table = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     anyhow::anyhow!("cannot read config file {}: {e}", path.display())
@@ -220,111 +254,84 @@ impl Settings {
                 toml::from_str(&text)
                     .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
             }
-            None => FileSettings::default(),
+            None => toml::Table::new(),
         };
-        let data_dir = args
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("data"));
-        let database_url = args
+        let given: SettingsArgs = Figment::from(Layer {
+            name: "the config file",
+            values: file,
+        })
+        .merge(Layer {
+            name: "flags and environment",
+            values: args,
+        })
+        .extract()
+        .map_err(|e| match &args.config {
+            Some(path) => anyhow::anyhow!("config file {}: {e}", path.display()),
+            None => anyhow::anyhow!("settings: {e}"),
+        })?;
+        Settings::with_defaults(given)
+    }
+
+    /// Fills what `g` leaves out with the defaults, and parses rates and networks.
+    fn with_defaults(g: SettingsArgs) -> anyhow::Result<Settings> {
+        let data_dir = g.data_dir.unwrap_or_else(|| PathBuf::from("data"));
+        let database_url = g
             .database_url
-            .clone()
-            .or(file.database_url)
-            .unwrap_or_else(|| default_sqlite_url(&data_dir));
+            .unwrap_or_else(|| default_sqlite_url(&data_dir).into());
         let log_filter = std::env::var("TOKEN_BROKER_LOG")
             .or_else(|_| std::env::var("RUST_LOG"))
             .ok()
-            .or(file.log)
+            .or(g.log)
             .unwrap_or_else(|| "info".into());
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         let d = Rates::default();
-        let rate =
-            |flag: &Option<String>, file: Option<String>, default: Rate| -> anyhow::Result<Rate> {
-                match flag.clone().or(file) {
-                    Some(s) => Rate::parse(&s).map_err(anyhow::Error::msg),
-                    None => Ok(default),
-                }
-            };
-        let rates = Rates {
-            end_user: rate(&args.rate_end_user, file.rate_end_user, d.end_user)?,
-            end_user_ip: rate(&args.rate_end_user_ip, file.rate_end_user_ip, d.end_user_ip)?,
-            api_key: rate(&args.rate_api_key, file.rate_api_key, d.api_key)?,
-            failed_auth_ip: rate(
-                &args.rate_failed_auth_ip,
-                file.rate_failed_auth_ip,
-                d.failed_auth_ip,
-            )?,
+        let rate = |given: Option<String>, default: Rate| -> anyhow::Result<Rate> {
+            given.map_or(Ok(default), |s| Rate::parse(&s).map_err(anyhow::Error::msg))
         };
-        let secrets_dir = args
-            .secrets_dir
-            .clone()
-            .or(file.secrets_dir)
-            .unwrap_or_else(|| data_dir.join("secrets"));
-        let master_key_file = args.master_key_file.clone().or(file.master_key_file);
+        let rates = Rates {
+            end_user: rate(g.rate_end_user, d.end_user)?,
+            end_user_ip: rate(g.rate_end_user_ip, d.end_user_ip)?,
+            api_key: rate(g.rate_api_key, d.api_key)?,
+            failed_auth_ip: rate(g.rate_failed_auth_ip, d.failed_auth_ip)?,
+        };
         let trusted_proxies = crate::routes::client_addr::parse_trusted_proxies(
-            args.trusted_proxies
-                .as_deref()
-                .or(file.trusted_proxies.as_deref())
-                .unwrap_or(""),
+            g.trusted_proxies.as_deref().unwrap_or(""),
         )
         .map_err(anyhow::Error::msg)?;
-        let checkpoint_key_file = args
-            .checkpoint_key_file
-            .clone()
-            .or(file.checkpoint_key_file);
-        let checkpoint_file = args.checkpoint_file.clone().or(file.checkpoint_file);
-        let checkpoint_interval = Duration::from_secs(
-            args.checkpoint_interval_secs
-                .or(file.checkpoint_interval_secs)
-                .unwrap_or(60)
-                .max(1),
-        );
-        let checkpoint_every_rows = args
-            .checkpoint_every_rows
-            .or(file.checkpoint_every_rows)
-            .unwrap_or(10_000)
-            .max(1);
         Ok(Settings {
-            trusted_proxies,
-            checkpoint_key_file,
-            checkpoint_file,
-            checkpoint_interval,
-            checkpoint_every_rows,
-            rates,
-            secrets_dir,
-            master_key_file,
-            listen: args
+            listen: g
                 .listen
-                .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            secrets_dir: g.secrets_dir.unwrap_or_else(|| data_dir.join("secrets")),
             database_url,
             data_dir,
-            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            log_format: g.log_format.unwrap_or_default(),
             log_filter,
-            body_limit: args.body_limit.or(file.body_limit).unwrap_or(16 * 1024),
-            audit_timeout: Duration::from_millis(
-                args.audit_timeout_ms
-                    .or(file.audit_timeout_ms)
-                    .unwrap_or(2000),
+            body_limit: g.body_limit.unwrap_or(16 * 1024),
+            audit_timeout: Duration::from_millis(g.audit_timeout_ms.unwrap_or(2000)),
+            audit_max_batch: g.audit_max_batch.unwrap_or(512),
+            key_cache: g.key_cache.unwrap_or(10_000),
+            hash_parallelism: g.hash_parallelism.unwrap_or(2),
+            metrics_tenant_labels: g.metrics_tenant_labels.unwrap_or(true),
+            workers: g.workers.unwrap_or(cpus).max(1),
+            rates,
+            master_key_file: g.master_key_file,
+            trusted_proxies,
+            checkpoint_key_file: g.checkpoint_key_file,
+            checkpoint_file: g.checkpoint_file,
+            checkpoint_interval: Duration::from_secs(
+                g.checkpoint_interval_secs.unwrap_or(60).max(1),
             ),
-            audit_max_batch: args.audit_max_batch.or(file.audit_max_batch).unwrap_or(512),
-            key_cache: args.key_cache.or(file.key_cache).unwrap_or(10_000),
-            hash_parallelism: args.hash_parallelism.or(file.hash_parallelism).unwrap_or(2),
-            metrics_tenant_labels: args
-                .metrics_tenant_labels
-                .or(file.metrics_tenant_labels)
-                .unwrap_or(true),
-            workers: args.workers.or(file.workers).unwrap_or(cpus).max(1),
+            checkpoint_every_rows: g.checkpoint_every_rows.unwrap_or(10_000).max(1),
         })
     }
 
     /// Settings for tests and embedding: defaults plus a database URL.
     pub fn for_database(database_url: &str) -> Settings {
         let mut s = Settings::resolve(&SettingsArgs::default()).unwrap_or_else(|_| unreachable!());
-        s.database_url = database_url.to_owned();
+        s.database_url = database_url.to_owned().into();
         s.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         s.workers = 2;
         s
@@ -332,7 +339,7 @@ impl Settings {
 
     /// Creates the data directory when the database is the embedded SQLite file in it.
     pub fn ensure_data_dir(&self) -> std::io::Result<()> {
-        if self.database_url == default_sqlite_url(&self.data_dir) {
+        if self.database_url.expose() == default_sqlite_url(&self.data_dir) {
             std::fs::create_dir_all(&self.data_dir)?;
         }
         Ok(())
@@ -440,7 +447,48 @@ mod tests {
     #[test]
     fn the_default_database_is_sqlite_in_the_data_dir() {
         let s = resolve(&["t", "--data-dir", "/var/lib/tb"]).unwrap();
-        assert_eq!(s.database_url, "sqlite:///var/lib/tb/token-broker.db");
+        assert_eq!(
+            s.database_url.expose(),
+            "sqlite:///var/lib/tb/token-broker.db"
+        );
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn the_printer_names_every_setting_and_hides_the_password() {
+        use clap::Args as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tb.toml");
+        std::fs::write(
+            &file,
+            "log_format = \"json\"\nmetrics_tenant_labels = false\ndatabase_url = \"postgres://u:pw@db/x\"\n",
+        )
+        .unwrap();
+        let s = resolve(&["t", "--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert!(!s.metrics_tenant_labels);
+        assert_eq!(s.database_url.expose(), "postgres://u:pw@db/x");
+        let printed = serde_json::to_value(&s).unwrap();
+        let text = printed.to_string();
+        assert!(
+            text.contains("postgres://u:***@db/x") && !text.contains("pw"),
+            "{text}"
+        );
+        // Every flag (but --config) is printed, under its config-file key.
+        let cmd = SettingsArgs::augment_args(clap::Command::new("t"));
+        for arg in cmd.get_arguments() {
+            let key = arg.get_id().as_str();
+            if key == "config" {
+                continue;
+            }
+            let shown = match key.strip_prefix("rate_") {
+                Some(limit) => printed["rates"].get(limit),
+                None => printed.get(key),
+            };
+            assert!(shown.is_some(), "{key} is not printed: {text}");
+        }
+        assert_eq!(printed["rates"]["end_user"], "5/20");
+        assert_eq!(printed["audit_timeout_ms"], 2000);
+        assert_eq!(printed["log_format"], "json");
     }
 }

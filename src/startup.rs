@@ -43,12 +43,14 @@ impl std::fmt::Debug for Application {
 /// Connects to the configured database and applies migrations.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     settings.ensure_data_dir()?;
-    let store = Store::connect(&settings.database_url).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open database {}: {e}",
-            crate::store::redact_url(&settings.database_url)
-        )
-    })?;
+    let store = Store::connect(settings.database_url.expose())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open database {}: {e}",
+                crate::store::redact_url(settings.database_url.expose())
+            )
+        })?;
     store.migrate().await?;
     Ok(store)
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::audit::AuditWriter;
 use crate::auth::Authenticator;
-use crate::idp::IdentityProvider;
+use crate::auth::idp::IdentityProvider;
 use crate::limits::{Limits, Rates};
 use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, SessionFacts};

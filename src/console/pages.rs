@@ -14,7 +14,7 @@ use super::session::{self, COOKIE, PRE_COOKIE, Session};
 use super::views;
 use crate::audit::query::{AuditParams, encode_cursor};
 use crate::audit::{AuditRow, kind};
-use crate::auth::Scopes;
+use crate::auth::{Required, Scopes, scope};
 use crate::routes::error::ApiError;
 use crate::state::AppState;
 
@@ -236,7 +236,7 @@ pub async fn sign_in(
             return sign_in_page(e.status, Some((e.body.code, &e.body.message)), secure);
         }
     };
-    if !(p.scopes.contains(Scopes::AUDIT) || p.scopes.contains(Scopes::ADMIN)) {
+    if !scope::Audit::allows(p.scopes) {
         return sign_in_page(
             StatusCode::FORBIDDEN,
             Some((

@@ -10,7 +10,7 @@ use std::sync::{LazyLock, Mutex};
 use actix_web::HttpRequest;
 use actix_web::http::header;
 
-use crate::auth::{Principal, Scopes};
+use crate::auth::{Principal, Required, Scopes, scope};
 
 /// A session ends this long after sign-in, whatever happens.
 pub const ABSOLUTE_TTL_MS: i64 = 8 * 3600 * 1000;
@@ -52,11 +52,11 @@ impl Session {
     }
 
     pub fn is_admin(&self) -> bool {
-        self.scopes.contains(Scopes::ADMIN)
+        scope::Admin::allows(self.scopes)
     }
 
     pub fn can_audit(&self) -> bool {
-        self.scopes.contains(Scopes::AUDIT) || self.is_admin()
+        scope::Audit::allows(self.scopes)
     }
 }
 

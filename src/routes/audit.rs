@@ -10,10 +10,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::extractors::ApiKey;
+use super::extractors::Authed;
 use crate::audit::query::{AuditParams, csv_header, csv_line, encode_cursor, parse_time};
 use crate::audit::{AuditRow, kind};
-use crate::auth::Scopes;
+use crate::auth::scope;
 use crate::state::AppState;
 use crate::store::{AuditCursor, AuditFilter, Store};
 
@@ -49,16 +49,15 @@ async fn record_read(
 
 pub async fn query(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Audit>,
     req: HttpRequest,
     q: web::Query<AuditParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require_any(&[Scopes::AUDIT, Scopes::ADMIN])?;
     let mut f = q.to_filter(&p.tenant)?;
     match q.format.as_deref().unwrap_or("json") {
         "json" => {}
         fmt @ ("ndjson" | "csv") => {
-            record_read(&state, &req, p, fmt, q.for_record()).await?;
+            record_read(&state, &req, &p, fmt, q.for_record()).await?;
             f.limit = EXPORT_PAGE;
             return Ok(export(state.store.clone(), f, fmt == "csv"));
         }
@@ -70,7 +69,7 @@ pub async fn query(
             ));
         }
     }
-    record_read(&state, &req, p, "query", q.for_record()).await?;
+    record_read(&state, &req, &p, "query", q.for_record()).await?;
     let rows = state.store.query_audit(&f).await?;
     let next = if rows.len() as i64 == f.limit {
         rows.last().map(|r| encode_cursor(AuditCursor::after(r)))
@@ -143,11 +142,10 @@ pub struct SummaryParams {
 /// `GET /v1/audit/summary?by=role|user|session|rule|day&since=&until=`
 pub async fn summary(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Audit>,
     req: HttpRequest,
     q: web::Query<SummaryParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require_any(&[Scopes::AUDIT, Scopes::ADMIN])?;
     let by = q.by.as_deref().unwrap_or("role");
     if !["role", "user", "session", "rule", "day"].contains(&by) {
         return Err(ApiError::bad(
@@ -169,7 +167,7 @@ pub async fn summary(
     record_read(
         &state,
         &req,
-        p,
+        &p,
         "summary",
         json!({"by": by, "since": q.since, "until": q.until}),
     )
@@ -212,9 +210,8 @@ fn tree_error(e: TreeError) -> ApiError {
 pub async fn checkpoint(
     state: web::Data<AppState>,
     cps: web::Data<Checkpoints>,
-    key: ApiKey,
+    p: Authed<scope::Audit>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require_any(&[Scopes::AUDIT, Scopes::ADMIN])?;
     let c = checkpointer(&cps)?;
     let note = c
         .refresh(&state.store, &p.tenant, 1)
@@ -246,11 +243,10 @@ pub struct ProofParams {
 pub async fn proof(
     state: web::Data<AppState>,
     cps: web::Data<Checkpoints>,
-    key: ApiKey,
+    p: Authed<scope::Audit>,
     req: HttpRequest,
     q: web::Query<ProofParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require_any(&[Scopes::AUDIT, Scopes::ADMIN])?;
     let c = checkpointer(&cps)?;
     let prove_err = |e: ProveError| match e {
         ProveError::Tree(t) => tree_error(t),
@@ -310,7 +306,7 @@ pub async fn proof(
         "from": q.from,
         "to": q.to,
     });
-    record_read(&state, &req, p, "proof", record).await?;
+    record_read(&state, &req, &p, "proof", record).await?;
     if q.from.is_some() || q.to.is_some() {
         let (Some(from), Some(to)) = (q.from, q.to) else {
             return Err(ApiError::bad(

@@ -8,21 +8,20 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::extractors::ApiKey;
+use super::extractors::Authed;
 use super::json::Json;
 use super::keys::{actor, admin_error};
-use crate::auth::Scopes;
+use crate::auth::scope;
 use crate::credentials::{self, CredentialInput};
 use crate::state::AppState;
 
 pub async fn put(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Admin>,
     req: HttpRequest,
     path: web::Path<String>,
     body: Json<CredentialInput>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ADMIN)?;
     let name = path.into_inner();
     let (view, created) = credentials::put(
         &state.store,
@@ -45,8 +44,10 @@ pub async fn put(
     Ok(r.json(view))
 }
 
-pub async fn list(state: web::Data<AppState>, key: ApiKey) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ADMIN)?;
+pub async fn list(
+    state: web::Data<AppState>,
+    p: Authed<scope::Admin>,
+) -> Result<HttpResponse, ApiError> {
     let items = credentials::list(&state.store, &p.tenant)
         .await
         .map_err(admin_error)?;
@@ -55,10 +56,9 @@ pub async fn list(state: web::Data<AppState>, key: ApiKey) -> Result<HttpRespons
 
 pub async fn show(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Admin>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ADMIN)?;
     let view = credentials::show(&state.store, &p.tenant, &path.into_inner())
         .await
         .map_err(admin_error)?;
@@ -67,11 +67,10 @@ pub async fn show(
 
 pub async fn delete(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Admin>,
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ADMIN)?;
     let name = path.into_inner();
     credentials::delete(
         &state.store,
@@ -88,8 +87,10 @@ pub async fn delete(
 
 /// `GET /v1/status`: the caller's own tenant only: its policy version and
 /// every problem of its credentials and identity providers.
-pub async fn status(state: web::Data<AppState>, key: ApiKey) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ADMIN)?;
+pub async fn status(
+    state: web::Data<AppState>,
+    p: Authed<scope::Admin>,
+) -> Result<HttpResponse, ApiError> {
     let rt = state.tenant(&p.tenant);
     let credentials: Vec<serde_json::Value> = rt
         .as_ref()

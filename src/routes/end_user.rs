@@ -18,11 +18,12 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::error::ApiError;
 use super::extractors::{
-    auth_error, bearer, failed_auth, rate_limited, refuse_if_over_failed_auth_limit,
+    auth_error, bearer, failed_auth, insufficient_scope, rate_limited,
+    refuse_if_over_failed_auth_limit,
 };
 use super::json::Json;
 use super::tokens::caller_from;
-use crate::auth::{KEY_PREFIX, Scopes};
+use crate::auth::{Caller, KEY_PREFIX, Required, scope};
 use crate::broker::{self, Mode, TokenRequest};
 use crate::metrics::Limit;
 use crate::state::{AppState, TenantRuntime};
@@ -92,7 +93,7 @@ impl Boxed for ApiError {
     }
 }
 
-fn invalid_token(e: &crate::idp::IdpError) -> ApiError {
+fn invalid_token(e: &crate::auth::idp::IdpError) -> ApiError {
     let err = ApiError::unauthorized(e.code(), e.to_string());
     match e.claim() {
         Some(c) => err.field(c),
@@ -132,7 +133,7 @@ async fn issue_inner(
     let presented = bearer(req)?;
     refuse_if_over_failed_auth_limit(state, req)?;
     let limits = state.limits.for_tenant(tenant);
-    let mut caller;
+    let caller;
     if presented.starts_with(KEY_PREFIX) {
         let p = match state.auth.authenticate(presented).await {
             Ok(p) => p,
@@ -144,17 +145,18 @@ async fn issue_inner(
                 "this API key belongs to another tenant",
             ));
         }
-        if !p.scopes.contains(Scopes::ISSUE) {
-            return Err(ApiError::forbidden(
-                "insufficient_scope",
-                "this API key lacks the issue scope",
-            ));
-        }
+        scope::Issue::check(p.scopes).map_err(insufficient_scope)?;
         if let Err(wait) = limits.api_key.check(&p.key_id) {
             state.metrics.rate_limited(Limit::ApiKey);
             return Err(rate_limited(wait));
         }
-        caller = caller_from(req, tenant, Some(&p.key_id));
+        caller = caller_from(
+            req,
+            tenant,
+            Caller::AppKey {
+                key_id: p.key_id.clone(),
+            },
+        );
     } else {
         let rt = rt.ok_or_else(|| {
             ApiError::not_found(
@@ -162,25 +164,15 @@ async fn issue_inner(
                 "no such tenant, or it has no policy applied",
             )
         })?;
-        let issuer = crate::idp::peek_issuer(presented);
-        let verified = match issuer.as_deref().and_then(|i| rt.idp_for(i)) {
-            None => Err(
-                if issuer.is_some() || crate::idp::is_jwt_shaped(presented) {
-                    // No iss (or an unknown one): a token whose issuer is not named is refused.
-                    crate::idp::IdpError::InvalidIssuer
-                } else {
-                    crate::idp::IdpError::Malformed
-                },
-            ),
-            Some((_, Err(_))) => Err(crate::idp::IdpError::KeysUnavailable),
-            Some((name, Ok(idp))) => idp
-                .verify(presented, crate::clock::now_unix_ms())
-                .await
-                .map(|identity| (name.clone(), identity)),
-        };
+        let verified = crate::auth::idp::verify_login(
+            presented,
+            |iss| rt.idp_for(iss),
+            crate::clock::now_unix_ms(),
+        )
+        .await;
         let (idp_name, identity) = match verified {
             Ok(v) => v,
-            Err(crate::idp::IdpError::KeysUnavailable) => {
+            Err(crate::auth::idp::IdpError::KeysUnavailable) => {
                 return Err(ApiError::unavailable(
                     "idp_unavailable",
                     "the identity provider's keys cannot be loaded right now",
@@ -207,9 +199,14 @@ async fn issue_inner(
             state.metrics.rate_limited(Limit::EndUserIp);
             return Err(rate_limited(wait));
         }
-        caller = caller_from(req, tenant, None);
-        caller.idp = Some(idp_name);
-        caller.identity = Some(identity);
+        caller = caller_from(
+            req,
+            tenant,
+            Caller::EndUser {
+                idp: idp_name,
+                identity,
+            },
+        );
     }
     let out = broker::handle(
         state,

@@ -1,46 +1,54 @@
-//! Authentication in handler signatures: a handler that takes `ApiKey` only
-//! runs for a valid, unrevoked tenant API key; it then checks the scope it
-//! needs with `require`.
+//! Authentication in handler signatures: a handler that takes `Authed<S>`
+//! only runs for a valid, unrevoked tenant API key that holds the scope `S`
+//! requires (`crate::auth::scope`); otherwise the extractor refuses, before
+//! the handler runs, with 401 / 429 / 403 `insufficient_scope`. The checks
+//! themselves live in `crate::auth`; this is the HTTP glue.
 
 use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
 
 use super::error::ApiError;
-use crate::auth::{AuthError, Principal, Scopes};
+use crate::auth::{AuthError, Caller, InsufficientScope, Principal, Required};
 use crate::state::AppState;
 
-/// A request authenticated by a tenant API key (`Authorization: Bearer tkb_…`).
-#[derive(Debug, Clone)]
-pub struct ApiKey(pub Arc<Principal>);
+/// A request authenticated by a tenant API key (`Authorization: Bearer tkb_…`)
+/// that holds the scope `S` requires, e.g. `Authed<scope::Admin>`. Derefs to
+/// the key's `Principal`.
+pub struct Authed<S> {
+    principal: Arc<Principal>,
+    scope: PhantomData<S>,
+}
 
-impl ApiKey {
-    /// 403 `insufficient_scope` unless the key has `scope`.
-    pub fn require(&self, scope: Scopes) -> Result<&Principal, ApiError> {
-        if self.0.scopes.contains(scope) {
-            Ok(&self.0)
-        } else {
-            Err(ApiError::forbidden(
-                "insufficient_scope",
-                format!("this API key lacks the {} scope", scope),
-            ))
+impl<S> std::fmt::Debug for Authed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Authed").field(&self.principal).finish()
+    }
+}
+
+impl<S> Deref for Authed<S> {
+    type Target = Principal;
+    fn deref(&self) -> &Principal {
+        &self.principal
+    }
+}
+
+impl<S> Authed<S> {
+    /// The key as the caller of the issuance pipeline.
+    pub fn app_caller(&self) -> Caller {
+        Caller::AppKey {
+            key_id: self.principal.key_id.clone(),
         }
     }
+}
 
-    /// Like `require`, but any one of `scopes` is enough.
-    pub fn require_any(&self, scopes: &[Scopes]) -> Result<&Principal, ApiError> {
-        if scopes.iter().any(|s| self.0.scopes.contains(*s)) {
-            Ok(&self.0)
-        } else {
-            let names: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-            Err(ApiError::forbidden(
-                "insufficient_scope",
-                format!("this API key needs one of the scopes: {}", names.join(", ")),
-            ))
-        }
-    }
+/// 403 `insufficient_scope`.
+pub fn insufficient_scope(e: InsufficientScope) -> ApiError {
+    ApiError::forbidden("insufficient_scope", e.to_string())
 }
 
 /// The bearer credential of a request, if any.
@@ -141,9 +149,9 @@ pub async fn failed_auth(state: &AppState, req: &HttpRequest, err: ApiError) -> 
 /// Added to every failed authentication's answer.
 pub const FAILED_AUTH_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
-impl FromRequest for ApiKey {
+impl<S: Required> FromRequest for Authed<S> {
     type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<ApiKey, ApiError>>>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Authed<S>, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let req = req.clone();
@@ -162,7 +170,11 @@ impl FromRequest for ApiKey {
                         state.metrics.rate_limited(crate::metrics::Limit::ApiKey);
                         return Err(rate_limited(wait));
                     }
-                    Ok(ApiKey(p))
+                    S::check(p.scopes).map_err(insufficient_scope)?;
+                    Ok(Authed {
+                        principal: p,
+                        scope: PhantomData,
+                    })
                 }
                 Err(e) => Err(failed_auth(&state, &req, auth_error(e)).await),
             }

@@ -7,10 +7,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::extractors::ApiKey;
+use super::extractors::Authed;
 use super::json::Json;
 use crate::admin::{self, Actor, AdminError, KeyInfo};
-use crate::auth::Scopes;
+use crate::auth::{Scopes, scope};
 use crate::state::AppState;
 
 pub fn admin_error(e: AdminError) -> ApiError {
@@ -67,8 +67,7 @@ pub fn actor(req: &HttpRequest, key_id: &str) -> Actor {
     }
 }
 
-pub async fn whoami(key: ApiKey) -> HttpResponse {
-    let p = &key.0;
+pub async fn whoami(p: Authed<scope::Any>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "tenant": p.tenant,
         "key_id": p.key_id,
@@ -76,8 +75,10 @@ pub async fn whoami(key: ApiKey) -> HttpResponse {
     }))
 }
 
-pub async fn list(state: web::Data<AppState>, key: ApiKey) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ADMIN)?;
+pub async fn list(
+    state: web::Data<AppState>,
+    p: Authed<scope::Admin>,
+) -> Result<HttpResponse, ApiError> {
     let keys: Vec<KeyInfo> = state
         .store
         .list_keys(&p.tenant)
@@ -97,11 +98,10 @@ pub struct CreateKey {
 
 pub async fn create(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Admin>,
     req: HttpRequest,
     body: Json<CreateKey>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ADMIN)?;
     let scopes = Scopes::parse(body.scopes.iter().map(String::as_str))
         .map_err(|m| ApiError::bad("invalid_scope", "scopes", m))?;
     let new = admin::create_key(
@@ -123,11 +123,10 @@ pub async fn create(
 
 pub async fn revoke(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Admin>,
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ADMIN)?;
     let key_id = path.into_inner();
     admin::revoke_key(
         &state.store,

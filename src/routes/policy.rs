@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::extractors::ApiKey;
+use super::extractors::Authed;
 use super::json::Json;
 use super::keys::{actor, admin_error};
 use crate::admin;
-use crate::auth::Scopes;
+use crate::auth::scope;
 use crate::state::AppState;
 use crate::store::PolicyVersionRow;
 
@@ -44,8 +44,10 @@ impl VersionView {
     }
 }
 
-pub async fn current(state: web::Data<AppState>, key: ApiKey) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ADMIN)?;
+pub async fn current(
+    state: web::Data<AppState>,
+    p: Authed<scope::Admin>,
+) -> Result<HttpResponse, ApiError> {
     match state.store.current_policy(&p.tenant).await? {
         Some(r) => Ok(HttpResponse::Ok().json(VersionView::of(r, true))),
         None => Err(ApiError::not_found(
@@ -55,8 +57,10 @@ pub async fn current(state: web::Data<AppState>, key: ApiKey) -> Result<HttpResp
     }
 }
 
-pub async fn history(state: web::Data<AppState>, key: ApiKey) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ADMIN)?;
+pub async fn history(
+    state: web::Data<AppState>,
+    p: Authed<scope::Admin>,
+) -> Result<HttpResponse, ApiError> {
     let items: Vec<VersionView> = state
         .store
         .policy_history(&p.tenant)
@@ -69,10 +73,9 @@ pub async fn history(state: web::Data<AppState>, key: ApiKey) -> Result<HttpResp
 
 pub async fn version(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Admin>,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ADMIN)?;
     let v = path.into_inner();
     match state.store.policy_version(&p.tenant, v).await? {
         Some(r) => Ok(HttpResponse::Ok().json(VersionView::of(r, true))),
@@ -96,11 +99,10 @@ pub struct ApplyBody {
 
 pub async fn apply(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Admin>,
     req: HttpRequest,
     body: Json<ApplyBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ADMIN)?;
     let name = body
         .source_name
         .clone()
@@ -132,11 +134,10 @@ pub struct RollbackBody {
 
 pub async fn rollback(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Admin>,
     req: HttpRequest,
     body: Json<RollbackBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ADMIN)?;
     let out = admin::rollback_policy(
         &state.store,
         &state.secrets,
@@ -169,11 +170,10 @@ pub struct ReplayBody {
 /// the tenant's recorded requests in the window (nothing is applied).
 pub async fn replay(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Admin>,
     req: HttpRequest,
     body: Json<ReplayBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ADMIN)?;
     let now = crate::clock::now_unix_ms();
     let time = |field: &'static str, v: &Option<String>, default: i64| match v {
         None => Ok(default),

@@ -10,9 +10,9 @@ use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::extractors::ApiKey;
+use super::extractors::Authed;
 use super::json::Json;
-use crate::auth::Scopes;
+use crate::auth::scope;
 use crate::state::AppState;
 use crate::tokens::SessionId;
 
@@ -102,11 +102,10 @@ fn owned_session(state: &AppState, tenant: &str, session: &SessionId) -> Result<
 
 pub async fn put(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Issue>,
     path: web::Path<String>,
     body: Json<SessionBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ISSUE)?;
     let session = parse_session(&path.into_inner())?;
     owned_session(&state, &p.tenant, &session)?;
     let session_id = session.canonical();
@@ -133,10 +132,9 @@ pub async fn put(
 
 pub async fn get(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Issue>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ISSUE)?;
     let session = parse_session(&path.into_inner())?;
     let session_id = session.canonical();
     match state.store.get_session(&p.tenant, session_id).await? {

@@ -9,18 +9,18 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, http::header, web};
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::extractors::ApiKey;
+use super::extractors::Authed;
 use super::json::Json;
-use crate::auth::Scopes;
-use crate::broker::{self, Caller, Mode, TokenRequest};
+use crate::auth::Caller;
+use crate::auth::scope;
+use crate::broker::{self, Call, Mode, TokenRequest};
 use crate::state::AppState;
 
-pub fn caller_from(req: &HttpRequest, tenant: &str, key_id: Option<&str>) -> Caller {
-    Caller {
+/// The call `who` makes for `tenant`, with where it comes from.
+pub fn caller_from(req: &HttpRequest, tenant: &str, who: Caller) -> Call {
+    Call {
         tenant: tenant.to_owned(),
-        key_id: key_id.map(str::to_owned),
-        idp: None,
-        identity: None,
+        who,
         client_addr: super::client_addr::client_addr_string(req),
         user_agent: req
             .headers()
@@ -36,12 +36,11 @@ pub fn caller_from(req: &HttpRequest, tenant: &str, key_id: Option<&str>) -> Cal
 
 pub async fn issue(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Issue>,
     req: HttpRequest,
     body: Json<TokenRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ISSUE)?;
-    let caller = caller_from(&req, &p.tenant, Some(&p.key_id));
+    let caller = caller_from(&req, &p.tenant, p.app_caller());
     let out = broker::handle(
         &state,
         &caller,
@@ -64,13 +63,12 @@ pub struct DecideQuery {
 
 pub async fn decide(
     state: web::Data<AppState>,
-    key: ApiKey,
+    p: Authed<scope::Issue>,
     req: HttpRequest,
     q: web::Query<DecideQuery>,
     body: Json<TokenRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = key.require(Scopes::ISSUE)?;
-    let caller = caller_from(&req, &p.tenant, Some(&p.key_id));
+    let caller = caller_from(&req, &p.tenant, p.app_caller());
     let mode = Mode::Decide { explain: q.explain };
     let out = broker::handle(&state, &caller, &body, mode, crate::clock::now_unix_ms()).await?;
     Ok(HttpResponse::Ok().json(out))

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use token_broker::idp::{IdentityProvider, IdpError};
+use token_broker::auth::idp::{IdentityProvider, IdpError};
 
 use crate::helpers::*;
 

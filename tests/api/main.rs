@@ -24,6 +24,7 @@ mod policy_admin;
 mod policy_replay;
 mod real_binary;
 mod remote_cli;
+mod scopes;
 mod tenant_credentials;
 mod throttling_and_revocation;
 mod trusted_proxies;

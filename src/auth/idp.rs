@@ -618,6 +618,28 @@ fn header_alg(token: &str) -> Option<String> {
     v.get("alg")?.as_str().map(str::to_owned)
 }
 
+/// Verifies an end user's login token: `provider` finds the tenant's identity
+/// provider whose issuer is the token's (unverified) `iss`, loaded or not.
+/// Answers the provider's name and the identity it vouches for.
+pub async fn verify_login<'a>(
+    token: &str,
+    provider: impl FnOnce(&str) -> Option<&'a (String, Result<IdentityProvider, String>)>,
+    now_ms: i64,
+) -> Result<(String, Identity), IdpError> {
+    let issuer = peek_issuer(token);
+    match issuer.as_deref().and_then(provider) {
+        // No iss (or an unknown one): a token whose issuer is not named is refused.
+        None if issuer.is_some() || is_jwt_shaped(token) => Err(IdpError::InvalidIssuer),
+        None => Err(IdpError::Malformed),
+        // A provider that failed to load answers `idp_unavailable`, never opens.
+        Some((_, Err(_))) => Err(IdpError::KeysUnavailable),
+        Some((name, Ok(idp))) => idp
+            .verify(token, now_ms)
+            .await
+            .map(|identity| (name.clone(), identity)),
+    }
+}
+
 /// The unverified `iss` of a token, used only to pick which provider verifies it.
 pub fn peek_issuer(token: &str) -> Option<String> {
     use base64::Engine;
