@@ -31,12 +31,16 @@ fn row(tenant: &str, k: usize) -> AuditRow {
     let mut r = AuditRow::new(
         tenant,
         if refused {
-            "token_refused"
+            token_broker::audit::Kind::TokenRefused
         } else {
-            "token_issued"
+            token_broker::audit::Kind::TokenIssued
         },
-        if refused { "refused" } else { "issued" },
-        "api_key",
+        if refused {
+            token_broker::audit::Outcome::Refused
+        } else {
+            token_broker::audit::Outcome::Issued
+        },
+        token_broker::audit::Actor::ApiKey,
         T0 + k as i64 * STEP_MS,
     );
     r.key_id = Some(

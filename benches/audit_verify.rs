@@ -41,9 +41,9 @@ fn main() {
                     let k = written + i;
                     let mut r = AuditRow::new(
                         &tenant,
-                        "token_issued",
-                        "issued",
-                        "api_key",
+                        token_broker::audit::Kind::TokenIssued,
+                        token_broker::audit::Outcome::Issued,
+                        token_broker::audit::Actor::ApiKey,
                         1_764_000_000_000 + k as i64,
                     );
                     r.key_id = Some("abcdefghijklmnop".into());

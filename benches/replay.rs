@@ -104,9 +104,9 @@ fn main() {
                     let refused = k % 10 == 0;
                     let mut r = AuditRow::new(
                         "bench",
-                        if refused { "token_refused" } else { "token_issued" },
-                        if refused { "refused" } else { "issued" },
-                        "api_key",
+                        if refused { token_broker::audit::Kind::TokenRefused } else { token_broker::audit::Kind::TokenIssued },
+                        if refused { token_broker::audit::Outcome::Refused } else { token_broker::audit::Outcome::Issued },
+                        token_broker::audit::Actor::ApiKey,
                         start_ms + k as i64,
                     );
                     let at = (start_ms + k as i64) / 1000;

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::audit::{AuditRow, chain, kind};
+use crate::audit::{AuditRow, chain};
 use crate::auth::{NewKey, Scopes, generate_key};
 use crate::policy::{self, PolicyError};
 use crate::secrets::SecretResolver;
@@ -102,7 +102,13 @@ pub async fn create_tenant(
             "invalid tenant slug {slug:?}: use 1-63 of a-z, 0-9 and '-', starting with a letter or digit"
         )));
     }
-    let mut row = AuditRow::new(slug, kind::TENANT_CREATED, "ok", "cli", now_ms);
+    let mut row = AuditRow::new(
+        slug,
+        crate::audit::Kind::TenantCreated,
+        crate::audit::Outcome::Ok,
+        crate::audit::Actor::Cli,
+        now_ms,
+    );
     actor.stamp(&mut row);
     retry_head(|| {
         let mut row = row.clone();
@@ -175,7 +181,13 @@ pub async fn create_key(
         .await
         .map_err(|e| AdminError::Invalid(e.to_string()))?
         .map_err(AdminError::Invalid)?;
-    let mut row = AuditRow::new(tenant, kind::KEY_CREATED, "ok", "cli", now_ms);
+    let mut row = AuditRow::new(
+        tenant,
+        crate::audit::Kind::KeyCreated,
+        crate::audit::Outcome::Ok,
+        crate::audit::Actor::Cli,
+        now_ms,
+    );
     actor.stamp(&mut row);
     row.detail = Some(
         serde_json::json!({"created_key_id": new.row.key_id, "scopes": scopes.names(), "name": new.row.name})
@@ -199,7 +211,13 @@ pub async fn revoke_key(
     now_ms: i64,
 ) -> Result<String, AdminError> {
     // The row's tenant is set by the store to the key's own tenant.
-    let mut row = AuditRow::new("", kind::KEY_REVOKED, "ok", "cli", now_ms);
+    let mut row = AuditRow::new(
+        "",
+        crate::audit::Kind::KeyRevoked,
+        crate::audit::Outcome::Ok,
+        crate::audit::Actor::Cli,
+        now_ms,
+    );
     actor.stamp(&mut row);
     row.detail = Some(serde_json::json!({"revoked_key_id": key_id}).to_string());
     let owner = retry_head(|| {
@@ -344,7 +362,13 @@ pub async fn apply_policy(
         .iter()
         .map(|c| c.owner_id().to_owned())
         .collect();
-    let mut row = AuditRow::new(&tenant, kind::POLICY_APPLIED, "ok", "cli", now_ms);
+    let mut row = AuditRow::new(
+        &tenant,
+        crate::audit::Kind::PolicyApplied,
+        crate::audit::Outcome::Ok,
+        crate::audit::Actor::Cli,
+        now_ms,
+    );
     actor.stamp(&mut row);
     row.detail = Some(
         serde_json::json!({"previous_version": previous_version, "sha256": sha, "source_name": source_name, "note": note})

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditRow, chain, kind};
+use crate::audit::{Actor, AuditRow, Kind, Outcome as AuditOutcome, chain};
 use crate::auth::Caller;
 use crate::domain::{Identity, Role};
 use crate::metrics::Metrics;
@@ -297,16 +297,16 @@ fn base_row(
     c: &Checked,
     facts: &SessionFacts,
     now_ms: i64,
-    k: &str,
-    outcome: &str,
+    k: Kind,
+    outcome: AuditOutcome,
 ) -> AuditRow {
     let mut row = AuditRow::new(
         &caller.tenant,
         k,
         outcome,
         match caller.who {
-            Caller::EndUser { .. } => "end_user",
-            Caller::AppKey { .. } => "api_key",
+            Caller::EndUser { .. } => Actor::EndUser,
+            Caller::AppKey { .. } => Actor::ApiKey,
         },
         now_ms,
     );
@@ -415,8 +415,8 @@ async fn run(
             &checked,
             &facts,
             now_ms,
-            kind::TOKEN_REFUSED,
-            "refused",
+            Kind::TokenRefused,
+            AuditOutcome::Refused,
         )
     };
 
@@ -523,8 +523,8 @@ async fn run(
         &checked,
         &facts,
         now_ms,
-        kind::TOKEN_ISSUED,
-        "issued",
+        Kind::TokenIssued,
+        AuditOutcome::Issued,
     );
     r.credential = Some(cred.name.clone());
     r.granted_role = Some(granted_role.as_str().to_owned());

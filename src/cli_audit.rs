@@ -304,7 +304,13 @@ pub async fn prune_tenant(
     let Some(p) = store.prune_audit(tenant, before_ms, now).await? else {
         return Ok(None);
     };
-    let mut row = AuditRow::new(tenant, kind::AUDIT_PRUNED, "ok", "cli", now);
+    let mut row = AuditRow::new(
+        tenant,
+        crate::audit::Kind::AuditPruned,
+        crate::audit::Outcome::Ok,
+        crate::audit::Actor::Cli,
+        now,
+    );
     let mut detail = json!({"before_ms": before_ms, "through_seq": p.through_seq, "through_hash": p.through_hash, "rows_deleted": p.rows_deleted});
     if let Some(f) = tree.and_then(|tr| checkpoint::frontier_at(&tr, p.through_seq as u64)) {
         detail[checkpoint::FRONTIER_FIELD] = json!(
@@ -339,9 +345,9 @@ async fn record_cli_read(
 ) -> Result<(), Failure> {
     let mut row = AuditRow::new(
         tenant,
-        kind::AUDIT_READ,
-        "ok",
-        "cli",
+        crate::audit::Kind::AuditRead,
+        crate::audit::Outcome::Ok,
+        crate::audit::Actor::Cli,
         crate::clock::now_unix_ms(),
     );
     row.detail = Some(json!({"read": what, "filters": filters.for_record()}).to_string());

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::admin::{Actor, AdminError};
-use crate::audit::{AuditRow, chain, kind};
+use crate::audit::{AuditRow, chain};
 use crate::domain::OpenTokFormat;
 use crate::secrets::{Keyring, Sealed, credential_aad};
 use crate::store::{Store, StoreError, StoredCredentialRow};
@@ -259,7 +259,13 @@ pub async fn put(
         updated_at_ms: now_ms,
         updated_by: actor.label(),
     };
-    let mut audit = AuditRow::new(tenant, kind::CREDENTIAL_SET, "ok", "cli", now_ms);
+    let mut audit = AuditRow::new(
+        tenant,
+        crate::audit::Kind::CredentialSet,
+        crate::audit::Outcome::Ok,
+        crate::audit::Actor::Cli,
+        now_ms,
+    );
     actor.stamp(&mut audit);
     audit.credential = Some(name.to_owned());
     audit.detail = Some(
@@ -308,7 +314,13 @@ pub async fn delete(
         .get_credential(tenant, name)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("no stored credential {name}")))?;
-    let mut audit = AuditRow::new(tenant, kind::CREDENTIAL_DELETED, "ok", "cli", now_ms);
+    let mut audit = AuditRow::new(
+        tenant,
+        crate::audit::Kind::CredentialDeleted,
+        crate::audit::Outcome::Ok,
+        crate::audit::Actor::Cli,
+        now_ms,
+    );
     actor.stamp(&mut audit);
     audit.credential = Some(name.to_owned());
     audit.detail = Some(

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 
 use crate::admin::{Actor, AdminError};
-use crate::audit::{AuditRow, chain, kind};
+use crate::audit::{AuditRow, chain};
 use crate::domain::Identity;
 use crate::policy::replay::{Recorded, ReplayReport, Replayer, Verdict};
 use crate::policy::{self, CompiledPolicy, DecisionRequest, Expiry, SessionFacts};
@@ -181,7 +181,13 @@ pub async fn replay(
         })
         .await?;
     let report = replayer.finish();
-    let mut row = AuditRow::new(&tenant, kind::POLICY_REPLAYED, "ok", "cli", now_ms);
+    let mut row = AuditRow::new(
+        &tenant,
+        crate::audit::Kind::PolicyReplayed,
+        crate::audit::Outcome::Ok,
+        crate::audit::Actor::Cli,
+        now_ms,
+    );
     actor.stamp(&mut row);
     row.detail = Some(
         serde_json::json!({

@@ -147,9 +147,9 @@ mod tests {
             .map(|i| {
                 let mut r = AuditRow::new(
                     "acme",
-                    "token_issued",
-                    "issued",
-                    "api_key",
+                    crate::audit::Kind::TokenIssued,
+                    crate::audit::Outcome::Issued,
+                    crate::audit::Actor::ApiKey,
                     1_000 + i as i64,
                 );
                 r.user_id = Some(format!("u{i}"));

@@ -15,34 +15,28 @@ pub mod writer;
 
 pub use crate::domain::audit_row as schema;
 pub use append::{append, retry_head};
-pub use schema::{AuditRow, COLUMNS, RowRef};
+pub use schema::{Actor, AuditRow, COLUMNS, Kind, Outcome, RowRef};
 pub use writer::{AuditUnavailable, AuditWriter, WriterConfig};
 
-/// Kinds of audit events (stable strings, stored in `kind`).
+/// Kinds of audit events as stored strings (for comparisons with stored rows).
 pub mod kind {
-    pub const TOKEN_ISSUED: &str = "token_issued";
-    pub const TOKEN_REFUSED: &str = "token_refused";
-    pub const KEY_CREATED: &str = "key_created";
-    pub const KEY_REVOKED: &str = "key_revoked";
-    pub const POLICY_APPLIED: &str = "policy_applied";
-    pub const AUDIT_READ: &str = "audit_read";
-    pub const AUDIT_PRUNED: &str = "audit_pruned";
-    pub const TENANT_CREATED: &str = "tenant_created";
-    pub const CREDENTIAL_SET: &str = "credential_set";
-    pub const CREDENTIAL_DELETED: &str = "credential_deleted";
-    pub const POLICY_REPLAYED: &str = "policy_replayed";
+    use super::Kind;
+    pub const TOKEN_ISSUED: &str = Kind::TokenIssued.as_str();
+    pub const TOKEN_REFUSED: &str = Kind::TokenRefused.as_str();
+    pub const AUDIT_READ: &str = Kind::AuditRead.as_str();
+    pub const AUDIT_PRUNED: &str = Kind::AuditPruned.as_str();
 }
 
 impl AuditRow {
     /// A new, unsealed row with a fresh UUIDv7 id.
-    pub fn new(tenant: &str, kind: &str, outcome: &str, actor: &str, at_ms: i64) -> AuditRow {
+    pub fn new(tenant: &str, kind: Kind, outcome: Outcome, actor: Actor, at_ms: i64) -> AuditRow {
         AuditRow {
             audit_id: uuid::Uuid::now_v7().to_string(),
             tenant: tenant.to_owned(),
             at_ms,
-            kind: kind.to_owned(),
-            outcome: outcome.to_owned(),
-            actor: actor.to_owned(),
+            kind: kind.as_str().to_owned(),
+            outcome: outcome.as_str().to_owned(),
+            actor: actor.as_str().to_owned(),
             ..AuditRow::default()
         }
     }

@@ -322,7 +322,13 @@ mod tests {
         );
         assert_eq!(csv_text_of("+1"), "'+1");
         assert_eq!(csv_text_of("@SUM(A1)"), "'@SUM(A1)");
-        let mut r = AuditRow::new("t", "token_issued", "issued", "api_key", 1);
+        let mut r = AuditRow::new(
+            "t",
+            crate::audit::Kind::TokenIssued,
+            crate::audit::Outcome::Issued,
+            crate::audit::Actor::ApiKey,
+            1,
+        );
         r.user_id = Some("=1+1,\"x\"\n".into());
         let line = csv_line(&r);
         assert_eq!(

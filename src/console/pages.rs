@@ -13,13 +13,13 @@ use super::html::{self, url};
 use super::session::{self, COOKIE, PRE_COOKIE, Session};
 use super::views;
 use crate::audit::query::{AuditParams, encode_cursor};
-use crate::audit::{AuditRow, kind};
+use crate::audit::{AuditRow, Kind, kind};
 use crate::auth::{Required, Scopes, scope};
 use crate::routes::error::ApiError;
 use crate::state::AppState;
 
 /// Audit event kind of a console sign-in.
-pub const CONSOLE_SIGN_IN: &str = "console_sign_in";
+pub const CONSOLE_SIGN_IN: Kind = Kind::ConsoleSignIn;
 
 type Page = Result<HttpResponse, Fail>;
 
@@ -136,10 +136,16 @@ async fn record(
     state: &AppState,
     req: &HttpRequest,
     s: &Session,
-    kind: &str,
+    kind: Kind,
     detail: serde_json::Value,
 ) -> Result<(), HttpResponse> {
-    let mut row = AuditRow::new(&s.tenant, kind, "ok", "api_key", now());
+    let mut row = AuditRow::new(
+        &s.tenant,
+        kind,
+        crate::audit::Outcome::Ok,
+        crate::audit::Actor::ApiKey,
+        now(),
+    );
     row.key_id = Some(s.key_id.clone());
     row.request_id = req
         .extensions()
@@ -340,7 +346,7 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
         &state,
         &req,
         &s,
-        kind::AUDIT_READ,
+        Kind::AuditRead,
         json!({"read": "summary", "console": "overview"}),
     )
     .await?;
@@ -463,7 +469,7 @@ async fn recorded_query(
         state,
         req,
         s,
-        kind::AUDIT_READ,
+        Kind::AuditRead,
         json!({"read": "query", "console": page, "filters": params.for_record()}),
     )
     .await?;
@@ -607,7 +613,7 @@ pub async fn moderators_csv(
         &state,
         &req,
         &s,
-        kind::AUDIT_READ,
+        Kind::AuditRead,
         json!({"read": "csv", "console": "moderators", "filters": params.for_record()}),
     )
     .await?;
@@ -699,7 +705,7 @@ pub async fn audit_event(
         &state,
         &req,
         &s,
-        kind::AUDIT_READ,
+        Kind::AuditRead,
         json!({"read": "event", "console": "audit", "seq": seq}),
     )
     .await?;
@@ -776,7 +782,7 @@ pub async fn audit_event_proof(
         &state,
         &req,
         &s,
-        kind::AUDIT_READ,
+        Kind::AuditRead,
         json!({"read": "proof", "console": "audit", "seq": seq}),
     )
     .await?;

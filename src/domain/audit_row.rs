@@ -23,6 +23,80 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// persistence layer writes chains without knowing how they are hashed.
 pub type Seal = fn(&mut AuditRow, i64, &str) -> (i64, String);
 
+/// A closed set of stable strings, stored as text in the audit table.
+macro_rules! str_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vm])* $v,)*
+        }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &'static [$name] = &[$($name::$v,)*];
+
+            /// The stored text.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$v => $s,)*
+                }
+            }
+
+            /// The value a stored text names, if any.
+            pub fn parse(s: &str) -> Option<$name> {
+                match s {
+                    $($s => Some($name::$v),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+str_enum! {
+    /// What an audit row records.
+    Kind {
+        TokenIssued = "token_issued",
+        TokenRefused = "token_refused",
+        KeyCreated = "key_created",
+        KeyRevoked = "key_revoked",
+        PolicyApplied = "policy_applied",
+        AuditRead = "audit_read",
+        AuditPruned = "audit_pruned",
+        TenantCreated = "tenant_created",
+        CredentialSet = "credential_set",
+        CredentialDeleted = "credential_deleted",
+        PolicyReplayed = "policy_replayed",
+        ConsoleSignIn = "console_sign_in",
+    }
+}
+
+str_enum! {
+    /// How it ended: a token issued or refused, or an admin event done.
+    Outcome {
+        Issued = "issued",
+        Refused = "refused",
+        Ok = "ok",
+    }
+}
+
+str_enum! {
+    /// Who acted: a tenant app's API key (the console signs in with one), an
+    /// end user with a login token, or an operator at the CLI.
+    Actor {
+        ApiKey = "api_key",
+        EndUser = "end_user",
+        Cli = "cli",
+    }
+}
+
 /// Calls `$cb! { [extra tokens] name: Kind, … }` with the chained columns in
 /// table order (the extra tokens are passed through, for the callback's use).
 macro_rules! audit_columns {
@@ -291,6 +365,25 @@ pub fn canonical_line_sql(d: SqlDialect) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_strings_round_trip_and_are_distinct() {
+        fn check<T: Copy + PartialEq + std::fmt::Debug>(
+            all: &[T],
+            s: fn(T) -> &'static str,
+            p: fn(&str) -> Option<T>,
+        ) {
+            let mut seen = std::collections::HashSet::new();
+            for v in all {
+                assert_eq!(p(s(*v)), Some(*v));
+                assert!(seen.insert(s(*v)), "{v:?} repeats a stored string");
+            }
+            assert_eq!(p("Token_Issued"), None);
+        }
+        check(Kind::ALL, Kind::as_str, Kind::parse);
+        check(Outcome::ALL, Outcome::as_str, Outcome::parse);
+        check(Actor::ALL, Actor::as_str, Actor::parse);
+    }
 
     #[test]
     fn every_column_is_listed_once_and_hash_is_last() {

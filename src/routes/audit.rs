@@ -11,8 +11,8 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::extractors::Authed;
+use crate::audit::AuditRow;
 use crate::audit::query::{AuditParams, csv_header, csv_line, encode_cursor, parse_time};
-use crate::audit::{AuditRow, kind};
 use crate::auth::scope;
 use crate::state::AppState;
 use crate::store::{AuditCursor, AuditFilter, Store};
@@ -30,9 +30,9 @@ async fn record_read(
 ) -> Result<(), ApiError> {
     let mut row = AuditRow::new(
         &p.tenant,
-        kind::AUDIT_READ,
-        "ok",
-        "api_key",
+        crate::audit::Kind::AuditRead,
+        crate::audit::Outcome::Ok,
+        crate::audit::Actor::ApiKey,
         crate::clock::now_unix_ms(),
     );
     row.key_id = Some(p.key_id.clone());

@@ -720,7 +720,13 @@ async fn a_prune_forged_with_the_true_frontier_but_without_the_key_is_caught() {
         ),
     )
     .await;
-    let mut row = AuditRow::new("acme", "audit_pruned", "ok", "cli", 5_000);
+    let mut row = AuditRow::new(
+        "acme",
+        token_broker::audit::Kind::AuditPruned,
+        token_broker::audit::Outcome::Ok,
+        token_broker::audit::Actor::Cli,
+        5_000,
+    );
     row.detail = Some(
         json!({"before_ms": 1, "through_seq": 4, "through_hash": all[3].hash, "rows_deleted": 4,
                "merkle_frontier": frontier.iter().map(token_broker::audit::merkle::to_hex).collect::<Vec<_>>()})

@@ -45,9 +45,9 @@ async fn write_hostile_chain(app: &TestApp, tenant: &str) -> usize {
         .map(|(i, s)| {
             let mut r = AuditRow::new(
                 tenant,
-                "token_issued",
-                "issued",
-                "api_key",
+                token_broker::audit::Kind::TokenIssued,
+                token_broker::audit::Outcome::Issued,
+                token_broker::audit::Actor::ApiKey,
                 1_764_000_000_000 + i as i64,
             );
             r.user_id = Some(format!("app:user:{s}"));
@@ -144,7 +144,13 @@ async fn time_windowed_pages_walk_every_row_once_when_clocks_disagree() {
     let mut rows: Vec<AuditRow> = (0..40)
         .map(|i: i64| {
             let at = t0 + [0, 5, -3, 5, 2][i as usize % 5] + (i / 5) * 4;
-            let mut r = AuditRow::new("acme", "token_issued", "issued", "api_key", at);
+            let mut r = AuditRow::new(
+                "acme",
+                token_broker::audit::Kind::TokenIssued,
+                token_broker::audit::Outcome::Issued,
+                token_broker::audit::Actor::ApiKey,
+                at,
+            );
             r.user_id = Some(format!("app:user:u{i}"));
             r.rule = Some(if i % 3 == 0 { "teachers" } else { "students" }.into());
             r

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use token_broker::audit::writer::{AuditWriter, WriterConfig, commit_isolating};
-use token_broker::audit::{AuditRow, AuditUnavailable, kind};
+use token_broker::audit::{AuditRow, AuditUnavailable};
 use token_broker::cli_audit::verify_tenant;
 
 use crate::helpers::*;
@@ -476,9 +476,9 @@ async fn the_token_carries_the_service_form_of_the_callers_spelling() {
 fn row(tenant: &str, user: &str) -> AuditRow {
     let mut r = AuditRow::new(
         tenant,
-        kind::TOKEN_ISSUED,
-        "issued",
-        "api_key",
+        token_broker::audit::Kind::TokenIssued,
+        token_broker::audit::Outcome::Issued,
+        token_broker::audit::Actor::ApiKey,
         1_764_000_000_000,
     );
     r.user_id = Some(user.to_owned());
