@@ -13,7 +13,7 @@
 //! `KEEP=1` keeps an existing tenant (generated once, measured many times).
 //! `ONLY=verify|query` runs one half.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark with broken fixtures should stop loudly
 
 use std::time::Instant;
 

@@ -8,7 +8,7 @@
 //! of a proposed policy over all of them: reading the rows is the cost;
 //! each decision is a few hundred nanoseconds.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark with broken fixtures should stop loudly
 
 use std::collections::HashMap;
 use std::time::Instant;

@@ -157,13 +157,13 @@ impl fmt::Debug for NewKey {
     }
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+/// Random bytes from the OS; without them no key can be made safely, so the
+/// caller fails instead of issuing a predictable one.
+fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
     let mut b = [0u8; N];
-    // The OS RNG failing is unrecoverable for a credential issuer.
-    if getrandom::fill(&mut b).is_err() {
-        panic!("the operating system's random number generator failed");
-    }
-    b
+    getrandom::fill(&mut b)
+        .map_err(|e| format!("the operating system's random number generator failed: {e}"))?;
+    Ok(b)
 }
 
 /// Makes a new key for `tenant`. Hashes with argon2id: call from a blocking
@@ -176,11 +176,11 @@ pub fn generate_key(
     now_ms: i64,
 ) -> Result<NewKey, String> {
     const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let id: String = random_bytes::<KEY_ID_LEN>()
+    let id: String = random_bytes::<KEY_ID_LEN>()?
         .iter()
         .map(|b| ALPHABET[(b & 31) as usize] as char)
         .collect();
-    let secret = crate::audit::chain::hex(&random_bytes::<32>());
+    let secret = crate::audit::chain::hex(&random_bytes::<32>()?);
     let hash = hasher()
         .hash_password(secret.as_bytes())
         .map_err(|e| format!("argon2: {e}"))?

@@ -177,8 +177,21 @@ pub async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse 
     }
 }
 
+/// The page for a request that needed fresh randomness the OS could not give.
+fn no_randomness(e: &session::NoRandomness) -> HttpResponse {
+    tracing::error!(error = %e, "console cannot make a session token");
+    html::error_page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "internal error",
+    )
+}
+
 fn sign_in_page(status: StatusCode, error: Option<(&str, &str)>, secure: bool) -> HttpResponse {
-    let pre = session::random_token();
+    let pre = match session::random_token() {
+        Ok(t) => t,
+        Err(e) => return no_randomness(&e),
+    };
     let mut r = html::bare(status, "Sign in", &views::SignIn { error, csrf: &pre });
     if let Ok(v) =
         header::HeaderValue::from_str(&session::set_cookie(PRE_COOKIE, &pre, Some(3600), secure))
@@ -247,7 +260,10 @@ pub async fn sign_in(
         );
     }
     let now = now();
-    let s = Session::new(&p, now);
+    let s = match Session::new(&p, now) {
+        Ok(s) => s,
+        Err(e) => return no_randomness(&e),
+    };
     if let Err(r) = record(
         &state,
         &req,
@@ -259,7 +275,10 @@ pub async fn sign_in(
     {
         return r;
     }
-    let id = session::insert(s, now);
+    let id = match session::insert(s, now) {
+        Ok(id) => id,
+        Err(e) => return no_randomness(&e),
+    };
     tracing::info!(target: "broker::security", tenant = ?p.tenant, key_id = ?p.key_id, "console sign-in");
     let mut r = see_other("/console");
     for c in [
