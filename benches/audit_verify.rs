@@ -7,6 +7,7 @@
 //! the broker uses (batches of 1000), then times one full chain verification.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark with broken fixtures should stop loudly
+#![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
 use std::collections::HashMap;
 use std::time::Instant;

@@ -9,6 +9,7 @@
 //! each decision is a few hundred nanoseconds.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark with broken fixtures should stop loudly
+#![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
 use std::collections::HashMap;
 use std::time::Instant;

@@ -51,8 +51,8 @@ impl actix_web::ResponseError for Fail {
     }
 }
 
-fn now() -> i64 {
-    crate::clock::now_unix_ms()
+fn now(state: &AppState) -> i64 {
+    state.clock.now_unix_ms()
 }
 
 fn see_other(to: &str) -> HttpResponse {
@@ -76,7 +76,7 @@ async fn admin_form(state: &AppState, req: &HttpRequest, csrf: &str) -> Result<S
 async fn signed_in(state: &AppState, req: &HttpRequest) -> Result<Session, Fail> {
     let to_sign_in = || Fail::from(see_other("/console/sign-in"));
     let id = session::cookie(req, COOKIE).ok_or_else(to_sign_in)?;
-    let s = session::lookup(id, now()).ok_or_else(to_sign_in)?;
+    let s = session::lookup(id, now(state)).ok_or_else(to_sign_in)?;
     match state.store.get_key(&s.key_id).await {
         Ok(Some(k)) if k.revoked_at_ms.is_none() && k.tenant == s.tenant => Ok(s),
         Ok(_) => {
@@ -139,7 +139,7 @@ async fn record(
     kind: &str,
     detail: serde_json::Value,
 ) -> Result<(), HttpResponse> {
-    let mut row = AuditRow::new(&s.tenant, kind, "ok", "api_key", now());
+    let mut row = AuditRow::new(&s.tenant, kind, "ok", "api_key", now(state));
     row.key_id = Some(s.key_id.clone());
     row.request_id = req
         .extensions()
@@ -259,7 +259,7 @@ pub async fn sign_in(
             secure,
         );
     }
-    let now = now();
+    let now = now(&state);
     let s = match Session::new(&p, now) {
         Ok(s) => s,
         Err(e) => return no_randomness(&e),
@@ -363,7 +363,7 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
         json!({"read": "summary", "console": "overview"}),
     )
     .await?;
-    let now = now();
+    let now = now(&state);
     let since = now - 14 * 86_400_000;
     let by_day = state
         .store
@@ -898,7 +898,7 @@ pub async fn policy_dry_run(
         true,
         &actor(&req, &s),
         None,
-        now(),
+        now(&state),
     )
     .await;
     let outcome = match out {
@@ -933,7 +933,7 @@ async fn replay_last_week(
     s: &Session,
     source: &str,
 ) -> Option<views::ReplayView> {
-    let now = now();
+    let now = now(state);
     let report = crate::replay::replay(
         &state.store,
         &format!("{}.toml", s.tenant),
@@ -1018,7 +1018,7 @@ pub async fn policy_rollback(
         &s.tenant,
         form.to,
         &actor(&req, &s),
-        now(),
+        now(&state),
     )
     .await
     .map_err(|e| api_error(&s, crate::routes::keys::admin_error(e)))?;
@@ -1101,7 +1101,7 @@ pub async fn key_create(
         scopes,
         name,
         &actor(&req, &s),
-        now(),
+        now(&state),
     )
     .await
     .map_err(|e| api_error(&s, crate::routes::keys::admin_error(e)))?;
@@ -1122,7 +1122,7 @@ pub async fn key_revoke(
         &key_id,
         Some(&s.tenant),
         &actor(&req, &s),
-        now(),
+        now(&state),
     )
     .await
     .map_err(|e| api_error(&s, crate::routes::keys::admin_error(e)))?;

@@ -245,7 +245,7 @@ async fn record_read(
         kind::AUDIT_READ,
         "ok",
         "api_key",
-        crate::clock::now_unix_ms(),
+        state.clock.now_unix_ms(),
     );
     row.key_id = Some(p.key_id.clone());
     row.request_id = req

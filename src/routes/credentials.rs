@@ -31,7 +31,7 @@ pub async fn put(
         &name,
         body.0,
         &actor(&req, &p.key_id),
-        crate::clock::now_unix_ms(),
+        state.clock.now_unix_ms(),
     )
     .await
     .map_err(admin_error)?;
@@ -78,7 +78,7 @@ pub async fn delete(
         &p.tenant,
         &name,
         &actor(&req, &p.key_id),
-        crate::clock::now_unix_ms(),
+        state.clock.now_unix_ms(),
     )
     .await
     .map_err(admin_error)?;

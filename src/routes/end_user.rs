@@ -174,7 +174,7 @@ async fn issue_inner(
             ),
             Some((_, Err(_))) => Err(crate::idp::IdpError::KeysUnavailable),
             Some((name, Ok(idp))) => idp
-                .verify(presented, crate::clock::now_unix_ms())
+                .verify(presented, state.clock.now_unix_ms())
                 .await
                 .map(|identity| (name.clone(), identity)),
         };
@@ -211,14 +211,7 @@ async fn issue_inner(
         caller.idp = Some(idp_name);
         caller.identity = Some(identity);
     }
-    let out = broker::handle(
-        state,
-        &caller,
-        body,
-        Mode::Issue,
-        crate::clock::now_unix_ms(),
-    )
-    .await?;
+    let out = broker::handle(state, &caller, body, Mode::Issue, state.clock.now_unix_ms()).await?;
     Ok(HttpResponse::build(StatusCode::CREATED)
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(out))

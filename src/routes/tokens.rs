@@ -47,7 +47,7 @@ pub async fn issue(
         &caller,
         &body,
         Mode::Issue,
-        crate::clock::now_unix_ms(),
+        state.clock.now_unix_ms(),
     )
     .await?;
     Ok(HttpResponse::Created()
@@ -72,6 +72,6 @@ pub async fn decide(
     let p = key.require(Scopes::ISSUE)?;
     let caller = caller_from(&req, &p.tenant, Some(&p.key_id));
     let mode = Mode::Decide { explain: q.explain };
-    let out = broker::handle(&state, &caller, &body, mode, crate::clock::now_unix_ms()).await?;
+    let out = broker::handle(&state, &caller, &body, mode, state.clock.now_unix_ms()).await?;
     Ok(HttpResponse::Ok().json(out))
 }
