@@ -364,28 +364,7 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
     )
     .await?;
     let now = now(&state);
-    let since = now - 14 * 86_400_000;
-    let by_day = state
-        .store
-        .audit_summary(&s.tenant, "day", Some(since), None)
-        .await
-        .map_err(|e| api_error(&s, e.into()))?;
-    let counted: HashMap<String, (i64, i64)> = by_day
-        .into_iter()
-        .map(|r| (r.key.unwrap_or_default(), (r.issued, r.refused)))
-        .collect();
-    // Every one of the 14 UTC days, empty ones included, oldest first.
-    let days: Vec<(String, i64, i64)> = (0..14)
-        .rev()
-        .map(|back| {
-            let day = html::rfc3339(now - back * 86_400_000)
-                .get(..10)
-                .unwrap_or_default()
-                .to_owned();
-            let (i, r) = counted.get(&day).copied().unwrap_or((0, 0));
-            (day, i, r)
-        })
-        .collect();
+    let days = daily_counts(&state, &s, now).await?;
     let week = now - 7 * 86_400_000;
     let by_role = state
         .store
@@ -398,24 +377,7 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
         .map(|r| r.issued)
         .sum();
     let (issued, refused) = days.iter().fold((0, 0), |a, d| (a.0 + d.1, a.1 + d.2));
-    // Refusals by code over the last 7 days (the newest 1000).
-    let refusals = state
-        .store
-        .query_audit(&crate::store::AuditFilter {
-            tenant: s.tenant.clone(),
-            kind: Some(kind::TOKEN_REFUSED.into()),
-            since_ms: Some(week),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| api_error(&s, e.into()))?;
-    let mut by_code: BTreeMap<String, i64> = BTreeMap::new();
-    for r in &refusals {
-        *by_code
-            .entry(r.code.clone().unwrap_or_else(|| "unknown".into()))
-            .or_default() += 1;
-    }
+    let by_code = refusal_codes(&state, &s, week).await?;
     let chain = match crate::cli_audit::verify_tenant(&state.store, &s.tenant, None).await {
         Ok(v) if v.ok => match signed_state(&state, &req, &s.tenant).await {
             Ok(signed) => views::Chain::Verified {
@@ -442,6 +404,63 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
         chain,
     };
     Ok(html::page(&s, "overview", "Overview", &body))
+}
+
+/// Issued and refused tokens on each of the last 14 UTC days, empty ones
+/// included, oldest first.
+async fn daily_counts(
+    state: &AppState,
+    s: &Session,
+    now: i64,
+) -> Result<Vec<(String, i64, i64)>, Fail> {
+    let since = now - 14 * 86_400_000;
+    let by_day = state
+        .store
+        .audit_summary(&s.tenant, "day", Some(since), None)
+        .await
+        .map_err(|e| api_error(s, e.into()))?;
+    let counted: HashMap<String, (i64, i64)> = by_day
+        .into_iter()
+        .map(|r| (r.key.unwrap_or_default(), (r.issued, r.refused)))
+        .collect();
+    // Every one of the 14 UTC days, empty ones included, oldest first.
+    Ok((0..14)
+        .rev()
+        .map(|back| {
+            let day = html::rfc3339(now - back * 86_400_000)
+                .get(..10)
+                .unwrap_or_default()
+                .to_owned();
+            let (i, r) = counted.get(&day).copied().unwrap_or((0, 0));
+            (day, i, r)
+        })
+        .collect())
+}
+
+/// Refusals by code over the last 7 days (the newest 1000).
+async fn refusal_codes(
+    state: &AppState,
+    s: &Session,
+    week: i64,
+) -> Result<BTreeMap<String, i64>, Fail> {
+    let refusals = state
+        .store
+        .query_audit(&crate::store::AuditFilter {
+            tenant: s.tenant.clone(),
+            kind: Some(kind::TOKEN_REFUSED.into()),
+            since_ms: Some(week),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| api_error(s, e.into()))?;
+    let mut by_code: BTreeMap<String, i64> = BTreeMap::new();
+    for r in &refusals {
+        *by_code
+            .entry(r.code.clone().unwrap_or_else(|| "unknown".into()))
+            .or_default() += 1;
+    }
+    Ok(by_code)
 }
 
 // ---------------------------------------------------------------- who got moderator
