@@ -211,6 +211,9 @@ impl fmt::Debug for Settings {
 
 impl Settings {
     /// Resolves flags/environment over the config file over defaults.
+    // One step per setting, until settings are declared once (#12 point 5)
+    // and this resolver is derived; allowed until then.
+    #[allow(clippy::too_many_lines)]
     pub fn resolve(args: &SettingsArgs) -> anyhow::Result<Settings> {
         let file: FileSettings = match &args.config {
             Some(path) => {

@@ -326,6 +326,9 @@ impl Authenticator {
     }
 
     /// Authenticates a presented key string.
+    // Over the length limit by a line; authentication is being moved into one
+    // module (#12 point 4), which takes this apart. Allowed until then.
+    #[allow(clippy::too_many_lines)]
     pub async fn authenticate(&self, presented: &str) -> Result<Arc<Principal>, AuthError> {
         let Some(k) = parse_presented(presented) else {
             return Err(AuthError::Malformed);

@@ -122,6 +122,9 @@ pub async fn issue(
     with_cors(rt.as_deref(), &req, resp)
 }
 
+// Authentication is being moved into one module (#12 point 4), which takes
+// the login-token half out of this; allowed until then.
+#[allow(clippy::too_many_lines)]
 async fn issue_inner(
     state: &AppState,
     req: &HttpRequest,
