@@ -143,6 +143,9 @@ pub struct Checkpoint {
 
 /// Verifies one tenant's chain from genesis against its stored head and an
 /// optional external checkpoint.
+// Chain verification moves under audit/ (#12 point 3), which splits this;
+// allowed until then.
+#[allow(clippy::too_many_lines)]
 pub async fn verify_tenant(
     store: &Store,
     tenant: &str,
@@ -590,6 +593,9 @@ fn verify_proof_cmd(file: &str, key: &str) -> CmdResult {
     }
 }
 
+// One arm per subcommand; the cli/ rework (#12 point 6) makes each a
+// function. Allowed until then.
+#[allow(clippy::too_many_lines)]
 pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
     if let AuditCmd::VerifyProof { file, public_key } = &cmd {
         return verify_proof_cmd(file, public_key);
