@@ -13,7 +13,8 @@
 //! `KEEP=1` keeps an existing tenant (generated once, measured many times).
 //! `ONLY=verify|query` runs one half.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark with broken fixtures should stop loudly
+#![allow(clippy::disallowed_methods, clippy::too_many_lines)] // a benchmark measures real time, setup reads top to bottom
 
 use std::time::Instant;
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark with broken fixtures should stop loudly
 //! The cost of one policy decision (pure, from memory): `cargo bench --bench decide`.
 //! Runs the shipped example policy (policies/acme.toml) for a caller who falls
 //! through to its last rules, the slow path.

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark with broken fixtures should stop loudly
 //! Signer throughput on one core: `cargo bench --bench sign`.
 //!
 //! Each format signs a realistic token (stamped connection data, a layout

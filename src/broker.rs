@@ -134,6 +134,10 @@ struct Checked {
 /// audit row: every identifier free of control characters (NUL included) and
 /// bounded, the session ID in a spelling the service uses, the expiry within
 /// the 30-day limit.
+// To be split with the move from ApiError to the issuance service's own
+// errors (#12 point 2) and request types valid by construction (point 8);
+// allowed until then so the two reworks do not collide.
+#[allow(clippy::too_many_lines)]
 fn validate(caller: &Call, req: &TokenRequest, now: i64) -> Result<Checked, ApiError> {
     let session = SessionId::parse(&req.session_id)
         .map_err(|e| ApiError::bad(e.code(), "session_id", e.to_string()))?;
@@ -397,6 +401,9 @@ pub async fn handle(
     r
 }
 
+// To be split with the move from ApiError to the issuance service's own
+// errors (#12 point 2); allowed until then so the two reworks do not collide.
+#[allow(clippy::too_many_lines)]
 async fn run(
     state: &AppState,
     caller: &Call,

@@ -215,7 +215,8 @@ async fn serve(mut settings: Settings, dev: bool) -> CmdResult {
     }
     let app = Application::build_with_store(settings, store).await?;
     if dev {
-        crate::dev::first_tokens(&app.state(), crate::clock::now_unix_ms()).await?;
+        let state = app.state();
+        crate::dev::first_tokens(&state, state.clock.now_unix_ms()).await?;
     }
     app.run_until_stopped().await?;
     Ok(())

@@ -177,6 +177,9 @@ pub fn check_files(paths: &[PathBuf], json: bool) -> CmdResult {
     Ok(())
 }
 
+// One arm per subcommand; the cli/ rework (#12 point 6) makes each a
+// function. Allowed until then.
+#[allow(clippy::too_many_lines)]
 pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
     match cmd {
         PolicyCmd::Check { paths, json } => check_files(&paths, json),

@@ -21,7 +21,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Clock;
 
 /// A sustained rate and a burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,50 +96,6 @@ impl Default for Rates {
     }
 }
 
-/// The limiters' monotonic time, in nanoseconds since the broker started.
-/// Tests freeze it and move it forward instead of sleeping.
-#[derive(Debug)]
-pub struct Ticker {
-    origin: Instant,
-    /// `u64::MAX` while the real clock runs; otherwise the frozen time.
-    frozen: AtomicU64,
-}
-
-impl Default for Ticker {
-    fn default() -> Ticker {
-        Ticker {
-            origin: Instant::now(),
-            frozen: AtomicU64::new(u64::MAX),
-        }
-    }
-}
-
-impl Ticker {
-    pub fn now_ns(&self) -> u64 {
-        match self.frozen.load(Ordering::Acquire) {
-            u64::MAX => u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX - 1),
-            t => t,
-        }
-    }
-
-    /// Stops time where it is (for tests).
-    pub fn freeze(&self) {
-        let now = self.now_ns();
-        self.frozen.store(now, Ordering::Release);
-    }
-
-    /// Moves frozen time forward (for tests; freezes it first).
-    pub fn advance(&self, by: Duration) {
-        self.freeze();
-        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        let _ = self
-            .frozen
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                Some(t.saturating_add(by).min(u64::MAX - 1))
-            });
-    }
-}
-
 const SHARDS: usize = 16;
 
 /// One keyed limit: a token bucket per key, kept as GCRA's "theoretical
@@ -147,7 +105,8 @@ pub struct Limiter {
     /// `per_second` in the low 32 bits, `burst` in the high 32.
     rate: AtomicU64,
     shards: [Mutex<HashMap<String, u64>>; SHARDS],
-    ticker: Arc<Ticker>,
+    /// Monotonic time (tests freeze it and move it forward instead of sleeping).
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -171,14 +130,14 @@ fn shard_of(key: &str) -> usize {
 
 impl Limiter {
     pub fn new(rate: Rate) -> Limiter {
-        Limiter::with_ticker(rate, Arc::default())
+        Limiter::with_clock(rate, Clock::system())
     }
 
-    pub fn with_ticker(rate: Rate, ticker: Arc<Ticker>) -> Limiter {
+    pub fn with_clock(rate: Rate, clock: Clock) -> Limiter {
         Limiter {
             rate: AtomicU64::new(pack(rate)),
             shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-            ticker,
+            clock,
         }
     }
 
@@ -215,7 +174,7 @@ impl Limiter {
 
     fn decide(&self, key: &str, take: bool) -> Result<(), Duration> {
         let (interval, tolerance) = self.params();
-        let now = self.ticker.now_ns();
+        let now = self.clock.monotonic_ns();
         let Ok(mut shard) = self.shards[shard_of(key)].lock() else {
             return Ok(()); // a poisoned shard: fail open rather than refuse everyone
         };
@@ -249,7 +208,7 @@ impl Limiter {
 
     /// Forgets keys whose buckets are full again (bounds memory).
     pub fn shrink(&self) {
-        let now = self.ticker.now_ns();
+        let now = self.clock.monotonic_ns();
         for s in &self.shards {
             if let Ok(mut m) = s.lock() {
                 m.retain(|_, tat| *tat > now);
@@ -268,11 +227,11 @@ pub struct LimitSet {
 }
 
 impl LimitSet {
-    fn new(rates: &Rates, ticker: &Arc<Ticker>) -> LimitSet {
+    fn new(rates: &Rates, clock: &Clock) -> LimitSet {
         LimitSet {
-            end_user: Limiter::with_ticker(rates.end_user, ticker.clone()),
-            end_user_ip: Limiter::with_ticker(rates.end_user_ip, ticker.clone()),
-            api_key: Limiter::with_ticker(rates.api_key, ticker.clone()),
+            end_user: Limiter::with_clock(rates.end_user, clock.clone()),
+            end_user_ip: Limiter::with_clock(rates.end_user_ip, clock.clone()),
+            api_key: Limiter::with_clock(rates.api_key, clock.clone()),
         }
     }
 
@@ -299,20 +258,20 @@ impl LimitSet {
 pub struct Limits {
     pub rates: Rates,
     pub failed_auth_ip: Limiter,
-    pub ticker: Arc<Ticker>,
+    clock: Clock,
     global: Arc<LimitSet>,
     tenants: RwLock<HashMap<String, Arc<LimitSet>>>,
 }
 
 impl Limits {
-    pub fn new(rates: Rates) -> Limits {
-        let ticker = Arc::new(Ticker::default());
+    /// The limits at `rates`, on `clock` (the application's).
+    pub fn new(rates: Rates, clock: Clock) -> Limits {
         Limits {
             rates,
-            failed_auth_ip: Limiter::with_ticker(rates.failed_auth_ip, ticker.clone()),
-            global: Arc::new(LimitSet::new(&rates, &ticker)),
+            failed_auth_ip: Limiter::with_clock(rates.failed_auth_ip, clock.clone()),
+            global: Arc::new(LimitSet::new(&rates, &clock)),
             tenants: RwLock::new(HashMap::new()),
-            ticker,
+            clock,
         }
     }
 
@@ -335,7 +294,7 @@ impl Limits {
         match (rates, m.get(tenant)) {
             (Some(r), Some(set)) => set.set_rates(r),
             (Some(r), None) => {
-                m.insert(tenant.to_owned(), Arc::new(LimitSet::new(r, &self.ticker)));
+                m.insert(tenant.to_owned(), Arc::new(LimitSet::new(r, &self.clock)));
             }
             (None, _) => {
                 m.remove(tenant);
@@ -358,8 +317,8 @@ impl Limits {
 mod tests {
     use super::*;
 
-    fn frozen() -> Arc<Ticker> {
-        let t = Arc::new(Ticker::default());
+    fn frozen() -> Clock {
+        let t = Clock::system();
         t.freeze();
         t
     }
@@ -367,7 +326,7 @@ mod tests {
     #[test]
     fn a_burst_past_the_limit_is_refused_with_a_retry_time() {
         let t = frozen();
-        let l = Limiter::with_ticker(
+        let l = Limiter::with_clock(
             Rate {
                 per_second: 5,
                 burst: 20,
@@ -386,7 +345,7 @@ mod tests {
 
     #[test]
     fn peeking_takes_nothing() {
-        let l = Limiter::with_ticker(
+        let l = Limiter::with_clock(
             Rate {
                 per_second: 1,
                 burst: 2,
@@ -403,8 +362,7 @@ mod tests {
 
     #[test]
     fn a_rate_change_keeps_every_bucket() {
-        let limits = Limits::new(Rates::default());
-        limits.ticker.freeze();
+        let limits = Limits::new(Rates::default(), frozen());
         let slow = Rates {
             api_key: Rate {
                 per_second: 1,
@@ -440,7 +398,7 @@ mod tests {
     #[test]
     fn shrinking_forgets_only_full_buckets() {
         let t = frozen();
-        let l = Limiter::with_ticker(
+        let l = Limiter::with_clock(
             Rate {
                 per_second: 1,
                 burst: 5,

@@ -166,47 +166,71 @@ impl Metrics {
             key_cache: Family::default(),
             idp_fetches: Family::default(),
         };
+        m.register_requests(&mut r);
+        m.register_audit_and_caches(&mut r, audit);
+        // Every limit shows (at 0) from the start, so an alert can watch its rate.
+        for l in [
+            Limit::EndUser,
+            Limit::EndUserIp,
+            Limit::ApiKey,
+            Limit::FailedAuthIp,
+        ] {
+            let _ = m
+                .rate_limited
+                .get_or_create(&LimitLabels { limit: l.label() });
+        }
+        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
+        m
+    }
+
+    /// The request-path metrics: latency, tokens, refusals, authentication.
+    fn register_requests(&self, r: &mut Registry) {
         r.register_with_unit(
             "http_request_duration",
             "HTTP request latency by route pattern, method and status class",
             Unit::Seconds,
-            m.requests.clone(),
+            self.requests.clone(),
         );
         r.register(
             "tokens_issued",
             "Tokens issued (each durably audited), by tenant, role and format",
-            m.tokens_issued.clone(),
+            self.tokens_issued.clone(),
         );
         r.register(
             "tokens_refused",
             "Token requests refused by policy or ownership (audited), by tenant and refusal code",
-            m.tokens_refused.clone(),
+            self.tokens_refused.clone(),
         );
         r.register(
             "moderator_tokens",
             "Moderator tokens issued",
-            m.moderator_tokens.clone(),
+            self.moderator_tokens.clone(),
         );
         r.register(
             "bad_requests",
             "Token requests rejected as malformed (400)",
-            m.bad_requests.clone(),
+            self.bad_requests.clone(),
         );
         r.register(
             "audit_unavailable",
             "Requests answered 503 because the audit row could not be committed",
-            m.audit_unavailable.clone(),
+            self.audit_unavailable.clone(),
         );
         r.register(
             "auth_failures",
             "Failed authentications (API keys and login tokens)",
-            m.auth_failures.clone(),
+            self.auth_failures.clone(),
         );
         r.register(
             "rate_limited",
             "Requests refused with 429, by limit",
-            m.rate_limited.clone(),
+            self.rate_limited.clone(),
         );
+    }
+
+    /// The audit writer's metrics (its own instruments and the copies taken
+    /// at scrape time) and the key and JWKS caches'.
+    fn register_audit_and_caches(&self, r: &mut Registry, audit: &AuditMetrics) {
         r.register_with_unit(
             "audit_commit_duration",
             "Time to commit one audit batch (one transaction)",
@@ -221,52 +245,43 @@ impl Metrics {
         r.register(
             "audit_queue_depth",
             "Audit rows waiting for the writer",
-            m.audit_queue_depth.clone(),
+            self.audit_queue_depth.clone(),
         );
-        r.register("audit_rows", "Audit rows committed", m.audit_rows.clone());
+        r.register(
+            "audit_rows",
+            "Audit rows committed",
+            self.audit_rows.clone(),
+        );
         r.register(
             "audit_batches",
             "Audit transactions committed",
-            m.audit_batches.clone(),
+            self.audit_batches.clone(),
         );
         r.register(
             "audit_failed_batches",
             "Audit transactions that failed",
-            m.audit_failed_batches.clone(),
+            self.audit_failed_batches.clone(),
         );
         r.register(
             "audit_refused_rows",
             "Audit rows refused on their own (each failing only its request)",
-            m.audit_refused_rows.clone(),
+            self.audit_refused_rows.clone(),
         );
         r.register(
             "audit_failing",
             "1 while the audit store is failing or stalled",
-            m.audit_failing.clone(),
+            self.audit_failing.clone(),
         );
         r.register(
-            "key_cache",
-            "API key authentications answered from the verified-key cache (hit) or needing a database read and argon2 (miss)",
-            m.key_cache.clone(),
-        );
+        "key_cache",
+        "API key authentications answered from the verified-key cache (hit) or needing a database read and argon2 (miss)",
+        self.key_cache.clone(),
+    );
         r.register(
             "idp_jwks_fetches",
             "Identity providers' JWKS fetches, by result (ok, failed)",
-            m.idp_fetches.clone(),
+            self.idp_fetches.clone(),
         );
-        // Every limit shows (at 0) from the start, so an alert can watch its rate.
-        for l in [
-            Limit::EndUser,
-            Limit::EndUserIp,
-            Limit::ApiKey,
-            Limit::FailedAuthIp,
-        ] {
-            let _ = m
-                .rate_limited
-                .get_or_create(&LimitLabels { limit: l.label() });
-        }
-        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
-        m
     }
 
     pub fn inc(c: &Counter) {

@@ -615,6 +615,9 @@ async fn export(c: &Client, mut filters: AuditParams, csv: bool) -> CmdResult {
 /// other (each hash recomputed, each `prev_hash` the previous row's hash, no
 /// gap in `seq`), starting at genesis or at the oldest row still kept, and the
 /// checkpoint's row still carries the checkpoint's hash.
+// Shares the chain verification that moves under audit/ (#12 point 3) and
+// is rewritten by the cli/ rework (point 6); allowed until then.
+#[allow(clippy::too_many_lines)]
 async fn verify(c: &Client, checkpoint: Option<String>, json: bool) -> CmdResult {
     let cps = match &checkpoint {
         Some(arg) => crate::cli_audit::parse_checkpoints(arg)?,
@@ -710,6 +713,9 @@ async fn verify(c: &Client, checkpoint: Option<String>, json: bool) -> CmdResult
     Ok(())
 }
 
+// One arm per subcommand; the cli/ rework (#12 point 6) makes each a
+// function. Allowed until then.
+#[allow(clippy::too_many_lines)]
 async fn policy(c: &Client, cmd: RemotePolicy) -> CmdResult {
     match cmd {
         RemotePolicy::Check { paths, json } => local_check(&paths, json),

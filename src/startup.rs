@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tracing_actix_web::TracingLogger;
 
 use crate::audit::{AuditWriter, WriterConfig};
+use crate::clock::Clock;
 use crate::routes;
 use crate::secrets::Keyring;
 use crate::settings::Settings;
@@ -81,11 +82,13 @@ impl Application {
     }
 
     pub async fn build_with_store(settings: Settings, store: Store) -> anyhow::Result<Application> {
+        let clock = Clock::system();
         let (writer, writer_task) = AuditWriter::spawn(
             store.clone(),
             WriterConfig {
                 max_batch: settings.audit_max_batch,
                 timeout: settings.audit_timeout,
+                clock: clock.clone(),
                 ..WriterConfig::default()
             },
         );
@@ -96,7 +99,13 @@ impl Application {
             .clone()
             .map(|c| tokio::spawn(c.run(store.clone(), settings.checkpoint_interval)));
         let checkpoints = web::Data::new(checkpoints);
-        let state = web::Data::new(AppState::new(settings.clone(), store, writer, keyring));
+        let state = web::Data::new(AppState::new(
+            settings.clone(),
+            store,
+            writer,
+            keyring,
+            clock,
+        ));
         state.load_all_policies().await?;
         for p in state.problems() {
             tracing::warn!(problem = ?p, "not fully ready");
@@ -110,7 +119,7 @@ impl Application {
             App::new()
                 // Request latency by route pattern (inside the tracing span).
                 .wrap_fn(move |req, srv| {
-                    let started = std::time::Instant::now();
+                    let started = metrics_state.clock.stopwatch();
                     let route = req.match_pattern();
                     let method = req.method().clone();
                     let state = metrics_state.clone();

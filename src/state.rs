@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::audit::AuditWriter;
 use crate::auth::Authenticator;
 use crate::auth::idp::IdentityProvider;
+use crate::clock::Clock;
 use crate::limits::{Limits, Rates};
 use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, SessionFacts};
@@ -200,6 +201,8 @@ pub struct AppState {
     pub audit: AuditWriter,
     pub limits: Limits,
     pub metrics: Metrics,
+    /// The one source of time (tests freeze it and move it forward).
+    pub clock: Clock,
     /// Resolves tenants' operator-provisioned references (namespace-confined).
     pub secrets: SecretResolver,
     /// Opens stored credentials; `None` when no master key is configured.
@@ -218,13 +221,15 @@ impl AppState {
         store: Store,
         audit: AuditWriter,
         keyring: Option<Keyring>,
+        clock: Clock,
     ) -> AppState {
         let auth = Authenticator::new(store.clone(), settings.key_cache, settings.hash_parallelism);
         AppState {
             secrets: SecretResolver::new(settings.secrets_dir.clone(), SECRET_READ_BOUND),
             keyring,
-            limits: Limits::new(settings.rates),
+            limits: Limits::new(settings.rates, clock.clone()),
             metrics: Metrics::new(&audit.health.metrics, settings.metrics_tenant_labels),
+            clock,
             settings,
             store,
             auth,
@@ -247,7 +252,7 @@ impl AppState {
     pub async fn load_all_policies(&self) -> StoreResult<()> {
         let rows = self.store.all_current_policies().await?;
         // Policies applied before project claims existed claim what is free.
-        let now = crate::clock::now_unix_ms();
+        let now = self.clock.now_unix_ms();
         for row in &rows {
             if let Ok(doc) = crate::policy::parse_stored(&row.source_name, &row.source) {
                 let owners: Vec<String> = doc
@@ -409,7 +414,7 @@ impl AppState {
                     }
                 },
             };
-            let now_ms = crate::clock::now_unix_ms();
+            let now_ms = self.clock.now_unix_ms();
             match c.poll(&self.store, now_ms).await {
                 Ok(rows) => {
                     for row in rows {

@@ -805,100 +805,130 @@ pub async fn verify_tenant_signed(
     };
     let t = match load(store, tenant, false).await {
         Ok(t) => t,
-        Err(TreeError::Store(e)) => return Err(e),
-        Err(TreeError::UnrecordedPrune(k)) => {
-            return Ok(Some(SignedFault {
-                size: largest,
-                problem: "unrecorded_prune",
-                message: format!(
-                    "the history starts after seq {k}, but no audit_pruned row in it records that prune point: rows were deleted"
-                ),
-            }));
-        }
-        Err(e @ TreeError::Gap { .. }) => {
-            return Ok(Some(SignedFault {
-                size: largest,
-                problem: "missing_or_reordered",
-                message: e.to_string(),
-            }));
-        }
-        Err(e @ TreeError::BadHash(_)) => {
-            return Ok(Some(SignedFault {
-                size: largest,
-                problem: "modified",
-                message: e.to_string(),
-            }));
-        }
+        Err(e) => return load_fault(e, largest).map(Some),
     };
-    // A prune point is accepted only with the prune row's checkpoint of the
-    // pruned rows, signed by the key: the database alone cannot make one.
-    if t.pruned > 0 {
-        let want = CompactRange::from_frontier(t.pruned, &t.frontier).map(|r| r.root());
-        let signed = t
-            .prune_note
-            .as_deref()
-            .and_then(|n| key.open_checkpoint(n).ok())
-            .is_some_and(|cp| {
-                cp.origin == origin(tenant) && cp.size == t.pruned && Some(cp.root) == want
-            });
-        if !signed {
-            return Ok(Some(SignedFault {
-                size: largest,
-                problem: "unrecorded_prune",
-                message: format!(
-                    "the history starts after seq {}, and its prune row carries no checkpoint of the pruned rows signed by this key: rows were deleted",
-                    t.pruned
-                ),
-            }));
-        }
+    if let Some(f) = prune_fault(&t, tenant, key, largest) {
+        return Ok(Some(f));
     }
     let tree = t.tree();
     let mut sorted: Vec<&Checkpoint> = checkpoints.iter().collect();
     sorted.sort_by_key(|c| c.size);
     for cp in sorted {
-        if cp.size > tree.size() {
-            let (problem, message) = if tree.size() == 0 {
-                (
-                    "erased",
-                    format!(
-                        "a signed checkpoint says the tenant had {} rows, and the database has none: the tenant's history was erased",
-                        cp.size
-                    ),
-                )
-            } else {
-                (
-                    "truncated",
-                    format!(
-                        "a signed checkpoint says the history had {} rows, and it has {}: the tail was truncated",
-                        cp.size,
-                        tree.size()
-                    ),
-                )
-            };
-            return Ok(Some(SignedFault {
-                size: cp.size,
-                problem,
-                message,
-            }));
+        if let Some(f) = size_fault(&tree, cp) {
+            return Ok(Some(f));
         }
         // Checkpoints older than the recorded prune point are covered by the
         // prune row (itself covered by any later checkpoint).
         if cp.size < t.pruned {
             continue;
         }
-        let root = tree
-            .root(cp.size)
-            .map_err(|_| StoreError::Invalid("tree".into()))?;
-        if root != cp.root {
-            return Ok(Some(SignedFault {
-                size: cp.size,
-                problem: "rewritten",
-                message: format!(
-                    "the first {} rows do not hash to the signed root: a row among them was edited, inserted, deleted, reordered or rehashed",
+        if let Some(f) = root_fault(&tree, cp)? {
+            return Ok(Some(f));
+        }
+    }
+    Ok(None)
+}
+
+/// The fault of a history that cannot even be loaded as a tree (reported
+/// against the `largest` checkpoint), or the store's error.
+fn load_fault(e: TreeError, largest: u64) -> Result<SignedFault, StoreError> {
+    Ok(match e {
+        TreeError::Store(e) => return Err(e),
+        TreeError::UnrecordedPrune(k) => SignedFault {
+            size: largest,
+            problem: "unrecorded_prune",
+            message: format!(
+                "the history starts after seq {k}, but no audit_pruned row in it records that prune point: rows were deleted"
+            ),
+        },
+        e @ TreeError::Gap { .. } => SignedFault {
+            size: largest,
+            problem: "missing_or_reordered",
+            message: e.to_string(),
+        },
+        e @ TreeError::BadHash(_) => SignedFault {
+            size: largest,
+            problem: "modified",
+            message: e.to_string(),
+        },
+    })
+}
+
+/// A prune point is accepted only with the prune row's checkpoint of the
+/// pruned rows, signed by the key: the database alone cannot make one.
+fn prune_fault(
+    t: &TenantTree,
+    tenant: &str,
+    key: &VerifierKey,
+    largest: u64,
+) -> Option<SignedFault> {
+    if t.pruned == 0 {
+        return None;
+    }
+    let want = CompactRange::from_frontier(t.pruned, &t.frontier).map(|r| r.root());
+    let signed = t
+        .prune_note
+        .as_deref()
+        .and_then(|n| key.open_checkpoint(n).ok())
+        .is_some_and(|cp| {
+            cp.origin == origin(tenant) && cp.size == t.pruned && Some(cp.root) == want
+        });
+    (!signed).then(|| SignedFault {
+        size: largest,
+        problem: "unrecorded_prune",
+        message: format!(
+            "the history starts after seq {}, and its prune row carries no checkpoint of the pruned rows signed by this key: rows were deleted",
+            t.pruned
+        ),
+    })
+}
+
+/// Whether the history still has as many rows as checkpoint `cp` signed
+/// (else it was erased or truncated).
+fn size_fault(tree: &merkle::Tree<'_>, cp: &Checkpoint) -> Option<SignedFault> {
+    if cp.size > tree.size() {
+        let (problem, message) = if tree.size() == 0 {
+            (
+                "erased",
+                format!(
+                    "a signed checkpoint says the tenant had {} rows, and the database has none: the tenant's history was erased",
                     cp.size
                 ),
-            }));
-        }
+            )
+        } else {
+            (
+                "truncated",
+                format!(
+                    "a signed checkpoint says the history had {} rows, and it has {}: the tail was truncated",
+                    cp.size,
+                    tree.size()
+                ),
+            )
+        };
+        return Some(SignedFault {
+            size: cp.size,
+            problem,
+            message,
+        });
+    }
+    None
+}
+
+/// Whether the first rows still hash to the root checkpoint `cp` signed
+/// (else one was rewritten).
+fn root_fault(tree: &merkle::Tree<'_>, cp: &Checkpoint) -> Result<Option<SignedFault>, StoreError> {
+    let root = tree
+        .root(cp.size)
+        .map_err(|_| StoreError::Invalid("tree".into()))?;
+    if root != cp.root {
+        return Ok(Some(SignedFault {
+            size: cp.size,
+            problem: "rewritten",
+            message: format!(
+                "the first {} rows do not hash to the signed root: a row among them was edited, inserted, deleted, reordered or rehashed",
+                cp.size
+            ),
+        }));
     }
     Ok(None)
 }

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::AuditRow;
+use crate::clock::Clock;
 use crate::store::Store;
 
 /// Tuning of the writer.
@@ -37,6 +38,8 @@ pub struct WriterConfig {
     pub max_batch: usize,
     /// How long a request waits for its row's commit before it gets 503.
     pub timeout: Duration,
+    /// The application's clock (stall detection, commit latency).
+    pub clock: Clock,
 }
 
 impl Default for WriterConfig {
@@ -45,6 +48,7 @@ impl Default for WriterConfig {
             queue: 8192,
             max_batch: 512,
             timeout: Duration::from_secs(2),
+            clock: Clock::system(),
         }
     }
 }
@@ -89,6 +93,7 @@ pub struct WriterHealth {
     pub refused_rows: AtomicU64,
     /// Commit latency and batch sizes (histograms served at `/metrics`).
     pub metrics: crate::metrics::AuditMetrics,
+    clock: Clock,
 }
 
 impl WriterHealth {
@@ -99,7 +104,7 @@ impl WriterHealth {
         let since = self.busy_since_ms.load(Ordering::Relaxed);
         let bound = self.stall_after_ms.load(Ordering::Relaxed);
         self.failing.load(Ordering::Relaxed)
-            || (since != 0 && crate::clock::now_unix_ms() - since > bound)
+            || (since != 0 && self.clock.now_unix_ms() - since > bound)
     }
 }
 
@@ -124,7 +129,10 @@ impl AuditWriter {
     /// Starts the writer task on the current runtime.
     pub fn spawn(store: Store, cfg: WriterConfig) -> (AuditWriter, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        let health = Arc::new(WriterHealth::default());
+        let health = Arc::new(WriterHealth {
+            clock: cfg.clock.clone(),
+            ..WriterHealth::default()
+        });
         health
             .stall_after_ms
             .store(cfg.timeout.as_millis() as i64, Ordering::Relaxed);
@@ -311,8 +319,8 @@ async fn run(
         // token, and the record errs on the side of more rows, never fewer.
         health
             .busy_since_ms
-            .store(crate::clock::now_unix_ms(), Ordering::Relaxed);
-        let started = std::time::Instant::now();
+            .store(health.clock.now_unix_ms(), Ordering::Relaxed);
+        let started = health.clock.stopwatch();
         let outcome = commit_isolating(&store, &mut rows, &mut heads).await;
         health.busy_since_ms.store(0, Ordering::Relaxed);
         if !outcome.store_failed {

@@ -95,13 +95,13 @@ impl fmt::Debug for NewKey {
     }
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+/// Random bytes from the OS; without them no key can be made safely, so the
+/// caller fails instead of issuing a predictable one.
+fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
     let mut b = [0u8; N];
-    // The OS RNG failing is unrecoverable for a credential issuer.
-    if getrandom::fill(&mut b).is_err() {
-        panic!("the operating system's random number generator failed");
-    }
-    b
+    getrandom::fill(&mut b)
+        .map_err(|e| format!("the operating system's random number generator failed: {e}"))?;
+    Ok(b)
 }
 
 /// Makes a new key for `tenant`. Hashes with argon2id: call from a blocking
@@ -114,11 +114,11 @@ pub fn generate_key(
     now_ms: i64,
 ) -> Result<NewKey, String> {
     const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let id: String = random_bytes::<KEY_ID_LEN>()
+    let id: String = random_bytes::<KEY_ID_LEN>()?
         .iter()
         .map(|b| ALPHABET[(b & 31) as usize] as char)
         .collect();
-    let secret = crate::audit::chain::hex(&random_bytes::<32>());
+    let secret = crate::audit::chain::hex(&random_bytes::<32>()?);
     let hash = hasher()
         .hash_password(secret.as_bytes())
         .map_err(|e| format!("argon2: {e}"))?
@@ -263,18 +263,26 @@ impl Authenticator {
         )
     }
 
+    /// The principal of a key verified before, when the presented secret's
+    /// digest matches the cached one (compared in constant time).
+    fn cached(&self, key_id: &str, digest: &[u8; 32]) -> Option<Arc<Principal>> {
+        let c = self.cache.get(key_id)?;
+        if !bool::from(c.secret_sha256.ct_eq(digest)) {
+            return None;
+        }
+        self.cache_hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(c.principal.clone())
+    }
+
     /// Authenticates a presented key string.
     pub async fn authenticate(&self, presented: &str) -> Result<Arc<Principal>, AuthError> {
         let Some(k) = parse_presented(presented) else {
             return Err(AuthError::Malformed);
         };
         let digest: [u8; 32] = Sha256::digest(k.secret.as_bytes()).into();
-        if let Some(c) = self.cache.get(k.key_id)
-            && bool::from(c.secret_sha256.ct_eq(&digest))
-        {
-            self.cache_hits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(c.principal.clone());
+        if let Some(p) = self.cached(k.key_id, &digest) {
+            return Ok(p);
         }
         let shard = k
             .key_id
@@ -283,12 +291,8 @@ impl Authenticator {
             % self.flights.len();
         let _flight = self.flights[shard].lock().await;
         // Someone may have verified this key while we waited.
-        if let Some(c) = self.cache.get(k.key_id)
-            && bool::from(c.secret_sha256.ct_eq(&digest))
-        {
-            self.cache_hits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(c.principal.clone());
+        if let Some(p) = self.cached(k.key_id, &digest) {
+            return Ok(p);
         }
         self.cache_misses
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -51,8 +51,8 @@ impl actix_web::ResponseError for Fail {
     }
 }
 
-fn now() -> i64 {
-    crate::clock::now_unix_ms()
+fn now(state: &AppState) -> i64 {
+    state.clock.now_unix_ms()
 }
 
 fn see_other(to: &str) -> HttpResponse {
@@ -76,7 +76,7 @@ async fn admin_form(state: &AppState, req: &HttpRequest, csrf: &str) -> Result<S
 async fn signed_in(state: &AppState, req: &HttpRequest) -> Result<Session, Fail> {
     let to_sign_in = || Fail::from(see_other("/console/sign-in"));
     let id = session::cookie(req, COOKIE).ok_or_else(to_sign_in)?;
-    let s = session::lookup(id, now()).ok_or_else(to_sign_in)?;
+    let s = session::lookup(id, now(state)).ok_or_else(to_sign_in)?;
     match state.store.get_key(&s.key_id).await {
         Ok(Some(k)) if k.revoked_at_ms.is_none() && k.tenant == s.tenant => Ok(s),
         Ok(_) => {
@@ -144,7 +144,7 @@ async fn record(
         kind,
         crate::audit::Outcome::Ok,
         crate::audit::Actor::ApiKey,
-        now(),
+        now(state),
     );
     row.key_id = Some(s.key_id.clone());
     row.request_id = req
@@ -183,8 +183,21 @@ pub async fn home(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse 
     }
 }
 
+/// The page for a request that needed fresh randomness the OS could not give.
+fn no_randomness(e: &session::NoRandomness) -> HttpResponse {
+    tracing::error!(error = %e, "console cannot make a session token");
+    html::error_page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "internal error",
+    )
+}
+
 fn sign_in_page(status: StatusCode, error: Option<(&str, &str)>, secure: bool) -> HttpResponse {
-    let pre = session::random_token();
+    let pre = match session::random_token() {
+        Ok(t) => t,
+        Err(e) => return no_randomness(&e),
+    };
     let mut r = html::bare(status, "Sign in", &views::SignIn { error, csrf: &pre });
     if let Ok(v) =
         header::HeaderValue::from_str(&session::set_cookie(PRE_COOKIE, &pre, Some(3600), secure))
@@ -252,8 +265,11 @@ pub async fn sign_in(
             secure,
         );
     }
-    let now = now();
-    let s = Session::new(&p, now);
+    let now = now(&state);
+    let s = match Session::new(&p, now) {
+        Ok(s) => s,
+        Err(e) => return no_randomness(&e),
+    };
     if let Err(r) = record(
         &state,
         &req,
@@ -265,7 +281,10 @@ pub async fn sign_in(
     {
         return r;
     }
-    let id = session::insert(s, now);
+    let id = match session::insert(s, now) {
+        Ok(id) => id,
+        Err(e) => return no_randomness(&e),
+    };
     tracing::info!(target: "broker::security", tenant = ?p.tenant, key_id = ?p.key_id, "console sign-in");
     let mut r = see_other("/console");
     for c in [
@@ -350,29 +369,8 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
         json!({"read": "summary", "console": "overview"}),
     )
     .await?;
-    let now = now();
-    let since = now - 14 * 86_400_000;
-    let by_day = state
-        .store
-        .audit_summary(&s.tenant, "day", Some(since), None)
-        .await
-        .map_err(|e| api_error(&s, e.into()))?;
-    let counted: HashMap<String, (i64, i64)> = by_day
-        .into_iter()
-        .map(|r| (r.key.unwrap_or_default(), (r.issued, r.refused)))
-        .collect();
-    // Every one of the 14 UTC days, empty ones included, oldest first.
-    let days: Vec<(String, i64, i64)> = (0..14)
-        .rev()
-        .map(|back| {
-            let day = html::rfc3339(now - back * 86_400_000)
-                .get(..10)
-                .unwrap_or_default()
-                .to_owned();
-            let (i, r) = counted.get(&day).copied().unwrap_or((0, 0));
-            (day, i, r)
-        })
-        .collect();
+    let now = now(&state);
+    let days = daily_counts(&state, &s, now).await?;
     let week = now - 7 * 86_400_000;
     let by_role = state
         .store
@@ -385,24 +383,7 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
         .map(|r| r.issued)
         .sum();
     let (issued, refused) = days.iter().fold((0, 0), |a, d| (a.0 + d.1, a.1 + d.2));
-    // Refusals by code over the last 7 days (the newest 1000).
-    let refusals = state
-        .store
-        .query_audit(&crate::store::AuditFilter {
-            tenant: s.tenant.clone(),
-            kind: Some(kind::TOKEN_REFUSED.into()),
-            since_ms: Some(week),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| api_error(&s, e.into()))?;
-    let mut by_code: BTreeMap<String, i64> = BTreeMap::new();
-    for r in &refusals {
-        *by_code
-            .entry(r.code.clone().unwrap_or_else(|| "unknown".into()))
-            .or_default() += 1;
-    }
+    let by_code = refusal_codes(&state, &s, week).await?;
     let chain = match crate::cli_audit::verify_tenant(&state.store, &s.tenant, None).await {
         Ok(v) if v.ok => match signed_state(&state, &req, &s.tenant).await {
             Ok(signed) => views::Chain::Verified {
@@ -429,6 +410,63 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
         chain,
     };
     Ok(html::page(&s, "overview", "Overview", &body))
+}
+
+/// Issued and refused tokens on each of the last 14 UTC days, empty ones
+/// included, oldest first.
+async fn daily_counts(
+    state: &AppState,
+    s: &Session,
+    now: i64,
+) -> Result<Vec<(String, i64, i64)>, Fail> {
+    let since = now - 14 * 86_400_000;
+    let by_day = state
+        .store
+        .audit_summary(&s.tenant, "day", Some(since), None)
+        .await
+        .map_err(|e| api_error(s, e.into()))?;
+    let counted: HashMap<String, (i64, i64)> = by_day
+        .into_iter()
+        .map(|r| (r.key.unwrap_or_default(), (r.issued, r.refused)))
+        .collect();
+    // Every one of the 14 UTC days, empty ones included, oldest first.
+    Ok((0..14)
+        .rev()
+        .map(|back| {
+            let day = html::rfc3339(now - back * 86_400_000)
+                .get(..10)
+                .unwrap_or_default()
+                .to_owned();
+            let (i, r) = counted.get(&day).copied().unwrap_or((0, 0));
+            (day, i, r)
+        })
+        .collect())
+}
+
+/// Refusals by code over the last 7 days (the newest 1000).
+async fn refusal_codes(
+    state: &AppState,
+    s: &Session,
+    week: i64,
+) -> Result<BTreeMap<String, i64>, Fail> {
+    let refusals = state
+        .store
+        .query_audit(&crate::store::AuditFilter {
+            tenant: s.tenant.clone(),
+            kind: Some(kind::TOKEN_REFUSED.into()),
+            since_ms: Some(week),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| api_error(s, e.into()))?;
+    let mut by_code: BTreeMap<String, i64> = BTreeMap::new();
+    for r in &refusals {
+        *by_code
+            .entry(r.code.clone().unwrap_or_else(|| "unknown".into()))
+            .or_default() += 1;
+    }
+    Ok(by_code)
 }
 
 // ---------------------------------------------------------------- who got moderator
@@ -892,7 +930,7 @@ pub async fn policy_dry_run(
         true,
         &actor(&req, &s),
         None,
-        now(),
+        now(&state),
     )
     .await;
     let outcome = match out {
@@ -927,7 +965,7 @@ async fn replay_last_week(
     s: &Session,
     source: &str,
 ) -> Option<views::ReplayView> {
-    let now = now();
+    let now = now(state);
     let report = crate::replay::replay(
         &state.store,
         &format!("{}.toml", s.tenant),
@@ -1012,7 +1050,7 @@ pub async fn policy_rollback(
         &s.tenant,
         form.to,
         &actor(&req, &s),
-        now(),
+        now(&state),
     )
     .await
     .map_err(|e| api_error(&s, crate::routes::keys::admin_error(e)))?;
@@ -1095,7 +1133,7 @@ pub async fn key_create(
         scopes,
         name,
         &actor(&req, &s),
-        now(),
+        now(&state),
     )
     .await
     .map_err(|e| api_error(&s, crate::routes::keys::admin_error(e)))?;
@@ -1116,7 +1154,7 @@ pub async fn key_revoke(
         &key_id,
         Some(&s.tenant),
         &actor(&req, &s),
-        now(),
+        now(&state),
     )
     .await
     .map_err(|e| api_error(&s, crate::routes::keys::admin_error(e)))?;

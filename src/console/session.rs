@@ -34,15 +34,15 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(p: &Principal, now_ms: i64) -> Session {
-        Session {
+    pub fn new(p: &Principal, now_ms: i64) -> Result<Session, NoRandomness> {
+        Ok(Session {
             tenant: p.tenant.clone(),
             key_id: p.key_id.clone(),
             scopes: p.scopes,
-            csrf: random_token(),
+            csrf: random_token()?,
             created_ms: now_ms,
             last_seen_ms: now_ms,
-        }
+        })
     }
 
     /// Whether the session is still alive at `now_ms`.
@@ -67,20 +67,22 @@ fn table() -> std::sync::MutexGuard<'static, HashMap<String, Session>> {
     SESSIONS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The operating system has no randomness to give: no session can be made
+/// safely (an all-zero id must never be issued), so the request fails.
+#[derive(Debug, thiserror::Error)]
+#[error("the OS random number generator failed")]
+pub struct NoRandomness;
+
 /// 256 random bits, hex.
-pub fn random_token() -> String {
+pub fn random_token() -> Result<String, NoRandomness> {
     let mut b = [0u8; 32];
-    // getrandom only fails when the OS has no randomness at all; then no
-    // session can be made safely, and an all-zero id must never be issued.
-    if getrandom::fill(&mut b).is_err() {
-        panic!("the OS random number generator failed");
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    getrandom::fill(&mut b).map_err(|_| NoRandomness)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// Stores a new session and returns its id.
-pub fn insert(s: Session, now_ms: i64) -> String {
-    let id = random_token();
+pub fn insert(s: Session, now_ms: i64) -> Result<String, NoRandomness> {
+    let id = random_token()?;
     let mut t = table();
     if t.len() >= MAX_SESSIONS {
         t.retain(|_, s| s.alive(now_ms));
@@ -96,7 +98,7 @@ pub fn insert(s: Session, now_ms: i64) -> String {
         }
     }
     t.insert(id.clone(), s);
-    id
+    Ok(id)
 }
 
 /// The live session `id` names at `now_ms` (touched), or None (and a dead
@@ -169,12 +171,13 @@ mod tests {
             },
             now,
         )
+        .unwrap()
     }
 
     #[test]
     fn sessions_die_when_idle_and_at_the_absolute_limit() {
         let t0 = 1_000_000;
-        let id = insert(s(t0), t0);
+        let id = insert(s(t0), t0).unwrap();
         // Idle just under the limit: alive, and the touch extends it.
         assert!(lookup(&id, t0 + IDLE_TTL_MS - 1).is_some());
         assert!(lookup(&id, t0 + 2 * IDLE_TTL_MS - 2).is_some());
@@ -183,7 +186,7 @@ mod tests {
         assert!(lookup(&id, t0 + 2 * IDLE_TTL_MS - 1).is_none());
 
         // Kept busy, it still ends at the absolute limit.
-        let id = insert(s(t0), t0);
+        let id = insert(s(t0), t0).unwrap();
         let mut now = t0;
         while now + IDLE_TTL_MS / 2 < t0 + ABSOLUTE_TTL_MS {
             now += IDLE_TTL_MS / 2;
@@ -195,10 +198,10 @@ mod tests {
     #[test]
     fn unknown_ids_and_revoked_keys_find_nothing() {
         assert!(lookup("", 1).is_none());
-        assert!(lookup(&random_token(), 1).is_none());
+        assert!(lookup(&random_token().unwrap(), 1).is_none());
         let mut x = s(5);
         x.key_id = "revoked-key-unit".into();
-        let id = insert(x, 5);
+        let id = insert(x, 5).unwrap();
         remove_key("revoked-key-unit");
         assert!(lookup(&id, 6).is_none());
     }

@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::decide::{CompiledPolicy, DecisionRequest, Expiry, Outcome, SessionFacts, decide};
+use super::decide::{
+    CompiledPolicy, Decision, DecisionRequest, Expiry, Outcome, SessionFacts, decide,
+};
 use super::duration::{self, RawDuration, human};
 use super::file::{PolicyError, toml_error};
 use crate::domain::{Identity, Role};
@@ -188,129 +190,7 @@ pub fn run_cases(
     };
     for c in &cf.cases {
         let now = c.now.or(cf.now).unwrap_or(DEFAULT_NOW);
-        let who = Identity {
-            user_id: c.user.id.clone(),
-            name: c.user.name.clone(),
-            groups: c.user.groups.clone(),
-            idp: c.user.idp.clone(),
-        };
-        let (sid, facts) = match &c.session {
-            None => ("session".to_owned(), SessionFacts::default()),
-            Some(s) => (
-                // Canonical, as the broker matches `id:` rules.
-                s.id.as_deref()
-                    .map(|id| {
-                        crate::tokens::SessionId::parse(id)
-                            .map_or_else(|_| id.to_owned(), |sid| sid.canonical().to_owned())
-                    })
-                    .unwrap_or_else(|| "session".into()),
-                SessionFacts {
-                    owner: s.owner.clone(),
-                    labels: s.labels.clone(),
-                },
-            ),
-        };
-        let mut problems = Vec::new();
-        if let Some(p) = &c.user.idp
-            && !policy.doc.identity_providers.iter().any(|s| s.name == *p)
-        {
-            problems.push(format!(
-                "user.idp: the policy declares no identity provider named {p:?}"
-            ));
-        }
-        let ttl = match c.request.ttl.as_ref().map(duration::parse).transpose() {
-            Ok(t) => t,
-            Err(m) => {
-                problems.push(format!("request.ttl: {m}"));
-                None
-            }
-        };
-        let expiry = match (ttl, c.request.expire_time) {
-            (Some(t), _) => Some(Expiry::Ttl(t)),
-            (None, Some(at)) => Some(Expiry::At(at)),
-            _ => None,
-        };
-        let got = decide(
-            policy,
-            &who,
-            &sid,
-            &facts,
-            &DecisionRequest {
-                role: c.request.role,
-                expiry,
-            },
-            now,
-            false,
-        );
-        let e = &c.expect;
-        match got {
-            Err(err) => {
-                if e.outcome != "invalid" || e.code.as_deref().is_some_and(|x| x != err.code()) {
-                    problems.push(format!(
-                        "expected {}, got a 400 {}: {err}",
-                        e.outcome,
-                        err.code()
-                    ));
-                }
-            }
-            Ok(d) => {
-                let (outcome, code, role, dttl) = match &d.outcome {
-                    Outcome::Granted { role, ttl, .. } => {
-                        ("granted", None, Some(*role), Some(*ttl))
-                    }
-                    Outcome::Refused(code) => ("refused", Some(code.code()), None, None),
-                };
-                if e.outcome != outcome {
-                    problems.push(format!(
-                        "expected {}, got {outcome} ({})",
-                        e.outcome, d.reason
-                    ));
-                }
-                if let Some(want) = &e.code
-                    && code != Some(want.as_str())
-                {
-                    problems.push(format!(
-                        "expected code {want}, got {}",
-                        code.unwrap_or("none")
-                    ));
-                }
-                if let Some(want) = e.role
-                    && role != Some(want)
-                {
-                    problems.push(format!(
-                        "expected role {want}, got {}",
-                        role.map(|r| r.as_str()).unwrap_or("none")
-                    ));
-                }
-                if let Some(want) = &e.ttl {
-                    match duration::parse(want) {
-                        Ok(w) if dttl != Some(w) => problems.push(format!(
-                            "expected ttl {}, got {}",
-                            human(w),
-                            dttl.map(human).unwrap_or_else(|| "none".into())
-                        )),
-                        Err(m) => problems.push(format!("expect.ttl: {m}")),
-                        _ => {}
-                    }
-                }
-                if let Some(want) = &e.rule
-                    && d.rule.as_deref() != Some(want.as_str())
-                {
-                    problems.push(format!(
-                        "expected rule {want}, got {}",
-                        d.rule.as_deref().unwrap_or("none")
-                    ));
-                }
-                if let Some(want) = e.clamped
-                    && want != d.clamped.is_some()
-                {
-                    problems.push(format!(
-                        "expected clamped = {want}, got {}",
-                        d.clamped.is_some()
-                    ));
-                }
-            }
-        }
+        let problems = run_case(policy, c, now);
         if problems.is_empty() {
             report.passed += 1;
         } else {
@@ -321,4 +201,138 @@ pub fn run_cases(
         }
     }
     Ok(report)
+}
+
+/// What is wrong with one case's outcome (nothing when it passes).
+fn run_case(policy: &CompiledPolicy, c: &Case, now: i64) -> Vec<String> {
+    let who = Identity {
+        user_id: c.user.id.clone(),
+        name: c.user.name.clone(),
+        groups: c.user.groups.clone(),
+        idp: c.user.idp.clone(),
+    };
+    let (sid, facts) = case_session(c.session.as_ref());
+    let mut problems = Vec::new();
+    if let Some(p) = &c.user.idp
+        && !policy.doc.identity_providers.iter().any(|s| s.name == *p)
+    {
+        problems.push(format!(
+            "user.idp: the policy declares no identity provider named {p:?}"
+        ));
+    }
+    let ttl = match c.request.ttl.as_ref().map(duration::parse).transpose() {
+        Ok(t) => t,
+        Err(m) => {
+            problems.push(format!("request.ttl: {m}"));
+            None
+        }
+    };
+    let expiry = match (ttl, c.request.expire_time) {
+        (Some(t), _) => Some(Expiry::Ttl(t)),
+        (None, Some(at)) => Some(Expiry::At(at)),
+        _ => None,
+    };
+    let got = decide(
+        policy,
+        &who,
+        &sid,
+        &facts,
+        &DecisionRequest {
+            role: c.request.role,
+            expiry,
+        },
+        now,
+        false,
+    );
+    let e = &c.expect;
+    match got {
+        Err(err) => {
+            if e.outcome != "invalid" || e.code.as_deref().is_some_and(|x| x != err.code()) {
+                problems.push(format!(
+                    "expected {}, got a 400 {}: {err}",
+                    e.outcome,
+                    err.code()
+                ));
+            }
+        }
+        Ok(d) => check_decision(e, &d, &mut problems),
+    }
+    problems
+}
+
+/// The session a case names (its id canonical, as the broker matches `id:`
+/// rules) and its facts.
+fn case_session(s: Option<&CaseSession>) -> (String, SessionFacts) {
+    match s {
+        None => ("session".to_owned(), SessionFacts::default()),
+        Some(s) => (
+            s.id.as_deref()
+                .map(|id| {
+                    crate::tokens::SessionId::parse(id)
+                        .map_or_else(|_| id.to_owned(), |sid| sid.canonical().to_owned())
+                })
+                .unwrap_or_else(|| "session".into()),
+            SessionFacts {
+                owner: s.owner.clone(),
+                labels: s.labels.clone(),
+            },
+        ),
+    }
+}
+
+/// Where decision `d` differs from what the case expects.
+fn check_decision(e: &Expect, d: &Decision, problems: &mut Vec<String>) {
+    let (outcome, code, role, dttl) = match &d.outcome {
+        Outcome::Granted { role, ttl, .. } => ("granted", None, Some(*role), Some(*ttl)),
+        Outcome::Refused(code) => ("refused", Some(code.code()), None, None),
+    };
+    if e.outcome != outcome {
+        problems.push(format!(
+            "expected {}, got {outcome} ({})",
+            e.outcome, d.reason
+        ));
+    }
+    if let Some(want) = &e.code
+        && code != Some(want.as_str())
+    {
+        problems.push(format!(
+            "expected code {want}, got {}",
+            code.unwrap_or("none")
+        ));
+    }
+    if let Some(want) = e.role
+        && role != Some(want)
+    {
+        problems.push(format!(
+            "expected role {want}, got {}",
+            role.map(|r| r.as_str()).unwrap_or("none")
+        ));
+    }
+    if let Some(want) = &e.ttl {
+        match duration::parse(want) {
+            Ok(w) if dttl != Some(w) => problems.push(format!(
+                "expected ttl {}, got {}",
+                human(w),
+                dttl.map(human).unwrap_or_else(|| "none".into())
+            )),
+            Err(m) => problems.push(format!("expect.ttl: {m}")),
+            _ => {}
+        }
+    }
+    if let Some(want) = &e.rule
+        && d.rule.as_deref() != Some(want.as_str())
+    {
+        problems.push(format!(
+            "expected rule {want}, got {}",
+            d.rule.as_deref().unwrap_or("none")
+        ));
+    }
+    if let Some(want) = e.clamped
+        && want != d.clamped.is_some()
+    {
+        problems.push(format!(
+            "expected clamped = {want}, got {}",
+            d.clamped.is_some()
+        ));
+    }
 }

@@ -253,13 +253,7 @@ pub fn decide(
     now: i64,
     explain: bool,
 ) -> Result<Decision, RequestError> {
-    let requested_ttl = match req.expiry {
-        None => None,
-        Some(Expiry::Ttl(t)) if t <= 0 => return Err(RequestError::InvalidTtl),
-        Some(Expiry::Ttl(t)) => Some(t),
-        Some(Expiry::At(at)) if at <= now => return Err(RequestError::ExpireTimeInPast(at)),
-        Some(Expiry::At(at)) => Some(at - now),
-    };
+    let requested_ttl = requested_ttl(req, now)?;
     let mut misses = explain.then(Vec::new);
     for r in p.rules() {
         let subject_ok = r.subjects.iter().any(|s| subject_matches(s, who));
@@ -267,109 +261,12 @@ pub fn decide(
             && r.sessions
                 .iter()
                 .any(|s| session_matches(s, who, session_id, facts));
-        if !(subject_ok && session_ok) {
-            if let Some(m) = misses.as_mut() {
-                let (failed, detail) = if !subject_ok {
-                    (
-                        "subject",
-                        format!("the caller is not {}", describe_subjects(r)),
-                    )
-                } else {
-                    (
-                        "session",
-                        format!("the session is not {}", describe_sessions(r)),
-                    )
-                };
-                m.push(RuleMiss {
-                    rule: r.id.clone(),
-                    priority: r.priority,
-                    failed,
-                    detail,
-                });
-            }
-            continue;
+        if subject_ok && session_ok {
+            return Ok(apply(p, r, req, requested_ttl, now, misses));
         }
-        let refused = |code: RefusalCode, reason: String, misses: Option<Vec<RuleMiss>>| Decision {
-            outcome: Outcome::Refused(code),
-            rule: Some(r.id.clone()),
-            policy_version: p.version,
-            reason,
-            clamped: None,
-            explain: misses,
-        };
-        if r.effect == Effect::Deny {
-            return Ok(refused(
-                RefusalCode::PolicyDenied,
-                format!("rule {} denies {}", r.id, describe_subjects(r)),
-                misses,
-            ));
+        if let Some(m) = misses.as_mut() {
+            m.push(miss(r, subject_ok));
         }
-        let wanted = req.role.or(r.default_role).unwrap_or(p.doc.defaults.role);
-        let mut clamped = Clamped::default();
-        let role = if r.roles.contains(&wanted) {
-            wanted
-        } else {
-            match (r.on_role_excess, r.default_role) {
-                (Excess::Downgrade, Some(d)) if r.roles.contains(&d) => {
-                    clamped.role = Some(Change {
-                        requested: wanted,
-                        granted: d,
-                    });
-                    d
-                }
-                _ => {
-                    let allowed: Vec<&str> = r.roles.iter().map(|x| x.as_str()).collect();
-                    let allowed = if allowed.is_empty() {
-                        "no role".to_owned()
-                    } else {
-                        allowed.join(", ")
-                    };
-                    return Ok(refused(
-                        RefusalCode::RoleNotAllowed,
-                        format!("rule {} allows {allowed}, not {wanted}", r.id),
-                        misses,
-                    ));
-                }
-            }
-        };
-        let want_ttl = requested_ttl
-            .or(r.default_ttl)
-            .unwrap_or(p.doc.defaults.ttl);
-        let cap = r.max_ttl.unwrap_or(MAX_TTL).min(MAX_TTL);
-        let ttl = want_ttl.min(cap);
-        if ttl < want_ttl {
-            clamped.ttl = Some(Change {
-                requested: want_ttl,
-                granted: ttl,
-            });
-        }
-        let mut reason = format!("rule {} grants {role} for {}", r.id, human(ttl));
-        if let Some(c) = &clamped.role {
-            reason.push_str(&format!(
-                "; role downgraded from {} to {}",
-                c.requested, c.granted
-            ));
-        }
-        if let Some(c) = &clamped.ttl {
-            reason.push_str(&format!(
-                "; ttl clamped from {} to {}",
-                human(c.requested),
-                human(c.granted)
-            ));
-        }
-        let any_clamp = clamped.role.is_some() || clamped.ttl.is_some();
-        return Ok(Decision {
-            outcome: Outcome::Granted {
-                role,
-                expire_time: now + ttl,
-                ttl,
-            },
-            rule: Some(r.id.clone()),
-            policy_version: p.version,
-            reason,
-            clamped: any_clamp.then_some(clamped),
-            explain: misses,
-        });
     }
     Ok(Decision {
         outcome: Outcome::Refused(RefusalCode::NoMatchingRule),
@@ -379,4 +276,139 @@ pub fn decide(
         clamped: None,
         explain: misses,
     })
+}
+
+/// The lifetime the request asks for, in seconds (`None`: the rule's or the
+/// policy's default).
+fn requested_ttl(req: &DecisionRequest, now: i64) -> Result<Option<i64>, RequestError> {
+    match req.expiry {
+        None => Ok(None),
+        Some(Expiry::Ttl(t)) if t <= 0 => Err(RequestError::InvalidTtl),
+        Some(Expiry::Ttl(t)) => Ok(Some(t)),
+        Some(Expiry::At(at)) if at <= now => Err(RequestError::ExpireTimeInPast(at)),
+        Some(Expiry::At(at)) => Ok(Some(at - now)),
+    }
+}
+
+/// Why rule `r` did not match (for `explain`): its subjects, or else its sessions.
+fn miss(r: &Rule, subject_ok: bool) -> RuleMiss {
+    let (failed, detail) = if !subject_ok {
+        (
+            "subject",
+            format!("the caller is not {}", describe_subjects(r)),
+        )
+    } else {
+        (
+            "session",
+            format!("the session is not {}", describe_sessions(r)),
+        )
+    };
+    RuleMiss {
+        rule: r.id.clone(),
+        priority: r.priority,
+        failed,
+        detail,
+    }
+}
+
+/// The decision of `r`, the first rule that matches: refused by a deny rule
+/// or a role it does not allow, else granted (role and lifetime clamped).
+fn apply(
+    p: &CompiledPolicy,
+    r: &Rule,
+    req: &DecisionRequest,
+    requested_ttl: Option<i64>,
+    now: i64,
+    misses: Option<Vec<RuleMiss>>,
+) -> Decision {
+    let refused = |code: RefusalCode, reason: String, misses: Option<Vec<RuleMiss>>| Decision {
+        outcome: Outcome::Refused(code),
+        rule: Some(r.id.clone()),
+        policy_version: p.version,
+        reason,
+        clamped: None,
+        explain: misses,
+    };
+    if r.effect == Effect::Deny {
+        return refused(
+            RefusalCode::PolicyDenied,
+            format!("rule {} denies {}", r.id, describe_subjects(r)),
+            misses,
+        );
+    }
+    let wanted = req.role.or(r.default_role).unwrap_or(p.doc.defaults.role);
+    let mut clamped = Clamped::default();
+    let role = match granted_role(r, wanted, &mut clamped) {
+        Ok(role) => role,
+        Err(allowed) => {
+            return refused(
+                RefusalCode::RoleNotAllowed,
+                format!("rule {} allows {allowed}, not {wanted}", r.id),
+                misses,
+            );
+        }
+    };
+    let want_ttl = requested_ttl
+        .or(r.default_ttl)
+        .unwrap_or(p.doc.defaults.ttl);
+    let cap = r.max_ttl.unwrap_or(MAX_TTL).min(MAX_TTL);
+    let ttl = want_ttl.min(cap);
+    if ttl < want_ttl {
+        clamped.ttl = Some(Change {
+            requested: want_ttl,
+            granted: ttl,
+        });
+    }
+    let mut reason = format!("rule {} grants {role} for {}", r.id, human(ttl));
+    if let Some(c) = &clamped.role {
+        reason.push_str(&format!(
+            "; role downgraded from {} to {}",
+            c.requested, c.granted
+        ));
+    }
+    if let Some(c) = &clamped.ttl {
+        reason.push_str(&format!(
+            "; ttl clamped from {} to {}",
+            human(c.requested),
+            human(c.granted)
+        ));
+    }
+    let any_clamp = clamped.role.is_some() || clamped.ttl.is_some();
+    Decision {
+        outcome: Outcome::Granted {
+            role,
+            expire_time: now + ttl,
+            ttl,
+        },
+        rule: Some(r.id.clone()),
+        policy_version: p.version,
+        reason,
+        clamped: any_clamp.then_some(clamped),
+        explain: misses,
+    }
+}
+
+/// The role `r` grants for `wanted`: itself, or the rule's default when it
+/// downgrades (noted in `clamped`); else the roles it allows, for the refusal.
+fn granted_role(r: &Rule, wanted: Role, clamped: &mut Clamped) -> Result<Role, String> {
+    if r.roles.contains(&wanted) {
+        return Ok(wanted);
+    }
+    match (r.on_role_excess, r.default_role) {
+        (Excess::Downgrade, Some(d)) if r.roles.contains(&d) => {
+            clamped.role = Some(Change {
+                requested: wanted,
+                granted: d,
+            });
+            Ok(d)
+        }
+        _ => {
+            let allowed: Vec<&str> = r.roles.iter().map(|x| x.as_str()).collect();
+            Err(if allowed.is_empty() {
+                "no role".to_owned()
+            } else {
+                allowed.join(", ")
+            })
+        }
+    }
 }

@@ -430,19 +430,7 @@ pub const MAX_POLICY_LINES: usize = 10_000;
 fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<PolicyError>> {
     // New versions are capped; stored ones passed the cap when applied.
     if confine {
-        let lines = text.lines().count();
-        if text.len() > MAX_POLICY_BYTES || lines > MAX_POLICY_LINES {
-            return Err(vec![PolicyError {
-                file: file.to_owned(),
-                line: 1,
-                column: 1,
-                field: "(file)".into(),
-                message: format!(
-                    "the policy is {} bytes in {lines} lines; the limits are {MAX_POLICY_BYTES} bytes and {MAX_POLICY_LINES} lines",
-                    text.len()
-                ),
-            }]);
-        }
+        check_size(file, text)?;
     }
     let raw: RawFile = toml::from_str(text).map_err(|e| vec![toml_error(file, text, &e)])?;
     let tenant = raw.tenant.get_ref().clone();
@@ -462,75 +450,126 @@ fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<Po
     }
 
     let credentials = credentials(&mut errs, &raw.credentials);
-
-    let role_of = |errs: &mut Errors, s: &S<String>, field: String| -> Option<Role> {
-        match s.get_ref().parse::<Role>() {
-            Ok(r) => Some(r),
-            Err(_) => {
-                errs.at(
-                    s.span(),
-                    field,
-                    format!(
-                        "{:?} is not a role: use subscriber, publisher, publisheronly or moderator",
-                        s.get_ref()
-                    ),
-                );
-                None
-            }
-        }
-    };
-    let ttl_of = |errs: &mut Errors, s: &S<RawDuration>, field: String| -> Option<i64> {
-        match duration::parse(s.get_ref()) {
-            Ok(n) if n <= 0 => {
-                errs.at(s.span(), field, "a duration must be positive");
-                None
-            }
-            Ok(n) if n > MAX_TTL => {
-                errs.at(
-                    s.span(),
-                    field,
-                    format!(
-                        "{} is above the service's 30-day limit; use at most \"30d\"",
-                        duration::human(n)
-                    ),
-                );
-                None
-            }
-            Ok(n) => Some(n),
-            Err(m) => {
-                errs.at(s.span(), field, m);
-                None
-            }
-        }
-    };
-
-    let mut defaults = Defaults {
-        role: Role::Publisher,
-        ttl: DEFAULT_TTL,
-    };
-    if let Some(d) = &raw.defaults {
-        if let Some(r) = &d.role
-            && let Some(role) = role_of(&mut errs, r, "defaults.role".into())
-        {
-            defaults.role = role;
-        }
-        if let Some(t) = &d.ttl
-            && let Some(n) = ttl_of(&mut errs, t, "defaults.ttl".into())
-        {
-            defaults.ttl = n;
-        }
-    }
-
+    let defaults = defaults(&mut errs, raw.defaults.as_ref());
     // Subjects name providers, so their names are known before the rules.
     let idp_names: Vec<String> = raw
         .identity_providers
         .iter()
         .map(|p| p.name.get_ref().clone())
         .collect();
+    let rules = rules(&mut errs, &raw.rules, &idp_names);
+    let identity_providers = idps(&mut errs, &raw.identity_providers);
+    let cors_allowed_origins = cors(&mut errs, raw.cors.as_ref());
+    let rate_limits = raw.rate_limits.as_ref().map(|r| rate_limits(&mut errs, r));
+
+    if errs.list.is_empty() {
+        Ok(PolicyDoc {
+            tenant,
+            description: raw.description,
+            credentials,
+            defaults,
+            rules,
+            identity_providers,
+            cors_allowed_origins,
+            rate_limits,
+        })
+    } else {
+        errs.list.sort_by_key(|e| (e.line, e.column));
+        Err(errs.list)
+    }
+}
+
+/// Refuses a new version over `MAX_POLICY_BYTES` or `MAX_POLICY_LINES`.
+fn check_size(file: &str, text: &str) -> Result<(), Vec<PolicyError>> {
+    let lines = text.lines().count();
+    if text.len() > MAX_POLICY_BYTES || lines > MAX_POLICY_LINES {
+        return Err(vec![PolicyError {
+            file: file.to_owned(),
+            line: 1,
+            column: 1,
+            field: "(file)".into(),
+            message: format!(
+                "the policy is {} bytes in {lines} lines; the limits are {MAX_POLICY_BYTES} bytes and {MAX_POLICY_LINES} lines",
+                text.len()
+            ),
+        }]);
+    }
+    Ok(())
+}
+
+/// A role named at `field`, or an error there.
+fn role_of(errs: &mut Errors, s: &S<String>, field: String) -> Option<Role> {
+    match s.get_ref().parse::<Role>() {
+        Ok(r) => Some(r),
+        Err(_) => {
+            errs.at(
+                s.span(),
+                field,
+                format!(
+                    "{:?} is not a role: use subscriber, publisher, publisheronly or moderator",
+                    s.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A token lifetime (positive, at most the service's 30 days) at `field`, in
+/// seconds, or an error there.
+fn ttl_of(errs: &mut Errors, s: &S<RawDuration>, field: String) -> Option<i64> {
+    match duration::parse(s.get_ref()) {
+        Ok(n) if n <= 0 => {
+            errs.at(s.span(), field, "a duration must be positive");
+            None
+        }
+        Ok(n) if n > MAX_TTL => {
+            errs.at(
+                s.span(),
+                field,
+                format!(
+                    "{} is above the service's 30-day limit; use at most \"30d\"",
+                    duration::human(n)
+                ),
+            );
+            None
+        }
+        Ok(n) => Some(n),
+        Err(m) => {
+            errs.at(s.span(), field, m);
+            None
+        }
+    }
+}
+
+/// The `[defaults]` section (publisher and one hour when absent).
+fn defaults(errs: &mut Errors, raw: Option<&RawDefaults>) -> Defaults {
+    let mut defaults = Defaults {
+        role: Role::Publisher,
+        ttl: DEFAULT_TTL,
+    };
+    if let Some(d) = raw {
+        if let Some(r) = &d.role
+            && let Some(role) = role_of(errs, r, "defaults.role".into())
+        {
+            defaults.role = role;
+        }
+        if let Some(t) = &d.ttl
+            && let Some(n) = ttl_of(errs, t, "defaults.ttl".into())
+        {
+            defaults.ttl = n;
+        }
+    }
+    defaults
+}
+
+/// The `[[rules]]` sections: each rule, with ids and priorities unique
+/// across them.
+fn rules(errs: &mut Errors, raw: &[RawRule], idp_names: &[String]) -> Vec<Rule> {
     let mut rules = Vec::new();
     let mut ids = HashSet::new();
     let mut priorities = HashSet::new();
-    for (i, r) in raw.rules.iter().enumerate() {
+    for (i, r) in raw.iter().enumerate() {
         let f = |k: &str| format!("rules[{i}].{k}");
         if !valid_id(r.id.get_ref()) {
             errs.at(
@@ -551,155 +590,195 @@ fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<Po
         if !priorities.insert(*r.priority.get_ref()) {
             errs.at(r.priority.span(), f("priority"), format!("priority {} is used by another rule; priorities must be unique so the first match is well defined", r.priority.get_ref()));
         }
-        let effect = match r.effect.as_ref().map(|e| e.get_ref().as_str()) {
-            None | Some("allow") => Effect::Allow,
-            Some("deny") => Effect::Deny,
-            Some(other) => {
-                errs.at(
-                    r.effect.as_ref().map(|e| e.span()).unwrap_or(0..0),
-                    f("effect"),
-                    format!("{other:?} is not an effect: use \"allow\" or \"deny\""),
-                );
-                Effect::Allow
-            }
-        };
-        let mut subjects = Vec::new();
-        if r.subjects.get_ref().is_empty() {
-            errs.at(
-                r.subjects.span(),
-                f("subjects"),
-                "a rule needs at least one subject (\"*\", \"user:<id>\", \"group:<name>\", or with identity providers \"app:user:<id>\", \"idp:<provider>:user:<id>\", ...)",
-            );
-        }
-        for s in r.subjects.get_ref() {
-            match parse_subject(s.get_ref(), &idp_names) {
-                Ok(m) => subjects.push(m),
-                Err(m) => errs.at(s.span(), f("subjects"), m),
-            }
-        }
-        let mut sessions = Vec::new();
-        if r.sessions.get_ref().is_empty() {
-            errs.at(r.sessions.span(), f("sessions"), "a rule needs at least one session matcher (\"*\", \"id:<session id>\", \"label:<key>=<glob>\" or \"owner\")");
-        }
-        for s in r.sessions.get_ref() {
-            let v = s.get_ref();
-            let m = if v == "*" {
-                Some(SessionMatch::Any)
-            } else if v == "owner" {
-                Some(SessionMatch::Owner)
-            } else if let Some(id) = v.strip_prefix("id:").filter(|x| !x.is_empty()) {
-                // Canonical, so every spelling of the session meets this rule.
-                match crate::tokens::SessionId::parse(id) {
-                    Ok(sid) => Some(SessionMatch::Id(sid.canonical().to_owned())),
-                    Err(e) => {
-                        errs.at(s.span(), f("sessions"), format!("{v:?}: {e}"));
-                        None
-                    }
-                }
-            } else if let Some((k, g)) = v
-                .strip_prefix("label:")
-                .and_then(|x| x.split_once('='))
-                .filter(|(k, _)| !k.is_empty())
-            {
-                Some(SessionMatch::Label {
-                    key: k.to_owned(),
-                    value: Glob::new(g),
-                    pattern: g.to_owned(),
-                })
-            } else {
-                errs.at(s.span(), f("sessions"), format!("{v:?} is not a session matcher: use \"*\", \"id:<session id>\", \"label:<key>=<glob>\" or \"owner\""));
-                None
-            };
-            sessions.extend(m);
-        }
-        let mut roles = Vec::new();
-        if let Some(list) = &r.roles {
-            for s in list.get_ref() {
-                if let Some(role) = role_of(&mut errs, s, f("roles")) {
-                    roles.push(role);
-                }
-            }
-        }
-        let default_role = r
-            .default_role
-            .as_ref()
-            .and_then(|s| role_of(&mut errs, s, f("default_role")));
-        let default_ttl = r
-            .default_ttl
-            .as_ref()
-            .and_then(|s| ttl_of(&mut errs, s, f("default_ttl")));
-        let max_ttl = r
-            .max_ttl
-            .as_ref()
-            .and_then(|s| ttl_of(&mut errs, s, f("max_ttl")));
-        let on_role_excess = match r.on_role_excess.as_ref().map(|e| e.get_ref().as_str()) {
-            None | Some("deny") => Excess::Deny,
-            Some("downgrade") => Excess::Downgrade,
-            Some(other) => {
-                errs.at(
-                    r.on_role_excess.as_ref().map(|e| e.span()).unwrap_or(0..0),
-                    f("on_role_excess"),
-                    format!("{other:?} is not valid: use \"deny\" or \"downgrade\""),
-                );
-                Excess::Deny
-            }
-        };
-        if let (Some(d), Some(rs)) = (default_role, &r.default_role)
-            && effect == Effect::Allow
-            && !roles.contains(&d)
-        {
-            errs.at(
-                rs.span(),
-                f("default_role"),
-                format!("default_role {d} is not in this rule's roles; add it to roles"),
-            );
-        }
-        if on_role_excess == Excess::Downgrade && default_role.is_none() {
-            let span = r.on_role_excess.as_ref().map(|e| e.span()).unwrap_or(0..0);
-            errs.at(span, f("on_role_excess"), "\"downgrade\" grants the rule's default_role instead, so the rule needs a default_role");
-        }
-        if let (Some(d), Some(m), Some(s)) = (default_ttl, max_ttl, &r.default_ttl)
-            && d > m
-        {
-            errs.at(
-                s.span(),
-                f("default_ttl"),
-                format!(
-                    "default_ttl {} is above max_ttl {}",
-                    duration::human(d),
-                    duration::human(m)
-                ),
-            );
-        }
-        if effect == Effect::Deny
-            && (r.roles.is_some()
-                || r.default_role.is_some()
-                || r.max_ttl.is_some()
-                || r.default_ttl.is_some())
-        {
-            errs.at(
-                r.id.span(),
-                f("effect"),
-                "a deny rule grants nothing: remove roles, default_role, default_ttl and max_ttl",
-            );
-        }
-        rules.push(Rule {
-            id: r.id.get_ref().clone(),
-            priority: *r.priority.get_ref(),
-            effect,
-            subjects,
-            sessions,
-            roles,
-            default_role,
-            default_ttl,
-            max_ttl,
-            on_role_excess,
-        });
+        let rule = rule(errs, r, &f, idp_names);
+        check_rule(errs, r, &rule, &f);
+        rules.push(rule);
     }
+    rules
+}
 
-    let identity_providers = idps(&mut errs, &raw.identity_providers);
+/// One rule's fields, each validated on its own (`f` names a field of it).
+fn rule(errs: &mut Errors, r: &RawRule, f: &impl Fn(&str) -> String, idp_names: &[String]) -> Rule {
+    let effect = match r.effect.as_ref().map(|e| e.get_ref().as_str()) {
+        None | Some("allow") => Effect::Allow,
+        Some("deny") => Effect::Deny,
+        Some(other) => {
+            errs.at(
+                r.effect.as_ref().map(|e| e.span()).unwrap_or(0..0),
+                f("effect"),
+                format!("{other:?} is not an effect: use \"allow\" or \"deny\""),
+            );
+            Effect::Allow
+        }
+    };
+    let subjects = subjects(errs, &r.subjects, f, idp_names);
+    let sessions = sessions(errs, &r.sessions, f);
+    let mut roles = Vec::new();
+    if let Some(list) = &r.roles {
+        for s in list.get_ref() {
+            if let Some(role) = role_of(errs, s, f("roles")) {
+                roles.push(role);
+            }
+        }
+    }
+    let default_role = r
+        .default_role
+        .as_ref()
+        .and_then(|s| role_of(errs, s, f("default_role")));
+    let default_ttl = r
+        .default_ttl
+        .as_ref()
+        .and_then(|s| ttl_of(errs, s, f("default_ttl")));
+    let max_ttl = r
+        .max_ttl
+        .as_ref()
+        .and_then(|s| ttl_of(errs, s, f("max_ttl")));
+    let on_role_excess = match r.on_role_excess.as_ref().map(|e| e.get_ref().as_str()) {
+        None | Some("deny") => Excess::Deny,
+        Some("downgrade") => Excess::Downgrade,
+        Some(other) => {
+            errs.at(
+                r.on_role_excess.as_ref().map(|e| e.span()).unwrap_or(0..0),
+                f("on_role_excess"),
+                format!("{other:?} is not valid: use \"deny\" or \"downgrade\""),
+            );
+            Excess::Deny
+        }
+    };
+    Rule {
+        id: r.id.get_ref().clone(),
+        priority: *r.priority.get_ref(),
+        effect,
+        subjects,
+        sessions,
+        roles,
+        default_role,
+        default_ttl,
+        max_ttl,
+        on_role_excess,
+    }
+}
+
+/// A rule's `subjects` (at least one).
+fn subjects(
+    errs: &mut Errors,
+    raw: &S<Vec<S<String>>>,
+    f: &impl Fn(&str) -> String,
+    idp_names: &[String],
+) -> Vec<Subject> {
+    let mut subjects = Vec::new();
+    if raw.get_ref().is_empty() {
+        errs.at(
+            raw.span(),
+            f("subjects"),
+            "a rule needs at least one subject (\"*\", \"user:<id>\", \"group:<name>\", or with identity providers \"app:user:<id>\", \"idp:<provider>:user:<id>\", ...)",
+        );
+    }
+    for s in raw.get_ref() {
+        match parse_subject(s.get_ref(), idp_names) {
+            Ok(m) => subjects.push(m),
+            Err(m) => errs.at(s.span(), f("subjects"), m),
+        }
+    }
+    subjects
+}
+
+/// A rule's `sessions` matchers (at least one).
+fn sessions(
+    errs: &mut Errors,
+    raw: &S<Vec<S<String>>>,
+    f: &impl Fn(&str) -> String,
+) -> Vec<SessionMatch> {
+    let mut sessions = Vec::new();
+    if raw.get_ref().is_empty() {
+        errs.at(raw.span(), f("sessions"), "a rule needs at least one session matcher (\"*\", \"id:<session id>\", \"label:<key>=<glob>\" or \"owner\")");
+    }
+    for s in raw.get_ref() {
+        match session_match(s.get_ref()) {
+            Ok(m) => sessions.push(m),
+            Err(m) => errs.at(s.span(), f("sessions"), m),
+        }
+    }
+    sessions
+}
+
+/// One session matcher: `*`, `owner`, `id:<session id>` or `label:<key>=<glob>`.
+fn session_match(v: &str) -> Result<SessionMatch, String> {
+    if v == "*" {
+        Ok(SessionMatch::Any)
+    } else if v == "owner" {
+        Ok(SessionMatch::Owner)
+    } else if let Some(id) = v.strip_prefix("id:").filter(|x| !x.is_empty()) {
+        // Canonical, so every spelling of the session meets this rule.
+        crate::tokens::SessionId::parse(id)
+            .map(|sid| SessionMatch::Id(sid.canonical().to_owned()))
+            .map_err(|e| format!("{v:?}: {e}"))
+    } else if let Some((k, g)) = v
+        .strip_prefix("label:")
+        .and_then(|x| x.split_once('='))
+        .filter(|(k, _)| !k.is_empty())
+    {
+        Ok(SessionMatch::Label {
+            key: k.to_owned(),
+            value: Glob::new(g),
+            pattern: g.to_owned(),
+        })
+    } else {
+        Err(format!(
+            "{v:?} is not a session matcher: use \"*\", \"id:<session id>\", \"label:<key>=<glob>\" or \"owner\""
+        ))
+    }
+}
+
+/// What a rule's fields must agree on: its default role among its roles, a
+/// default role to downgrade to, its default TTL within its maximum, and
+/// nothing granted by a deny rule.
+fn check_rule(errs: &mut Errors, r: &RawRule, rule: &Rule, f: &impl Fn(&str) -> String) {
+    if let (Some(d), Some(rs)) = (rule.default_role, &r.default_role)
+        && rule.effect == Effect::Allow
+        && !rule.roles.contains(&d)
+    {
+        errs.at(
+            rs.span(),
+            f("default_role"),
+            format!("default_role {d} is not in this rule's roles; add it to roles"),
+        );
+    }
+    if rule.on_role_excess == Excess::Downgrade && rule.default_role.is_none() {
+        let span = r.on_role_excess.as_ref().map(|e| e.span()).unwrap_or(0..0);
+        errs.at(span, f("on_role_excess"), "\"downgrade\" grants the rule's default_role instead, so the rule needs a default_role");
+    }
+    if let (Some(d), Some(m), Some(s)) = (rule.default_ttl, rule.max_ttl, &r.default_ttl)
+        && d > m
+    {
+        errs.at(
+            s.span(),
+            f("default_ttl"),
+            format!(
+                "default_ttl {} is above max_ttl {}",
+                duration::human(d),
+                duration::human(m)
+            ),
+        );
+    }
+    if rule.effect == Effect::Deny
+        && (r.roles.is_some()
+            || r.default_role.is_some()
+            || r.max_ttl.is_some()
+            || r.default_ttl.is_some())
+    {
+        errs.at(
+            r.id.span(),
+            f("effect"),
+            "a deny rule grants nothing: remove roles, default_role, default_ttl and max_ttl",
+        );
+    }
+}
+
+/// The `[cors]` section: origins (`scheme://host[:port]`, no path) or `*`.
+fn cors(errs: &mut Errors, raw: Option<&RawCors>) -> Vec<String> {
     let mut cors_allowed_origins = Vec::new();
-    if let Some(c) = &raw.cors {
+    if let Some(c) = raw {
         for o in c.allowed_origins.get_ref() {
             let v = o.get_ref();
             let ok = v == "*"
@@ -713,38 +792,25 @@ fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<Po
             }
         }
     }
-    let rate_limits = raw.rate_limits.as_ref().map(|r| {
-        let mut rates = Rates::default();
-        for (name, v, slot) in [
-            ("end_user", &r.end_user, &mut rates.end_user),
-            ("end_user_ip", &r.end_user_ip, &mut rates.end_user_ip),
-            ("api_key", &r.api_key, &mut rates.api_key),
-        ] {
-            if let Some(v) = v {
-                match Rate::parse(v.get_ref()) {
-                    Ok(rate) => *slot = rate,
-                    Err(m) => errs.at(v.span(), format!("rate_limits.{name}"), m),
-                }
+    cors_allowed_origins
+}
+
+/// The `[rate_limits]` section: the broker's rates with the ones it overrides.
+fn rate_limits(errs: &mut Errors, r: &RawRates) -> Rates {
+    let mut rates = Rates::default();
+    for (name, v, slot) in [
+        ("end_user", &r.end_user, &mut rates.end_user),
+        ("end_user_ip", &r.end_user_ip, &mut rates.end_user_ip),
+        ("api_key", &r.api_key, &mut rates.api_key),
+    ] {
+        if let Some(v) = v {
+            match Rate::parse(v.get_ref()) {
+                Ok(rate) => *slot = rate,
+                Err(m) => errs.at(v.span(), format!("rate_limits.{name}"), m),
             }
         }
-        rates
-    });
-
-    if errs.list.is_empty() {
-        Ok(PolicyDoc {
-            tenant,
-            description: raw.description,
-            credentials,
-            defaults,
-            rules,
-            identity_providers,
-            cors_allowed_origins,
-            rate_limits,
-        })
-    } else {
-        errs.list.sort_by_key(|e| (e.line, e.column));
-        Err(errs.list)
     }
+    rates
 }
 
 fn secret_ref(errs: &mut Errors, s: &S<String>, field: String) -> Option<SecretRef> {
@@ -766,6 +832,8 @@ fn secret_ref(errs: &mut Errors, s: &S<String>, field: String) -> Option<SecretR
     }
 }
 
+/// The `[[credentials]]` sections: each credential, with names and project
+/// ids unique across them.
 fn credentials(errs: &mut Errors, raw: &[RawCredential]) -> Vec<CredentialSpec> {
     let mut out = Vec::new();
     let mut names = HashSet::new();
@@ -785,106 +853,9 @@ fn credentials(errs: &mut Errors, raw: &[RawCredential]) -> Vec<CredentialSpec> 
                 format!("credential name {:?} is used twice", c.name.get_ref()),
             );
         }
-        let missing = |errs: &mut Errors, k: &str| {
-            errs.at(
-                c.provider.span(),
-                f(k),
-                format!("{k} is required for this provider"),
-            )
-        };
-        let not_for = |errs: &mut Errors, k: &str, s: &S<String>, p: &str| {
-            errs.at(
-                s.span(),
-                f(k),
-                format!("{k} does not apply to provider {p:?}"),
-            )
-        };
         let provider = match c.provider.get_ref().as_str() {
-            "opentok" => {
-                for (k, v) in [
-                    ("application_id", &c.application_id),
-                    ("private_key", &c.private_key),
-                ] {
-                    if let Some(s) = v {
-                        not_for(errs, k, s, "opentok");
-                    }
-                }
-                let key = match &c.api_key {
-                    Some(k)
-                        if !k.get_ref().is_empty()
-                            && k.get_ref().bytes().all(|b| b.is_ascii_digit()) =>
-                    {
-                        Some(k.get_ref().clone())
-                    }
-                    Some(k) => {
-                        errs.at(
-                            k.span(),
-                            f("api_key"),
-                            "an OpenTok API key is the project's numeric id, e.g. \"123456\"",
-                        );
-                        None
-                    }
-                    None => {
-                        missing(errs, "api_key");
-                        None
-                    }
-                };
-                let secret = match &c.api_secret {
-                    Some(s) => secret_ref(errs, s, f("api_secret")),
-                    None => {
-                        missing(errs, "api_secret");
-                        None
-                    }
-                };
-                let format = match c.token_format.as_ref().map(|t| t.get_ref().as_str()) {
-                    None | Some("jwt") => OpenTokFormat::Jwt,
-                    Some("t1") => OpenTokFormat::T1,
-                    Some(other) => {
-                        errs.at(c.token_format.as_ref().map(|t| t.span()).unwrap_or(0..0), f("token_format"), format!("{other:?} is not a token format: use \"jwt\" (HS256) or \"t1\" (legacy)"));
-                        OpenTokFormat::Jwt
-                    }
-                };
-                key.zip(secret)
-                    .map(|(api_key, api_secret)| Provider::OpenTok {
-                        api_key,
-                        api_secret,
-                        token_format: format,
-                    })
-            }
-            "vonage" => {
-                for (k, v) in [
-                    ("api_key", &c.api_key),
-                    ("api_secret", &c.api_secret),
-                    ("token_format", &c.token_format),
-                ] {
-                    if let Some(s) = v {
-                        not_for(errs, k, s, "vonage");
-                    }
-                }
-                let app = match &c.application_id {
-                    Some(a) if valid_uuid(a.get_ref()) => Some(a.get_ref().to_ascii_lowercase()),
-                    Some(a) => {
-                        errs.at(a.span(), f("application_id"), "a Vonage application id is a UUID, e.g. \"29f760f8-7ce1-46c9-ade3-f2dedee4ed5f\"");
-                        None
-                    }
-                    None => {
-                        missing(errs, "application_id");
-                        None
-                    }
-                };
-                let key = match &c.private_key {
-                    Some(s) => secret_ref(errs, s, f("private_key")),
-                    None => {
-                        missing(errs, "private_key");
-                        None
-                    }
-                };
-                app.zip(key)
-                    .map(|(application_id, private_key)| Provider::Vonage {
-                        application_id,
-                        private_key,
-                    })
-            }
+            "opentok" => opentok(errs, c, &f),
+            "vonage" => vonage(errs, c, &f),
             other => {
                 errs.at(
                     c.provider.span(),
@@ -908,6 +879,131 @@ fn credentials(errs: &mut Errors, raw: &[RawCredential]) -> Vec<CredentialSpec> 
     out
 }
 
+/// A field the credential's provider requires is absent.
+fn missing(errs: &mut Errors, c: &RawCredential, f: &impl Fn(&str) -> String, k: &str) {
+    errs.at(
+        c.provider.span(),
+        f(k),
+        format!("{k} is required for this provider"),
+    );
+}
+
+/// Fields given that provider `p` does not take.
+fn not_for(
+    errs: &mut Errors,
+    f: &impl Fn(&str) -> String,
+    given: &[(&str, &Option<S<String>>)],
+    p: &str,
+) {
+    for &(k, v) in given {
+        if let Some(s) = v {
+            errs.at(
+                s.span(),
+                f(k),
+                format!("{k} does not apply to provider {p:?}"),
+            );
+        }
+    }
+}
+
+/// An OpenTok credential: numeric API key, secret reference, token format.
+fn opentok(errs: &mut Errors, c: &RawCredential, f: &impl Fn(&str) -> String) -> Option<Provider> {
+    not_for(
+        errs,
+        f,
+        &[
+            ("application_id", &c.application_id),
+            ("private_key", &c.private_key),
+        ],
+        "opentok",
+    );
+    let key = match &c.api_key {
+        Some(k) if !k.get_ref().is_empty() && k.get_ref().bytes().all(|b| b.is_ascii_digit()) => {
+            Some(k.get_ref().clone())
+        }
+        Some(k) => {
+            errs.at(
+                k.span(),
+                f("api_key"),
+                "an OpenTok API key is the project's numeric id, e.g. \"123456\"",
+            );
+            None
+        }
+        None => {
+            missing(errs, c, f, "api_key");
+            None
+        }
+    };
+    let secret = match &c.api_secret {
+        Some(s) => secret_ref(errs, s, f("api_secret")),
+        None => {
+            missing(errs, c, f, "api_secret");
+            None
+        }
+    };
+    let format = match c.token_format.as_ref().map(|t| t.get_ref().as_str()) {
+        None | Some("jwt") => OpenTokFormat::Jwt,
+        Some("t1") => OpenTokFormat::T1,
+        Some(other) => {
+            errs.at(
+                c.token_format.as_ref().map(|t| t.span()).unwrap_or(0..0),
+                f("token_format"),
+                format!("{other:?} is not a token format: use \"jwt\" (HS256) or \"t1\" (legacy)"),
+            );
+            OpenTokFormat::Jwt
+        }
+    };
+    key.zip(secret)
+        .map(|(api_key, api_secret)| Provider::OpenTok {
+            api_key,
+            api_secret,
+            token_format: format,
+        })
+}
+
+/// A Vonage credential: application UUID and private key reference.
+fn vonage(errs: &mut Errors, c: &RawCredential, f: &impl Fn(&str) -> String) -> Option<Provider> {
+    not_for(
+        errs,
+        f,
+        &[
+            ("api_key", &c.api_key),
+            ("api_secret", &c.api_secret),
+            ("token_format", &c.token_format),
+        ],
+        "vonage",
+    );
+    let app = match &c.application_id {
+        Some(a) if valid_uuid(a.get_ref()) => Some(a.get_ref().to_ascii_lowercase()),
+        Some(a) => {
+            errs.at(
+                a.span(),
+                f("application_id"),
+                "a Vonage application id is a UUID, e.g. \"29f760f8-7ce1-46c9-ade3-f2dedee4ed5f\"",
+            );
+            None
+        }
+        None => {
+            missing(errs, c, f, "application_id");
+            None
+        }
+    };
+    let key = match &c.private_key {
+        Some(s) => secret_ref(errs, s, f("private_key")),
+        None => {
+            missing(errs, c, f, "private_key");
+            None
+        }
+    };
+    app.zip(key)
+        .map(|(application_id, private_key)| Provider::Vonage {
+            application_id,
+            private_key,
+        })
+}
+
+/// The `[[identity_providers]]` sections: each provider, with names and
+/// issuers unique across them.
 fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
     let mut out = Vec::new();
     let mut names = HashSet::new();
@@ -936,159 +1032,10 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
                 "another identity provider has this issuer; the issuer decides whose user a token names, so it must be unique",
             );
         }
-        if p.audiences.get_ref().is_empty() {
-            errs.at(
-                p.audiences.span(),
-                f("audiences"),
-                "list at least one accepted aud value",
-            );
-        }
-        for a in p.audiences.get_ref() {
-            if a.get_ref().is_empty() {
-                errs.at(
-                    a.span(),
-                    f("audiences"),
-                    "an audience is the non-empty aud value the provider puts in its tokens",
-                );
-            }
-        }
-        let mut families = HashSet::new();
-        for a in p.algorithms.get_ref() {
-            match a.get_ref().parse::<jsonwebtoken::Algorithm>() {
-                Ok(alg) => {
-                    families.insert(format!("{:?}", alg.family()));
-                }
-                Err(_) => errs.at(
-                    a.span(),
-                    f("algorithms"),
-                    format!(
-                        "{:?} is not a JWT algorithm: e.g. RS256, ES256, EdDSA, HS256",
-                        a.get_ref()
-                    ),
-                ),
-            }
-        }
-        if p.algorithms.get_ref().is_empty() {
-            errs.at(
-                p.algorithms.span(),
-                f("algorithms"),
-                "pin at least one algorithm",
-            );
-        }
-        let sources = [
-            p.secret.is_some(),
-            p.public_keys.is_some(),
-            p.jwks_url.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if sources != 1 {
-            errs.at(
-                p.name.span(),
-                f("keys"),
-                "give exactly one key source: secret, public_keys or jwks_url",
-            );
-        }
-        let hmac = families.contains("Hmac");
-        if hmac && families.len() > 1 {
-            errs.at(p.algorithms.span(), f("algorithms"), "do not mix HMAC (HS*) with public-key algorithms: that invites algorithm confusion");
-        }
-        let keys = if let Some(s) = &p.secret {
-            if !hmac {
-                errs.at(
-                    s.span(),
-                    f("secret"),
-                    "a shared secret goes with HS256/HS384/HS512 algorithms only",
-                );
-            }
-            secret_ref(errs, s, f("secret")).map(IdpKeys::Secret)
-        } else if let Some(list) = &p.public_keys {
-            if hmac {
-                errs.at(
-                    list.span(),
-                    f("public_keys"),
-                    "public keys go with RS*/PS*/ES*/EdDSA algorithms, never HS*",
-                );
-            }
-            let refs: Vec<SecretRef> = list
-                .get_ref()
-                .iter()
-                .enumerate()
-                .filter_map(|(j, r)| secret_ref(errs, r, f(&format!("public_keys[{j}]"))))
-                .collect();
-            Some(IdpKeys::PublicKeys(refs))
-        } else if let Some(u) = &p.jwks_url {
-            if hmac {
-                errs.at(
-                    u.span(),
-                    f("jwks_url"),
-                    "a JWKS goes with public-key algorithms, never HS*",
-                );
-            }
-            if let Err(m) = check_jwks_url(u.get_ref()) {
-                errs.at(u.span(), f("jwks_url"), m);
-            }
-            Some(IdpKeys::JwksUrl(u.get_ref().clone()))
-        } else {
-            None
-        };
-        let secs = |errs: &mut Errors,
-                    v: &Option<S<RawDuration>>,
-                    k: &str,
-                    default: u64,
-                    range: (i64, i64, &str)|
-         -> u64 {
-            match v {
-                None => default,
-                Some(s) => match duration::parse(s.get_ref()) {
-                    Ok(n) if (range.0..=range.1).contains(&n) => n as u64,
-                    Ok(_) => {
-                        errs.at(s.span(), f(k), format!("use {}", range.2));
-                        default
-                    }
-                    Err(m) => {
-                        errs.at(s.span(), f(k), m);
-                        default
-                    }
-                },
-            }
-        };
-        let leeway = secs(errs, &p.leeway, "leeway", 60, (0, 3600, "0 to 1h"));
-        // A floor, so unknown kids cannot make the broker fetch in a loop.
-        let jwks_min_refresh = secs(
-            errs,
-            &p.jwks_min_refresh,
-            "jwks_min_refresh",
-            10,
-            (1, 3600, "1s to 1h"),
-        );
-        let jwks_max_age = secs(
-            errs,
-            &p.jwks_max_age,
-            "jwks_max_age",
-            3600,
-            (1, 86_400, "1s to 1d"),
-        );
-        for (k, v) in [
-            ("jwks_min_refresh", &p.jwks_min_refresh),
-            ("jwks_max_age", &p.jwks_max_age),
-        ] {
-            if let Some(v) = v
-                && p.jwks_url.is_none()
-            {
-                errs.at(v.span(), f(k), format!("{k} applies only with jwks_url"));
-            }
-        }
-        if let Some(v) = &p.jwks_max_age
-            && jwks_max_age < jwks_min_refresh
-        {
-            errs.at(
-                v.span(),
-                f("jwks_max_age"),
-                format!("jwks_max_age must be at least jwks_min_refresh ({jwks_min_refresh}s)"),
-            );
-        }
+        idp_audiences(errs, p, &f);
+        let hmac = idp_algorithms(errs, p, &f);
+        let keys = idp_keys(errs, p, &f, hmac);
+        let (leeway, jwks_min_refresh, jwks_max_age) = idp_durations(errs, p, &f);
         if let Some(keys) = keys {
             out.push(IdpSpec {
                 name: p.name.get_ref().clone(),
@@ -1116,4 +1063,191 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
         }
     }
     out
+}
+
+/// A provider's `audiences`: at least one, none empty.
+fn idp_audiences(errs: &mut Errors, p: &RawIdp, f: &impl Fn(&str) -> String) {
+    if p.audiences.get_ref().is_empty() {
+        errs.at(
+            p.audiences.span(),
+            f("audiences"),
+            "list at least one accepted aud value",
+        );
+    }
+    for a in p.audiences.get_ref() {
+        if a.get_ref().is_empty() {
+            errs.at(
+                a.span(),
+                f("audiences"),
+                "an audience is the non-empty aud value the provider puts in its tokens",
+            );
+        }
+    }
+}
+
+/// A provider's pinned `algorithms` (at least one, HMAC not mixed with
+/// public-key ones) and its one key source; whether they are HMAC.
+fn idp_algorithms(errs: &mut Errors, p: &RawIdp, f: &impl Fn(&str) -> String) -> bool {
+    let mut families = HashSet::new();
+    for a in p.algorithms.get_ref() {
+        match a.get_ref().parse::<jsonwebtoken::Algorithm>() {
+            Ok(alg) => {
+                families.insert(format!("{:?}", alg.family()));
+            }
+            Err(_) => errs.at(
+                a.span(),
+                f("algorithms"),
+                format!(
+                    "{:?} is not a JWT algorithm: e.g. RS256, ES256, EdDSA, HS256",
+                    a.get_ref()
+                ),
+            ),
+        }
+    }
+    if p.algorithms.get_ref().is_empty() {
+        errs.at(
+            p.algorithms.span(),
+            f("algorithms"),
+            "pin at least one algorithm",
+        );
+    }
+    let sources = [
+        p.secret.is_some(),
+        p.public_keys.is_some(),
+        p.jwks_url.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if sources != 1 {
+        errs.at(
+            p.name.span(),
+            f("keys"),
+            "give exactly one key source: secret, public_keys or jwks_url",
+        );
+    }
+    let hmac = families.contains("Hmac");
+    if hmac && families.len() > 1 {
+        errs.at(
+            p.algorithms.span(),
+            f("algorithms"),
+            "do not mix HMAC (HS*) with public-key algorithms: that invites algorithm confusion",
+        );
+    }
+    hmac
+}
+
+/// A provider's keys: a shared secret (HMAC only), public keys or a JWKS URL
+/// (public-key algorithms only).
+fn idp_keys(
+    errs: &mut Errors,
+    p: &RawIdp,
+    f: &impl Fn(&str) -> String,
+    hmac: bool,
+) -> Option<IdpKeys> {
+    if let Some(s) = &p.secret {
+        if !hmac {
+            errs.at(
+                s.span(),
+                f("secret"),
+                "a shared secret goes with HS256/HS384/HS512 algorithms only",
+            );
+        }
+        secret_ref(errs, s, f("secret")).map(IdpKeys::Secret)
+    } else if let Some(list) = &p.public_keys {
+        if hmac {
+            errs.at(
+                list.span(),
+                f("public_keys"),
+                "public keys go with RS*/PS*/ES*/EdDSA algorithms, never HS*",
+            );
+        }
+        let refs: Vec<SecretRef> = list
+            .get_ref()
+            .iter()
+            .enumerate()
+            .filter_map(|(j, r)| secret_ref(errs, r, f(&format!("public_keys[{j}]"))))
+            .collect();
+        Some(IdpKeys::PublicKeys(refs))
+    } else if let Some(u) = &p.jwks_url {
+        if hmac {
+            errs.at(
+                u.span(),
+                f("jwks_url"),
+                "a JWKS goes with public-key algorithms, never HS*",
+            );
+        }
+        if let Err(m) = check_jwks_url(u.get_ref()) {
+            errs.at(u.span(), f("jwks_url"), m);
+        }
+        Some(IdpKeys::JwksUrl(u.get_ref().clone()))
+    } else {
+        None
+    }
+}
+
+/// A duration in whole seconds within `range` (`(min, max, "how to say it")`),
+/// or `default` when absent (or wrong, with an error).
+fn secs(
+    errs: &mut Errors,
+    v: &Option<S<RawDuration>>,
+    field: String,
+    default: u64,
+    range: (i64, i64, &str),
+) -> u64 {
+    match v {
+        None => default,
+        Some(s) => match duration::parse(s.get_ref()) {
+            Ok(n) if (range.0..=range.1).contains(&n) => n as u64,
+            Ok(_) => {
+                errs.at(s.span(), field, format!("use {}", range.2));
+                default
+            }
+            Err(m) => {
+                errs.at(s.span(), field, m);
+                default
+            }
+        },
+    }
+}
+
+/// A provider's `leeway`, `jwks_min_refresh` and `jwks_max_age` (the JWKS
+/// ones only with `jwks_url`, the age at least the refresh), in seconds.
+fn idp_durations(errs: &mut Errors, p: &RawIdp, f: &impl Fn(&str) -> String) -> (u64, u64, u64) {
+    let leeway = secs(errs, &p.leeway, f("leeway"), 60, (0, 3600, "0 to 1h"));
+    // A floor, so unknown kids cannot make the broker fetch in a loop.
+    let jwks_min_refresh = secs(
+        errs,
+        &p.jwks_min_refresh,
+        f("jwks_min_refresh"),
+        10,
+        (1, 3600, "1s to 1h"),
+    );
+    let jwks_max_age = secs(
+        errs,
+        &p.jwks_max_age,
+        f("jwks_max_age"),
+        3600,
+        (1, 86_400, "1s to 1d"),
+    );
+    for (k, v) in [
+        ("jwks_min_refresh", &p.jwks_min_refresh),
+        ("jwks_max_age", &p.jwks_max_age),
+    ] {
+        if let Some(v) = v
+            && p.jwks_url.is_none()
+        {
+            errs.at(v.span(), f(k), format!("{k} applies only with jwks_url"));
+        }
+    }
+    if let Some(v) = &p.jwks_max_age
+        && jwks_max_age < jwks_min_refresh
+    {
+        errs.at(
+            v.span(),
+            f("jwks_max_age"),
+            format!("jwks_max_age must be at least jwks_min_refresh ({jwks_min_refresh}s)"),
+        );
+    }
+    (leeway, jwks_min_refresh, jwks_max_age)
 }

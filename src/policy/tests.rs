@@ -1,3 +1,4 @@
+#![allow(clippy::too_many_lines)] // a table of cases reads top to bottom
 //! Table-driven decision tests and validation tests with locations.
 
 use super::*;

@@ -33,7 +33,7 @@ async fn record_read(
         crate::audit::Kind::AuditRead,
         crate::audit::Outcome::Ok,
         crate::audit::Actor::ApiKey,
-        crate::clock::now_unix_ms(),
+        state.clock.now_unix_ms(),
     );
     row.key_id = Some(p.key_id.clone());
     row.request_id = req
@@ -240,6 +240,9 @@ pub struct ProofParams {
 /// `GET /v1/audit/proof`: an inclusion proof of one of the tenant's rows, or a
 /// consistency proof between two sizes of its history, against checkpoints
 /// signed by the broker's key.
+// The audit query and proof code moves under audit/ (#12 point 3), which
+// splits this; allowed until then.
+#[allow(clippy::too_many_lines)]
 pub async fn proof(
     state: web::Data<AppState>,
     cps: web::Data<Checkpoints>,

@@ -30,7 +30,7 @@ pub async fn put(
         &name,
         body.0,
         &actor(&req, &p.key_id),
-        crate::clock::now_unix_ms(),
+        state.clock.now_unix_ms(),
     )
     .await
     .map_err(admin_error)?;
@@ -77,7 +77,7 @@ pub async fn delete(
         &p.tenant,
         &name,
         &actor(&req, &p.key_id),
-        crate::clock::now_unix_ms(),
+        state.clock.now_unix_ms(),
     )
     .await
     .map_err(admin_error)?;

@@ -123,6 +123,9 @@ pub async fn issue(
     with_cors(rt.as_deref(), &req, resp)
 }
 
+// Authentication is being moved into one module (#12 point 4), which takes
+// the login-token half out of this; allowed until then.
+#[allow(clippy::too_many_lines)]
 async fn issue_inner(
     state: &AppState,
     req: &HttpRequest,
@@ -167,7 +170,7 @@ async fn issue_inner(
         let verified = crate::auth::idp::verify_login(
             presented,
             |iss| rt.idp_for(iss),
-            crate::clock::now_unix_ms(),
+            state.clock.now_unix_ms(),
         )
         .await;
         let (idp_name, identity) = match verified {
@@ -208,14 +211,7 @@ async fn issue_inner(
             },
         );
     }
-    let out = broker::handle(
-        state,
-        &caller,
-        body,
-        Mode::Issue,
-        crate::clock::now_unix_ms(),
-    )
-    .await?;
+    let out = broker::handle(state, &caller, body, Mode::Issue, state.clock.now_unix_ms()).await?;
     Ok(HttpResponse::build(StatusCode::CREATED)
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(out))

@@ -110,7 +110,7 @@ pub async fn create(
         scopes,
         body.name.clone(),
         &actor(&req, &p.key_id),
-        crate::clock::now_unix_ms(),
+        state.clock.now_unix_ms(),
     )
     .await
     .map_err(admin_error)?;
@@ -133,7 +133,7 @@ pub async fn revoke(
         &key_id,
         Some(&p.tenant),
         &actor(&req, &p.key_id),
-        crate::clock::now_unix_ms(),
+        state.clock.now_unix_ms(),
     )
     .await
     .map_err(admin_error)?;

@@ -630,6 +630,9 @@ fn json_object() -> RefOr<Schema> {
 }
 
 /// The success body of an operation, where it is more than "an object".
+// A table, one JSON Schema per operation: longer than a function should be,
+// read as a list.
+#[allow(clippy::too_many_lines)]
 fn success_schema(id: &str) -> RefOr<Schema> {
     let string = json!({"type": "string"});
     let items = json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"type": "object"}}}});
@@ -753,7 +756,29 @@ fn operation(o: &Operation) -> openapi::path::Operation {
     for s in scopes {
         b = b.security(SecurityRequirement::new(*s, Vec::<String>::new()));
     }
-    for seg in o.path.split('/') {
+    b = path_parameters(b, o.path);
+    if let Some((s, example)) = body_schema(o.body) {
+        b = b.request_body(Some(
+            RequestBodyBuilder::new()
+                .required(Some(openapi::Required::True))
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(s))
+                        .example(Some(example))
+                        .build(),
+                )
+                .build(),
+        ));
+    }
+    b = success_responses(b, o);
+    b = error_responses(b, o);
+    b.build()
+}
+
+/// A parameter for each `{name}` segment of `path`.
+fn path_parameters(mut b: OperationBuilder, path: &str) -> OperationBuilder {
+    for seg in path.split('/') {
         if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
             let kind = match name {
                 "version" => json!({"type": "integer", "format": "int64"}),
@@ -772,21 +797,12 @@ fn operation(o: &Operation) -> openapi::path::Operation {
             );
         }
     }
-    if let Some((s, example)) = body_schema(o.body) {
-        b = b.request_body(Some(
-            RequestBodyBuilder::new()
-                .required(Some(openapi::Required::True))
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(s))
-                        .example(Some(example))
-                        .build(),
-                )
-                .build(),
-        ));
-    }
-    b = match o.answer {
+    b
+}
+
+/// The success answer(s) of operation `o`.
+fn success_responses(b: OperationBuilder, o: &Operation) -> OperationBuilder {
+    match o.answer {
         Answer::Json(status) => b.response(
             status.to_string(),
             ResponseBuilder::new()
@@ -842,9 +858,12 @@ fn operation(o: &Operation) -> openapi::path::Operation {
                     .content("application/json", ContentBuilder::new().schema(Some(s)).build()),
             )
         }
-    };
-    // Error responses: each status with exactly the catalogue's codes this
-    // operation can answer with, and one example per status.
+    }
+}
+
+/// Error responses: each status with exactly the catalogue's codes operation
+/// `o` can answer with, and one example per status.
+fn error_responses(mut b: OperationBuilder, o: &Operation) -> OperationBuilder {
     let mut codes = implied_errors(o);
     codes.extend(o.errors.iter().copied());
     let mut by_status: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
@@ -873,7 +892,7 @@ fn operation(o: &Operation) -> openapi::path::Operation {
         );
         b = b.response(status.to_string(), r);
     }
-    b.build()
+    b
 }
 
 fn method(m: &str) -> HttpMethod {

@@ -116,7 +116,7 @@ pub async fn apply(
         body.dry_run,
         &actor(&req, &p.key_id),
         None,
-        crate::clock::now_unix_ms(),
+        state.clock.now_unix_ms(),
     )
     .await
     .map_err(admin_error)?;
@@ -144,7 +144,7 @@ pub async fn rollback(
         &p.tenant,
         body.to,
         &actor(&req, &p.key_id),
-        crate::clock::now_unix_ms(),
+        state.clock.now_unix_ms(),
     )
     .await
     .map_err(admin_error)?;
@@ -174,7 +174,7 @@ pub async fn replay(
     req: HttpRequest,
     body: Json<ReplayBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let now = crate::clock::now_unix_ms();
+    let now = state.clock.now_unix_ms();
     let time = |field: &'static str, v: &Option<String>, default: i64| match v {
         None => Ok(default),
         Some(v) => crate::audit::query::parse_time(field, v).map_err(ApiError::from),

@@ -118,7 +118,7 @@ pub async fn put(
             session_id,
             body.owner.as_deref(),
             &labels,
-            crate::clock::now_unix_ms(),
+            state.clock.now_unix_ms(),
         )
         .await?;
     state.forget_session(&p.tenant, session_id);

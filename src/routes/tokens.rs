@@ -46,7 +46,7 @@ pub async fn issue(
         &caller,
         &body,
         Mode::Issue,
-        crate::clock::now_unix_ms(),
+        state.clock.now_unix_ms(),
     )
     .await?;
     Ok(HttpResponse::Created()
@@ -70,6 +70,6 @@ pub async fn decide(
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller_from(&req, &p.tenant, p.app_caller());
     let mode = Mode::Decide { explain: q.explain };
-    let out = broker::handle(&state, &caller, &body, mode, crate::clock::now_unix_ms()).await?;
+    let out = broker::handle(&state, &caller, &body, mode, state.clock.now_unix_ms()).await?;
     Ok(HttpResponse::Ok().json(out))
 }

@@ -278,7 +278,9 @@ async fn jwks_keys_are_fetched_and_rotated_by_kid() {
         &format!("jwks_url = \"{url}\"\njwks_min_refresh = \"1s\""),
     );
     app.apply_policy(&p).await;
-    let now = token_broker::clock::now_unix();
+    // The refresh bound passes on the broker's clock, moved by hand.
+    app.app_state.clock.freeze();
+    let now = app.app_state.clock.now_unix();
     let sid = session_for(API_KEY, 1);
     let body = json!({"session_id": sid});
     let k2 = EncodingKey::from_rsa_pem(&key_pem("idp-rsa-2.key")).unwrap();
@@ -314,7 +316,7 @@ async fn jwks_keys_are_fetched_and_rotated_by_kid() {
 
     // The provider rotates to key 2; after the refresh bound an unknown kid refetches.
     *doc.lock().unwrap() = json!({"keys": [jwk("idp-rsa-2")]});
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.app_state.clock.advance(Duration::from_millis(1100));
     let (s, v, _) = post_as(
         &app,
         &sign(

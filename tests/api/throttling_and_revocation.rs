@@ -1,6 +1,6 @@
 //! Throttling that works, logs that cannot be forged, revocation that sticks
 //! (issue 11, points 7, 8 and 9): each test plays the attacker. Limiter time
-//! is frozen and moved by hand (`limits.ticker`), never slept through; only
+//! is frozen and moved by hand (the state's `clock`), never slept through; only
 //! the instances' background change feed is waited for (`eventually`).
 
 use std::time::Duration;
@@ -48,7 +48,7 @@ async fn an_address_over_its_failed_auth_limit_gets_429_without_any_verification
         }
     })
     .await;
-    app.app_state.limits.ticker.freeze();
+    app.app_state.clock.freeze();
     let cached = app.acme().await;
     let fresh = app.create_key("acme", &["issue"]).await;
     assert_eq!(app.get("/v1/whoami", &cached).await.status(), 200);
@@ -77,7 +77,7 @@ async fn an_address_over_its_failed_auth_limit_gets_429_without_any_verification
     );
 
     // One second later the address has one attempt again.
-    app.app_state.limits.ticker.advance(Duration::from_secs(1));
+    app.app_state.clock.advance(Duration::from_secs(1));
     assert_eq!(app.get("/v1/whoami", &fresh).await.status(), 200);
 }
 
@@ -96,7 +96,7 @@ fn with_rate_limits(policy: &str, description: &str, api_key: &str) -> String {
 #[tokio::test]
 async fn a_tenants_api_key_rate_applies_on_every_route_its_keys_call() {
     let app = spawn_app().await;
-    app.app_state.limits.ticker.freeze();
+    app.app_state.clock.freeze();
     app.create_tenant("acme").await;
     let policy = app.standard_policy("acme");
     app.apply_policy(&with_rate_limits(&policy, "v1", "1/3"))
@@ -125,7 +125,7 @@ async fn a_tenants_api_key_rate_applies_on_every_route_its_keys_call() {
 #[tokio::test]
 async fn policy_applies_keep_the_tenants_buckets() {
     let app = spawn_app().await;
-    app.app_state.limits.ticker.freeze();
+    app.app_state.clock.freeze();
     app.create_tenant("acme").await;
     let policy = app.standard_policy("acme");
     app.apply_policy(&with_rate_limits(&policy, "v1", "1/2"))
@@ -156,7 +156,7 @@ async fn policy_applies_keep_the_tenants_buckets() {
     assert_429(app.post(end_user_route, &key, &token_body(9)).await).await;
 
     // Time refills at the new rate.
-    app.app_state.limits.ticker.advance(Duration::from_secs(1));
+    app.app_state.clock.advance(Duration::from_secs(1));
     assert_eq!(app.get("/v1/whoami", &key).await.status(), 200);
     assert_429(app.get("/v1/whoami", &key).await).await;
 }

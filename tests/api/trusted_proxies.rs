@@ -20,7 +20,7 @@ async fn spawn_with(trusted: &str) -> TestApp {
         };
     })
     .await;
-    app.app_state.limits.ticker.freeze();
+    app.app_state.clock.freeze();
     app
 }
 
