@@ -226,7 +226,7 @@ pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
 pub async fn status(settings: Settings, json: bool) -> CmdResult {
     let store = store_for(&settings).await?;
     let keyring = crate::startup::load_keyring(&settings)?;
-    let resolver = crate::cli_policy::secret_resolver(&settings);
+    let resolver = crate::cli::policy::secret_resolver(&settings);
     let mut tenants = Vec::new();
     for (tenant, _) in store.list_tenants().await? {
         let row = store.current_policy(&tenant).await?;

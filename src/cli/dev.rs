@@ -163,7 +163,7 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<String, Failure>
     if current.is_none_or(|c| c.source.contains("file:/")) {
         admin::apply_policy(
             store,
-            &crate::cli_policy::secret_resolver(settings),
+            &crate::cli::policy::secret_resolver(settings),
             "demo.toml",
             &demo_policy(),
             None,

@@ -3,6 +3,13 @@
 //! the settings, so an operator can run them beside a running broker (SQLite
 //! in WAL mode allows that; PostgreSQL trivially).
 
+pub mod audit;
+pub mod credential;
+pub mod dev;
+pub mod policy;
+pub mod remote;
+pub mod token;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -66,17 +73,17 @@ pub enum Command {
     /// Check, test, apply and roll back policy files.
     Policy {
         #[command(subcommand)]
-        cmd: crate::cli_policy::PolicyCmd,
+        cmd: crate::cli::policy::PolicyCmd,
     },
     /// Inspect tokens.
     Token {
         #[command(subcommand)]
-        cmd: crate::cli_token::TokenCmd,
+        cmd: crate::cli::token::TokenCmd,
     },
     /// Tenants' video credentials (stored, sealed) and the master key.
     Credential {
         #[command(subcommand)]
-        cmd: crate::cli_credential::CredentialCmd,
+        cmd: crate::cli::credential::CredentialCmd,
     },
     /// Every tenant's policy and credential problems (operators; names paths and references).
     Status {
@@ -86,7 +93,7 @@ pub enum Command {
     /// Query and verify the audit record.
     Audit {
         #[command(subcommand)]
-        cmd: crate::cli_audit::AuditCmd,
+        cmd: crate::cli::audit::AuditCmd,
     },
 }
 
@@ -216,24 +223,24 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
         }
         Command::Tenant { cmd } => tenant(settings, cmd).await,
         Command::Key { cmd } => key(settings, cmd).await,
-        Command::Policy { cmd } => crate::cli_policy::run(settings, cmd).await,
-        Command::Token { cmd } => crate::cli_token::run(settings, cmd).await,
-        Command::Audit { cmd } => crate::cli_audit::run(settings, cmd).await,
-        Command::Credential { cmd } => crate::cli_credential::run(settings, cmd).await,
-        Command::Status { json } => crate::cli_credential::status(settings, json).await,
+        Command::Policy { cmd } => crate::cli::policy::run(settings, cmd).await,
+        Command::Token { cmd } => crate::cli::token::run(settings, cmd).await,
+        Command::Audit { cmd } => crate::cli::audit::run(settings, cmd).await,
+        Command::Credential { cmd } => crate::cli::credential::run(settings, cmd).await,
+        Command::Status { json } => crate::cli::credential::status(settings, json).await,
     }
 }
 
 async fn serve(mut settings: Settings, dev: bool) -> CmdResult {
     let store = open_store(&settings).await?;
     if dev {
-        crate::dev::ensure_master_key(&mut settings)?;
-        crate::dev::ensure_checkpoint_key(&mut settings)?;
-        crate::dev::seed(&settings, &store).await?;
+        crate::cli::dev::ensure_master_key(&mut settings)?;
+        crate::cli::dev::ensure_checkpoint_key(&mut settings)?;
+        crate::cli::dev::seed(&settings, &store).await?;
     }
     let app = Application::build_with_store(settings, store).await?;
     if dev {
-        crate::dev::first_tokens(&app.state(), crate::clock::now_unix_ms()).await?;
+        crate::cli::dev::first_tokens(&app.state(), crate::clock::now_unix_ms()).await?;
     }
     app.run_until_stopped().await?;
     Ok(())

@@ -495,7 +495,7 @@ fn seg(segment: &str) -> String {
 }
 
 fn local_check(paths: &[PathBuf], json: bool) -> CmdResult {
-    crate::cli_policy::check_files(paths, json)
+    crate::cli::policy::check_files(paths, json)
 }
 
 fn policy_failure(errs: Vec<crate::policy::PolicyError>) -> Failure {
@@ -553,7 +553,7 @@ async fn audit(c: &Client, cmd: RemoteAudit) -> CmdResult {
                         message: format!("unexpected audit rows from the server: {e}"),
                         code: 1,
                     })?;
-                crate::cli_audit::print_rows(&rows, v["next"].as_str());
+                crate::cli::audit::print_rows(&rows, v["next"].as_str());
             }
             Ok(())
         }
@@ -617,7 +617,7 @@ async fn export(c: &Client, mut filters: AuditParams, csv: bool) -> CmdResult {
 /// checkpoint's row still carries the checkpoint's hash.
 async fn verify(c: &Client, checkpoint: Option<String>, json: bool) -> CmdResult {
     let cps = match &checkpoint {
-        Some(arg) => crate::cli_audit::parse_checkpoints(arg)?,
+        Some(arg) => crate::cli::audit::parse_checkpoints(arg)?,
         None => Vec::new(),
     };
     let me = c.get("/v1/whoami").await?;
@@ -669,9 +669,9 @@ async fn verify(c: &Client, checkpoint: Option<String>, json: bool) -> CmdResult
         && let Some(cp) = &cp
     {
         fault =
-            crate::cli_audit::checkpoint_fault(cp, at_cp.as_deref(), from_seq, v.expected_seq - 1);
+            crate::cli::audit::checkpoint_fault(cp, at_cp.as_deref(), from_seq, v.expected_seq - 1);
     }
-    let result = crate::cli_audit::TenantVerify {
+    let result = crate::cli::audit::TenantVerify {
         tenant: tenant.clone(),
         ok: fault.is_none(),
         rows: v.rows,
@@ -797,7 +797,7 @@ async fn policy(c: &Client, cmd: RemotePolicy) -> CmdResult {
 fn print_outcome(v: Value, json: bool) -> CmdResult {
     let o: crate::admin::ApplyOutcome = serde_json::from_value(v)
         .map_err(|e| Failure::from(format!("unexpected answer from the server: {e}")))?;
-    crate::cli_policy::print_outcome(&o, json);
+    crate::cli::policy::print_outcome(&o, json);
     Ok(())
 }
 
@@ -924,7 +924,7 @@ async fn credential(c: &Client, cmd: RemoteCredential) -> CmdResult {
             secret_file,
             json,
         } => {
-            let secret = crate::cli_credential::read_secret(&secret_file)?;
+            let secret = crate::cli::credential::read_secret(&secret_file)?;
             let secret = secret.trim_end_matches(['\n', '\r']).to_owned();
             let body = match provider.as_str() {
                 "opentok" => json!({

@@ -54,7 +54,7 @@ pub async fn run(settings: Settings, cmd: TokenCmd) -> CmdResult {
         let keyring = crate::startup::load_keyring(&settings)?;
         let rt = TenantRuntime::load_from_store(
             &store,
-            &crate::cli_policy::secret_resolver(&settings),
+            &crate::cli::policy::secret_resolver(&settings),
             keyring.as_ref(),
             &row,
         )
