@@ -289,10 +289,11 @@ pub async fn first_tokens(state: &crate::state::AppState, now_ms: i64) -> Result
                 "development mode: the demo request for {} was expected to be refused but was issued",
                 req.session_id
             ),
-            (Err(e), true) => eprintln!(
+            (Err(broker::IssueError::Refused(r)), true) => eprintln!(
                 "development mode: a demo token could not be issued: {} ({})",
-                e.body.code, e.body.message
+                r.code, r.message
             ),
+            (Err(e), true) => eprintln!("development mode: a demo token could not be issued: {e}"),
         }
     }
     eprintln!(

@@ -49,7 +49,7 @@ pub async fn current(state: web::Data<AppState>, key: ApiKey) -> Result<HttpResp
     match state.store.current_policy(&p.tenant).await? {
         Some(r) => Ok(HttpResponse::Ok().json(VersionView::of(r, true))),
         None => Err(ApiError::not_found(
-            "no_policy",
+            "policy_not_found",
             "this tenant has no policy applied yet",
         )),
     }
