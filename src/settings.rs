@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::limits::{Rate, Rates};
+use crate::domain::{Rate, Rates};
 use crate::store::redact_url;
 
 /// Flags (each also read from its environment variable by clap).
@@ -264,7 +264,7 @@ impl Settings {
             .or(file.secrets_dir)
             .unwrap_or_else(|| data_dir.join("secrets"));
         let master_key_file = args.master_key_file.clone().or(file.master_key_file);
-        let trusted_proxies = crate::routes::client_addr::parse_trusted_proxies(
+        let trusted_proxies = crate::domain::parse_trusted_proxies(
             args.trusted_proxies
                 .as_deref()
                 .or(file.trusted_proxies.as_deref())

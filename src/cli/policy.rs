@@ -277,7 +277,7 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
                 code: 1,
             })?;
             if json {
-                out_json(&crate::routes::policy::VersionView::of(row, true));
+                out_json(&crate::admin::VersionView::of(row, true));
             } else {
                 out(format!(
                     "# tenant {} version {} applied {} by {}",
@@ -296,7 +296,7 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
             if json {
                 let items: Vec<_> = rows
                     .into_iter()
-                    .map(|r| crate::routes::policy::VersionView::of(r, false))
+                    .map(|r| crate::admin::VersionView::of(r, false))
                     .collect();
                 out_json(&json!({ "items": items }));
             } else {

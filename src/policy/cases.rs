@@ -200,7 +200,7 @@ pub fn run_cases(
                 // Canonical, as the broker matches `id:` rules.
                 s.id.as_deref()
                     .map(|id| {
-                        crate::tokens::SessionId::parse(id)
+                        crate::domain::SessionId::parse(id)
                             .map_or_else(|_| id.to_owned(), |sid| sid.canonical().to_owned())
                     })
                     .unwrap_or_else(|| "session".into()),

@@ -13,7 +13,7 @@ use super::glob::Glob;
 use crate::domain::{
     CredentialSpec, IdpKeys, IdpSpec, OpenTokFormat, Provider, Role, SecretRef, check_jwks_url,
 };
-use crate::limits::{Rate, Rates};
+use crate::domain::{Rate, Rates};
 
 /// The longest `max_ttl`/`default_ttl` a rule may have: the service's 30 days.
 pub const MAX_TTL: i64 = 30 * 86_400;
@@ -589,7 +589,7 @@ fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<Po
                 Some(SessionMatch::Owner)
             } else if let Some(id) = v.strip_prefix("id:").filter(|x| !x.is_empty()) {
                 // Canonical, so every spelling of the session meets this rule.
-                match crate::tokens::SessionId::parse(id) {
+                match crate::domain::SessionId::parse(id) {
                     Ok(sid) => Some(SessionMatch::Id(sid.canonical().to_owned())),
                     Err(e) => {
                         errs.at(s.span(), f("sessions"), format!("{v:?}: {e}"));
