@@ -1,21 +1,25 @@
 //! token-broker: hands out Vonage Video client tokens by per-tenant policy,
 //! stamps the caller's identity into them, and audits every decision durably.
 //!
-//! Reading order:
-//! - `domain`: shared types (roles, credential specs, identities); pure.
+//! Reading order, bottom up (each module imports only modules above it in
+//! this list; `tests/api/layers.rs` checks it, docs/design.md draws it):
+//! - `domain`: shared types (roles, credential specs, identities, session IDs,
+//!   rates); pure, imports nothing else of the crate. `clock`: the one clock.
 //! - `tokens`: the three token formats, validation, inspection; pure signers.
 //! - `policy`: policy files, the decision engine, policy test cases; pure.
+//! - `limits`: rate limiters; `metrics`: Prometheus metrics for `/metrics`.
 //! - `store`: SQLite/PostgreSQL persistence behind one `Store`.
+//! - `settings`, `telemetry`: the effective settings; logging.
 //! - `secrets`: tenant-confined secret references and the master keyring.
 //! - `audit`: audit rows, the hash chain, the group-commit writer.
-//! - `auth`: API keys (argon2id once, then a cache); `idp`: end users' login JWTs;
-//!   `limits`: rate limits; `metrics`: Prometheus metrics for `/metrics`.
+//! - `idp`: end users' login JWTs; `auth`: API keys (argon2id once, then a cache).
+//! - `admin`, `credentials`, `replay`: tenant/key/policy/credential operations
+//!   shared by CLI and HTTP.
 //! - `state`: what a running broker keeps in memory, and the change feed.
 //! - `broker`: the issuance pipeline (decide → stamp → sign → audit).
-//! - `admin`: tenant/key/policy operations shared by CLI and HTTP.
-//! - `routes`: the HTTP API; `startup`: building and running the server.
-//! - `cli*`, `settings`, `telemetry`, `clock`, `dev`: the shell around it;
-//!   `remote`: the CLI over HTTP (`--server`) for tenant keys.
+//! - `routes`: the HTTP API (errors get their status in `routes::error` only);
+//!   `console`: the HTML console; `startup`: building and running the server.
+//! - `cli`: the command line (`cli::remote`: the CLI over HTTP, `--server`).
 
 pub mod admin;
 pub mod audit;
