@@ -5,10 +5,10 @@ use clap::Subcommand;
 use serde::Serialize;
 use serde_json::json;
 
+use super::output::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
 use crate::audit::chain::{self, ChainFault, Verifier};
 use crate::audit::checkpoint::{self, Checkpointer, SigningKey, VerifierKey};
 use crate::audit::{AuditRow, kind};
-use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
 use crate::routes::audit::{AuditParams, csv_header, csv_line, encode_cursor, parse_time};
 use crate::settings::Settings;
 use crate::store::{AuditFilter, Store};

@@ -2,14 +2,13 @@
 //! `token-broker status`. Secrets are read from a file or standard input,
 //! never from the command line (argv is visible to every user of the host).
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Subcommand;
 use serde_json::json;
 
+use super::output::{CmdResult, Failure, fmt_ms, out, out_json, read_secret, store_for};
 use crate::admin::Actor;
-use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
 use crate::credentials::{self, CredentialInput, CredentialView};
 use crate::secrets::Keyring;
 use crate::settings::Settings;
@@ -70,23 +69,6 @@ pub enum CredentialCmd {
         #[arg(long)]
         json: bool,
     },
-}
-
-pub fn read_secret(path: &PathBuf) -> Result<String, Failure> {
-    let mut s = String::new();
-    if path.as_os_str() == "-" {
-        std::io::stdin().read_to_string(&mut s)?;
-    } else {
-        let meta = std::fs::metadata(path)?;
-        if !meta.is_file() || meta.len() > 64 * 1024 {
-            return Err(Failure::from(format!(
-                "{} is not a regular file of at most 64 KiB",
-                path.display()
-            )));
-        }
-        s = std::fs::read_to_string(path)?;
-    }
-    Ok(s)
 }
 
 fn keyring(settings: &Settings) -> Result<Keyring, Failure> {
@@ -226,7 +208,7 @@ pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
 pub async fn status(settings: Settings, json: bool) -> CmdResult {
     let store = store_for(&settings).await?;
     let keyring = crate::startup::load_keyring(&settings)?;
-    let resolver = crate::cli::policy::secret_resolver(&settings);
+    let resolver = super::output::secret_resolver(&settings);
     let mut tenants = Vec::new();
     for (tenant, _) in store.list_tenants().await? {
         let row = store.current_policy(&tenant).await?;

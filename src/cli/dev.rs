@@ -21,9 +21,9 @@
 
 use std::io::Write;
 
+use super::output::Failure;
 use crate::admin::{self, Actor};
 use crate::auth::Scopes;
-use crate::cli::Failure;
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -163,7 +163,7 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<String, Failure>
     if current.is_none_or(|c| c.source.contains("file:/")) {
         admin::apply_policy(
             store,
-            &crate::cli::policy::secret_resolver(settings),
+            &super::output::secret_resolver(settings),
             "demo.toml",
             &demo_policy(),
             None,

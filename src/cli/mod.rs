@@ -6,12 +6,10 @@
 pub mod audit;
 pub mod credential;
 pub mod dev;
+pub mod output;
 pub mod policy;
 pub mod remote;
 pub mod token;
-
-use std::io::Write;
-use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -20,7 +18,7 @@ use crate::admin::{self, Actor};
 use crate::auth::Scopes;
 use crate::settings::{Settings, SettingsArgs};
 use crate::startup::{Application, open_store};
-use crate::store::Store;
+pub use output::{CmdResult, Failure, fmt_ms, out, out_json, read_file, store_for};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -139,48 +137,6 @@ pub enum KeyCmd {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// A failed command: message for stderr, and the exit code.
-#[derive(Debug)]
-pub struct Failure {
-    pub message: String,
-    pub code: i32,
-}
-
-impl<E: std::fmt::Display> From<E> for Failure {
-    fn from(e: E) -> Failure {
-        Failure {
-            message: e.to_string(),
-            code: 1,
-        }
-    }
-}
-
-pub type CmdResult = Result<(), Failure>;
-
-/// Prints a line to stdout (a closed pipe is not an error worth a panic).
-pub fn out(s: impl AsRef<str>) {
-    let mut o = std::io::stdout().lock();
-    let _ = writeln!(o, "{}", s.as_ref());
-}
-
-pub fn out_json(v: &impl serde::Serialize) {
-    out(serde_json::to_string_pretty(v).unwrap_or_default());
-}
-
-pub fn fmt_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
-}
-
-pub async fn store_for(settings: &Settings) -> Result<Store, Failure> {
-    Ok(open_store(settings).await?)
 }
 
 pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
@@ -339,12 +295,4 @@ async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
         }
     }
     Ok(())
-}
-
-/// Reads a file for a command, naming it in the error.
-pub fn read_file(path: &PathBuf) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| Failure {
-        message: format!("cannot read {}: {e}", path.display()),
-        code: 2,
-    })
 }

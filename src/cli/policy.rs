@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::json;
 
+use super::output::{
+    CmdResult, Failure, fmt_ms, out, out_json, read_file, secret_resolver, store_for,
+};
 use crate::admin::{self, Actor, ApplyOutcome};
-use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, read_file, store_for};
 use crate::policy;
 use crate::settings::Settings;
 
@@ -337,14 +339,6 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
             Ok(())
         }
     }
-}
-
-/// Resolves tenants' secret references as the broker does (same namespace rules).
-pub fn secret_resolver(settings: &Settings) -> crate::secrets::SecretResolver {
-    crate::secrets::SecretResolver::new(
-        settings.secrets_dir.clone(),
-        crate::state::SECRET_READ_BOUND,
-    )
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
+use super::output::{CmdResult, Failure, fmt_ms, out, out_json, read_file};
 use crate::audit::AuditRow;
 use crate::audit::chain::{self, ChainFault, Verifier};
-use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, read_file};
 use crate::routes::audit::AuditParams;
 
 /// Longest a single API call may take before the CLI gives up.
@@ -924,7 +924,7 @@ async fn credential(c: &Client, cmd: RemoteCredential) -> CmdResult {
             secret_file,
             json,
         } => {
-            let secret = crate::cli::credential::read_secret(&secret_file)?;
+            let secret = super::output::read_secret(&secret_file)?;
             let secret = secret.trim_end_matches(['\n', '\r']).to_owned();
             let body = match provider.as_str() {
                 "opentok" => json!({

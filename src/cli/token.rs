@@ -5,7 +5,7 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::cli::{CmdResult, Failure, out, out_json, store_for};
+use super::output::{CmdResult, Failure, out, out_json, store_for};
 use crate::settings::Settings;
 use crate::state::TenantRuntime;
 use crate::tokens;
@@ -54,7 +54,7 @@ pub async fn run(settings: Settings, cmd: TokenCmd) -> CmdResult {
         let keyring = crate::startup::load_keyring(&settings)?;
         let rt = TenantRuntime::load_from_store(
             &store,
-            &crate::cli::policy::secret_resolver(&settings),
+            &super::output::secret_resolver(&settings),
             keyring.as_ref(),
             &row,
         )
