@@ -23,8 +23,6 @@ pub enum AuditCmd {
         tenant: String,
         #[command(flatten)]
         filters: AuditParams,
-        #[arg(long)]
-        json: bool,
         /// Every matching row as CSV (with a header row), streamed.
         #[arg(long, conflicts_with_all = ["json", "ndjson"])]
         csv: bool,
@@ -42,8 +40,6 @@ pub enum AuditCmd {
         since: Option<String>,
         #[arg(long)]
         until: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// Delete rows older than DATE (RFC 3339 or unix seconds), keeping the chain
     /// verifiable from the recorded prune point.
@@ -53,8 +49,6 @@ pub enum AuditCmd {
         /// Only this tenant (default: every tenant).
         #[arg(long)]
         tenant: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// Recompute the hash chains and report the first bad row.
     Verify {
@@ -73,16 +67,12 @@ pub enum AuditCmd {
         /// The verifier key, as `audit checkpoint-key` prints it (or a file holding it).
         #[arg(long)]
         public_key: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// Print each tenant's signed checkpoint (with a checkpoint key; also
     /// appended to the checkpoint file), or its chain head without one.
     Checkpoint {
         #[arg(long)]
         tenant: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// Print the checkpoint verifier key (`<name>+<key hash>+<base64 key>`).
     CheckpointKey {
@@ -108,8 +98,6 @@ pub enum AuditCmd {
         from: Option<u64>,
         #[arg(long, requires = "from")]
         to: Option<u64>,
-        #[arg(long)]
-        json: bool,
     },
     /// Check a proof printed by `audit prove --json` (or the HTTP proof route)
     /// with the verifier key, without the database.
@@ -590,7 +578,7 @@ fn verify_proof_cmd(file: &str, key: &str) -> CmdResult {
     }
 }
 
-pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
+pub async fn run(settings: Settings, cmd: AuditCmd, json: bool) -> CmdResult {
     if let AuditCmd::VerifyProof { file, public_key } = &cmd {
         return verify_proof_cmd(file, public_key);
     }
@@ -599,7 +587,6 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
         AuditCmd::Query {
             tenant,
             filters,
-            json,
             csv,
             ndjson,
         } => {
@@ -639,7 +626,6 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             checkpoint,
             checkpoints,
             public_key,
-            json,
         } => {
             let (signed, vkey) = signed_checkpoints(checkpoints.as_deref(), public_key.as_deref())?;
             let cps = match &checkpoint {
@@ -715,7 +701,6 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             by,
             since,
             until,
-            json,
         } => {
             let since = since
                 .as_deref()
@@ -754,11 +739,7 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             }
             Ok(())
         }
-        AuditCmd::Prune {
-            before,
-            tenant,
-            json,
-        } => {
+        AuditCmd::Prune { before, tenant } => {
             let before_ms = parse_time("before", &before).map_err(|e| Failure {
                 message: e.body.message,
                 code: 2,
@@ -806,7 +787,7 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             }
             Ok(())
         }
-        AuditCmd::Checkpoint { tenant, json } => {
+        AuditCmd::Checkpoint { tenant } => {
             if settings.checkpoint_key_file.is_some() {
                 let cpr = checkpointer(&settings)?;
                 let mut notes = Vec::new();
@@ -884,7 +865,6 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             token_id,
             from,
             to,
-            json,
         } => {
             let cpr = checkpointer(&settings)?;
             let proof = if let (Some(from), Some(to)) = (from, to) {

@@ -36,39 +36,28 @@ pub enum CredentialCmd {
         /// File holding the secret (OpenTok API secret, or Vonage private key PEM); `-` for stdin.
         #[arg(long)]
         secret_file: PathBuf,
-        #[arg(long)]
-        json: bool,
     },
     /// List a tenant's credentials (stored and from its policy), never a secret.
     List {
         #[arg(long)]
         tenant: String,
-        #[arg(long)]
-        json: bool,
     },
     /// Show one credential.
     Show {
         #[arg(long)]
         tenant: String,
         name: String,
-        #[arg(long)]
-        json: bool,
     },
     /// Delete a stored credential.
     Delete {
         #[arg(long)]
         tenant: String,
         name: String,
-        #[arg(long)]
-        json: bool,
     },
     /// Write a new master keyring file (mode 0600; never overwrites).
     Keygen { path: PathBuf },
     /// Re-seal every stored credential under the first key of the configured keyring.
-    Rekey {
-        #[arg(long)]
-        json: bool,
-    },
+    Rekey,
 }
 
 fn keyring(settings: &Settings) -> Result<Keyring, Failure> {
@@ -94,7 +83,7 @@ pub fn print_view(v: &CredentialView) {
     ));
 }
 
-pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
+pub async fn run(settings: Settings, cmd: CredentialCmd, json: bool) -> CmdResult {
     let now = crate::clock::now_unix_ms();
     match cmd {
         CredentialCmd::Set {
@@ -105,7 +94,6 @@ pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
             token_format,
             application_id,
             secret_file,
-            json,
         } => {
             let secret = read_secret(&secret_file)?;
             let input = match provider.as_str() {
@@ -141,7 +129,7 @@ pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
                 ));
             }
         }
-        CredentialCmd::List { tenant, json } => {
+        CredentialCmd::List { tenant } => {
             let store = store_for(&settings).await?;
             let items = credentials::list(&store, &tenant).await?;
             if json {
@@ -152,7 +140,7 @@ pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
                 }
             }
         }
-        CredentialCmd::Show { tenant, name, json } => {
+        CredentialCmd::Show { tenant, name } => {
             let store = store_for(&settings).await?;
             let v = credentials::show(&store, &tenant, &name).await?;
             if json {
@@ -161,7 +149,7 @@ pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
                 print_view(&v);
             }
         }
-        CredentialCmd::Delete { tenant, name, json } => {
+        CredentialCmd::Delete { tenant, name } => {
             let store = store_for(&settings).await?;
             credentials::delete(&store, &tenant, &name, &Actor::Cli, now).await?;
             if json {
@@ -177,7 +165,7 @@ pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
                 path.display()
             ));
         }
-        CredentialCmd::Rekey { json } => {
+        CredentialCmd::Rekey => {
             let ring = keyring(&settings)?;
             let store = store_for(&settings).await?;
             let report = credentials::rekey(&store, &ring).await?;

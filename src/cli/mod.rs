@@ -1,5 +1,7 @@
-//! The `token-broker` command line. Every command that prints data accepts
-//! `--json`. Commands other than `serve` work directly on the database named by
+//! The `token-broker` command line: this file parses and dispatches (a
+//! function per command group, in its own file); `output` is what they share.
+//! One global `--json`, accepted before or after the subcommand, makes every
+//! command that prints data print JSON. Commands other than `serve` work directly on the database named by
 //! the settings, so an operator can run them beside a running broker (SQLite
 //! in WAL mode allows that; PostgreSQL trivially).
 
@@ -32,6 +34,10 @@ pub struct Cli {
     /// credential, session. See `token-broker --server URL --help`.
     #[arg(long, global = true, value_name = "URL")]
     pub server: Option<String>,
+    /// Print JSON instead of text (every command that prints data; before or
+    /// after the subcommand).
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(flatten)]
     pub settings: SettingsArgs,
     #[command(subcommand)]
@@ -49,15 +55,9 @@ pub enum Command {
         dev: bool,
     },
     /// Apply database migrations and exit.
-    Migrate {
-        #[arg(long)]
-        json: bool,
-    },
+    Migrate,
     /// Print the effective settings (secrets redacted).
-    Settings {
-        #[arg(long)]
-        json: bool,
-    },
+    Settings,
     /// Manage tenants.
     Tenant {
         #[command(subcommand)]
@@ -84,10 +84,7 @@ pub enum Command {
         cmd: crate::cli::credential::CredentialCmd,
     },
     /// Every tenant's policy and credential problems (operators; names paths and references).
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// Query and verify the audit record.
     Audit {
         #[command(subcommand)]
@@ -98,16 +95,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum TenantCmd {
     /// Create a tenant.
-    Create {
-        slug: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Create { slug: String },
     /// List tenants.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,28 +111,21 @@ pub enum KeyCmd {
         scopes: Vec<String>,
         #[arg(long)]
         name: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// List a tenant's keys (never their secrets).
     List {
         #[arg(long)]
         tenant: String,
-        #[arg(long)]
-        json: bool,
     },
     /// Revoke a key; it stops authenticating at once on this database's brokers.
-    Revoke {
-        key_id: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Revoke { key_id: String },
 }
 
 pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
+    let json = cli.json;
     match cli.command {
         Command::Serve { dev } => serve(settings, dev).await,
-        Command::Migrate { json } => {
+        Command::Migrate => {
             let store = store_for(&settings).await?;
             if json {
                 out_json(&json!({"migrated": true, "database": store.url_redacted()}));
@@ -151,7 +134,7 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
             }
             Ok(())
         }
-        Command::Settings { json } => {
+        Command::Settings => {
             if json {
                 out_json(&json!({
                     "listen": settings.listen.to_string(),
@@ -177,13 +160,13 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
             }
             Ok(())
         }
-        Command::Tenant { cmd } => tenant(settings, cmd).await,
-        Command::Key { cmd } => key(settings, cmd).await,
-        Command::Policy { cmd } => crate::cli::policy::run(settings, cmd).await,
-        Command::Token { cmd } => crate::cli::token::run(settings, cmd).await,
-        Command::Audit { cmd } => crate::cli::audit::run(settings, cmd).await,
-        Command::Credential { cmd } => crate::cli::credential::run(settings, cmd).await,
-        Command::Status { json } => crate::cli::credential::status(settings, json).await,
+        Command::Tenant { cmd } => tenant(settings, cmd, json).await,
+        Command::Key { cmd } => key(settings, cmd, json).await,
+        Command::Policy { cmd } => crate::cli::policy::run(settings, cmd, json).await,
+        Command::Token { cmd } => crate::cli::token::run(settings, cmd, json).await,
+        Command::Audit { cmd } => crate::cli::audit::run(settings, cmd, json).await,
+        Command::Credential { cmd } => crate::cli::credential::run(settings, cmd, json).await,
+        Command::Status => crate::cli::credential::status(settings, json).await,
     }
 }
 
@@ -202,11 +185,11 @@ async fn serve(mut settings: Settings, dev: bool) -> CmdResult {
     Ok(())
 }
 
-async fn tenant(settings: Settings, cmd: TenantCmd) -> CmdResult {
+async fn tenant(settings: Settings, cmd: TenantCmd, json: bool) -> CmdResult {
     let store = store_for(&settings).await?;
     let now = crate::clock::now_unix_ms();
     match cmd {
-        TenantCmd::Create { slug, json } => {
+        TenantCmd::Create { slug } => {
             admin::create_tenant(&store, &slug, &Actor::Cli, now).await?;
             if json {
                 out_json(&json!({"tenant": slug, "created_at_ms": now}));
@@ -214,7 +197,7 @@ async fn tenant(settings: Settings, cmd: TenantCmd) -> CmdResult {
                 out(format!("created tenant {slug}"));
             }
         }
-        TenantCmd::List { json } => {
+        TenantCmd::List => {
             let rows = store.list_tenants().await?;
             if json {
                 let items: Vec<_> = rows
@@ -232,7 +215,7 @@ async fn tenant(settings: Settings, cmd: TenantCmd) -> CmdResult {
     Ok(())
 }
 
-async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
+async fn key(settings: Settings, cmd: KeyCmd, json: bool) -> CmdResult {
     let store = store_for(&settings).await?;
     let now = crate::clock::now_unix_ms();
     match cmd {
@@ -240,7 +223,6 @@ async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
             tenant,
             scopes,
             name,
-            json,
         } => {
             let scopes = Scopes::parse(scopes.iter().flat_map(|s| s.split(',')))?;
             let new = admin::create_key(&store, &tenant, scopes, name, &Actor::Cli, now).await?;
@@ -255,7 +237,7 @@ async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
                 ));
             }
         }
-        KeyCmd::List { tenant, json } => {
+        KeyCmd::List { tenant } => {
             let keys: Vec<admin::KeyInfo> = store
                 .list_keys(&tenant)
                 .await?
@@ -285,7 +267,7 @@ async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
                 }
             }
         }
-        KeyCmd::Revoke { key_id, json } => {
+        KeyCmd::Revoke { key_id } => {
             let tenant = admin::revoke_key(&store, &key_id, None, &Actor::Cli, now).await?;
             if json {
                 out_json(&json!({"key_id": key_id, "tenant": tenant, "revoked": true}));
@@ -295,4 +277,47 @@ async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+    use crate::cli::remote::RemoteCli;
+
+    #[test]
+    fn the_command_lines_are_well_formed() {
+        Cli::command().debug_assert();
+        RemoteCli::command().debug_assert();
+    }
+
+    #[test]
+    fn json_is_one_global_flag_before_or_after_the_subcommand() {
+        for args in [
+            &["token-broker", "--json", "key", "list", "--tenant", "acme"][..],
+            &["token-broker", "key", "list", "--tenant", "acme", "--json"][..],
+            &["token-broker", "key", "--json", "list", "--tenant", "acme"][..],
+        ] {
+            assert!(Cli::try_parse_from(args).unwrap().json, "{args:?}");
+        }
+        assert!(
+            !Cli::try_parse_from(["token-broker", "tenant", "list"])
+                .unwrap()
+                .json
+        );
+        let r = RemoteCli::try_parse_from([
+            "token-broker",
+            "--server",
+            "http://x",
+            "audit",
+            "query",
+            "--csv",
+            "--json",
+        ]);
+        assert!(r.is_err(), "--csv and --json conflict");
+        let r =
+            RemoteCli::try_parse_from(["token-broker", "--server", "http://x", "whoami", "--json"]);
+        assert!(r.unwrap().json);
+    }
 }

@@ -19,8 +19,6 @@ pub enum PolicyCmd {
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        #[arg(long)]
-        json: bool,
     },
     /// Run a file of test cases against its policy file (or, with --applied,
     /// the tenant's applied version); exits non-zero on a failing case.
@@ -29,8 +27,6 @@ pub enum PolicyCmd {
         /// Test the version applied in the database instead of the file.
         #[arg(long)]
         applied: bool,
-        #[arg(long)]
-        json: bool,
     },
     /// Print the difference to the applied version, then apply as a new version.
     Apply {
@@ -39,8 +35,6 @@ pub enum PolicyCmd {
         /// Print the difference only.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
-        json: bool,
     },
     /// Print a tenant's policy in force (or --version N).
     Show {
@@ -48,15 +42,11 @@ pub enum PolicyCmd {
         tenant: String,
         #[arg(long)]
         version: Option<i64>,
-        #[arg(long)]
-        json: bool,
     },
     /// List a tenant's policy versions.
     History {
         #[arg(long)]
         tenant: String,
-        #[arg(long)]
-        json: bool,
     },
     /// Re-apply version N as a new version.
     Rollback {
@@ -64,8 +54,6 @@ pub enum PolicyCmd {
         tenant: String,
         #[arg(long)]
         to: i64,
-        #[arg(long)]
-        json: bool,
     },
     /// Decide the tenant's recorded token requests again under a proposed
     /// policy and show what would have changed (nothing is applied).
@@ -85,8 +73,6 @@ pub enum PolicyCmd {
         /// ttl-shortened, ttl-lengthened, rule-changed).
         #[arg(long)]
         fail_on: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -179,14 +165,10 @@ pub fn check_files(paths: &[PathBuf], json: bool) -> CmdResult {
     Ok(())
 }
 
-pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
+pub async fn run(settings: Settings, cmd: PolicyCmd, json: bool) -> CmdResult {
     match cmd {
-        PolicyCmd::Check { paths, json } => check_files(&paths, json),
-        PolicyCmd::Test {
-            path,
-            applied,
-            json,
-        } => {
+        PolicyCmd::Check { paths } => check_files(&paths, json),
+        PolicyCmd::Test { path, applied } => {
             let cases_text = read_file(&path)?;
             let cases_name = path.display().to_string();
             let compiled = if applied {
@@ -226,11 +208,7 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
             }
             Ok(())
         }
-        PolicyCmd::Apply {
-            paths,
-            dry_run,
-            json,
-        } => {
+        PolicyCmd::Apply { paths, dry_run } => {
             let store = store_for(&settings).await?;
             // Validate every file before applying any.
             let mut texts = Vec::new();
@@ -264,11 +242,7 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
             }
             Ok(())
         }
-        PolicyCmd::Show {
-            tenant,
-            version,
-            json,
-        } => {
+        PolicyCmd::Show { tenant, version } => {
             let store = store_for(&settings).await?;
             let row = match version {
                 Some(v) => store.policy_version(&tenant, v).await?,
@@ -292,7 +266,7 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
             }
             Ok(())
         }
-        PolicyCmd::History { tenant, json } => {
+        PolicyCmd::History { tenant } => {
             let store = store_for(&settings).await?;
             let rows = store.policy_history(&tenant).await?;
             if json {
@@ -322,9 +296,8 @@ pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
             until,
             tenant,
             fail_on,
-            json,
         } => replay(settings, path, since, until, tenant, fail_on, json).await,
-        PolicyCmd::Rollback { tenant, to, json } => {
+        PolicyCmd::Rollback { tenant, to } => {
             let store = store_for(&settings).await?;
             let o = admin::rollback_policy(
                 &store,

@@ -19,17 +19,11 @@ pub enum TokenCmd {
         /// Verify the signature with this tenant's credential.
         #[arg(long)]
         tenant: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
 }
 
-pub async fn run(settings: Settings, cmd: TokenCmd) -> CmdResult {
-    let TokenCmd::Inspect {
-        token,
-        tenant,
-        json,
-    } = cmd;
+pub async fn run(settings: Settings, cmd: TokenCmd, json: bool) -> CmdResult {
+    let TokenCmd::Inspect { token, tenant } = cmd;
     let token = if token == "-" {
         let mut s = String::new();
         std::io::stdin().read_line(&mut s)?;
