@@ -177,7 +177,14 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> ApiError {
+        let invalid = r.class == crate::broker::Class::Invalid;
         let mut e = ApiError::coded(r.code, r.message);
+        debug_assert!(
+            !invalid || e.status == StatusCode::BAD_REQUEST,
+            "{} is an invalid request but catalogued as {}",
+            e.body.code,
+            e.status
+        );
         e.body.field = r.field;
         e.body.rule = r.rule;
         e.body.policy_version = r.policy_version;
