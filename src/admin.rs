@@ -124,6 +124,36 @@ pub async fn create_tenant(
 
 pub(crate) use crate::audit::retry_head;
 
+/// A policy version as shown to admins (HTTP and CLI `--json` alike); the
+/// source text only where one version is asked for.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VersionView {
+    pub tenant: String,
+    pub version: i64,
+    pub source_name: String,
+    pub sha256: String,
+    pub applied_by: String,
+    pub applied_at_ms: i64,
+    pub note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl VersionView {
+    pub fn of(r: PolicyVersionRow, with_source: bool) -> VersionView {
+        VersionView {
+            tenant: r.tenant,
+            version: r.version,
+            source_name: r.source_name,
+            sha256: r.sha256,
+            applied_by: r.applied_by,
+            applied_at_ms: r.applied_at_ms,
+            note: r.note,
+            source: with_source.then_some(r.source),
+        }
+    }
+}
+
 /// A key as shown to admins: never the secret or its hash.
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyInfo {

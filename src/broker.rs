@@ -10,8 +10,8 @@ use crate::auth::Caller;
 use crate::domain::{Identity, Role};
 use crate::metrics::Metrics;
 use crate::policy::{self, Decision, DecisionRequest, Expiry, Outcome, SessionFacts};
-use crate::routes::error::ApiError;
 use crate::state::AppState;
+use crate::store::StoreError;
 use crate::tokens::{self, Entropy, SessionId, TokenParams};
 
 /// Most groups accepted for one user, and the longest id/name/group.
@@ -111,9 +111,96 @@ pub enum Mode {
     Decide { explain: bool },
 }
 
-fn check_ident(field: &str, v: &str) -> Result<(), ApiError> {
+/// What kind of "no" a refusal is; the HTTP layer picks the status from the
+/// code (`routes::error::CATALOGUE`), this only says which family it is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// The request itself is malformed (counted as a bad request).
+    Invalid,
+    /// A well-formed request the tenant's policy or credentials refuse.
+    Refused,
+    /// The broker cannot serve it right now (the audit record, a credential).
+    Unavailable,
+    /// This request's own audit row cannot be stored (a gap in the checks).
+    Failed,
+}
+
+/// Why the pipeline gives no token: a code of the error catalogue and a
+/// message, and where known the field at fault or the deciding rule. No HTTP
+/// status: the HTTP layer maps the code to one (in one place).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Refusal {
+    pub class: Class,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+    pub rule: Option<String>,
+    pub policy_version: Option<i64>,
+    /// The decision that refused, for policy refusals.
+    pub decision: Option<serde_json::Value>,
+}
+
+impl Refusal {
+    pub fn new(class: Class, code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            class,
+            code,
+            message: message.into(),
+            field: None,
+            rule: None,
+            policy_version: None,
+            decision: None,
+        }
+    }
+
+    /// A bad value of `field` (boxed: it travels through `validate`'s results).
+    pub fn invalid(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Box<Refusal> {
+        Box::new(Refusal {
+            field: Some(field.into()),
+            ..Refusal::new(Class::Invalid, code, message)
+        })
+    }
+}
+
+/// Why `handle` gave no answer: a refusal, or the store failing under it.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error(transparent)]
+    Refused(Box<Refusal>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Refusal> for IssueError {
+    fn from(r: Refusal) -> IssueError {
+        IssueError::Refused(Box::new(r))
+    }
+}
+
+impl From<Box<Refusal>> for IssueError {
+    fn from(r: Box<Refusal>) -> IssueError {
+        IssueError::Refused(r)
+    }
+}
+
+impl IssueError {
+    /// A malformed request (what the bad-request counter counts).
+    fn is_invalid(&self) -> bool {
+        match self {
+            IssueError::Refused(r) => r.class == Class::Invalid,
+            IssueError::Store(e) => matches!(e, StoreError::Invalid(_)),
+        }
+    }
+}
+
+fn check_ident(field: &str, v: &str) -> Result<(), Box<Refusal>> {
     if v.is_empty() || v.len() > MAX_IDENT_LEN || v.chars().any(char::is_control) {
-        return Err(ApiError::bad(
+        return Err(Refusal::invalid(
             "invalid_user",
             field,
             format!("{field} must be 1-{MAX_IDENT_LEN} bytes without control characters"),
@@ -134,16 +221,15 @@ struct Checked {
 /// audit row: every identifier free of control characters (NUL included) and
 /// bounded, the session ID in a spelling the service uses, the expiry within
 /// the 30-day limit.
-// To be split with the move from ApiError to the issuance service's own
-// errors (#12 point 2) and request types valid by construction (point 8);
-// allowed until then so the two reworks do not collide.
+// Long: every field of a token request is checked here, once; to be split
+// when requests become types valid by construction (#12 point 8).
 #[allow(clippy::too_many_lines)]
-fn validate(caller: &Call, req: &TokenRequest, now: i64) -> Result<Checked, ApiError> {
+fn validate(caller: &Call, req: &TokenRequest, now: i64) -> Result<Checked, Box<Refusal>> {
     let session = SessionId::parse(&req.session_id)
-        .map_err(|e| ApiError::bad(e.code(), "session_id", e.to_string()))?;
+        .map_err(|e| Refusal::invalid(e.code(), "session_id", e.to_string()))?;
     let who = match (caller.who.identity(), &req.user) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad(
+            return Err(Refusal::invalid(
                 "user_not_allowed",
                 "user",
                 "the identity comes from your login token; a user object in the body is not accepted",
@@ -151,7 +237,7 @@ fn validate(caller: &Call, req: &TokenRequest, now: i64) -> Result<Checked, ApiE
         }
         (Some(id), None) => id.clone(),
         (None, None) => {
-            return Err(ApiError::bad(
+            return Err(Refusal::invalid(
                 "missing_field",
                 "user",
                 "user.id is required",
@@ -163,7 +249,7 @@ fn validate(caller: &Call, req: &TokenRequest, now: i64) -> Result<Checked, ApiE
                 check_ident("user.name", n)?;
             }
             if u.groups.len() > MAX_GROUPS {
-                return Err(ApiError::bad(
+                return Err(Refusal::invalid(
                     "invalid_user",
                     "user.groups",
                     format!("at most {MAX_GROUPS} groups"),
@@ -184,19 +270,19 @@ fn validate(caller: &Call, req: &TokenRequest, now: i64) -> Result<Checked, ApiE
     let role = match &req.role {
         None => None,
         Some(r) => Some(
-            tokens::parse_role(r).map_err(|e| ApiError::bad(e.code(), "role", e.to_string()))?,
+            tokens::parse_role(r).map_err(|e| Refusal::invalid(e.code(), "role", e.to_string()))?,
         ),
     };
     let expiry = match (req.ttl, req.expire_time) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad(
+            return Err(Refusal::invalid(
                 "ttl_and_expire_time",
                 "ttl",
                 "give ttl or expire_time, not both",
             ));
         }
         (Some(t), None) if !(1..=tokens::MAX_TTL_SECS).contains(&t) => {
-            return Err(ApiError::bad(
+            return Err(Refusal::invalid(
                 "invalid_ttl",
                 "ttl",
                 format!(
@@ -207,14 +293,14 @@ fn validate(caller: &Call, req: &TokenRequest, now: i64) -> Result<Checked, ApiE
         }
         (Some(t), None) => Some(Expiry::Ttl(t)),
         (None, Some(e)) if e <= now => {
-            return Err(ApiError::bad(
+            return Err(Refusal::invalid(
                 "expire_time_in_past",
                 "expire_time",
                 format!("expire_time {e} is not in the future"),
             ));
         }
         (None, Some(e)) if e - now > tokens::MAX_TTL_SECS => {
-            return Err(ApiError::bad(
+            return Err(Refusal::invalid(
                 "expire_time_too_far",
                 "expire_time",
                 format!("expire_time {e} is more than 30 days from now"),
@@ -225,18 +311,18 @@ fn validate(caller: &Call, req: &TokenRequest, now: i64) -> Result<Checked, ApiE
     };
     if let Some(list) = &req.initial_layout_class_list {
         if list.iter().any(|c| c.chars().any(char::is_control)) {
-            return Err(ApiError::bad(
+            return Err(Refusal::invalid(
                 "invalid_layout_class_list",
                 "initial_layout_class_list",
                 "a class name contains a control character",
             ));
         }
         tokens::validate_layout_class_list(list)
-            .map_err(|e| ApiError::bad(e.code(), "initial_layout_class_list", e.to_string()))?;
+            .map_err(|e| Refusal::invalid(e.code(), "initial_layout_class_list", e.to_string()))?;
     }
     if let Some(d) = &req.data {
         if d.len() > tokens::MAX_CONNECTION_DATA_BYTES {
-            return Err(ApiError::bad(
+            return Err(Refusal::invalid(
                 "connection_data_too_long",
                 "data",
                 format!(
@@ -252,7 +338,7 @@ fn validate(caller: &Call, req: &TokenRequest, now: i64) -> Result<Checked, ApiE
         if d.chars()
             .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
         {
-            return Err(ApiError::bad(
+            return Err(Refusal::invalid(
                 "invalid_data",
                 "data",
                 "data contains a control character (only tab, newline and carriage return are allowed; escape others as \\uXXXX in JSON text)",
@@ -342,43 +428,43 @@ fn base_row(
     row
 }
 
-/// Records a refusal, then returns it as the API error (or 503 when even the
+/// Records a refusal, then returns it (or `audit_unavailable` when even the
 /// refusal cannot be recorded).
-async fn refuse(state: &AppState, mode: Mode, mut row: AuditRow, err: ApiError) -> ApiError {
+async fn refuse(state: &AppState, mode: Mode, mut row: AuditRow, err: Refusal) -> Refusal {
     if mode != Mode::Issue {
         return err;
     }
-    row.code = Some(err.body.code.to_owned());
-    row.rule = err.body.rule.clone();
-    row.policy_version = err.body.policy_version;
+    row.code = Some(err.code.to_owned());
+    row.rule = err.rule.clone();
+    row.policy_version = err.policy_version;
     let caller_tenant = row.tenant.clone();
     match state.audit.append(row).await {
         Ok(()) => {
             let known = state.tenant(&caller_tenant).is_some();
-            state.metrics.token_refused(
-                state.metrics.tenant_label(&caller_tenant, known),
-                err.body.code,
-            );
+            state
+                .metrics
+                .token_refused(state.metrics.tenant_label(&caller_tenant, known), err.code);
             err
         }
         Err(e) => audit_unavailable(state, e),
     }
 }
 
-fn audit_unavailable(state: &AppState, e: crate::audit::AuditUnavailable) -> ApiError {
+fn audit_unavailable(state: &AppState, e: crate::audit::AuditUnavailable) -> Refusal {
     if matches!(e, crate::audit::AuditUnavailable::Refused) {
         // This request's own record cannot be stored (the edge checks should
         // have caught it); no token, and nobody else is affected.
         tracing::error!(target: "broker::security", "audit record refused: refusing to issue");
-        return ApiError::new(
-            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+        return Refusal::new(
+            Class::Failed,
             "audit_record_refused",
             "the audit record of this request cannot be stored, so no token is issued",
         );
     }
     Metrics::inc(&state.metrics.audit_unavailable);
     tracing::error!(target: "broker::security", error = ?e.to_string(), "audit unavailable: refusing to issue");
-    ApiError::unavailable(
+    Refusal::new(
+        Class::Unavailable,
         "audit_unavailable",
         "the audit record cannot be written right now, so no token is issued; try again shortly",
     )
@@ -391,10 +477,10 @@ pub async fn handle(
     req: &TokenRequest,
     mode: Mode,
     now_ms: i64,
-) -> Result<Issued, ApiError> {
+) -> Result<Issued, IssueError> {
     let r = run(state, caller, req, mode, now_ms).await;
     if let Err(e) = &r
-        && e.status == actix_web::http::StatusCode::BAD_REQUEST
+        && e.is_invalid()
     {
         Metrics::inc(&state.metrics.bad_requests);
     }
@@ -410,7 +496,7 @@ async fn run(
     req: &TokenRequest,
     mode: Mode,
     now_ms: i64,
-) -> Result<Issued, ApiError> {
+) -> Result<Issued, IssueError> {
     let now = now_ms / 1000;
     let checked = validate(caller, req, now)?;
     let (who, role, expiry) = (&checked.who, checked.role, checked.expiry);
@@ -428,21 +514,25 @@ async fn run(
     };
 
     let Some(rt) = state.tenant(&caller.tenant) else {
-        let e = ApiError::forbidden(
+        let e = Refusal::new(
+            Class::Refused,
             "no_policy",
             "this tenant has no policy applied, so nothing is granted",
         );
-        return Err(refuse(state, mode, row(), e).await);
+        return Err(refuse(state, mode, row(), e).await.into());
     };
     let version = rt.policy.version;
     let Some(cred) = rt.credential_for(sid.owner()) else {
-        let mut e = ApiError::forbidden(
-            "session_not_owned",
-            "the session belongs to none of this tenant's credentials",
-        )
-        .field("session_id");
-        e.body.policy_version = Some(version);
-        return Err(refuse(state, mode, row(), e).await);
+        let e = Refusal {
+            field: Some("session_id".into()),
+            policy_version: Some(version),
+            ..Refusal::new(
+                Class::Refused,
+                "session_not_owned",
+                "the session belongs to none of this tenant's credentials",
+            )
+        };
+        return Err(refuse(state, mode, row(), e).await.into());
     };
     let decision = policy::decide(
         &rt.policy,
@@ -453,25 +543,27 @@ async fn run(
         now,
         matches!(mode, Mode::Decide { explain: true }),
     )
-    .map_err(|e| ApiError::bad(e.code(), e.field(), e.to_string()))?;
+    .map_err(|e| Refusal::invalid(e.code(), e.field(), e.to_string()))?;
 
     let (granted_role, expire_time) = match &decision.outcome {
         Outcome::Granted {
             role, expire_time, ..
         } => (*role, *expire_time),
         Outcome::Refused(code) => {
-            let mut e = ApiError::forbidden(code.code(), decision.reason.clone());
-            e.body.rule = decision.rule.clone();
-            e.body.policy_version = Some(decision.policy_version);
-            e.body.decision = serde_json::to_value(DecisionView::of(&decision)).ok();
+            let e = Refusal {
+                rule: decision.rule.clone(),
+                policy_version: Some(decision.policy_version),
+                decision: serde_json::to_value(DecisionView::of(&decision)).ok(),
+                ..Refusal::new(Class::Refused, code.code(), decision.reason.clone())
+            };
             let mut r = row();
             r.credential = Some(cred.name.clone());
-            return Err(refuse(state, mode, r, e).await);
+            return Err(refuse(state, mode, r, e).await.into());
         }
     };
     let connection_data = stamp(&caller.tenant, who, caller.who.idp(), req.data.as_deref());
     if connection_data.len() > tokens::MAX_CONNECTION_DATA_BYTES {
-        return Err(ApiError::bad(
+        return Err(Refusal::invalid(
             "connection_data_too_long",
             "data",
             format!(
@@ -479,12 +571,14 @@ async fn run(
                 connection_data.len(),
                 tokens::MAX_CONNECTION_DATA_BYTES
             ),
-        ));
+        )
+        .into());
     }
     let signer = match &cred.signer {
         Ok(s) => s,
         Err(_) => {
-            let e = ApiError::unavailable(
+            let e = Refusal::new(
+                Class::Unavailable,
                 "credential_unavailable",
                 format!(
                     "credential {} cannot be used on this broker (its secret reference does not resolve)",
@@ -493,7 +587,7 @@ async fn run(
             );
             let mut r = row();
             r.credential = Some(cred.name.clone());
-            return Err(refuse(state, mode, r, e).await);
+            return Err(refuse(state, mode, r, e).await.into());
         }
     };
     let mut out = Issued {
@@ -524,7 +618,7 @@ async fn run(
             now,
             &Entropy::random(),
         )
-        .map_err(|e| ApiError::bad(e.code(), e.field(), e.to_string()))?;
+        .map_err(|e| Refusal::invalid(e.code(), e.field(), e.to_string()))?;
     let mut r = base_row(
         caller,
         &checked,

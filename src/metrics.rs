@@ -344,41 +344,26 @@ impl Metrics {
     }
 
     /// Renders every metric, after copying the writer's, the authenticator's
-    /// and the identity providers' counters.
-    pub fn render(
-        &self,
-        audit: &crate::audit::writer::AuditWriter,
-        auth: &crate::auth::Authenticator,
-    ) -> String {
+    /// (both read by the caller into `g`) and the identity providers' counters.
+    pub fn render(&self, g: &Gauges) -> String {
         let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        let h = &audit.health;
-        sync_counter(&self.audit_rows, h.committed_rows.load(Ordering::Relaxed));
-        sync_counter(
-            &self.audit_batches,
-            h.committed_batches.load(Ordering::Relaxed),
-        );
-        sync_counter(
-            &self.audit_failed_batches,
-            h.failed_batches.load(Ordering::Relaxed),
-        );
-        sync_counter(
-            &self.audit_refused_rows,
-            h.refused_rows.load(Ordering::Relaxed),
-        );
-        self.audit_failing.set(i64::from(h.failing()));
-        self.audit_queue_depth.set(audit.queue_depth() as i64);
-        let (hits, misses) = auth.cache_stats();
+        sync_counter(&self.audit_rows, g.audit_committed_rows);
+        sync_counter(&self.audit_batches, g.audit_committed_batches);
+        sync_counter(&self.audit_failed_batches, g.audit_failed_batches);
+        sync_counter(&self.audit_refused_rows, g.audit_refused_rows);
+        self.audit_failing.set(i64::from(g.audit_failing));
+        self.audit_queue_depth.set(g.audit_queue_depth as i64);
         sync_counter(
             &self
                 .key_cache
                 .get_or_create(&ResultLabels { result: "hit" }),
-            hits,
+            g.key_cache_hits,
         );
         sync_counter(
             &self
                 .key_cache
                 .get_or_create(&ResultLabels { result: "miss" }),
-            misses,
+            g.key_cache_misses,
         );
         let fetches = IDP_FETCHES.load(Ordering::Relaxed);
         let failed = IDP_FETCH_FAILURES.load(Ordering::Relaxed).min(fetches);
@@ -398,6 +383,20 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut s, &reg);
         s
     }
+}
+
+/// Counters other parts keep themselves (the audit writer, the API-key
+/// cache), read at render time (`AppState::gauges`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    pub audit_committed_rows: u64,
+    pub audit_committed_batches: u64,
+    pub audit_failed_batches: u64,
+    pub audit_refused_rows: u64,
+    pub audit_failing: bool,
+    pub audit_queue_depth: usize,
+    pub key_cache_hits: u64,
+    pub key_cache_misses: u64,
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use figment::{Figment, Metadata, Profile, Provider};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::limits::{Rate, Rates};
+use crate::domain::{Rate, Rates};
 use crate::store::redact_url;
 
 /// Every setting, declared once. A field's name is its config-file key and,
@@ -299,10 +299,9 @@ impl Settings {
             api_key: rate(g.rate_api_key, d.api_key)?,
             failed_auth_ip: rate(g.rate_failed_auth_ip, d.failed_auth_ip)?,
         };
-        let trusted_proxies = crate::routes::client_addr::parse_trusted_proxies(
-            g.trusted_proxies.as_deref().unwrap_or(""),
-        )
-        .map_err(anyhow::Error::msg)?;
+        let trusted_proxies =
+            crate::domain::parse_trusted_proxies(g.trusted_proxies.as_deref().unwrap_or(""))
+                .map_err(anyhow::Error::msg)?;
         Ok(Settings {
             listen: g
                 .listen

@@ -140,6 +140,7 @@ impl Application {
                 .app_data(app_state.clone())
                 .app_data(checkpoints.clone())
                 .configure(|c| routes::configure(c, limit))
+                .configure(crate::console::configure)
         })
         .workers(settings.workers)
         .shutdown_timeout(10)

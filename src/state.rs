@@ -216,6 +216,23 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The audit writer's and the key cache's counters, for `/metrics`.
+    pub fn gauges(&self) -> crate::metrics::Gauges {
+        use std::sync::atomic::Ordering::Relaxed;
+        let h = &self.audit.health;
+        let (key_cache_hits, key_cache_misses) = self.auth.cache_stats();
+        crate::metrics::Gauges {
+            audit_committed_rows: h.committed_rows.load(Relaxed),
+            audit_committed_batches: h.committed_batches.load(Relaxed),
+            audit_failed_batches: h.failed_batches.load(Relaxed),
+            audit_refused_rows: h.refused_rows.load(Relaxed),
+            audit_failing: h.failing(),
+            audit_queue_depth: self.audit.queue_depth(),
+            key_cache_hits,
+            key_cache_misses,
+        }
+    }
+
     pub fn new(
         settings: Settings,
         store: Store,

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 use crate::audit::AuditRow;
-use crate::store::{AuditCursor, AuditFilter};
+use crate::store::{AuditCursor, AuditFilter, Store, StoreError};
 
 /// A query parameter that does not hold: a stable error code (`invalid_filter`,
 /// `invalid_time`, `invalid_cursor`), the parameter at fault, and a message.
@@ -297,6 +297,24 @@ fn csv_text(fields: impl IntoIterator<Item = String>) -> String {
 /// A row as one CSV record, in `csv_header` order.
 pub fn csv_line(r: &AuditRow) -> String {
     csv_text(r.as_row_ref().csv_record())
+}
+
+/// The audit id of the `token_issued` row of a token (by token or token id).
+pub async fn issued_row(
+    store: &Store,
+    tenant: &str,
+    token: Option<&str>,
+    token_id: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    let f = AuditFilter {
+        tenant: tenant.to_owned(),
+        kind: Some(crate::audit::kind::TOKEN_ISSUED.to_owned()),
+        token_sha256: token.map(crate::audit::chain::fingerprint),
+        token_id: token_id.map(str::to_owned),
+        limit: 1,
+        ..AuditFilter::default()
+    };
+    Ok(store.query_audit(&f).await?.pop().map(|r| r.audit_id))
 }
 
 #[cfg(test)]

@@ -384,7 +384,7 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
         .sum();
     let (issued, refused) = days.iter().fold((0, 0), |a, d| (a.0 + d.1, a.1 + d.2));
     let by_code = refusal_codes(&state, &s, week).await?;
-    let chain = match crate::cli_audit::verify_tenant(&state.store, &s.tenant, None).await {
+    let chain = match crate::audit::verify::verify_tenant(&state.store, &s.tenant, None).await {
         Ok(v) if v.ok => match signed_state(&state, &req, &s.tenant).await {
             Ok(signed) => views::Chain::Verified {
                 rows: v.rows,

@@ -5,7 +5,10 @@ pub mod audit_row;
 pub mod credential;
 pub mod identity;
 pub mod idp;
+pub mod net;
+pub mod rate;
 pub mod role;
+pub mod session_id;
 
 pub use credential::{
     CredentialSpec, MAX_SECRET_FILE_BYTES, OpenTokFormat, Provider, SecretRef, confined_relative,
@@ -13,4 +16,7 @@ pub use credential::{
 };
 pub use identity::{Identity, Owner};
 pub use idp::{IdpKeys, IdpSpec, check_jwks_url};
+pub use net::parse_trusted_proxies;
+pub use rate::{Rate, Rates};
 pub use role::Role;
+pub use session_id::{InvalidSessionId, MAX_SESSION_ID_LEN, SessionId};

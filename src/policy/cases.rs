@@ -268,7 +268,7 @@ fn case_session(s: Option<&CaseSession>) -> (String, SessionFacts) {
         Some(s) => (
             s.id.as_deref()
                 .map(|id| {
-                    crate::tokens::SessionId::parse(id)
+                    crate::domain::SessionId::parse(id)
                         .map_or_else(|_| id.to_owned(), |sid| sid.canonical().to_owned())
                 })
                 .unwrap_or_else(|| "session".into()),

@@ -13,7 +13,7 @@ use super::glob::Glob;
 use crate::domain::{
     CredentialSpec, IdpKeys, IdpSpec, OpenTokFormat, Provider, Role, SecretRef, check_jwks_url,
 };
-use crate::limits::{Rate, Rates};
+use crate::domain::{Rate, Rates};
 
 /// The longest `max_ttl`/`default_ttl` a rule may have: the service's 30 days.
 pub const MAX_TTL: i64 = 30 * 86_400;
@@ -710,7 +710,7 @@ fn session_match(v: &str) -> Result<SessionMatch, String> {
         Ok(SessionMatch::Owner)
     } else if let Some(id) = v.strip_prefix("id:").filter(|x| !x.is_empty()) {
         // Canonical, so every spelling of the session meets this rule.
-        crate::tokens::SessionId::parse(id)
+        crate::domain::SessionId::parse(id)
             .map(|sid| SessionMatch::Id(sid.canonical().to_owned()))
             .map_err(|e| format!("{v:?}: {e}"))
     } else if let Some((k, g)) = v

@@ -326,7 +326,7 @@ pub async fn proof(
     }
     let id = match q.audit_id {
         Some(id) => id,
-        None => crate::cli_audit::issued_row(
+        None => crate::audit::query::issued_row(
             &state.store,
             &p.tenant,
             q.token.as_deref(),

@@ -22,20 +22,7 @@ use ipnet::IpNet;
 
 use crate::state::AppState;
 
-/// Parses `TOKEN_BROKER_TRUSTED_PROXIES`: comma-separated CIDRs (a bare address
-/// is a single-host network); empty means no proxy is trusted.
-pub fn parse_trusted_proxies(s: &str) -> Result<Vec<IpNet>, String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse::<IpNet>()
-                .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
-                .map(|n| n.trunc())
-                .map_err(|_| format!("trusted_proxies: `{p}` is not a CIDR network or address"))
-        })
-        .collect()
-}
+pub use crate::domain::parse_trusted_proxies;
 
 fn trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
     let ip = canonical(ip);

@@ -1,6 +1,9 @@
 //! The one error shape of the HTTP API:
 //! `{"error": {"code": "...", "message": "...", "field": "...", "rule": "...", "policy_version": N}}`
-//! with a stable snake_case `code` (catalogue: docs/errors.md). 5xx bodies never
+//! with a stable snake_case `code`. Every code is declared once, in `CATALOGUE`
+//! below, with its status and meaning (docs/api.md "## Errors" lists the same);
+//! the status of an error is always the catalogue's, and services' errors
+//! (`AdminError`, `broker::IssueError`, `StoreError`) become `ApiError` here only. 5xx bodies never
 //! carry internals: the cause is logged with the request id instead. 401s carry
 //! `WWW-Authenticate: Bearer`, 429s `Retry-After`.
 
@@ -10,6 +13,9 @@ use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+
+use crate::admin::AdminError;
+use crate::broker::{IssueError, Refusal};
 
 /// An API error: status, stable code, message, and where known the field at
 /// fault or the deciding rule.
@@ -42,7 +48,27 @@ struct Envelope<'a> {
 }
 
 impl ApiError {
+    /// An error with `code`, at the status the catalogue gives it.
+    pub fn coded(code: &'static str, message: impl Into<String>) -> ApiError {
+        let status = status_of(code).unwrap_or_else(|| {
+            debug_assert!(false, "error code {code:?} is not in the catalogue");
+            StatusCode::INTERNAL_SERVER_ERROR
+        });
+        ApiError::with_status(status, code, message)
+    }
+
+    /// `coded`, for call sites that name the status they expect: the
+    /// catalogue still decides, and debug builds check that the two agree.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        let e = ApiError::coded(code, message);
+        debug_assert_eq!(
+            e.status, status,
+            "error code {code:?} has another status in the catalogue"
+        );
+        e
+    }
+
+    fn with_status(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             body: Box::new(ErrorBody {
@@ -94,8 +120,7 @@ impl ApiError {
     /// 500 with a generic body; the cause goes to the log only.
     pub fn internal(cause: impl fmt::Display) -> ApiError {
         tracing::error!(error = ?cause.to_string(), "internal error");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+        ApiError::coded(
             "internal",
             "internal error; the request id in the logs has the details",
         )
@@ -148,6 +173,84 @@ impl From<crate::store::StoreError> for ApiError {
             }
         }
     }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        let invalid = r.class == crate::broker::Class::Invalid;
+        let mut e = ApiError::coded(r.code, r.message);
+        debug_assert!(
+            !invalid || e.status == StatusCode::BAD_REQUEST,
+            "{} is an invalid request but catalogued as {}",
+            e.body.code,
+            e.status
+        );
+        e.body.field = r.field;
+        e.body.rule = r.rule;
+        e.body.policy_version = r.policy_version;
+        e.body.decision = r.decision;
+        e
+    }
+}
+
+impl From<IssueError> for ApiError {
+    fn from(e: IssueError) -> ApiError {
+        match e {
+            IssueError::Refused(r) => (*r).into(),
+            IssueError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> ApiError {
+        match e {
+            AdminError::Invalid(m) => ApiError::bad("invalid_request", "", m),
+            AdminError::NoTenant(t) => {
+                ApiError::not_found("tenant_not_found", format!("tenant {t} does not exist"))
+            }
+            AdminError::NotFound(m) => ApiError::not_found("not_found", m),
+            AdminError::Forbidden(m) => ApiError::forbidden("wrong_tenant", m),
+            AdminError::Policy(errs) => {
+                let mut a = ApiError::bad(
+                    "invalid_policy",
+                    "source",
+                    errs.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
+                a.body.field = errs.first().map(|e| e.field.clone());
+                a.body.decision = serde_json::to_value(&errs).ok();
+                a
+            }
+            AdminError::AuditUnavailable => ApiError::unavailable(
+                "audit_unavailable",
+                "the audit record cannot be written; nothing was changed",
+            ),
+            AdminError::Field { field, message } => {
+                ApiError::bad("invalid_request", field, message)
+            }
+            AdminError::Claimed => ApiError::coded(
+                "credential_claimed",
+                "this video project (api key or application id) is already used by another tenant",
+            ),
+            AdminError::Conflict(m) => ApiError::coded("credential_conflict", m),
+            AdminError::NoMasterKey => ApiError::unavailable(
+                "master_key_missing",
+                "this broker has no master key configured, so credentials cannot be stored; ask the operator",
+            ),
+            AdminError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// The catalogue's status for `code`.
+pub fn status_of(code: &str) -> Option<StatusCode> {
+    CATALOGUE
+        .iter()
+        .find(|(_, c, _)| *c == code)
+        .and_then(|(s, _, _)| StatusCode::from_u16(*s).ok())
 }
 
 /// Pulls the field name out of serde's "unknown field `x`" / "missing field `x`".
@@ -306,7 +409,11 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
         "the session is not registered",
     ),
     (404, "tenant_not_found", "no such tenant"),
-    (404, "no_policy", "the tenant has no policy"),
+    (
+        404,
+        "policy_not_found",
+        "`GET /v1/policy`: the tenant has not applied a policy yet",
+    ),
     (
         405,
         "method_not_allowed",
@@ -398,5 +505,152 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
 impl From<crate::audit::query::QueryError> for ApiError {
     fn from(e: crate::audit::query::QueryError) -> ApiError {
         ApiError::bad(e.code, e.field, e.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_code_is_declared_once() {
+        let mut seen = std::collections::BTreeMap::new();
+        for (status, code, meaning) in CATALOGUE {
+            assert!(!meaning.is_empty(), "{code} has no meaning");
+            if let Some(other) = seen.insert(*code, *status) {
+                panic!("{code} is in the catalogue twice ({other} and {status})");
+            }
+        }
+    }
+
+    /// The status a constructor names, and where its code literal starts.
+    fn literal_uses(text: &str) -> Vec<(Option<u16>, String)> {
+        const CTORS: &[(&str, Option<u16>)] = &[
+            ("ApiError::bad(", Some(400)),
+            ("ApiError::unauthorized(", Some(401)),
+            ("ApiError::forbidden(", Some(403)),
+            ("ApiError::not_found(", Some(404)),
+            ("ApiError::unavailable(", Some(503)),
+            ("ApiError::coded(", None),
+            ("Refusal::invalid(", Some(400)),
+            ("Refusal::new(", None),
+        ];
+        let mut out = Vec::new();
+        for (ctor, status) in CTORS {
+            for (i, _) in text.match_indices(ctor) {
+                let mut rest = text[i + ctor.len()..].trim_start();
+                if let Some(r) = rest.strip_prefix("Class::") {
+                    // `Refusal::new` names its class first.
+                    rest = r.split_once(',').map_or("", |(_, r)| r).trim_start();
+                }
+                if let Some(r) = rest.strip_prefix('"') {
+                    let code = r.split('"').next().unwrap_or_default();
+                    if is_code(code) {
+                        out.push((*status, code.to_owned()));
+                    }
+                }
+            }
+        }
+        // `new` with a status constant and a code literal.
+        for (i, _) in text.match_indices("ApiError::new(") {
+            let rest = text[i + "ApiError::new(".len()..].trim_start();
+            let rest = rest.strip_prefix("actix_web::http::").unwrap_or(rest);
+            let Some(r) = rest.strip_prefix("StatusCode::") else {
+                continue;
+            };
+            let (name, r) = r.split_once(',').unwrap_or_default();
+            let status = match name.trim() {
+                "BAD_REQUEST" => 400,
+                "UNAUTHORIZED" => 401,
+                "FORBIDDEN" => 403,
+                "NOT_FOUND" => 404,
+                "METHOD_NOT_ALLOWED" => 405,
+                "CONFLICT" => 409,
+                "PAYLOAD_TOO_LARGE" => 413,
+                "UNSUPPORTED_MEDIA_TYPE" => 415,
+                "TOO_MANY_REQUESTS" => 429,
+                "INTERNAL_SERVER_ERROR" => 500,
+                "SERVICE_UNAVAILABLE" => 503,
+                other => panic!("add StatusCode::{other} to this test"),
+            };
+            if let Some(r) = r.trim_start().strip_prefix('"') {
+                let code = r.split('"').next().unwrap_or_default();
+                if is_code(code) {
+                    out.push((Some(status), code.to_owned()));
+                }
+            }
+        }
+        out
+    }
+
+    fn is_code(s: &str) -> bool {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+    }
+
+    fn sources(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push((
+                    p.display().to_string(),
+                    std::fs::read_to_string(&p).unwrap(),
+                ));
+            }
+        }
+    }
+
+    /// Every code written at a call site is in the catalogue, with the status
+    /// the call site's constructor names: a code cannot be used with two
+    /// statuses, and none goes undocumented (docs/api.md is checked against
+    /// the catalogue by `tests/api/openapi.rs`).
+    #[test]
+    fn every_code_used_in_src_is_catalogued_with_one_status() {
+        let mut files = Vec::new();
+        sources(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let mut uses = 0;
+        let mut bad = Vec::new();
+        for (path, text) in &files {
+            for (status, code) in literal_uses(text) {
+                uses += 1;
+                match (status_of(&code), status) {
+                    (None, _) => bad.push(format!("{path}: {code} is not in the catalogue")),
+                    (Some(s), Some(want)) if s.as_u16() != want => bad.push(format!(
+                        "{path}: {code} used as {want}, catalogued as {}",
+                        s.as_u16()
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        assert!(uses > 60, "the scan found only {uses} codes");
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
+    }
+
+    #[test]
+    fn the_scan_catches_a_second_status_and_an_unknown_code() {
+        // Spelled apart, so the scan of `src/` does not find these here.
+        let uses = literal_uses(concat!(
+            "ApiError::",
+            "not_found(\"no_policy\", \"x\"); ",
+            "Refusal::",
+            "new(Class::Refused, \"nope\", \"m\");\n",
+            "ApiError::",
+            "new(StatusCode::CONFLICT, \"conflict\", \"m\")",
+        ));
+        assert_eq!(
+            uses,
+            vec![
+                (Some(404), "no_policy".to_owned()),
+                (None, "nope".to_owned()),
+                (Some(409), "conflict".to_owned()),
+            ]
+        );
+        assert_eq!(status_of("no_policy").map(|s| s.as_u16()), Some(403));
+        assert_eq!(status_of("nope"), None);
     }
 }

@@ -13,48 +13,10 @@ use crate::admin::{self, Actor, AdminError, KeyInfo};
 use crate::auth::{Scopes, scope};
 use crate::state::AppState;
 
+/// Kept for the handlers' `map_err(admin_error)`; the mapping itself is
+/// `From<AdminError> for ApiError` in `routes::error`.
 pub fn admin_error(e: AdminError) -> ApiError {
-    match e {
-        AdminError::Invalid(m) => ApiError::bad("invalid_request", "", m),
-        AdminError::NoTenant(t) => {
-            ApiError::not_found("tenant_not_found", format!("tenant {t} does not exist"))
-        }
-        AdminError::NotFound(m) => ApiError::not_found("not_found", m),
-        AdminError::Forbidden(m) => ApiError::forbidden("wrong_tenant", m),
-        AdminError::Policy(errs) => {
-            let mut a = ApiError::bad(
-                "invalid_policy",
-                "source",
-                errs.iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            );
-            a.body.field = errs.first().map(|e| e.field.clone());
-            a.body.decision = serde_json::to_value(&errs).ok();
-            a
-        }
-        AdminError::AuditUnavailable => ApiError::unavailable(
-            "audit_unavailable",
-            "the audit record cannot be written; nothing was changed",
-        ),
-        AdminError::Field { field, message } => ApiError::bad("invalid_request", field, message),
-        AdminError::Claimed => ApiError::new(
-            actix_web::http::StatusCode::CONFLICT,
-            "credential_claimed",
-            "this video project (api key or application id) is already used by another tenant",
-        ),
-        AdminError::Conflict(m) => ApiError::new(
-            actix_web::http::StatusCode::CONFLICT,
-            "credential_conflict",
-            m,
-        ),
-        AdminError::NoMasterKey => ApiError::unavailable(
-            "master_key_missing",
-            "this broker has no master key configured, so credentials cannot be stored; ask the operator",
-        ),
-        AdminError::Store(e) => e.into(),
-    }
+    e.into()
 }
 
 pub fn actor(req: &HttpRequest, key_id: &str) -> Actor {

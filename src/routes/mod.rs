@@ -42,6 +42,8 @@ fn resource(path: &str) -> actix_web::Resource {
 pub const POLICY_BODY_LIMIT: usize = 512 * 1024;
 
 /// Registers every route, the extractor error handlers and the 404 fallback.
+/// (The console, an HTML surface over the same services, is registered
+/// beside it by `startup`, so the console may use this layer's pieces.)
 pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
     cfg.app_data(web::Data::new(json::BodyLimit(body_limit)))
         .app_data(web::QueryConfig::default().error_handler(|e, _| error::query_error(e).into()))
@@ -97,7 +99,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, body_limit: usize) {
         .service(resource("/v1/status").route(web::get().to(credentials::status)))
         .service(resource("/v1/audit").route(web::get().to(audit::query)))
         .service(resource("/v1/audit/summary").route(web::get().to(audit::summary)))
-        .configure(crate::console::configure)
         .service(resource("/openapi.json").route(web::get().to(openapi::serve)))
         .service(resource("/v1/audit/checkpoint").route(web::get().to(audit::checkpoint)))
         .service(resource("/v1/audit/proof").route(web::get().to(audit::proof)))

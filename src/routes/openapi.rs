@@ -326,7 +326,7 @@ pub const OPERATIONS: &[Operation] = &[
         Auth::Admin,
         Body::None,
         Answer::Json(200),
-        &["no_policy"],
+        &["policy_not_found"],
     ),
     op(
         "post",

@@ -4,7 +4,7 @@
 //! `POST /v1/policy/rollback` (re-apply an old version as a new one).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
@@ -14,35 +14,8 @@ use super::keys::{actor, admin_error};
 use crate::admin;
 use crate::auth::scope;
 use crate::state::AppState;
-use crate::store::PolicyVersionRow;
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct VersionView {
-    pub tenant: String,
-    pub version: i64,
-    pub source_name: String,
-    pub sha256: String,
-    pub applied_by: String,
-    pub applied_at_ms: i64,
-    pub note: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-}
-
-impl VersionView {
-    pub fn of(r: PolicyVersionRow, with_source: bool) -> VersionView {
-        VersionView {
-            tenant: r.tenant,
-            version: r.version,
-            source_name: r.source_name,
-            sha256: r.sha256,
-            applied_by: r.applied_by,
-            applied_at_ms: r.applied_at_ms,
-            note: r.note,
-            source: with_source.then_some(r.source),
-        }
-    }
-}
+pub use crate::admin::VersionView;
 
 pub async fn current(
     state: web::Data<AppState>,
@@ -51,7 +24,7 @@ pub async fn current(
     match state.store.current_policy(&p.tenant).await? {
         Some(r) => Ok(HttpResponse::Ok().json(VersionView::of(r, true))),
         None => Err(ApiError::not_found(
-            "no_policy",
+            "policy_not_found",
             "this tenant has no policy applied yet",
         )),
     }

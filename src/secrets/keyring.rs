@@ -72,7 +72,10 @@ pub fn credential_aad(tenant: &str, name: &str, provider: &str, owner_id: &str) 
 }
 
 fn key_id(bytes: &[u8]) -> String {
-    crate::audit::chain::hex(&Sha256::digest(bytes))[..16].to_owned()
+    Sha256::digest(bytes)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Keyring {

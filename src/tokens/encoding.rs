@@ -60,21 +60,7 @@ pub fn b64url_into(bytes: &[u8], out: &mut String) {
     URL_SAFE_NO_PAD.encode_string(bytes, out);
 }
 
-/// Lenient base64 decode: either alphabet, with or without padding.
-pub fn b64_lenient(s: &str) -> Option<Vec<u8>> {
-    let cleaned: String = s
-        .trim_end_matches('=')
-        .chars()
-        .map(|c| match c {
-            '-' => '+',
-            '_' => '/',
-            c => c,
-        })
-        .collect();
-    base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(cleaned.as_bytes())
-        .ok()
-}
+pub use crate::domain::session_id::b64_lenient;
 
 #[cfg(test)]
 mod tests {

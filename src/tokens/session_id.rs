@@ -12,97 +12,14 @@
 //! Ownership is strict: `fields[1]` must equal the credential's id exactly
 //! (opentok-node's rule).
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
 use super::TokenError;
 use super::encoding::b64_lenient;
+use crate::domain::session_id::owner_of;
+pub use crate::domain::session_id::{InvalidSessionId, MAX_SESSION_ID_LEN, SessionId};
 
-/// Longest session ID accepted, in bytes (service-issued ones are ~70-120).
-pub const MAX_SESSION_ID_LEN: usize = 512;
-
-/// A session ID that passed the edge checks, in its two useful spellings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionId {
-    canonical: String,
-    token: String,
-    owner: String,
-}
-
-impl SessionId {
-    /// Parses any accepted spelling: `<digit>_` then base64 of the fields,
-    /// in either alphabet (`-_` or `+/`), with at most two `=` of padding.
-    pub fn parse(s: &str) -> Result<SessionId, TokenError> {
-        let invalid = |why: &str| TokenError::InvalidSessionId(why.to_owned());
-        if s.is_empty() || s.len() > MAX_SESSION_ID_LEN {
-            return Err(invalid("a session ID is 1 to 512 characters"));
-        }
-        let b = s.as_bytes();
-        if b.len() < 3 || !b[0].is_ascii_digit() || b[1] != b'_' {
-            return Err(invalid(
-                "it must start with the prefix the service uses: a digit and `_` (as in `1_`)",
-            ));
-        }
-        let body = &s[2..];
-        let unpadded = body.trim_end_matches('=');
-        if body.len() - unpadded.len() > 2
-            || !unpadded
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_+/".contains(&c))
-        {
-            return Err(invalid(
-                "after its prefix it must be base64 (A-Z a-z 0-9 - _, or + /, optional = padding)",
-            ));
-        }
-        let bytes = b64_lenient(unpadded).ok_or_else(|| invalid("it does not decode as base64"))?;
-        let owner = owner_of(&bytes)?;
-        let mut canonical = String::with_capacity(2 + body.len());
-        canonical.push_str("1_");
-        URL_SAFE_NO_PAD.encode_string(&bytes, &mut canonical);
-        let mut token = String::with_capacity(canonical.len());
-        token.push_str(&s[..2]);
-        token.push_str(&canonical[2..]);
-        Ok(SessionId {
-            canonical,
-            token,
-            owner,
-        })
-    }
-
-    /// The one name of this session: `1_` + unpadded URL-safe base64. Used for
-    /// `id:` rules, registration, the session cache, ownership and the audit.
-    pub fn canonical(&self) -> &str {
-        &self.canonical
-    }
-
-    /// The spelling a token carries: the caller's prefix digit (the service
-    /// issues both `1_` and `2_` IDs and its meaning is undocumented, so it is
-    /// kept) with the body in the service's own form (URL-safe, unpadded).
-    /// For every ID the service issued this is the caller's text unchanged.
-    pub fn for_token(&self) -> &str {
-        &self.token
-    }
-
-    /// The project API key or application id the session names (`fields[1]`).
-    pub fn owner(&self) -> &str {
-        &self.owner
-    }
-}
-
-impl std::fmt::Display for SessionId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.canonical)
-    }
-}
-
-fn owner_of(bytes: &[u8]) -> Result<String, TokenError> {
-    let text = String::from_utf8_lossy(bytes);
-    let fields: Vec<&str> = text.split('~').collect();
-    match fields.get(1) {
-        Some(owner) if fields.len() >= 2 && !owner.is_empty() => Ok((*owner).to_owned()),
-        _ => Err(TokenError::InvalidSessionId(
-            "it does not name the project or application it belongs to".to_owned(),
-        )),
+impl From<InvalidSessionId> for TokenError {
+    fn from(e: InvalidSessionId) -> TokenError {
+        TokenError::InvalidSessionId(e.0)
     }
 }
 
@@ -115,7 +32,7 @@ pub fn session_owner(session_id: &str) -> Result<String, TokenError> {
     }
     let body = session_id.get(2..).ok_or_else(|| invalid("too short"))?;
     let bytes = b64_lenient(body).ok_or_else(|| invalid("it does not decode as base64"))?;
-    owner_of(&bytes)
+    Ok(owner_of(&bytes)?)
 }
 
 /// `Ok` when the session belongs to `owner_id`.

@@ -21,6 +21,7 @@ mod errors;
 mod health_and_keys;
 mod hostile_input;
 mod issue_tokens;
+mod layers;
 mod logins_hardened;
 mod metrics;
 mod openapi;

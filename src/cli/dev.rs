@@ -21,9 +21,9 @@
 
 use std::io::Write;
 
+use super::output::Failure;
 use crate::admin::{self, Actor};
 use crate::auth::Scopes;
-use crate::cli::Failure;
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -163,7 +163,7 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<String, Failure>
     if current.is_none_or(|c| c.source.contains("file:/")) {
         admin::apply_policy(
             store,
-            &crate::cli_policy::secret_resolver(settings),
+            &super::output::secret_resolver(settings),
             "demo.toml",
             &demo_policy(),
             None,
@@ -288,10 +288,11 @@ pub async fn first_tokens(state: &crate::state::AppState, now_ms: i64) -> Result
                 "development mode: the demo request for {} was expected to be refused but was issued",
                 req.session_id
             ),
-            (Err(e), true) => eprintln!(
+            (Err(broker::IssueError::Refused(r)), true) => eprintln!(
                 "development mode: a demo token could not be issued: {} ({})",
-                e.body.code, e.body.message
+                r.code, r.message
             ),
+            (Err(e), true) => eprintln!("development mode: a demo token could not be issued: {e}"),
         }
     }
     eprintln!(

@@ -4,11 +4,11 @@
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::audit::chain::{self, ChainFault};
+use super::output::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
+use crate::audit::chain::ChainFault;
 use crate::audit::checkpoint::{self, Checkpointer, SigningKey, VerifierKey};
 use crate::audit::query::{AuditParams, csv_header, csv_line, encode_cursor, parse_time};
-use crate::audit::{AuditRow, kind};
-use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
+use crate::audit::AuditRow;
 use crate::settings::Settings;
 use crate::store::{AuditFilter, Store};
 
@@ -22,8 +22,6 @@ pub enum AuditCmd {
         tenant: String,
         #[command(flatten)]
         filters: AuditParams,
-        #[arg(long)]
-        json: bool,
         /// Every matching row as CSV (with a header row), streamed.
         #[arg(long, conflicts_with_all = ["json", "ndjson"])]
         csv: bool,
@@ -41,8 +39,6 @@ pub enum AuditCmd {
         since: Option<String>,
         #[arg(long)]
         until: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// Delete rows older than DATE (RFC 3339 or unix seconds), keeping the chain
     /// verifiable from the recorded prune point.
@@ -52,8 +48,6 @@ pub enum AuditCmd {
         /// Only this tenant (default: every tenant).
         #[arg(long)]
         tenant: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// Recompute the hash chains and report the first bad row.
     Verify {
@@ -72,16 +66,12 @@ pub enum AuditCmd {
         /// The verifier key, as `audit checkpoint-key` prints it (or a file holding it).
         #[arg(long)]
         public_key: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// Print each tenant's signed checkpoint (with a checkpoint key; also
     /// appended to the checkpoint file), or its chain head without one.
     Checkpoint {
         #[arg(long)]
         tenant: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// Print the checkpoint verifier key (`<name>+<key hash>+<base64 key>`).
     CheckpointKey {
@@ -107,8 +97,6 @@ pub enum AuditCmd {
         from: Option<u64>,
         #[arg(long, requires = "from")]
         to: Option<u64>,
-        #[arg(long)]
-        json: bool,
     },
     /// Check a proof printed by `audit prove --json` (or the HTTP proof route)
     /// with the verifier key, without the database.
@@ -270,23 +258,7 @@ fn prove_failure(e: checkpoint::ProveError) -> Failure {
     }
 }
 
-/// The audit id of the `token_issued` row of a token (by token or token id).
-pub async fn issued_row(
-    store: &Store,
-    tenant: &str,
-    token: Option<&str>,
-    token_id: Option<&str>,
-) -> Result<Option<String>, crate::store::StoreError> {
-    let f = AuditFilter {
-        tenant: tenant.to_owned(),
-        kind: Some(kind::TOKEN_ISSUED.to_owned()),
-        token_sha256: token.map(chain::fingerprint),
-        token_id: token_id.map(str::to_owned),
-        limit: 1,
-        ..AuditFilter::default()
-    };
-    Ok(store.query_audit(&f).await?.pop().map(|r| r.audit_id))
-}
+pub use crate::audit::query::issued_row;
 
 /// `audit prune` of one tenant: deletes its rows older than `before_ms` and
 /// records the prune as a row of its history, with the prune point and the
@@ -436,10 +408,9 @@ fn verify_proof_cmd(file: &str, key: &str) -> CmdResult {
     }
 }
 
-// One arm per subcommand; the cli/ rework (#12 point 6) makes each a
-// function. Allowed until then.
+// One arm per subcommand; to be made a function each, as cli/policy.rs is.
 #[allow(clippy::too_many_lines)]
-pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
+pub async fn run(settings: Settings, cmd: AuditCmd, json: bool) -> CmdResult {
     if let AuditCmd::VerifyProof { file, public_key } = &cmd {
         return verify_proof_cmd(file, public_key);
     }
@@ -448,7 +419,6 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
         AuditCmd::Query {
             tenant,
             filters,
-            json,
             csv,
             ndjson,
         } => {
@@ -491,7 +461,6 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             checkpoint,
             checkpoints,
             public_key,
-            json,
         } => {
             let (signed, vkey) = signed_checkpoints(checkpoints.as_deref(), public_key.as_deref())?;
             let cps = match &checkpoint {
@@ -567,7 +536,6 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             by,
             since,
             until,
-            json,
         } => {
             let since = since
                 .as_deref()
@@ -606,11 +574,7 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             }
             Ok(())
         }
-        AuditCmd::Prune {
-            before,
-            tenant,
-            json,
-        } => {
+        AuditCmd::Prune { before, tenant } => {
             let before_ms = parse_time("before", &before).map_err(|e| Failure {
                 message: e.message,
                 code: 2,
@@ -658,7 +622,7 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             }
             Ok(())
         }
-        AuditCmd::Checkpoint { tenant, json } => {
+        AuditCmd::Checkpoint { tenant } => {
             if settings.checkpoint_key_file.is_some() {
                 let cpr = checkpointer(&settings)?;
                 let mut notes = Vec::new();
@@ -736,7 +700,6 @@ pub async fn run(settings: Settings, cmd: AuditCmd) -> CmdResult {
             token_id,
             from,
             to,
-            json,
         } => {
             let cpr = checkpointer(&settings)?;
             let proof = if let (Some(from), Some(to)) = (from, to) {

@@ -1,10 +1,17 @@
-//! The `token-broker` command line. Every command that prints data accepts
-//! `--json`. Commands other than `serve` work directly on the database named by
+//! The `token-broker` command line: this file parses and dispatches (a
+//! function per command group, in its own file); `output` is what they share.
+//! One global `--json`, accepted before or after the subcommand, makes every
+//! command that prints data print JSON. Commands other than `serve` work directly on the database named by
 //! the settings, so an operator can run them beside a running broker (SQLite
 //! in WAL mode allows that; PostgreSQL trivially).
 
-use std::io::Write;
-use std::path::PathBuf;
+pub mod audit;
+pub mod credential;
+pub mod dev;
+pub mod output;
+pub mod policy;
+pub mod remote;
+pub mod token;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -13,7 +20,7 @@ use crate::admin::{self, Actor};
 use crate::auth::Scopes;
 use crate::settings::{Settings, SettingsArgs};
 use crate::startup::{Application, open_store};
-use crate::store::Store;
+pub use output::{CmdResult, Failure, fmt_ms, out, out_json, read_file, store_for};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +34,10 @@ pub struct Cli {
     /// credential, session. See `token-broker --server URL --help`.
     #[arg(long, global = true, value_name = "URL")]
     pub server: Option<String>,
+    /// Print JSON instead of text (every command that prints data; before or
+    /// after the subcommand).
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(flatten)]
     pub settings: SettingsArgs,
     #[command(subcommand)]
@@ -44,15 +55,9 @@ pub enum Command {
         dev: bool,
     },
     /// Apply database migrations and exit.
-    Migrate {
-        #[arg(long)]
-        json: bool,
-    },
+    Migrate,
     /// Print the effective settings (secrets redacted).
-    Settings {
-        #[arg(long)]
-        json: bool,
-    },
+    Settings,
     /// Manage tenants.
     Tenant {
         #[command(subcommand)]
@@ -66,43 +71,33 @@ pub enum Command {
     /// Check, test, apply and roll back policy files.
     Policy {
         #[command(subcommand)]
-        cmd: crate::cli_policy::PolicyCmd,
+        cmd: crate::cli::policy::PolicyCmd,
     },
     /// Inspect tokens.
     Token {
         #[command(subcommand)]
-        cmd: crate::cli_token::TokenCmd,
+        cmd: crate::cli::token::TokenCmd,
     },
     /// Tenants' video credentials (stored, sealed) and the master key.
     Credential {
         #[command(subcommand)]
-        cmd: crate::cli_credential::CredentialCmd,
+        cmd: crate::cli::credential::CredentialCmd,
     },
     /// Every tenant's policy and credential problems (operators; names paths and references).
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// Query and verify the audit record.
     Audit {
         #[command(subcommand)]
-        cmd: crate::cli_audit::AuditCmd,
+        cmd: crate::cli::audit::AuditCmd,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TenantCmd {
     /// Create a tenant.
-    Create {
-        slug: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Create { slug: String },
     /// List tenants.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,70 +111,21 @@ pub enum KeyCmd {
         scopes: Vec<String>,
         #[arg(long)]
         name: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// List a tenant's keys (never their secrets).
     List {
         #[arg(long)]
         tenant: String,
-        #[arg(long)]
-        json: bool,
     },
     /// Revoke a key; it stops authenticating at once on this database's brokers.
-    Revoke {
-        key_id: String,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-/// A failed command: message for stderr, and the exit code.
-#[derive(Debug)]
-pub struct Failure {
-    pub message: String,
-    pub code: i32,
-}
-
-impl<E: std::fmt::Display> From<E> for Failure {
-    fn from(e: E) -> Failure {
-        Failure {
-            message: e.to_string(),
-            code: 1,
-        }
-    }
-}
-
-pub type CmdResult = Result<(), Failure>;
-
-/// Prints a line to stdout (a closed pipe is not an error worth a panic).
-pub fn out(s: impl AsRef<str>) {
-    let mut o = std::io::stdout().lock();
-    let _ = writeln!(o, "{}", s.as_ref());
-}
-
-pub fn out_json(v: &impl serde::Serialize) {
-    out(serde_json::to_string_pretty(v).unwrap_or_default());
-}
-
-pub fn fmt_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
-}
-
-pub async fn store_for(settings: &Settings) -> Result<Store, Failure> {
-    Ok(open_store(settings).await?)
+    Revoke { key_id: String },
 }
 
 pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
+    let json = cli.json;
     match cli.command {
         Command::Serve { dev } => serve(settings, dev).await,
-        Command::Migrate { json } => {
+        Command::Migrate => {
             let store = store_for(&settings).await?;
             if json {
                 out_json(&json!({"migrated": true, "database": store.url_redacted()}));
@@ -188,7 +134,7 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
             }
             Ok(())
         }
-        Command::Settings { json } => {
+        Command::Settings => {
             if json {
                 out_json(&settings);
             } else {
@@ -196,37 +142,37 @@ pub async fn run(cli: Cli, settings: Settings) -> CmdResult {
             }
             Ok(())
         }
-        Command::Tenant { cmd } => tenant(settings, cmd).await,
-        Command::Key { cmd } => key(settings, cmd).await,
-        Command::Policy { cmd } => crate::cli_policy::run(settings, cmd).await,
-        Command::Token { cmd } => crate::cli_token::run(settings, cmd).await,
-        Command::Audit { cmd } => crate::cli_audit::run(settings, cmd).await,
-        Command::Credential { cmd } => crate::cli_credential::run(settings, cmd).await,
-        Command::Status { json } => crate::cli_credential::status(settings, json).await,
+        Command::Tenant { cmd } => tenant(settings, cmd, json).await,
+        Command::Key { cmd } => key(settings, cmd, json).await,
+        Command::Policy { cmd } => crate::cli::policy::run(settings, cmd, json).await,
+        Command::Token { cmd } => crate::cli::token::run(settings, cmd, json).await,
+        Command::Audit { cmd } => crate::cli::audit::run(settings, cmd, json).await,
+        Command::Credential { cmd } => crate::cli::credential::run(settings, cmd, json).await,
+        Command::Status => crate::cli::credential::status(settings, json).await,
     }
 }
 
 async fn serve(mut settings: Settings, dev: bool) -> CmdResult {
     let store = open_store(&settings).await?;
     if dev {
-        crate::dev::ensure_master_key(&mut settings)?;
-        crate::dev::ensure_checkpoint_key(&mut settings)?;
-        crate::dev::seed(&settings, &store).await?;
+        crate::cli::dev::ensure_master_key(&mut settings)?;
+        crate::cli::dev::ensure_checkpoint_key(&mut settings)?;
+        crate::cli::dev::seed(&settings, &store).await?;
     }
     let app = Application::build_with_store(settings, store).await?;
     if dev {
         let state = app.state();
-        crate::dev::first_tokens(&state, state.clock.now_unix_ms()).await?;
+        crate::cli::dev::first_tokens(&state, state.clock.now_unix_ms()).await?;
     }
     app.run_until_stopped().await?;
     Ok(())
 }
 
-async fn tenant(settings: Settings, cmd: TenantCmd) -> CmdResult {
+async fn tenant(settings: Settings, cmd: TenantCmd, json: bool) -> CmdResult {
     let store = store_for(&settings).await?;
     let now = crate::clock::now_unix_ms();
     match cmd {
-        TenantCmd::Create { slug, json } => {
+        TenantCmd::Create { slug } => {
             admin::create_tenant(&store, &slug, &Actor::Cli, now).await?;
             if json {
                 out_json(&json!({"tenant": slug, "created_at_ms": now}));
@@ -234,7 +180,7 @@ async fn tenant(settings: Settings, cmd: TenantCmd) -> CmdResult {
                 out(format!("created tenant {slug}"));
             }
         }
-        TenantCmd::List { json } => {
+        TenantCmd::List => {
             let rows = store.list_tenants().await?;
             if json {
                 let items: Vec<_> = rows
@@ -252,7 +198,7 @@ async fn tenant(settings: Settings, cmd: TenantCmd) -> CmdResult {
     Ok(())
 }
 
-async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
+async fn key(settings: Settings, cmd: KeyCmd, json: bool) -> CmdResult {
     let store = store_for(&settings).await?;
     let now = crate::clock::now_unix_ms();
     match cmd {
@@ -260,7 +206,6 @@ async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
             tenant,
             scopes,
             name,
-            json,
         } => {
             let scopes = Scopes::parse(scopes.iter().flat_map(|s| s.split(',')))?;
             let new = admin::create_key(&store, &tenant, scopes, name, &Actor::Cli, now).await?;
@@ -275,7 +220,7 @@ async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
                 ));
             }
         }
-        KeyCmd::List { tenant, json } => {
+        KeyCmd::List { tenant } => {
             let keys: Vec<admin::KeyInfo> = store
                 .list_keys(&tenant)
                 .await?
@@ -305,7 +250,7 @@ async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
                 }
             }
         }
-        KeyCmd::Revoke { key_id, json } => {
+        KeyCmd::Revoke { key_id } => {
             let tenant = admin::revoke_key(&store, &key_id, None, &Actor::Cli, now).await?;
             if json {
                 out_json(&json!({"key_id": key_id, "tenant": tenant, "revoked": true}));
@@ -317,10 +262,45 @@ async fn key(settings: Settings, cmd: KeyCmd) -> CmdResult {
     Ok(())
 }
 
-/// Reads a file for a command, naming it in the error.
-pub fn read_file(path: &PathBuf) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| Failure {
-        message: format!("cannot read {}: {e}", path.display()),
-        code: 2,
-    })
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+    use crate::cli::remote::RemoteCli;
+
+    #[test]
+    fn the_command_lines_are_well_formed() {
+        Cli::command().debug_assert();
+        RemoteCli::command().debug_assert();
+    }
+
+    #[test]
+    fn json_is_one_global_flag_before_or_after_the_subcommand() {
+        for args in [
+            &["token-broker", "--json", "key", "list", "--tenant", "acme"][..],
+            &["token-broker", "key", "list", "--tenant", "acme", "--json"][..],
+            &["token-broker", "key", "--json", "list", "--tenant", "acme"][..],
+        ] {
+            assert!(Cli::try_parse_from(args).unwrap().json, "{args:?}");
+        }
+        assert!(
+            !Cli::try_parse_from(["token-broker", "tenant", "list"])
+                .unwrap()
+                .json
+        );
+        let r = RemoteCli::try_parse_from([
+            "token-broker",
+            "--server",
+            "http://x",
+            "audit",
+            "query",
+            "--csv",
+            "--json",
+        ]);
+        assert!(r.is_err(), "--csv and --json conflict");
+        let r =
+            RemoteCli::try_parse_from(["token-broker", "--server", "http://x", "whoami", "--json"]);
+        assert!(r.unwrap().json);
+    }
 }

@@ -2,14 +2,13 @@
 //! `token-broker status`. Secrets are read from a file or standard input,
 //! never from the command line (argv is visible to every user of the host).
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Subcommand;
 use serde_json::json;
 
+use super::output::{CmdResult, Failure, fmt_ms, out, out_json, read_secret, store_for};
 use crate::admin::Actor;
-use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
 use crate::credentials::{self, CredentialInput, CredentialView};
 use crate::secrets::Keyring;
 use crate::settings::Settings;
@@ -37,56 +36,28 @@ pub enum CredentialCmd {
         /// File holding the secret (OpenTok API secret, or Vonage private key PEM); `-` for stdin.
         #[arg(long)]
         secret_file: PathBuf,
-        #[arg(long)]
-        json: bool,
     },
     /// List a tenant's credentials (stored and from its policy), never a secret.
     List {
         #[arg(long)]
         tenant: String,
-        #[arg(long)]
-        json: bool,
     },
     /// Show one credential.
     Show {
         #[arg(long)]
         tenant: String,
         name: String,
-        #[arg(long)]
-        json: bool,
     },
     /// Delete a stored credential.
     Delete {
         #[arg(long)]
         tenant: String,
         name: String,
-        #[arg(long)]
-        json: bool,
     },
     /// Write a new master keyring file (mode 0600; never overwrites).
     Keygen { path: PathBuf },
     /// Re-seal every stored credential under the first key of the configured keyring.
-    Rekey {
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-pub fn read_secret(path: &PathBuf) -> Result<String, Failure> {
-    let mut s = String::new();
-    if path.as_os_str() == "-" {
-        std::io::stdin().read_to_string(&mut s)?;
-    } else {
-        let meta = std::fs::metadata(path)?;
-        if !meta.is_file() || meta.len() > 64 * 1024 {
-            return Err(Failure::from(format!(
-                "{} is not a regular file of at most 64 KiB",
-                path.display()
-            )));
-        }
-        s = std::fs::read_to_string(path)?;
-    }
-    Ok(s)
+    Rekey,
 }
 
 fn keyring(settings: &Settings) -> Result<Keyring, Failure> {
@@ -112,10 +83,9 @@ pub fn print_view(v: &CredentialView) {
     ));
 }
 
-// One arm per subcommand; the cli/ rework (#12 point 6) makes each a
-// function. Allowed until then.
+// One arm per subcommand; to be made a function each, as cli/policy.rs is.
 #[allow(clippy::too_many_lines)]
-pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
+pub async fn run(settings: Settings, cmd: CredentialCmd, json: bool) -> CmdResult {
     let now = crate::clock::now_unix_ms();
     match cmd {
         CredentialCmd::Set {
@@ -126,7 +96,6 @@ pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
             token_format,
             application_id,
             secret_file,
-            json,
         } => {
             let secret = read_secret(&secret_file)?;
             let input = match provider.as_str() {
@@ -162,7 +131,7 @@ pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
                 ));
             }
         }
-        CredentialCmd::List { tenant, json } => {
+        CredentialCmd::List { tenant } => {
             let store = store_for(&settings).await?;
             let items = credentials::list(&store, &tenant).await?;
             if json {
@@ -173,7 +142,7 @@ pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
                 }
             }
         }
-        CredentialCmd::Show { tenant, name, json } => {
+        CredentialCmd::Show { tenant, name } => {
             let store = store_for(&settings).await?;
             let v = credentials::show(&store, &tenant, &name).await?;
             if json {
@@ -182,7 +151,7 @@ pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
                 print_view(&v);
             }
         }
-        CredentialCmd::Delete { tenant, name, json } => {
+        CredentialCmd::Delete { tenant, name } => {
             let store = store_for(&settings).await?;
             credentials::delete(&store, &tenant, &name, &Actor::Cli, now).await?;
             if json {
@@ -198,7 +167,7 @@ pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
                 path.display()
             ));
         }
-        CredentialCmd::Rekey { json } => {
+        CredentialCmd::Rekey => {
             let ring = keyring(&settings)?;
             let store = store_for(&settings).await?;
             let report = credentials::rekey(&store, &ring).await?;
@@ -229,7 +198,7 @@ pub async fn run(settings: Settings, cmd: CredentialCmd) -> CmdResult {
 pub async fn status(settings: Settings, json: bool) -> CmdResult {
     let store = store_for(&settings).await?;
     let keyring = crate::startup::load_keyring(&settings)?;
-    let resolver = crate::cli_policy::secret_resolver(&settings);
+    let resolver = super::output::secret_resolver(&settings);
     let mut tenants = Vec::new();
     for (tenant, _) in store.list_tenants().await? {
         let row = store.current_policy(&tenant).await?;

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::json;
 
+use super::output::{
+    CmdResult, Failure, fmt_ms, out, out_json, read_file, secret_resolver, store_for,
+};
 use crate::admin::{self, Actor, ApplyOutcome};
-use crate::cli::{CmdResult, Failure, fmt_ms, out, out_json, read_file, store_for};
 use crate::policy;
 use crate::settings::Settings;
 
@@ -17,8 +19,6 @@ pub enum PolicyCmd {
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        #[arg(long)]
-        json: bool,
     },
     /// Run a file of test cases against its policy file (or, with --applied,
     /// the tenant's applied version); exits non-zero on a failing case.
@@ -27,8 +27,6 @@ pub enum PolicyCmd {
         /// Test the version applied in the database instead of the file.
         #[arg(long)]
         applied: bool,
-        #[arg(long)]
-        json: bool,
     },
     /// Print the difference to the applied version, then apply as a new version.
     Apply {
@@ -37,8 +35,6 @@ pub enum PolicyCmd {
         /// Print the difference only.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
-        json: bool,
     },
     /// Print a tenant's policy in force (or --version N).
     Show {
@@ -46,15 +42,11 @@ pub enum PolicyCmd {
         tenant: String,
         #[arg(long)]
         version: Option<i64>,
-        #[arg(long)]
-        json: bool,
     },
     /// List a tenant's policy versions.
     History {
         #[arg(long)]
         tenant: String,
-        #[arg(long)]
-        json: bool,
     },
     /// Re-apply version N as a new version.
     Rollback {
@@ -62,8 +54,6 @@ pub enum PolicyCmd {
         tenant: String,
         #[arg(long)]
         to: i64,
-        #[arg(long)]
-        json: bool,
     },
     /// Decide the tenant's recorded token requests again under a proposed
     /// policy and show what would have changed (nothing is applied).
@@ -83,8 +73,6 @@ pub enum PolicyCmd {
         /// ttl-shortened, ttl-lengthened, rule-changed).
         #[arg(long)]
         fail_on: Option<String>,
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -177,177 +165,159 @@ pub fn check_files(paths: &[PathBuf], json: bool) -> CmdResult {
     Ok(())
 }
 
-// One arm per subcommand; the cli/ rework (#12 point 6) makes each a
-// function. Allowed until then.
-#[allow(clippy::too_many_lines)]
-pub async fn run(settings: Settings, cmd: PolicyCmd) -> CmdResult {
+pub async fn run(settings: Settings, cmd: PolicyCmd, json: bool) -> CmdResult {
     match cmd {
-        PolicyCmd::Check { paths, json } => check_files(&paths, json),
-        PolicyCmd::Test {
-            path,
-            applied,
-            json,
-        } => {
-            let cases_text = read_file(&path)?;
-            let cases_name = path.display().to_string();
-            let compiled = if applied {
-                let tenant =
-                    policy::cases_tenant(&cases_name, &cases_text).map_err(policy_failure)?;
-                let store = store_for(&settings).await?;
-                let row = store
-                    .current_policy(&tenant)
-                    .await?
-                    .ok_or_else(|| Failure {
-                        message: format!("tenant {tenant} has no applied policy"),
-                        code: 1,
-                    })?;
-                let doc =
-                    policy::parse_stored(&row.source_name, &row.source).map_err(policy_failure)?;
-                policy::CompiledPolicy::compile(doc, row.version)
-            } else {
-                let policy_path =
-                    policy::cases_policy_path(&path, &cases_text).map_err(policy_failure)?;
-                let text = read_file(&policy_path)?;
-                let doc = policy::parse(&policy_path.display().to_string(), &text)
-                    .map_err(policy_failure)?;
-                policy::CompiledPolicy::compile(doc, 0)
-            };
-            let report =
-                policy::run_cases(&compiled, &cases_name, &cases_text).map_err(policy_failure)?;
-            if json {
-                out_json(&report);
-            } else {
-                out(report.to_string());
-            }
-            if report.failed() > 0 {
-                return Err(Failure {
-                    message: format!("{} of {} cases failed", report.failed(), report.total()),
-                    code: 1,
-                });
-            }
-            Ok(())
-        }
-        PolicyCmd::Apply {
-            paths,
-            dry_run,
-            json,
-        } => {
-            let store = store_for(&settings).await?;
-            // Validate every file before applying any.
-            let mut texts = Vec::new();
-            for p in &paths {
-                let text = read_file(p)?;
-                if let Err(errs) = policy::parse(&p.display().to_string(), &text) {
-                    for e in &errs {
-                        eprintln!("{e}");
-                    }
-                    return Err(Failure {
-                        message: format!("{} is invalid; nothing was applied", p.display()),
-                        code: 1,
-                    });
-                }
-                texts.push((file_name(p), text));
-            }
-            for (name, text) in texts {
-                let o = admin::apply_policy(
-                    &store,
-                    &secret_resolver(&settings),
-                    &name,
-                    &text,
-                    None,
-                    dry_run,
-                    &Actor::Cli,
-                    None,
-                    crate::clock::now_unix_ms(),
-                )
-                .await?;
-                print_outcome(&o, json);
-            }
-            Ok(())
-        }
-        PolicyCmd::Show {
-            tenant,
-            version,
-            json,
-        } => {
-            let store = store_for(&settings).await?;
-            let row = match version {
-                Some(v) => store.policy_version(&tenant, v).await?,
-                None => store.current_policy(&tenant).await?,
-            }
-            .ok_or_else(|| Failure {
-                message: format!("tenant {tenant} has no such policy version"),
-                code: 1,
-            })?;
-            if json {
-                out_json(&crate::routes::policy::VersionView::of(row, true));
-            } else {
-                out(format!(
-                    "# tenant {} version {} applied {} by {}",
-                    row.tenant,
-                    row.version,
-                    fmt_ms(row.applied_at_ms),
-                    row.applied_by
-                ));
-                out(row.source);
-            }
-            Ok(())
-        }
-        PolicyCmd::History { tenant, json } => {
-            let store = store_for(&settings).await?;
-            let rows = store.policy_history(&tenant).await?;
-            if json {
-                let items: Vec<_> = rows
-                    .into_iter()
-                    .map(|r| crate::routes::policy::VersionView::of(r, false))
-                    .collect();
-                out_json(&json!({ "items": items }));
-            } else {
-                out("VERSION  APPLIED                   BY                  SHA-256       NOTE");
-                for r in rows {
-                    out(format!(
-                        "{:<8} {:<25} {:<19} {:<13} {}",
-                        r.version,
-                        fmt_ms(r.applied_at_ms),
-                        r.applied_by,
-                        &r.sha256[..12.min(r.sha256.len())],
-                        r.note.unwrap_or_default()
-                    ));
-                }
-            }
-            Ok(())
-        }
+        PolicyCmd::Check { paths } => check_files(&paths, json),
+        PolicyCmd::Test { path, applied } => test(&settings, path, applied, json).await,
+        PolicyCmd::Apply { paths, dry_run } => apply(&settings, paths, dry_run, json).await,
+        PolicyCmd::Show { tenant, version } => show(&settings, tenant, version, json).await,
+        PolicyCmd::History { tenant } => history(&settings, tenant, json).await,
         PolicyCmd::Replay {
             path,
             since,
             until,
             tenant,
             fail_on,
-            json,
         } => replay(settings, path, since, until, tenant, fail_on, json).await,
-        PolicyCmd::Rollback { tenant, to, json } => {
-            let store = store_for(&settings).await?;
-            let o = admin::rollback_policy(
-                &store,
-                &secret_resolver(&settings),
-                &tenant,
-                to,
-                &Actor::Cli,
-                crate::clock::now_unix_ms(),
-            )
-            .await?;
-            print_outcome(&o, json);
-            Ok(())
-        }
+        PolicyCmd::Rollback { tenant, to } => rollback(&settings, tenant, to, json).await,
     }
 }
 
-/// Resolves tenants' secret references as the broker does (same namespace rules).
-pub fn secret_resolver(settings: &Settings) -> crate::secrets::SecretResolver {
-    crate::secrets::SecretResolver::new(
-        settings.secrets_dir.clone(),
-        crate::state::SECRET_READ_BOUND,
+async fn test(settings: &Settings, path: PathBuf, applied: bool, json: bool) -> CmdResult {
+    let cases_text = read_file(&path)?;
+    let cases_name = path.display().to_string();
+    let compiled = if applied {
+        let tenant = policy::cases_tenant(&cases_name, &cases_text).map_err(policy_failure)?;
+        let store = store_for(settings).await?;
+        let row = store
+            .current_policy(&tenant)
+            .await?
+            .ok_or_else(|| Failure {
+                message: format!("tenant {tenant} has no applied policy"),
+                code: 1,
+            })?;
+        let doc = policy::parse_stored(&row.source_name, &row.source).map_err(policy_failure)?;
+        policy::CompiledPolicy::compile(doc, row.version)
+    } else {
+        let policy_path = policy::cases_policy_path(&path, &cases_text).map_err(policy_failure)?;
+        let text = read_file(&policy_path)?;
+        let doc =
+            policy::parse(&policy_path.display().to_string(), &text).map_err(policy_failure)?;
+        policy::CompiledPolicy::compile(doc, 0)
+    };
+    let report = policy::run_cases(&compiled, &cases_name, &cases_text).map_err(policy_failure)?;
+    if json {
+        out_json(&report);
+    } else {
+        out(report.to_string());
+    }
+    if report.failed() > 0 {
+        return Err(Failure {
+            message: format!("{} of {} cases failed", report.failed(), report.total()),
+            code: 1,
+        });
+    }
+    Ok(())
+}
+
+async fn apply(settings: &Settings, paths: Vec<PathBuf>, dry_run: bool, json: bool) -> CmdResult {
+    let store = store_for(settings).await?;
+    // Validate every file before applying any.
+    let mut texts = Vec::new();
+    for p in &paths {
+        let text = read_file(p)?;
+        if let Err(errs) = policy::parse(&p.display().to_string(), &text) {
+            for e in &errs {
+                eprintln!("{e}");
+            }
+            return Err(Failure {
+                message: format!("{} is invalid; nothing was applied", p.display()),
+                code: 1,
+            });
+        }
+        texts.push((file_name(p), text));
+    }
+    for (name, text) in texts {
+        let o = admin::apply_policy(
+            &store,
+            &secret_resolver(settings),
+            &name,
+            &text,
+            None,
+            dry_run,
+            &Actor::Cli,
+            None,
+            crate::clock::now_unix_ms(),
+        )
+        .await?;
+        print_outcome(&o, json);
+    }
+    Ok(())
+}
+
+async fn show(settings: &Settings, tenant: String, version: Option<i64>, json: bool) -> CmdResult {
+    let store = store_for(settings).await?;
+    let row = match version {
+        Some(v) => store.policy_version(&tenant, v).await?,
+        None => store.current_policy(&tenant).await?,
+    }
+    .ok_or_else(|| Failure {
+        message: format!("tenant {tenant} has no such policy version"),
+        code: 1,
+    })?;
+    if json {
+        out_json(&crate::admin::VersionView::of(row, true));
+    } else {
+        out(format!(
+            "# tenant {} version {} applied {} by {}",
+            row.tenant,
+            row.version,
+            fmt_ms(row.applied_at_ms),
+            row.applied_by
+        ));
+        out(row.source);
+    }
+    Ok(())
+}
+
+async fn history(settings: &Settings, tenant: String, json: bool) -> CmdResult {
+    let store = store_for(settings).await?;
+    let rows = store.policy_history(&tenant).await?;
+    if json {
+        let items: Vec<_> = rows
+            .into_iter()
+            .map(|r| crate::admin::VersionView::of(r, false))
+            .collect();
+        out_json(&json!({ "items": items }));
+    } else {
+        out("VERSION  APPLIED                   BY                  SHA-256       NOTE");
+        for r in rows {
+            out(format!(
+                "{:<8} {:<25} {:<19} {:<13} {}",
+                r.version,
+                fmt_ms(r.applied_at_ms),
+                r.applied_by,
+                &r.sha256[..12.min(r.sha256.len())],
+                r.note.unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn rollback(settings: &Settings, tenant: String, to: i64, json: bool) -> CmdResult {
+    let store = store_for(settings).await?;
+    let o = admin::rollback_policy(
+        &store,
+        &secret_resolver(settings),
+        &tenant,
+        to,
+        &Actor::Cli,
+        crate::clock::now_unix_ms(),
     )
+    .await?;
+    print_outcome(&o, json);
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
