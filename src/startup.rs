@@ -29,6 +29,8 @@ pub struct Application {
     state: web::Data<AppState>,
     writer_task: JoinHandle<()>,
     poller: JoinHandle<()>,
+    /// Keeps the database's planner statistics current (`Store::optimize`).
+    optimizer: JoinHandle<()>,
     /// The periodic audit checkpoint writer (with a checkpoint key).
     checkpoint_task: Option<JoinHandle<()>>,
 }
@@ -54,6 +56,21 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
         })?;
     store.migrate().await?;
     Ok(store)
+}
+
+/// How often the planner statistics are refreshed (and once at start).
+const OPTIMIZE_EVERY: Duration = Duration::from_secs(3 * 3600);
+
+/// Runs `Store::optimize` at start and then every few hours; a failure is
+/// logged and tried again next time (the statistics only steer the planner).
+async fn keep_statistics(store: Store) {
+    let mut tick = tokio::time::interval(OPTIMIZE_EVERY);
+    loop {
+        tick.tick().await;
+        if let Err(e) = store.optimize().await {
+            tracing::warn!(error = %e, "refreshing the database's planner statistics failed");
+        }
+    }
 }
 
 /// The master keyring, when one is configured. A configured file that cannot
@@ -147,6 +164,7 @@ impl Application {
         .listen(listener)?
         .run();
         let poller = tokio::spawn(Arc::clone(&state).follow_changes(CHANGE_POLL));
+        let optimizer = tokio::spawn(keep_statistics(state.store.clone()));
         tracing::info!(listen = %settings.listen.ip(), port, database = ?state.store.url_redacted(), "token-broker listening");
         Ok(Application {
             port,
@@ -154,6 +172,7 @@ impl Application {
             state,
             writer_task,
             poller,
+            optimizer,
             checkpoint_task,
         })
     }
@@ -176,6 +195,8 @@ impl Application {
         let result = self.server.await;
         self.poller.abort();
         let _ = self.poller.await;
+        self.optimizer.abort();
+        let _ = self.optimizer.await;
         if let Some(t) = self.checkpoint_task {
             t.abort();
             let _ = t.await;

@@ -5,10 +5,10 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::output::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
+use crate::audit::AuditRow;
 use crate::audit::chain::ChainFault;
 use crate::audit::checkpoint::{self, Checkpointer, SigningKey, VerifierKey};
 use crate::audit::query::{AuditParams, csv_header, csv_line, encode_cursor, parse_time};
-use crate::audit::AuditRow;
 use crate::settings::Settings;
 use crate::store::{AuditFilter, Store};
 

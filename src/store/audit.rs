@@ -451,12 +451,19 @@ impl Store {
                         $qb.push(format!(" AND {col} = ")).push_bind(v.clone());
                     }
                 }
-                if let Some(v) = &f.session_id {
-                    $qb.push(" AND session_id IN (")
-                        .push_bind(v.clone())
-                        .push(", ");
-                    $qb.push_bind(f.session_id_as_given.clone().unwrap_or_else(|| v.clone()))
-                        .push(")");
+                match (&f.session_id, &f.session_id_as_given) {
+                    (Some(v), Some(given)) => {
+                        $qb.push(" AND session_id IN (")
+                            .push_bind(v.clone())
+                            .push(", ")
+                            .push_bind(given.clone())
+                            .push(")");
+                    }
+                    // One spelling: an equality, so its index yields rows in page order.
+                    (Some(v), None) => {
+                        $qb.push(" AND session_id = ").push_bind(v.clone());
+                    }
+                    (None, _) => {}
                 }
                 if let Some(v) = f.policy_version {
                     $qb.push(" AND policy_version = ").push_bind(v);
@@ -603,7 +610,11 @@ impl Store {
         F: FnMut(ChainText) -> bool,
     {
         let agg = match self.dialect() {
-            super::Dialect::Sqlite => "group_concat(line, '' ORDER BY seq)",
+            // No ORDER BY in the aggregate: SQLite would copy every line into a
+            // temporary b-tree to sort what the subquery already returns in
+            // order. Should rows ever come out of order, the verifier's sequence
+            // check fails the page and the Rust pass reads it instead.
+            super::Dialect::Sqlite => "group_concat(line, '')",
             super::Dialect::Postgres => "string_agg(line, '' ORDER BY seq)",
         };
         let sql = format!(
@@ -705,11 +716,21 @@ impl Store {
         since_ms: Option<i64>,
         until_ms: Option<i64>,
     ) -> StoreResult<Vec<SummaryRow>> {
+        // SQLite: `+col` keeps the planner from walking a whole per-column
+        // index to get the groups in order (a table lookup per row of the
+        // tenant's history); it reads the time range instead.
+        let plus = match self.dialect() {
+            super::Dialect::Sqlite => "+",
+            super::Dialect::Postgres => "",
+        };
+        let user = format!("{plus}user_id");
+        let session = format!("{plus}session_id");
+        let rule_key = format!("{plus}rule");
         let key = match by {
             "role" => "COALESCE(granted_role, requested_role)",
-            "user" => "user_id",
-            "session" => "session_id",
-            "rule" => "rule",
+            "user" => user.as_str(),
+            "session" => session.as_str(),
+            "rule" => rule_key.as_str(),
             "day" => match self.dialect() {
                 super::Dialect::Sqlite => "strftime('%Y-%m-%d', at_ms / 1000, 'unixepoch')",
                 super::Dialect::Postgres => {
@@ -722,15 +743,30 @@ impl Store {
                 )));
             }
         };
+        // Only the bounds given: an unbounded summary reads the tenant's rows
+        // in order (no index to walk), a window reads the time index's range.
+        let window = match (since_ms, until_ms) {
+            (Some(_), Some(_)) => "AND at_ms >= $2 AND at_ms < $3",
+            (Some(_), None) => "AND at_ms >= $2",
+            (None, Some(_)) => "AND at_ms < $2",
+            (None, None) => "",
+        };
         let sql = format!(
             "SELECT {key} AS key, \
              SUM(CASE WHEN outcome = 'issued' THEN 1 ELSE 0 END) AS issued, \
              SUM(CASE WHEN outcome = 'refused' THEN 1 ELSE 0 END) AS refused \
-             FROM audit_events WHERE tenant = $1 AND kind IN ('token_issued', 'token_refused') \
-             AND at_ms >= $2 AND at_ms < $3 GROUP BY {key} ORDER BY issued DESC, refused DESC, key"
+             FROM audit_events WHERE tenant = $1 AND {plus}kind IN ('token_issued', 'token_refused') \
+             {window} GROUP BY {key} ORDER BY issued DESC, refused DESC, key"
         );
-        Ok(with_pool!(self, p => sqlx::query_as::<_, SummaryRow>(&sql)
-            .bind(tenant).bind(since_ms.unwrap_or(i64::MIN)).bind(until_ms.unwrap_or(i64::MAX))
-            .fetch_all(p).await)?)
+        Ok(with_pool!(self, p => {
+            let mut q = sqlx::query_as::<_, SummaryRow>(&sql).bind(tenant);
+            if let Some(v) = since_ms {
+                q = q.bind(v);
+            }
+            if let Some(v) = until_ms {
+                q = q.bind(v);
+            }
+            q.fetch_all(p).await
+        })?)
     }
 }
