@@ -58,14 +58,16 @@ setup_broker() { # $1 = store name; prints the API key
     url="${PG_URL%/*}/tb_bench"
   fi
   echo "$url" >"$dir/url"
-  printf '%s' "$API_SECRET" >"$dir/secret"; chmod 600 "$dir/secret"
+  # The secret lives in the tenant's own namespace: <data_dir>/secrets/bench/.
+  mkdir -p "$dir/secrets/bench"; chmod 700 "$dir/secrets" "$dir/secrets/bench"
+  printf '%s' "$API_SECRET" >"$dir/secrets/bench/api_secret"; chmod 600 "$dir/secrets/bench/api_secret"
   cat >"$dir/bench.toml" <<TOML
 tenant = "bench"
 [[credentials]]
 name = "main"
 provider = "opentok"
 api_key = "$API_KEY"
-api_secret = "file:$dir/secret"
+api_secret = "file:api_secret"
 token_format = "jwt"
 [defaults]
 role = "publisher"

@@ -63,6 +63,17 @@ pub async fn verify_tenant(
     tenant: &str,
     checkpoint: Option<&Checkpoint>,
 ) -> Result<TenantVerify, VerifyError> {
+    verify_tenant_paged(store, tenant, checkpoint, PAGE).await
+}
+
+/// `verify_tenant` with pages of `page` rows (tests use small pages to
+/// exercise the two-range read and the joins on short chains).
+pub async fn verify_tenant_paged(
+    store: &Store,
+    tenant: &str,
+    checkpoint: Option<&Checkpoint>,
+    page: i64,
+) -> Result<TenantVerify, VerifyError> {
     // After a prune the chain starts at the recorded prune point.
     let start = store.last_prune(tenant).await?;
     let (from_seq, from_hash) = start
@@ -76,17 +87,19 @@ pub async fn verify_tenant(
     let start = Progress {
         v: Verifier::new(from_seq, &from_hash),
         seen_at_checkpoint: None,
+        entry_hash: None,
     };
-    let (progress, complete) = fast_pass(store, tenant, head_seq, cp_count, start).await?;
+    let (progress, complete) = fast_pass(store, tenant, head_seq, cp_count, start, page).await?;
     let rows_fast = progress.v.rows;
     let (progress, mut fault) = if complete {
         (progress, None)
     } else {
-        rust_pass(store, tenant, head_seq, cp_count, progress).await?
+        rust_pass(store, tenant, head_seq, cp_count, progress, page).await?
     };
     let Progress {
         v,
         seen_at_checkpoint,
+        ..
     } = progress;
     if fault.is_none() {
         let (hs, hh) = head
@@ -132,21 +145,78 @@ pub async fn verify_tenant(
 struct Progress {
     v: Verifier,
     seen_at_checkpoint: Option<String>,
+    /// For a range after the first: the `prev_hash` its first row claims.
+    entry_hash: Option<String>,
 }
 
 /// The fast pass. Returns the progress after the last page that held
 /// entirely, and whether that is the whole chain up to `head_seq`.
+///
+/// A long chain is read as two ranges at once, by two connections (so the
+/// database's work, rendering the JSON, uses both cores), each hashed on its
+/// own thread. The second range starts from the `prev_hash` its first row
+/// claims; the two join only if that is exactly the hash the first range
+/// ended on, at the position it ended on. Otherwise (or at any fault) the
+/// Rust pass goes on from the end of the first range's last good page.
 async fn fast_pass(
     store: &Store,
     tenant: &str,
     head_seq: i64,
     cp_count: Option<i64>,
     start: Progress,
+    page: i64,
 ) -> Result<(Progress, bool), VerifyError> {
     let line_sql = canonical_line_sql(match store.dialect() {
         Dialect::Sqlite => SqlDialect::Sqlite,
         Dialect::Postgres => SqlDialect::Postgres,
     });
+    let from_seq = start.v.expected_seq - 1;
+    if head_seq - from_seq < 4 * page {
+        return fast_range(store, tenant, head_seq, &line_sql, cp_count, start, page).await;
+    }
+    let mid = from_seq + (head_seq - from_seq) / 2;
+    let second = Progress {
+        v: Verifier::new(mid, ""),
+        seen_at_checkpoint: None,
+        entry_hash: None,
+    };
+    let (first, second) = tokio::join!(
+        fast_range(store, tenant, mid, &line_sql, cp_count, start, page),
+        fast_range(store, tenant, head_seq, &line_sql, cp_count, second, page),
+    );
+    let ((p1, ok1), (p2, ok2)) = (first?, second?);
+    let joined = ok1
+        && ok2
+        && p1.v.expected_seq - 1 == mid
+        && p2.entry_hash.as_deref() == Some(p1.v.head_hash.as_str());
+    if !joined {
+        return Ok((p1, false));
+    }
+    Ok((
+        Progress {
+            v: Verifier {
+                expected_seq: p2.v.expected_seq,
+                head_hash: p2.v.head_hash,
+                rows: p1.v.rows + p2.v.rows,
+            },
+            seen_at_checkpoint: p1.seen_at_checkpoint.or(p2.seen_at_checkpoint),
+            entry_hash: p1.entry_hash,
+        },
+        true,
+    ))
+}
+
+/// The fast pass over one range, from `start` to `upto_seq`: pages read here,
+/// checked in order on a second thread.
+async fn fast_range(
+    store: &Store,
+    tenant: &str,
+    upto_seq: i64,
+    line_sql: &str,
+    cp_count: Option<i64>,
+    start: Progress,
+    page: i64,
+) -> Result<(Progress, bool), VerifyError> {
     let from_seq = start.v.expected_seq - 1;
     let (tx, rx) = std::sync::mpsc::sync_channel::<ChainText>(2);
     let checker = std::thread::spawn(move || {
@@ -162,15 +232,15 @@ async fn fast_pass(
         (p, true)
     });
     let scanned = store
-        .scan_chain_text(tenant, from_seq, head_seq, PAGE, &line_sql, |page| {
-            tx.send(page).is_ok()
+        .scan_chain_text(tenant, from_seq, upto_seq, page, line_sql, |text| {
+            tx.send(text).is_ok()
         })
         .await;
     drop(tx);
     let (p, all_pages_held) = checker.join().map_err(|_| VerifyError::Thread)?;
     // A failed query (say, a value the database cannot render as JSON) is
     // not a verdict: the Rust pass reads the same rows its own way.
-    let complete = all_pages_held && scanned.is_ok() && p.v.expected_seq - 1 == head_seq;
+    let complete = all_pages_held && scanned.is_ok() && p.v.expected_seq - 1 == upto_seq;
     Ok((p, complete))
 }
 
@@ -188,6 +258,12 @@ fn check_text_page(p: &mut Progress, page: &ChainText, cp_count: Option<i64>) ->
         else {
             return false;
         };
+        if p.v.rows == 0 && p.v.head_hash.is_empty() {
+            // A range after the first: it starts from what its first row
+            // claims, checked where the ranges join.
+            p.entry_hash = Some(prev.to_owned());
+            p.v.head_hash.push_str(prev);
+        }
         if seq.parse::<i64>().ok() != Some(p.v.expected_seq) || prev != p.v.head_hash {
             return false;
         }
@@ -216,15 +292,16 @@ async fn rust_pass(
     head_seq: i64,
     cp_count: Option<i64>,
     start: Progress,
+    page: i64,
 ) -> Result<(Progress, Option<ChainFault>), VerifyError> {
     let from_seq = start.v.expected_seq - 1;
     let (tx, rx) = std::sync::mpsc::sync_channel::<ChainPage>(2);
     let checker = std::thread::spawn(move || {
         let mut p = start;
         let mut buf = Vec::with_capacity(2048);
-        for page in rx {
+        for rows in rx {
             let mut fault = None;
-            page.for_each(|row| {
+            rows.for_each(|row| {
                 let row = match row {
                     Ok(r) => r,
                     Err(e) => {
@@ -257,8 +334,8 @@ async fn rust_pass(
         (p, None)
     });
     let scanned = store
-        .scan_chain(tenant, from_seq, head_seq, PAGE, |page| {
-            tx.send(page).is_ok()
+        .scan_chain(tenant, from_seq, head_seq, page, |rows| {
+            tx.send(rows).is_ok()
         })
         .await;
     drop(tx);

@@ -610,12 +610,12 @@ impl Store {
         F: FnMut(ChainText) -> bool,
     {
         let agg = match self.dialect() {
-            // No ORDER BY in the aggregate: SQLite would copy every line into a
-            // temporary b-tree to sort what the subquery already returns in
-            // order. Should rows ever come out of order, the verifier's sequence
+            // No ORDER BY in the aggregate: the database would copy every line
+            // into a sort (SQLite: a temporary b-tree) for what the subquery
+            // already returns in order. Should rows ever come out of order, the verifier's sequence
             // check fails the page and the Rust pass reads it instead.
             super::Dialect::Sqlite => "group_concat(line, '')",
-            super::Dialect::Postgres => "string_agg(line, '' ORDER BY seq)",
+            super::Dialect::Postgres => "string_agg(line, '')",
         };
         let sql = format!(
             "SELECT count(*) AS n, max(seq) AS last, {agg} AS text FROM (SELECT seq, {line_sql} AS line \
