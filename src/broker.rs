@@ -220,29 +220,49 @@ struct Checked {
 /// Checks the request's shape at the edge, before any arithmetic, lookup or
 /// audit row: every identifier free of control characters (NUL included) and
 /// bounded, the session ID in a spelling the service uses, the expiry within
-/// the 30-day limit.
-// Long: every field of a token request is checked here, once; to be split
-// when requests become types valid by construction (#12 point 8).
-#[allow(clippy::too_many_lines)]
+/// the 30-day limit. The fields are checked in this order, so the first bad
+/// one is the one reported.
 fn validate(caller: &Call, req: &TokenRequest, now: i64) -> Result<Checked, Box<Refusal>> {
     let session = SessionId::parse(&req.session_id)
         .map_err(|e| Refusal::invalid(e.code(), "session_id", e.to_string()))?;
-    let who = match (caller.who.identity(), &req.user) {
-        (Some(_), Some(_)) => {
-            return Err(Refusal::invalid(
-                "user_not_allowed",
-                "user",
-                "the identity comes from your login token; a user object in the body is not accepted",
-            ));
-        }
-        (Some(id), None) => id.clone(),
-        (None, None) => {
-            return Err(Refusal::invalid(
-                "missing_field",
-                "user",
-                "user.id is required",
-            ));
-        }
+    let who = checked_identity(caller, req.user.as_ref())?;
+    let role = match &req.role {
+        None => None,
+        Some(r) => Some(
+            tokens::parse_role(r).map_err(|e| Refusal::invalid(e.code(), "role", e.to_string()))?,
+        ),
+    };
+    let expiry = checked_expiry(req.ttl, req.expire_time, now)?;
+    if let Some(list) = &req.initial_layout_class_list {
+        check_layout_class_list(list)?;
+    }
+    if let Some(d) = &req.data {
+        check_connection_data(d)?;
+    }
+    Ok(Checked {
+        who,
+        role,
+        expiry,
+        session,
+    })
+}
+
+/// The identity the token is for: the end user's own (from the login
+/// token), or the user object an app vouches for, which then must be given
+/// and well formed. Never both.
+fn checked_identity(caller: &Call, user: Option<&UserBody>) -> Result<Identity, Box<Refusal>> {
+    match (caller.who.identity(), user) {
+        (Some(_), Some(_)) => Err(Refusal::invalid(
+            "user_not_allowed",
+            "user",
+            "the identity comes from your login token; a user object in the body is not accepted",
+        )),
+        (Some(id), None) => Ok(id.clone()),
+        (None, None) => Err(Refusal::invalid(
+            "missing_field",
+            "user",
+            "user.id is required",
+        )),
         (None, Some(u)) => {
             check_ident("user.id", &u.id)?;
             if let Some(n) = &u.name {
@@ -258,99 +278,95 @@ fn validate(caller: &Call, req: &TokenRequest, now: i64) -> Result<Checked, Box<
             for g in &u.groups {
                 check_ident("user.groups", g)?;
             }
-            Identity {
+            Ok(Identity {
                 user_id: u.id.clone(),
                 name: u.name.clone(),
                 groups: u.groups.clone(),
                 // Vouched by the app (its API key), not by an identity provider.
                 idp: None,
-            }
-        }
-    };
-    let role = match &req.role {
-        None => None,
-        Some(r) => Some(
-            tokens::parse_role(r).map_err(|e| Refusal::invalid(e.code(), "role", e.to_string()))?,
-        ),
-    };
-    let expiry = match (req.ttl, req.expire_time) {
-        (Some(_), Some(_)) => {
-            return Err(Refusal::invalid(
-                "ttl_and_expire_time",
-                "ttl",
-                "give ttl or expire_time, not both",
-            ));
-        }
-        (Some(t), None) if !(1..=tokens::MAX_TTL_SECS).contains(&t) => {
-            return Err(Refusal::invalid(
-                "invalid_ttl",
-                "ttl",
-                format!(
-                    "ttl must be 1 to {} seconds (30 days)",
-                    tokens::MAX_TTL_SECS
-                ),
-            ));
-        }
-        (Some(t), None) => Some(Expiry::Ttl(t)),
-        (None, Some(e)) if e <= now => {
-            return Err(Refusal::invalid(
-                "expire_time_in_past",
-                "expire_time",
-                format!("expire_time {e} is not in the future"),
-            ));
-        }
-        (None, Some(e)) if e - now > tokens::MAX_TTL_SECS => {
-            return Err(Refusal::invalid(
-                "expire_time_too_far",
-                "expire_time",
-                format!("expire_time {e} is more than 30 days from now"),
-            ));
-        }
-        (None, Some(e)) => Some(Expiry::At(e)),
-        (None, None) => None,
-    };
-    if let Some(list) = &req.initial_layout_class_list {
-        if list.iter().any(|c| c.chars().any(char::is_control)) {
-            return Err(Refusal::invalid(
-                "invalid_layout_class_list",
-                "initial_layout_class_list",
-                "a class name contains a control character",
-            ));
-        }
-        tokens::validate_layout_class_list(list)
-            .map_err(|e| Refusal::invalid(e.code(), "initial_layout_class_list", e.to_string()))?;
-    }
-    if let Some(d) = &req.data {
-        if d.len() > tokens::MAX_CONNECTION_DATA_BYTES {
-            return Err(Refusal::invalid(
-                "connection_data_too_long",
-                "data",
-                format!(
-                    "data is {} bytes; connection data is limited to {} bytes",
-                    d.len(),
-                    tokens::MAX_CONNECTION_DATA_BYTES
-                ),
-            ));
-        }
-        // Tab, newline and carriage return are ordinary text (and whitespace
-        // between JSON tokens); any other control character, NUL above all,
-        // is refused: JSON text carries those escaped, never raw.
-        if d.chars()
-            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-        {
-            return Err(Refusal::invalid(
-                "invalid_data",
-                "data",
-                "data contains a control character (only tab, newline and carriage return are allowed; escape others as \\uXXXX in JSON text)",
-            ));
+            })
         }
     }
-    Ok(Checked {
-        who,
-        role,
-        expiry,
-        session,
-    })
+}
+
+/// The requested expiry: a ttl or an expire time (not both), either within
+/// 30 days of `now`, and an expire time in the future.
+fn checked_expiry(
+    ttl: Option<i64>,
+    expire_time: Option<i64>,
+    now: i64,
+) -> Result<Option<Expiry>, Box<Refusal>> {
+    match (ttl, expire_time) {
+        (Some(_), Some(_)) => Err(Refusal::invalid(
+            "ttl_and_expire_time",
+            "ttl",
+            "give ttl or expire_time, not both",
+        )),
+        (Some(t), None) if !(1..=tokens::MAX_TTL_SECS).contains(&t) => Err(Refusal::invalid(
+            "invalid_ttl",
+            "ttl",
+            format!(
+                "ttl must be 1 to {} seconds (30 days)",
+                tokens::MAX_TTL_SECS
+            ),
+        )),
+        (Some(t), None) => Ok(Some(Expiry::Ttl(t))),
+        (None, Some(e)) if e <= now => Err(Refusal::invalid(
+            "expire_time_in_past",
+            "expire_time",
+            format!("expire_time {e} is not in the future"),
+        )),
+        (None, Some(e)) if e - now > tokens::MAX_TTL_SECS => Err(Refusal::invalid(
+            "expire_time_too_far",
+            "expire_time",
+            format!("expire_time {e} is more than 30 days from now"),
+        )),
+        (None, Some(e)) => Ok(Some(Expiry::At(e))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `initial_layout_class_list`: no control characters, then the token
+/// format's own limits.
+fn check_layout_class_list(list: &[String]) -> Result<(), Box<Refusal>> {
+    if list.iter().any(|c| c.chars().any(char::is_control)) {
+        return Err(Refusal::invalid(
+            "invalid_layout_class_list",
+            "initial_layout_class_list",
+            "a class name contains a control character",
+        ));
+    }
+    tokens::validate_layout_class_list(list)
+        .map_err(|e| Refusal::invalid(e.code(), "initial_layout_class_list", e.to_string()))?;
+    Ok(())
+}
+
+/// The app's connection data: bounded, and free of raw control characters.
+fn check_connection_data(d: &str) -> Result<(), Box<Refusal>> {
+    if d.len() > tokens::MAX_CONNECTION_DATA_BYTES {
+        return Err(Refusal::invalid(
+            "connection_data_too_long",
+            "data",
+            format!(
+                "data is {} bytes; connection data is limited to {} bytes",
+                d.len(),
+                tokens::MAX_CONNECTION_DATA_BYTES
+            ),
+        ));
+    }
+    // Tab, newline and carriage return are ordinary text (and whitespace
+    // between JSON tokens); any other control character, NUL above all,
+    // is refused: JSON text carries those escaped, never raw.
+    if d.chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(Refusal::invalid(
+            "invalid_data",
+            "data",
+            "data contains a control character (only tab, newline and carriage return are allowed; escape others as \\uXXXX in JSON text)",
+        ));
+    }
+    Ok(())
 }
 
 /// The connection data the broker signs: compact JSON with the authenticated
@@ -487,9 +503,7 @@ pub async fn handle(
     r
 }
 
-// To be split with the move from ApiError to the issuance service's own
-// errors (#12 point 2); allowed until then so the two reworks do not collide.
-#[allow(clippy::too_many_lines)]
+/// The pipeline's steps, in the order the module comment gives them.
 async fn run(
     state: &AppState,
     caller: &Call,
@@ -502,37 +516,21 @@ async fn run(
     let (who, role, expiry) = (&checked.who, checked.role, checked.expiry);
     let sid = &checked.session;
     let facts = state.session_facts(&caller.tenant, sid.canonical()).await?;
-    let row = || {
-        base_row(
-            caller,
-            &checked,
-            &facts,
-            now_ms,
-            Kind::TokenRefused,
-            AuditOutcome::Refused,
-        )
-    };
+    let row = |k, o| base_row(caller, &checked, &facts, now_ms, k, o);
+    let refused_row = || row(Kind::TokenRefused, AuditOutcome::Refused);
 
     let Some(rt) = state.tenant(&caller.tenant) else {
-        let e = Refusal::new(
-            Class::Refused,
-            "no_policy",
-            "this tenant has no policy applied, so nothing is granted",
-        );
-        return Err(refuse(state, mode, row(), e).await.into());
+        return Err(refuse(state, mode, refused_row(), no_policy()).await.into());
     };
-    let version = rt.policy.version;
     let Some(cred) = rt.credential_for(sid.owner()) else {
-        let e = Refusal {
-            field: Some("session_id".into()),
-            policy_version: Some(version),
-            ..Refusal::new(
-                Class::Refused,
-                "session_not_owned",
-                "the session belongs to none of this tenant's credentials",
-            )
-        };
-        return Err(refuse(state, mode, row(), e).await.into());
+        let e = session_not_owned(rt.policy.version);
+        return Err(refuse(state, mode, refused_row(), e).await.into());
+    };
+    // Refusals from here on name the credential in their audit row.
+    let cred_row = || {
+        let mut r = refused_row();
+        r.credential = Some(cred.name.clone());
+        r
     };
     let decision = policy::decide(
         &rt.policy,
@@ -544,51 +542,14 @@ async fn run(
         matches!(mode, Mode::Decide { explain: true }),
     )
     .map_err(|e| Refusal::invalid(e.code(), e.field(), e.to_string()))?;
-
-    let (granted_role, expire_time) = match &decision.outcome {
-        Outcome::Granted {
-            role, expire_time, ..
-        } => (*role, *expire_time),
-        Outcome::Refused(code) => {
-            let e = Refusal {
-                rule: decision.rule.clone(),
-                policy_version: Some(decision.policy_version),
-                decision: serde_json::to_value(DecisionView::of(&decision)).ok(),
-                ..Refusal::new(Class::Refused, code.code(), decision.reason.clone())
-            };
-            let mut r = row();
-            r.credential = Some(cred.name.clone());
-            return Err(refuse(state, mode, r, e).await.into());
-        }
+    let (granted_role, expire_time) = match granted(&decision) {
+        Ok(g) => g,
+        Err(e) => return Err(refuse(state, mode, cred_row(), *e).await.into()),
     };
-    let connection_data = stamp(&caller.tenant, who, caller.who.idp(), req.data.as_deref());
-    if connection_data.len() > tokens::MAX_CONNECTION_DATA_BYTES {
-        return Err(Refusal::invalid(
-            "connection_data_too_long",
-            "data",
-            format!(
-                "the stamped connection data would be {} bytes (identity plus data); the limit is {} bytes",
-                connection_data.len(),
-                tokens::MAX_CONNECTION_DATA_BYTES
-            ),
-        )
-        .into());
-    }
-    let signer = match &cred.signer {
-        Ok(s) => s,
-        Err(_) => {
-            let e = Refusal::new(
-                Class::Unavailable,
-                "credential_unavailable",
-                format!(
-                    "credential {} cannot be used on this broker (its secret reference does not resolve)",
-                    cred.name
-                ),
-            );
-            let mut r = row();
-            r.credential = Some(cred.name.clone());
-            return Err(refuse(state, mode, r, e).await.into());
-        }
+    let connection_data = stamped_within_limit(caller, who, req)?;
+    let Ok(signer) = &cred.signer else {
+        let e = credential_unavailable(&cred.name);
+        return Err(refuse(state, mode, cred_row(), e).await.into());
     };
     let mut out = Issued {
         token: None,
@@ -605,54 +566,153 @@ async fn run(
     if mode != Mode::Issue {
         return Ok(out);
     }
-    let layout = req.initial_layout_class_list.as_deref().unwrap_or(&[]);
-    let signed = signer
-        .sign(
-            &TokenParams {
-                session_id: sid.for_token(),
-                role: granted_role,
-                expire_time,
-                connection_data: Some(&out.connection_data),
-                initial_layout_class_list: layout,
-            },
-            now,
-            &Entropy::random(),
-        )
-        .map_err(|e| Refusal::invalid(e.code(), e.field(), e.to_string()))?;
-    let mut r = base_row(
-        caller,
-        &checked,
-        &facts,
-        now_ms,
-        Kind::TokenIssued,
-        AuditOutcome::Issued,
+    let signed = sign(signer, req, &out, now)?;
+    let r = issued_row(
+        row(Kind::TokenIssued, AuditOutcome::Issued),
+        &out,
+        &decision,
+        &signed,
     );
-    r.credential = Some(cred.name.clone());
-    r.granted_role = Some(granted_role.as_str().to_owned());
-    r.granted_expire_time = Some(expire_time);
-    r.rule = decision.rule.clone();
-    r.policy_version = Some(decision.policy_version);
-    r.token_id = Some(signed.token_id.clone());
-    r.token_sha256 = Some(chain::fingerprint(&signed.token));
     let audit_id = r.audit_id.clone();
     state
         .audit
         .append(r)
         .await
         .map_err(|e| audit_unavailable(state, e))?;
-    state.metrics.token_issued(
-        state.metrics.tenant_label(&caller.tenant, true),
-        granted_role.as_str(),
-        out.format,
-    );
-    if granted_role == Role::Moderator {
-        Metrics::inc(&state.metrics.moderator_tokens);
-        tracing::info!(target: "broker::security", tenant = ?caller.tenant, user = ?who.user_id, session_id = ?req.session_id, rule = ?decision.rule, "moderator token issued");
-    }
+    count_issued(state, caller, who, req, &out, &decision);
     out.token = Some(signed.token);
     out.token_id = Some(signed.token_id);
     out.audit_id = Some(audit_id);
     Ok(out)
+}
+
+fn no_policy() -> Refusal {
+    Refusal::new(
+        Class::Refused,
+        "no_policy",
+        "this tenant has no policy applied, so nothing is granted",
+    )
+}
+
+fn session_not_owned(policy_version: i64) -> Refusal {
+    Refusal {
+        field: Some("session_id".into()),
+        policy_version: Some(policy_version),
+        ..Refusal::new(
+            Class::Refused,
+            "session_not_owned",
+            "the session belongs to none of this tenant's credentials",
+        )
+    }
+}
+
+fn credential_unavailable(name: &str) -> Refusal {
+    Refusal::new(
+        Class::Unavailable,
+        "credential_unavailable",
+        format!(
+            "credential {name} cannot be used on this broker (its secret reference does not resolve)"
+        ),
+    )
+}
+
+/// The granted role and expire time, or the policy's refusal (carrying the
+/// deciding rule and the decision).
+fn granted(decision: &Decision) -> Result<(Role, i64), Box<Refusal>> {
+    match &decision.outcome {
+        Outcome::Granted {
+            role, expire_time, ..
+        } => Ok((*role, *expire_time)),
+        Outcome::Refused(code) => Err(Box::new(Refusal {
+            rule: decision.rule.clone(),
+            policy_version: Some(decision.policy_version),
+            decision: serde_json::to_value(DecisionView::of(decision)).ok(),
+            ..Refusal::new(Class::Refused, code.code(), decision.reason.clone())
+        })),
+    }
+}
+
+/// Signs the granted token (`out`'s session, role, expiry and connection data).
+fn sign(
+    signer: &tokens::Signer,
+    req: &TokenRequest,
+    out: &Issued,
+    now: i64,
+) -> Result<tokens::SignedToken, Box<Refusal>> {
+    let layout = req.initial_layout_class_list.as_deref().unwrap_or(&[]);
+    signer
+        .sign(
+            &TokenParams {
+                session_id: &out.session_id,
+                role: out.role,
+                expire_time: out.expire_time,
+                connection_data: Some(&out.connection_data),
+                initial_layout_class_list: layout,
+            },
+            now,
+            &Entropy::random(),
+        )
+        .map_err(|e| Refusal::invalid(e.code(), e.field(), e.to_string()))
+}
+
+/// The stamped connection data, refused when identity plus the app's data
+/// exceed the limit the token formats allow.
+fn stamped_within_limit(
+    caller: &Call,
+    who: &Identity,
+    req: &TokenRequest,
+) -> Result<String, Box<Refusal>> {
+    let connection_data = stamp(&caller.tenant, who, caller.who.idp(), req.data.as_deref());
+    if connection_data.len() > tokens::MAX_CONNECTION_DATA_BYTES {
+        return Err(Refusal::invalid(
+            "connection_data_too_long",
+            "data",
+            format!(
+                "the stamped connection data would be {} bytes (identity plus data); the limit is {} bytes",
+                connection_data.len(),
+                tokens::MAX_CONNECTION_DATA_BYTES
+            ),
+        ));
+    }
+    Ok(connection_data)
+}
+
+/// The audit row of an issued token: what was granted, by which rule, and
+/// the token's id and fingerprint.
+fn issued_row(
+    mut r: AuditRow,
+    out: &Issued,
+    decision: &Decision,
+    signed: &tokens::SignedToken,
+) -> AuditRow {
+    r.credential = Some(out.credential.clone());
+    r.granted_role = Some(out.role.as_str().to_owned());
+    r.granted_expire_time = Some(out.expire_time);
+    r.rule = decision.rule.clone();
+    r.policy_version = Some(decision.policy_version);
+    r.token_id = Some(signed.token_id.clone());
+    r.token_sha256 = Some(chain::fingerprint(&signed.token));
+    r
+}
+
+/// Counts an issued token; a moderator token is also logged for security.
+fn count_issued(
+    state: &AppState,
+    caller: &Call,
+    who: &Identity,
+    req: &TokenRequest,
+    out: &Issued,
+    decision: &Decision,
+) {
+    state.metrics.token_issued(
+        state.metrics.tenant_label(&caller.tenant, true),
+        out.role.as_str(),
+        out.format,
+    );
+    if out.role == Role::Moderator {
+        Metrics::inc(&state.metrics.moderator_tokens);
+        tracing::info!(target: "broker::security", tenant = ?caller.tenant, user = ?who.user_id, session_id = ?req.session_id, rule = ?decision.rule, "moderator token issued");
+    }
 }
 
 #[cfg(test)]

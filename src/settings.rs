@@ -245,9 +245,6 @@ fn as_text<S: Serializer, T: fmt::Display>(items: &[T], s: S) -> Result<S::Ok, S
 
 impl Settings {
     /// Resolves flags/environment over the config file over defaults.
-    // One step per setting, until settings are declared once (#12 point 5)
-    // and this resolver is derived; allowed until then.
-    #[allow(clippy::too_many_lines)]
     pub fn resolve(args: &SettingsArgs) -> anyhow::Result<Settings> {
         let file: toml::Table = match &args.config {
             Some(path) => {

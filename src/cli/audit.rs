@@ -408,12 +408,11 @@ fn verify_proof_cmd(file: &str, key: &str) -> CmdResult {
     }
 }
 
-// One arm per subcommand; to be made a function each, as cli/policy.rs is.
-#[allow(clippy::too_many_lines)]
 pub async fn run(settings: Settings, cmd: AuditCmd, json: bool) -> CmdResult {
     if let AuditCmd::VerifyProof { file, public_key } = &cmd {
         return verify_proof_cmd(file, public_key);
     }
+    // Every other subcommand opens the store first, as it always has.
     let store = store_for(&settings).await?;
     match cmd {
         AuditCmd::Query {
@@ -421,115 +420,19 @@ pub async fn run(settings: Settings, cmd: AuditCmd, json: bool) -> CmdResult {
             filters,
             csv,
             ndjson,
-        } => {
-            let mut f = filters.to_filter(&tenant).map_err(|e| Failure {
-                message: e.message,
-                code: 2,
-            })?;
-            record_cli_read(
-                &store,
-                &tenant,
-                &filters,
-                if csv {
-                    "csv"
-                } else if ndjson {
-                    "ndjson"
-                } else {
-                    "query"
-                },
-            )
-            .await?;
-            if csv || ndjson {
-                return export(&store, &mut f, csv).await;
-            }
-            let rows = store.query_audit(&f).await?;
-            let next = (rows.len() as i64 == f.limit)
-                .then(|| {
-                    rows.last()
-                        .map(|r| encode_cursor(crate::store::AuditCursor::after(r)))
-                })
-                .flatten();
-            if json {
-                out_json(&json!({"items": rows, "next": next}));
-            } else {
-                print_rows(&rows, next.as_deref());
-            }
-            Ok(())
-        }
+        } => query(&store, &tenant, &filters, csv, ndjson, json).await,
         AuditCmd::Verify {
             tenant,
             checkpoint,
             checkpoints,
             public_key,
         } => {
-            let (signed, vkey) = signed_checkpoints(checkpoints.as_deref(), public_key.as_deref())?;
-            let cps = match &checkpoint {
-                Some(c) => parse_checkpoints(c)?,
-                None => Vec::new(),
+            let sources = VerifySources {
+                checkpoint: checkpoint.as_deref(),
+                checkpoints: checkpoints.as_deref(),
+                public_key: public_key.as_deref(),
             };
-            let tenants: Vec<String> = match tenant {
-                Some(t) => vec![t],
-                None => {
-                    let mut t: Vec<String> = store
-                        .audit_heads()
-                        .await?
-                        .into_iter()
-                        .map(|h| h.tenant)
-                        .collect();
-                    for cp in &cps {
-                        if !t.contains(&cp.tenant) {
-                            t.push(cp.tenant.clone());
-                        }
-                    }
-                    // An erased tenant has no head left to list it.
-                    for (st, _) in &signed {
-                        if !t.contains(st) {
-                            t.push(st.clone());
-                        }
-                    }
-                    t
-                }
-            };
-            let mut results = Vec::new();
-            for t in &tenants {
-                let cp = cps.iter().find(|c| &c.tenant == t);
-                let mut r = verify_tenant(&store, t, cp).await?;
-                apply_signed(&store, &mut r, &signed, vkey.as_ref()).await?;
-                results.push(r);
-            }
-            let ok = results.iter().all(|r| r.ok);
-            let rows: u64 = results.iter().map(|r| r.rows).sum();
-            if json {
-                out_json(&json!({"ok": ok, "rows": rows, "tenants": results}));
-            } else {
-                for r in &results {
-                    match &r.fault {
-                        None => out(format!(
-                            "{}: ok, {} rows verified, head seq {} hash {}",
-                            r.tenant, r.rows, r.head_seq, r.head_hash
-                        )),
-                        Some(f) => out(format!(
-                            "{}: FAILED at seq {}{}: {} ({})",
-                            r.tenant,
-                            f.seq,
-                            if f.audit_id.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" audit id {}", f.audit_id)
-                            },
-                            f.message,
-                            f.problem
-                        )),
-                    }
-                }
-            }
-            if !ok {
-                return Err(Failure {
-                    message: "audit chain verification failed".into(),
-                    code: 1,
-                });
-            }
-            Ok(())
+            verify(&store, tenant, &sources, json).await
         }
         AuditCmd::Summary {
             tenant,
@@ -537,162 +440,21 @@ pub async fn run(settings: Settings, cmd: AuditCmd, json: bool) -> CmdResult {
             since,
             until,
         } => {
-            let since = since
-                .as_deref()
-                .map(|v| parse_time("since", v))
-                .transpose()
-                .map_err(|e| Failure {
-                    message: e.message,
-                    code: 2,
-                })?;
-            let until = until
-                .as_deref()
-                .map(|v| parse_time("until", v))
-                .transpose()
-                .map_err(|e| Failure {
-                    message: e.message,
-                    code: 2,
-                })?;
-            let groups = store.audit_summary(&tenant, &by, since, until).await?;
-            if json {
-                out_json(&json!({"by": by, "groups": groups}));
-            } else {
-                out(format!(
-                    "{:<40} {:>10} {:>10}",
-                    by.to_uppercase(),
-                    "ISSUED",
-                    "REFUSED"
-                ));
-                for g in groups {
-                    out(format!(
-                        "{:<40} {:>10} {:>10}",
-                        g.key.unwrap_or_else(|| "-".into()),
-                        g.issued,
-                        g.refused
-                    ));
-                }
-            }
-            Ok(())
+            summary(
+                &store,
+                &tenant,
+                &by,
+                since.as_deref(),
+                until.as_deref(),
+                json,
+            )
+            .await
         }
-        AuditCmd::Prune { before, tenant } => {
-            let before_ms = parse_time("before", &before).map_err(|e| Failure {
-                message: e.message,
-                code: 2,
-            })?;
-            let tenants: Vec<String> = match tenant {
-                Some(t) => vec![t],
-                None => store
-                    .audit_heads()
-                    .await?
-                    .into_iter()
-                    .map(|h| h.tenant)
-                    .collect(),
-            };
-            let now = crate::clock::now_unix_ms();
-            // With a checkpoint key the prune point is signed (a configured key
-            // that cannot be read stops the prune).
-            let key = match &settings.checkpoint_key_file {
-                Some(path) => Some(SigningKey::load(path).map_err(|e| Failure {
-                    message: e.to_string(),
-                    code: 2,
-                })?),
-                None => None,
-            };
-            let mut report = Vec::new();
-            for t in tenants {
-                let Some(p) = prune_tenant(&store, &t, before_ms, now, key.as_ref()).await? else {
-                    report.push(json!({"tenant": t, "rows_deleted": 0}));
-                    continue;
-                };
-                report.push(json!({"tenant": t, "rows_deleted": p.rows_deleted, "through_seq": p.through_seq, "through_hash": p.through_hash}));
-            }
-            if json {
-                out_json(&json!({ "pruned": report }));
-            } else {
-                for r in report {
-                    out(format!(
-                        "{}: {} rows deleted{}",
-                        r["tenant"].as_str().unwrap_or_default(),
-                        r["rows_deleted"],
-                        r.get("through_seq")
-                            .map(|s| format!(", chain now starts after seq {s}"))
-                            .unwrap_or_default()
-                    ));
-                }
-            }
-            Ok(())
-        }
+        AuditCmd::Prune { before, tenant } => prune(&settings, &store, &before, tenant, json).await,
         AuditCmd::Checkpoint { tenant } => {
-            if settings.checkpoint_key_file.is_some() {
-                let cpr = checkpointer(&settings)?;
-                let mut notes = Vec::new();
-                for h in store.audit_heads().await? {
-                    if tenant.as_ref().is_some_and(|t| *t != h.tenant) {
-                        continue;
-                    }
-                    let note = cpr
-                        .refresh(&store, &h.tenant, 1)
-                        .await
-                        .map_err(|e| Failure {
-                            message: format!("{}: {e}", h.tenant),
-                            code: 1,
-                        })?;
-                    if let Some(n) = note {
-                        notes.push((h.tenant, h.seq, h.hash, n));
-                    }
-                }
-                if json {
-                    let items: Vec<_> = notes
-                        .iter()
-                        .map(|(t, c, h, n)| json!({"tenant": t, "count": c, "hash": h, "note": n}))
-                        .collect();
-                    out_json(&json!({ "checkpoints": items }));
-                } else {
-                    for (_, _, _, n) in notes {
-                        print!("{n}");
-                    }
-                }
-                return Ok(());
-            }
-            let heads: Vec<Checkpoint> = store
-                .audit_heads()
-                .await?
-                .into_iter()
-                .filter(|h| tenant.as_ref().is_none_or(|t| *t == h.tenant))
-                .map(|h| Checkpoint {
-                    tenant: h.tenant,
-                    count: h.seq,
-                    hash: h.hash,
-                })
-                .collect();
-            if json {
-                out_json(&json!({ "checkpoints": heads }));
-            } else {
-                for h in heads {
-                    out(format!("{}\t{}\t{}", h.tenant, h.count, h.hash));
-                }
-            }
-            Ok(())
+            checkpoint_cmd(&settings, &store, tenant.as_deref(), json).await
         }
-        AuditCmd::CheckpointKey { generate, name } => {
-            let Some(path) = &settings.checkpoint_key_file else {
-                return Err(Failure {
-                    message: "no checkpoint key: set checkpoint_key_file (TOKEN_BROKER_CHECKPOINT_KEY_FILE)".into(),
-                    code: 2,
-                });
-            };
-            let key = if generate {
-                SigningKey::generate(path, &name)
-            } else {
-                SigningKey::load(path)
-            }
-            .map_err(|e| Failure {
-                message: e.to_string(),
-                code: 2,
-            })?;
-            out(key.verifier().to_string());
-            Ok(())
-        }
+        AuditCmd::CheckpointKey { generate, name } => checkpoint_key(&settings, generate, &name),
         AuditCmd::Prove {
             tenant,
             token,
@@ -701,43 +463,410 @@ pub async fn run(settings: Settings, cmd: AuditCmd, json: bool) -> CmdResult {
             from,
             to,
         } => {
-            let cpr = checkpointer(&settings)?;
-            let proof = if let (Some(from), Some(to)) = (from, to) {
-                let p = checkpoint::prove_consistency(&store, cpr.key(), &tenant, from, to)
-                    .await
-                    .map_err(prove_failure)?;
-                serde_json::to_value(p)?
-            } else {
-                let id = match (audit_id, token, token_id) {
-                    (Some(id), _, _) => Some(id),
-                    (None, t, tid) if t.is_some() || tid.is_some() => {
-                        issued_row(&store, &tenant, t.as_deref(), tid.as_deref()).await?
-                    }
-                    _ => {
-                        return Err(Failure {
-                            message: "say what to prove: --token, --audit-id, --token-id, or --from and --to".into(),
-                            code: 2,
-                        });
-                    }
-                };
-                let Some(id) = id else {
-                    return Err(Failure {
-                        message: "no such token in this tenant's audit history".into(),
-                        code: 1,
-                    });
-                };
-                let p = checkpoint::prove_inclusion(&store, &cpr, &tenant, &id)
-                    .await
-                    .map_err(prove_failure)?;
-                serde_json::to_value(p)?
+            let what = ProveWhat {
+                token,
+                audit_id,
+                token_id,
+                from,
+                to,
             };
-            if json {
-                out_json(&proof);
-            } else {
-                out(serde_json::to_string_pretty(&proof)?);
-            }
-            Ok(())
+            prove(&settings, &store, &tenant, what, json).await
         }
         AuditCmd::VerifyProof { .. } => unreachable!("handled before opening the store"),
     }
+}
+
+/// `audit query`: a page as a table or JSON, or every matching row as CSV or
+/// NDJSON. The read itself is recorded first.
+async fn query(
+    store: &Store,
+    tenant: &str,
+    filters: &AuditParams,
+    csv: bool,
+    ndjson: bool,
+    json: bool,
+) -> CmdResult {
+    let mut f = filters.to_filter(tenant).map_err(|e| Failure {
+        message: e.message,
+        code: 2,
+    })?;
+    let format = if csv {
+        "csv"
+    } else if ndjson {
+        "ndjson"
+    } else {
+        "query"
+    };
+    record_cli_read(store, tenant, filters, format).await?;
+    if csv || ndjson {
+        return export(store, &mut f, csv).await;
+    }
+    let rows = store.query_audit(&f).await?;
+    let next = (rows.len() as i64 == f.limit)
+        .then(|| {
+            rows.last()
+                .map(|r| encode_cursor(crate::store::AuditCursor::after(r)))
+        })
+        .flatten();
+    if json {
+        out_json(&json!({"items": rows, "next": next}));
+    } else {
+        print_rows(&rows, next.as_deref());
+    }
+    Ok(())
+}
+
+/// What `audit verify` checks the chains against, beyond the rows themselves.
+struct VerifySources<'a> {
+    checkpoint: Option<&'a str>,
+    checkpoints: Option<&'a str>,
+    public_key: Option<&'a str>,
+}
+
+/// `audit verify`: recompute each tenant's chain, check it against the
+/// checkpoints given, report, and fail (exit 1) when any chain is bad.
+async fn verify(
+    store: &Store,
+    tenant: Option<String>,
+    sources: &VerifySources<'_>,
+    json: bool,
+) -> CmdResult {
+    let (signed, vkey) = signed_checkpoints(sources.checkpoints, sources.public_key)?;
+    let cps = match sources.checkpoint {
+        Some(c) => parse_checkpoints(c)?,
+        None => Vec::new(),
+    };
+    let tenants = verify_tenants(store, tenant, &cps, &signed).await?;
+    let mut results = Vec::new();
+    for t in &tenants {
+        let cp = cps.iter().find(|c| &c.tenant == t);
+        let mut r = verify_tenant(store, t, cp).await?;
+        apply_signed(store, &mut r, &signed, vkey.as_ref()).await?;
+        results.push(r);
+    }
+    let ok = results.iter().all(|r| r.ok);
+    let rows: u64 = results.iter().map(|r| r.rows).sum();
+    if json {
+        out_json(&json!({"ok": ok, "rows": rows, "tenants": results}));
+    } else {
+        print_verify_results(&results);
+    }
+    if !ok {
+        return Err(Failure {
+            message: "audit chain verification failed".into(),
+            code: 1,
+        });
+    }
+    Ok(())
+}
+
+/// The tenants `audit verify` checks: the one asked for, or every tenant
+/// with a chain head, a checkpoint or a signed checkpoint.
+async fn verify_tenants(
+    store: &Store,
+    tenant: Option<String>,
+    cps: &[Checkpoint],
+    signed: &[(String, checkpoint::Checkpoint)],
+) -> Result<Vec<String>, Failure> {
+    if let Some(t) = tenant {
+        return Ok(vec![t]);
+    }
+    let mut t: Vec<String> = store
+        .audit_heads()
+        .await?
+        .into_iter()
+        .map(|h| h.tenant)
+        .collect();
+    for cp in cps {
+        if !t.contains(&cp.tenant) {
+            t.push(cp.tenant.clone());
+        }
+    }
+    // An erased tenant has no head left to list it.
+    for (st, _) in signed {
+        if !t.contains(st) {
+            t.push(st.clone());
+        }
+    }
+    Ok(t)
+}
+
+fn print_verify_results(results: &[TenantVerify]) {
+    for r in results {
+        match &r.fault {
+            None => out(format!(
+                "{}: ok, {} rows verified, head seq {} hash {}",
+                r.tenant, r.rows, r.head_seq, r.head_hash
+            )),
+            Some(f) => out(format!(
+                "{}: FAILED at seq {}{}: {} ({})",
+                r.tenant,
+                f.seq,
+                if f.audit_id.is_empty() {
+                    String::new()
+                } else {
+                    format!(" audit id {}", f.audit_id)
+                },
+                f.message,
+                f.problem
+            )),
+        }
+    }
+}
+
+/// `audit summary`: issued and refused counts grouped by one dimension.
+async fn summary(
+    store: &Store,
+    tenant: &str,
+    by: &str,
+    since: Option<&str>,
+    until: Option<&str>,
+    json: bool,
+) -> CmdResult {
+    let since = since
+        .map(|v| parse_time("since", v))
+        .transpose()
+        .map_err(|e| Failure {
+            message: e.message,
+            code: 2,
+        })?;
+    let until = until
+        .map(|v| parse_time("until", v))
+        .transpose()
+        .map_err(|e| Failure {
+            message: e.message,
+            code: 2,
+        })?;
+    let groups = store.audit_summary(tenant, by, since, until).await?;
+    if json {
+        out_json(&json!({"by": by, "groups": groups}));
+    } else {
+        out(format!(
+            "{:<40} {:>10} {:>10}",
+            by.to_uppercase(),
+            "ISSUED",
+            "REFUSED"
+        ));
+        for g in groups {
+            out(format!(
+                "{:<40} {:>10} {:>10}",
+                g.key.unwrap_or_else(|| "-".into()),
+                g.issued,
+                g.refused
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `audit prune`: delete rows older than `before` in one or every tenant,
+/// recording (and, with a checkpoint key, signing) the prune point.
+async fn prune(
+    settings: &Settings,
+    store: &Store,
+    before: &str,
+    tenant: Option<String>,
+    json: bool,
+) -> CmdResult {
+    let before_ms = parse_time("before", before).map_err(|e| Failure {
+        message: e.message,
+        code: 2,
+    })?;
+    let tenants: Vec<String> = match tenant {
+        Some(t) => vec![t],
+        None => store
+            .audit_heads()
+            .await?
+            .into_iter()
+            .map(|h| h.tenant)
+            .collect(),
+    };
+    let now = crate::clock::now_unix_ms();
+    // With a checkpoint key the prune point is signed (a configured key
+    // that cannot be read stops the prune).
+    let key = match &settings.checkpoint_key_file {
+        Some(path) => Some(SigningKey::load(path).map_err(|e| Failure {
+            message: e.to_string(),
+            code: 2,
+        })?),
+        None => None,
+    };
+    let mut report = Vec::new();
+    for t in tenants {
+        let Some(p) = prune_tenant(store, &t, before_ms, now, key.as_ref()).await? else {
+            report.push(json!({"tenant": t, "rows_deleted": 0}));
+            continue;
+        };
+        report.push(json!({"tenant": t, "rows_deleted": p.rows_deleted, "through_seq": p.through_seq, "through_hash": p.through_hash}));
+    }
+    if json {
+        out_json(&json!({ "pruned": report }));
+    } else {
+        for r in report {
+            out(format!(
+                "{}: {} rows deleted{}",
+                r["tenant"].as_str().unwrap_or_default(),
+                r["rows_deleted"],
+                r.get("through_seq")
+                    .map(|s| format!(", chain now starts after seq {s}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `audit checkpoint`: signed checkpoints with a checkpoint key, the bare
+/// chain heads without one.
+async fn checkpoint_cmd(
+    settings: &Settings,
+    store: &Store,
+    tenant: Option<&str>,
+    json: bool,
+) -> CmdResult {
+    if settings.checkpoint_key_file.is_some() {
+        return signed_checkpoint_cmd(settings, store, tenant, json).await;
+    }
+    let heads: Vec<Checkpoint> = store
+        .audit_heads()
+        .await?
+        .into_iter()
+        .filter(|h| tenant.is_none_or(|t| t == h.tenant))
+        .map(|h| Checkpoint {
+            tenant: h.tenant,
+            count: h.seq,
+            hash: h.hash,
+        })
+        .collect();
+    if json {
+        out_json(&json!({ "checkpoints": heads }));
+    } else {
+        for h in heads {
+            out(format!("{}\t{}\t{}", h.tenant, h.count, h.hash));
+        }
+    }
+    Ok(())
+}
+
+/// `audit checkpoint` with a checkpoint key: refresh and print each
+/// tenant's signed note.
+async fn signed_checkpoint_cmd(
+    settings: &Settings,
+    store: &Store,
+    tenant: Option<&str>,
+    json: bool,
+) -> CmdResult {
+    let cpr = checkpointer(settings)?;
+    let mut notes = Vec::new();
+    for h in store.audit_heads().await? {
+        if tenant.is_some_and(|t| t != h.tenant) {
+            continue;
+        }
+        let note = cpr
+            .refresh(store, &h.tenant, 1)
+            .await
+            .map_err(|e| Failure {
+                message: format!("{}: {e}", h.tenant),
+                code: 1,
+            })?;
+        if let Some(n) = note {
+            notes.push((h.tenant, h.seq, h.hash, n));
+        }
+    }
+    if json {
+        let items: Vec<_> = notes
+            .iter()
+            .map(|(t, c, h, n)| json!({"tenant": t, "count": c, "hash": h, "note": n}))
+            .collect();
+        out_json(&json!({ "checkpoints": items }));
+    } else {
+        for (_, _, _, n) in notes {
+            print!("{n}");
+        }
+    }
+    Ok(())
+}
+
+/// `audit checkpoint-key`: print (or first generate) the verifier key.
+fn checkpoint_key(settings: &Settings, generate: bool, name: &str) -> CmdResult {
+    let Some(path) = &settings.checkpoint_key_file else {
+        return Err(Failure {
+            message:
+                "no checkpoint key: set checkpoint_key_file (TOKEN_BROKER_CHECKPOINT_KEY_FILE)"
+                    .into(),
+            code: 2,
+        });
+    };
+    let key = if generate {
+        SigningKey::generate(path, name)
+    } else {
+        SigningKey::load(path)
+    }
+    .map_err(|e| Failure {
+        message: e.to_string(),
+        code: 2,
+    })?;
+    out(key.verifier().to_string());
+    Ok(())
+}
+
+/// What `audit prove` is asked to prove: one row, or consistency between
+/// two tree sizes.
+struct ProveWhat {
+    token: Option<String>,
+    audit_id: Option<String>,
+    token_id: Option<String>,
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+/// `audit prove`: an inclusion proof of one row or a consistency proof.
+async fn prove(
+    settings: &Settings,
+    store: &Store,
+    tenant: &str,
+    what: ProveWhat,
+    json: bool,
+) -> CmdResult {
+    let cpr = checkpointer(settings)?;
+    let proof = if let (Some(from), Some(to)) = (what.from, what.to) {
+        let p = checkpoint::prove_consistency(store, cpr.key(), tenant, from, to)
+            .await
+            .map_err(prove_failure)?;
+        serde_json::to_value(p)?
+    } else {
+        let id = proved_row(store, tenant, what).await?;
+        let p = checkpoint::prove_inclusion(store, &cpr, tenant, &id)
+            .await
+            .map_err(prove_failure)?;
+        serde_json::to_value(p)?
+    };
+    if json {
+        out_json(&proof);
+    } else {
+        out(serde_json::to_string_pretty(&proof)?);
+    }
+    Ok(())
+}
+
+/// The audit id of the row `audit prove` is to include: given, or the
+/// issuance row of a token or token id.
+async fn proved_row(store: &Store, tenant: &str, what: ProveWhat) -> Result<String, Failure> {
+    let id = match (what.audit_id, what.token, what.token_id) {
+        (Some(id), _, _) => Some(id),
+        (None, t, tid) if t.is_some() || tid.is_some() => {
+            issued_row(store, tenant, t.as_deref(), tid.as_deref()).await?
+        }
+        _ => {
+            return Err(Failure {
+                message: "say what to prove: --token, --audit-id, --token-id, or --from and --to"
+                    .into(),
+                code: 2,
+            });
+        }
+    };
+    id.ok_or_else(|| Failure {
+        message: "no such token in this tenant's audit history".into(),
+        code: 1,
+    })
 }

@@ -83,8 +83,6 @@ pub fn print_view(v: &CredentialView) {
     ));
 }
 
-// One arm per subcommand; to be made a function each, as cli/policy.rs is.
-#[allow(clippy::too_many_lines)]
 pub async fn run(settings: Settings, cmd: CredentialCmd, json: bool) -> CmdResult {
     let now = crate::clock::now_unix_ms();
     match cmd {
@@ -97,98 +95,157 @@ pub async fn run(settings: Settings, cmd: CredentialCmd, json: bool) -> CmdResul
             application_id,
             secret_file,
         } => {
-            let secret = read_secret(&secret_file)?;
-            let input = match provider.as_str() {
-                "opentok" => CredentialInput::Opentok {
-                    api_key: api_key
-                        .ok_or_else(|| Failure::from("--api-key is required for opentok"))?,
-                    api_secret: secret,
-                    token_format,
-                },
-                "vonage" => CredentialInput::Vonage {
-                    application_id: application_id
-                        .ok_or_else(|| Failure::from("--application-id is required for vonage"))?,
-                    private_key: secret,
-                },
-                other => {
-                    return Err(Failure::from(format!(
-                        "{other:?} is not a provider: use opentok or vonage"
-                    )));
-                }
+            let fields = SetFields {
+                provider,
+                api_key,
+                token_format,
+                application_id,
+                secret_file,
             };
-            let ring = keyring(&settings)?;
-            let store = store_for(&settings).await?;
-            let (view, created) =
-                credentials::put(&store, Some(&ring), &tenant, &name, input, &Actor::Cli, now)
-                    .await?;
-            if json {
-                out_json(&json!({"credential": view, "created": created}));
-            } else {
-                out(format!(
-                    "{} credential {name} of tenant {tenant} ({})",
-                    if created { "stored" } else { "replaced" },
-                    view.fingerprint.unwrap_or_default()
-                ));
-            }
+            set(&settings, &tenant, &name, fields, now, json).await
         }
-        CredentialCmd::List { tenant } => {
-            let store = store_for(&settings).await?;
-            let items = credentials::list(&store, &tenant).await?;
-            if json {
-                out_json(&json!({ "items": items }));
-            } else {
-                for v in &items {
-                    print_view(v);
-                }
-            }
-        }
-        CredentialCmd::Show { tenant, name } => {
-            let store = store_for(&settings).await?;
-            let v = credentials::show(&store, &tenant, &name).await?;
-            if json {
-                out_json(&v);
-            } else {
-                print_view(&v);
-            }
-        }
+        CredentialCmd::List { tenant } => list(&settings, &tenant, json).await,
+        CredentialCmd::Show { tenant, name } => show(&settings, &tenant, &name, json).await,
         CredentialCmd::Delete { tenant, name } => {
-            let store = store_for(&settings).await?;
-            credentials::delete(&store, &tenant, &name, &Actor::Cli, now).await?;
-            if json {
-                out_json(&json!({"name": name, "deleted": true}));
-            } else {
-                out(format!("deleted credential {name} of tenant {tenant}"));
-            }
+            delete(&settings, &tenant, &name, now, json).await
         }
-        CredentialCmd::Keygen { path } => {
-            let id = Keyring::generate(&path)?;
-            out(format!(
-                "wrote master key {id} to {} (mode 0600); set master_key_file to it",
-                path.display()
-            ));
-        }
-        CredentialCmd::Rekey => {
-            let ring = keyring(&settings)?;
-            let store = store_for(&settings).await?;
-            let report = credentials::rekey(&store, &ring).await?;
-            if json {
-                out_json(&report);
-            } else {
-                out(format!(
-                    "resealed {} credential(s) under master key {}; {} already current",
-                    report.resealed, report.master_key_id, report.already_current
-                ));
-                for f in &report.failed {
-                    out(format!("cannot open {f}: no configured key opens it"));
-                }
-            }
-            if !report.failed.is_empty() {
+        CredentialCmd::Keygen { path } => keygen(&path),
+        CredentialCmd::Rekey => rekey(&settings, json).await,
+    }
+}
+
+/// The flags of `credential set` that describe the credential itself.
+struct SetFields {
+    provider: String,
+    api_key: Option<String>,
+    token_format: Option<String>,
+    application_id: Option<String>,
+    secret_file: PathBuf,
+}
+
+impl SetFields {
+    /// Reads the secret and checks the provider's required flags.
+    fn into_input(self) -> Result<CredentialInput, Failure> {
+        let secret = read_secret(&self.secret_file)?;
+        Ok(match self.provider.as_str() {
+            "opentok" => CredentialInput::Opentok {
+                api_key: self
+                    .api_key
+                    .ok_or_else(|| Failure::from("--api-key is required for opentok"))?,
+                api_secret: secret,
+                token_format: self.token_format,
+            },
+            "vonage" => CredentialInput::Vonage {
+                application_id: self
+                    .application_id
+                    .ok_or_else(|| Failure::from("--application-id is required for vonage"))?,
+                private_key: secret,
+            },
+            other => {
                 return Err(Failure::from(format!(
-                    "{} credential(s) could not be opened",
-                    report.failed.len()
+                    "{other:?} is not a provider: use opentok or vonage"
                 )));
             }
+        })
+    }
+}
+
+/// `credential set`: store (or replace) a credential, sealed under the master key.
+async fn set(
+    settings: &Settings,
+    tenant: &str,
+    name: &str,
+    fields: SetFields,
+    now: i64,
+    json: bool,
+) -> CmdResult {
+    let input = fields.into_input()?;
+    let ring = keyring(settings)?;
+    let store = store_for(settings).await?;
+    let (view, created) =
+        credentials::put(&store, Some(&ring), tenant, name, input, &Actor::Cli, now).await?;
+    if json {
+        out_json(&json!({"credential": view, "created": created}));
+    } else {
+        out(format!(
+            "{} credential {name} of tenant {tenant} ({})",
+            if created { "stored" } else { "replaced" },
+            view.fingerprint.unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+/// `credential list`.
+async fn list(settings: &Settings, tenant: &str, json: bool) -> CmdResult {
+    let store = store_for(settings).await?;
+    let items = credentials::list(&store, tenant).await?;
+    if json {
+        out_json(&json!({ "items": items }));
+    } else {
+        for v in &items {
+            print_view(v);
         }
+    }
+    Ok(())
+}
+
+/// `credential show`.
+async fn show(settings: &Settings, tenant: &str, name: &str, json: bool) -> CmdResult {
+    let store = store_for(settings).await?;
+    let v = credentials::show(&store, tenant, name).await?;
+    if json {
+        out_json(&v);
+    } else {
+        print_view(&v);
+    }
+    Ok(())
+}
+
+/// `credential delete`.
+async fn delete(settings: &Settings, tenant: &str, name: &str, now: i64, json: bool) -> CmdResult {
+    let store = store_for(settings).await?;
+    credentials::delete(&store, tenant, name, &Actor::Cli, now).await?;
+    if json {
+        out_json(&json!({"name": name, "deleted": true}));
+    } else {
+        out(format!("deleted credential {name} of tenant {tenant}"));
+    }
+    Ok(())
+}
+
+/// `credential keygen`: write a new master keyring file.
+fn keygen(path: &std::path::Path) -> CmdResult {
+    let id = Keyring::generate(path)?;
+    out(format!(
+        "wrote master key {id} to {} (mode 0600); set master_key_file to it",
+        path.display()
+    ));
+    Ok(())
+}
+
+/// `credential rekey`: re-seal every stored credential under the first key;
+/// fails when any could not be opened.
+async fn rekey(settings: &Settings, json: bool) -> CmdResult {
+    let ring = keyring(settings)?;
+    let store = store_for(settings).await?;
+    let report = credentials::rekey(&store, &ring).await?;
+    if json {
+        out_json(&report);
+    } else {
+        out(format!(
+            "resealed {} credential(s) under master key {}; {} already current",
+            report.resealed, report.master_key_id, report.already_current
+        ));
+        for f in &report.failed {
+            out(format!("cannot open {f}: no configured key opens it"));
+        }
+    }
+    if !report.failed.is_empty() {
+        return Err(Failure::from(format!(
+            "{} credential(s) could not be opened",
+            report.failed.len()
+        )));
     }
     Ok(())
 }

@@ -555,23 +555,51 @@ async fn export(c: &Client, mut filters: AuditParams, csv: bool) -> CmdResult {
 /// other (each hash recomputed, each `prev_hash` the previous row's hash, no
 /// gap in `seq`), starting at genesis or at the oldest row still kept, and the
 /// checkpoint's row still carries the checkpoint's hash.
-// Shares the chain verification that moves under audit/ (#12 point 3) and
-// is rewritten by the cli/ rework (point 6); allowed until then.
-#[allow(clippy::too_many_lines)]
 async fn verify(c: &Client, checkpoint: Option<String>, json: bool) -> CmdResult {
-    let cps = match &checkpoint {
+    let (tenant, cp) = key_tenant_checkpoint(c, checkpoint.as_deref()).await?;
+    let rows = exported_rows(c).await?;
+    let (result, from_seq) = verify_rows(tenant, &rows, cp.as_ref());
+    let ok = result.ok;
+    if json {
+        out_json(
+            &json!({"ok": ok, "rows": result.rows, "from_seq": from_seq, "tenants": [result]}),
+        );
+    } else {
+        print_verify_result(&result, from_seq);
+    }
+    if !ok {
+        return Err(Failure {
+            message: "audit verification failed".into(),
+            code: 1,
+        });
+    }
+    Ok(())
+}
+
+/// The key's tenant and, when `--checkpoint` is given, its entry there (a
+/// checkpoint file may hold every tenant's heads, `audit checkpoint --json`);
+/// a checkpoint without an entry for the key's tenant is a usage error.
+async fn key_tenant_checkpoint(
+    c: &Client,
+    checkpoint: Option<&str>,
+) -> Result<(String, Option<crate::cli::audit::Checkpoint>), Failure> {
+    let cps = match checkpoint {
         Some(arg) => crate::cli::audit::parse_checkpoints(arg)?,
         None => Vec::new(),
     };
     let me = c.get("/v1/whoami").await?;
     let tenant = s(&me["tenant"]);
-    // A checkpoint file may hold every tenant's heads (`audit checkpoint --json`).
     let cp = cps.into_iter().find(|c| c.tenant == tenant);
     if checkpoint.is_some() && cp.is_none() {
         return Err(usage(&format!(
             "the checkpoint has no entry for tenant {tenant} (the key's tenant)"
         )));
     }
+    Ok((tenant, cp))
+}
+
+/// Every row the API exports for the key's tenant, in `seq` order.
+async fn exported_rows(c: &Client) -> Result<Vec<AuditRow>, Failure> {
     let filters = AuditParams {
         format: Some("ndjson".into()),
         ..AuditParams::default()
@@ -590,6 +618,16 @@ async fn verify(c: &Client, checkpoint: Option<String>, json: bool) -> CmdResult
         rows.push(r);
     }
     rows.sort_by_key(|r| r.seq);
+    Ok(rows)
+}
+
+/// Walks the chain over `rows` (sorted by `seq`) and checks the checkpoint;
+/// returns the tenant's result and the `seq` the walk started after.
+fn verify_rows(
+    tenant: String,
+    rows: &[AuditRow],
+    cp: Option<&crate::cli::audit::Checkpoint>,
+) -> (crate::cli::audit::TenantVerify, i64) {
     // The oldest row kept: after a prune it is not seq 1; the chain is
     // checked from its predecessor's hash (which the API does not vouch for).
     let (from_seq, from_hash) = match rows.first() {
@@ -599,23 +637,23 @@ async fn verify(c: &Client, checkpoint: Option<String>, json: bool) -> CmdResult
     let mut v = Verifier::new(from_seq, &from_hash);
     let mut fault: Option<ChainFault> = None;
     let mut at_cp: Option<String> = None;
-    for r in &rows {
+    for r in rows {
         if let Err(f) = v.push(r) {
             fault = Some(f);
             break;
         }
-        if cp.as_ref().map(|c| c.count) == Some(r.seq) {
+        if cp.map(|c| c.count) == Some(r.seq) {
             at_cp = Some(r.hash.clone());
         }
     }
     if fault.is_none()
-        && let Some(cp) = &cp
+        && let Some(cp) = cp
     {
         fault =
             crate::cli::audit::checkpoint_fault(cp, at_cp.as_deref(), from_seq, v.expected_seq - 1);
     }
     let result = crate::cli::audit::TenantVerify {
-        tenant: tenant.clone(),
+        tenant,
         ok: fault.is_none(),
         rows: v.rows,
         rows_fast: 0,
@@ -623,106 +661,33 @@ async fn verify(c: &Client, checkpoint: Option<String>, json: bool) -> CmdResult
         head_hash: v.head_hash.clone(),
         fault,
     };
-    let ok = result.ok;
-    if json {
-        out_json(
-            &json!({"ok": ok, "rows": result.rows, "from_seq": from_seq, "tenants": [result]}),
-        );
-    } else {
-        match &result.fault {
-            None => out(format!(
-                "{}: ok, {} rows verified (from seq {}), head seq {} hash {}",
-                result.tenant,
-                result.rows,
-                from_seq + 1,
-                result.head_seq,
-                result.head_hash
-            )),
-            Some(f) => out(format!(
-                "{}: FAILED at seq {}: {} ({})",
-                result.tenant, f.seq, f.message, f.problem
-            )),
-        }
-    }
-    if !ok {
-        return Err(Failure {
-            message: "audit verification failed".into(),
-            code: 1,
-        });
-    }
-    Ok(())
+    (result, from_seq)
 }
 
-// One arm per subcommand; to be made a function each, as cli/policy.rs is.
-#[allow(clippy::too_many_lines)]
+fn print_verify_result(result: &crate::cli::audit::TenantVerify, from_seq: i64) {
+    match &result.fault {
+        None => out(format!(
+            "{}: ok, {} rows verified (from seq {}), head seq {} hash {}",
+            result.tenant,
+            result.rows,
+            from_seq + 1,
+            result.head_seq,
+            result.head_hash
+        )),
+        Some(f) => out(format!(
+            "{}: FAILED at seq {}: {} ({})",
+            result.tenant, f.seq, f.message, f.problem
+        )),
+    }
+}
+
 async fn policy(c: &Client, cmd: RemotePolicy, json: bool) -> CmdResult {
     match cmd {
         RemotePolicy::Check { paths } => local_check(&paths, json),
         RemotePolicy::Test { path } => local_test(&path, json),
-        RemotePolicy::Apply { path, dry_run } => {
-            let text = read_file(&path)?;
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| path.display().to_string());
-            // Validate locally first: errors name lines of the local file.
-            if let Err(errs) = crate::policy::parse(&path.display().to_string(), &text) {
-                for e in &errs {
-                    eprintln!("{e}");
-                }
-                return Err(Failure {
-                    message: format!("{} is invalid; nothing was applied", path.display()),
-                    code: 1,
-                });
-            }
-            let v = c
-                .send_json(
-                    reqwest::Method::POST,
-                    "/v1/policy",
-                    &json!({"source": text, "source_name": name, "dry_run": dry_run}),
-                )
-                .await?;
-            print_outcome(v, json)
-        }
-        RemotePolicy::Show { version } => {
-            let v = match version {
-                Some(n) => c.get(&format!("/v1/policy/versions/{n}")).await?,
-                None => c.get("/v1/policy").await?,
-            };
-            if json {
-                out_json(&v);
-            } else {
-                out(format!(
-                    "# tenant {} version {} applied {} by {}",
-                    s(&v["tenant"]),
-                    s(&v["version"]),
-                    v["applied_at_ms"].as_i64().map(fmt_ms).unwrap_or_default(),
-                    s(&v["applied_by"])
-                ));
-                out(s(&v["source"]));
-            }
-            Ok(())
-        }
-        RemotePolicy::History => {
-            let v = c.get("/v1/policy/versions").await?;
-            if json {
-                out_json(&v);
-            } else {
-                out("VERSION  APPLIED                   BY                  SHA-256       NOTE");
-                for r in v["items"].as_array().into_iter().flatten() {
-                    let sha = s(&r["sha256"]);
-                    out(format!(
-                        "{:<8} {:<25} {:<19} {:<13} {}",
-                        s(&r["version"]),
-                        r["applied_at_ms"].as_i64().map(fmt_ms).unwrap_or_default(),
-                        s(&r["applied_by"]),
-                        &sha[..12.min(sha.len())],
-                        s(&r["note"])
-                    ));
-                }
-            }
-            Ok(())
-        }
+        RemotePolicy::Apply { path, dry_run } => policy_apply(c, &path, dry_run, json).await,
+        RemotePolicy::Show { version } => policy_show(c, version, json).await,
+        RemotePolicy::History => policy_history(c, json).await,
         RemotePolicy::Rollback { to } => {
             let v = c
                 .send_json(
@@ -734,6 +699,76 @@ async fn policy(c: &Client, cmd: RemotePolicy, json: bool) -> CmdResult {
             print_outcome(v, json)
         }
     }
+}
+
+/// `policy apply` (remote): validate locally, so errors name lines of the
+/// local file, then send it.
+async fn policy_apply(c: &Client, path: &std::path::Path, dry_run: bool, json: bool) -> CmdResult {
+    let text = read_file(&path.to_path_buf())?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    if let Err(errs) = crate::policy::parse(&path.display().to_string(), &text) {
+        for e in &errs {
+            eprintln!("{e}");
+        }
+        return Err(Failure {
+            message: format!("{} is invalid; nothing was applied", path.display()),
+            code: 1,
+        });
+    }
+    let v = c
+        .send_json(
+            reqwest::Method::POST,
+            "/v1/policy",
+            &json!({"source": text, "source_name": name, "dry_run": dry_run}),
+        )
+        .await?;
+    print_outcome(v, json)
+}
+
+/// `policy show` (remote): the version in force, or version N.
+async fn policy_show(c: &Client, version: Option<i64>, json: bool) -> CmdResult {
+    let v = match version {
+        Some(n) => c.get(&format!("/v1/policy/versions/{n}")).await?,
+        None => c.get("/v1/policy").await?,
+    };
+    if json {
+        out_json(&v);
+    } else {
+        out(format!(
+            "# tenant {} version {} applied {} by {}",
+            s(&v["tenant"]),
+            s(&v["version"]),
+            v["applied_at_ms"].as_i64().map(fmt_ms).unwrap_or_default(),
+            s(&v["applied_by"])
+        ));
+        out(s(&v["source"]));
+    }
+    Ok(())
+}
+
+/// `policy history` (remote).
+async fn policy_history(c: &Client, json: bool) -> CmdResult {
+    let v = c.get("/v1/policy/versions").await?;
+    if json {
+        out_json(&v);
+    } else {
+        out("VERSION  APPLIED                   BY                  SHA-256       NOTE");
+        for r in v["items"].as_array().into_iter().flatten() {
+            let sha = s(&r["sha256"]);
+            out(format!(
+                "{:<8} {:<25} {:<19} {:<13} {}",
+                s(&r["version"]),
+                r["applied_at_ms"].as_i64().map(fmt_ms).unwrap_or_default(),
+                s(&r["applied_by"]),
+                &sha[..12.min(sha.len())],
+                s(&r["note"])
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn print_outcome(v: Value, json: bool) -> CmdResult {

@@ -22,10 +22,20 @@ pub enum TokenCmd {
     },
 }
 
-// One arm per subcommand; to be made a function each, as cli/policy.rs is.
-#[allow(clippy::too_many_lines)]
 pub async fn run(settings: Settings, cmd: TokenCmd, json: bool) -> CmdResult {
-    let TokenCmd::Inspect { token, tenant } = cmd;
+    match cmd {
+        TokenCmd::Inspect { token, tenant } => inspect(&settings, token, tenant, json).await,
+    }
+}
+
+/// `token inspect`: decode, say whether it has expired and, given a tenant,
+/// whether its signature verifies (exit 1 when it does not).
+async fn inspect(
+    settings: &Settings,
+    token: String,
+    tenant: Option<String>,
+    json: bool,
+) -> CmdResult {
     let token = if token == "-" {
         let mut s = String::new();
         std::io::stdin().read_line(&mut s)?;
@@ -39,50 +49,10 @@ pub async fn run(settings: Settings, cmd: TokenCmd, json: bool) -> CmdResult {
     })?;
     let now = crate::clock::now_unix();
     let expired = insp.expired(now);
-    let mut verification = serde_json::Value::Null;
-    let mut valid = true;
-    if let Some(t) = &tenant {
-        let store = store_for(&settings).await?;
-        let row = store.current_policy(t).await?.ok_or_else(|| Failure {
-            message: format!("tenant {t} has no applied policy"),
-            code: 1,
-        })?;
-        let keyring = crate::startup::load_keyring(&settings)?;
-        let rt = TenantRuntime::load_from_store(
-            &store,
-            &super::output::secret_resolver(&settings),
-            keyring.as_ref(),
-            &row,
-        )
-        .await?
-        .map_err(|e| Failure {
-            message: e,
-            code: 1,
-        })?;
-        let issuer = insp.issuer().unwrap_or_default();
-        let (name, result) = match rt.credential_for(&issuer) {
-            None => (
-                None,
-                Err(format!(
-                    "tenant {t} has no credential for issuer {issuer:?}"
-                )),
-            ),
-            Some(c) => match &c.signer {
-                Err(e) => (
-                    Some(c.name.clone()),
-                    Err(format!("credential {} unavailable here: {e}", c.name)),
-                ),
-                Ok(signer) => (Some(c.name.clone()), Ok(insp.verify(signer))),
-            },
-        };
-        valid = matches!(&result, Ok(v) if v.valid());
-        verification = json!({
-            "tenant": t,
-            "credential": name,
-            "signature_valid": result.as_ref().map(|v| v.valid()).unwrap_or(false),
-            "detail": match &result { Ok(v) => v.to_string(), Err(e) => e.clone() },
-        });
-    }
+    let (valid, verification) = match &tenant {
+        Some(t) => verify_for_tenant(settings, &insp, t).await?,
+        None => (true, serde_json::Value::Null),
+    };
     if json {
         out_json(&json!({"token": insp, "expired": expired, "verification": verification}));
     } else {
@@ -103,4 +73,54 @@ pub async fn run(settings: Settings, cmd: TokenCmd, json: bool) -> CmdResult {
         });
     }
     Ok(())
+}
+
+/// Checks the token's signature with the tenant's credential for its issuer
+/// (from the applied policy): whether it is valid, and the report printed.
+async fn verify_for_tenant(
+    settings: &Settings,
+    insp: &tokens::Inspection,
+    t: &str,
+) -> Result<(bool, serde_json::Value), Failure> {
+    let store = store_for(settings).await?;
+    let row = store.current_policy(t).await?.ok_or_else(|| Failure {
+        message: format!("tenant {t} has no applied policy"),
+        code: 1,
+    })?;
+    let keyring = crate::startup::load_keyring(settings)?;
+    let rt = TenantRuntime::load_from_store(
+        &store,
+        &super::output::secret_resolver(settings),
+        keyring.as_ref(),
+        &row,
+    )
+    .await?
+    .map_err(|e| Failure {
+        message: e,
+        code: 1,
+    })?;
+    let issuer = insp.issuer().unwrap_or_default();
+    let (name, result) = match rt.credential_for(&issuer) {
+        None => (
+            None,
+            Err(format!(
+                "tenant {t} has no credential for issuer {issuer:?}"
+            )),
+        ),
+        Some(c) => match &c.signer {
+            Err(e) => (
+                Some(c.name.clone()),
+                Err(format!("credential {} unavailable here: {e}", c.name)),
+            ),
+            Ok(signer) => (Some(c.name.clone()), Ok(insp.verify(signer))),
+        },
+    };
+    let valid = matches!(&result, Ok(v) if v.valid());
+    let verification = json!({
+        "tenant": t,
+        "credential": name,
+        "signature_valid": result.as_ref().map(|v| v.valid()).unwrap_or(false),
+        "detail": match &result { Ok(v) => v.to_string(), Err(e) => e.clone() },
+    });
+    Ok((valid, verification))
 }

@@ -240,9 +240,6 @@ pub struct ProofParams {
 /// `GET /v1/audit/proof`: an inclusion proof of one of the tenant's rows, or a
 /// consistency proof between two sizes of its history, against checkpoints
 /// signed by the broker's key.
-// The audit query and proof code moves under audit/ (#12 point 3), which
-// splits this; allowed until then.
-#[allow(clippy::too_many_lines)]
 pub async fn proof(
     state: web::Data<AppState>,
     cps: web::Data<Checkpoints>,
@@ -251,56 +248,9 @@ pub async fn proof(
     q: web::Query<ProofParams>,
 ) -> Result<HttpResponse, ApiError> {
     let c = checkpointer(&cps)?;
-    let prove_err = |e: ProveError| match e {
-        ProveError::Tree(t) => tree_error(t),
-        ProveError::NoSuchRow => {
-            ApiError::not_found("audit_row_not_found", "no such row in this tenant's audit")
-        }
-        ProveError::Proof(e) => ApiError::bad("invalid_proof_request", "from", e.to_string()),
-        ProveError::NotYetCheckpointed => ApiError::unavailable(
-            "not_yet_checkpointed",
-            "the row was committed after the latest checkpoint; ask again",
-        ),
-        ProveError::Changed => {
-            tracing::error!(tenant = %p.tenant, "the stored audit history no longer matches the signed checkpoint");
-            ApiError::unavailable(
-                "audit_unverifiable",
-                "the audit history cannot be proven; the operator must run audit verify",
-            )
-        }
-    };
+    let prove_err = |e: ProveError| prove_error(&p.tenant, e);
     let q = q.into_inner();
-    for (field, v) in [
-        ("audit_id", &q.audit_id),
-        ("token_id", &q.token_id),
-        ("token", &q.token),
-    ] {
-        if v.as_ref()
-            .is_some_and(|v| v.is_empty() || v.len() > 8192 || v.chars().any(char::is_control))
-        {
-            return Err(ApiError::bad(
-                "invalid_proof_request",
-                field,
-                format!("{field} is empty, too long or has control characters"),
-            ));
-        }
-    }
-    let chosen = [
-        q.audit_id.is_some(),
-        q.token_id.is_some(),
-        q.token.is_some(),
-        q.from.is_some() || q.to.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
-    if chosen != 1 {
-        return Err(ApiError::bad(
-            "invalid_proof_request",
-            "audit_id",
-            "give exactly one of audit_id, token_id, token, or from and to",
-        ));
-    }
+    check_proof_params(&q)?;
     // Proofs are reads of the audit, and recorded as such (a token only by its fingerprint).
     let record = json!({
         "audit_id": q.audit_id,
@@ -344,4 +294,62 @@ pub async fn proof(
         .await
         .map_err(prove_err)?;
     Ok(HttpResponse::Ok().json(proof))
+}
+
+/// A proof request names exactly one thing to prove, in well-formed values.
+fn check_proof_params(q: &ProofParams) -> Result<(), ApiError> {
+    for (field, v) in [
+        ("audit_id", &q.audit_id),
+        ("token_id", &q.token_id),
+        ("token", &q.token),
+    ] {
+        if v.as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > 8192 || v.chars().any(char::is_control))
+        {
+            return Err(ApiError::bad(
+                "invalid_proof_request",
+                field,
+                format!("{field} is empty, too long or has control characters"),
+            ));
+        }
+    }
+    let chosen = [
+        q.audit_id.is_some(),
+        q.token_id.is_some(),
+        q.token.is_some(),
+        q.from.is_some() || q.to.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if chosen != 1 {
+        return Err(ApiError::bad(
+            "invalid_proof_request",
+            "audit_id",
+            "give exactly one of audit_id, token_id, token, or from and to",
+        ));
+    }
+    Ok(())
+}
+
+/// The HTTP answer to a proof that cannot be given.
+fn prove_error(tenant: &str, e: ProveError) -> ApiError {
+    match e {
+        ProveError::Tree(t) => tree_error(t),
+        ProveError::NoSuchRow => {
+            ApiError::not_found("audit_row_not_found", "no such row in this tenant's audit")
+        }
+        ProveError::Proof(e) => ApiError::bad("invalid_proof_request", "from", e.to_string()),
+        ProveError::NotYetCheckpointed => ApiError::unavailable(
+            "not_yet_checkpointed",
+            "the row was committed after the latest checkpoint; ask again",
+        ),
+        ProveError::Changed => {
+            tracing::error!(tenant = %tenant, "the stored audit history no longer matches the signed checkpoint");
+            ApiError::unavailable(
+                "audit_unverifiable",
+                "the audit history cannot be proven; the operator must run audit verify",
+            )
+        }
+    }
 }

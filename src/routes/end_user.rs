@@ -24,7 +24,8 @@ use super::extractors::{
 use super::json::Json;
 use super::tokens::caller_from;
 use crate::auth::{Caller, KEY_PREFIX, Required, scope};
-use crate::broker::{self, Mode, TokenRequest};
+use crate::broker::{self, Call, Mode, TokenRequest};
+use crate::limits::LimitSet;
 use crate::metrics::Limit;
 use crate::state::{AppState, TenantRuntime};
 
@@ -123,9 +124,6 @@ pub async fn issue(
     with_cors(rt.as_deref(), &req, resp)
 }
 
-// Authentication is being moved into one module (#12 point 4), which takes
-// the login-token half out of this; allowed until then.
-#[allow(clippy::too_many_lines)]
 async fn issue_inner(
     state: &AppState,
     req: &HttpRequest,
@@ -136,83 +134,104 @@ async fn issue_inner(
     let presented = bearer(req)?;
     refuse_if_over_failed_auth_limit(state, req)?;
     let limits = state.limits.for_tenant(tenant);
-    let caller;
-    if presented.starts_with(KEY_PREFIX) {
-        let p = match state.auth.authenticate(presented).await {
-            Ok(p) => p,
-            Err(e) => return Err(failed_auth(state, req, auth_error(e)).await),
-        };
-        if p.tenant != tenant {
-            return Err(ApiError::forbidden(
-                "wrong_tenant",
-                "this API key belongs to another tenant",
-            ));
-        }
-        scope::Issue::check(p.scopes).map_err(insufficient_scope)?;
-        if let Err(wait) = limits.api_key.check(&p.key_id) {
-            state.metrics.rate_limited(Limit::ApiKey);
-            return Err(rate_limited(wait));
-        }
-        caller = caller_from(
-            req,
-            tenant,
-            Caller::AppKey {
-                key_id: p.key_id.clone(),
-            },
-        );
+    let caller = if presented.starts_with(KEY_PREFIX) {
+        app_key_caller(state, req, tenant, presented, &limits).await?
     } else {
-        let rt = rt.ok_or_else(|| {
-            ApiError::not_found(
-                "tenant_not_found",
-                "no such tenant, or it has no policy applied",
-            )
-        })?;
-        let verified = crate::auth::idp::verify_login(
-            presented,
-            |iss| rt.idp_for(iss),
-            state.clock.now_unix_ms(),
-        )
-        .await;
-        let (idp_name, identity) = match verified {
-            Ok(v) => v,
-            Err(crate::auth::idp::IdpError::KeysUnavailable) => {
-                return Err(ApiError::unavailable(
-                    "idp_unavailable",
-                    "the identity provider's keys cannot be loaded right now",
-                ));
-            }
-            Err(e) => {
-                tracing::info!(target: "broker::security", tenant = ?tenant, code = e.code(), "login token refused");
-                return Err(failed_auth(state, req, invalid_token(&e)).await);
-            }
-        };
-        // Per user first, so one user's burst does not use up its address's budget
-        // for the other users behind it; the address limit then bounds many users.
-        // The bucket carries the provider: `alice` of one provider never spends
-        // `alice` of another's budget (ids hold no control characters).
-        if let Err(wait) = limits
-            .end_user
-            .check(&format!("{tenant}\u{0}{idp_name}\u{0}{}", identity.user_id))
-        {
-            state.metrics.rate_limited(Limit::EndUser);
-            return Err(rate_limited(wait));
-        }
-        let ip = super::client_addr::client_addr_string(req).unwrap_or_default();
-        if let Err(wait) = limits.end_user_ip.check(&ip) {
-            state.metrics.rate_limited(Limit::EndUserIp);
-            return Err(rate_limited(wait));
-        }
-        caller = caller_from(
-            req,
-            tenant,
-            Caller::EndUser {
-                idp: idp_name,
-                identity,
-            },
-        );
-    }
+        end_user_caller(state, req, tenant, rt, presented, &limits).await?
+    };
     let out = broker::handle(state, &caller, body, Mode::Issue, state.clock.now_unix_ms()).await?;
     Ok(HttpResponse::build(StatusCode::CREATED)
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(out))
+}
+
+/// The caller behind one of the tenant's API keys: of this tenant, with the
+/// issue scope, within the key's rate limit.
+async fn app_key_caller(
+    state: &AppState,
+    req: &HttpRequest,
+    tenant: &str,
+    presented: &str,
+    limits: &LimitSet,
+) -> Result<Call, ApiError> {
+    let p = match state.auth.authenticate(presented).await {
+        Ok(p) => p,
+        Err(e) => return Err(failed_auth(state, req, auth_error(e)).await),
+    };
+    if p.tenant != tenant {
+        return Err(ApiError::forbidden(
+            "wrong_tenant",
+            "this API key belongs to another tenant",
+        ));
+    }
+    scope::Issue::check(p.scopes).map_err(insufficient_scope)?;
+    if let Err(wait) = limits.api_key.check(&p.key_id) {
+        state.metrics.rate_limited(Limit::ApiKey);
+        return Err(rate_limited(wait));
+    }
+    Ok(caller_from(
+        req,
+        tenant,
+        Caller::AppKey {
+            key_id: p.key_id.clone(),
+        },
+    ))
+}
+
+/// The end user of a login token from one of the tenant's identity
+/// providers, within the per-user and per-address rate limits.
+async fn end_user_caller(
+    state: &AppState,
+    req: &HttpRequest,
+    tenant: &str,
+    rt: Option<&TenantRuntime>,
+    presented: &str,
+    limits: &LimitSet,
+) -> Result<Call, ApiError> {
+    let rt = rt.ok_or_else(|| {
+        ApiError::not_found(
+            "tenant_not_found",
+            "no such tenant, or it has no policy applied",
+        )
+    })?;
+    let verified =
+        crate::auth::idp::verify_login(presented, |iss| rt.idp_for(iss), state.clock.now_unix_ms())
+            .await;
+    let (idp_name, identity) = match verified {
+        Ok(v) => v,
+        Err(crate::auth::idp::IdpError::KeysUnavailable) => {
+            return Err(ApiError::unavailable(
+                "idp_unavailable",
+                "the identity provider's keys cannot be loaded right now",
+            ));
+        }
+        Err(e) => {
+            tracing::info!(target: "broker::security", tenant = ?tenant, code = e.code(), "login token refused");
+            return Err(failed_auth(state, req, invalid_token(&e)).await);
+        }
+    };
+    // Per user first, so one user's burst does not use up its address's budget
+    // for the other users behind it; the address limit then bounds many users.
+    // The bucket carries the provider: `alice` of one provider never spends
+    // `alice` of another's budget (ids hold no control characters).
+    if let Err(wait) = limits
+        .end_user
+        .check(&format!("{tenant}\u{0}{idp_name}\u{0}{}", identity.user_id))
+    {
+        state.metrics.rate_limited(Limit::EndUser);
+        return Err(rate_limited(wait));
+    }
+    let ip = super::client_addr::client_addr_string(req).unwrap_or_default();
+    if let Err(wait) = limits.end_user_ip.check(&ip) {
+        state.metrics.rate_limited(Limit::EndUserIp);
+        return Err(rate_limited(wait));
+    }
+    Ok(caller_from(
+        req,
+        tenant,
+        Caller::EndUser {
+            idp: idp_name,
+            identity,
+        },
+    ))
 }
