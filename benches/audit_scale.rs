@@ -11,7 +11,7 @@
 //! valid chain in memory and inserted in large transactions with multi-row
 //! statements (the write path's own statement shape), so `verify` passes.
 //! `KEEP=1` keeps an existing tenant (generated once, measured many times).
-//! `ONLY=verify|query` runs one half.
+//! `ONLY=verify|query` runs one half; `PAGE=N` verifies with pages of N rows.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark with broken fixtures should stop loudly
 #![allow(clippy::disallowed_methods, clippy::too_many_lines)] // a benchmark measures real time, setup reads top to bottom
@@ -389,7 +389,13 @@ fn main() {
         println!("planner statistics refreshed in {:.2} s", t.elapsed().as_secs_f64());
         if only != "query" {
             let t = Instant::now();
-            let v = verify_tenant(&store, &tenant, None).await.unwrap();
+            let v = match std::env::var("PAGE").ok().and_then(|p| p.parse().ok()) {
+                // Rows per page, to compare page sizes (default: the broker's).
+                Some(page) => token_broker::audit::verify::verify_tenant_paged(&store, &tenant, None, page)
+                    .await
+                    .unwrap(),
+                None => verify_tenant(&store, &tenant, None).await.unwrap(),
+            };
             let s = t.elapsed().as_secs_f64();
             assert!(v.ok, "{v:?}");
             println!(
