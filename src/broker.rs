@@ -215,7 +215,15 @@ struct Checked {
     role: Option<Role>,
     expiry: Option<Expiry>,
     session: SessionId,
+    /// The app's own connection data, checked once here.
+    app_data: Option<AppData>,
 }
+
+/// The app's connection data after `check_connection_data`: within the size
+/// limit and free of raw control characters. Only that check makes one, so
+/// the stamping step cannot be handed unchecked data.
+#[derive(Debug)]
+struct AppData(String);
 
 /// Checks the request's shape at the edge, before any arithmetic, lookup or
 /// audit row: every identifier free of control characters (NUL included) and
@@ -236,14 +244,13 @@ fn validate(caller: &Call, req: &TokenRequest, now: i64) -> Result<Checked, Box<
     if let Some(list) = &req.initial_layout_class_list {
         check_layout_class_list(list)?;
     }
-    if let Some(d) = &req.data {
-        check_connection_data(d)?;
-    }
+    let app_data = req.data.as_deref().map(check_connection_data).transpose()?;
     Ok(Checked {
         who,
         role,
         expiry,
         session,
+        app_data,
     })
 }
 
@@ -342,7 +349,7 @@ fn check_layout_class_list(list: &[String]) -> Result<(), Box<Refusal>> {
 }
 
 /// The app's connection data: bounded, and free of raw control characters.
-fn check_connection_data(d: &str) -> Result<(), Box<Refusal>> {
+fn check_connection_data(d: &str) -> Result<AppData, Box<Refusal>> {
     if d.len() > tokens::MAX_CONNECTION_DATA_BYTES {
         return Err(Refusal::invalid(
             "connection_data_too_long",
@@ -366,7 +373,7 @@ fn check_connection_data(d: &str) -> Result<(), Box<Refusal>> {
             "data contains a control character (only tab, newline and carriage return are allowed; escape others as \\uXXXX in JSON text)",
         ));
     }
-    Ok(())
+    Ok(AppData(d.to_owned()))
 }
 
 /// The connection data the broker signs: compact JSON with the authenticated
@@ -546,7 +553,7 @@ async fn run(
         Ok(g) => g,
         Err(e) => return Err(refuse(state, mode, cred_row(), *e).await.into()),
     };
-    let connection_data = stamped_within_limit(caller, who, req)?;
+    let connection_data = stamped_within_limit(caller, who, checked.app_data.as_ref())?;
     let Ok(signer) = &cred.signer else {
         let e = credential_unavailable(&cred.name);
         return Err(refuse(state, mode, cred_row(), e).await.into());
@@ -660,9 +667,10 @@ fn sign(
 fn stamped_within_limit(
     caller: &Call,
     who: &Identity,
-    req: &TokenRequest,
+    app_data: Option<&AppData>,
 ) -> Result<String, Box<Refusal>> {
-    let connection_data = stamp(&caller.tenant, who, caller.who.idp(), req.data.as_deref());
+    let data = app_data.map(|d| d.0.as_str());
+    let connection_data = stamp(&caller.tenant, who, caller.who.idp(), data);
     if connection_data.len() > tokens::MAX_CONNECTION_DATA_BYTES {
         return Err(Refusal::invalid(
             "connection_data_too_long",
