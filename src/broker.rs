@@ -210,27 +210,31 @@ fn check_ident(field: &str, v: &str) -> Result<(), Box<Refusal>> {
 }
 
 /// A request that passed the edge checks.
-struct Checked {
+struct Checked<'r> {
     who: Identity,
     role: Option<Role>,
     expiry: Option<Expiry>,
     session: SessionId,
     /// The app's own connection data, checked once here.
-    app_data: Option<AppData>,
+    app_data: Option<AppData<'r>>,
 }
 
 /// The app's connection data after `check_connection_data`: within the size
 /// limit and free of raw control characters. Only that check makes one, so
 /// the stamping step cannot be handed unchecked data.
-#[derive(Debug)]
-struct AppData(String);
+#[derive(Debug, Clone, Copy)]
+struct AppData<'r>(&'r str);
 
 /// Checks the request's shape at the edge, before any arithmetic, lookup or
 /// audit row: every identifier free of control characters (NUL included) and
 /// bounded, the session ID in a spelling the service uses, the expiry within
 /// the 30-day limit. The fields are checked in this order, so the first bad
 /// one is the one reported.
-fn validate(caller: &Call, req: &TokenRequest, now: i64) -> Result<Checked, Box<Refusal>> {
+fn validate<'r>(
+    caller: &Call,
+    req: &'r TokenRequest,
+    now: i64,
+) -> Result<Checked<'r>, Box<Refusal>> {
     let session = SessionId::parse(&req.session_id)
         .map_err(|e| Refusal::invalid(e.code(), "session_id", e.to_string()))?;
     let who = checked_identity(caller, req.user.as_ref())?;
@@ -349,7 +353,7 @@ fn check_layout_class_list(list: &[String]) -> Result<(), Box<Refusal>> {
 }
 
 /// The app's connection data: bounded, and free of raw control characters.
-fn check_connection_data(d: &str) -> Result<AppData, Box<Refusal>> {
+fn check_connection_data(d: &str) -> Result<AppData<'_>, Box<Refusal>> {
     if d.len() > tokens::MAX_CONNECTION_DATA_BYTES {
         return Err(Refusal::invalid(
             "connection_data_too_long",
@@ -373,7 +377,7 @@ fn check_connection_data(d: &str) -> Result<AppData, Box<Refusal>> {
             "data contains a control character (only tab, newline and carriage return are allowed; escape others as \\uXXXX in JSON text)",
         ));
     }
-    Ok(AppData(d.to_owned()))
+    Ok(AppData(d))
 }
 
 /// The connection data the broker signs: compact JSON with the authenticated
@@ -407,7 +411,7 @@ pub fn stamp(tenant: &str, who: &Identity, idp: Option<&str>, data: Option<&str>
 /// the request again exactly as it was decided.
 fn base_row(
     caller: &Call,
-    c: &Checked,
+    c: &Checked<'_>,
     facts: &SessionFacts,
     now_ms: i64,
     k: Kind,
@@ -553,7 +557,7 @@ async fn run(
         Ok(g) => g,
         Err(e) => return Err(refuse(state, mode, cred_row(), *e).await.into()),
     };
-    let connection_data = stamped_within_limit(caller, who, checked.app_data.as_ref())?;
+    let connection_data = stamped_within_limit(caller, who, checked.app_data)?;
     let Ok(signer) = &cred.signer else {
         let e = credential_unavailable(&cred.name);
         return Err(refuse(state, mode, cred_row(), e).await.into());
@@ -667,9 +671,9 @@ fn sign(
 fn stamped_within_limit(
     caller: &Call,
     who: &Identity,
-    app_data: Option<&AppData>,
+    app_data: Option<AppData<'_>>,
 ) -> Result<String, Box<Refusal>> {
-    let data = app_data.map(|d| d.0.as_str());
+    let data = app_data.map(|d| d.0);
     let connection_data = stamp(&caller.tenant, who, caller.who.idp(), data);
     if connection_data.len() > tokens::MAX_CONNECTION_DATA_BYTES {
         return Err(Refusal::invalid(

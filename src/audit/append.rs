@@ -22,10 +22,16 @@ where
     let mut tries = 1;
     loop {
         match op().await {
-            Err(StoreError::HeadMoved) if tries < MAX_HEAD_TRIES => tries += 1,
+            Err(StoreError::HeadMoved) if again(&mut tries) => {}
             other => return other,
         }
     }
+}
+
+/// Counts one more attempt after a lost head; false once the bound is reached.
+fn again(tries: &mut usize) -> bool {
+    *tries += 1;
+    *tries <= MAX_HEAD_TRIES
 }
 
 /// Seals `rows` into their tenants' chains and commits them in one
@@ -36,10 +42,12 @@ pub async fn append(
     rows: &mut [AuditRow],
     heads: &mut HashMap<String, (i64, String)>,
 ) -> Result<(), StoreError> {
+    // The same bound as `retry_head`; a closure cannot lend `rows` to each
+    // attempt's future, hence the loop of its own.
     let mut tries = 1;
     loop {
         match store.append_once(rows, heads, chain::seal).await {
-            Err(StoreError::HeadMoved) if tries < MAX_HEAD_TRIES => tries += 1,
+            Err(StoreError::HeadMoved) if again(&mut tries) => {}
             Err(StoreError::HeadMoved) => {
                 return Err(StoreError::Conflict(
                     "audit chain head kept moving; giving up".into(),
