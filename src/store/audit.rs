@@ -592,6 +592,43 @@ impl Store {
         Ok(())
     }
 
+    /// A tenant's rows `after_seq < seq <= upto_seq` in chain order as
+    /// PostgreSQL's binary `COPY` streams them (read them with
+    /// `CopyDecoder`): one statement, no per-page query, no rendering on the
+    /// server. `f` gets each chunk and returns `false` to stop. `Ok(false)`
+    /// when the database has no binary `COPY` (SQLite).
+    pub async fn copy_chain<F>(
+        &self,
+        tenant: &str,
+        after_seq: i64,
+        upto_seq: i64,
+        mut f: F,
+    ) -> StoreResult<bool>
+    where
+        F: FnMut(&[u8]) -> bool,
+    {
+        use sqlx::postgres::PgPoolCopyExt;
+        let Db::Postgres(p) = &self.db else {
+            return Ok(false);
+        };
+        // COPY takes no parameters: the server quotes the tenant itself.
+        let tenant: String = sqlx::query_scalar("SELECT quote_literal($1::text)")
+            .bind(tenant)
+            .fetch_one(p)
+            .await?;
+        let sql = format!(
+            "COPY (SELECT {COLUMNS} FROM audit_events WHERE tenant = {tenant} \
+             AND seq > {after_seq} AND seq <= {upto_seq} ORDER BY seq) TO STDOUT (FORMAT binary)"
+        );
+        let mut chunks = p.copy_out_raw(&sql).await?;
+        while let Some(chunk) = chunks.try_next().await? {
+            if !f(&chunk) {
+                break;
+            }
+        }
+        Ok(true)
+    }
+
     /// Like `scan_chain`, but each page comes back as one text the database
     /// builds: `line_sql` (an expression per row, see
     /// `domain::audit_row::canonical_line_sql`) concatenated in `seq` order. One

@@ -8,6 +8,7 @@
 //! is one method.
 
 mod audit;
+mod copy;
 mod credentials;
 mod keys;
 mod policies;
@@ -18,6 +19,7 @@ pub use audit::{
     AuditCursor, AuditFilter, AuditRow, ChainPage, ChainText, HeadRow, PruneRow, RequestRow,
     SummaryRow,
 };
+pub use copy::{CopyDecoder, CopyError};
 pub use credentials::StoredCredentialRow;
 pub use keys::KeyRow;
 pub use policies::PolicyVersionRow;

@@ -354,3 +354,47 @@ async fn a_forged_predecessor_at_the_join_is_not_accepted() {
     let f = v.fault.expect("a forged join fails verify");
     assert_eq!((f.seq, f.problem), (mid + 1, "broken_link"), "{f:?}");
 }
+
+/// PostgreSQL streams the chain to `audit verify` as binary `COPY`, which
+/// takes no bind parameters: the tenant is quoted by the server. A tenant
+/// name built to break out of the literal streams nothing of any other
+/// tenant, and a real tenant streams exactly its own rows.
+#[tokio::test]
+async fn the_copy_stream_quotes_the_tenant_and_returns_only_its_rows() {
+    let app = spawn_app().await;
+    let n = write_hostile_chain(&app, "acme").await;
+    let count = |tenant: &'static str| {
+        let store = app.store.clone();
+        async move {
+            let mut decoder = token_broker::store::CopyDecoder::new();
+            let mut seqs = Vec::new();
+            let streamed = store
+                .copy_chain(tenant, 0, i64::MAX, |chunk| {
+                    decoder.push(chunk, |row| {
+                        seqs.push(row.expect("a well-formed row").seq);
+                        true
+                    })
+                })
+                .await
+                .unwrap();
+            if streamed {
+                assert_eq!(decoder.finish(), Ok(()), "the stream ends with its trailer");
+            }
+            (streamed, seqs)
+        }
+    };
+    let (streamed, seqs) = count("acme").await;
+    if !streamed {
+        assert!(app.db_url.starts_with("sqlite"), "only SQLite has no COPY");
+        return;
+    }
+    assert_eq!(seqs, (1..=n as i64).collect::<Vec<_>>());
+    for hostile in [
+        "acme' OR tenant <> '",
+        "x') TO STDOUT; --",
+        "acme\\' OR '1'='1",
+    ] {
+        let (_, seqs) = count(hostile).await;
+        assert!(seqs.is_empty(), "{hostile:?} streamed {} rows", seqs.len());
+    }
+}
