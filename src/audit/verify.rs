@@ -19,11 +19,10 @@
 //!   is always named by the Rust pass.
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::chain::{self, ChainFault, Verifier};
-use super::schema::{RowRef, SqlDialect, canonical_line_sql};
-use crate::store::{ChainPage, ChainText, CopyDecoder, Dialect, Store, StoreError};
+use super::schema::RowRef;
+use crate::store::{ChainPage, CopyDecoder, Dialect, Store, StoreError};
 
 /// Rows per page (the fast pass's text is about 1 KiB per row).
 const PAGE: i64 = 4096;
@@ -171,13 +170,9 @@ async fn fast_pass(
     start: Progress,
     page: i64,
 ) -> Result<(Progress, bool), VerifyError> {
-    let line_sql = canonical_line_sql(match store.dialect() {
-        Dialect::Sqlite => SqlDialect::Sqlite,
-        Dialect::Postgres => SqlDialect::Postgres,
-    });
     let from_seq = start.v.expected_seq - 1;
     if head_seq - from_seq < 4 * page {
-        return fast_range(store, tenant, head_seq, &line_sql, cp_count, start, page).await;
+        return read_range(store, tenant, head_seq, cp_count, start).await;
     }
     let mid = from_seq + (head_seq - from_seq) / 2;
     let second = Progress {
@@ -185,16 +180,10 @@ async fn fast_pass(
         seen_at_checkpoint: None,
         entry_hash: None,
     };
-    let (first, second) = match store.dialect() {
-        Dialect::Postgres => tokio::join!(
-            copy_range(store, tenant, mid, cp_count, start),
-            copy_range(store, tenant, head_seq, cp_count, second),
-        ),
-        Dialect::Sqlite => tokio::join!(
-            fast_range(store, tenant, mid, &line_sql, cp_count, start, page),
-            fast_range(store, tenant, head_seq, &line_sql, cp_count, second, page),
-        ),
-    };
+    let (first, second) = tokio::join!(
+        read_range(store, tenant, mid, cp_count, start),
+        read_range(store, tenant, head_seq, cp_count, second),
+    );
     let ((p1, ok1), (p2, ok2)) = (first?, second?);
     let joined = ok1
         && ok2
@@ -217,42 +206,50 @@ async fn fast_pass(
     ))
 }
 
-/// The fast pass over one range, from `start` to `upto_seq`: pages read here,
-/// checked in order on a second thread.
-async fn fast_range(
+/// The fast pass over one range, the fastest way this store can read it.
+async fn read_range(
     store: &Store,
     tenant: &str,
     upto_seq: i64,
-    line_sql: &str,
     cp_count: Option<i64>,
     start: Progress,
-    page: i64,
 ) -> Result<(Progress, bool), VerifyError> {
-    let from_seq = start.v.expected_seq - 1;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<ChainText>(2);
-    let checker = std::thread::spawn(move || {
-        let mut p = start;
-        for page in rx {
-            let mut next = p.clone();
-            if !check_text_page(&mut next, &page, cp_count) {
-                // Dropping `rx` ends the scan; the Rust pass takes over here.
-                return (p, false);
-            }
-            p = next;
+    match store.dialect() {
+        Dialect::Postgres => copy_range(store, tenant, upto_seq, cp_count, start).await,
+        Dialect::Sqlite if store.is_sqlite_file() => {
+            file_range(store, tenant, upto_seq, cp_count, start).await
         }
-        (p, true)
-    });
-    let scanned = store
-        .scan_chain_text(tenant, from_seq, upto_seq, page, line_sql, |text| {
-            tx.send(text).is_ok()
-        })
-        .await;
-    drop(tx);
-    let (p, all_pages_held) = checker.join().map_err(|_| VerifyError::Thread)?;
-    // A failed query (say, a value the database cannot render as JSON) is
-    // not a verdict: the Rust pass reads the same rows its own way.
-    let complete = all_pages_held && scanned.is_ok() && p.v.expected_seq - 1 == upto_seq;
-    Ok((p, complete))
+        // In memory: nothing to read around sqlx; the Rust pass reads it all.
+        Dialect::Sqlite => Ok((start, false)),
+    }
+}
+
+/// The fast pass over one range of an SQLite file: rows read in place on a
+/// blocking thread of its own (`Store::read_chain_from_file`) and hashed the
+/// Rust way as they come. Same contract as `fast_range`.
+async fn file_range(
+    store: &Store,
+    tenant: &str,
+    upto_seq: i64,
+    cp_count: Option<i64>,
+    start: Progress,
+) -> Result<(Progress, bool), VerifyError> {
+    let (store, tenant) = (store.clone(), tenant.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let from_seq = start.v.expected_seq - 1;
+        let mut p = start;
+        let mut buf = Vec::with_capacity(2048);
+        let mut held = true;
+        let read = store.read_chain_from_file(&tenant, from_seq, upto_seq, |row| {
+            held = row.is_ok_and(|row| check_copied_row(&mut p, &row, cp_count, &mut buf));
+            held
+        });
+        // An error reading the file is not a verdict: the Rust pass reads on.
+        let complete = held && matches!(read, Ok(true)) && p.v.expected_seq - 1 == upto_seq;
+        (p, complete)
+    })
+    .await
+    .map_err(|_| VerifyError::Thread)
 }
 
 /// Bytes of `COPY` data handed to the checker thread at a time.
@@ -329,45 +326,6 @@ fn check_copied_row(
         p.seen_at_checkpoint = Some(row.hash.to_owned());
     }
     true
-}
-
-/// Checks one page of lines `"<seq> <prev_hash> <hash> <canonical>\n"`;
-/// false at the first thing that does not hold.
-fn check_text_page(p: &mut Progress, page: &ChainText, cp_count: Option<i64>) -> bool {
-    if page.after_seq != p.v.expected_seq - 1 {
-        return false;
-    }
-    let mut lines = 0;
-    for line in page.text.split_terminator('\n') {
-        let mut parts = line.splitn(4, ' ');
-        let (Some(seq), Some(prev), Some(hash), Some(canonical)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return false;
-        };
-        if p.v.rows == 0 && p.v.head_hash.is_empty() {
-            // A range after the first: it starts from what its first row
-            // claims, checked where the ranges join.
-            p.entry_hash = Some(prev.to_owned());
-            p.v.head_hash.push_str(prev);
-        }
-        if seq.parse::<i64>().ok() != Some(p.v.expected_seq) || prev != p.v.head_hash {
-            return false;
-        }
-        let digest: [u8; 32] = Sha256::digest(canonical.as_bytes()).into();
-        if chain::hex32(&digest)[..] != *hash.as_bytes() {
-            return false;
-        }
-        if cp_count == Some(p.v.expected_seq) {
-            p.seen_at_checkpoint = Some(hash.to_owned());
-        }
-        p.v.expected_seq += 1;
-        p.v.head_hash.clear();
-        p.v.head_hash.push_str(hash);
-        p.v.rows += 1;
-        lines += 1;
-    }
-    lines == page.rows
 }
 
 /// The Rust pass, from `start` to `head_seq`: rows decoded from the driver's

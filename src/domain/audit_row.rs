@@ -5,9 +5,9 @@
 //! `audit_columns!` lists every column the hash chain covers, in table order,
 //! each with its kind. Everything that spells out the columns is derived from
 //! that one list: the [`AuditRow`] struct, its borrowed form [`RowRef`], the
-//! SQL column list, the canonical hash input (in Rust and as the databases
-//! build it for `audit verify`), the insert binds, the row decoder and the CSV
-//! header and lines. The `hash` column is the seal itself and is the one column
+//! SQL column list, the canonical hash input, the insert binds, the row
+//! decoders (sqlx rows, PostgreSQL's binary `COPY`, the SQLite file read in
+//! place) and the CSV header and lines. The `hash` column is the seal itself and is the one column
 //! outside the list: a column added to the list is in the chain, by
 //! construction.
 //!
@@ -250,23 +250,6 @@ macro_rules! define_rows {
         /// Every column's name, in table order (the CSV header).
         pub const COLUMN_NAMES: &[&str] = &[$(stringify!($col),)* "hash"];
 
-        /// The chained columns (every column but `hash`) with whether each is an integer.
-        const CHAINED: &[(&str, bool)] = &[$((stringify!($col), is_int!($kind)),)*];
-    };
-}
-
-macro_rules! is_int {
-    (Text) => {
-        false
-    };
-    (OptText) => {
-        false
-    };
-    (Int) => {
-        true
-    };
-    (OptInt) => {
-        true
     };
 }
 
@@ -318,47 +301,6 @@ impl CsvCell for i64 {
 impl CsvCell for Option<i64> {
     fn cell(&self) -> String {
         self.map(|n| n.to_string()).unwrap_or_default()
-    }
-}
-
-/// Which SQL dialect to build the canonical text in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SqlDialect {
-    Sqlite,
-    Postgres,
-}
-
-/// An SQL expression giving one line per row, `"<seq> <prev_hash> <hash>
-/// <canonical JSON>\n"`, with the canonical JSON built by the database itself
-/// (SQLite's `json_object`; string concatenation of `to_json` in PostgreSQL,
-/// whose `json_build_object` adds spaces). Both escape strings as `serde_json`
-/// does for every value the broker writes; a row whose text differs anyway
-/// only fails the fast check, and the verifier then re-checks it the Rust way.
-pub fn canonical_line_sql(d: SqlDialect) -> String {
-    match d {
-        SqlDialect::Sqlite => {
-            let mut s =
-                String::from("seq || ' ' || prev_hash || ' ' || hash || ' ' || json_object('v', 1");
-            for (name, _) in CHAINED {
-                s.push_str(&format!(", '{name}', {name}"));
-            }
-            s.push_str(") || char(10)");
-            s
-        }
-        SqlDialect::Postgres => {
-            let mut s =
-                String::from("seq::text || ' ' || prev_hash || ' ' || hash || ' ' || '{\"v\":1'");
-            for (name, is_int) in CHAINED {
-                let value = if *is_int {
-                    format!("coalesce({name}::text, 'null')")
-                } else {
-                    format!("coalesce(to_json({name})::text, 'null')")
-                };
-                s.push_str(&format!(" || ',\"{name}\":' || {value}"));
-            }
-            s.push_str(" || '}' || E'\\n'");
-            s
-        }
     }
 }
 

@@ -252,14 +252,6 @@ impl ChainPage {
     }
 }
 
-/// One page of `scan_chain_text`: `rows` rows after `after_seq`, one line each.
-#[derive(Debug)]
-pub struct ChainText {
-    pub after_seq: i64,
-    pub rows: i64,
-    pub text: String,
-}
-
 /// A chain head: (seq, hash).
 type Head = (i64, String);
 
@@ -627,60 +619,6 @@ impl Store {
             }
         }
         Ok(true)
-    }
-
-    /// Like `scan_chain`, but each page comes back as one text the database
-    /// builds: `line_sql` (an expression per row, see
-    /// `domain::audit_row::canonical_line_sql`) concatenated in `seq` order. One
-    /// fetched value per page instead of a decoded row per audit row: what
-    /// lets `audit verify` run at the speed of the database's own scan.
-    pub async fn scan_chain_text<F>(
-        &self,
-        tenant: &str,
-        after_seq: i64,
-        upto_seq: i64,
-        page: i64,
-        line_sql: &str,
-        mut f: F,
-    ) -> StoreResult<()>
-    where
-        F: FnMut(ChainText) -> bool,
-    {
-        let agg = match self.dialect() {
-            // No ORDER BY in the aggregate: the database would copy every line
-            // into a sort (SQLite: a temporary b-tree) for what the subquery
-            // already returns in order. Should rows ever come out of order, the verifier's sequence
-            // check fails the page and the Rust pass reads it instead.
-            super::Dialect::Sqlite => "group_concat(line, '')",
-            super::Dialect::Postgres => "string_agg(line, '')",
-        };
-        let sql = format!(
-            "SELECT count(*) AS n, max(seq) AS last, {agg} AS text FROM (SELECT seq, {line_sql} AS line \
-             FROM audit_events WHERE tenant = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4) AS page"
-        );
-        let mut last = after_seq;
-        while last < upto_seq {
-            let (rows, max_seq, text): (i64, Option<i64>, Option<String>) = with_pool!(self, p => {
-                sqlx::query_as(&sql)
-                    .bind(tenant)
-                    .bind(last)
-                    .bind(upto_seq)
-                    .bind(page)
-                    .fetch_one(p)
-                    .await?
-            });
-            let Some(max_seq) = max_seq else { break };
-            let page = ChainText {
-                after_seq: last,
-                rows,
-                text: text.unwrap_or_default(),
-            };
-            last = max_seq;
-            if !f(page) {
-                break;
-            }
-        }
-        Ok(())
     }
 
     /// Streams a tenant's recorded token requests (issued and refused) with

@@ -13,11 +13,11 @@ mod credentials;
 mod keys;
 mod policies;
 mod sessions;
+mod sqlite_file;
 mod tenants;
 
 pub use audit::{
-    AuditCursor, AuditFilter, AuditRow, ChainPage, ChainText, HeadRow, PruneRow, RequestRow,
-    SummaryRow,
+    AuditCursor, AuditFilter, AuditRow, ChainPage, HeadRow, PruneRow, RequestRow, SummaryRow,
 };
 pub use copy::{CopyDecoder, CopyError};
 pub use credentials::StoredCredentialRow;
@@ -100,6 +100,8 @@ pub(crate) enum Db {
     Sqlite {
         write: SqlitePool,
         read: SqlitePool,
+        /// The database file (none in memory), read directly by `audit verify`.
+        file: Option<std::path::PathBuf>,
     },
     Postgres(PgPool),
 }
@@ -133,6 +135,7 @@ impl Store {
         if url.starts_with("sqlite:") {
             let parsed = SqliteConnectOptions::from_str(url)?;
             restrict_sqlite_files(parsed.get_filename());
+            let file = on_disk(parsed.get_filename());
             let base = parsed
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
@@ -159,7 +162,7 @@ impl Store {
                 .connect_with(base)
                 .await?;
             Ok(Store {
-                db: Db::Sqlite { write, read },
+                db: Db::Sqlite { write, read, file },
                 url_redacted,
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -235,7 +238,7 @@ impl Store {
     /// Closes the pools (waits for connections to be returned).
     pub async fn close(&self) {
         match &self.db {
-            Db::Sqlite { write, read } => {
+            Db::Sqlite { write, read, .. } => {
                 read.close().await;
                 write.close().await;
             }
@@ -313,6 +316,12 @@ pub struct ChangeRow {
 /// only the broker's user may read it. A new file is created 0600 before
 /// SQLite opens it (SQLite gives its WAL and shared-memory files the same
 /// mode); existing files are tightened to 0600.
+/// The database file, unless the database lives in memory.
+fn on_disk(db: &std::path::Path) -> Option<std::path::PathBuf> {
+    let memory = db.as_os_str().is_empty() || db.to_string_lossy().starts_with(':');
+    (!memory).then(|| db.to_owned())
+}
+
 fn restrict_sqlite_files(db: &std::path::Path) {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if db.as_os_str().is_empty() || db.to_string_lossy().starts_with(':') {

@@ -1,11 +1,12 @@
-//! Issue 13, point 4: `audit verify` reads each page as text the database
-//! builds (the canonical JSON of every row), and falls back to the Rust
-//! canonical form where anything differs. These tests hold it to both halves:
-//! hostile strings (every control character, quotes, backslashes, line
-//! separators, astral characters) are rendered by SQLite and PostgreSQL byte
-//! for byte as the chain hashed them, so the fast pass checks every row; and a
-//! row edited by a database administrator, or holding a value the database
-//! cannot render as JSON, is still named by the Rust pass.
+//! Issue 13, point 4: `audit verify` streams the rows (PostgreSQL's binary
+//! `COPY`; the SQLite file read in place), decodes them without copying and
+//! hashes the Rust canonical form; at the first row that does not hold, the
+//! Rust pass over sqlx rows goes on and names the fault. These tests hold it
+//! to both halves: hostile strings (every control character, quotes,
+//! backslashes, line separators, astral characters) come back byte for byte
+//! as the chain hashed them, so the fast pass checks every row; and a row
+//! edited by a database administrator, or holding a value of the wrong type,
+//! is still named.
 
 use std::collections::HashMap;
 
@@ -69,7 +70,7 @@ async fn write_hostile_chain(app: &TestApp, tenant: &str) -> usize {
 }
 
 #[tokio::test]
-async fn the_database_renders_hostile_rows_exactly_as_the_chain_hashed_them() {
+async fn hostile_rows_stream_back_exactly_as_the_chain_hashed_them() {
     let app = spawn_app().await;
     let n = write_hostile_chain(&app, "acme").await;
     let v = verify_tenant(&app.store, "acme", None).await.unwrap();
@@ -77,7 +78,7 @@ async fn the_database_renders_hostile_rows_exactly_as_the_chain_hashed_them() {
     assert_eq!(v.rows, n as u64);
     assert_eq!(
         v.rows_fast, v.rows,
-        "every row checked on the fast path: the database's JSON matched the Rust canonical form"
+        "every row checked on the fast path: the streamed columns are the ones the chain hashed"
     );
 }
 
@@ -97,19 +98,19 @@ async fn an_edited_hostile_row_is_still_named_by_the_rust_pass() {
     assert_eq!((f.seq, f.problem), (37, "modified"));
     assert_eq!(
         (v.rows_fast, v.rows),
-        (0, 36),
-        "the page holding the edited row is re-checked the Rust way, which names the row"
+        (36, 36),
+        "the stream checks the rows before the edited one; the Rust pass names that one"
     );
     assert!(!f.audit_id.is_empty(), "the fault names the row's audit id");
 }
 
 #[tokio::test]
-async fn a_value_the_database_cannot_render_falls_back_and_is_still_judged() {
+async fn a_value_of_the_wrong_type_falls_back_and_is_still_judged() {
     let app = spawn_app().await;
     write_hostile_chain(&app, "acme").await;
-    // SQLite: a BLOB where text belongs makes json_object fail; PostgreSQL's
-    // columns are typed, so the nearest hostile value is text that differs
-    // from the original only in escaping-relevant bytes.
+    // SQLite: a BLOB (not UTF-8) where text belongs, which the in-place read
+    // refuses; PostgreSQL's columns are typed, so the nearest hostile value is
+    // text that differs from the original only in escaping-relevant bytes.
     if app.db_url.starts_with("sqlite") {
         raw_sql(
             &app,
