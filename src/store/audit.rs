@@ -13,7 +13,8 @@ use crate::domain::audit_row::{COLUMNS, GENESIS, RowRef, Seal};
 /// Inserts sealed rows inside a transaction (one multi-row statement).
 macro_rules! insert_rows {
     ($tx:ident, $rows:expr) => {{
-        let mut qb = QueryBuilder::new(format!("INSERT INTO audit_events ({COLUMNS}) "));
+        let insert = $crate::store::audit::insert_rows_sql(&$tx);
+        let mut qb = QueryBuilder::new(format!("{insert} ({COLUMNS}) "));
         qb.push_values($rows, |mut b, r: &AuditRow| {
             $crate::domain::audit_row::audit_columns!($crate::domain::audit_row::bind_row, b, r);
         });
@@ -262,17 +263,28 @@ type Head = (i64, String);
 /// transaction's first write, which always comes before this read) does the same.
 pub(crate) trait HeadSql: sqlx::Database {
     const LOCK_HEAD: &'static str;
+    /// How a batch of sealed rows is inserted. SQLite: `OR FAIL`, so a
+    /// multi-row insert needs no statement journal (a copy of every page it
+    /// touches, kept to undo just the one statement); a failed insert fails
+    /// the whole transaction anyway, which is rolled back.
+    const INSERT_ROWS: &'static str;
 }
 impl HeadSql for sqlx::Sqlite {
     const LOCK_HEAD: &'static str = "SELECT seq, hash FROM audit_heads WHERE tenant = $1";
+    const INSERT_ROWS: &'static str = "INSERT OR FAIL INTO audit_events";
 }
 impl HeadSql for sqlx::Postgres {
     const LOCK_HEAD: &'static str =
         "SELECT seq, hash FROM audit_heads WHERE tenant = $1 FOR UPDATE";
+    const INSERT_ROWS: &'static str = "INSERT INTO audit_events";
 }
 /// `HeadSql::LOCK_HEAD` for the database of `_tx`.
 pub(crate) fn lock_head_sql<DB: HeadSql>(_tx: &sqlx::Transaction<'_, DB>) -> &'static str {
     DB::LOCK_HEAD
+}
+/// `HeadSql::INSERT_ROWS` for the database of `_tx`.
+pub(crate) fn insert_rows_sql<DB: HeadSql>(_tx: &sqlx::Transaction<'_, DB>) -> &'static str {
+    DB::INSERT_ROWS
 }
 
 /// Takes a tenant's head inside a transaction and keeps it until commit:
