@@ -8,9 +8,11 @@
 //! is one method.
 
 mod audit;
+mod buckets;
 mod credentials;
 mod keys;
 mod policies;
+mod rollup;
 mod sessions;
 mod tenants;
 
@@ -21,6 +23,7 @@ pub use audit::{
 pub use credentials::StoredCredentialRow;
 pub use keys::KeyRow;
 pub use policies::PolicyVersionRow;
+pub use rollup::ROLLUP_CHUNK_ROWS;
 pub use sessions::SessionRow;
 
 use std::fmt;
