@@ -459,21 +459,28 @@ async fn rollup(store: &Store, tenant: &str) {
         }
     }
     let t = Instant::now();
-    let (mut rows, mut chunks, mut slowest) = (0i64, 0, 0f64);
+    let (mut rows, mut chunks, mut slowest, mut size) = (0i64, 0, 0f64, chunk);
     loop {
+        // One step at a time, to time each; sized as `Store::rollup_all`
+        // sizes them (the size that fit after a chunk was cut short).
         let c = Instant::now();
-        let n = store.rollup_pass(tenant, chunk).await.unwrap();
+        let n = store.rollup_pass(tenant, size).await.unwrap();
         if n == 0 {
             break;
         }
         slowest = slowest.max(c.elapsed().as_secs_f64() * 1000.0);
+        size = if n < size {
+            n
+        } else {
+            (size + size / 4 + 1).min(chunk)
+        };
         rows += n;
         chunks += 1;
     }
     let s = t.elapsed().as_secs_f64();
     let (cells, through) = store.rollup_size(tenant).await.unwrap();
     println!(
-        "rollup: counted {rows} rows in {s:.1} s ({:.0} rows/s; {chunks} chunks of {chunk}, slowest {slowest:.0} ms), \
+        "rollup: counted {rows} rows in {s:.1} s ({:.0} rows/s; {chunks} chunks of up to {chunk}, slowest {slowest:.0} ms), \
          {cells} rollup rows, through seq {through}",
         rows as f64 / s.max(1e-9)
     );

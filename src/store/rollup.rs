@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use sqlx::QueryBuilder;
 
 use super::buckets::{self, BucketRange, DAY_MS, NO_LOWER_DAY, NO_UPPER_DAY, TOP};
-use super::{Dialect, Store, StoreError, StoreResult, SummaryRow, with_pool};
+use super::{Db, Dialect, Store, StoreError, StoreResult, SummaryRow, with_pool};
 
 /// Rows of the chain per rollup transaction of the background pass: a chunk
 /// of a busy tenant touches a few thousand rollup rows per level, so each
@@ -25,8 +25,22 @@ use super::{Dialect, Store, StoreError, StoreResult, SummaryRow, with_pool};
 /// the audit's group commit).
 pub const ROLLUP_CHUNK_ROWS: i64 = 20_000;
 
-/// Rollup rows per upsert statement (8 binds each: far below SQLite's 32,766
-/// and PostgreSQL's 65,535 bind parameters).
+/// Rollup rows one transaction of the pass may write at most. A chunk's
+/// rows each add to up to 7 levels of 4 dimensions, so a chunk over many
+/// distinct users can mean several rollup rows per audit row; past this the
+/// chunk is cut shorter. SQLite: about 0.1 s of the one writer, which the
+/// audit's group commit waits for. PostgreSQL: the transaction locks only
+/// the tenant's rollup rows, which issuance never touches, so it may be
+/// longer, and fewer, larger chunks update each high-level row less often.
+fn max_cells(d: Dialect) -> usize {
+    match d {
+        Dialect::Sqlite => 16_384,
+        Dialect::Postgres => 131_072,
+    }
+}
+
+/// Rollup rows per SQLite upsert statement (8 binds each: far below its limit
+/// of 32,766 bind parameters; PostgreSQL binds 8 arrays instead).
 const UPSERT_ROWS: usize = 1000;
 
 /// Times a pass re-reads the state after another instance moved it first.
@@ -283,8 +297,9 @@ fn fold(deltas: Vec<Delta>) -> Vec<(Cell, i64, i64)> {
 enum Step {
     /// The tenant's rollup had counted its whole chain.
     UpToDate,
-    /// `rows` more rows of the chain are counted, through `through`.
-    Counted { rows: i64, through: i64 },
+    /// `rows` more rows of the chain are counted, through `through`;
+    /// `cut` when the chunk was cut short to keep its transaction small.
+    Counted { rows: i64, through: i64, cut: bool },
     /// Another instance moved the tenant's rollup first; nothing written.
     Lost,
 }
@@ -387,7 +402,8 @@ impl Store {
     }
 
     /// One step of the rollup pass for `tenant`: counts the next chunk of at
-    /// most `max_rows` rows of its chain into the rollup and returns how many
+    /// most `max_rows` rows of its chain into the rollup (fewer when they
+    /// would make more than `max_cells` rollup rows) and returns how many
     /// rows of the chain that covered (0 when its rollup was up to date, or
     /// when another instance kept moving it first).
     pub async fn rollup_pass(&self, tenant: &str, max_rows: i64) -> StoreResult<i64> {
@@ -428,14 +444,21 @@ impl Store {
         }
     }
 
-    /// Passes over `tenant` until its rollup has counted through `head`.
+    /// Passes over `tenant` until its rollup has counted through `head`. The
+    /// chunk size adapts: the size that fit when a chunk was cut short, then
+    /// growing back towards `max_rows` (so a chunk is rarely read twice).
     async fn rollup_through(&self, tenant: &str, head: i64, max_rows: i64) -> StoreResult<i64> {
-        let (mut total, mut lost) = (0, 0);
+        let (mut total, mut lost, mut size) = (0, 0, max_rows);
         loop {
-            match self.rollup_step(tenant, max_rows).await? {
+            match self.rollup_step(tenant, size).await? {
                 Step::UpToDate => return Ok(total),
-                Step::Counted { rows, through } => {
+                Step::Counted { rows, through, cut } => {
                     total += rows;
+                    size = if cut {
+                        rows.max(1)
+                    } else {
+                        (size + size / 4 + 1).min(max_rows)
+                    };
                     if through >= head {
                         return Ok(total);
                     }
@@ -469,14 +492,26 @@ impl Store {
             "SELECT MIN(seq) FROM audit_events WHERE tenant = $1 AND seq > $2"
         ).bind(tenant).bind(through).fetch_one(p).await)?;
         let start = first.map_or(head, |f| (f - 1).clamp(through, head));
-        let upto = head.min(start.saturating_add(max_rows.max(1)));
-        let cells = if upto > start {
-            let sql = deltas_sql(self.dialect());
+        let mut upto = head.min(start.saturating_add(max_rows.max(1)));
+        let mut cut = false;
+        let sql = deltas_sql(self.dialect());
+        let cells = loop {
+            if upto <= start {
+                break Vec::new();
+            }
             let deltas: Vec<Delta> = with_pool!(self, p => sqlx::query_as(&sql)
                 .bind(tenant).bind(start).bind(upto).fetch_all(p).await)?;
-            fold(deltas)
-        } else {
-            Vec::new()
+            let cells = fold(deltas);
+            let rows = upto - start;
+            if cells.len() <= max_cells(self.dialect()) || rows == 1 {
+                break cells;
+            }
+            // Too many rollup rows for one short transaction: fewer chain
+            // rows, in proportion (a row adds at most 28 rollup rows).
+            let fit =
+                (rows as f64 * max_cells(self.dialect()) as f64 / cells.len() as f64 * 0.8) as i64;
+            upto = start + fit.clamp(1, rows - 1);
+            cut = true;
         };
         if !self.rollup_commit(tenant, through, upto, &cells).await? {
             return Ok(Step::Lost);
@@ -484,6 +519,7 @@ impl Store {
         Ok(Step::Counted {
             rows: upto - start,
             through: upto,
+            cut,
         })
     }
 
@@ -497,53 +533,84 @@ impl Store {
         to: i64,
         cells: &[(Cell, i64, i64)],
     ) -> StoreResult<bool> {
-        with_pool!(write self, p => {
-            let mut tx = p.begin().await?;
-            // A write first: SQLite takes its write lock here, before the check.
-            sqlx::query(
-                "INSERT INTO audit_rollup_state (tenant, through_seq) VALUES ($1, 0) \
-                 ON CONFLICT (tenant) DO NOTHING",
-            )
-            .bind(tenant)
-            .execute(&mut *tx)
-            .await?;
-            let moved = sqlx::query(
-                "UPDATE audit_rollup_state SET through_seq = $2 WHERE tenant = $1 AND through_seq = $3",
-            )
-            .bind(tenant)
-            .bind(to)
-            .bind(from)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if moved != 1 {
-                tx.rollback().await?;
-                return Ok(false);
+        // Moves `through_seq` from `from` to `to` inside `$tx`, or rolls
+        // back and returns `false` when it was no longer `from`.
+        macro_rules! claim {
+            ($tx:ident) => {{
+                // A write first: SQLite takes its write lock here, before the check.
+                sqlx::query(
+                    "INSERT INTO audit_rollup_state (tenant, through_seq) VALUES ($1, 0) \
+                     ON CONFLICT (tenant) DO NOTHING",
+                )
+                .bind(tenant)
+                .execute(&mut *$tx)
+                .await?;
+                let moved = sqlx::query(
+                    "UPDATE audit_rollup_state SET through_seq = $2 \
+                     WHERE tenant = $1 AND through_seq = $3",
+                )
+                .bind(tenant)
+                .bind(to)
+                .bind(from)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected();
+                if moved != 1 {
+                    $tx.rollback().await?;
+                    return Ok(false);
+                }
+            }};
+        }
+        const COLUMNS: &str =
+            "INSERT INTO audit_rollup (tenant, dim, level, bucket, has_key, key, issued, refused) ";
+        const ADD: &str = " ON CONFLICT (tenant, dim, level, bucket, has_key, key) DO UPDATE SET \
+             issued = audit_rollup.issued + excluded.issued, \
+             refused = audit_rollup.refused + excluded.refused";
+        match &self.db {
+            Db::Sqlite { write, .. } => {
+                let mut tx = write.begin().await?;
+                claim!(tx);
+                for batch in cells.chunks(UPSERT_ROWS) {
+                    let mut qb = QueryBuilder::new(COLUMNS);
+                    qb.push_values(batch, |mut b, (c, issued, refused)| {
+                        b.push_bind(tenant)
+                            .push_bind(c.dim.as_str())
+                            .push_bind(c.level)
+                            .push_bind(c.bucket)
+                            .push_bind(c.has_key)
+                            .push_bind(c.key.as_str())
+                            .push_bind(*issued)
+                            .push_bind(*refused);
+                    });
+                    qb.push(ADD);
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
             }
-            for batch in cells.chunks(UPSERT_ROWS) {
-                let mut qb = QueryBuilder::new(
-                    "INSERT INTO audit_rollup (tenant, dim, level, bucket, has_key, key, issued, refused) ",
+            Db::Postgres(p) => {
+                // One statement over arrays: PostgreSQL plans a long VALUES
+                // list slowly, and arrays have no bind limit.
+                let mut tx = p.begin().await?;
+                claim!(tx);
+                let sql = format!(
+                    "{COLUMNS} SELECT $1, * FROM UNNEST($2::text[], $3::smallint[], $4::bigint[], \
+                     $5::smallint[], $6::text[], $7::bigint[], $8::bigint[]){ADD}"
                 );
-                qb.push_values(batch, |mut b, (c, issued, refused)| {
-                    b.push_bind(tenant)
-                        .push_bind(c.dim.as_str())
-                        .push_bind(c.level)
-                        .push_bind(c.bucket)
-                        .push_bind(c.has_key)
-                        .push_bind(c.key.as_str())
-                        .push_bind(*issued)
-                        .push_bind(*refused);
-                });
-                qb.push(
-                    " ON CONFLICT (tenant, dim, level, bucket, has_key, key) DO UPDATE SET \
-                     issued = audit_rollup.issued + excluded.issued, \
-                     refused = audit_rollup.refused + excluded.refused",
-                );
-                qb.build().execute(&mut *tx).await?;
+                sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(cells.iter().map(|c| c.0.dim.as_str()).collect::<Vec<_>>())
+                    .bind(cells.iter().map(|c| c.0.level).collect::<Vec<_>>())
+                    .bind(cells.iter().map(|c| c.0.bucket).collect::<Vec<_>>())
+                    .bind(cells.iter().map(|c| c.0.has_key).collect::<Vec<_>>())
+                    .bind(cells.iter().map(|c| c.0.key.as_str()).collect::<Vec<_>>())
+                    .bind(cells.iter().map(|c| c.1).collect::<Vec<_>>())
+                    .bind(cells.iter().map(|c| c.2).collect::<Vec<_>>())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
             }
-            tx.commit().await?;
-            Ok(true)
-        })
+        }
+        Ok(true)
     }
 
     /// Rows of a tenant's rollup and how far it has counted (for the bench
