@@ -12,6 +12,9 @@
 //! statements (the write path's own statement shape), so `verify` passes.
 //! `KEEP=1` keeps an existing tenant (generated once, measured many times).
 //! `ONLY=verify|query` runs one half; `PAGE=N` verifies with pages of N rows.
+//! Before either, the summaries' rollup pass runs to completion and is timed
+//! (`ROLLUP_CHUNK=N` rows per chunk, `ROLLUP=rebuild` to build it again);
+//! `CHECK=1` also compares every summary with a scan of its rows.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark with broken fixtures should stop loudly
 #![allow(clippy::disallowed_methods, clippy::too_many_lines)] // a benchmark measures real time, setup reads top to bottom
@@ -354,6 +357,18 @@ async fn queries(store: &Store, tenant: &str, rows: usize) -> (usize, usize) {
                     .len()
             );
             all += 1;
+            if std::env::var("CHECK").is_ok() {
+                // The same groups as a scan of every row of the window.
+                let scan = store
+                    .audit_summary_scan(tenant, by, since, until)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    store.audit_summary(tenant, by, since, until).await.unwrap(),
+                    scan,
+                    "by={by}{tn}"
+                );
+            }
         }
     }
     (ok, all)
@@ -387,6 +402,7 @@ fn main() {
         let t = Instant::now();
         store.optimize().await.unwrap();
         println!("planner statistics refreshed in {:.2} s", t.elapsed().as_secs_f64());
+        rollup(&store, &tenant).await;
         if only != "query" {
             let t = Instant::now();
             let v = match std::env::var("PAGE").ok().and_then(|p| p.parse().ok()) {
@@ -412,6 +428,62 @@ fn main() {
             println!("{ok} of {all} queries within target (page <= 25 ms, summary <= 200 ms) over {rows} rows");
         }
     });
+}
+
+/// Runs the summaries' rollup pass to completion, as a broker does at start
+/// (in its chunks, `ROLLUP_CHUNK=` for another size), and prints how long it
+/// took, the slowest chunk (each is one read and one write transaction), and
+/// the rollup's size. `ROLLUP=rebuild` drops the tenant's rollup first.
+async fn rollup(store: &Store, tenant: &str) {
+    let chunk: i64 = std::env::var("ROLLUP_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(token_broker::store::ROLLUP_CHUNK_ROWS);
+    if std::env::var("ROLLUP").as_deref() == Ok("rebuild") {
+        // A prune of nothing would not do; reset through the tables directly.
+        let url = std::env::var("BENCH_DATABASE_URL").unwrap_or_default();
+        let sqls = [
+            "DELETE FROM audit_rollup WHERE tenant = $1",
+            "DELETE FROM audit_rollup_state WHERE tenant = $1",
+        ];
+        if url.starts_with("postgres") {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            for q in sqls {
+                sqlx::query(q).bind(tenant).execute(&pool).await.unwrap();
+            }
+        } else if !url.is_empty() {
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            for q in sqls {
+                sqlx::query(q).bind(tenant).execute(&pool).await.unwrap();
+            }
+        }
+    }
+    let t = Instant::now();
+    let (mut rows, mut chunks, mut slowest, mut size) = (0i64, 0, 0f64, chunk);
+    loop {
+        // One step at a time, to time each; sized as `Store::rollup_all`
+        // sizes them (the size that fit after a chunk was cut short).
+        let c = Instant::now();
+        let n = store.rollup_pass(tenant, size).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        slowest = slowest.max(c.elapsed().as_secs_f64() * 1000.0);
+        size = if n < size {
+            n
+        } else {
+            (size + size / 4 + 1).min(chunk)
+        };
+        rows += n;
+        chunks += 1;
+    }
+    let s = t.elapsed().as_secs_f64();
+    let (cells, through) = store.rollup_size(tenant).await.unwrap();
+    println!(
+        "rollup: counted {rows} rows in {s:.1} s ({:.0} rows/s; {chunks} chunks of up to {chunk}, slowest {slowest:.0} ms), \
+         {cells} rollup rows, through seq {through}",
+        rows as f64 / s.max(1e-9)
+    );
 }
 
 fn peak_rss_mib() -> u64 {

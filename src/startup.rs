@@ -31,6 +31,8 @@ pub struct Application {
     poller: JoinHandle<()>,
     /// Keeps the database's planner statistics current (`Store::optimize`).
     optimizer: JoinHandle<()>,
+    /// Keeps the audit summaries' rollup current (`Store::rollup_all`).
+    rollup: JoinHandle<()>,
     /// The periodic audit checkpoint writer (with a checkpoint key).
     checkpoint_task: Option<JoinHandle<()>>,
 }
@@ -69,6 +71,27 @@ async fn keep_statistics(store: Store) {
         tick.tick().await;
         if let Err(e) = store.optimize().await {
             tracing::warn!(error = %e, "refreshing the database's planner statistics failed");
+        }
+    }
+}
+
+/// How often each instance brings the audit rollup up to every tenant's
+/// chain head (and once at start). A summary reads the rows written since the
+/// last pass one by one, so this bounds its raw part: at most this long of a
+/// tenant's writes (docs/operations.md).
+pub const ROLLUP_EVERY: Duration = Duration::from_secs(30);
+
+/// Runs `Store::rollup_all` at start and then every `ROLLUP_EVERY`. Several
+/// instances may run it at once (each chunk is counted by exactly one); a
+/// failure is logged and the next round tries again: summaries stay exact
+/// meanwhile, only slower.
+async fn keep_rollup(store: Store) {
+    let mut tick = tokio::time::interval(ROLLUP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = store.rollup_all(crate::store::ROLLUP_CHUNK_ROWS).await {
+            tracing::warn!(error = %e, "the audit rollup pass failed; summaries read more rows until it succeeds");
         }
     }
 }
@@ -165,6 +188,7 @@ impl Application {
         .run();
         let poller = tokio::spawn(Arc::clone(&state).follow_changes(CHANGE_POLL));
         let optimizer = tokio::spawn(keep_statistics(state.store.clone()));
+        let rollup = tokio::spawn(keep_rollup(state.store.clone()));
         tracing::info!(listen = %settings.listen.ip(), port, database = ?state.store.url_redacted(), "token-broker listening");
         Ok(Application {
             port,
@@ -173,6 +197,7 @@ impl Application {
             writer_task,
             poller,
             optimizer,
+            rollup,
             checkpoint_task,
         })
     }
@@ -197,6 +222,8 @@ impl Application {
         let _ = self.poller.await;
         self.optimizer.abort();
         let _ = self.optimizer.await;
+        self.rollup.abort();
+        let _ = self.rollup.await;
         if let Some(t) = self.checkpoint_task {
             t.abort();
             let _ = t.await;

@@ -689,71 +689,19 @@ impl Store {
                 "INSERT INTO audit_prunes (tenant, through_seq, through_hash, rows_deleted, pruned_at_ms) VALUES ($1, $2, $3, $4, $5)"
             ).bind(&row.tenant).bind(row.through_seq).bind(&row.through_hash).bind(row.rows_deleted).bind(row.pruned_at_ms)
              .execute(&mut *tx).await?;
+            // The rollup counted rows that are gone, mixed into its buckets: drop
+            // it and restart it at the prune point (nothing at or below it is
+            // left to count; the pass recounts the rest). Not 0: a pass that
+            // read its chunk before this prune must never find `through_seq`
+            // back at its old value. The state row first, as the pass locks it.
+            sqlx::query(
+                "INSERT INTO audit_rollup_state (tenant, through_seq) VALUES ($1, $2) \
+                 ON CONFLICT (tenant) DO UPDATE SET through_seq = excluded.through_seq"
+            ).bind(tenant).bind(seq).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM audit_rollup WHERE tenant = $1")
+                .bind(tenant).execute(&mut *tx).await?;
             tx.commit().await?;
             Ok(Some(row))
         })
-    }
-
-    /// Counts of issued and refused tokens grouped by `by` (`role`, `user`,
-    /// `session`, `rule` or `day`), for a tenant and time range.
-    pub async fn audit_summary(
-        &self,
-        tenant: &str,
-        by: &str,
-        since_ms: Option<i64>,
-        until_ms: Option<i64>,
-    ) -> StoreResult<Vec<SummaryRow>> {
-        // SQLite: `+col` keeps the planner from walking a whole per-column
-        // index to get the groups in order (a table lookup per row of the
-        // tenant's history); it reads the time range instead.
-        let plus = match self.dialect() {
-            super::Dialect::Sqlite => "+",
-            super::Dialect::Postgres => "",
-        };
-        let user = format!("{plus}user_id");
-        let session = format!("{plus}session_id");
-        let rule_key = format!("{plus}rule");
-        let key = match by {
-            "role" => "COALESCE(granted_role, requested_role)",
-            "user" => user.as_str(),
-            "session" => session.as_str(),
-            "rule" => rule_key.as_str(),
-            "day" => match self.dialect() {
-                super::Dialect::Sqlite => "strftime('%Y-%m-%d', at_ms / 1000, 'unixepoch')",
-                super::Dialect::Postgres => {
-                    "to_char(to_timestamp(at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-                }
-            },
-            other => {
-                return Err(StoreError::Invalid(format!(
-                    "cannot group by {other:?}: use role, user, session, rule or day"
-                )));
-            }
-        };
-        // Only the bounds given: an unbounded summary reads the tenant's rows
-        // in order (no index to walk), a window reads the time index's range.
-        let window = match (since_ms, until_ms) {
-            (Some(_), Some(_)) => "AND at_ms >= $2 AND at_ms < $3",
-            (Some(_), None) => "AND at_ms >= $2",
-            (None, Some(_)) => "AND at_ms < $2",
-            (None, None) => "",
-        };
-        let sql = format!(
-            "SELECT {key} AS key, \
-             SUM(CASE WHEN outcome = 'issued' THEN 1 ELSE 0 END) AS issued, \
-             SUM(CASE WHEN outcome = 'refused' THEN 1 ELSE 0 END) AS refused \
-             FROM audit_events WHERE tenant = $1 AND {plus}kind IN ('token_issued', 'token_refused') \
-             {window} GROUP BY {key} ORDER BY issued DESC, refused DESC, key"
-        );
-        Ok(with_pool!(self, p => {
-            let mut q = sqlx::query_as::<_, SummaryRow>(&sql).bind(tenant);
-            if let Some(v) = since_ms {
-                q = q.bind(v);
-            }
-            if let Some(v) = until_ms {
-                q = q.bind(v);
-            }
-            q.fetch_all(p).await
-        })?)
     }
 }

@@ -8,10 +8,12 @@
 //! is one method.
 
 mod audit;
+mod buckets;
 mod copy;
 mod credentials;
 mod keys;
 mod policies;
+mod rollup;
 mod sessions;
 mod sqlite_file;
 mod tenants;
@@ -23,6 +25,7 @@ pub use copy::{CopyDecoder, CopyError};
 pub use credentials::StoredCredentialRow;
 pub use keys::KeyRow;
 pub use policies::PolicyVersionRow;
+pub use rollup::ROLLUP_CHUNK_ROWS;
 pub use sessions::SessionRow;
 
 use std::fmt;

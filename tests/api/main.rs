@@ -11,6 +11,7 @@ mod helpers;
 
 mod audit_log;
 mod audit_proofs;
+mod audit_rollup;
 mod audit_scale;
 mod audit_verify;
 mod bounded_admin;
