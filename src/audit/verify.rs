@@ -206,7 +206,9 @@ async fn fast_pass(
     ))
 }
 
-/// The fast pass over one range, the fastest way this store can read it.
+/// The fast pass over one range, `start` to `upto_seq`, the fastest way this
+/// store can read it: the progress after the last good row, and whether that
+/// is `upto_seq` (otherwise the Rust pass goes on and names what stopped it).
 async fn read_range(
     store: &Store,
     tenant: &str,
@@ -226,7 +228,7 @@ async fn read_range(
 
 /// The fast pass over one range of an SQLite file: rows read in place on a
 /// blocking thread of its own (`Store::read_chain_from_file`) and hashed the
-/// Rust way as they come. Same contract as `fast_range`.
+/// Rust way as they come. Same contract as `read_range`.
 async fn file_range(
     store: &Store,
     tenant: &str,
@@ -241,7 +243,7 @@ async fn file_range(
         let mut buf = Vec::with_capacity(2048);
         let mut held = true;
         let read = store.read_chain_from_file(&tenant, from_seq, upto_seq, |row| {
-            held = row.is_ok_and(|row| check_copied_row(&mut p, &row, cp_count, &mut buf));
+            held = row.is_ok_and(|row| check_streamed_row(&mut p, &row, cp_count, &mut buf));
             held
         });
         // An error reading the file is not a verdict: the Rust pass reads on.
@@ -257,9 +259,7 @@ const COPY_BATCH: usize = 256 * 1024;
 
 /// The fast pass over one range on PostgreSQL: the rows stream as binary
 /// `COPY` (no rendering on the server) and are hashed the Rust way on a
-/// second thread, so the verdict needs no second opinion. Same contract as
-/// `fast_range`: the progress after the last good row, and whether that is
-/// `upto_seq`; the Rust pass names whatever stopped it.
+/// second thread. Same contract as `read_range`.
 async fn copy_range(
     store: &Store,
     tenant: &str,
@@ -277,7 +277,7 @@ async fn copy_range(
         for chunk in rx {
             held = decoder.push(&chunk, |row| {
                 let Ok(row) = row else { return false };
-                check_copied_row(&mut p, &row, cp_count, &mut buf)
+                check_streamed_row(&mut p, &row, cp_count, &mut buf)
             });
             if !held {
                 // Dropping `rx` ends the stream; the Rust pass takes over here.
@@ -307,7 +307,7 @@ async fn copy_range(
 }
 
 /// One streamed row: the second range's entry, then the chain rules.
-fn check_copied_row(
+fn check_streamed_row(
     p: &mut Progress,
     row: &RowRef<'_>,
     cp_count: Option<i64>,
