@@ -4,19 +4,19 @@
 //! Two passes share one `Verifier`:
 //! - the fast pass reads a long chain as two ranges at once, each on its own
 //!   connection and hashed on its own thread, and joins them where the second
-//!   range's first `prev_hash` is the first range's last hash:
-//!   - PostgreSQL streams each range as binary `COPY` (`Store::copy_chain`):
-//!     the columns as stored, decoded in place (`CopyDecoder`) and hashed with
-//!     the Rust canonical form, the authority itself;
-//!   - SQLite has no such stream, so it builds each page as one text, a line
-//!     per row with the canonical JSON rendered by the database
-//!     (`schema::canonical_line_sql`): no per-row decoding or allocation;
-//! - at the first row or page where anything does not hold (a hash, a link, a
-//!   sequence number, a line that does not parse, or the query itself failing,
-//!   e.g. on a value SQLite cannot render as JSON), verification goes on from
-//!   there with the Rust canonical form over decoded rows: a difference in how
-//!   a database escapes a string can cost time, never a false verdict. A fault
-//!   is always named by the Rust pass.
+//!   range's first `prev_hash` is the first range's last hash. Each range is
+//!   read the fastest way its store allows, and every row is hashed with the
+//!   Rust canonical form, the authority itself:
+//!   - PostgreSQL streams it as binary `COPY` (`Store::copy_chain`), the
+//!     columns as stored, decoded in place (`CopyDecoder`);
+//!   - an SQLite file is read in place by a read-only connection of its own
+//!     (`Store::read_chain_from_file`), each column lent from SQLite's buffers;
+//!   - an SQLite database in memory has no such reader: the Rust pass reads it;
+//! - at the first row where anything does not hold (a hash, a link, a
+//!   sequence number, a value of the wrong type, or the read itself failing),
+//!   verification goes on from the last good row with the Rust pass over rows
+//!   decoded by sqlx, page by page, which names the fault. A fault is always
+//!   named by the Rust pass.
 
 use serde::Serialize;
 
@@ -24,7 +24,8 @@ use super::chain::{self, ChainFault, Verifier};
 use super::schema::RowRef;
 use crate::store::{ChainPage, CopyDecoder, Dialect, Store, StoreError};
 
-/// Rows per page (the fast pass's text is about 1 KiB per row).
+/// Rows per page of the Rust pass (and the shortest chain the fast pass
+/// splits in two is four pages).
 const PAGE: i64 = 4096;
 
 /// Why verification could not run (a fault in the chain is a result, not an error).
@@ -42,8 +43,9 @@ pub struct TenantVerify {
     pub tenant: String,
     pub ok: bool,
     pub rows: u64,
-    /// How many of `rows` the fast pass (database-built canonical text) checked;
-    /// the rest were checked the Rust way (see the module documentation).
+    /// How many of `rows` the fast pass (the streamed or in-place read)
+    /// checked; the rest were checked by the Rust pass (see the module
+    /// documentation).
     #[serde(skip)]
     pub rows_fast: u64,
     pub head_seq: i64,
@@ -156,9 +158,8 @@ struct Progress {
 /// The fast pass. Returns the progress after the last page that held
 /// entirely, and whether that is the whole chain up to `head_seq`.
 ///
-/// A long chain is read as two ranges at once, by two connections (so the
-/// database's work, rendering the JSON, uses both cores), each hashed on its
-/// own thread. The second range starts from the `prev_hash` its first row
+/// A long chain is read as two ranges at once, by two connections, each
+/// decoded and hashed on its own thread (so both cores work). The second range starts from the `prev_hash` its first row
 /// claims; the two join only if that is exactly the hash the first range
 /// ended on, at the position it ended on. Otherwise (or at any fault) the
 /// Rust pass goes on from the end of the first range's last good page.

@@ -224,8 +224,7 @@ macro_rules! define_rows {
                 buf.extend_from_slice(b"{\"v\":1");
                 $(
                     buf.extend_from_slice(concat!(",\"", stringify!($col), "\":").as_bytes());
-                    // Strings and integers always serialize.
-                    let _ = serde_json::to_writer(&mut *buf, &self.$col);
+                    CanonicalJson::write_json(&self.$col, buf);
                 )*
                 buf.push(b'}');
             }
@@ -278,6 +277,62 @@ macro_rules! bind_row {
     };
 }
 pub(crate) use bind_row;
+
+/// A column value in the canonical hash input, byte for byte as `serde_json`
+/// writes it (the canonical form is defined by that output).
+trait CanonicalJson {
+    fn write_json(&self, buf: &mut Vec<u8>);
+}
+
+impl CanonicalJson for &str {
+    fn write_json(&self, buf: &mut Vec<u8>) {
+        json_str(buf, self);
+    }
+}
+impl CanonicalJson for Option<&str> {
+    fn write_json(&self, buf: &mut Vec<u8>) {
+        match self {
+            Some(s) => json_str(buf, s),
+            None => buf.extend_from_slice(b"null"),
+        }
+    }
+}
+impl CanonicalJson for i64 {
+    fn write_json(&self, buf: &mut Vec<u8>) {
+        // Integers always serialize.
+        let _ = serde_json::to_writer(&mut *buf, self);
+    }
+}
+impl CanonicalJson for Option<i64> {
+    fn write_json(&self, buf: &mut Vec<u8>) {
+        match self {
+            Some(n) => n.write_json(buf),
+            None => buf.extend_from_slice(b"null"),
+        }
+    }
+}
+
+/// `s` as a JSON string, exactly as `serde_json` writes it: `"` and `\`
+/// and the control characters below U+0020 are escaped, everything else
+/// (non-ASCII included) is copied. Almost no stored value needs an escape, so
+/// those are found first with a scan that has no early exit (it vectorizes)
+/// and copied whole; `serde_json` writes the rest. `audit verify` spends most
+/// of its time here and in SHA-256 (docs/performance.md).
+fn json_str(buf: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    let escapes = b.iter().fold(false, |any, &c| {
+        any | (c < 0x20) | (c == b'"') | (c == b'\\')
+    });
+    if escapes {
+        // Strings always serialize.
+        let _ = serde_json::to_writer(&mut *buf, s);
+    } else {
+        buf.reserve(b.len() + 2);
+        buf.push(b'"');
+        buf.extend_from_slice(b);
+        buf.push(b'"');
+    }
+}
 
 /// A CSV cell of a column value: empty for NULL.
 trait CsvCell {
@@ -336,6 +391,21 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), 29);
         assert_eq!(COLUMNS.split(", ").collect::<Vec<_>>(), COLUMN_NAMES);
+    }
+
+    proptest::proptest! {
+        /// The fast path writes what serde_json writes, for any string: plain,
+        /// with quotes, backslashes, every control character, DEL, non-ASCII.
+        #[test]
+        fn json_strings_are_written_exactly_as_serde_json_writes_them(
+            s in "(\\PC|[\\x00-\\x1f\\x7f\"\\\\]|\u{2028}|\u{e9}){0,40}"
+        ) {
+            let mut ours = b"x".to_vec();
+            json_str(&mut ours, &s);
+            let mut theirs = b"x".to_vec();
+            serde_json::to_writer(&mut theirs, &s).unwrap();
+            proptest::prop_assert_eq!(ours, theirs);
+        }
     }
 
     #[test]
