@@ -168,6 +168,25 @@ macro_rules! borrow_col {
     };
 }
 
+/// Decodes one column of a stored row by its kind, with the decoders named
+/// `text`, `opt_text`, `int` and `opt_int` where it is used (each row reader
+/// has its own: `COPY` fields, SQLite values): `decode_col!(Kind, name, value)`.
+macro_rules! decode_col {
+    (Text, $n:expr, $v:expr) => {
+        text($n, $v)
+    };
+    (OptText, $n:expr, $v:expr) => {
+        opt_text($n, $v)
+    };
+    (Int, $n:expr, $v:expr) => {
+        int($n, $v)
+    };
+    (OptInt, $n:expr, $v:expr) => {
+        opt_int($n, $v)
+    };
+}
+pub(crate) use decode_col;
+
 /// Owns a borrowed column.
 macro_rules! own_col {
     ($v:expr, Text) => {

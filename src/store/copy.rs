@@ -10,7 +10,7 @@
 //! field a 32-bit length (-1 for NULL) and the value in the type's binary
 //! send format: UTF-8 bytes for `text`, 8 big-endian bytes for `bigint`.
 
-use crate::domain::audit_row::{RowRef, audit_columns};
+use crate::domain::audit_row::{RowRef, audit_columns, decode_col};
 
 /// The 11-byte signature that starts binary `COPY` data.
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
@@ -56,22 +56,6 @@ fn opt_int(name: &'static str, v: Option<&[u8]>) -> Result<Option<i64>, CopyErro
     .transpose()
 }
 
-/// The decoder of one column kind.
-macro_rules! decode {
-    (Text, $n:expr, $v:expr) => {
-        text($n, $v)
-    };
-    (OptText, $n:expr, $v:expr) => {
-        opt_text($n, $v)
-    };
-    (Int, $n:expr, $v:expr) => {
-        int($n, $v)
-    };
-    (OptInt, $n:expr, $v:expr) => {
-        opt_int($n, $v)
-    };
-}
-
 /// `fn row_ref(fields) -> RowRef`, fields in `COLUMNS` order (`hash` last).
 macro_rules! copy_row_ref {
     ([] $($col:ident: $kind:ident),* $(,)?) => {
@@ -81,8 +65,8 @@ macro_rules! copy_row_ref {
         fn row_ref<'a>(f: &[Option<&'a [u8]>; FIELDS]) -> Result<RowRef<'a>, CopyError> {
             let mut it = f.iter().copied();
             Ok(RowRef {
-                $($col: decode!($kind, stringify!($col), it.next().flatten())?,)*
-                hash: decode!(Text, "hash", it.next().flatten())?,
+                $($col: decode_col!($kind, stringify!($col), it.next().flatten())?,)*
+                hash: decode_col!(Text, "hash", it.next().flatten())?,
             })
         }
     };

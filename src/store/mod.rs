@@ -315,19 +315,19 @@ pub struct ChangeRow {
     pub subject: String,
 }
 
-/// The SQLite database holds argon2 hashes, sealed credentials and the audit:
-/// only the broker's user may read it. A new file is created 0600 before
-/// SQLite opens it (SQLite gives its WAL and shared-memory files the same
-/// mode); existing files are tightened to 0600.
 /// The database file, unless the database lives in memory.
 fn on_disk(db: &std::path::Path) -> Option<std::path::PathBuf> {
     let memory = db.as_os_str().is_empty() || db.to_string_lossy().starts_with(':');
     (!memory).then(|| db.to_owned())
 }
 
+/// The SQLite database holds argon2 hashes, sealed credentials and the audit:
+/// only the broker's user may read it. A new file is created 0600 before
+/// SQLite opens it (SQLite gives its WAL and shared-memory files the same
+/// mode); existing files are tightened to 0600.
 fn restrict_sqlite_files(db: &std::path::Path) {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if db.as_os_str().is_empty() || db.to_string_lossy().starts_with(':') {
+    if on_disk(db).is_none() {
         return; // in-memory
     }
     let _ = std::fs::OpenOptions::new()

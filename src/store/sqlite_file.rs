@@ -14,7 +14,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
 use super::{Db, Store, StoreError, StoreResult};
-use crate::domain::audit_row::{COLUMNS, RowRef, audit_columns};
+use crate::domain::audit_row::{COLUMNS, RowRef, audit_columns, decode_col};
 
 fn err(e: rusqlite::Error) -> StoreError {
     StoreError::Invalid(format!("reading the SQLite file: {e}"))
@@ -51,22 +51,6 @@ fn opt_int(name: &str, v: ValueRef<'_>) -> rusqlite::Result<Option<i64>> {
     }
 }
 
-/// The decoder of one column kind.
-macro_rules! decode {
-    (Text, $n:expr, $v:expr) => {
-        text($n, $v)
-    };
-    (OptText, $n:expr, $v:expr) => {
-        opt_text($n, $v)
-    };
-    (Int, $n:expr, $v:expr) => {
-        int($n, $v)
-    };
-    (OptInt, $n:expr, $v:expr) => {
-        opt_int($n, $v)
-    };
-}
-
 /// `fn row_ref(row) -> RowRef` for a row of `SELECT {COLUMNS}`.
 macro_rules! file_row_ref {
     ([] $($col:ident: $kind:ident),* $(,)?) => {
@@ -77,8 +61,8 @@ macro_rules! file_row_ref {
                 r.get_ref(i - 1)
             };
             Ok(RowRef {
-                $($col: decode!($kind, stringify!($col), next()?)?,)*
-                hash: decode!(Text, "hash", next()?)?,
+                $($col: decode_col!($kind, stringify!($col), next()?)?,)*
+                hash: decode_col!(Text, "hash", next()?)?,
             })
         }
     };
