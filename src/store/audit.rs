@@ -253,6 +253,23 @@ impl ChainPage {
     }
 }
 
+/// Rows in the largest statement of a batch insert.
+const INSERT_CHUNK_MAX: usize = 64;
+
+/// How many of `left` rows the next insert statement takes: the largest
+/// power of two up to `INSERT_CHUNK_MAX`, so every batch is written by
+/// statements of at most seven sizes (1, 2, 4, ... 64 rows) and the
+/// connection caches those seven, whatever the batch sizes. One prepared
+/// statement per batch size would cache up to `max_batch` of them, the
+/// largest holding ~15,000 bind slots each.
+fn insert_chunk(left: usize) -> usize {
+    if left >= INSERT_CHUNK_MAX {
+        INSERT_CHUNK_MAX
+    } else {
+        1 << left.max(1).ilog2()
+    }
+}
+
 /// A chain head: (seq, hash).
 type Head = (i64, String);
 
@@ -411,7 +428,15 @@ impl Store {
                     .execute(&mut *tx).await?;
                 news.insert(tenant.clone(), h);
             }
-            insert_rows!(tx, rows.iter());
+            // In statements of a few fixed sizes: each size is one prepared
+            // statement kept in the connection's cache, so a batch of any
+            // size reuses them instead of adding a statement of its own size.
+            let mut rest: &[AuditRow] = rows;
+            while !rest.is_empty() {
+                let (chunk, tail) = rest.split_at(insert_chunk(rest.len()));
+                insert_rows!(tx, chunk.iter());
+                rest = tail;
+            }
             tx.commit().await?;
             Ok(())
         })
@@ -703,5 +728,35 @@ impl Store {
             tx.commit().await?;
             Ok(Some(row))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{INSERT_CHUNK_MAX, insert_chunk};
+
+    /// Every batch size up to four times the largest statement is written by
+    /// statements whose sizes add up to it, each a power of two no larger than
+    /// the largest, and no more than `1 + log2(largest)` sizes in all.
+    #[test]
+    fn batches_are_written_in_a_few_fixed_statement_sizes() {
+        let mut sizes = std::collections::BTreeSet::new();
+        for n in 1..=4 * INSERT_CHUNK_MAX {
+            let (mut left, mut parts) = (n, Vec::new());
+            while left > 0 {
+                let c = insert_chunk(left);
+                assert!(c.is_power_of_two() && c <= INSERT_CHUNK_MAX && c <= left);
+                parts.push(c);
+                left -= c;
+            }
+            assert_eq!(parts.iter().sum::<usize>(), n);
+            assert!(parts.windows(2).all(|w| w[0] >= w[1]), "{n}: {parts:?}");
+            sizes.extend(parts);
+        }
+        assert_eq!(
+            sizes.len(),
+            INSERT_CHUNK_MAX.ilog2() as usize + 1,
+            "{sizes:?}"
+        );
     }
 }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use token_broker::audit::writer::{AuditWriter, WriterConfig, commit_isolating};
 use token_broker::audit::{AuditRow, AuditUnavailable};
 use token_broker::cli_audit::verify_tenant;
+use token_broker::store::AuditFilter;
 
 use crate::helpers::*;
 
@@ -514,6 +515,61 @@ async fn a_batch_with_rows_the_database_refuses_commits_all_the_others() {
         let v = verify_tenant(&app.store, t, None).await.unwrap();
         assert!(v.ok, "{v:?}");
     }
+}
+
+/// A batch larger than one insert statement (it is written in statements of
+/// 64, 64, 64, 8, 2 and 1 rows) is still one transaction: a row the database
+/// refuses in the third statement fails only itself, the rows of the
+/// statements before it are not left half-written, and the chain that results
+/// is every other row, in order.
+#[tokio::test]
+async fn a_refused_row_deep_in_a_large_batch_fails_only_itself() {
+    let app = spawn_app().await;
+    app.create_tenant("acme").await;
+    database_refuses_rows_of(&app, "poison").await;
+    // The tenant's chain already holds its admin events.
+    let before = verify_tenant(&app.store, "acme", None).await.unwrap().rows;
+    let n = 203;
+    let poison = [150, 201];
+    let mut rows: Vec<AuditRow> = (0..n)
+        .map(|i| {
+            let user = if poison.contains(&i) {
+                "poison".to_owned()
+            } else {
+                format!("u{i}")
+            };
+            row("acme", &user)
+        })
+        .collect();
+    let out = commit_isolating(&app.store, &mut rows, &mut Default::default()).await;
+    assert!(!out.store_failed);
+    assert_eq!(out.committed, n - poison.len());
+    for (i, a) in out.answers.iter().enumerate() {
+        assert_eq!(a.is_ok(), !poison.contains(&i), "row {i}: {a:?}");
+    }
+    let v = verify_tenant(&app.store, "acme", None).await.unwrap();
+    assert!(v.ok, "{v:?}");
+    assert_eq!(v.rows, before + (n - poison.len()) as u64);
+    // Exactly the accepted rows, in batch order, at consecutive positions.
+    let stored: Vec<String> = app
+        .store
+        .query_audit(&AuditFilter {
+            tenant: "acme".into(),
+            kind: Some("token_issued".into()),
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|r| r.user_id.unwrap_or_default())
+        .collect();
+    let want: Vec<String> = (0..n)
+        .filter(|i| !poison.contains(i))
+        .map(|i| format!("u{i}"))
+        .collect();
+    assert_eq!(stored, want);
 }
 
 #[tokio::test(flavor = "current_thread")]
