@@ -733,7 +733,61 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use sqlx::Connection;
+
     use super::{INSERT_CHUNK_MAX, insert_chunk};
+    use crate::audit::{Actor, AuditRow, Kind, Outcome};
+    use crate::store::{Db, Store};
+
+    /// The write connection caches a few statements, not one per batch size
+    /// or rollup chunk size: batches of every size from 1 to 130 rows and
+    /// rollup passes whose chunks make different numbers of rollup rows leave
+    /// no more than a handful of prepared statements behind (each multi-row
+    /// statement holds thousands of bind slots; the cache keeps up to 100).
+    #[tokio::test]
+    async fn the_writer_caches_a_bounded_set_of_statements() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("tb.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let mut heads = HashMap::new();
+        let mut k = 0i64;
+        for n in 1..=130 {
+            let mut rows: Vec<AuditRow> = (0..n)
+                .map(|_| {
+                    k += 1;
+                    let mut r = AuditRow::new(
+                        "acme",
+                        Kind::TokenIssued,
+                        Outcome::Issued,
+                        Actor::ApiKey,
+                        1_764_000_000_000 + k * 60_000,
+                    );
+                    r.user_id = Some(format!("u{k}"));
+                    r
+                })
+                .collect();
+            crate::audit::append(&store, &mut rows, &mut heads)
+                .await
+                .unwrap();
+        }
+        // Chunks of 37, 38, ... rows of distinct users: a different number of
+        // rollup rows in each chunk's last upsert.
+        let mut size = 37;
+        while store.rollup_pass("acme", size).await.unwrap() > 0 {
+            size += 1;
+        }
+        let Db::Sqlite { write, .. } = &store.db else {
+            unreachable!()
+        };
+        let mut c = write.acquire().await.unwrap();
+        let cached = c.cached_statements_size();
+        assert!(cached <= 24, "{cached} statements cached");
+        // The same pool still writes (the statements left are usable).
+        c.ping().await.unwrap();
+    }
 
     /// Every batch size up to four times the largest statement is written by
     /// statements whose sizes add up to it, each a power of two no larger than

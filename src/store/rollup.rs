@@ -608,7 +608,13 @@ impl Store {
                             .push_bind(*refused);
                     });
                     qb.push(ADD);
-                    qb.build().execute(&mut *tx).await?;
+                    // A chunk's last statement has a size of its own (the
+                    // rest of its cells): prepared once and not kept, or the
+                    // writer's statement cache would fill with one per size.
+                    qb.build()
+                        .persistent(batch.len() == UPSERT_ROWS)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
             }
