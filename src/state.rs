@@ -574,15 +574,7 @@ impl ChangeCursor {
 #[cfg(test)]
 mod tests {
     use super::ChangeCursor;
-    use crate::store::{Store, with_pool};
-
-    async fn store() -> (Store, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("tb.db").display());
-        let store = Store::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
-        (store, dir)
-    }
+    use crate::store::{Store, temp_store as store, with_pool};
 
     /// Inserts change rows with chosen ids, as out-of-order commits leave them.
     async fn insert(store: &Store, ids: impl IntoIterator<Item = i64>) {

@@ -405,10 +405,7 @@ mod tests {
     #[tokio::test]
     async fn a_verification_in_flight_cannot_cache_a_key_revoked_meanwhile() {
         use crate::admin::{self, Actor};
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("tb.db").display());
-        let store = Store::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
+        let (store, _dir) = crate::store::temp_store().await;
         admin::create_tenant(&store, "acme", &Actor::Cli, 1)
             .await
             .unwrap();

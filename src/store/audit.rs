@@ -739,7 +739,7 @@ mod tests {
 
     use super::{INSERT_CHUNK_MAX, insert_chunk};
     use crate::audit::{Actor, AuditRow, Kind, Outcome};
-    use crate::store::{Db, Store};
+    use crate::store::Db;
 
     /// The write connection caches a few statements, not one per batch size
     /// or rollup chunk size: batches of every size from 1 to 130 rows and
@@ -748,10 +748,7 @@ mod tests {
     /// statement holds thousands of bind slots; the cache keeps up to 100).
     #[tokio::test]
     async fn the_writer_caches_a_bounded_set_of_statements() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("tb.db").display());
-        let store = Store::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
+        let (store, _dir) = crate::store::temp_store().await;
         let mut heads = HashMap::new();
         let mut k = 0i64;
         for n in 1..=130 {

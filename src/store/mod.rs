@@ -384,6 +384,17 @@ fn redact_userinfo(url: &str) -> String {
     }
 }
 
+/// A migrated store in an SQLite file of a fresh temporary directory, for the
+/// crate's unit tests (keep the directory alive as long as the store).
+#[cfg(test)]
+pub(crate) async fn temp_store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("tb.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    (store, dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;
