@@ -283,7 +283,9 @@ impl Store {
                     list.push_bind(*id);
                 }
                 q.push(") ORDER BY change_id");
-                q.build_query_as::<ChangeRow>().fetch_all(p).await
+                // One statement per list length: not kept, or every read
+                // connection would cache one per number of open gaps.
+                q.build_query_as::<ChangeRow>().persistent(false).fetch_all(p).await
             })?;
             out.extend(rows);
         }
@@ -397,7 +399,30 @@ pub(crate) async fn temp_store() -> (Store, tempfile::TempDir) {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use sqlx::Connection;
+
+    use super::{Db, redact_url, temp_store};
+
+    /// Looking up gaps of every count from 1 to 120 leaves no statement per
+    /// count in the read connections' caches.
+    #[tokio::test]
+    async fn gap_lookups_do_not_fill_the_statement_caches() {
+        let (store, _dir) = temp_store().await;
+        for n in 1..=120 {
+            let ids: Vec<i64> = (1..=n).collect();
+            assert!(store.changes_with_ids(&ids).await.unwrap().is_empty());
+        }
+        let Db::Sqlite { read, .. } = &store.db else {
+            unreachable!()
+        };
+        let mut conns = Vec::new();
+        while let Some(c) = read.try_acquire() {
+            conns.push(c);
+        }
+        assert!(!conns.is_empty());
+        let cached: usize = conns.iter().map(|c| c.cached_statements_size()).sum();
+        assert!(cached <= 4, "{cached} statements cached");
+    }
 
     #[test]
     fn passwords_in_urls_are_redacted() {
