@@ -162,8 +162,8 @@ struct Progress {
 /// decoded and hashed on its own thread (so both cores work). The second
 /// range starts from the `prev_hash` its first row claims; the two join only
 /// if that is exactly the hash the first range ended on, at the position it
-/// ended on. Otherwise (or at any fault) the
-/// Rust pass goes on from the end of the first range's last good page.
+/// ended on. Otherwise (or at any fault) the Rust pass goes on from the end of
+/// the first range's last good page.
 async fn fast_pass(
     store: &Store,
     tenant: &str,
