@@ -11,7 +11,9 @@
 //! `invalid_signature`, `algorithm_not_allowed`, `malformed_token`,
 //! `missing_user_claim`, `invalid_user_claim` (with the claim as `field`). A
 //! provider whose keys cannot be used (a short HMAC secret, a JWKS that cannot
-//! be fetched or is refused) answers 503 `idp_unavailable`.
+//! be fetched or is refused) answers 503 `idp_unavailable`. A name in the
+//! path that is no tenant answers like a tenant that does not know the token's
+//! issuer, so the endpoint tells no one which tenants exist.
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -188,15 +190,16 @@ async fn end_user_caller(
     presented: &str,
     limits: &LimitSet,
 ) -> Result<Call, ApiError> {
-    let rt = rt.ok_or_else(|| {
-        ApiError::not_found(
-            "tenant_not_found",
-            "no such tenant, or it has no policy applied",
-        )
-    })?;
-    let verified =
-        crate::auth::idp::verify_login(presented, |iss| rt.idp_for(iss), state.clock.now_unix_ms())
-            .await;
+    // A name that is no tenant (or one with no policy yet) trusts no
+    // provider, so it answers exactly as a tenant does to a token of an issuer
+    // it does not know: a 404 here would let anyone list the tenants by trying
+    // names (threat model: the anonymous client).
+    let verified = crate::auth::idp::verify_login(
+        presented,
+        |iss| rt.and_then(|rt| rt.idp_for(iss)),
+        state.clock.now_unix_ms(),
+    )
+    .await;
     let (idp_name, identity) = match verified {
         Ok(v) => v,
         Err(crate::auth::idp::IdpError::KeysUnavailable) => {

@@ -208,7 +208,6 @@ pub const OPERATIONS: &[Operation] = &[
             "user_not_allowed",
             "invalid_user",
             "wrong_tenant",
-            "tenant_not_found",
             "token_expired",
             "token_not_yet_valid",
             "invalid_issuer",
@@ -248,7 +247,7 @@ pub const OPERATIONS: &[Operation] = &[
         Auth::None,
         Body::None,
         Answer::NoContent,
-        &["cors_origin_not_allowed", "tenant_not_found"],
+        &["cors_origin_not_allowed"],
     ),
     op(
         "post",

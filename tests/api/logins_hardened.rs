@@ -961,3 +961,59 @@ expect = { outcome = "granted", rule = "everyone" }
         "{report}"
     );
 }
+
+// ------------------------------------------- anonymous clients: tenant names stay secret
+
+/// The end-user endpoint is public and takes the tenant in its path, so an
+/// anonymous client can put any name there. Whatever it presents (nothing, a
+/// string that is no JWT, a JWT of an issuer it made up, an API key that does
+/// not exist), a tenant with identity providers, a tenant with no policy and a
+/// name that is no tenant answer alike: it cannot list the tenants by trying.
+#[tokio::test]
+async fn an_anonymous_client_cannot_tell_which_tenants_exist() {
+    let app = spawn_app().await;
+    tenant_with(&app, &rsa_idp("acme-login", ISS, &public_key(&app, 1), "")).await;
+    app.create_tenant("quiet").await; // exists, no policy applied yet
+    let body = json!({"session_id": session_for(API_KEY, 1)});
+    let t = now();
+    let made_up_issuer = sign(
+        Algorithm::RS256,
+        None,
+        &rsa(2),
+        &claims("https://evil.example", json!("eve"), t),
+    );
+    let unknown_key = format!("tkb_aaaaaaaaaaaaaaaa_{}", "0".repeat(64));
+    let presented: [(&str, Option<&str>); 4] = [
+        ("no credential", None),
+        ("not a JWT", Some("hello")),
+        ("a JWT of an unknown issuer", Some(&made_up_issuer)),
+        ("an unknown API key", Some(&unknown_key)),
+    ];
+    for (what, bearer) in presented {
+        let mut answers = Vec::new();
+        for tenant in ["acme", "quiet", "no-such-tenant"] {
+            let mut rq = app
+                .client
+                .post(app.url(&format!("/v1/tenants/{tenant}/tokens")))
+                .json(&body);
+            if let Some(b) = bearer {
+                rq = rq.bearer_auth(b);
+            }
+            let r = rq.send().await.unwrap();
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(status, 401, "{what} at {tenant}: {v}");
+            assert!(!v.to_string().contains(tenant), "{what}: {v}");
+            // The request id differs per request; everything else must not.
+            let mut err = v["error"].clone();
+            err.as_object_mut().unwrap().remove("request_id");
+            answers.push((tenant, err));
+        }
+        for (tenant, err) in &answers[1..] {
+            assert_eq!(
+                err, &answers[0].1,
+                "{what}: {tenant} answers unlike acme"
+            );
+        }
+    }
+}
