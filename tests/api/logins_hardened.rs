@@ -1010,10 +1010,7 @@ async fn an_anonymous_client_cannot_tell_which_tenants_exist() {
             answers.push((tenant, err));
         }
         for (tenant, err) in &answers[1..] {
-            assert_eq!(
-                err, &answers[0].1,
-                "{what}: {tenant} answers unlike acme"
-            );
+            assert_eq!(err, &answers[0].1, "{what}: {tenant} answers unlike acme");
         }
     }
 }
