@@ -1001,16 +1001,39 @@ async fn an_anonymous_client_cannot_tell_which_tenants_exist() {
             }
             let r = rq.send().await.unwrap();
             let status = r.status().as_u16();
+            let challenge = r.headers().get("www-authenticate").cloned();
             let v: Value = r.json().await.unwrap();
             assert_eq!(status, 401, "{what} at {tenant}: {v}");
             assert!(!v.to_string().contains(tenant), "{what}: {v}");
-            // The request id differs per request; everything else must not.
-            let mut err = v["error"].clone();
-            err.as_object_mut().unwrap().remove("request_id");
-            answers.push((tenant, err));
+            answers.push((tenant, (challenge, v)));
         }
-        for (tenant, err) in &answers[1..] {
-            assert_eq!(err, &answers[0].1, "{what}: {tenant} answers unlike acme");
+        for (tenant, answer) in &answers[1..] {
+            assert_eq!(
+                answer, &answers[0].1,
+                "{what}: {tenant} answers unlike acme"
+            );
         }
     }
+    // A CORS preflight from an origin no tenant allows: the same refusal.
+    let mut preflights = Vec::new();
+    for tenant in ["acme", "quiet", "no-such-tenant"] {
+        let r = app
+            .client
+            .request(
+                reqwest::Method::OPTIONS,
+                app.url(&format!("/v1/tenants/{tenant}/tokens")),
+            )
+            .header("Origin", "https://evil.example")
+            .header("Access-Control-Request-Method", "POST")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        preflights.push((status, r.text().await.unwrap()));
+    }
+    assert_eq!(preflights[0].0, 403, "{preflights:?}");
+    assert!(
+        preflights.iter().all(|p| p == &preflights[0]),
+        "{preflights:?}"
+    );
 }
