@@ -304,6 +304,18 @@ pub(crate) fn insert_rows_sql<DB: HeadSql>(_tx: &sqlx::Transaction<'_, DB>) -> &
     DB::INSERT_ROWS
 }
 
+/// Moves a tenant's head from `$4` (the seq this writer last left it at) to
+/// `($2, $3)` and returns the new head; when another writer moved it meanwhile,
+/// sets the row to itself instead, which locks it as `FOR UPDATE` would, and
+/// returns the head as that writer left it. (Every `SET` expression reads the
+/// row as it was, on both databases.) Without this, a writer that lost the head
+/// learned it from an update of no rows, which takes no lock, and then queued a
+/// second time for the lock behind the other writer's next batch.
+const MOVE_OR_LOCK_HEAD: &str = "UPDATE audit_heads SET \
+    seq = CASE WHEN seq = $4 THEN $2 ELSE seq END, \
+    hash = CASE WHEN seq = $4 THEN $3 ELSE hash END \
+    WHERE tenant = $1 RETURNING seq, hash";
+
 /// Takes a tenant's head inside a transaction and keeps it until commit:
 /// creates it at `(0, GENESIS)` when the tenant has none yet (a write first, so
 /// SQLite's write lock is held before the read), else locks and reads it.
@@ -344,11 +356,13 @@ impl Store {
     /// Several writers (broker instances on one PostgreSQL, the CLI) may append
     /// to one tenant at once; they queue, they never fail each other. Inside the
     /// transaction each tenant's head is taken in a fixed order (sorted by
-    /// tenant, so two batches cannot deadlock): first with a compare-and-set from
-    /// the cached head (one statement, the common case of one writer); when
-    /// another writer moved the head, by locking it (`FOR UPDATE`, which waits
-    /// for that writer's commit) and resealing this batch's rows of that tenant
-    /// after the head it now holds. The chain stays one line: no fork, no gap.
+    /// tenant, so two batches cannot deadlock) by one statement,
+    /// `MOVE_OR_LOCK_HEAD`: a compare-and-set from the cached head, which in
+    /// the common case of one writer is all; when another writer moved the
+    /// head, the same statement waits for that writer's commit, locks the head
+    /// and returns it, and this batch's rows of that tenant are resealed after
+    /// it. (A tenant's first rows, or a head never seen, take `lock_head!`.)
+    /// The chain stays one line: no fork, no gap.
     /// `HeadMoved` is left only for what no lock prevents (a head row deleted
     /// under us).
     pub async fn append_once(
@@ -408,18 +422,29 @@ impl Store {
             for tenant in tenants {
                 let Some(new) = news.get(tenant).cloned() else { continue };
                 let old = olds.get(tenant).cloned().flatten();
-                if let Some((old_seq, _)) = &old {
-                    // Fast path: nobody moved the head since we last wrote.
-                    let n = sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1 AND seq = $4")
-                        .bind(tenant).bind(new.0).bind(&new.1).bind(*old_seq)
-                        .execute(&mut *tx).await?.rows_affected();
-                    if n == 1 {
-                        continue;
+                let held = match &old {
+                    // One statement either way: it moves the head when nobody
+                    // moved it since we last wrote (the common case), and
+                    // otherwise rewrites the row to itself, which takes the row's
+                    // lock (waiting for the other writer's commit) and returns
+                    // the head that writer left, now ours until commit.
+                    Some((old_seq, _)) => {
+                        let h: Option<Head> = sqlx::query_as(MOVE_OR_LOCK_HEAD)
+                            .bind(tenant).bind(new.0).bind(&new.1).bind(*old_seq)
+                            .fetch_optional(&mut *tx).await?;
+                        match h {
+                            Some(h) if h == new => continue,
+                            other => other,
+                        }
                     }
-                }
-                // Another writer moved it (or we never saw it): wait for it, then
-                // reseal this tenant's rows after the head we now hold.
-                let mut h = lock_head!(tx, tenant, old.is_none());
+                    None => None,
+                };
+                // Another writer moved it (or we never saw it): reseal this
+                // tenant's rows after the head we now hold.
+                let mut h = match held {
+                    Some(h) => h,
+                    None => lock_head!(tx, tenant, old.is_none()),
+                };
                 for r in rows.iter_mut().filter(|r| r.tenant == *tenant) {
                     h = seal(r, h.0, &h.1);
                 }
@@ -784,6 +809,53 @@ mod tests {
         assert!(cached <= 24, "{cached} statements cached");
         // The same pool still writes (the statements left are usable).
         c.ping().await.unwrap();
+    }
+
+    /// A writer whose cached head another writer moved (as two instances on
+    /// one database do nearly every batch) takes the head as that writer left
+    /// it and reseals after it within the same attempt: no refusal, no second
+    /// attempt, no fork. (Inserting after the stale head instead would collide
+    /// on `(tenant, seq)` and cost the batch a whole retry.)
+    #[tokio::test]
+    async fn a_writer_that_lost_the_head_reseals_in_the_same_attempt() {
+        let (store, _dir) = crate::store::temp_store().await;
+        let row = |at_ms| {
+            AuditRow::new(
+                "acme",
+                Kind::TokenIssued,
+                Outcome::Issued,
+                Actor::ApiKey,
+                at_ms,
+            )
+        };
+        let seal = crate::audit::chain::seal;
+        let mut a = HashMap::new();
+        store
+            .append_once(&mut [row(1)], &mut a, seal)
+            .await
+            .unwrap();
+        let mut b = a.clone();
+        store
+            .append_once(&mut [row(2), row(3), row(4)], &mut b, seal)
+            .await
+            .unwrap();
+        // a still believes the head is at 1.
+        assert_eq!(a["acme"].0, 1);
+        let mut rows = [row(5), row(6)];
+        store
+            .append_once(&mut rows, &mut a, seal)
+            .await
+            .expect("one attempt, resealed after the moved head");
+        assert_eq!(rows.each_ref().map(|r| r.seq), [5, 6]);
+        assert_eq!(rows[0].prev_hash, b["acme"].1);
+        let head = store.audit_head("acme").await.unwrap().unwrap();
+        assert_eq!((head.seq, &head.hash), (6, &a["acme"].1));
+        // And the writer whose cache is current still moves it in one statement.
+        store
+            .append_once(&mut [row(7)], &mut a, seal)
+            .await
+            .unwrap();
+        assert_eq!(store.audit_head("acme").await.unwrap().unwrap().seq, 7);
     }
 
     /// Every batch size up to four times the largest statement is written by
