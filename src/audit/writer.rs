@@ -285,6 +285,83 @@ pub async fn commit_isolating(
     out
 }
 
+/// The group commit's attempt at a whole batch: `rows` commit in one
+/// transaction, joined by rows of the same tenants that `late` hands over once
+/// their heads are held (they are appended to `rows`, their answers to the
+/// outcome). When that attempt fails before its commit (a row the database
+/// refuses, a head deleted under it), everything it holds goes through
+/// `commit_isolating`; when the store fails, every row gets that answer.
+pub async fn commit_joining(
+    store: &Store,
+    rows: &mut Vec<AuditRow>,
+    heads: &mut HashMap<String, (i64, String)>,
+    late: crate::store::LateRows<'_>,
+) -> BatchOutcome {
+    let mut joined = Vec::new();
+    let first = store
+        .append_joining(rows, heads, super::chain::seal, Some(late), &mut joined)
+        .await;
+    rows.append(&mut joined);
+    let n = rows.len();
+    match first {
+        Ok(()) => BatchOutcome {
+            answers: (0..n).map(|_| Ok(())).collect(),
+            committed: n,
+            transactions: 1,
+            store_failed: false,
+        },
+        Err(e) if e.is_row_refusal() || matches!(e, crate::store::StoreError::HeadMoved) => {
+            commit_isolating(store, rows, heads).await
+        }
+        Err(e) => {
+            tracing::error!(target: "broker::audit", error = %e, rows = n, "audit store failed; the batch's requests get 503");
+            BatchOutcome {
+                answers: (0..n).map(|_| Err(AuditUnavailable::StoreFailed)).collect(),
+                committed: 0,
+                transactions: 0,
+                store_failed: true,
+            }
+        }
+    }
+}
+
+/// Takes what is waiting in the queue, up to `room` rows: rows of `tenants`
+/// join (their requests' answers go to `waiters`), a row the database would
+/// refuse is answered at once, and rows of other tenants wait in `carry` for
+/// the next batch, in their order.
+fn take_late(
+    rx: &mut mpsc::Receiver<Pending>,
+    tenants: &[String],
+    room: usize,
+    waiters: &mut Vec<oneshot::Sender<Answer>>,
+    carry: &mut std::collections::VecDeque<Pending>,
+    health: &WriterHealth,
+) -> Vec<AuditRow> {
+    let mut out = Vec::new();
+    // Looking further than `room` would only grow `carry`.
+    for _ in 0..room {
+        let Ok(p) = rx.try_recv() else { break };
+        if let Some(why) = row_problem(&p.row) {
+            refuse_early(p, &why, health);
+        } else if tenants.contains(&p.row.tenant)
+            && carry.iter().all(|c| c.row.tenant != p.row.tenant)
+        {
+            out.push(p.row);
+            waiters.push(p.done);
+        } else {
+            carry.push_back(p);
+        }
+    }
+    out
+}
+
+/// Answers a row that failed the writer's own checks (only its request fails).
+fn refuse_early(p: Pending, why: &str, health: &WriterHealth) {
+    health.refused_rows.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(target: "broker::audit", tenant = ?p.row.tenant, audit_id = %p.row.audit_id, problem = %why, "audit row refused before batching; only its request fails");
+    let _ = p.done.send(Err(AuditUnavailable::Refused));
+}
+
 async fn run(
     store: Store,
     mut rx: mpsc::Receiver<Pending>,
@@ -294,22 +371,29 @@ async fn run(
     let mut heads: HashMap<String, (i64, String)> = HashMap::new();
     let mut waiters: Vec<oneshot::Sender<Answer>> = Vec::with_capacity(max_batch);
     let mut rows: Vec<AuditRow> = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.recv().await {
+    // Rows taken from the queue while a transaction held other tenants' heads.
+    let mut carry: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
+    loop {
+        let first = match carry.pop_front() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => break,
+            },
+        };
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(p) = next.take() {
             taken += 1;
             // A row the database would refuse never joins the batch.
             if let Some(why) = row_problem(&p.row) {
-                health.refused_rows.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target: "broker::audit", tenant = ?p.row.tenant, audit_id = %p.row.audit_id, problem = %why, "audit row refused before batching; only its request fails");
-                let _ = p.done.send(Err(AuditUnavailable::Refused));
+                refuse_early(p, &why, &health);
             } else {
                 rows.push(p.row);
                 waiters.push(p.done);
             }
             if taken < max_batch {
-                next = rx.try_recv().ok();
+                next = carry.pop_front().or_else(|| rx.try_recv().ok());
             }
         }
         if rows.is_empty() {
@@ -321,7 +405,13 @@ async fn run(
             .busy_since_ms
             .store(health.clock.now_unix_ms(), Ordering::Relaxed);
         let started = health.clock.stopwatch();
-        let outcome = commit_isolating(&store, &mut rows, &mut heads).await;
+        let room = max_batch.saturating_sub(rows.len());
+        let outcome = {
+            let (rx, waiters, carry, health) = (&mut rx, &mut waiters, &mut carry, &*health);
+            let mut late =
+                |tenants: &[String]| take_late(rx, tenants, room, waiters, carry, health);
+            commit_joining(&store, &mut rows, &mut heads, &mut late).await
+        };
         health.busy_since_ms.store(0, Ordering::Relaxed);
         if !outcome.store_failed {
             health
@@ -355,5 +445,60 @@ async fn run(
             let _ = done.send(answer);
         }
         rows.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::{AuditUnavailable, Pending, WriterHealth, take_late};
+    use crate::audit::{Actor, AuditRow, Kind, Outcome};
+
+    fn pending(tenant: &str, user: &str) -> (Pending, oneshot::Receiver<super::Answer>) {
+        let mut row = AuditRow::new(tenant, Kind::TokenIssued, Outcome::Issued, Actor::ApiKey, 1);
+        row.user_id = Some(user.to_owned());
+        let (done, wait) = oneshot::channel();
+        (Pending { row, done }, wait)
+    }
+
+    /// While a transaction holds `acme`'s head, the queue hands over `acme`'s
+    /// rows in their order; another tenant's rows wait in `carry` for the next
+    /// batch, in theirs; a row the database would refuse is answered at once;
+    /// and no more than `room` rows are taken from the queue.
+    #[tokio::test]
+    async fn late_rows_are_only_the_held_tenants_and_the_rest_keep_their_order() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut waits = Vec::new();
+        for (tenant, user) in [
+            ("acme", "a1"),
+            ("beta", "b1"),
+            ("acme", "bad\0"),
+            ("acme", "a2"),
+            ("beta", "b2"),
+            ("acme", "a3"),
+        ] {
+            let (p, w) = pending(tenant, user);
+            tx.try_send(p).unwrap();
+            waits.push(w);
+        }
+        let health = WriterHealth::default();
+        let (mut waiters, mut carry) = (Vec::new(), std::collections::VecDeque::new());
+        let held = ["acme".to_owned()];
+        let out = take_late(&mut rx, &held, 5, &mut waiters, &mut carry, &health);
+        let users = |rows: Vec<&AuditRow>| -> Vec<String> {
+            rows.into_iter()
+                .map(|r| r.user_id.clone().unwrap())
+                .collect()
+        };
+        assert_eq!(users(out.iter().collect()), ["a1", "a2"]);
+        assert_eq!(waiters.len(), 2);
+        assert_eq!(users(carry.iter().map(|p| &p.row).collect()), ["b1", "b2"]);
+        assert!(matches!(
+            waits[2].try_recv(),
+            Ok(Err(AuditUnavailable::Refused))
+        ));
+        // `room` was 5: the sixth row is still in the queue.
+        assert_eq!(rx.try_recv().unwrap().row.user_id.as_deref(), Some("a3"));
     }
 }

@@ -304,6 +304,10 @@ pub(crate) fn insert_rows_sql<DB: HeadSql>(_tx: &sqlx::Transaction<'_, DB>) -> &
     DB::INSERT_ROWS
 }
 
+/// The writer's source of rows that may join a transaction late: given the
+/// tenants whose heads the transaction holds, rows of those tenants only.
+pub type LateRows<'a> = &'a mut (dyn FnMut(&[String]) -> Vec<AuditRow> + Send);
+
 /// Moves a tenant's head from `$4` (the seq this writer last left it at) to
 /// `($2, $3)` and returns the new head; when another writer moved it meanwhile,
 /// sets the row to itself instead, which locks it as `FOR UPDATE` would, and
@@ -371,6 +375,26 @@ impl Store {
         heads: &mut HashMap<String, (i64, String)>,
         seal: Seal,
     ) -> StoreResult<()> {
+        self.append_joining(rows, heads, seal, None, &mut Vec::new())
+            .await
+    }
+
+    /// `append_once`, and once the transaction holds the heads of the batch's
+    /// tenants, `late` is asked for more rows of those tenants (the group
+    /// commit's queue, which filled while this writer waited for a head that
+    /// another instance held). They are sealed after the batch's rows of their
+    /// tenant, committed in the same transaction, and left in `joined` (also
+    /// when the transaction fails, so that their requests get an answer).
+    /// Only tenants whose heads are already held join: no new lock is taken,
+    /// so the fixed order of locks still holds.
+    pub async fn append_joining(
+        &self,
+        rows: &mut [AuditRow],
+        heads: &mut HashMap<String, (i64, String)>,
+        seal: Seal,
+        late: Option<LateRows<'_>>,
+        joined: &mut Vec<AuditRow>,
+    ) -> StoreResult<()> {
         let mut tenants: Vec<String> = rows.iter().map(|r| r.tenant.clone()).collect();
         tenants.sort();
         tenants.dedup();
@@ -393,7 +417,7 @@ impl Store {
             news.insert(r.tenant.clone(), new);
         }
         match self
-            .commit_sealed(rows, &tenants, &olds, &mut news, seal)
+            .commit_sealed(rows, &tenants, &olds, &mut news, seal, late, joined)
             .await
         {
             Ok(()) => {
@@ -409,6 +433,7 @@ impl Store {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn commit_sealed(
         &self,
         rows: &mut [AuditRow],
@@ -416,6 +441,8 @@ impl Store {
         olds: &HashMap<String, Option<Head>>,
         news: &mut HashMap<String, Head>,
         seal: Seal,
+        late: Option<LateRows<'_>>,
+        joined: &mut Vec<AuditRow>,
     ) -> StoreResult<()> {
         with_pool!(write self, p => {
             let mut tx = p.begin().await?;
@@ -453,14 +480,40 @@ impl Store {
                     .execute(&mut *tx).await?;
                 news.insert(tenant.clone(), h);
             }
+            // Every head is held now: rows of these tenants that arrived
+            // meanwhile join this commit, sealed after the batch's own.
+            if let Some(late) = late {
+                let first = joined.len();
+                joined.extend(late(tenants));
+                for r in &mut joined[first..] {
+                    let Some(h) = news.get(&r.tenant) else {
+                        return Err(StoreError::Conflict("a late row of a tenant whose head is not held".into()));
+                    };
+                    let h = seal(r, h.0, &h.1);
+                    news.insert(r.tenant.clone(), h.clone());
+                }
+                let mut moved: Vec<&str> = joined[first..].iter().map(|r| r.tenant.as_str()).collect();
+                moved.sort_unstable();
+                moved.dedup();
+                for tenant in moved {
+                    {
+                        let h = &news[tenant];
+                        sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1")
+                            .bind(tenant).bind(h.0).bind(&h.1)
+                            .execute(&mut *tx).await?;
+                    }
+                }
+            }
             // In statements of a few fixed sizes: each size is one prepared
             // statement kept in the connection's cache, so a batch of any
             // size reuses them instead of adding a statement of its own size.
-            let mut rest: &[AuditRow] = rows;
-            while !rest.is_empty() {
-                let (chunk, tail) = rest.split_at(insert_chunk(rest.len()));
-                insert_rows!(tx, chunk.iter());
-                rest = tail;
+            for part in [&*rows, &joined[..]] {
+                let mut rest: &[AuditRow] = part;
+                while !rest.is_empty() {
+                    let (chunk, tail) = rest.split_at(insert_chunk(rest.len()));
+                    insert_rows!(tx, chunk.iter());
+                    rest = tail;
+                }
             }
             tx.commit().await?;
             Ok(())
@@ -856,6 +909,61 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.audit_head("acme").await.unwrap().unwrap().seq, 7);
+    }
+
+    /// Rows that the group commit's queue hands over once the heads are held
+    /// are sealed after the batch's own rows and committed with them; a row of
+    /// a tenant whose head the transaction does not hold fails the whole
+    /// attempt (nothing of it is committed) and is still handed back, so that
+    /// its request gets an answer.
+    #[tokio::test]
+    async fn late_rows_of_the_held_tenants_join_the_same_commit() {
+        let (store, _dir) = crate::store::temp_store().await;
+        let row = |tenant, at_ms| {
+            AuditRow::new(
+                tenant,
+                Kind::TokenIssued,
+                Outcome::Issued,
+                Actor::ApiKey,
+                at_ms,
+            )
+        };
+        let seal = crate::audit::chain::seal;
+        let mut heads = HashMap::new();
+        let mut rows = [row("acme", 1), row("acme", 2)];
+        let mut asked = Vec::new();
+        let mut late = |tenants: &[String]| {
+            asked.push(tenants.to_vec());
+            vec![row("acme", 3), row("acme", 4)]
+        };
+        let mut joined = Vec::new();
+        store
+            .append_joining(&mut rows, &mut heads, seal, Some(&mut late), &mut joined)
+            .await
+            .unwrap();
+        assert_eq!(asked, [vec!["acme".to_owned()]]);
+        assert_eq!(rows.each_ref().map(|r| r.seq), [1, 2]);
+        assert_eq!(joined.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(joined[0].prev_hash, rows[1].hash);
+        let head = store.audit_head("acme").await.unwrap().unwrap();
+        assert_eq!((head.seq, &head.hash), (4, &joined[1].hash));
+        assert_eq!(heads["acme"], (4, joined[1].hash.clone()));
+        let v = crate::audit::verify::verify_tenant(&store, "acme", None)
+            .await
+            .unwrap();
+        assert!(v.ok && v.rows == 4, "{v:?}");
+
+        // A row of another tenant cannot join: the attempt fails whole.
+        let mut rows = [row("acme", 5)];
+        let mut late = |_: &[String]| vec![row("beta", 6)];
+        let mut joined = Vec::new();
+        let r = store
+            .append_joining(&mut rows, &mut heads, seal, Some(&mut late), &mut joined)
+            .await;
+        assert!(r.is_err(), "{r:?}");
+        assert_eq!(joined.len(), 1, "handed back for an answer");
+        assert_eq!(store.audit_head("acme").await.unwrap().unwrap().seq, 4);
+        assert!(store.audit_head("beta").await.unwrap().is_none());
     }
 
     /// Every batch size up to four times the largest statement is written by
