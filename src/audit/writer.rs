@@ -4,7 +4,11 @@
 //! its answer. The writer takes every row waiting at that moment (up to
 //! `max_batch`), seals them into their tenants' chains and commits them in one
 //! transaction (one fsync for the batch), then answers each request. A request
-//! gets its token only after that answer: no committed row, no token.
+//! gets its token only after that answer: no committed row, no token. Rows of
+//! the batch's tenants that queue while the transaction waits for their heads
+//! (another instance on the same PostgreSQL holds them) join that transaction
+//! once the heads are held; other tenants' rows keep their order for the next
+//! batch.
 //!
 //! Fail closed, never hang: a full queue is refused at once, a request waits at
 //! most `timeout` for its commit, and a failed batch is reported to each of its
