@@ -833,13 +833,7 @@ mod tests {
             let mut rows: Vec<AuditRow> = (0..n)
                 .map(|_| {
                     k += 1;
-                    let mut r = AuditRow::new(
-                        "acme",
-                        Kind::TokenIssued,
-                        Outcome::Issued,
-                        Actor::ApiKey,
-                        1_764_000_000_000 + k * 60_000,
-                    );
+                    let mut r = issued("acme", 1_764_000_000_000 + k * 60_000);
                     r.user_id = Some(format!("u{k}"));
                     r
                 })
@@ -864,6 +858,17 @@ mod tests {
         c.ping().await.unwrap();
     }
 
+    /// A token issuance of `tenant` at `at_ms`, to be sealed.
+    fn issued(tenant: &str, at_ms: i64) -> AuditRow {
+        AuditRow::new(
+            tenant,
+            Kind::TokenIssued,
+            Outcome::Issued,
+            Actor::ApiKey,
+            at_ms,
+        )
+    }
+
     /// A writer whose cached head another writer moved (as two instances on
     /// one database do nearly every batch) takes the head as that writer left
     /// it and reseals after it within the same attempt: no refusal, no second
@@ -872,15 +877,7 @@ mod tests {
     #[tokio::test]
     async fn a_writer_that_lost_the_head_reseals_in_the_same_attempt() {
         let (store, _dir) = crate::store::temp_store().await;
-        let row = |at_ms| {
-            AuditRow::new(
-                "acme",
-                Kind::TokenIssued,
-                Outcome::Issued,
-                Actor::ApiKey,
-                at_ms,
-            )
-        };
+        let row = |at_ms| issued("acme", at_ms);
         let seal = crate::audit::chain::seal;
         let mut a = HashMap::new();
         store
@@ -919,15 +916,7 @@ mod tests {
     #[tokio::test]
     async fn late_rows_of_the_held_tenants_join_the_same_commit() {
         let (store, _dir) = crate::store::temp_store().await;
-        let row = |tenant, at_ms| {
-            AuditRow::new(
-                tenant,
-                Kind::TokenIssued,
-                Outcome::Issued,
-                Actor::ApiKey,
-                at_ms,
-            )
-        };
+        let row = issued;
         let seal = crate::audit::chain::seal;
         let mut heads = HashMap::new();
         let mut rows = [row("acme", 1), row("acme", 2)];
