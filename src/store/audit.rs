@@ -496,12 +496,10 @@ impl Store {
                 moved.sort_unstable();
                 moved.dedup();
                 for tenant in moved {
-                    {
-                        let h = &news[tenant];
-                        sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1")
-                            .bind(tenant).bind(h.0).bind(&h.1)
-                            .execute(&mut *tx).await?;
-                    }
+                    let h = &news[tenant];
+                    sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1")
+                        .bind(tenant).bind(h.0).bind(&h.1)
+                        .execute(&mut *tx).await?;
                 }
             }
             // In statements of a few fixed sizes: each size is one prepared
