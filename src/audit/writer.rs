@@ -345,6 +345,10 @@ fn take_late(
     // Looking further than `room` would only grow `carry`.
     for _ in 0..room {
         let Ok(p) = rx.try_recv() else { break };
+        // A row whose tenant already has an older row waiting in `carry`
+        // waits too, behind it: a tenant's rows commit in queue order. (With
+        // `room` above zero the batch drained `carry` first, so this holds
+        // already; the check keeps it true if that ever changes.)
         if let Some(why) = row_problem(&p.row) {
             refuse_early(p, &why, health);
         } else if tenants.contains(&p.row.tenant)
