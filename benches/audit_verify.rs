@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark with broken fixtures should stop loudly
 #![allow(clippy::disallowed_methods)] // a benchmark measures real time
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use token_broker::audit::AuditRow;
@@ -32,7 +31,7 @@ fn main() {
         let store = Store::connect(&url).await.expect("connect");
         store.migrate().await.expect("migrate");
         let tenant = format!("bench-{}", std::process::id());
-        let mut heads = HashMap::new();
+        let mut heads = token_broker::store::HeadCache::default();
         let t = Instant::now();
         let mut written = 0;
         while written < rows {

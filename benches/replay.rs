@@ -11,7 +11,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark with broken fixtures should stop loudly
 #![allow(clippy::disallowed_methods, clippy::too_many_lines)] // a benchmark measures real time, setup reads top to bottom
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use base64::Engine;
@@ -93,7 +92,7 @@ fn main() {
         if !store.tenant_exists("bench").await.unwrap() {
             admin::create_tenant(&store, "bench", &Actor::Cli, 1_000).await.unwrap();
         }
-        let mut heads = HashMap::new();
+        let mut heads = token_broker::store::HeadCache::default();
         let t = Instant::now();
         let start_ms = 1_764_000_000_000i64;
         let mut written = 0;

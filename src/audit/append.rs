@@ -3,8 +3,6 @@
 //! writes (one attempt, with the audit module's `chain::seal`); this module
 //! retries, boundedly, what no lock can prevent.
 
-use std::collections::HashMap;
-
 use super::AuditRow;
 use super::chain;
 use crate::store::{Store, StoreError};
@@ -40,7 +38,7 @@ fn again(tries: &mut usize) -> bool {
 pub async fn append(
     store: &Store,
     rows: &mut [AuditRow],
-    heads: &mut HashMap<String, (i64, String)>,
+    heads: &mut crate::store::HeadCache,
 ) -> Result<(), StoreError> {
     // The same bound as `retry_head`; a closure cannot lend `rows` to each
     // attempt's future, hence the loop of its own.

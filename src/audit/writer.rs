@@ -21,7 +21,6 @@
 //! retried until the refused rows stand alone; only their requests fail. Only a
 //! failure of the store itself (not a row's refusal) marks the writer failing.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -245,7 +244,7 @@ pub struct BatchOutcome {
 pub async fn commit_isolating(
     store: &Store,
     rows: &mut [AuditRow],
-    heads: &mut HashMap<String, (i64, String)>,
+    heads: &mut crate::store::HeadCache,
 ) -> BatchOutcome {
     let n = rows.len();
     let mut out = BatchOutcome {
@@ -298,7 +297,7 @@ pub async fn commit_isolating(
 pub async fn commit_joining(
     store: &Store,
     rows: &mut Vec<AuditRow>,
-    heads: &mut HashMap<String, (i64, String)>,
+    heads: &mut crate::store::HeadCache,
     late: crate::store::LateRows<'_>,
 ) -> BatchOutcome {
     let mut joined = Vec::new();
@@ -376,7 +375,7 @@ async fn run(
     max_batch: usize,
     health: Arc<WriterHealth>,
 ) {
-    let mut heads: HashMap<String, (i64, String)> = HashMap::new();
+    let mut heads = crate::store::HeadCache::default();
     let mut waiters: Vec<oneshot::Sender<Answer>> = Vec::with_capacity(max_batch);
     let mut rows: Vec<AuditRow> = Vec::with_capacity(max_batch);
     // Rows taken from the queue while a transaction held other tenants' heads.

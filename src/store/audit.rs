@@ -1,14 +1,14 @@
 //! Audit rows: the group-commit append, the filtered keyset query and the
 //! ordered scan that `audit verify` streams.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures_util::TryStreamExt;
 use sqlx::QueryBuilder;
 
 use super::{Db, Store, StoreError, StoreResult, with_pool};
 pub use crate::domain::audit_row::AuditRow;
-use crate::domain::audit_row::{COLUMNS, GENESIS, RowRef, Seal};
+use crate::domain::audit_row::{COLUMNS, RowRef, Seal};
 
 /// Inserts sealed rows inside a transaction (one multi-row statement).
 macro_rules! insert_rows {
@@ -285,19 +285,28 @@ pub(crate) trait HeadSql: sqlx::Database {
     /// touches, kept to undo just the one statement); a failed insert fails
     /// the whole transaction anyway, which is rolled back.
     const INSERT_ROWS: &'static str;
+    /// Whether locking a head must start with a write: SQLite's read takes
+    /// no lock (its one writer lock comes with the transaction's first write).
+    const LOCK_WRITES_FIRST: bool;
 }
 impl HeadSql for sqlx::Sqlite {
     const LOCK_HEAD: &'static str = "SELECT seq, hash FROM audit_heads WHERE tenant = $1";
     const INSERT_ROWS: &'static str = "INSERT OR FAIL INTO audit_events";
+    const LOCK_WRITES_FIRST: bool = true;
 }
 impl HeadSql for sqlx::Postgres {
     const LOCK_HEAD: &'static str =
         "SELECT seq, hash FROM audit_heads WHERE tenant = $1 FOR UPDATE";
     const INSERT_ROWS: &'static str = "INSERT INTO audit_events";
+    const LOCK_WRITES_FIRST: bool = false;
 }
 /// `HeadSql::LOCK_HEAD` for the database of `_tx`.
 pub(crate) fn lock_head_sql<DB: HeadSql>(_tx: &sqlx::Transaction<'_, DB>) -> &'static str {
     DB::LOCK_HEAD
+}
+/// `HeadSql::LOCK_WRITES_FIRST` for the database of `_tx`.
+pub(crate) fn lock_writes_first<DB: HeadSql>(_tx: &sqlx::Transaction<'_, DB>) -> bool {
+    DB::LOCK_WRITES_FIRST
 }
 /// `HeadSql::INSERT_ROWS` for the database of `_tx`.
 pub(crate) fn insert_rows_sql<DB: HeadSql>(_tx: &sqlx::Transaction<'_, DB>) -> &'static str {
@@ -351,6 +360,41 @@ macro_rules! lock_head {
 }
 pub(crate) use lock_head;
 
+/// A writer's cache of its tenants' chain heads, kept between its commits.
+#[derive(Debug, Clone, Default)]
+pub struct HeadCache {
+    heads: HashMap<String, Head>,
+    /// Tenants whose head another writer had moved when this writer last
+    /// took it (another broker instance on the same PostgreSQL writes for
+    /// them too): the next commit locks their head first and seals their rows
+    /// once, after the head it holds, instead of sealing after the cached head
+    /// and then again after the head it finds. A lock that finds the head
+    /// where this writer left it takes the tenant off the list.
+    contended: HashSet<String>,
+}
+
+impl HeadCache {
+    /// The head this writer last left the tenant's chain at.
+    pub fn get(&self, tenant: &str) -> Option<&(i64, String)> {
+        self.heads.get(tenant)
+    }
+
+    /// True when the tenant's next commit locks its head before sealing.
+    pub fn is_contended(&self, tenant: &str) -> bool {
+        self.contended.contains(tenant)
+    }
+}
+
+/// How a commit takes one tenant's head.
+enum Take {
+    /// The rows are sealed after the cached head `old_seq`: one statement
+    /// moves the head to `new` when nobody else moved it since.
+    Move { old_seq: i64, new: Head },
+    /// The head is locked first and the rows sealed after it (`cached`: the
+    /// head this writer last left, if any).
+    Lock { cached: Option<Head> },
+}
+
 impl Store {
     /// Seals `rows` into their tenants' chains with `seal` and commits them in
     /// one transaction: one attempt (the audit module's `append` retries it).
@@ -360,19 +404,21 @@ impl Store {
     /// Several writers (broker instances on one PostgreSQL, the CLI) may append
     /// to one tenant at once; they queue, they never fail each other. Inside the
     /// transaction each tenant's head is taken in a fixed order (sorted by
-    /// tenant, so two batches cannot deadlock) by one statement,
-    /// `MOVE_OR_LOCK_HEAD`: a compare-and-set from the cached head, which in
-    /// the common case of one writer is all; when another writer moved the
-    /// head, the same statement waits for that writer's commit, locks the head
-    /// and returns it, and this batch's rows of that tenant are resealed after
-    /// it. (A tenant's first rows, or a head never seen, take `lock_head!`.)
-    /// The chain stays one line: no fork, no gap.
+    /// tenant, so two batches cannot deadlock). A tenant that only this writer
+    /// has been writing takes one statement, `MOVE_OR_LOCK_HEAD`: a
+    /// compare-and-set from the cached head to the rows sealed after it. When
+    /// another writer moved the head, that same statement waits for the other
+    /// commit, locks the head and returns it, and this tenant's rows are
+    /// resealed after it; from then on the tenant counts as contended
+    /// (`HeadCache`), and its next commits lock the head before sealing, so
+    /// each row is sealed once. Either way each tenant's head row is written
+    /// once per commit. The chain stays one line: no fork, no gap.
     /// `HeadMoved` is left only for what no lock prevents (a head row deleted
     /// under us).
     pub async fn append_once(
         &self,
         rows: &mut [AuditRow],
-        heads: &mut HashMap<String, (i64, String)>,
+        heads: &mut HeadCache,
         seal: Seal,
     ) -> StoreResult<()> {
         self.append_joining(rows, heads, seal, None, &mut Vec::new())
@@ -390,7 +436,7 @@ impl Store {
     pub async fn append_joining(
         &self,
         rows: &mut [AuditRow],
-        heads: &mut HashMap<String, (i64, String)>,
+        heads: &mut HeadCache,
         seal: Seal,
         late: Option<LateRows<'_>>,
         joined: &mut Vec<AuditRow>,
@@ -398,109 +444,145 @@ impl Store {
         let mut tenants: Vec<String> = rows.iter().map(|r| r.tenant.clone()).collect();
         tenants.sort();
         tenants.dedup();
-        // Seal in order after the cached heads; remember each tenant's old head.
-        let mut olds: HashMap<String, Option<Head>> = HashMap::new();
-        for t in &tenants {
-            olds.insert(t.clone(), heads.get(t).cloned());
-        }
-        let mut news: HashMap<String, Head> = HashMap::new();
+        // Rows of tenants taken by compare-and-set are sealed now, after the
+        // cached head; the others once their head is held.
+        let mut takes: Vec<(String, Take)> = tenants
+            .into_iter()
+            .map(|t| {
+                let cached = heads.heads.get(&t).cloned();
+                let take = match cached {
+                    Some(h) if !heads.contended.contains(&t) => Take::Move {
+                        old_seq: h.0,
+                        new: h,
+                    },
+                    cached => Take::Lock { cached },
+                };
+                (t, take)
+            })
+            .collect();
         for r in rows.iter_mut() {
-            let h = match news.get(&r.tenant) {
-                Some(h) => h.clone(),
-                None => olds
-                    .get(&r.tenant)
-                    .cloned()
-                    .flatten()
-                    .unwrap_or((0, GENESIS.to_owned())),
+            let Ok(i) = takes.binary_search_by(|(t, _)| t.as_str().cmp(&r.tenant)) else {
+                continue;
             };
-            let new = seal(r, h.0, &h.1);
-            news.insert(r.tenant.clone(), new);
+            if let Take::Move { new, .. } = &mut takes[i].1 {
+                *new = seal(r, new.0, &new.1);
+            }
         }
+        let mut news = HashMap::new();
+        let mut contended = Vec::new();
+        let tenants: Vec<String> = takes.iter().map(|(t, _)| t.clone()).collect();
         match self
-            .commit_sealed(rows, &tenants, &olds, &mut news, seal, late, joined)
+            .commit_sealed(rows, &takes, &mut news, &mut contended, seal, late, joined)
             .await
         {
             Ok(()) => {
-                heads.extend(news);
+                heads.heads.extend(news);
+                for (t, yes) in contended {
+                    if yes {
+                        heads.contended.insert(t);
+                    } else {
+                        heads.contended.remove(&t);
+                    }
+                }
                 Ok(())
             }
             Err(e) => {
                 for t in &tenants {
-                    heads.remove(t);
+                    heads.heads.remove(t);
                 }
                 Err(e)
             }
         }
     }
 
+    /// The transaction of `append_joining`: takes each tenant's head as
+    /// `takes` says, seals what is not sealed yet, lets late rows join, writes
+    /// each head once and the rows. Leaves the new heads in `news` and, for
+    /// each tenant whose head was found rather than assumed, whether another
+    /// writer had moved it, in `contended`.
     #[allow(clippy::too_many_arguments)]
     async fn commit_sealed(
         &self,
         rows: &mut [AuditRow],
-        tenants: &[String],
-        olds: &HashMap<String, Option<Head>>,
+        takes: &[(String, Take)],
         news: &mut HashMap<String, Head>,
+        contended: &mut Vec<(String, bool)>,
         seal: Seal,
         late: Option<LateRows<'_>>,
         joined: &mut Vec<AuditRow>,
     ) -> StoreResult<()> {
         with_pool!(write self, p => {
             let mut tx = p.begin().await?;
-            for tenant in tenants {
-                let Some(new) = news.get(tenant).cloned() else { continue };
-                let old = olds.get(tenant).cloned().flatten();
-                let held = match &old {
+            // Tenants whose head row is still to be written, with the head held.
+            let mut unwritten: Vec<&str> = Vec::new();
+            // Tenants whose rows are still to be sealed after the held head.
+            let mut unsealed: Vec<&str> = Vec::new();
+            for (tenant, take) in takes {
+                let held = match take {
                     // One statement either way: it moves the head when nobody
                     // moved it since we last wrote (the common case), and
                     // otherwise rewrites the row to itself, which takes the row's
                     // lock (waiting for the other writer's commit) and returns
                     // the head that writer left, now ours until commit.
-                    Some((old_seq, _)) => {
+                    Take::Move { old_seq, new } => {
                         let h: Option<Head> = sqlx::query_as(MOVE_OR_LOCK_HEAD)
                             .bind(tenant).bind(new.0).bind(&new.1).bind(*old_seq)
                             .fetch_optional(&mut *tx).await?;
                         match h {
-                            Some(h) if h == new => continue,
-                            other => other,
+                            Some(h) if h == *new => {
+                                news.insert(tenant.clone(), h);
+                                continue;
+                            }
+                            Some(h) => {
+                                contended.push((tenant.clone(), true));
+                                h
+                            }
+                            None => lock_head!(tx, tenant, false),
                         }
                     }
-                    None => None,
+                    // SQLite locks by writing (its one writer lock); PostgreSQL
+                    // by `FOR UPDATE`, after creating a head never seen.
+                    Take::Lock { cached } => {
+                        let write_first = cached.is_none() || lock_writes_first(&tx);
+                        let h = lock_head!(tx, tenant, write_first);
+                        if cached.is_some() {
+                            contended.push((tenant.clone(), cached.as_ref() != Some(&h)));
+                        }
+                        h
+                    }
                 };
-                // Another writer moved it (or we never saw it): reseal this
-                // tenant's rows after the head we now hold.
-                let mut h = match held {
-                    Some(h) => h,
-                    None => lock_head!(tx, tenant, old.is_none()),
-                };
-                for r in rows.iter_mut().filter(|r| r.tenant == *tenant) {
-                    h = seal(r, h.0, &h.1);
+                news.insert(tenant.clone(), held);
+                unsealed.push(tenant.as_str());
+                unwritten.push(tenant.as_str());
+            }
+            // Every head is held now: seal the rows that wait for theirs.
+            for r in rows.iter_mut().filter(|r| unsealed.contains(&r.tenant.as_str())) {
+                let h = &news[&r.tenant];
+                let h = seal(r, h.0, &h.1);
+                news.insert(r.tenant.clone(), h);
+            }
+            // Rows of these tenants that arrived meanwhile join this commit,
+            // sealed after the batch's own.
+            if let Some(late) = late {
+                let first = joined.len();
+                joined.extend(late(&takes.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>()));
+                for r in &mut joined[first..] {
+                    let Some((tenant, _)) = takes.iter().find(|(t, _)| *t == r.tenant) else {
+                        return Err(StoreError::Conflict("a late row of a tenant whose head is not held".into()));
+                    };
+                    let h = &news[tenant];
+                    let h = seal(r, h.0, &h.1);
+                    news.insert(tenant.clone(), h);
+                    if !unwritten.contains(&tenant.as_str()) {
+                        unwritten.push(tenant.as_str());
+                    }
                 }
+            }
+            for tenant in unwritten {
+                let h = &news[tenant];
                 sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1")
                     .bind(tenant).bind(h.0).bind(&h.1)
                     .execute(&mut *tx).await?;
-                news.insert(tenant.clone(), h);
-            }
-            // Every head is held now: rows of these tenants that arrived
-            // meanwhile join this commit, sealed after the batch's own.
-            if let Some(late) = late {
-                let first = joined.len();
-                joined.extend(late(tenants));
-                for r in &mut joined[first..] {
-                    let Some(h) = news.get(&r.tenant) else {
-                        return Err(StoreError::Conflict("a late row of a tenant whose head is not held".into()));
-                    };
-                    let h = seal(r, h.0, &h.1);
-                    news.insert(r.tenant.clone(), h.clone());
-                }
-                let mut moved: Vec<&str> = joined[first..].iter().map(|r| r.tenant.as_str()).collect();
-                moved.sort_unstable();
-                moved.dedup();
-                for tenant in moved {
-                    let h = &news[tenant];
-                    sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1")
-                        .bind(tenant).bind(h.0).bind(&h.1)
-                        .execute(&mut *tx).await?;
-                }
             }
             // In statements of a few fixed sizes: each size is one prepared
             // statement kept in the connection's cache, so a batch of any
@@ -809,8 +891,6 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use sqlx::Connection;
 
     use super::{INSERT_CHUNK_MAX, insert_chunk};
@@ -825,7 +905,7 @@ mod tests {
     #[tokio::test]
     async fn the_writer_caches_a_bounded_set_of_statements() {
         let (store, _dir) = crate::store::temp_store().await;
-        let mut heads = HashMap::new();
+        let mut heads = super::HeadCache::default();
         let mut k = 0i64;
         for n in 1..=130 {
             let mut rows: Vec<AuditRow> = (0..n)
@@ -877,7 +957,7 @@ mod tests {
         let (store, _dir) = crate::store::temp_store().await;
         let row = |at_ms| issued("acme", at_ms);
         let seal = crate::audit::chain::seal;
-        let mut a = HashMap::new();
+        let mut a = super::HeadCache::default();
         store
             .append_once(&mut [row(1)], &mut a, seal)
             .await
@@ -888,16 +968,16 @@ mod tests {
             .await
             .unwrap();
         // a still believes the head is at 1.
-        assert_eq!(a["acme"].0, 1);
+        assert_eq!(a.get("acme").unwrap().0, 1);
         let mut rows = [row(5), row(6)];
         store
             .append_once(&mut rows, &mut a, seal)
             .await
             .expect("one attempt, resealed after the moved head");
         assert_eq!(rows.each_ref().map(|r| r.seq), [5, 6]);
-        assert_eq!(rows[0].prev_hash, b["acme"].1);
+        assert_eq!(rows[0].prev_hash, b.get("acme").unwrap().1);
         let head = store.audit_head("acme").await.unwrap().unwrap();
-        assert_eq!((head.seq, &head.hash), (6, &a["acme"].1));
+        assert_eq!((head.seq, &head.hash), (6, &a.get("acme").unwrap().1));
         // And the writer whose cache is current still moves it in one statement.
         store
             .append_once(&mut [row(7)], &mut a, seal)
@@ -916,7 +996,7 @@ mod tests {
         let (store, _dir) = crate::store::temp_store().await;
         let row = issued;
         let seal = crate::audit::chain::seal;
-        let mut heads = HashMap::new();
+        let mut heads = super::HeadCache::default();
         let mut rows = [row("acme", 1), row("acme", 2)];
         let mut asked = Vec::new();
         let mut late = |tenants: &[String]| {
@@ -934,7 +1014,7 @@ mod tests {
         assert_eq!(joined[0].prev_hash, rows[1].hash);
         let head = store.audit_head("acme").await.unwrap().unwrap();
         assert_eq!((head.seq, &head.hash), (4, &joined[1].hash));
-        assert_eq!(heads["acme"], (4, joined[1].hash.clone()));
+        assert_eq!(heads.get("acme"), Some(&(4, joined[1].hash.clone())));
         let v = crate::audit::verify::verify_tenant(&store, "acme", None)
             .await
             .unwrap();

@@ -19,8 +19,8 @@ mod sqlite_file;
 mod tenants;
 
 pub use audit::{
-    AuditCursor, AuditFilter, AuditRow, ChainPage, HeadRow, LateRows, PruneRow, RequestRow,
-    SummaryRow,
+    AuditCursor, AuditFilter, AuditRow, ChainPage, HeadCache, HeadRow, LateRows, PruneRow,
+    RequestRow, SummaryRow,
 };
 pub use copy::{CopyDecoder, CopyError};
 pub use credentials::StoredCredentialRow;

@@ -8,8 +8,6 @@
 //! The stores here are opened without a server, so no background pass runs
 //! except the ones a test starts.
 
-use std::collections::HashMap;
-
 use serde_json::{Value, json};
 use token_broker::audit::{Actor, AuditRow, Kind, Outcome};
 use token_broker::store::{Store, SummaryRow};
@@ -87,7 +85,7 @@ fn rows(rng: &mut Rng, n: i64, from: i64, days: i64) -> Vec<AuditRow> {
 async fn write(store: &Store, rows: Vec<AuditRow>) -> Vec<AuditRow> {
     let mut rows = rows;
     for batch in rows.chunks_mut(500) {
-        token_broker::audit::append(store, batch, &mut HashMap::new())
+        token_broker::audit::append(store, batch, &mut Default::default())
             .await
             .unwrap();
     }

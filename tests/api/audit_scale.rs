@@ -8,9 +8,12 @@
 //! whole batches with 503 when the other instance moved the head first).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
+use token_broker::audit::{Actor, AuditRow, Kind, Outcome};
 use token_broker::cli_audit::verify_tenant;
+use token_broker::store::HeadCache;
 
 use crate::helpers::*;
 
@@ -95,4 +98,113 @@ async fn two_instances_on_one_database_issue_for_one_tenant_without_refusing_eac
     assert!(v.rows >= (CLIENTS * REQUESTS) as u64, "{v:?}");
     let head = a.store.audit_head("acme").await.unwrap().unwrap();
     assert_eq!(head.seq as u64, v.rows, "the head is the chain's last row");
+}
+
+/// Seals counted by `counting_seal` (only the test below uses it).
+static SEALS: AtomicUsize = AtomicUsize::new(0);
+
+fn counting_seal(row: &mut AuditRow, seq: i64, hash: &str) -> (i64, String) {
+    SEALS.fetch_add(1, Ordering::Relaxed);
+    token_broker::audit::chain::seal(row, seq, hash)
+}
+
+/// Seals that `f` makes.
+async fn seals(f: impl std::future::Future<Output = ()>) -> usize {
+    let before = SEALS.load(Ordering::Relaxed);
+    f.await;
+    SEALS.load(Ordering::Relaxed) - before
+}
+
+/// Two writers taking turns on one tenant, as two instances on one database
+/// do: once a writer has found the head moved, it locks the head before
+/// sealing, so each of its rows (late ones included) is sealed once instead
+/// of twice; when it finds the head where it left it, it goes back to the
+/// one-statement compare-and-set. The chain stays whole throughout.
+#[tokio::test]
+async fn a_contended_writer_locks_the_head_first_and_seals_each_row_once() {
+    let app = spawn_app().await;
+    app.acme().await;
+    let store = &app.store;
+    let row = |at_ms| {
+        AuditRow::new(
+            "acme",
+            Kind::TokenIssued,
+            Outcome::Issued,
+            Actor::ApiKey,
+            at_ms,
+        )
+    };
+    let base = store.audit_head("acme").await.unwrap().unwrap().seq;
+    let mut a = HeadCache::default();
+    store
+        .append_once(&mut [row(1)], &mut a, counting_seal)
+        .await
+        .unwrap();
+    let mut b = a.clone();
+    assert!(!a.is_contended("acme"));
+    store
+        .append_once(&mut [row(2), row(3)], &mut b, counting_seal)
+        .await
+        .unwrap();
+    // a finds the head moved: its rows are sealed after its cache, then again
+    // after the head it found.
+    let n = seals(async {
+        let mut rows = [row(4), row(5)];
+        store
+            .append_once(&mut rows, &mut a, counting_seal)
+            .await
+            .unwrap();
+        assert_eq!(rows.each_ref().map(|r| r.seq - base), [4, 5]);
+    })
+    .await;
+    assert_eq!(n, 4);
+    assert!(a.is_contended("acme"));
+    store
+        .append_once(&mut [row(6)], &mut b, counting_seal)
+        .await
+        .unwrap();
+    // Contended: locked first, so each row, the late one too, is sealed once.
+    let n = seals(async {
+        let mut rows = [row(7), row(8)];
+        let mut late = |_: &[String]| vec![row(9)];
+        let mut joined = Vec::new();
+        store
+            .append_joining(
+                &mut rows,
+                &mut a,
+                counting_seal,
+                Some(&mut late),
+                &mut joined,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.each_ref().map(|r| r.seq - base), [7, 8]);
+        assert_eq!(rows[0].prev_hash, b.get("acme").unwrap().1);
+        assert_eq!(joined[0].seq - base, 9);
+    })
+    .await;
+    assert_eq!(n, 3);
+    assert!(a.is_contended("acme"), "b had moved the head again");
+    // Nobody moved it since: one seal, and the lock that found the head in
+    // place ends the contended mode.
+    let n = seals(async {
+        store
+            .append_once(&mut [row(10)], &mut a, counting_seal)
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!(n, 1);
+    assert!(!a.is_contended("acme"));
+    store
+        .append_once(&mut [row(11)], &mut a, counting_seal)
+        .await
+        .unwrap();
+    let head = store.audit_head("acme").await.unwrap().unwrap();
+    assert_eq!(
+        (head.seq - base, &head.hash),
+        (11, &a.get("acme").unwrap().1)
+    );
+    let v = verify_tenant(store, "acme", None).await.unwrap();
+    assert!(v.ok && v.rows == head.seq as u64, "{v:?}");
 }

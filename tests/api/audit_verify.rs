@@ -8,8 +8,6 @@
 //! edited by a database administrator, or holding a value of the wrong type,
 //! is still named.
 
-use std::collections::HashMap;
-
 use token_broker::audit::AuditRow;
 use token_broker::cli_audit::verify_tenant;
 
@@ -62,7 +60,7 @@ async fn write_hostile_chain(app: &TestApp, tenant: &str) -> usize {
             r
         })
         .collect();
-    let mut heads = HashMap::new();
+    let mut heads = Default::default();
     token_broker::audit::append(&app.store, &mut rows, &mut heads)
         .await
         .unwrap();
@@ -157,7 +155,7 @@ async fn time_windowed_pages_walk_every_row_once_when_clocks_disagree() {
             r
         })
         .collect();
-    let mut heads = HashMap::new();
+    let mut heads = Default::default();
     token_broker::audit::append(&app.store, &mut rows, &mut heads)
         .await
         .unwrap();
@@ -235,7 +233,7 @@ async fn summaries_count_exactly_the_rows_in_each_kind_of_window() {
             r
         })
         .collect();
-    token_broker::audit::append(&app.store, &mut rows, &mut HashMap::new())
+    token_broker::audit::append(&app.store, &mut rows, &mut Default::default())
         .await
         .unwrap();
     let count = |since: Option<i64>, until: Option<i64>| {
