@@ -26,7 +26,7 @@ pub use copy::{CopyDecoder, CopyError};
 pub use credentials::StoredCredentialRow;
 pub use keys::KeyRow;
 pub use policies::PolicyVersionRow;
-pub use rollup::ROLLUP_CHUNK_ROWS;
+pub use rollup::{ROLLUP_CHUNK_ROWS, ROLLUP_ROUND_LOCK};
 pub use sessions::SessionRow;
 
 use std::fmt;

@@ -46,6 +46,12 @@ const UPSERT_ROWS: usize = 1000;
 /// Times a pass re-reads the state after another instance moved it first.
 const MAX_LOST: usize = 8;
 
+/// The PostgreSQL advisory lock (transaction-scoped) that the instance
+/// running a rollup round holds: ASCII `tbrollup`. Other instances on the
+/// same database skip their round meanwhile instead of reading the same
+/// chunks and losing each of them to the compare-and-set.
+pub const ROLLUP_ROUND_LOCK: i64 = 0x7462_726f_6c6c_7570;
+
 /// SQLite: `+col` makes a column useless to an index, so the planner keeps
 /// to the range it should read (the time index, or the `(tenant, seq)` key).
 fn plus(d: Dialect) -> &'static str {
@@ -422,7 +428,32 @@ impl Store {
     /// cannot keep the pass going forever), in chunks of `max_rows`. Returns
     /// the rows counted. A failing tenant does not stop the others; the first
     /// error is returned after them.
+    ///
+    /// On PostgreSQL one instance at a time runs a round: it holds
+    /// `ROLLUP_ROUND_LOCK` in a transaction of its own for the round, and an
+    /// instance that cannot take it returns 0 at once (the other is counting
+    /// the same rows; its next round catches up whatever is left). Without
+    /// this, instances that started their rounds together read every chunk
+    /// each and all but one lost it to the compare-and-set: the rollup's reads
+    /// (most of its cost, and on the database every instance writes to)
+    /// multiplied by the number of instances. The lock goes with the
+    /// transaction, so an instance that stops or loses its connection
+    /// mid-round releases it.
     pub async fn rollup_all(&self, max_rows: i64) -> StoreResult<i64> {
+        let round = match &self.db {
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                    .bind(ROLLUP_ROUND_LOCK)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if !mine {
+                    return Ok(0);
+                }
+                Some(tx)
+            }
+            Db::Sqlite { .. } => None,
+        };
         let behind: Vec<(String, i64)> = with_pool!(self, p => sqlx::query_as(
             "SELECT h.tenant, h.seq FROM audit_heads h \
              LEFT JOIN audit_rollup_state s ON s.tenant = h.tenant \
@@ -437,6 +468,12 @@ impl Store {
                     first_error.get_or_insert(e);
                 }
             }
+        }
+        if let Some(tx) = round {
+            // Ends the round: the lock goes with the transaction. A failed
+            // rollback closes the connection, which releases it as well, and
+            // the round's counts are committed already: nothing to report.
+            let _ = tx.rollback().await;
         }
         match first_error {
             Some(e) => Err(e),

@@ -10,7 +10,7 @@
 
 use serde_json::{Value, json};
 use token_broker::audit::{Actor, AuditRow, Kind, Outcome};
-use token_broker::store::{Store, SummaryRow};
+use token_broker::store::{ROLLUP_ROUND_LOCK, Store, SummaryRow};
 
 use crate::helpers::*;
 
@@ -330,6 +330,49 @@ async fn passes_racing_on_two_connections_count_each_row_once() {
         write(&a, rows(&mut rng, 300, T0 - DAY, SPAN_DAYS + 30)).await;
     }
     b.close().await;
+}
+
+/// Two instances on one PostgreSQL: while one runs a rollup round (it holds
+/// `ROLLUP_ROUND_LOCK` for the round), another's round is skipped instead of
+/// reading the same chunks again only to lose each of them; a round that ends
+/// lets go of the lock, and the next round counts everything. (SQLite has one
+/// instance per file: its rounds always run.)
+#[tokio::test]
+async fn an_instance_skips_the_rollup_round_that_another_instance_is_running() {
+    use sqlx::Connection;
+    let (store, url, _db) = store().await;
+    let mut rng = Rng(0x5eed_1234_abcd_0005);
+    write(&store, rows(&mut rng, 300, T0, 40)).await;
+    let head = store.audit_head(TENANT).await.unwrap().unwrap().seq;
+    let try_lock = "SELECT pg_try_advisory_xact_lock($1)";
+    if url.starts_with("postgres") {
+        // The other instance's round, holding the lock.
+        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut round = other.begin().await.unwrap();
+        let held: bool = sqlx::query_scalar(try_lock)
+            .bind(ROLLUP_ROUND_LOCK)
+            .fetch_one(&mut *round)
+            .await
+            .unwrap();
+        assert!(held);
+        assert_eq!(store.rollup_all(1000).await.unwrap(), 0, "skipped");
+        assert_eq!(store.rollup_size(TENANT).await.unwrap().1, 0);
+        round.rollback().await.unwrap();
+    }
+    assert_eq!(store.rollup_all(1000).await.unwrap(), head);
+    assert_eq!(store.rollup_size(TENANT).await.unwrap().1, head);
+    if url.starts_with("postgres") {
+        // The round that ran released the lock (it is not left on a pooled
+        // connection): another instance takes it.
+        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut round = other.begin().await.unwrap();
+        let free: bool = sqlx::query_scalar(try_lock)
+            .bind(ROLLUP_ROUND_LOCK)
+            .fetch_one(&mut *round)
+            .await
+            .unwrap();
+        assert!(free, "the lock outlived the round");
+    }
 }
 
 /// A chunk whose rows have many distinct keys would make one long write
