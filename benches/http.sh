@@ -9,7 +9,8 @@
 #      STORES ["sqlite postgres"] broker stores to measure; add "postgres-x2" (or "sqlite-x2")
 #      for the multi-instance mode: two brokers on the same database serving the same tenant,
 #      both pinned to CPU 0 like the single one, two wrk (CONNS/2 each) on CPU 1, rps summed, PEERS [../shared/bench/peers],
-#      PG_URL [postgres://postgres@127.0.0.1:5432/postgres], SKIP_BUILD=1, SKIP_PEER_INSTALL=1
+#      PG_URL [postgres://postgres@127.0.0.1:5432/postgres], SKIP_BUILD=1, SKIP_PEER_INSTALL=1,
+#      TB [target/release/token-broker] the broker binary (another build, for A/B runs)
 # Prints req/s, p50, p99 (medians), the ratios to the peer, the broker's peak RSS, the fsync probe
 # before and after, and checks that audit rows >= completed requests. Output: OUT_DIR/summary.md.
 set -euo pipefail
@@ -29,7 +30,7 @@ command -v wrk >/dev/null || { log "installing wrk"; apt-get update -qq && apt-g
 for t in node npm taskset curl python3; do command -v $t >/dev/null || { log "missing $t"; exit 1; }; done
 
 if [ -z "${SKIP_BUILD:-}" ]; then log "cargo build --release"; (cd "$ROOT" && cargo build --release --locked -q); fi
-TB=$ROOT/target/release/token-broker
+TB=${TB:-$ROOT/target/release/token-broker}  # TB: another build, for A/B runs
 
 PEER=$OUT/peer
 if [ -z "${SKIP_PEER_INSTALL:-}" ]; then
