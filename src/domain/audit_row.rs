@@ -297,6 +297,65 @@ macro_rules! bind_row {
 }
 pub(crate) use bind_row;
 
+/// The PostgreSQL array type of a column kind (an `UNNEST` insert binds one
+/// array per column).
+macro_rules! pg_array_ty {
+    (Text) => {
+        "text[]"
+    };
+    (OptText) => {
+        "text[]"
+    };
+    (Int) => {
+        "int8[]"
+    };
+    (OptInt) => {
+        "int8[]"
+    };
+}
+
+/// A column of a row as an element of its PostgreSQL array.
+macro_rules! array_elem {
+    ($v:expr, Text) => {
+        $v.as_str()
+    };
+    ($v:expr, OptText) => {
+        $v.as_deref()
+    };
+    ($v:expr, Int) => {
+        $v
+    };
+    ($v:expr, OptInt) => {
+        $v
+    };
+}
+pub(crate) use array_elem;
+
+macro_rules! define_pg_array_types {
+    ([] $($col:ident: $kind:ident),* $(,)?) => {
+        /// Every column's PostgreSQL array type, in `COLUMNS` order.
+        pub const PG_ARRAY_TYPES: &[&str] = &[$(pg_array_ty!($kind),)* "text[]"];
+    };
+}
+audit_columns!(define_pg_array_types);
+
+/// Binds every column of the rows of `$rows` (a cloneable iterator of
+/// `&AuditRow`) to the query `$q` as one array per column, in `COLUMNS`
+/// order, and rebinds `$q` to the result: `audit_columns!(bind_arrays, q,
+/// rows);` (a statement), for `UNNEST($1::text[], …)`.
+macro_rules! bind_arrays {
+    ([$q:ident, $rows:ident] $($col:ident: $kind:ident),* $(,)?) => {
+        let $q = $q$(.bind(
+            $rows
+                .clone()
+                .map(|r| $crate::domain::audit_row::array_elem!(r.$col, $kind))
+                .collect::<Vec<_>>(),
+        ))*
+        .bind($rows.clone().map(|r| r.hash.as_str()).collect::<Vec<_>>());
+    };
+}
+pub(crate) use bind_arrays;
+
 /// A column value in the canonical hash input, byte for byte as `serde_json`
 /// writes it (the canonical form is defined by that output).
 trait CanonicalJson {
