@@ -332,6 +332,19 @@ async fn passes_racing_on_two_connections_count_each_row_once() {
     b.close().await;
 }
 
+/// Another instance's rollup round: a transaction on a connection of its own
+/// that tries to take the round's lock; true when it got it.
+async fn other_round(url: &str) -> (sqlx::Transaction<'static, sqlx::Postgres>, bool) {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let mut round = pool.begin().await.unwrap();
+    let got = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(ROLLUP_ROUND_LOCK)
+        .fetch_one(&mut *round)
+        .await
+        .unwrap();
+    (round, got)
+}
+
 /// Two instances on one PostgreSQL: while one runs a rollup round (it holds
 /// `ROLLUP_ROUND_LOCK` for the round), another's round is skipped instead of
 /// reading the same chunks again only to lose each of them; a round that ends
@@ -339,21 +352,14 @@ async fn passes_racing_on_two_connections_count_each_row_once() {
 /// instance per file: its rounds always run.)
 #[tokio::test]
 async fn an_instance_skips_the_rollup_round_that_another_instance_is_running() {
-    use sqlx::Connection;
     let (store, url, _db) = store().await;
     let mut rng = Rng(0x5eed_1234_abcd_0005);
     write(&store, rows(&mut rng, 300, T0, 40)).await;
     let head = store.audit_head(TENANT).await.unwrap().unwrap().seq;
-    let try_lock = "SELECT pg_try_advisory_xact_lock($1)";
-    if url.starts_with("postgres") {
+    let pg = url.starts_with("postgres");
+    if pg {
         // The other instance's round, holding the lock.
-        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
-        let mut round = other.begin().await.unwrap();
-        let held: bool = sqlx::query_scalar(try_lock)
-            .bind(ROLLUP_ROUND_LOCK)
-            .fetch_one(&mut *round)
-            .await
-            .unwrap();
+        let (round, held) = other_round(&url).await;
         assert!(held);
         assert_eq!(store.rollup_all(1000).await.unwrap(), 0, "skipped");
         assert_eq!(store.rollup_size(TENANT).await.unwrap().1, 0);
@@ -361,16 +367,10 @@ async fn an_instance_skips_the_rollup_round_that_another_instance_is_running() {
     }
     assert_eq!(store.rollup_all(1000).await.unwrap(), head);
     assert_eq!(store.rollup_size(TENANT).await.unwrap().1, head);
-    if url.starts_with("postgres") {
+    if pg {
         // The round that ran released the lock (it is not left on a pooled
         // connection): another instance takes it.
-        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
-        let mut round = other.begin().await.unwrap();
-        let free: bool = sqlx::query_scalar(try_lock)
-            .bind(ROLLUP_ROUND_LOCK)
-            .fetch_one(&mut *round)
-            .await
-            .unwrap();
+        let (_round, free) = other_round(&url).await;
         assert!(free, "the lock outlived the round");
     }
 }
