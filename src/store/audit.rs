@@ -10,24 +10,6 @@ use super::{Db, Store, StoreError, StoreResult, with_pool};
 pub use crate::domain::audit_row::AuditRow;
 use crate::domain::audit_row::{COLUMNS, RowRef, Seal};
 
-/// Inserts sealed rows inside a transaction (one multi-row statement).
-macro_rules! insert_rows {
-    ($tx:ident, $rows:expr) => {{
-        let insert = $crate::store::audit::insert_rows_sql(&$tx);
-        let mut qb = QueryBuilder::new(format!("{insert} ({COLUMNS}) "));
-        qb.push_values($rows, |mut b, r: &AuditRow| {
-            $crate::domain::audit_row::audit_columns!($crate::domain::audit_row::bind_row, b, r);
-        });
-        qb.build().execute(&mut *$tx).await.map_err(|e| {
-            if $crate::store::audit::is_seq_collision(&e) {
-                StoreError::HeadMoved
-            } else {
-                StoreError::Db(e)
-            }
-        })?;
-    }};
-}
-
 /// Seals one row after its tenant's current head and writes it, inside the
 /// caller's transaction: for changes that must be recorded atomically with
 /// their audit row (keys, policy versions, tenants). Run the change's own
@@ -37,17 +19,16 @@ macro_rules! append_in_tx {
         let row: &mut AuditRow = $row;
         let seal: $crate::domain::audit_row::Seal = $seal;
         let (old_seq, old_hash) = $crate::store::audit::lock_head!($tx, row.tenant.clone(), false);
-        let (new_seq, new_hash) = seal(row, old_seq, &old_hash);
-        sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE tenant = $1")
-            .bind(row.tenant.clone())
-            .bind(new_seq)
-            .bind(new_hash)
-            .execute(&mut *$tx)
-            .await?;
-        $crate::store::audit::insert_rows!($tx, std::iter::once(&*row));
+        let new = seal(row, old_seq, &old_hash);
+        $crate::store::audit::WriteBatch::write_batch(
+            &mut $tx,
+            &[(row.tenant.as_str(), &new)],
+            [std::slice::from_ref(&*row), &[]],
+        )
+        .await?;
     }};
 }
-pub(crate) use {append_in_tx, insert_rows};
+pub(crate) use append_in_tx;
 
 /// A unique violation on a chain position `(tenant, seq)`: another writer took
 /// it. Any other unique violation (a repeated `audit_id`) is the row's own fault.
@@ -280,24 +261,17 @@ type Head = (i64, String);
 /// transaction's first write, which always comes before this read) does the same.
 pub(crate) trait HeadSql: sqlx::Database {
     const LOCK_HEAD: &'static str;
-    /// How a batch of sealed rows is inserted. SQLite: `OR FAIL`, so a
-    /// multi-row insert needs no statement journal (a copy of every page it
-    /// touches, kept to undo just the one statement); a failed insert fails
-    /// the whole transaction anyway, which is rolled back.
-    const INSERT_ROWS: &'static str;
     /// Whether locking a head must start with a write: SQLite's read takes
     /// no lock (its one writer lock comes with the transaction's first write).
     const LOCK_WRITES_FIRST: bool;
 }
 impl HeadSql for sqlx::Sqlite {
     const LOCK_HEAD: &'static str = "SELECT seq, hash FROM audit_heads WHERE tenant = $1";
-    const INSERT_ROWS: &'static str = "INSERT OR FAIL INTO audit_events";
     const LOCK_WRITES_FIRST: bool = true;
 }
 impl HeadSql for sqlx::Postgres {
     const LOCK_HEAD: &'static str =
         "SELECT seq, hash FROM audit_heads WHERE tenant = $1 FOR UPDATE";
-    const INSERT_ROWS: &'static str = "INSERT INTO audit_events";
     const LOCK_WRITES_FIRST: bool = false;
 }
 /// `HeadSql::LOCK_HEAD` for the database of `_tx`.
@@ -307,10 +281,6 @@ pub(crate) fn lock_head_sql<DB: HeadSql>(_tx: &sqlx::Transaction<'_, DB>) -> &'s
 /// `HeadSql::LOCK_WRITES_FIRST` for the database of `_tx`.
 pub(crate) fn lock_writes_first<DB: HeadSql>(_tx: &sqlx::Transaction<'_, DB>) -> bool {
     DB::LOCK_WRITES_FIRST
-}
-/// `HeadSql::INSERT_ROWS` for the database of `_tx`.
-pub(crate) fn insert_rows_sql<DB: HeadSql>(_tx: &sqlx::Transaction<'_, DB>) -> &'static str {
-    DB::INSERT_ROWS
 }
 
 /// The last step of a batch's transaction, once it holds the heads: moves
@@ -327,6 +297,9 @@ pub(crate) trait WriteBatch: HeadSql {
 /// one update per head, and the rows in statements of a few fixed sizes
 /// (each size one prepared statement kept in the connection's cache, so a
 /// batch of any size reuses them instead of adding a statement of its own).
+/// `OR FAIL`: a multi-row insert then needs no statement journal (a copy of
+/// every page it touches, kept to undo just the one statement); a failed
+/// insert fails the whole transaction anyway, which is rolled back.
 impl WriteBatch for sqlx::Sqlite {
     async fn write_batch(
         tx: &mut sqlx::Transaction<'_, Self>,
@@ -345,8 +318,9 @@ impl WriteBatch for sqlx::Sqlite {
             let mut rest: &[AuditRow] = part;
             while !rest.is_empty() {
                 let (chunk, tail) = rest.split_at(insert_chunk(rest.len()));
-                let insert = <Self as HeadSql>::INSERT_ROWS;
-                let mut qb = QueryBuilder::<Self>::new(format!("{insert} ({COLUMNS}) "));
+                let mut qb = QueryBuilder::<Self>::new(format!(
+                    "INSERT OR FAIL INTO audit_events ({COLUMNS}) "
+                ));
                 qb.push_values(chunk, |mut b, r| {
                     crate::domain::audit_row::audit_columns!(
                         crate::domain::audit_row::bind_row,
@@ -542,35 +516,41 @@ impl Store {
         let mut tenants: Vec<String> = rows.iter().map(|r| r.tenant.clone()).collect();
         tenants.sort();
         tenants.dedup();
-        // Rows of tenants taken by compare-and-set are sealed now, after the
-        // cached head; the others once their head is held.
-        let mut takes: Vec<(String, Take)> = tenants
-            .into_iter()
-            .map(|t| {
-                let cached = heads.heads.get(&t).cloned();
-                let take = match cached {
-                    Some(h) if !heads.contended.contains(&t) => Take::Move {
-                        old_seq: h.0,
-                        new: h,
-                    },
-                    cached => Take::Lock { cached },
-                };
-                (t, take)
+        // How each tenant's head is taken (`takes[i]` for `tenants[i]`). Rows
+        // of tenants taken by compare-and-set are sealed now, after the cached
+        // head; the others once their head is held.
+        let mut takes: Vec<Take> = tenants
+            .iter()
+            .map(|t| match heads.heads.get(t) {
+                Some(h) if !heads.contended.contains(t) => Take::Move {
+                    old_seq: h.0,
+                    new: h.clone(),
+                },
+                cached => Take::Lock {
+                    cached: cached.cloned(),
+                },
             })
             .collect();
         for r in rows.iter_mut() {
-            let Ok(i) = takes.binary_search_by(|(t, _)| t.as_str().cmp(&r.tenant)) else {
+            let Ok(i) = tenants.binary_search(&r.tenant) else {
                 continue;
             };
-            if let Take::Move { new, .. } = &mut takes[i].1 {
+            if let Take::Move { new, .. } = &mut takes[i] {
                 *new = seal(r, new.0, &new.1);
             }
         }
         let mut news = HashMap::new();
         let mut contended = Vec::new();
-        let tenants: Vec<String> = takes.iter().map(|(t, _)| t.clone()).collect();
         match self
-            .commit_sealed(rows, &takes, &mut news, &mut contended, seal, late, joined)
+            .commit_sealed(
+                rows,
+                (&tenants, &takes),
+                &mut news,
+                &mut contended,
+                seal,
+                late,
+                joined,
+            )
             .await
         {
             Ok(()) => {
@@ -593,8 +573,8 @@ impl Store {
         }
     }
 
-    /// The transaction of `append_joining`: takes each tenant's head as
-    /// `takes` says, seals what is not sealed yet, lets late rows join, writes
+    /// The transaction of `append_joining`: takes each tenant's head as its
+    /// `Take` says, seals what is not sealed yet, lets late rows join, writes
     /// each head once and the rows. Leaves the new heads in `news` and, for
     /// each tenant whose head was found rather than assumed, whether another
     /// writer had moved it, in `contended`.
@@ -602,7 +582,7 @@ impl Store {
     async fn commit_sealed(
         &self,
         rows: &mut [AuditRow],
-        takes: &[(String, Take)],
+        (tenants, takes): (&[String], &[Take]),
         news: &mut HashMap<String, Head>,
         contended: &mut Vec<(String, bool)>,
         seal: Seal,
@@ -611,11 +591,10 @@ impl Store {
     ) -> StoreResult<()> {
         with_pool!(write self, p => {
             let mut tx = p.begin().await?;
-            // Tenants whose head row is still to be written, with the head held.
+            // Tenants whose head is held but not written yet: first those
+            // whose rows wait for it to be sealed, then those of late rows.
             let mut unwritten: Vec<&str> = Vec::new();
-            // Tenants whose rows are still to be sealed after the held head.
-            let mut unsealed: Vec<&str> = Vec::new();
-            for (tenant, take) in takes {
+            for (tenant, take) in tenants.iter().zip(takes) {
                 let held = match take {
                     // One statement either way: it moves the head when nobody
                     // moved it since we last wrote (the common case), and
@@ -650,11 +629,10 @@ impl Store {
                     }
                 };
                 news.insert(tenant.clone(), held);
-                unsealed.push(tenant.as_str());
                 unwritten.push(tenant.as_str());
             }
             // Every head is held now: seal the rows that wait for theirs.
-            for r in rows.iter_mut().filter(|r| unsealed.contains(&r.tenant.as_str())) {
+            for r in rows.iter_mut().filter(|r| unwritten.contains(&r.tenant.as_str())) {
                 let h = &news[&r.tenant];
                 let h = seal(r, h.0, &h.1);
                 news.insert(r.tenant.clone(), h);
@@ -663,11 +641,12 @@ impl Store {
             // sealed after the batch's own.
             if let Some(late) = late {
                 let first = joined.len();
-                joined.extend(late(&takes.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>()));
+                joined.extend(late(tenants));
                 for r in &mut joined[first..] {
-                    let Some((tenant, _)) = takes.iter().find(|(t, _)| *t == r.tenant) else {
+                    let Ok(i) = tenants.binary_search(&r.tenant) else {
                         return Err(StoreError::Conflict("a late row of a tenant whose head is not held".into()));
                     };
+                    let tenant = &tenants[i];
                     let h = &news[tenant];
                     let h = seal(r, h.0, &h.1);
                     news.insert(tenant.clone(), h);

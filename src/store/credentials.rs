@@ -2,11 +2,9 @@
 //! each video project (OpenTok api_key, Vonage application_id) to at most one
 //! tenant. Every change commits with its change-feed row and its audit row.
 
-use sqlx::QueryBuilder;
-
 use super::audit::append_in_tx;
 use super::{Store, StoreError, StoreResult, with_pool};
-use crate::domain::audit_row::{AuditRow, COLUMNS, Seal};
+use crate::domain::audit_row::{AuditRow, Seal};
 
 /// One stored credential as in the database: public fields and the sealed secret.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

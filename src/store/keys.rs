@@ -1,10 +1,8 @@
 //! API key rows. Secrets are stored only as argon2id hashes (see `crate::auth`).
 
-use sqlx::QueryBuilder;
-
 use super::audit::append_in_tx;
 use super::{Store, StoreError, StoreResult, with_pool};
-use crate::domain::audit_row::{AuditRow, COLUMNS, Seal};
+use crate::domain::audit_row::{AuditRow, Seal};
 
 /// One API key, as stored (the hash is never returned over the API).
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -1,10 +1,8 @@
 //! Versioned policy storage: each apply or rollback is a new numbered version.
 
-use sqlx::QueryBuilder;
-
 use super::audit::append_in_tx;
 use super::{Store, StoreError, StoreResult, with_pool};
-use crate::domain::audit_row::{AuditRow, COLUMNS, Seal};
+use crate::domain::audit_row::{AuditRow, Seal};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PolicyVersionRow {

@@ -1,10 +1,8 @@
 //! Tenants: created by an operator, referenced by everything else.
 
-use sqlx::QueryBuilder;
-
 use super::audit::append_in_tx;
 use super::{Store, StoreError, StoreResult, with_pool};
-use crate::domain::audit_row::{AuditRow, COLUMNS, Seal};
+use crate::domain::audit_row::{AuditRow, Seal};
 
 impl Store {
     /// Creates a tenant and its `tenant_created` audit row in one transaction;
