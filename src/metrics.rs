@@ -72,6 +72,10 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug, Clone)]
 pub struct AuditMetrics {
     pub commit_seconds: Histogram,
+    /// The part of `commit_seconds` before the batch's transaction holds its
+    /// tenants' chain heads: mostly waiting for another writer's commit
+    /// (another instance on the same PostgreSQL, or the CLI).
+    pub head_wait_seconds: Histogram,
     pub batch_rows: Histogram,
 }
 
@@ -79,6 +83,7 @@ impl Default for AuditMetrics {
     fn default() -> Self {
         AuditMetrics {
             commit_seconds: latency_histogram(),
+            head_wait_seconds: latency_histogram(),
             // 1 … 4096 rows.
             batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
         }
@@ -236,6 +241,12 @@ impl Metrics {
             "Time to commit one audit batch (one transaction)",
             Unit::Seconds,
             audit.commit_seconds.clone(),
+        );
+        r.register_with_unit(
+            "audit_head_wait",
+            "Time from the start of an audit batch until its transaction holds its tenants' chain heads (part of the commit duration; grows when instances wait for each other)",
+            Unit::Seconds,
+            audit.head_wait_seconds.clone(),
         );
         r.register(
             "audit_batch_rows",

@@ -415,8 +415,15 @@ async fn run(
         let room = max_batch.saturating_sub(rows.len());
         let outcome = {
             let (rx, waiters, carry, health) = (&mut rx, &mut waiters, &mut carry, &*health);
-            let mut late =
-                |tenants: &[String]| take_late(rx, tenants, room, waiters, carry, health);
+            let started = &started;
+            let mut late = |tenants: &[String]| {
+                // Called once the transaction holds the heads.
+                health
+                    .metrics
+                    .head_wait_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                take_late(rx, tenants, room, waiters, carry, health)
+            };
             commit_joining(&store, &mut rows, &mut heads, &mut late).await
         };
         health.busy_since_ms.store(0, Ordering::Relaxed);

@@ -218,27 +218,12 @@ async fn with_the_store_stalled_requests_get_503_quickly_and_recover() {
 
     // Another client holds the audit tables' lock, as a stuck migration or a
     // wedged disk would.
-    let lock_sql = if app.db_url.starts_with("sqlite") {
-        "BEGIN EXCLUSIVE"
-    } else {
-        "BEGIN; LOCK TABLE audit_heads IN ACCESS EXCLUSIVE MODE"
-    };
-    enum Holder {
-        Sqlite(sqlx::SqliteConnection),
-        Pg(sqlx::PgConnection),
-    }
-    let mut holder = {
-        use sqlx::Connection;
-        if app.db_url.starts_with("sqlite") {
-            let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
-            sqlx::raw_sql(lock_sql).execute(&mut c).await.unwrap();
-            Holder::Sqlite(c)
-        } else {
-            let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
-            sqlx::raw_sql(lock_sql).execute(&mut c).await.unwrap();
-            Holder::Pg(c)
-        }
-    };
+    let holder = hold(
+        &app,
+        "BEGIN EXCLUSIVE",
+        "BEGIN; LOCK TABLE audit_heads IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
     let t = Instant::now();
     let (s, v) = app.issue(&key, &body).await;
     assert_eq!(s, 503, "{v}");
@@ -252,18 +237,7 @@ async fn with_the_store_stalled_requests_get_503_quickly_and_recover() {
     let r = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503, "readyz reports the stalled audit store");
 
-    match &mut holder {
-        Holder::Sqlite(c) => sqlx::raw_sql("ROLLBACK")
-            .execute(c)
-            .await
-            .map(|_| ())
-            .unwrap(),
-        Holder::Pg(c) => sqlx::raw_sql("ROLLBACK")
-            .execute(c)
-            .await
-            .map(|_| ())
-            .unwrap(),
-    }
+    holder.release().await;
     let start = Instant::now();
     loop {
         let (s, v) = app.issue(&key, &body).await;

@@ -317,6 +317,40 @@ pub async fn raw_sql(app: &TestApp, sql: &str) {
     }
 }
 
+/// Another client of the test database with a transaction open, holding
+/// what its statements locked (another writer, a stuck migration) until
+/// `release`.
+pub enum Held {
+    Sqlite(sqlx::SqliteConnection),
+    Pg(sqlx::PgConnection),
+}
+
+/// Opens a transaction as another client and runs `sqlite` or `pg` (by the
+/// test database) in it; the locks they take are held until `release`.
+pub async fn hold(app: &TestApp, sqlite: &str, pg: &str) -> Held {
+    use sqlx::Connection;
+    if app.db_url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+        sqlx::raw_sql(sqlite).execute(&mut c).await.unwrap();
+        Held::Sqlite(c)
+    } else {
+        let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+        sqlx::raw_sql(pg).execute(&mut c).await.unwrap();
+        Held::Pg(c)
+    }
+}
+
+impl Held {
+    /// Rolls the other client's transaction back, releasing its locks.
+    pub async fn release(self) {
+        match self {
+            Held::Sqlite(mut c) => sqlx::raw_sql("ROLLBACK").execute(&mut c).await.map(|_| ()),
+            Held::Pg(mut c) => sqlx::raw_sql("ROLLBACK").execute(&mut c).await.map(|_| ()),
+        }
+        .unwrap()
+    }
+}
+
 /// Every text value of a table, as one string (to search for leaked secrets).
 pub async fn table_text(app: &TestApp, table: &str) -> String {
     use sqlx::Connection;

@@ -99,6 +99,11 @@ async fn metrics_show_latency_histograms_and_per_tenant_counters_under_load() {
     assert!(value(&m, "token_broker_audit_commit_duration_seconds_sum") > 0.0);
     assert!(value(&m, "token_broker_audit_batch_rows_count") >= 1.0);
     assert!(value(&m, "token_broker_audit_batch_rows_sum") >= 8.0);
+    assert!(value(&m, "token_broker_audit_head_wait_seconds_count") >= 1.0);
+    assert!(
+        value(&m, "token_broker_audit_head_wait_seconds_sum")
+            <= value(&m, "token_broker_audit_commit_duration_seconds_sum")
+    );
     assert_eq!(value(&m, "token_broker_audit_queue_depth"), 0.0);
     assert!(value(&m, "token_broker_audit_rows_total") >= 8.0);
 
@@ -132,6 +137,44 @@ async fn metrics_show_latency_histograms_and_per_tenant_counters_under_load() {
     assert!(m.contains("token_broker_idp_jwks_fetches_total{result=\"failed\"}"));
     assert!(m.contains("token_broker_rate_limited_total{limit=\"end_user\"} 0"));
     assert!(m.trim_end().ends_with("# EOF"));
+}
+
+/// A batch that waits for another writer's hold on its tenant's chain head
+/// (another instance's commit; on SQLite, any writer) shows the wait in
+/// `audit_head_wait`, the part of the commit duration before the heads are
+/// held, so operators of several instances can see them wait for each other.
+#[tokio::test]
+async fn waiting_for_another_writers_head_shows_in_the_head_wait() {
+    const HOLD: std::time::Duration = std::time::Duration::from_millis(400);
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    let body = json!({"session_id": session_for(API_KEY, 1), "user": user("alice")});
+    assert_eq!(app.issue(&key, &body).await.0, 201);
+    let m = scrape(&app).await;
+    let wait0 = value(&m, "token_broker_audit_head_wait_seconds_sum");
+    let commit0 = value(&m, "token_broker_audit_commit_duration_seconds_sum");
+    assert!(wait0 < HOLD.as_secs_f64(), "{wait0}");
+
+    let held = hold(
+        &app,
+        "BEGIN IMMEDIATE",
+        "BEGIN; SELECT seq FROM audit_heads WHERE tenant = 'acme' FOR UPDATE",
+    )
+    .await;
+    let ((status, v), ()) = tokio::join!(app.issue(&key, &body), async {
+        tokio::time::sleep(HOLD).await;
+        held.release().await;
+    });
+    assert_eq!(status, 201, "{v}");
+
+    let m = scrape(&app).await;
+    let waited = value(&m, "token_broker_audit_head_wait_seconds_sum") - wait0;
+    let committed = value(&m, "token_broker_audit_commit_duration_seconds_sum") - commit0;
+    assert!(
+        waited >= HOLD.as_secs_f64() * 0.8,
+        "waited {waited} s for a {HOLD:?} hold"
+    );
+    assert!(waited <= committed, "wait {waited} s > commit {committed} s");
 }
 
 #[tokio::test]
