@@ -100,6 +100,32 @@ pub struct WriterHealth {
 }
 
 impl WriterHealth {
+    /// Records a finished batch: idle again, commit latency and size (when
+    /// the store did not fail), failing or not, and the counters.
+    fn record(&self, outcome: &BatchOutcome, rows: usize, took: Duration) {
+        self.busy_since_ms.store(0, Ordering::Relaxed);
+        if !outcome.store_failed {
+            self.metrics.commit_seconds.observe(took.as_secs_f64());
+            self.metrics.batch_rows.observe(rows as f64);
+        }
+        // Failing reflects the store, never one row's content.
+        self.failing.store(outcome.store_failed, Ordering::Relaxed);
+        if outcome.store_failed {
+            self.failed_batches.fetch_add(1, Ordering::Relaxed);
+        }
+        self.committed_batches
+            .fetch_add(outcome.transactions as u64, Ordering::Relaxed);
+        self.committed_rows
+            .fetch_add(outcome.committed as u64, Ordering::Relaxed);
+        let refused = outcome
+            .answers
+            .iter()
+            .filter(|a| matches!(a, Err(AuditUnavailable::Refused)))
+            .count();
+        self.refused_rows
+            .fetch_add(refused as u64, Ordering::Relaxed);
+    }
+
     /// True when the last batch failed and none has succeeded since, or when
     /// the batch in progress has been waiting on the store for longer than a
     /// request may wait (requests are getting 503 then).
@@ -426,35 +452,7 @@ async fn run(
             };
             commit_joining(&store, &mut rows, &mut heads, &mut late).await
         };
-        health.busy_since_ms.store(0, Ordering::Relaxed);
-        if !outcome.store_failed {
-            health
-                .metrics
-                .commit_seconds
-                .observe(started.elapsed().as_secs_f64());
-            health.metrics.batch_rows.observe(rows.len() as f64);
-        }
-        // Failing reflects the store, never one row's content.
-        health
-            .failing
-            .store(outcome.store_failed, Ordering::Relaxed);
-        if outcome.store_failed {
-            health.failed_batches.fetch_add(1, Ordering::Relaxed);
-        }
-        health
-            .committed_batches
-            .fetch_add(outcome.transactions as u64, Ordering::Relaxed);
-        health
-            .committed_rows
-            .fetch_add(outcome.committed as u64, Ordering::Relaxed);
-        let refused = outcome
-            .answers
-            .iter()
-            .filter(|a| matches!(a, Err(AuditUnavailable::Refused)))
-            .count();
-        health
-            .refused_rows
-            .fetch_add(refused as u64, Ordering::Relaxed);
+        health.record(&outcome, rows.len(), started.elapsed());
         for (done, answer) in waiters.drain(..).zip(outcome.answers) {
             let _ = done.send(answer);
         }

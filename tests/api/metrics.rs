@@ -174,7 +174,10 @@ async fn waiting_for_another_writers_head_shows_in_the_head_wait() {
         waited >= HOLD.as_secs_f64() * 0.8,
         "waited {waited} s for a {HOLD:?} hold"
     );
-    assert!(waited <= committed, "wait {waited} s > commit {committed} s");
+    assert!(
+        waited <= committed,
+        "wait {waited} s > commit {committed} s"
+    );
 }
 
 #[tokio::test]
