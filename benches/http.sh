@@ -11,8 +11,10 @@
 #      both pinned to CPU 0 like the single one, two wrk (CONNS/2 each) on CPU 1, rps summed, PEERS [../shared/bench/peers],
 #      PG_URL [postgres://postgres@127.0.0.1:5432/postgres], SKIP_BUILD=1, SKIP_PEER_INSTALL=1,
 #      TB [target/release/token-broker] the broker binary (another build, for A/B runs)
-# Prints req/s, p50, p99 (medians), the ratios to the peer, the broker's peak RSS, the fsync probe
-# before and after, and checks that audit rows >= completed requests. Output: OUT_DIR/summary.md.
+# Prints req/s, p50, p99 (medians), the ratios to the peer, the broker's peak RSS, the audit
+# writer's rows per commit, commit time and head wait (from /metrics over each measured run), the
+# fsync probe before and after, and checks that audit rows >= completed requests.
+# Output: OUT_DIR/summary.md.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${1:-$(mktemp -d)}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
@@ -108,6 +110,21 @@ start() { # variant -> sets SRV and the port
   esac
 }
 
+# The brokers' audit writer figures (summed over the instances on the given ports), as JSON:
+# commits, rows, commit seconds and head-wait seconds so far (docs/operations.md).
+audit_figures() {
+  for p in "$@"; do curl -s "http://127.0.0.1:$p/metrics"; done | python3 -c '
+import json, sys
+want = {"token_broker_audit_commit_duration_seconds_count": "commits", "token_broker_audit_batch_rows_sum": "rows",
+        "token_broker_audit_commit_duration_seconds_sum": "commit_s", "token_broker_audit_head_wait_seconds_sum": "head_wait_s"}
+out = dict.fromkeys(want.values(), 0.0)
+for l in sys.stdin:
+    k, _, v = l.rpartition(" ")
+    if k in want:
+        out[want[k]] += float(v)
+print(json.dumps(out))'
+}
+
 run_wrk() { # variant rep
   local port=$PORT script=$PEERS/post.lua
   case $1 in broker-*) port=$TB_PORT; script=$ROOT/benches/tokens.lua; export TB_KEY; TB_KEY=$(cat "$OUT/broker-${1#broker-}/key");; esac
@@ -117,19 +134,23 @@ run_wrk() { # variant rep
     local w0=$!
     SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$half" -d"${WARMUP}s" --timeout 10s -s "$script" "http://127.0.0.1:$((port + 1))" >/dev/null
     wait $w0 || true
+    audit_figures "$port" $((port + 1)) >"$RES/audit-$1-$2-before.json"
     SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$half" -d"${DURATION}s" --timeout 10s --latency -s "$script" "http://127.0.0.1:$port" >"$RES/wrk-$1-$2.txt" &
     local w1=$!
     SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$half" -d"${DURATION}s" --timeout 10s --latency -s "$script" "http://127.0.0.1:$((port + 1))" >"$RES/wrk-$1-$2-b.txt"
     wait $w1
+    audit_figures "$port" $((port + 1)) >"$RES/audit-$1-$2-after.json"
   else
     SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$CONNS" -d"${WARMUP}s" --timeout 10s -s "$script" "http://127.0.0.1:$port" >/dev/null
+    case $1 in broker-*) audit_figures "$port" >"$RES/audit-$1-$2-before.json";; esac
     SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 10s --latency -s "$script" "http://127.0.0.1:$port" >"$RES/wrk-$1-$2.txt"
+    case $1 in broker-*) audit_figures "$port" >"$RES/audit-$1-$2-after.json";; esac
   fi
   local rss=0
   for p in $SRV $SRV2; do [ -r "/proc/$p/status" ] && rss=$((rss + $(awk '/VmHWM/ {print $2}' "/proc/$p/status"))); done
-  python3 - "$1" "$2" "$rss" "$RES/wrk-$1-$2.txt" "$RES/wrk-$1-$2-b.txt" >>"$RES/runs.jsonl" <<'PY'
+  python3 - "$1" "$2" "$rss" "$RES/audit-$1-$2" "$RES/wrk-$1-$2.txt" "$RES/wrk-$1-$2-b.txt" >>"$RES/runs.jsonl" <<'PY'
 import json, os, sys
-variant, rep, rss, paths = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+variant, rep, rss, audit, paths = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 rs = [json.loads(next(l for l in open(p) if l.startswith("WRKJSON "))[8:]) for p in paths if os.path.exists(p)]
 r = rs[0]
 for o in rs[1:]:  # two instances: throughput and errors add up, latency is the worse of the two
@@ -138,6 +159,12 @@ for o in rs[1:]:  # two instances: throughput and errors add up, latency is the 
     for k in ("p50_us", "p99_us"):
         r[k] = max(r[k], o[k])
 r.update(variant=variant, rep=rep, instances=len(rs), peak_rss_kib=rss or None)
+if os.path.exists(audit + "-after.json"):  # the audit writer over the measured run
+    a, b = (json.load(open(audit + w)) for w in ("-before.json", "-after.json"))
+    d = {k: b[k] - a[k] for k in b}
+    if d["commits"] > 0:
+        r.update(rows_per_commit=d["rows"] / d["commits"], commit_ms=1e3 * d["commit_s"] / d["commits"],
+                 head_wait_ms=1e3 * d["head_wait_s"] / d["commits"])
 print(json.dumps(r))
 PY
   log "  $1 rep $2: $(tail -1 "$RES/runs.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.0f req/s, p50 %.1f ms, p99 %.1f ms, non2xx %d" % (r["rps"], r["p50_us"]/1000, r["p99_us"]/1000, r["non2xx"]))')"
@@ -183,6 +210,16 @@ print()
 for v in m:
     if v.startswith("broker"):
         print("- {}: {:.1f}x peer-none, {:.1f}x peer-sqlite".format(v, m[v] / m["peer-none"], m[v] / m["peer-sqlite"]))
+w = {v: rs for v, rs in by.items() if any("commit_ms" in r for r in rs)}
+if w:  # the audit writer, from the brokers' /metrics over each measured run
+    print()
+    print("| variant | rows per commit | commit ms | of which head wait ms |")
+    print("|---|---:|---:|---:|")
+    for v, rs in w.items():
+        rs = [r for r in rs if "commit_ms" in r]
+        print("| {} | {:.1f} | {:.2f} | {:.2f} |".format(v, med([r["rows_per_commit"] for r in rs]),
+              med([r["commit_ms"] for r in rs]), med([r["head_wait_ms"] for r in rs])))
+    print()
 for s in os.listdir(res):
     if s.startswith("verify-"):
         try:
