@@ -8,7 +8,9 @@
 # env: DURATION [15] seconds per run, REPS [3], CONNS [64], WARMUP [3],
 #      STORES ["sqlite postgres"] broker stores to measure; add "postgres-x2" (or "sqlite-x2")
 #      for the multi-instance mode: two brokers on the same database serving the same tenant,
-#      both pinned to CPU 0 like the single one, two wrk (CONNS/2 each) on CPU 1, rps summed, PEERS [../shared/bench/peers],
+#      both pinned to CPU 0 like the single one, two wrk (CONNS/2 each) on CPU 1, rps summed;
+#      "postgres-x2t" is the same with a tenant each (two chains: what the instances would
+#      write if each had a chain of its own). PEERS [../shared/bench/peers],
 #      PG_URL [postgres://postgres@127.0.0.1:5432/postgres], SKIP_BUILD=1, SKIP_PEER_INSTALL=1,
 #      TB [target/release/token-broker] the broker binary (another build, for A/B runs)
 # Prints req/s, p50, p99 (medians), the ratios to the peer, the broker's peak RSS, the audit
@@ -25,6 +27,9 @@ PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PORT=18080; TB_PORT=18081
 API_KEY=12345678; API_SECRET=0123456789abcdef0123456789abcdef01234567
 SID=1_MX4xMjM0NTY3OH5-VGh1LCAwMSBKYW4gMTk3MCAwMDowMDowMCBHTVR-MC43Nzc3Nzc3Nzc3Nzc3Nzc3fg
+# The second tenant (bench2) has a video project of its own, and a session of it.
+API_KEY2=87654321; API_SECRET2=fedcba9876543210fedcba9876543210fedcba98
+SID2=1_MX44NzY1NDMyMX5-MTc2NDAwMDAwMDAwMH5zZXNzaW9uLTF-
 RES=$OUT/results; mkdir -p "$RES"; : >"$RES/runs.jsonl"; : >"$RES/fsync.jsonl"
 log() { printf '[http.sh %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
@@ -87,9 +92,15 @@ TOML
   "$TB" tenant create bench >/dev/null
   "$TB" policy apply "$dir/bench.toml" >/dev/null
   "$TB" key create --tenant bench --scope issue --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' >"$dir/key"
+  mkdir -p "$dir/secrets/bench2"; chmod 700 "$dir/secrets/bench2"
+  printf '%s' "$API_SECRET2" >"$dir/secrets/bench2/api_secret"; chmod 600 "$dir/secrets/bench2/api_secret"
+  sed -e 's/^tenant = "bench"/tenant = "bench2"/' -e "s/$API_KEY/$API_KEY2/" "$dir/bench.toml" >"$dir/bench2.toml"
+  "$TB" tenant create bench2 >/dev/null
+  "$TB" policy apply "$dir/bench2.toml" >/dev/null
+  "$TB" key create --tenant bench2 --scope issue --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' >"$dir/key2"
 }
-for s in $STORES; do case $s in *-x2) ;; *) setup_broker "$s";; esac; done
-for s in $STORES; do case $s in *-x2) [ -d "$OUT/broker-${s%-x2}" ] || setup_broker "${s%-x2}"; ln -sfn "$OUT/broker-${s%-x2}" "$OUT/broker-$s";; esac; done
+for s in $STORES; do case $s in *-x2|*-x2t) ;; *) setup_broker "$s";; esac; done
+for s in $STORES; do case $s in *-x2|*-x2t) [ -d "$OUT/broker-${s%-x2*}" ] || setup_broker "${s%-x2*}"; ln -sfn "$OUT/broker-${s%-x2*}" "$OUT/broker-$s";; esac; done
 
 start() { # variant -> sets SRV and the port
   case $1 in
@@ -102,7 +113,7 @@ start() { # variant -> sets SRV and the port
       TOKEN_BROKER_DATABASE_URL=$(cat "$dir/url") TOKEN_BROKER_DATA_DIR=$dir TOKEN_BROKER_LOG=warn \
         TOKEN_BROKER_LISTEN=127.0.0.1:$TB_PORT taskset -c 0 "$TB" serve >"$RES/server-$1.log" 2>&1 &
       SRV=$!; wait_up $TB_PORT
-      if [ "${s%-x2}" != "$s" ]; then # a second instance on the same database, same tenant
+      if [ "${s%-x2*}" != "$s" ]; then # a second instance on the same database
         TOKEN_BROKER_DATABASE_URL=$(cat "$dir/url") TOKEN_BROKER_DATA_DIR=$dir TOKEN_BROKER_LOG=warn \
           TOKEN_BROKER_LISTEN=127.0.0.1:$((TB_PORT + 1)) taskset -c 0 "$TB" serve >"$RES/server-$1-b.log" 2>&1 &
         SRV2=$!; wait_up $((TB_PORT + 1))
@@ -129,15 +140,16 @@ run_wrk() { # variant rep
   local port=$PORT script=$PEERS/post.lua
   case $1 in broker-*) port=$TB_PORT; script=$ROOT/benches/tokens.lua; export TB_KEY; TB_KEY=$(cat "$OUT/broker-${1#broker-}/key");; esac
   if [ -n "$SRV2" ]; then # two instances: half the connections on each, at the same time
-    local half=$((CONNS / 2))
+    local half=$((CONNS / 2)) key2=$TB_KEY sid2=$SID
+    case $1 in *-x2t) key2=$(cat "$OUT/$1/key2"); sid2=$SID2;; esac # a tenant each
     SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$half" -d"${WARMUP}s" --timeout 10s -s "$script" "http://127.0.0.1:$port" >/dev/null &
     local w0=$!
-    SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$half" -d"${WARMUP}s" --timeout 10s -s "$script" "http://127.0.0.1:$((port + 1))" >/dev/null
+    TB_KEY=$key2 SESSION_ID=$sid2 taskset -c 1 wrk -t1 -c"$half" -d"${WARMUP}s" --timeout 10s -s "$script" "http://127.0.0.1:$((port + 1))" >/dev/null
     wait $w0 || true
     audit_figures "$port" $((port + 1)) >"$RES/audit-$1-$2-before.json"
     SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$half" -d"${DURATION}s" --timeout 10s --latency -s "$script" "http://127.0.0.1:$port" >"$RES/wrk-$1-$2.txt" &
     local w1=$!
-    SESSION_ID=$SID taskset -c 1 wrk -t1 -c"$half" -d"${DURATION}s" --timeout 10s --latency -s "$script" "http://127.0.0.1:$((port + 1))" >"$RES/wrk-$1-$2-b.txt"
+    TB_KEY=$key2 SESSION_ID=$sid2 taskset -c 1 wrk -t1 -c"$half" -d"${DURATION}s" --timeout 10s --latency -s "$script" "http://127.0.0.1:$((port + 1))" >"$RES/wrk-$1-$2-b.txt"
     wait $w1
     audit_figures "$port" $((port + 1)) >"$RES/audit-$1-$2-after.json"
   else
@@ -181,9 +193,16 @@ fsync_probe "after"
 
 # Audit rows vs completed requests for the broker (every 2xx has a row; in-flight extras are fine).
 for s in $STORES; do
-  case $s in *-x2) continue;; esac  # same database as the single instance: verified there
+  case $s in *-x2|*-x2t) continue;; esac  # same database as the single instance: verified there
   dir=$OUT/broker-$s
-  TOKEN_BROKER_LOG=error TOKEN_BROKER_DATABASE_URL=$(cat "$dir/url") "$TB" audit verify --tenant bench --json >"$RES/verify-$s.json" || true
+  for t in bench bench2; do
+    TOKEN_BROKER_LOG=error TOKEN_BROKER_DATABASE_URL=$(cat "$dir/url") "$TB" audit verify --tenant $t --json >"$RES/chain-$s-$t.json" || true
+  done
+  python3 - "$RES/chain-$s" >"$RES/verify-$s.json" <<'PY' # both tenants' chains: ok and rows together
+import json, sys
+vs = [json.load(open(sys.argv[1] + "-" + t + ".json")) for t in ("bench", "bench2")]
+print(json.dumps({"ok": all(v["ok"] for v in vs), "rows": sum(v["rows"] for v in vs)}))
+PY
 done
 
 python3 - "$RES" "$OUT" <<'PY' | tee "$OUT/summary.md"
@@ -225,7 +244,7 @@ for s in os.listdir(res):
         try:
             v = json.load(open(os.path.join(res, s)))
             store = s[7:-5]
-            done = sum(r["requests"] for r in by.get("broker-" + store, []) + by.get("broker-" + store + "-x2", []))
+            done = sum(r["requests"] for x in ("", "-x2", "-x2t") for r in by.get("broker-" + store + x, []))
             ok = "holds" if v["rows"] >= done else "FAILS"
             print("- {} audit chain: ok={}, rows={} >= completed measured requests {}: {}".format(store, v["ok"], v["rows"], done, ok))
         except Exception as e:
