@@ -100,12 +100,23 @@ pub struct WriterHealth {
 }
 
 impl WriterHealth {
-    /// Records a finished batch: idle again, commit latency and size (when
-    /// the store did not fail), failing or not, and the counters.
-    fn record(&self, outcome: &BatchOutcome, rows: usize, took: Duration) {
+    /// Records a finished batch: idle again, commit latency, the part of it
+    /// spent before the heads were held (`head_wait`, when known) and size
+    /// (all three only when the store did not fail, so the wait stays a part
+    /// of the commit duration), failing or not, and the counters.
+    fn record(
+        &self,
+        outcome: &BatchOutcome,
+        rows: usize,
+        took: Duration,
+        head_wait: Option<Duration>,
+    ) {
         self.busy_since_ms.store(0, Ordering::Relaxed);
         if !outcome.store_failed {
             self.metrics.commit_seconds.observe(took.as_secs_f64());
+            if let Some(w) = head_wait {
+                self.metrics.head_wait_seconds.observe(w.as_secs_f64());
+            }
             self.metrics.batch_rows.observe(rows as f64);
         }
         // Failing reflects the store, never one row's content.
@@ -439,20 +450,18 @@ async fn run(
             .store(health.clock.now_unix_ms(), Ordering::Relaxed);
         let started = health.clock.stopwatch();
         let room = max_batch.saturating_sub(rows.len());
+        let mut head_wait = None;
         let outcome = {
             let (rx, waiters, carry, health) = (&mut rx, &mut waiters, &mut carry, &*health);
-            let started = &started;
+            let (started, head_wait) = (&started, &mut head_wait);
             let mut late = |tenants: &[String]| {
                 // Called once the transaction holds the heads.
-                health
-                    .metrics
-                    .head_wait_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                *head_wait = Some(started.elapsed());
                 take_late(rx, tenants, room, waiters, carry, health)
             };
             commit_joining(&store, &mut rows, &mut heads, &mut late).await
         };
-        health.record(&outcome, rows.len(), started.elapsed());
+        health.record(&outcome, rows.len(), started.elapsed(), head_wait);
         for (done, answer) in waiters.drain(..).zip(outcome.answers) {
             let _ = done.send(answer);
         }
