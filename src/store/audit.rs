@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use futures_util::TryStreamExt;
 use sqlx::QueryBuilder;
 
-use super::{Db, Store, StoreError, StoreResult, with_pool};
+use super::{BeginWrite, Db, Store, StoreError, StoreResult, with_pool};
 pub use crate::domain::audit_row::AuditRow;
 use crate::domain::audit_row::{COLUMNS, RowRef, Seal};
 
@@ -590,7 +590,7 @@ impl Store {
         joined: &mut Vec<AuditRow>,
     ) -> StoreResult<()> {
         with_pool!(write self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             // Tenants whose head is held but not written yet: first those
             // whose rows wait for it to be sealed, then those of late rows.
             let mut unwritten: Vec<&str> = Vec::new();
@@ -922,7 +922,7 @@ impl Store {
         now_ms: i64,
     ) -> StoreResult<Option<PruneRow>> {
         with_pool!(write self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let last: Option<(i64, String)> = sqlx::query_as(
                 "SELECT seq, hash FROM audit_events WHERE tenant = $1 AND at_ms < $2 ORDER BY seq DESC LIMIT 1"
             ).bind(tenant).bind(before_ms).fetch_optional(&mut *tx).await?;

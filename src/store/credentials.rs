@@ -3,7 +3,7 @@
 //! tenant. Every change commits with its change-feed row and its audit row.
 
 use super::audit::append_in_tx;
-use super::{Store, StoreError, StoreResult, with_pool};
+use super::{BeginWrite, Store, StoreError, StoreResult, with_pool};
 use crate::domain::audit_row::{AuditRow, Seal};
 
 /// One stored credential as in the database: public fields and the sealed secret.
@@ -82,7 +82,7 @@ impl Store {
     ) -> StoreResult<bool> {
         let via = stored_via(&c.name);
         with_pool!(write self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let existing: Option<i64> = sqlx::query_scalar(
                 "SELECT created_at_ms FROM stored_credentials WHERE tenant = $1 AND name = $2"
             ).bind(&c.tenant).bind(&c.name).fetch_optional(&mut *tx).await?;
@@ -116,7 +116,7 @@ impl Store {
     ) -> StoreResult<()> {
         let via = stored_via(name);
         with_pool!(write self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let n = sqlx::query("DELETE FROM stored_credentials WHERE tenant = $1 AND name = $2")
                 .bind(tenant).bind(name).execute(&mut *tx).await?.rows_affected();
             if n == 0 {

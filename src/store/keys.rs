@@ -1,7 +1,7 @@
 //! API key rows. Secrets are stored only as argon2id hashes (see `crate::auth`).
 
 use super::audit::append_in_tx;
-use super::{Store, StoreError, StoreResult, with_pool};
+use super::{BeginWrite, Store, StoreError, StoreResult, with_pool};
 use crate::domain::audit_row::{AuditRow, Seal};
 
 /// One API key, as stored (the hash is never returned over the API).
@@ -26,7 +26,7 @@ impl Store {
         seal: Seal,
     ) -> StoreResult<()> {
         with_pool!(write self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             sqlx::query(
                 "INSERT INTO api_keys (key_id, tenant, name, scopes, secret_hash, created_at_ms, created_by, revoked_at_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)"
@@ -66,7 +66,7 @@ impl Store {
         seal: Seal,
     ) -> StoreResult<String> {
         with_pool!(write self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let owner: Option<String> = sqlx::query_scalar(
                 "SELECT tenant FROM api_keys WHERE key_id = $1"
             ).bind(key_id).fetch_optional(&mut *tx).await?;

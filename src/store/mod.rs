@@ -42,6 +42,33 @@ use sqlx::sqlite::{
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 static PG_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
+/// Begins a transaction that writes. On SQLite it is `BEGIN IMMEDIATE`: it
+/// takes the database's write lock at once, waiting for another process's
+/// write (a serving broker, the command line) up to the busy timeout. A plain
+/// `BEGIN` takes the lock at the first write, and when a read came first (a
+/// revoke reads the key's tenant) while another connection holds the lock,
+/// SQLite fails that write at once with `database is locked` instead of
+/// waiting: the transaction's read may be outdated by the other's commit.
+/// PostgreSQL's row locks wait either way.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>;
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
 /// Runs the same statement on whichever pool the store has. The body is
 /// expanded once per dialect, so it type-checks against both drivers.
 macro_rules! with_pool {

@@ -1,7 +1,7 @@
 //! Versioned policy storage: each apply or rollback is a new numbered version.
 
 use super::audit::append_in_tx;
-use super::{Store, StoreError, StoreResult, with_pool};
+use super::{BeginWrite, Store, StoreError, StoreResult, with_pool};
 use crate::domain::audit_row::{AuditRow, Seal};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -42,7 +42,7 @@ impl Store {
     ) -> StoreResult<i64> {
         let version = expected_current + 1;
         with_pool!(write self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let current: Option<i64> = sqlx::query_scalar(
                 "SELECT MAX(version) FROM policy_versions WHERE tenant = $1"
             ).bind(tenant).fetch_one(&mut *tx).await?;

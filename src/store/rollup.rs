@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use sqlx::QueryBuilder;
 
 use super::buckets::{self, BucketRange, DAY_MS, NO_LOWER_DAY, NO_UPPER_DAY, TOP};
-use super::{Db, Dialect, Store, StoreError, StoreResult, SummaryRow, with_pool};
+use super::{BeginWrite, Db, Dialect, Store, StoreError, StoreResult, SummaryRow, with_pool};
 
 /// Rows of the chain per rollup transaction of the background pass: a chunk
 /// of a busy tenant touches a few thousand rollup rows per level, so each
@@ -630,7 +630,7 @@ impl Store {
              refused = audit_rollup.refused + excluded.refused";
         match &self.db {
             Db::Sqlite { write, .. } => {
-                let mut tx = write.begin().await?;
+                let mut tx = write.begin_write().await?;
                 claim!(tx);
                 for batch in cells.chunks(UPSERT_ROWS) {
                     let mut qb = QueryBuilder::new(COLUMNS);

@@ -1,6 +1,6 @@
 //! Sessions registered by tenant apps (owner and labels for policy matching).
 
-use super::{Store, StoreResult, with_pool};
+use super::{BeginWrite, Store, StoreResult, with_pool};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SessionRow {
@@ -22,7 +22,7 @@ impl Store {
         now_ms: i64,
     ) -> StoreResult<()> {
         with_pool!(write self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             sqlx::query(
                 "INSERT INTO sessions (tenant, session_id, owner, labels, updated_at_ms) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (tenant, session_id) DO UPDATE SET owner = excluded.owner, labels = excluded.labels, \

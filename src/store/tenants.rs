@@ -1,7 +1,7 @@
 //! Tenants: created by an operator, referenced by everything else.
 
 use super::audit::append_in_tx;
-use super::{Store, StoreError, StoreResult, with_pool};
+use super::{BeginWrite, Store, StoreError, StoreResult, with_pool};
 use crate::domain::audit_row::{AuditRow, Seal};
 
 impl Store {
@@ -15,7 +15,7 @@ impl Store {
         seal: Seal,
     ) -> StoreResult<()> {
         with_pool!(write self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             sqlx::query("INSERT INTO tenants (tenant, created_at_ms) VALUES ($1, $2)")
                 .bind(tenant).bind(now_ms).execute(&mut *tx).await
                 .map_err(|e| StoreError::on_unique(e, &format!("tenant {tenant} already exists")))?;

@@ -65,6 +65,85 @@ async fn a_cli_created_key_authenticates_whoami_until_revoked() {
     }
 }
 
+/// The command line is another process on the broker's database. Its admin
+/// changes that read before they write (a key revoke reads the key's tenant,
+/// a policy apply the current version, a prune its prune point) must wait for
+/// a write in progress there (a serving broker's batch, another command)
+/// instead of failing. On SQLite a transaction that has read cannot take the
+/// write lock while another connection holds it: it fails at once with
+/// `database is locked`, without the busy timeout's wait, unless it took the
+/// lock when it began. Under load a broker nearly always holds it, so without
+/// this an operator's revoke failed about every other time.
+#[tokio::test]
+async fn admin_changes_from_another_process_wait_for_a_write_in_progress() {
+    use token_broker::admin::{self, Actor};
+    const HOLD: Duration = Duration::from_millis(300);
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    let who: Value = app.get("/v1/whoami", &key).await.json().await.unwrap();
+    let key_id = who["key_id"].as_str().unwrap().to_owned();
+    // The command line's own connection, as `token-broker key revoke` opens it.
+    let cli = token_broker::store::Store::connect(&app.db_url)
+        .await
+        .unwrap();
+    // Another writer in the middle of a transaction: on SQLite the write
+    // lock, on PostgreSQL the tenant's chain head.
+    let writing = || {
+        hold(
+            &app,
+            "BEGIN IMMEDIATE",
+            "BEGIN; SELECT seq FROM audit_heads WHERE tenant = 'acme' FOR UPDATE",
+        )
+    };
+    let finish = |held: Held| async move {
+        tokio::time::sleep(HOLD).await;
+        held.release().await;
+    };
+
+    let held = writing().await;
+    let (revoked, ()) = tokio::join!(
+        admin::revoke_key(&cli, &key_id, None, &Actor::Cli, 2_000),
+        finish(held)
+    );
+    assert_eq!(
+        revoked.expect("the revoke waits for the other writer"),
+        "acme"
+    );
+    let row = app.store.get_key(&key_id).await.unwrap().unwrap();
+    assert_eq!(row.revoked_at_ms, Some(2_000));
+
+    let text = app
+        .standard_policy("acme")
+        .replace("max_ttl = \"2h\"", "max_ttl = \"1h\"");
+    let held = writing().await;
+    let (applied, ()) = tokio::join!(
+        admin::apply_policy(
+            &cli,
+            &app.app_state.secrets,
+            "acme.toml",
+            &text,
+            None,
+            false,
+            &Actor::Cli,
+            None,
+            3_000,
+        ),
+        finish(held)
+    );
+    let applied = applied.expect("the apply waits for the other writer");
+    assert_eq!(applied.version, Some(applied.previous_version + 1));
+
+    let held = writing().await;
+    let (pruned, ()) = tokio::join!(cli.prune_audit("acme", 2_500, 4_000), finish(held));
+    let pruned = pruned.expect("the prune waits for the other writer");
+    assert!(pruned.is_some_and(|p| p.rows_deleted > 0));
+
+    let v = token_broker::cli_audit::verify_tenant(&app.store, "acme", None)
+        .await
+        .unwrap();
+    assert!(v.ok, "{v:?}");
+}
+
 #[tokio::test]
 async fn missing_malformed_and_unknown_keys_get_401_with_www_authenticate() {
     let app = spawn_app().await;
