@@ -443,6 +443,14 @@ mod tests {
         let Db::Sqlite { read, .. } = &store.db else {
             unreachable!()
         };
+        // A released connection goes back to the pool in a task of its own:
+        // wait until every open one is idle, so none is missed below.
+        for _ in 0..300 {
+            if read.num_idle() == read.size() as usize {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let mut conns = Vec::new();
         while let Some(c) = read.try_acquire() {
             conns.push(c);
