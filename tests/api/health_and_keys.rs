@@ -67,7 +67,8 @@ async fn a_cli_created_key_authenticates_whoami_until_revoked() {
 
 /// The command line is another process on the broker's database. Its admin
 /// changes that read before they write (a key revoke reads the key's tenant,
-/// a policy apply the current version, a prune its prune point) must wait for
+/// a policy apply the current version, a credential upload whether it
+/// exists, a prune its prune point) must wait for
 /// a write in progress there (a serving broker's batch, another command)
 /// instead of failing. On SQLite a transaction that has read cannot take the
 /// write lock while another connection holds it: it fails at once with
@@ -132,6 +133,31 @@ async fn admin_changes_from_another_process_wait_for_a_write_in_progress() {
     );
     let applied = applied.expect("the apply waits for the other writer");
     assert_eq!(applied.version, Some(applied.previous_version + 1));
+
+    // A stored credential: the command line seals it with the master key.
+    let master = app.app_state.settings.master_key_file.clone().unwrap();
+    let ring = token_broker::secrets::Keyring::load(&master).unwrap();
+    let input = serde_json::from_value(json!({
+        "provider": "opentok", "api_key": "654321", "api_secret": API_SECRET,
+    }))
+    .unwrap();
+    let held = writing().await;
+    let (put, ()) = tokio::join!(
+        token_broker::credentials::put(
+            &cli,
+            Some(&ring),
+            "acme",
+            "second",
+            input,
+            &Actor::Cli,
+            3_500
+        ),
+        finish(held)
+    );
+    assert!(
+        put.expect("the upload waits for the other writer").1,
+        "created"
+    );
 
     let held = writing().await;
     let (pruned, ()) = tokio::join!(cli.prune_audit("acme", 2_500, 4_000), finish(held));
