@@ -12,8 +12,9 @@ use crate::domain::audit_row::{COLUMNS, RowRef, Seal};
 
 /// Seals one row after its tenant's current head and writes it, inside the
 /// caller's transaction: for changes that must be recorded atomically with
-/// their audit row (keys, policy versions, tenants). Run the change's own
-/// statement first, so SQLite's write lock is held before the head is read.
+/// their audit row (keys, policy versions, tenants). The transaction must
+/// come from `BeginWrite::begin_write`, so SQLite's write lock is held before
+/// the head is read.
 macro_rules! append_in_tx {
     ($tx:ident, $row:expr, $seal:expr) => {{
         let row: &mut AuditRow = $row;
@@ -257,30 +258,21 @@ type Head = (i64, String);
 /// The statement that reads a tenant's head and holds it for the rest of the
 /// transaction. PostgreSQL locks the row (`FOR UPDATE`): a second writer on the
 /// same tenant queues behind the first and then reads the head the first one
-/// committed. SQLite has no row locks; its one writer lock (taken by the
-/// transaction's first write, which always comes before this read) does the same.
+/// committed. SQLite has no row locks; its one writer lock, which every write
+/// transaction takes at `BEGIN IMMEDIATE` (`BeginWrite`), does the same.
 pub(crate) trait HeadSql: sqlx::Database {
     const LOCK_HEAD: &'static str;
-    /// Whether locking a head must start with a write: SQLite's read takes
-    /// no lock (its one writer lock comes with the transaction's first write).
-    const LOCK_WRITES_FIRST: bool;
 }
 impl HeadSql for sqlx::Sqlite {
     const LOCK_HEAD: &'static str = "SELECT seq, hash FROM audit_heads WHERE tenant = $1";
-    const LOCK_WRITES_FIRST: bool = true;
 }
 impl HeadSql for sqlx::Postgres {
     const LOCK_HEAD: &'static str =
         "SELECT seq, hash FROM audit_heads WHERE tenant = $1 FOR UPDATE";
-    const LOCK_WRITES_FIRST: bool = false;
 }
 /// `HeadSql::LOCK_HEAD` for the database of `_tx`.
 pub(crate) fn lock_head_sql<DB: HeadSql>(_tx: &sqlx::Transaction<'_, DB>) -> &'static str {
     DB::LOCK_HEAD
-}
-/// `HeadSql::LOCK_WRITES_FIRST` for the database of `_tx`.
-pub(crate) fn lock_writes_first<DB: HeadSql>(_tx: &sqlx::Transaction<'_, DB>) -> bool {
-    DB::LOCK_WRITES_FIRST
 }
 
 /// The last step of a batch's transaction, once it holds the heads: moves
@@ -402,8 +394,8 @@ const MOVE_OR_LOCK_HEAD: &str = "UPDATE audit_heads SET \
     WHERE tenant = $1 RETURNING seq, hash";
 
 /// Takes a tenant's head inside a transaction and keeps it until commit:
-/// creates it at `(0, GENESIS)` when the tenant has none yet (a write first, so
-/// SQLite's write lock is held before the read), else locks and reads it.
+/// creates it at `(0, GENESIS)` when the tenant has none yet (`$insert_first`
+/// when that is likely), else locks and reads it.
 macro_rules! lock_head {
     ($tx:ident, $tenant:expr, $insert_first:expr) => {{
         let mut insert = $insert_first;
@@ -617,11 +609,11 @@ impl Store {
                             None => lock_head!(tx, tenant, false),
                         }
                     }
-                    // SQLite locks by writing (its one writer lock); PostgreSQL
-                    // by `FOR UPDATE`, after creating a head never seen.
+                    // PostgreSQL locks by `FOR UPDATE` (SQLite's transaction
+                    // holds the one writer lock already), after creating a
+                    // head never seen.
                     Take::Lock { cached } => {
-                        let write_first = cached.is_none() || lock_writes_first(&tx);
-                        let h = lock_head!(tx, tenant, write_first);
+                        let h = lock_head!(tx, tenant, cached.is_none());
                         if cached.is_some() {
                             contended.push((tenant.clone(), cached.as_ref() != Some(&h)));
                         }

@@ -64,6 +64,7 @@ impl BeginWrite for SqlitePool {
 
 impl BeginWrite for PgPool {
     type Db = sqlx::Postgres;
+    #[allow(clippy::disallowed_methods)] // row locks wait whatever the BEGIN
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
         self.begin().await
     }

@@ -334,6 +334,7 @@ impl Store {
             // One snapshot for the state and the counts: SQLite's read
             // transaction (WAL) has one; PostgreSQL's needs REPEATABLE READ,
             // or a pass committing in between would be counted twice.
+            #[allow(clippy::disallowed_methods)] // reads only, on the read pool
             let mut tx = p.begin().await?;
             if d == Dialect::Postgres {
                 sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -442,7 +443,7 @@ impl Store {
     pub async fn rollup_all(&self, max_rows: i64) -> StoreResult<i64> {
         let round = match &self.db {
             Db::Postgres(p) => {
-                let mut tx = p.begin().await?;
+                let mut tx = p.begin_write().await?;
                 let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
                     .bind(ROLLUP_ROUND_LOCK)
                     .fetch_one(&mut *tx)
@@ -599,7 +600,6 @@ impl Store {
         // back and returns `false` when it was no longer `from`.
         macro_rules! claim {
             ($tx:ident) => {{
-                // A write first: SQLite takes its write lock here, before the check.
                 sqlx::query(
                     "INSERT INTO audit_rollup_state (tenant, through_seq) VALUES ($1, 0) \
                      ON CONFLICT (tenant) DO NOTHING",
@@ -658,7 +658,7 @@ impl Store {
             Db::Postgres(p) => {
                 // One statement over arrays: PostgreSQL plans a long VALUES
                 // list slowly, and arrays have no bind limit.
-                let mut tx = p.begin().await?;
+                let mut tx = p.begin_write().await?;
                 claim!(tx);
                 let sql = format!(
                     "{COLUMNS} SELECT $1, * FROM UNNEST($2::text[], $3::smallint[], $4::bigint[], \
