@@ -96,15 +96,11 @@ async fn admin_changes_from_another_process_wait_for_a_write_in_progress() {
             "BEGIN; SELECT seq FROM audit_heads WHERE tenant = 'acme' FOR UPDATE",
         )
     };
-    let finish = |held: Held| async move {
-        tokio::time::sleep(HOLD).await;
-        held.release().await;
-    };
 
     let held = writing().await;
     let (revoked, ()) = tokio::join!(
         admin::revoke_key(&cli, &key_id, None, &Actor::Cli, 2_000),
-        finish(held)
+        held.release_after(HOLD)
     );
     assert_eq!(
         revoked.expect("the revoke waits for the other writer"),
@@ -129,7 +125,7 @@ async fn admin_changes_from_another_process_wait_for_a_write_in_progress() {
             None,
             3_000,
         ),
-        finish(held)
+        held.release_after(HOLD)
     );
     let applied = applied.expect("the apply waits for the other writer");
     assert_eq!(applied.version, Some(applied.previous_version + 1));
@@ -152,7 +148,7 @@ async fn admin_changes_from_another_process_wait_for_a_write_in_progress() {
             &Actor::Cli,
             3_500
         ),
-        finish(held)
+        held.release_after(HOLD)
     );
     assert!(
         put.expect("the upload waits for the other writer").1,
@@ -160,7 +156,10 @@ async fn admin_changes_from_another_process_wait_for_a_write_in_progress() {
     );
 
     let held = writing().await;
-    let (pruned, ()) = tokio::join!(cli.prune_audit("acme", 2_500, 4_000), finish(held));
+    let (pruned, ()) = tokio::join!(
+        cli.prune_audit("acme", 2_500, 4_000),
+        held.release_after(HOLD)
+    );
     let pruned = pruned.expect("the prune waits for the other writer");
     assert!(pruned.is_some_and(|p| p.rows_deleted > 0));
 

@@ -349,6 +349,12 @@ impl Held {
         }
         .unwrap()
     }
+
+    /// Releases after `d`: joined with a call that must wait for the hold.
+    pub async fn release_after(self, d: std::time::Duration) {
+        tokio::time::sleep(d).await;
+        self.release().await;
+    }
 }
 
 /// Every text value of a table, as one string (to search for leaked secrets).

@@ -161,10 +161,7 @@ async fn waiting_for_another_writers_head_shows_in_the_head_wait() {
         "BEGIN; SELECT seq FROM audit_heads WHERE tenant = 'acme' FOR UPDATE",
     )
     .await;
-    let ((status, v), ()) = tokio::join!(app.issue(&key, &body), async {
-        tokio::time::sleep(HOLD).await;
-        held.release().await;
-    });
+    let ((status, v), ()) = tokio::join!(app.issue(&key, &body), held.release_after(HOLD));
     assert_eq!(status, 201, "{v}");
 
     let m = scrape(&app).await;
