@@ -69,7 +69,7 @@ pub fn fingerprint(token: &str) -> String {
 pub struct ChainFault {
     pub audit_id: String,
     pub seq: i64,
-    /// `modified` | `missing_or_reordered` | `broken_link` | `head_mismatch` | `truncated`
+    /// `modified` | `missing_or_reordered` | `broken_link` | `head_mismatch` | `truncated` | `outside_chain`
     pub problem: &'static str,
     pub message: String,
 }

@@ -35,9 +35,19 @@ pub fn origin(tenant: &str) -> String {
     format!("token-broker/{tenant}")
 }
 
-/// The tenant named by an origin line.
+/// The origin of a prune note: the checkpoint of the rows a prune deleted,
+/// signed when the operator prunes. Periodic, served and proof checkpoints
+/// never carry it, so none of the notes the broker hands out can stand in for
+/// a prune that nobody made.
+pub fn prune_origin(tenant: &str) -> String {
+    format!("token-broker/{tenant}/prune")
+}
+
+/// The tenant named by a checkpoint's origin line (a prune note's origin names none).
 pub fn tenant_of(origin: &str) -> Option<&str> {
-    origin.strip_prefix("token-broker/")
+    origin
+        .strip_prefix("token-broker/")
+        .filter(|t| !t.is_empty() && !t.contains('/'))
 }
 
 fn key_hash(name: &str, public: &[u8]) -> [u8; 4] {
@@ -368,6 +378,59 @@ impl Checkpoint {
     }
 }
 
+/// Each tenant's largest checkpoint in the checkpoint file at `path` (and its
+/// note), read line by line; only those notes' signatures are checked (by
+/// `key`), so a long file costs one read. A missing file holds none.
+fn largest_written(path: &Path, key: &VerifierKey) -> HashMap<String, (Checkpoint, String)> {
+    use std::io::BufRead;
+    let Ok(f) = std::fs::File::open(path) else {
+        return HashMap::new();
+    };
+    let mut largest: HashMap<String, (u64, String)> = HashMap::new();
+    let mut keep = |note: String| {
+        let mut lines = note.lines();
+        let (Some(o), Some(size)) = (lines.next(), lines.next()) else {
+            return;
+        };
+        let (Some(t), Ok(size)) = (tenant_of(o), size.parse::<u64>()) else {
+            return;
+        };
+        if largest.get(t).is_none_or(|(s, _)| size > *s) {
+            largest.insert(t.to_owned(), (size, note));
+        }
+    };
+    let mut cur = String::new();
+    let mut in_sigs = false;
+    for line in std::io::BufReader::new(f).lines() {
+        let Ok(line) = line else { break };
+        if in_sigs && !line.starts_with('\u{2014}') {
+            keep(std::mem::take(&mut cur));
+            in_sigs = false;
+        }
+        if line.trim().is_empty() && cur.is_empty() {
+            continue;
+        }
+        if line.is_empty() {
+            in_sigs = true;
+        }
+        cur.push_str(&line);
+        cur.push('\n');
+    }
+    if !cur.trim().is_empty() {
+        keep(cur);
+    }
+    largest
+        .into_iter()
+        .filter_map(|(t, (_, note))| match key.open_checkpoint(&note) {
+            Ok(cp) => Some((t, (cp, note))),
+            Err(e) => {
+                tracing::error!(tenant = %t, error = %e, "a checkpoint in the checkpoint file does not open with this broker's key");
+                None
+            }
+        })
+        .collect()
+}
+
 /// Splits a file of concatenated notes (as the checkpoint file holds) into notes.
 /// A note ends after its last signature line, before the next origin line.
 pub fn split_notes(text: &str) -> Vec<String> {
@@ -404,6 +467,11 @@ pub enum TreeError {
     Gap { expected: i64, found: i64 },
     #[error("row seq {0} has a malformed hash")]
     BadHash(i64),
+    /// The database no longer holds the history of a checkpoint this broker
+    /// signed before (its checkpoint file): it was changed while the broker
+    /// was not looking, and the broker will not sign it.
+    #[error("the history no longer matches the checkpoint of {0} rows in the checkpoint file")]
+    Diverged(u64),
 }
 
 /// A tenant's tree as the database holds it: the frontier of the pruned
@@ -569,6 +637,9 @@ pub struct Checkpointer {
     /// Tenants whose history could not be checkpointed: retried on time ticks
     /// only, not every second (a damaged history is not rescanned constantly).
     failed: Mutex<std::collections::HashSet<String>>,
+    /// The largest checkpoint of each tenant in the checkpoint file when this
+    /// broker started (read once, on first use).
+    written: tokio::sync::OnceCell<HashMap<String, (Checkpoint, String)>>,
 }
 
 impl std::fmt::Debug for Checkpointer {
@@ -596,7 +667,26 @@ impl Checkpointer {
             tenants: Mutex::new(HashMap::new()),
             file_lock: Mutex::new(()),
             failed: Mutex::new(Default::default()),
+            written: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The largest checkpoint of `tenant` that the checkpoint file held when
+    /// this broker started, with its note, when its signature is this key's.
+    async fn written(&self, tenant: &str) -> Option<(Checkpoint, String)> {
+        let written = self
+            .written
+            .get_or_init(|| async {
+                let (path, key) = (self.file.clone(), self.key.verifier());
+                let Some(path) = path else {
+                    return HashMap::new();
+                };
+                tokio::task::spawn_blocking(move || largest_written(&path, &key))
+                    .await
+                    .unwrap_or_default()
+            })
+            .await;
+        written.get(tenant).cloned()
     }
 
     pub fn verifier(&self) -> VerifierKey {
@@ -639,9 +729,23 @@ impl Checkpointer {
         let mut slot = slot.lock().await;
         if slot.is_none() {
             let t = load(store, tenant, false).await?;
+            // After a restart, the history must still be the one this broker
+            // signed before: a rewrite made while it was down is not signed.
+            let latest = match self.written(tenant).await {
+                Some((cp, note)) => {
+                    let tree = t.tree();
+                    let same = cp.size < t.pruned
+                        || (cp.size <= tree.size() && tree.root(cp.size).ok() == Some(cp.root));
+                    if !same {
+                        return Err(TreeError::Diverged(cp.size));
+                    }
+                    (cp.size >= t.pruned).then_some((cp.size, note))
+                }
+                None => None,
+            };
             *slot = Some(TenantState {
                 range: t.range,
-                latest: None,
+                latest,
             });
         }
         let Some(st) = slot.as_mut() else {
@@ -846,6 +950,11 @@ fn load_fault(e: TreeError, largest: u64) -> Result<SignedFault, StoreError> {
             problem: "missing_or_reordered",
             message: e.to_string(),
         },
+        TreeError::Diverged(size) => SignedFault {
+            size,
+            problem: "rewritten",
+            message: e_diverged(size),
+        },
         e @ TreeError::BadHash(_) => SignedFault {
             size: largest,
             problem: "modified",
@@ -854,8 +963,16 @@ fn load_fault(e: TreeError, largest: u64) -> Result<SignedFault, StoreError> {
     })
 }
 
+fn e_diverged(size: u64) -> String {
+    format!(
+        "the first {size} rows do not hash to the root the broker signed for them: a row among them was edited, inserted, deleted, reordered or rehashed"
+    )
+}
+
 /// A prune point is accepted only with the prune row's checkpoint of the
-/// pruned rows, signed by the key: the database alone cannot make one.
+/// pruned rows, signed by the key as a prune note (`prune_origin`): the
+/// database alone cannot make one, and an ordinary checkpoint of the same
+/// size (from the checkpoint file, the API or a proof) is not one.
 fn prune_fault(
     t: &TenantTree,
     tenant: &str,
@@ -871,7 +988,7 @@ fn prune_fault(
         .as_deref()
         .and_then(|n| key.open_checkpoint(n).ok())
         .is_some_and(|cp| {
-            cp.origin == origin(tenant) && cp.size == t.pruned && Some(cp.root) == want
+            cp.origin == prune_origin(tenant) && cp.size == t.pruned && Some(cp.root) == want
         });
     (!signed).then(|| SignedFault {
         size: largest,
@@ -1045,15 +1162,39 @@ async fn store_row_hash(
 }
 
 /// Builds a consistency proof between the first `from` and first `to` rows.
+///
+/// Both notes are signed only for a history that still matches the broker's
+/// latest checkpoint (brought up to date first): every smaller tree is fixed
+/// by that root, so nothing signed here can vouch for rows rewritten in the
+/// database since. Sizes past that checkpoint are refused until the next one.
 pub async fn prove_consistency(
     store: &Store,
-    key: &SigningKey,
+    cpr: &Checkpointer,
     tenant: &str,
     from: u64,
     to: u64,
 ) -> Result<ConsistencyProof, ProveError> {
+    let key = &cpr.key;
+    let note = cpr.refresh(store, tenant, 1).await?;
     let t = load(store, tenant, false).await?;
     let tree = t.tree();
+    let signed = match note {
+        Some(n) => key
+            .verifier()
+            .open_checkpoint(&n)
+            .map_err(|_| ProveError::Changed)?,
+        None => Checkpoint {
+            origin: origin(tenant),
+            size: 0,
+            root: merkle::empty_root(),
+        },
+    };
+    if tree.size() < signed.size || tree.root(signed.size)? != signed.root {
+        return Err(ProveError::Changed);
+    }
+    if to > signed.size && to <= tree.size() {
+        return Err(ProveError::NotYetCheckpointed);
+    }
     let hashes = tree.consistency(from, to)?;
     let (r1, r2) = (tree.root(from)?, tree.root(to)?);
     let sign = |size, root| {

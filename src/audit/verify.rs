@@ -124,6 +124,9 @@ pub async fn verify_tenant_paged(
             });
         }
     }
+    if fault.is_none() {
+        fault = outside_rows_fault(store, tenant, from_seq).await?;
+    }
     if fault.is_none()
         && let Some(cp) = checkpoint
     {
@@ -143,6 +146,43 @@ pub async fn verify_tenant_paged(
         head_hash: v.head_hash,
         fault,
     })
+}
+
+/// Rows the chain walk cannot see, though queries and exports list them: rows
+/// at or before the chain's start (a `seq` of 0 or below, or at or below the
+/// prune point), and rows after the stored head (a head moved back or deleted,
+/// so the walk stopped early and left the rest unchecked). The highest row is
+/// read before the head: a broker committing meanwhile moves both, and only
+/// ever makes the head the larger.
+async fn outside_rows_fault(
+    store: &Store,
+    tenant: &str,
+    from_seq: i64,
+) -> Result<Option<ChainFault>, VerifyError> {
+    let (lowest, highest) = store.audit_seq_bounds(tenant).await?;
+    let head_now = store.audit_head(tenant).await?.map(|h| h.seq).unwrap_or(0);
+    if let Some(low) = lowest.filter(|s| *s <= from_seq) {
+        return Ok(Some(ChainFault {
+            audit_id: String::new(),
+            seq: low,
+            problem: "outside_chain",
+            message: format!(
+                "a row at seq {low} lies before the chain's start (seq {}): it is listed by queries but is not part of the verified history (inserted)",
+                from_seq + 1
+            ),
+        }));
+    }
+    if let Some(high) = highest.filter(|s| *s > head_now) {
+        return Ok(Some(ChainFault {
+            audit_id: String::new(),
+            seq: high,
+            problem: "head_mismatch",
+            message: format!(
+                "rows go up to seq {high} but the stored head says seq {head_now}: the head was moved back or deleted, and the rows after it are unchecked"
+            ),
+        }));
+    }
+    Ok(None)
 }
 
 /// How far verification has got: the verifier after the last good row, and the

@@ -197,6 +197,22 @@ pub async fn apply_signed(
             problem: f.problem,
             message: f.message,
         });
+        return Ok(());
+    }
+    // The tree is built from the rows' stored hashes; the chain walk is
+    // what checked those hashes against the rows' contents, up to its head. A
+    // checkpoint beyond that head would vouch for rows nobody re-hashed.
+    if let Some(cp) = mine.iter().find(|c| c.size as i64 > r.head_seq) {
+        r.ok = false;
+        r.fault = Some(ChainFault {
+            audit_id: String::new(),
+            seq: r.head_seq,
+            problem: "truncated",
+            message: format!(
+                "a signed checkpoint says the history had {} rows, and the chain ends at seq {}: rows or the head were removed",
+                cp.size, r.head_seq
+            ),
+        });
     }
     Ok(())
 }
@@ -297,7 +313,7 @@ pub async fn prune_tenant(
             crate::audit::merkle::CompactRange::from_frontier(p.through_seq as u64, &f),
         ) {
             detail[checkpoint::PRUNE_NOTE_FIELD] = json!(key.sign(&checkpoint::Checkpoint {
-                origin: checkpoint::origin(tenant),
+                origin: checkpoint::prune_origin(tenant),
                 size: p.through_seq as u64,
                 root: r.root(),
             }));
@@ -830,7 +846,7 @@ async fn prove(
 ) -> CmdResult {
     let cpr = checkpointer(settings)?;
     let proof = if let (Some(from), Some(to)) = (what.from, what.to) {
-        let p = checkpoint::prove_consistency(store, cpr.key(), tenant, from, to)
+        let p = checkpoint::prove_consistency(store, &cpr, tenant, from, to)
             .await
             .map_err(prove_failure)?;
         serde_json::to_value(p)?

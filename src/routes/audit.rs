@@ -269,7 +269,7 @@ pub async fn proof(
             ));
         };
         let proof =
-            crate::audit::checkpoint::prove_consistency(&state.store, c.key(), &p.tenant, from, to)
+            crate::audit::checkpoint::prove_consistency(&state.store, &c, &p.tenant, from, to)
                 .await
                 .map_err(prove_err)?;
         return Ok(HttpResponse::Ok().json(proof));

@@ -661,6 +661,18 @@ impl Store {
         ).bind(tenant).fetch_optional(p).await)?)
     }
 
+    /// The lowest and highest `seq` of a tenant's stored rows (two probes of
+    /// the primary key), so `audit verify` sees rows outside the chain it
+    /// walked: before its start, or after a head that was moved back.
+    pub async fn audit_seq_bounds(&self, tenant: &str) -> StoreResult<(Option<i64>, Option<i64>)> {
+        Ok(
+            with_pool!(write self, p => sqlx::query_as::<_, (Option<i64>, Option<i64>)>(
+            "SELECT (SELECT seq FROM audit_events WHERE tenant = $1 ORDER BY seq LIMIT 1), \
+                    (SELECT seq FROM audit_events WHERE tenant = $1 ORDER BY seq DESC LIMIT 1)"
+        ).bind(tenant).fetch_one(p).await)?,
+        )
+    }
+
     /// Every tenant's head (for `audit checkpoint` / `audit verify` of all tenants).
     pub async fn audit_heads(&self) -> StoreResult<Vec<HeadRow>> {
         Ok(with_pool!(self, p => sqlx::query_as::<_, HeadRow>(

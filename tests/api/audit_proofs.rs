@@ -749,3 +749,188 @@ async fn a_prune_forged_with_the_true_frontier_but_without_the_key_is_caught() {
         .expect("pruned");
     assert_eq!(s.verify(&notes).await.unwrap().0, "unrecorded_prune");
 }
+
+#[tokio::test]
+async fn a_head_moved_back_or_deleted_does_not_hide_edited_rows() {
+    // The database administrator edits a checkpointed row in place (hash left
+    // alone), then moves the head back, or deletes it, so the chain walk stops
+    // before the edited row; the Merkle check reads the untouched stored hashes.
+    for head in ["moved back", "deleted"] {
+        let s = signed_app().await;
+        issue_n(&s.app, &s.acme, 5).await;
+        let notes = s.take().await;
+        let all = rows(&s.app, "acme").await;
+        raw_sql(
+            &s.app,
+            "UPDATE audit_events SET granted_role = 'moderator', user_id = 'mallory' \
+             WHERE tenant = 'acme' AND seq = 3",
+        )
+        .await;
+        let sql = match head {
+            "moved back" => format!(
+                "UPDATE audit_heads SET seq = 2, hash = '{}' WHERE tenant = 'acme'",
+                all[1].hash
+            ),
+            _ => "DELETE FROM audit_heads WHERE tenant = 'acme'".to_owned(),
+        };
+        raw_sql(&s.app, &sql).await;
+        let chain = verify_tenant(&s.app.store, "acme", None).await.unwrap();
+        assert!(!chain.ok, "head {head}: the chain walk alone sees it too");
+        assert_eq!(chain.fault.unwrap().problem, "head_mismatch", "head {head}");
+        let (problem, message) = s.verify(&notes).await.expect("caught");
+        assert_eq!(problem, "head_mismatch", "head {head}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn a_row_before_the_chains_start_is_caught() {
+    // A fabricated issuance at seq 0 (or below): queries list it, and the
+    // chain walk, which starts at seq 1, would never read it.
+    let s = signed_app().await;
+    issue_n(&s.app, &s.acme, 3).await;
+    let notes = s.take().await;
+    let cols = token_broker::audit::COLUMNS;
+    let rest = cols.split_once(" seq,").unwrap().1;
+    raw_sql(
+        &s.app,
+        &format!(
+            "INSERT INTO audit_events ({cols}) SELECT 'forged-row', tenant, 0,{rest} \
+             FROM audit_events WHERE tenant = 'acme' AND seq = \
+             (SELECT max(seq) FROM audit_events WHERE tenant = 'acme' AND kind = 'token_issued')"
+        ),
+    )
+    .await;
+    let listed = s.app.audit(&s.acme, "kind=token_issued").await;
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["audit_id"] == "forged-row"),
+        "the forged row is visible to the tenant: {listed}"
+    );
+    let chain = verify_tenant(&s.app.store, "acme", None).await.unwrap();
+    let f = chain.fault.expect("caught without a checkpoint");
+    assert_eq!((f.problem, f.seq), ("outside_chain", 0), "{}", f.message);
+    assert_eq!(s.verify(&notes).await.unwrap().0, "outside_chain");
+}
+
+#[tokio::test]
+async fn an_ordinary_checkpoint_cannot_stand_in_for_a_prune_note() {
+    // The forger of `a_prune_forged_with_the_true_frontier_but_without_the_key_is_caught`,
+    // who also has a genuine checkpoint of exactly the pruned size: the one the
+    // tenant's audit key was served (or one from the file, or from a proof).
+    let s = signed_app().await;
+    issue_n(&s.app, &s.acme, 4).await;
+    let note = checkpoint(&s.app, &s.acme).await;
+    let k = s.key.open_checkpoint(&note).unwrap().size;
+    issue_n(&s.app, &s.acme, 2).await;
+    let notes = s.take().await;
+    let all = rows(&s.app, "acme").await;
+    let tree = token_broker::audit::checkpoint::load(&s.app.store, "acme", false)
+        .await
+        .unwrap();
+    let frontier = token_broker::audit::checkpoint::frontier_at(&tree, k).unwrap();
+    let through = &all[k as usize - 1].hash;
+    raw_sql(
+        &s.app,
+        &format!("DELETE FROM audit_events WHERE tenant = 'acme' AND seq <= {k}"),
+    )
+    .await;
+    raw_sql(
+        &s.app,
+        &format!(
+            "INSERT INTO audit_prunes (tenant, through_seq, through_hash, rows_deleted, pruned_at_ms) \
+             VALUES ('acme', {k}, '{through}', {k}, 0)"
+        ),
+    )
+    .await;
+    let mut row = AuditRow::new(
+        "acme",
+        token_broker::audit::Kind::AuditPruned,
+        token_broker::audit::Outcome::Ok,
+        token_broker::audit::Actor::Cli,
+        5_000,
+    );
+    row.detail = Some(
+        json!({"before_ms": 1, "through_seq": k, "through_hash": through, "rows_deleted": k,
+               "merkle_frontier": frontier.iter().map(token_broker::audit::merkle::to_hex).collect::<Vec<_>>(),
+               "prune_checkpoint": note})
+        .to_string(),
+    );
+    token_broker::audit::append(&s.app.store, &mut [row], &mut Default::default())
+        .await
+        .unwrap();
+    assert!(verify_tenant(&s.app.store, "acme", None).await.unwrap().ok);
+    let (problem, message) = s.verify(&notes).await.expect("caught");
+    assert_eq!(problem, "unrecorded_prune", "{message}");
+
+    // A real prune signs a prune note, which the checkpoint file never holds.
+    let s = signed_app().await;
+    issue_n(&s.app, &s.acme, 2).await;
+    let key = SigningKey::load(&s.dir.path().join("checkpoint.key")).unwrap();
+    prune_tenant(&s.app.store, "acme", 1_500, 2_000, Some(&key))
+        .await
+        .unwrap()
+        .expect("pruned");
+    let notes = s.take().await;
+    assert_eq!(s.verify(&notes).await, None);
+    let pruned = rows(&s.app, "acme").await;
+    let pruned = pruned.iter().find(|r| r.kind == "audit_pruned").unwrap();
+    let detail: Value = serde_json::from_str(pruned.detail.as_deref().unwrap()).unwrap();
+    let prune_note = detail["prune_checkpoint"].as_str().unwrap();
+    let origin = s.key.open_checkpoint(prune_note).unwrap().origin;
+    assert_eq!(origin, "token-broker/acme/prune");
+    assert!(!notes.contains("token-broker/acme/prune"));
+}
+
+#[tokio::test]
+async fn no_consistency_proof_is_signed_over_a_rewritten_history() {
+    let s = signed_app().await;
+    issue_n(&s.app, &s.acme, 5).await;
+    s.take().await;
+    rewrite_with_recomputed_hashes(&s.app, 6, |r| {
+        r.user_id = Some("mallory".into());
+        r.granted_role = Some("moderator".into());
+    })
+    .await;
+    let head = rows(&s.app, "acme").await.len();
+    let r = s
+        .app
+        .get(&format!("/v1/audit/proof?from=1&to={head}"), &s.acme)
+        .await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "audit_unverifiable", "{body}");
+}
+
+#[tokio::test]
+async fn after_a_restart_the_broker_does_not_sign_a_history_rewritten_while_it_was_down() {
+    use token_broker::audit::checkpoint::Checkpointer;
+    let s = signed_app().await;
+    issue_n(&s.app, &s.acme, 5).await;
+    s.take().await;
+    let key = || SigningKey::load(&s.dir.path().join("checkpoint.key")).unwrap();
+    let file = s.dir.path().join("checkpoints.log");
+    // A broker (or the command line) starting on the untouched history signs it.
+    let fresh = Checkpointer::new(key(), Some(file.clone()), 1);
+    assert!(fresh.refresh(&s.app.store, "acme", 1).await.is_ok());
+
+    rewrite_with_recomputed_hashes(&s.app, 6, |r| {
+        r.user_id = Some("mallory".into());
+        r.granted_role = Some("moderator".into());
+    })
+    .await;
+    let before = std::fs::read_to_string(&file).unwrap();
+    let restarted = Checkpointer::new(key(), Some(file.clone()), 1);
+    let e = restarted
+        .refresh(&s.app.store, "acme", 1)
+        .await
+        .expect_err("refused");
+    assert!(e.to_string().contains("checkpoint file"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        before,
+        "nothing was signed over the forged history"
+    );
+}
