@@ -4,10 +4,13 @@
 //! - `chain` seals rows into each tenant's hash chain and verifies it.
 //! - `writer` is the single group-commit writer the issuance path waits on:
 //!   no committed row, no token.
+//! - `heavy` bounds the work that reads a tenant's whole history on request
+//!   (proofs, the console's chain check).
 
 pub mod append;
 pub mod chain;
 pub mod checkpoint;
+pub mod heavy;
 pub mod merkle;
 pub mod query;
 pub mod verify;

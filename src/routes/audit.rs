@@ -5,6 +5,7 @@
 //! recorded (`audit_read`, with its filters) before it is answered.
 
 use crate::audit::checkpoint::{Checkpoints, ProveError, TreeError};
+use crate::audit::heavy::{self, HeavyError};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -268,10 +269,13 @@ pub async fn proof(
                 "a consistency proof needs from and to",
             ));
         };
-        let proof =
-            crate::audit::checkpoint::prove_consistency(&state.store, &c, &p.tenant, from, to)
-                .await
-                .map_err(prove_err)?;
+        let (store, tenant) = (state.store.clone(), p.tenant.clone());
+        let proof = heavy::run(&p.tenant, async move {
+            crate::audit::checkpoint::prove_consistency(&store, &c, &tenant, from, to).await
+        })
+        .await
+        .map_err(heavy_error)?
+        .map_err(prove_err)?;
         return Ok(HttpResponse::Ok().json(proof));
     }
     let id = match q.audit_id {
@@ -290,10 +294,34 @@ pub async fn proof(
             )
         })?,
     };
-    let proof = crate::audit::checkpoint::prove_inclusion(&state.store, &c, &p.tenant, &id)
-        .await
-        .map_err(prove_err)?;
+    let (store, tenant) = (state.store.clone(), p.tenant.clone());
+    let proof = heavy::run(&p.tenant, async move {
+        crate::audit::checkpoint::prove_inclusion(&store, &c, &tenant, &id).await
+    })
+    .await
+    .map_err(heavy_error)?
+    .map_err(prove_err)?;
     Ok(HttpResponse::Ok().json(proof))
+}
+
+/// A proof that did not get to run, or to its end (`crate::audit::heavy`).
+pub(crate) fn heavy_error(e: HeavyError) -> ApiError {
+    match e {
+        HeavyError::Busy => {
+            let mut e = ApiError::new(
+                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                "audit_busy",
+                "a proof or chain check of this tenant is already running, or the broker is busy with others; retry after the time in Retry-After",
+            );
+            e.retry_after = Some(1);
+            e
+        }
+        HeavyError::TimedOut => ApiError::unavailable(
+            "audit_timeout",
+            "the proof took longer than its time bound; the operator can make it with audit prove",
+        ),
+        HeavyError::Failed => ApiError::internal("the audit-heavy job failed"),
+    }
 }
 
 /// A proof request names exactly one thing to prove, in well-formed values.

@@ -495,6 +495,16 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
         "the stored history no longer hashes to what the broker signed; no checkpoint or proof is signed over it",
     ),
     (
+        429,
+        "audit_busy",
+        "a proof or chain check of the tenant is already running, or the broker is busy with others; `Retry-After`",
+    ),
+    (
+        503,
+        "audit_timeout",
+        "a proof took longer than its time bound",
+    ),
+    (
         503,
         "not_yet_checkpointed",
         "the row was committed after the latest checkpoint; ask again",
