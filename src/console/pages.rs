@@ -151,7 +151,8 @@ async fn record(
         .extensions()
         .get::<tracing_actix_web::RequestId>()
         .map(|r| r.to_string());
-    row.client_addr = req.peer_addr().map(|a| a.ip().to_string());
+    // As the API records it: the forwarded client behind a trusted proxy.
+    row.client_addr = crate::routes::client_addr::client_addr_string(req);
     row.user_agent = req
         .headers()
         .get(header::USER_AGENT)

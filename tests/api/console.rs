@@ -7,6 +7,7 @@
 
 use reqwest::redirect::Policy;
 use serde_json::json;
+use token_broker::settings::Settings;
 
 use crate::helpers::*;
 
@@ -74,12 +75,35 @@ fn urlenc(s: &str) -> String {
         .collect()
 }
 
+/// A broker on a fresh database with `tweak`ed settings.
+async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let (url, db) = fresh_database().await;
+    spawn_app_on(url, db, tweak).await
+}
+
+/// A broker behind a proxy at 127.0.0.1 (the test client), which it trusts.
+async fn behind_trusted_proxy() -> TestApp {
+    let nets = token_broker::routes::client_addr::parse_trusted_proxies("127.0.0.1/32").unwrap();
+    spawn_with(move |s| s.trusted_proxies = nets).await
+}
+
 /// The sign-in exchange as a browser does it; returns the raw 303 response too.
 async fn sign_in_raw(app: &TestApp, key: &str, https: bool) -> reqwest::Response {
+    let headers: &[(&str, &str)] = if https {
+        &[("x-forwarded-proto", "https")]
+    } else {
+        &[]
+    };
+    sign_in_with(app, key, headers).await
+}
+
+/// The sign-in exchange with `headers` on both requests (a proxy's, or a
+/// client's forgeries).
+async fn sign_in_with(app: &TestApp, key: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let c = no_redirects();
     let mut g = c.get(app.url("/console/sign-in"));
-    if https {
-        g = g.header("x-forwarded-proto", "https");
+    for (k, v) in headers {
+        g = g.header(*k, *v);
     }
     let page = g.send().await.unwrap();
     assert_eq!(page.status(), 200);
@@ -90,8 +114,8 @@ async fn sign_in_raw(app: &TestApp, key: &str, https: bool) -> reqwest::Response
         .header("content-type", "application/x-www-form-urlencoded")
         .header("cookie", format!("tb_console_pre={pre}"))
         .body(form(&[("key", key), ("csrf", &csrf)]));
-    if https {
-        p = p.header("x-forwarded-proto", "https");
+    for (k, v) in headers {
+        p = p.header(*k, *v);
     }
     p.send().await.unwrap()
 }
@@ -582,4 +606,43 @@ async fn a_dry_run_shows_what_the_policy_would_have_decided_last_week() {
         body.contains("<td><code>role_lowered</code></td><td>1</td><td>ann (1)</td>"),
         "{body}"
     );
+}
+
+/// D4: console sign-ins and reads are audited under the client's address as
+/// the API records it: the forwarded client behind a trusted proxy (the
+/// rightmost untrusted hop), the TCP peer otherwise.
+#[tokio::test]
+async fn console_audit_rows_record_the_client_behind_a_trusted_proxy() {
+    let app = behind_trusted_proxy().await;
+    let acme = app.acme().await;
+    let r = sign_in_with(&app, &acme, &[("x-forwarded-for", "203.0.113.7")]).await;
+    assert_eq!(r.status(), 303);
+    let cookie = cookie_value(&set_cookie(&r, "tb_console").unwrap());
+    // A read from another client, which forged a hop on the left.
+    let r = no_redirects()
+        .get(app.url("/console/moderators"))
+        .header("cookie", format!("tb_console={cookie}"))
+        .header("x-forwarded-for", "6.6.6.6, 198.51.100.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = app.audit(&acme, "kind=console_sign_in").await;
+    assert_eq!(v["items"][0]["client_addr"], "203.0.113.7", "{v}");
+    let v = app.audit(&acme, "kind=audit_read").await;
+    let read = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["detail"].as_str().unwrap_or("").contains("moderators"))
+        .unwrap_or_else(|| panic!("no console read row: {v}"));
+    assert_eq!(read["client_addr"], "198.51.100.9", "{read}");
+
+    // Without trusted proxies the header is the client's own claim: ignored.
+    let plain = spawn_app().await;
+    let acme = plain.acme().await;
+    let r = sign_in_with(&plain, &acme, &[("x-forwarded-for", "203.0.113.7")]).await;
+    assert_eq!(r.status(), 303);
+    let v = plain.audit(&acme, "kind=console_sign_in").await;
+    assert_eq!(v["items"][0]["client_addr"], "127.0.0.1", "{v}");
 }
