@@ -212,7 +212,7 @@ pub async fn sign_in_form(state: web::Data<AppState>, req: HttpRequest) -> HttpR
     if signed_in(&state, &req).await.is_ok() {
         return see_other("/console");
     }
-    sign_in_page(StatusCode::OK, None, super::is_https(&req))
+    sign_in_page(StatusCode::OK, None, super::secure_cookies(&req))
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,7 +228,7 @@ pub async fn sign_in(
     req: HttpRequest,
     form: web::Form<SignInForm>,
 ) -> HttpResponse {
-    let secure = super::is_https(&req);
+    let secure = super::secure_cookies(&req);
     // Login CSRF: the form's token must match the pre-session cookie.
     let pre = session::cookie(&req, PRE_COOKIE).unwrap_or_default();
     if pre.is_empty() || !session::same(pre, &form.csrf) {
@@ -320,7 +320,7 @@ pub async fn sign_out(
         COOKIE,
         "",
         None,
-        super::is_https(&req),
+        super::secure_cookies(&req),
     )) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }

@@ -344,7 +344,8 @@ async fn forms_without_the_sessions_csrf_token_change_nothing() {
 
 #[tokio::test]
 async fn the_session_cookie_is_locked_down_and_never_holds_the_key() {
-    let app = spawn_app().await;
+    // Behind a trusted TLS proxy, which says https in X-Forwarded-Proto.
+    let app = behind_trusted_proxy().await;
     let acme = app.acme().await;
     let r = sign_in_raw(&app, &acme, false).await;
     let c = set_cookie(&r, "tb_console").unwrap();
@@ -357,7 +358,10 @@ async fn the_session_cookie_is_locked_down_and_never_holds_the_key() {
     assert_eq!(cookie_value(&c).len(), 64, "256 random bits");
     let r = sign_in_raw(&app, &acme, true).await;
     let c = set_cookie(&r, "tb_console").unwrap();
-    assert!(c.contains("; Secure"), "behind https: {c}");
+    assert!(
+        c.contains("; Secure"),
+        "behind https, as the proxy says: {c}"
+    );
 
     let console = sign_in(&app, &acme).await;
     let r = console
@@ -606,6 +610,39 @@ async fn a_dry_run_shows_what_the_policy_would_have_decided_last_week() {
         body.contains("<td><code>role_lowered</code></td><td>1</td><td>ann (1)</td>"),
         "{body}"
     );
+}
+
+/// D5: `Secure` is the operator's decision (a trusted proxy's report of
+/// https, or `console_secure_cookies`), never the client's. A client that
+/// talks to the broker directly and claims https gets no `Secure`; an
+/// operator whose TLS proxy sends no X-Forwarded-Proto forces it.
+#[tokio::test]
+async fn a_client_cannot_choose_the_secure_flag_and_the_operator_can_force_it() {
+    let app = spawn_app().await;
+    let acme = app.acme().await;
+    for forged in [
+        ("x-forwarded-proto", "https"),
+        ("forwarded", "for=203.0.113.7;proto=https"),
+    ] {
+        let r = sign_in_with(&app, &acme, &[forged]).await;
+        assert_eq!(r.status(), 303);
+        for name in ["tb_console", "tb_console_pre"] {
+            let c = set_cookie(&r, name).unwrap();
+            assert!(
+                !c.contains("Secure"),
+                "{forged:?} from an untrusted peer: {c}"
+            );
+        }
+    }
+
+    let forced = spawn_with(|s| s.console_secure_cookies = true).await;
+    let acme = forced.acme().await;
+    let r = sign_in_raw(&forced, &acme, false).await;
+    assert_eq!(r.status(), 303);
+    for name in ["tb_console", "tb_console_pre"] {
+        let c = set_cookie(&r, name).unwrap();
+        assert!(c.contains("; Secure"), "forced by the setting: {c}");
+    }
 }
 
 /// D4: console sign-ins and reads are audited under the client's address as
