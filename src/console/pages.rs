@@ -13,6 +13,7 @@ use super::html::{self, url};
 use super::session::{self, COOKIE, PRE_COOKIE, Session};
 use super::views;
 use crate::audit::query::{AuditParams, encode_cursor};
+use crate::audit::verify::VerifyError;
 use crate::audit::{AuditRow, Kind, kind};
 use crate::auth::{Required, Scopes, scope};
 use crate::routes::error::ApiError;
@@ -331,12 +332,12 @@ pub async fn sign_out(
 
 /// Checks the tenant's history against the latest checkpoint this broker
 /// signed for it: `Ok(Some(size))` when it matches, `Ok(None)` when there is
-/// none yet (or no signing key), `Err` naming what no longer matches.
+/// none yet (or no signing key), `Err` with what the page says otherwise.
 async fn signed_state(
     state: &AppState,
     req: &HttpRequest,
     tenant: &str,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<u64>, views::Chain> {
     use crate::audit::checkpoint::{Checkpoints, verify_tenant_signed};
     let Some(c) = req
         .app_data::<web::Data<Checkpoints>>()
@@ -348,15 +349,38 @@ async fn signed_state(
         return Ok(None);
     };
     let key = c.verifier();
-    let cp = key.open_checkpoint(&note).map_err(|e| e.to_string())?;
-    match verify_tenant_signed(&state.store, tenant, std::slice::from_ref(&cp), &key).await {
-        Ok(None) => Ok(Some(cp.size)),
-        Ok(Some(f)) => Err(format!(
+    let cp = key
+        .open_checkpoint(&note)
+        .map_err(|e| views::Chain::Broken(e.to_string()))?;
+    let checked = verify_tenant_signed(&state.store, tenant, std::slice::from_ref(&cp), &key).await;
+    signed_view(checked, cp.size)
+}
+
+/// The signed check's result as the overview shows it. A fault is a broken
+/// chain; a database error is not (the chain could not be checked now), and
+/// its text goes to the log, never to the page.
+fn signed_view(
+    checked: Result<Option<crate::audit::checkpoint::SignedFault>, crate::store::StoreError>,
+    size: u64,
+) -> Result<Option<u64>, views::Chain> {
+    match checked {
+        Ok(None) => Ok(Some(size)),
+        Ok(Some(f)) => Err(views::Chain::Broken(format!(
             "{} (signed checkpoint of {} rows): {}",
             f.problem, f.size, f.message
-        )),
-        Err(e) => Err(e.to_string()),
+        ))),
+        Err(e) => Err(not_checked(VerifyError::Store(e))),
     }
+}
+
+/// The overview's chain when verification could not run: the API's generic
+/// wording for the cause (which `ApiError` logs).
+fn not_checked(e: VerifyError) -> views::Chain {
+    let e = match e {
+        VerifyError::Store(e) => ApiError::from(e),
+        other => ApiError::internal(other),
+    };
+    views::Chain::NotRun(e.body.message)
 }
 
 pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
@@ -393,14 +417,14 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
                 hash: v.head_hash.get(..16).unwrap_or(&v.head_hash).to_owned(),
                 signed,
             },
-            Err(fault) => views::Chain::Broken(fault),
+            Err(chain) => chain,
         },
         Ok(v) => views::Chain::Broken(
             v.fault
                 .map(|f| format!("{} at seq {}: {}", f.problem, f.seq, f.message))
                 .unwrap_or_default(),
         ),
-        Err(f) => views::Chain::NotRun(f.to_string()),
+        Err(e) => not_checked(e),
     };
     let body = views::Overview {
         issued,
@@ -825,15 +849,11 @@ pub async fn audit_event_proof(
         json!({"read": "proof", "console": "audit", "seq": seq}),
     )
     .await?;
+    // The API's answer to a proof that cannot be given: a database error
+    // reads "the database is unavailable", never the database's own text.
     let proof = prove_inclusion(&state.store, &c, &s.tenant, &row.audit_id)
         .await
-        .map_err(|e| {
-            fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "proof_unavailable",
-                &format!("no proof can be given right now: {e}"),
-            )
-        })?;
+        .map_err(|e| api_error(&s, crate::routes::audit::prove_error(&s.tenant, e)))?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header((
@@ -1163,4 +1183,55 @@ pub async fn key_revoke(
     session::remove_key(&key_id);
     tracing::info!(target: "broker::security", revoked_key_id = ?key_id, by = ?s.key_id, "API key revoked in the console");
     Ok(see_other("/console/keys"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    fn shown(c: &views::Chain) -> String {
+        match c {
+            views::Chain::Broken(m) => format!("broken: {m}"),
+            views::Chain::NotRun(m) => format!("not run: {m}"),
+            views::Chain::Verified { .. } => "verified".into(),
+        }
+    }
+
+    /// D3: a database error during the signed check (after the chain itself
+    /// verified) is "could not be checked", with the API's wording: not a
+    /// broken chain, and not the database's text.
+    #[test]
+    fn a_database_error_in_the_signed_check_is_no_tamper_alarm() {
+        let db = || {
+            StoreError::Db(sqlx::Error::Protocol(
+                "relation \"audit_prunes\" does not exist".into(),
+            ))
+        };
+        let c = signed_view(Err(db()), 7).err().map(|c| shown(&c));
+        let c = c.unwrap_or_default();
+        assert!(c.starts_with("not run: the database is unavailable"), "{c}");
+        assert!(
+            !c.contains("audit_prunes") && !c.contains("database error"),
+            "{c}"
+        );
+        let c = shown(&not_checked(VerifyError::Store(db())));
+        assert!(c.starts_with("not run: the database is unavailable"), "{c}");
+        assert!(!c.contains("audit_prunes"), "{c}");
+        let c = shown(&not_checked(VerifyError::Thread));
+        assert!(c.starts_with("not run: internal error"), "{c}");
+
+        // A real fault still says so.
+        let fault = crate::audit::checkpoint::SignedFault {
+            size: 7,
+            problem: "rewritten",
+            message: "row 3 changed".into(),
+        };
+        let c = signed_view(Ok(Some(fault)), 7).err().map(|c| shown(&c));
+        assert_eq!(
+            c.as_deref(),
+            Some("broken: rewritten (signed checkpoint of 7 rows): row 3 changed")
+        );
+        assert!(matches!(signed_view(Ok(None), 7), Ok(Some(7))));
+    }
 }

@@ -645,6 +645,70 @@ async fn a_client_cannot_choose_the_secure_flag_and_the_operator_can_force_it() 
     }
 }
 
+/// A broker that signs checkpoints (so the overview checks the signed one and
+/// event pages offer proofs).
+async fn checkpointing_app() -> (TestApp, tempfile::TempDir) {
+    use token_broker::audit::checkpoint::SigningKey;
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("checkpoint.key");
+    SigningKey::generate(&key_path, "test-broker").unwrap();
+    let app = spawn_with(move |s| {
+        s.checkpoint_key_file = Some(key_path);
+        s.checkpoint_interval = std::time::Duration::from_secs(3600);
+        s.checkpoint_every_rows = u64::MAX;
+    })
+    .await;
+    (app, dir)
+}
+
+/// D3: a database fault (here a table dropped under the broker) is shown in
+/// the console as the API words it, never with the database's text, and the
+/// overview says the chain could not be checked, not that it is broken.
+#[tokio::test]
+async fn console_pages_show_no_database_text_and_no_false_tamper_alarm() {
+    let (app, _dir) = checkpointing_app().await;
+    let acme = app.acme().await;
+    moderator_grant(&app, &acme, API_KEY, "ann").await;
+    assert_eq!(app.get("/v1/audit/checkpoint", &acme).await.status(), 200);
+    let seq = app.audit(&acme, "kind=token_issued").await["items"][0]["seq"]
+        .as_i64()
+        .unwrap();
+    let c = sign_in(&app, &acme).await;
+    let (s, body) = c.get("/console/overview").await;
+    assert_eq!(s, 200);
+    assert!(
+        body.contains("matches the latest signed checkpoint"),
+        "{body}"
+    );
+
+    raw_sql(&app, "DROP TABLE audit_prunes").await;
+    let leaks = [
+        "database error",
+        "no such table",
+        "does not exist",
+        "relation",
+        "audit_prunes",
+        "sqlx",
+        "does NOT verify",
+    ];
+    let (s, body) = c.get("/console/overview").await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("could not be checked now"), "{body}");
+    assert!(body.contains("the database is unavailable"), "{body}");
+    for leak in leaks {
+        assert!(!body.contains(leak), "the overview shows {leak:?}: {body}");
+    }
+    let (s, body) = c.get(&format!("/console/audit/{seq}/proof")).await;
+    assert_eq!(s, 503, "{body}");
+    assert!(body.contains("store_unavailable"), "{body}");
+    for leak in leaks {
+        assert!(
+            !body.contains(leak),
+            "the proof page shows {leak:?}: {body}"
+        );
+    }
+}
+
 /// D4: console sign-ins and reads are audited under the client's address as
 /// the API records it: the forwarded client behind a trusted proxy (the
 /// rightmost untrusted hop), the TCP peer otherwise.
