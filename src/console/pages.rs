@@ -78,6 +78,9 @@ async fn signed_in(state: &AppState, req: &HttpRequest) -> Result<Session, Fail>
     let to_sign_in = || Fail::from(see_other("/console/sign-in"));
     let id = session::cookie(req, COOKIE).ok_or_else(to_sign_in)?;
     let s = session::lookup(id, now(state)).ok_or_else(to_sign_in)?;
+    // A console page is a call by the session's key: it takes that key's
+    // `api_key` token, as every API route does, before any database work.
+    api_key_limit(state, &s.tenant, &s.key_id).map_err(|e| api_error(&s, e))?;
     match state.store.get_key(&s.key_id).await {
         Ok(Some(k)) if k.revoked_at_ms.is_none() && k.tenant == s.tenant => Ok(s),
         Ok(_) => {
@@ -88,8 +91,31 @@ async fn signed_in(state: &AppState, req: &HttpRequest) -> Result<Session, Fail>
     }
 }
 
+/// Takes one token of the key's `api_key` bucket (the tenant's own rate when
+/// its policy sets one); 429 `rate_limited` when it is empty.
+fn api_key_limit(state: &AppState, tenant: &str, key_id: &str) -> Result<(), ApiError> {
+    if let Err(wait) = state.limits.for_tenant(tenant).api_key.check(key_id) {
+        state.metrics.rate_limited(crate::metrics::Limit::ApiKey);
+        return Err(crate::routes::extractors::rate_limited(wait));
+    }
+    Ok(())
+}
+
+/// An API error as a page inside the session's layout, with the API's
+/// status, code and message (and its `Retry-After`).
 fn api_error(s: &Session, e: ApiError) -> HttpResponse {
-    html::error_in_page(s, e.status, e.body.code, &e.body.message)
+    with_retry_after(
+        html::error_in_page(s, e.status, e.body.code, &e.body.message),
+        &e,
+    )
+}
+
+fn with_retry_after(mut r: HttpResponse, e: &ApiError) -> HttpResponse {
+    if let Some(secs) = e.retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    }
+    r
 }
 
 fn require_admin(s: &Session) -> Result<(), Fail> {
@@ -209,6 +235,14 @@ fn sign_in_page(status: StatusCode, error: Option<(&str, &str)>, secure: bool) -
     r
 }
 
+/// The sign-in page again, showing why the sign-in was refused.
+fn sign_in_refused(e: &ApiError, secure: bool) -> HttpResponse {
+    with_retry_after(
+        sign_in_page(e.status, Some((e.body.code, &e.body.message)), secure),
+        e,
+    )
+}
+
 pub async fn sign_in_form(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     if signed_in(&state, &req).await.is_ok() {
         return see_other("/console");
@@ -243,7 +277,7 @@ pub async fn sign_in(
         );
     }
     if let Err(e) = crate::routes::extractors::refuse_if_over_failed_auth_limit(&state, &req) {
-        return sign_in_page(e.status, Some((e.body.code, &e.body.message)), secure);
+        return sign_in_refused(&e, secure);
     }
     let p = match state.auth.authenticate(form.key.trim()).await {
         Ok(p) => p,
@@ -254,9 +288,13 @@ pub async fn sign_in(
                 crate::routes::extractors::auth_error(e),
             )
             .await;
-            return sign_in_page(e.status, Some((e.body.code, &e.body.message)), secure);
+            return sign_in_refused(&e, secure);
         }
     };
+    // A sign-in is a call by the key, like any other: it takes a token.
+    if let Err(e) = api_key_limit(&state, &p.tenant, &p.key_id) {
+        return sign_in_refused(&e, secure);
+    }
     if !scope::Audit::allows(p.scopes) {
         return sign_in_page(
             StatusCode::FORBIDDEN,

@@ -3,10 +3,14 @@
 //! the session's CSRF token changes nothing, the session cookie is HttpOnly,
 //! SameSite=Strict (Secure behind https) and never holds the key, pages carry
 //! a strict CSP, audit keys cannot reach admin pages, revoked keys' sessions
-//! end, and sign-ins and exports are audit events.
+//! end, and sign-ins and exports are audit events. Console pages take the
+//! key's `api_key` rate like API calls, show no database text, record the
+//! client behind a trusted proxy, and take `Secure` from nobody but a trusted
+//! proxy or the operator.
 
 use reqwest::redirect::Policy;
 use serde_json::json;
+use token_broker::limits::Rate;
 use token_broker::settings::Settings;
 
 use crate::helpers::*;
@@ -643,6 +647,57 @@ async fn a_client_cannot_choose_the_secure_flag_and_the_operator_can_force_it() 
         let c = set_cookie(&r, name).unwrap();
         assert!(c.contains("; Secure"), "forced by the setting: {c}");
     }
+}
+
+/// D1 (the rate limit): an auditor that reloads a console page in a loop
+/// spends its key's `api_key` tokens like API calls do, and is refused with
+/// 429 `rate_limited` and Retry-After once they are gone; the API and a new
+/// sign-in with that key share the same bucket.
+#[tokio::test]
+async fn console_pages_take_the_keys_api_key_rate_like_api_calls() {
+    let app = spawn_with(|s| {
+        s.rates.api_key = Rate {
+            per_second: 1,
+            burst: 3,
+        };
+    })
+    .await;
+    app.app_state.clock.freeze();
+    let acme = app.acme().await;
+    // Two tokens: the sign-in and the page `sign_in` loads after it.
+    let c = sign_in(&app, &acme).await;
+    assert_eq!(c.get("/console/overview").await.0, 200, "the third");
+    let r = c
+        .client
+        .get(app.url("/console/overview"))
+        .header("cookie", format!("tb_console={}", c.cookie))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("<code id=\"error-code\">rate_limited</code>"),
+        "{body}"
+    );
+    assert_eq!(c.get("/console/audit/1/proof").await.0, 429);
+    assert_eq!(
+        app.get("/v1/whoami", &acme).await.status(),
+        429,
+        "one bucket"
+    );
+    let r = sign_in_raw(&app, &acme, false).await;
+    assert_eq!(r.status(), 429, "a fresh sign-in takes a token too");
+    assert!(set_cookie(&r, "tb_console").is_none());
+    // Another key of the tenant has its own bucket, as in the API.
+    let other = app.create_key("acme", &["audit"]).await;
+    assert_eq!(app.get("/v1/whoami", &other).await.status(), 200);
 }
 
 /// A broker that signs checkpoints (so the overview checks the signed one and
