@@ -13,8 +13,9 @@
 //! bytes; audit commit timeout 2000 ms; audit batch 512 rows; 10000 cached API
 //! keys; 2 parallel argon2 checks; as many HTTP workers as CPUs; secrets dir
 //! `<data dir>/secrets`; no master key file (uploads refused); tenant slugs as
-//! metric labels (docs/operations.md); no checkpoint key or log, one checkpoint
-//! every 60 s or 10000 rows; rates as in `crate::limits`.
+//! metric labels (docs/operations.md); no trusted proxies; console cookies
+//! `Secure` only when a trusted proxy reports https; no checkpoint key or log,
+//! one checkpoint every 60 s or 10000 rows; rates as in `crate::limits`.
 //!
 //! The database URL may carry a password: it is a `DatabaseUrl` (a
 //! `secrecy::SecretString`), shown redacted wherever settings are printed
@@ -116,6 +117,12 @@ pub struct SettingsArgs {
     /// believed (comma-separated CIDRs; empty: the TCP peer is the client).
     #[arg(long, env = "TOKEN_BROKER_TRUSTED_PROXIES", global = true)]
     pub trusted_proxies: Option<String>,
+    /// Mark the console's cookies `Secure` on every response (true: set it
+    /// whenever browsers reach the broker over https). Otherwise they are
+    /// `Secure` only when a trusted proxy's `X-Forwarded-Proto` (or
+    /// `Forwarded: proto=`) says https.
+    #[arg(long, env = "TOKEN_BROKER_CONSOLE_SECURE_COOKIES", global = true)]
+    pub console_secure_cookies: Option<bool>,
     /// Ed25519 key that signs audit checkpoints (kept outside the database).
     #[arg(long, env = "TOKEN_BROKER_CHECKPOINT_KEY_FILE", global = true)]
     pub checkpoint_key_file: Option<PathBuf>,
@@ -224,6 +231,8 @@ pub struct Settings {
     /// Only from peers in these networks are forwarding headers read.
     #[serde(serialize_with = "as_text")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Console cookies are always `Secure`, whatever the request says.
+    pub console_secure_cookies: bool,
     pub checkpoint_key_file: Option<PathBuf>,
     pub checkpoint_file: Option<PathBuf>,
     #[serde(rename = "checkpoint_interval_secs", serialize_with = "secs")]
@@ -318,6 +327,7 @@ impl Settings {
             rates,
             master_key_file: g.master_key_file,
             trusted_proxies,
+            console_secure_cookies: g.console_secure_cookies.unwrap_or(false),
             checkpoint_key_file: g.checkpoint_key_file,
             checkpoint_file: g.checkpoint_file,
             checkpoint_interval: Duration::from_secs(
@@ -437,6 +447,9 @@ mod tests {
             resolve(&["t"]).unwrap().trusted_proxies.is_empty(),
             "none by default"
         );
+        assert!(!resolve(&["t"]).unwrap().console_secure_cookies);
+        let s = resolve(&["t", "--console-secure-cookies", "true"]).unwrap();
+        assert!(s.console_secure_cookies);
         let e = resolve(&["t", "--trusted-proxies", "10.0.0.0/8,proxy.local"])
             .unwrap_err()
             .to_string();

@@ -5,7 +5,8 @@
 //! Security model, in one place:
 //! - Sign-in exchanges a tenant API key for a server-side session (a random
 //!   256-bit id in an `HttpOnly; SameSite=Strict; Path=/console` cookie,
-//!   `Secure` behind https). The key is verified once and never stored: not
+//!   `Secure` behind https as a trusted proxy reports it, or always with
+//!   `console_secure_cookies`). The key is verified once and never stored: not
 //!   in the browser, not in the session.
 //! - Sessions expire (8 h absolute, 30 min idle) and end at sign-out or when
 //!   their key is revoked (checked on every request against the store).
@@ -110,8 +111,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// True when the request reached us over https (directly or, as reported by
-/// actix's connection info, through a proxy header).
-pub fn is_https(req: &HttpRequest) -> bool {
-    req.connection_info().scheme() == "https"
+/// Whether the console's cookies are marked `Secure`: always when the
+/// operator set `console_secure_cookies`; otherwise when the request reached
+/// the broker over https, directly or as a trusted proxy reports it
+/// (`X-Forwarded-Proto`, `Forwarded: proto=`). From any other peer those
+/// headers are ignored: a client does not choose its cookies' flags.
+pub fn secure_cookies(req: &HttpRequest) -> bool {
+    let forced = req
+        .app_data::<web::Data<crate::state::AppState>>()
+        .is_some_and(|s| s.settings.console_secure_cookies);
+    forced
+        || req.app_config().secure()
+        || (crate::routes::client_addr::peer_is_trusted_proxy(req)
+            && req.connection_info().scheme() == "https")
 }

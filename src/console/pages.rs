@@ -13,6 +13,7 @@ use super::html::{self, url};
 use super::session::{self, COOKIE, PRE_COOKIE, Session};
 use super::views;
 use crate::audit::query::{AuditParams, encode_cursor};
+use crate::audit::verify::VerifyError;
 use crate::audit::{AuditRow, Kind, kind};
 use crate::auth::{Required, Scopes, scope};
 use crate::routes::error::ApiError;
@@ -77,6 +78,9 @@ async fn signed_in(state: &AppState, req: &HttpRequest) -> Result<Session, Fail>
     let to_sign_in = || Fail::from(see_other("/console/sign-in"));
     let id = session::cookie(req, COOKIE).ok_or_else(to_sign_in)?;
     let s = session::lookup(id, now(state)).ok_or_else(to_sign_in)?;
+    // A console page is a call by the session's key: it takes that key's
+    // `api_key` token, as every API route does, before any database work.
+    api_key_limit(state, &s.tenant, &s.key_id).map_err(|e| api_error(&s, e))?;
     match state.store.get_key(&s.key_id).await {
         Ok(Some(k)) if k.revoked_at_ms.is_none() && k.tenant == s.tenant => Ok(s),
         Ok(_) => {
@@ -87,8 +91,31 @@ async fn signed_in(state: &AppState, req: &HttpRequest) -> Result<Session, Fail>
     }
 }
 
+/// Takes one token of the key's `api_key` bucket (the tenant's own rate when
+/// its policy sets one); 429 `rate_limited` when it is empty.
+fn api_key_limit(state: &AppState, tenant: &str, key_id: &str) -> Result<(), ApiError> {
+    if let Err(wait) = state.limits.for_tenant(tenant).api_key.check(key_id) {
+        state.metrics.rate_limited(crate::metrics::Limit::ApiKey);
+        return Err(crate::routes::extractors::rate_limited(wait));
+    }
+    Ok(())
+}
+
+/// An API error as a page inside the session's layout, with the API's
+/// status, code and message (and its `Retry-After`).
 fn api_error(s: &Session, e: ApiError) -> HttpResponse {
-    html::error_in_page(s, e.status, e.body.code, &e.body.message)
+    with_retry_after(
+        html::error_in_page(s, e.status, e.body.code, &e.body.message),
+        &e,
+    )
+}
+
+fn with_retry_after(mut r: HttpResponse, e: &ApiError) -> HttpResponse {
+    if let Some(secs) = e.retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    }
+    r
 }
 
 fn require_admin(s: &Session) -> Result<(), Fail> {
@@ -151,7 +178,8 @@ async fn record(
         .extensions()
         .get::<tracing_actix_web::RequestId>()
         .map(|r| r.to_string());
-    row.client_addr = req.peer_addr().map(|a| a.ip().to_string());
+    // As the API records it: the forwarded client behind a trusted proxy.
+    row.client_addr = crate::routes::client_addr::client_addr_string(req);
     row.user_agent = req
         .headers()
         .get(header::USER_AGENT)
@@ -207,11 +235,19 @@ fn sign_in_page(status: StatusCode, error: Option<(&str, &str)>, secure: bool) -
     r
 }
 
+/// The sign-in page again, showing why the sign-in was refused.
+fn sign_in_refused(e: &ApiError, secure: bool) -> HttpResponse {
+    with_retry_after(
+        sign_in_page(e.status, Some((e.body.code, &e.body.message)), secure),
+        e,
+    )
+}
+
 pub async fn sign_in_form(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     if signed_in(&state, &req).await.is_ok() {
         return see_other("/console");
     }
-    sign_in_page(StatusCode::OK, None, super::is_https(&req))
+    sign_in_page(StatusCode::OK, None, super::secure_cookies(&req))
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,7 +263,7 @@ pub async fn sign_in(
     req: HttpRequest,
     form: web::Form<SignInForm>,
 ) -> HttpResponse {
-    let secure = super::is_https(&req);
+    let secure = super::secure_cookies(&req);
     // Login CSRF: the form's token must match the pre-session cookie.
     let pre = session::cookie(&req, PRE_COOKIE).unwrap_or_default();
     if pre.is_empty() || !session::same(pre, &form.csrf) {
@@ -241,7 +277,7 @@ pub async fn sign_in(
         );
     }
     if let Err(e) = crate::routes::extractors::refuse_if_over_failed_auth_limit(&state, &req) {
-        return sign_in_page(e.status, Some((e.body.code, &e.body.message)), secure);
+        return sign_in_refused(&e, secure);
     }
     let p = match state.auth.authenticate(form.key.trim()).await {
         Ok(p) => p,
@@ -252,9 +288,13 @@ pub async fn sign_in(
                 crate::routes::extractors::auth_error(e),
             )
             .await;
-            return sign_in_page(e.status, Some((e.body.code, &e.body.message)), secure);
+            return sign_in_refused(&e, secure);
         }
     };
+    // A sign-in is a call by the key, like any other: it takes a token.
+    if let Err(e) = api_key_limit(&state, &p.tenant, &p.key_id) {
+        return sign_in_refused(&e, secure);
+    }
     if !scope::Audit::allows(p.scopes) {
         return sign_in_page(
             StatusCode::FORBIDDEN,
@@ -319,7 +359,7 @@ pub async fn sign_out(
         COOKIE,
         "",
         None,
-        super::is_https(&req),
+        super::secure_cookies(&req),
     )) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -330,12 +370,12 @@ pub async fn sign_out(
 
 /// Checks the tenant's history against the latest checkpoint this broker
 /// signed for it: `Ok(Some(size))` when it matches, `Ok(None)` when there is
-/// none yet (or no signing key), `Err` naming what no longer matches.
+/// none yet (or no signing key), `Err` with what the page says otherwise.
 async fn signed_state(
     state: &AppState,
     req: &HttpRequest,
     tenant: &str,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<u64>, views::Chain> {
     use crate::audit::checkpoint::{Checkpoints, verify_tenant_signed};
     let Some(c) = req
         .app_data::<web::Data<Checkpoints>>()
@@ -347,15 +387,38 @@ async fn signed_state(
         return Ok(None);
     };
     let key = c.verifier();
-    let cp = key.open_checkpoint(&note).map_err(|e| e.to_string())?;
-    match verify_tenant_signed(&state.store, tenant, std::slice::from_ref(&cp), &key).await {
-        Ok(None) => Ok(Some(cp.size)),
-        Ok(Some(f)) => Err(format!(
+    let cp = key
+        .open_checkpoint(&note)
+        .map_err(|e| views::Chain::Broken(e.to_string()))?;
+    let checked = verify_tenant_signed(&state.store, tenant, std::slice::from_ref(&cp), &key).await;
+    signed_view(checked, cp.size)
+}
+
+/// The signed check's result as the overview shows it. A fault is a broken
+/// chain; a database error is not (the chain could not be checked now), and
+/// its text goes to the log, never to the page.
+fn signed_view(
+    checked: Result<Option<crate::audit::checkpoint::SignedFault>, crate::store::StoreError>,
+    size: u64,
+) -> Result<Option<u64>, views::Chain> {
+    match checked {
+        Ok(None) => Ok(Some(size)),
+        Ok(Some(f)) => Err(views::Chain::Broken(format!(
             "{} (signed checkpoint of {} rows): {}",
             f.problem, f.size, f.message
-        )),
-        Err(e) => Err(e.to_string()),
+        ))),
+        Err(e) => Err(not_checked(VerifyError::Store(e))),
     }
+}
+
+/// The overview's chain when verification could not run: the API's generic
+/// wording for the cause (which `ApiError` logs).
+fn not_checked(e: VerifyError) -> views::Chain {
+    let e = match e {
+        VerifyError::Store(e) => ApiError::from(e),
+        other => ApiError::internal(other),
+    };
+    views::Chain::NotRun(e.body.message)
 }
 
 pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
@@ -392,14 +455,14 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
                 hash: v.head_hash.get(..16).unwrap_or(&v.head_hash).to_owned(),
                 signed,
             },
-            Err(fault) => views::Chain::Broken(fault),
+            Err(chain) => chain,
         },
         Ok(v) => views::Chain::Broken(
             v.fault
                 .map(|f| format!("{} at seq {}: {}", f.problem, f.seq, f.message))
                 .unwrap_or_default(),
         ),
-        Err(f) => views::Chain::NotRun(f.to_string()),
+        Err(e) => not_checked(e),
     };
     let body = views::Overview {
         issued,
@@ -824,15 +887,11 @@ pub async fn audit_event_proof(
         json!({"read": "proof", "console": "audit", "seq": seq}),
     )
     .await?;
+    // The API's answer to a proof that cannot be given: a database error
+    // reads "the database is unavailable", never the database's own text.
     let proof = prove_inclusion(&state.store, &c, &s.tenant, &row.audit_id)
         .await
-        .map_err(|e| {
-            fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "proof_unavailable",
-                &format!("no proof can be given right now: {e}"),
-            )
-        })?;
+        .map_err(|e| api_error(&s, crate::routes::audit::prove_error(&s.tenant, e)))?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header((
@@ -1162,4 +1221,55 @@ pub async fn key_revoke(
     session::remove_key(&key_id);
     tracing::info!(target: "broker::security", revoked_key_id = ?key_id, by = ?s.key_id, "API key revoked in the console");
     Ok(see_other("/console/keys"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    fn shown(c: &views::Chain) -> String {
+        match c {
+            views::Chain::Broken(m) => format!("broken: {m}"),
+            views::Chain::NotRun(m) => format!("not run: {m}"),
+            views::Chain::Verified { .. } => "verified".into(),
+        }
+    }
+
+    /// D3: a database error during the signed check (after the chain itself
+    /// verified) is "could not be checked", with the API's wording: not a
+    /// broken chain, and not the database's text.
+    #[test]
+    fn a_database_error_in_the_signed_check_is_no_tamper_alarm() {
+        let db = || {
+            StoreError::Db(sqlx::Error::Protocol(
+                "relation \"audit_prunes\" does not exist".into(),
+            ))
+        };
+        let c = signed_view(Err(db()), 7).err().map(|c| shown(&c));
+        let c = c.unwrap_or_default();
+        assert!(c.starts_with("not run: the database is unavailable"), "{c}");
+        assert!(
+            !c.contains("audit_prunes") && !c.contains("database error"),
+            "{c}"
+        );
+        let c = shown(&not_checked(VerifyError::Store(db())));
+        assert!(c.starts_with("not run: the database is unavailable"), "{c}");
+        assert!(!c.contains("audit_prunes"), "{c}");
+        let c = shown(&not_checked(VerifyError::Thread));
+        assert!(c.starts_with("not run: internal error"), "{c}");
+
+        // A real fault still says so.
+        let fault = crate::audit::checkpoint::SignedFault {
+            size: 7,
+            problem: "rewritten",
+            message: "row 3 changed".into(),
+        };
+        let c = signed_view(Ok(Some(fault)), 7).err().map(|c| shown(&c));
+        assert_eq!(
+            c.as_deref(),
+            Some("broken: rewritten (signed checkpoint of 7 rows): row 3 changed")
+        );
+        assert!(matches!(signed_view(Ok(None), 7), Ok(Some(7))));
+    }
 }

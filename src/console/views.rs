@@ -138,7 +138,10 @@ pub enum Chain {
         /// The size of the latest signed checkpoint the history was also checked against.
         signed: Option<u64>,
     },
+    /// The history does not verify: what no longer matches.
     Broken(String),
+    /// The check could not run now (the database is unavailable): the
+    /// generic reason, never the database's own text.
     NotRun(String),
 }
 

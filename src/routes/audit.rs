@@ -360,8 +360,8 @@ fn check_proof_params(q: &ProofParams) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The HTTP answer to a proof that cannot be given.
-fn prove_error(tenant: &str, e: ProveError) -> ApiError {
+/// The HTTP answer to a proof that cannot be given (the console's too).
+pub(crate) fn prove_error(tenant: &str, e: ProveError) -> ApiError {
     match e {
         ProveError::Tree(t) => tree_error(t),
         ProveError::NoSuchRow => {

@@ -107,6 +107,17 @@ pub fn resolve<'a>(
     client
 }
 
+/// Whether the request's TCP peer is inside `trusted_proxies`: only then may
+/// its forwarding headers (addresses, and the scheme the client used) be
+/// believed.
+pub fn peer_is_trusted_proxy(req: &HttpRequest) -> bool {
+    let Some(peer) = req.peer_addr() else {
+        return false;
+    };
+    req.app_data::<web::Data<AppState>>()
+        .is_some_and(|s| trusted(peer.ip(), &s.settings.trusted_proxies))
+}
+
 /// The request's client address (see the module doc); `None` without a peer.
 pub fn client_addr(req: &HttpRequest) -> Option<IpAddr> {
     let peer = req.peer_addr()?.ip();

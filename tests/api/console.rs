@@ -3,10 +3,15 @@
 //! the session's CSRF token changes nothing, the session cookie is HttpOnly,
 //! SameSite=Strict (Secure behind https) and never holds the key, pages carry
 //! a strict CSP, audit keys cannot reach admin pages, revoked keys' sessions
-//! end, and sign-ins and exports are audit events.
+//! end, and sign-ins and exports are audit events. Console pages take the
+//! key's `api_key` rate like API calls, show no database text, record the
+//! client behind a trusted proxy, and take `Secure` from nobody but a trusted
+//! proxy or the operator.
 
 use reqwest::redirect::Policy;
 use serde_json::json;
+use token_broker::limits::Rate;
+use token_broker::settings::Settings;
 
 use crate::helpers::*;
 
@@ -74,12 +79,35 @@ fn urlenc(s: &str) -> String {
         .collect()
 }
 
+/// A broker on a fresh database with `tweak`ed settings.
+async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let (url, db) = fresh_database().await;
+    spawn_app_on(url, db, tweak).await
+}
+
+/// A broker behind a proxy at 127.0.0.1 (the test client), which it trusts.
+async fn behind_trusted_proxy() -> TestApp {
+    let nets = token_broker::routes::client_addr::parse_trusted_proxies("127.0.0.1/32").unwrap();
+    spawn_with(move |s| s.trusted_proxies = nets).await
+}
+
 /// The sign-in exchange as a browser does it; returns the raw 303 response too.
 async fn sign_in_raw(app: &TestApp, key: &str, https: bool) -> reqwest::Response {
+    let headers: &[(&str, &str)] = if https {
+        &[("x-forwarded-proto", "https")]
+    } else {
+        &[]
+    };
+    sign_in_with(app, key, headers).await
+}
+
+/// The sign-in exchange with `headers` on both requests (a proxy's, or a
+/// client's forgeries).
+async fn sign_in_with(app: &TestApp, key: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let c = no_redirects();
     let mut g = c.get(app.url("/console/sign-in"));
-    if https {
-        g = g.header("x-forwarded-proto", "https");
+    for (k, v) in headers {
+        g = g.header(*k, *v);
     }
     let page = g.send().await.unwrap();
     assert_eq!(page.status(), 200);
@@ -90,8 +118,8 @@ async fn sign_in_raw(app: &TestApp, key: &str, https: bool) -> reqwest::Response
         .header("content-type", "application/x-www-form-urlencoded")
         .header("cookie", format!("tb_console_pre={pre}"))
         .body(form(&[("key", key), ("csrf", &csrf)]));
-    if https {
-        p = p.header("x-forwarded-proto", "https");
+    for (k, v) in headers {
+        p = p.header(*k, *v);
     }
     p.send().await.unwrap()
 }
@@ -320,7 +348,8 @@ async fn forms_without_the_sessions_csrf_token_change_nothing() {
 
 #[tokio::test]
 async fn the_session_cookie_is_locked_down_and_never_holds_the_key() {
-    let app = spawn_app().await;
+    // Behind a trusted TLS proxy, which says https in X-Forwarded-Proto.
+    let app = behind_trusted_proxy().await;
     let acme = app.acme().await;
     let r = sign_in_raw(&app, &acme, false).await;
     let c = set_cookie(&r, "tb_console").unwrap();
@@ -333,7 +362,10 @@ async fn the_session_cookie_is_locked_down_and_never_holds_the_key() {
     assert_eq!(cookie_value(&c).len(), 64, "256 random bits");
     let r = sign_in_raw(&app, &acme, true).await;
     let c = set_cookie(&r, "tb_console").unwrap();
-    assert!(c.contains("; Secure"), "behind https: {c}");
+    assert!(
+        c.contains("; Secure"),
+        "behind https, as the proxy says: {c}"
+    );
 
     let console = sign_in(&app, &acme).await;
     let r = console
@@ -582,4 +614,191 @@ async fn a_dry_run_shows_what_the_policy_would_have_decided_last_week() {
         body.contains("<td><code>role_lowered</code></td><td>1</td><td>ann (1)</td>"),
         "{body}"
     );
+}
+
+/// D5: `Secure` is the operator's decision (a trusted proxy's report of
+/// https, or `console_secure_cookies`), never the client's. A client that
+/// talks to the broker directly and claims https gets no `Secure`; an
+/// operator whose TLS proxy sends no X-Forwarded-Proto forces it.
+#[tokio::test]
+async fn a_client_cannot_choose_the_secure_flag_and_the_operator_can_force_it() {
+    let app = spawn_app().await;
+    let acme = app.acme().await;
+    for forged in [
+        ("x-forwarded-proto", "https"),
+        ("forwarded", "for=203.0.113.7;proto=https"),
+    ] {
+        let r = sign_in_with(&app, &acme, &[forged]).await;
+        assert_eq!(r.status(), 303);
+        for name in ["tb_console", "tb_console_pre"] {
+            let c = set_cookie(&r, name).unwrap();
+            assert!(
+                !c.contains("Secure"),
+                "{forged:?} from an untrusted peer: {c}"
+            );
+        }
+    }
+
+    let forced = spawn_with(|s| s.console_secure_cookies = true).await;
+    let acme = forced.acme().await;
+    let r = sign_in_raw(&forced, &acme, false).await;
+    assert_eq!(r.status(), 303);
+    for name in ["tb_console", "tb_console_pre"] {
+        let c = set_cookie(&r, name).unwrap();
+        assert!(c.contains("; Secure"), "forced by the setting: {c}");
+    }
+}
+
+/// D1 (the rate limit): an auditor that reloads a console page in a loop
+/// spends its key's `api_key` tokens like API calls do, and is refused with
+/// 429 `rate_limited` and Retry-After once they are gone; the API and a new
+/// sign-in with that key share the same bucket.
+#[tokio::test]
+async fn console_pages_take_the_keys_api_key_rate_like_api_calls() {
+    let app = spawn_with(|s| {
+        s.rates.api_key = Rate {
+            per_second: 1,
+            burst: 3,
+        };
+    })
+    .await;
+    app.app_state.clock.freeze();
+    let acme = app.acme().await;
+    // Two tokens: the sign-in and the page `sign_in` loads after it.
+    let c = sign_in(&app, &acme).await;
+    assert_eq!(c.get("/console/overview").await.0, 200, "the third");
+    let r = c
+        .client
+        .get(app.url("/console/overview"))
+        .header("cookie", format!("tb_console={}", c.cookie))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("<code id=\"error-code\">rate_limited</code>"),
+        "{body}"
+    );
+    assert_eq!(c.get("/console/audit/1/proof").await.0, 429);
+    assert_eq!(
+        app.get("/v1/whoami", &acme).await.status(),
+        429,
+        "one bucket"
+    );
+    let r = sign_in_raw(&app, &acme, false).await;
+    assert_eq!(r.status(), 429, "a fresh sign-in takes a token too");
+    assert!(set_cookie(&r, "tb_console").is_none());
+    // Another key of the tenant has its own bucket, as in the API.
+    let other = app.create_key("acme", &["audit"]).await;
+    assert_eq!(app.get("/v1/whoami", &other).await.status(), 200);
+}
+
+/// A broker that signs checkpoints (so the overview checks the signed one and
+/// event pages offer proofs).
+async fn checkpointing_app() -> (TestApp, tempfile::TempDir) {
+    use token_broker::audit::checkpoint::SigningKey;
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("checkpoint.key");
+    SigningKey::generate(&key_path, "test-broker").unwrap();
+    let app = spawn_with(move |s| {
+        s.checkpoint_key_file = Some(key_path);
+        s.checkpoint_interval = std::time::Duration::from_secs(3600);
+        s.checkpoint_every_rows = u64::MAX;
+    })
+    .await;
+    (app, dir)
+}
+
+/// D3: a database fault (here a table dropped under the broker) is shown in
+/// the console as the API words it, never with the database's text, and the
+/// overview says the chain could not be checked, not that it is broken.
+#[tokio::test]
+async fn console_pages_show_no_database_text_and_no_false_tamper_alarm() {
+    let (app, _dir) = checkpointing_app().await;
+    let acme = app.acme().await;
+    moderator_grant(&app, &acme, API_KEY, "ann").await;
+    assert_eq!(app.get("/v1/audit/checkpoint", &acme).await.status(), 200);
+    let seq = app.audit(&acme, "kind=token_issued").await["items"][0]["seq"]
+        .as_i64()
+        .unwrap();
+    let c = sign_in(&app, &acme).await;
+    let (s, body) = c.get("/console/overview").await;
+    assert_eq!(s, 200);
+    assert!(
+        body.contains("matches the latest signed checkpoint"),
+        "{body}"
+    );
+
+    raw_sql(&app, "DROP TABLE audit_prunes").await;
+    let leaks = [
+        "database error",
+        "no such table",
+        "does not exist",
+        "relation",
+        "audit_prunes",
+        "sqlx",
+        "does NOT verify",
+    ];
+    let (s, body) = c.get("/console/overview").await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("could not be checked now"), "{body}");
+    assert!(body.contains("the database is unavailable"), "{body}");
+    for leak in leaks {
+        assert!(!body.contains(leak), "the overview shows {leak:?}: {body}");
+    }
+    let (s, body) = c.get(&format!("/console/audit/{seq}/proof")).await;
+    assert_eq!(s, 503, "{body}");
+    assert!(body.contains("store_unavailable"), "{body}");
+    for leak in leaks {
+        assert!(
+            !body.contains(leak),
+            "the proof page shows {leak:?}: {body}"
+        );
+    }
+}
+
+/// D4: console sign-ins and reads are audited under the client's address as
+/// the API records it: the forwarded client behind a trusted proxy (the
+/// rightmost untrusted hop), the TCP peer otherwise.
+#[tokio::test]
+async fn console_audit_rows_record_the_client_behind_a_trusted_proxy() {
+    let app = behind_trusted_proxy().await;
+    let acme = app.acme().await;
+    let r = sign_in_with(&app, &acme, &[("x-forwarded-for", "203.0.113.7")]).await;
+    assert_eq!(r.status(), 303);
+    let cookie = cookie_value(&set_cookie(&r, "tb_console").unwrap());
+    // A read from another client, which forged a hop on the left.
+    let r = no_redirects()
+        .get(app.url("/console/moderators"))
+        .header("cookie", format!("tb_console={cookie}"))
+        .header("x-forwarded-for", "6.6.6.6, 198.51.100.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = app.audit(&acme, "kind=console_sign_in").await;
+    assert_eq!(v["items"][0]["client_addr"], "203.0.113.7", "{v}");
+    let v = app.audit(&acme, "kind=audit_read").await;
+    let read = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["detail"].as_str().unwrap_or("").contains("moderators"))
+        .unwrap_or_else(|| panic!("no console read row: {v}"));
+    assert_eq!(read["client_addr"], "198.51.100.9", "{read}");
+
+    // Without trusted proxies the header is the client's own claim: ignored.
+    let plain = spawn_app().await;
+    let acme = plain.acme().await;
+    let r = sign_in_with(&plain, &acme, &[("x-forwarded-for", "203.0.113.7")]).await;
+    assert_eq!(r.status(), 303);
+    let v = plain.audit(&acme, "kind=console_sign_in").await;
+    assert_eq!(v["items"][0]["client_addr"], "127.0.0.1", "{v}");
 }
