@@ -207,6 +207,9 @@ pub struct AppState {
     pub secrets: SecretResolver,
     /// Opens stored credentials; `None` when no master key is configured.
     pub keyring: Option<Keyring>,
+    /// Bounds the audit work that reads a tenant's whole history (proofs,
+    /// the console's chain check).
+    pub heavy: crate::audit::heavy::Heavy,
     tenants: RwLock<HashMap<String, Arc<TenantRuntime>>>,
     /// Tenants whose stored policy failed to load (kept for `/readyz`).
     broken: RwLock<HashMap<String, String>>,
@@ -244,6 +247,7 @@ impl AppState {
         AppState {
             secrets: SecretResolver::new(settings.secrets_dir.clone(), SECRET_READ_BOUND),
             keyring,
+            heavy: Default::default(),
             limits: Limits::new(settings.rates, clock.clone()),
             metrics: Metrics::new(&audit.health.metrics, settings.metrics_tenant_labels),
             clock,

@@ -20,7 +20,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 /// How long a job may wait for its turn behind other tenants' jobs.
@@ -39,82 +39,112 @@ pub enum HeavyError {
     Failed,
 }
 
-static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
-static TENANTS: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
-
-/// The runtime of the thread these jobs run on (started on first use).
-static RUNTIME: LazyLock<tokio::runtime::Handle> = LazyLock::new(|| {
+/// The runtime of the thread these jobs run on (started on first use; None
+/// if the OS would not start it, and then every job fails).
+static RUNTIME: LazyLock<Option<tokio::runtime::Handle>> = LazyLock::new(|| {
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
+    let started = std::thread::Builder::new()
         .name("audit-heavy".into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .expect("the audit-heavy runtime starts");
-            let _ = tx.send(rt.handle().clone());
-            rt.block_on(std::future::pending::<()>());
-        })
-        .expect("the audit-heavy thread starts");
-    rx.recv().expect("the audit-heavy runtime's handle")
+            {
+                Ok(rt) => {
+                    let _ = tx.send(Some(rt.handle().clone()));
+                    rt.block_on(std::future::pending::<()>());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the audit-heavy runtime");
+                    let _ = tx.send(None);
+                }
+            }
+        });
+    match started {
+        Ok(_) => rx.recv().ok().flatten(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the audit-heavy thread");
+            None
+        }
+    }
 });
 
-/// The tenant's place: held while its job waits or runs, released on drop.
-struct TenantSlot(String);
+/// The gate of one broker (`AppState::heavy`): its one job at a time, and
+/// the tenants with a job waiting or running.
+#[derive(Debug, Clone)]
+pub struct Heavy {
+    one_at_a_time: Arc<tokio::sync::Semaphore>,
+    tenants: Arc<Mutex<HashSet<String>>>,
+}
 
-impl TenantSlot {
-    fn take(tenant: &str) -> Option<TenantSlot> {
-        let mut t = TENANTS.lock().unwrap_or_else(|e| e.into_inner());
-        t.insert(tenant.to_owned())
-            .then(|| TenantSlot(tenant.to_owned()))
+impl Default for Heavy {
+    fn default() -> Heavy {
+        Heavy {
+            one_at_a_time: Arc::new(tokio::sync::Semaphore::new(1)),
+            tenants: Arc::default(),
+        }
     }
 }
+
+/// The tenant's place: held while its job waits or runs, released on drop.
+struct TenantSlot(Arc<Mutex<HashSet<String>>>, String);
 
 impl Drop for TenantSlot {
     fn drop(&mut self) {
-        TENANTS
+        self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.0);
+            .remove(&self.1);
     }
 }
 
-/// Runs `job` for `tenant` under the rules above.
-pub async fn run<T, F>(tenant: &str, job: F) -> Result<T, HeavyError>
-where
-    F: Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    run_bounded(tenant, QUEUE_WAIT, TIME_LIMIT, job).await
-}
+impl Heavy {
+    fn take(&self, tenant: &str) -> Option<TenantSlot> {
+        let mut t = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        t.insert(tenant.to_owned())
+            .then(|| TenantSlot(Arc::clone(&self.tenants), tenant.to_owned()))
+    }
 
-/// `run` with its bounds given (tests use short ones).
-pub async fn run_bounded<T, F>(
-    tenant: &str,
-    queue_wait: Duration,
-    time_limit: Duration,
-    job: F,
-) -> Result<T, HeavyError>
-where
-    F: Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let slot = TenantSlot::take(tenant).ok_or(HeavyError::Busy)?;
-    let permit = tokio::time::timeout(queue_wait, ONE_AT_A_TIME.acquire())
-        .await
-        .map_err(|_| HeavyError::Busy)?
-        .map_err(|_| HeavyError::Failed)?;
-    // The job bounds itself, so it ends in time even when its request is
-    // gone; the slot and the permit live exactly as long as it does.
-    let task = RUNTIME.spawn(async move {
-        let out = tokio::time::timeout(time_limit, job).await;
-        drop((permit, slot));
-        out
-    });
-    match task.await {
-        Ok(Ok(out)) => Ok(out),
-        Ok(Err(_elapsed)) => Err(HeavyError::TimedOut),
-        Err(_) => Err(HeavyError::Failed),
+    /// Runs `job` for `tenant` under the rules above.
+    pub async fn run<T, F>(&self, tenant: &str, job: F) -> Result<T, HeavyError>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run_bounded(tenant, QUEUE_WAIT, TIME_LIMIT, job).await
+    }
+
+    /// `run` with its bounds given (tests use short ones).
+    pub async fn run_bounded<T, F>(
+        &self,
+        tenant: &str,
+        queue_wait: Duration,
+        time_limit: Duration,
+        job: F,
+    ) -> Result<T, HeavyError>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let slot = self.take(tenant).ok_or(HeavyError::Busy)?;
+        let permit =
+            tokio::time::timeout(queue_wait, Arc::clone(&self.one_at_a_time).acquire_owned())
+                .await
+                .map_err(|_| HeavyError::Busy)?
+                .map_err(|_| HeavyError::Failed)?;
+        // The job bounds itself, so it ends in time even when its request is
+        // gone; the slot and the permit live exactly as long as it does.
+        let runtime = RUNTIME.as_ref().ok_or(HeavyError::Failed)?;
+        let task = runtime.spawn(async move {
+            let out = tokio::time::timeout(time_limit, job).await;
+            drop((permit, slot));
+            out
+        });
+        match task.await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(_elapsed)) => Err(HeavyError::TimedOut),
+            Err(_) => Err(HeavyError::Failed),
+        }
     }
 }
 
@@ -124,20 +154,26 @@ mod tests {
 
     #[tokio::test]
     async fn one_job_per_tenant_one_in_the_process_and_a_time_bound() {
+        let h = Heavy::default();
         let (release, hold) = tokio::sync::oneshot::channel::<()>();
-        let first = tokio::spawn(run("heavy-a", async move {
-            let _ = hold.await;
-            std::thread::current().name().map(str::to_owned)
-        }));
+        let h2 = h.clone();
+        let first = tokio::spawn(async move {
+            h2.run("heavy-a", async move {
+                let _ = hold.await;
+                std::thread::current().name().map(str::to_owned)
+            })
+            .await
+        });
         tokio::time::sleep(Duration::from_millis(50)).await;
         // The same tenant again: refused at once, not queued.
-        let again = run("heavy-a", async { 1 }).await;
+        let again = h.run("heavy-a", async { 1 }).await;
         assert_eq!(again, Err(HeavyError::Busy));
         // Another tenant waits its turn, and gives up after its wait.
-        let other = run_bounded("heavy-b", Duration::from_millis(50), TIME_LIMIT, async {
-            2
-        })
-        .await;
+        let other = h
+            .run_bounded("heavy-b", Duration::from_millis(50), TIME_LIMIT, async {
+                2
+            })
+            .await;
         assert_eq!(other, Err(HeavyError::Busy));
         release.send(()).unwrap();
         let thread = first.await.unwrap().unwrap();
@@ -147,18 +183,19 @@ mod tests {
             "off the caller's thread"
         );
         // Both places are free again.
-        assert_eq!(run("heavy-a", async { 3 }).await, Ok(3));
-        assert_eq!(run("heavy-b", async { 4 }).await, Ok(4));
+        assert_eq!(h.run("heavy-a", async { 3 }).await, Ok(3));
+        assert_eq!(h.run("heavy-b", async { 4 }).await, Ok(4));
 
         // A job past its time bound is cancelled, and frees its places.
-        let slow = run_bounded(
-            "heavy-a",
-            QUEUE_WAIT,
-            Duration::from_millis(50),
-            std::future::pending::<()>(),
-        )
-        .await;
+        let slow = h
+            .run_bounded(
+                "heavy-a",
+                QUEUE_WAIT,
+                Duration::from_millis(50),
+                std::future::pending::<()>(),
+            )
+            .await;
         assert_eq!(slow, Err(HeavyError::TimedOut));
-        assert_eq!(run("heavy-a", async { 5 }).await, Ok(5));
+        assert_eq!(h.run("heavy-a", async { 5 }).await, Ok(5));
     }
 }

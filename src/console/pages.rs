@@ -372,15 +372,12 @@ pub async fn sign_out(
 /// signed for it: `Ok(Some(size))` when it matches, `Ok(None)` when there is
 /// none yet (or no signing key), `Err` with what the page says otherwise.
 async fn signed_state(
-    state: &AppState,
-    req: &HttpRequest,
+    store: &crate::store::Store,
+    cpr: Option<&crate::audit::checkpoint::Checkpointer>,
     tenant: &str,
 ) -> Result<Option<u64>, views::Chain> {
-    use crate::audit::checkpoint::{Checkpoints, verify_tenant_signed};
-    let Some(c) = req
-        .app_data::<web::Data<Checkpoints>>()
-        .and_then(|c| c.0.clone())
-    else {
+    use crate::audit::checkpoint::verify_tenant_signed;
+    let Some(c) = cpr else {
         return Ok(None);
     };
     let Some(note) = c.latest(tenant).await else {
@@ -390,8 +387,35 @@ async fn signed_state(
     let cp = key
         .open_checkpoint(&note)
         .map_err(|e| views::Chain::Broken(e.to_string()))?;
-    let checked = verify_tenant_signed(&state.store, tenant, std::slice::from_ref(&cp), &key).await;
+    let checked = verify_tenant_signed(store, tenant, std::slice::from_ref(&cp), &key).await;
     signed_view(checked, cp.size)
+}
+
+/// The overview's chain check: the whole chain re-hashed, then the latest
+/// signed checkpoint. It reads the tenant's whole history, so it runs as an
+/// `audit::heavy` job (one per tenant and per process, off the workers).
+async fn chain_check(
+    store: crate::store::Store,
+    cpr: Option<std::sync::Arc<crate::audit::checkpoint::Checkpointer>>,
+    tenant: String,
+) -> views::Chain {
+    match crate::audit::verify::verify_tenant(&store, &tenant, None).await {
+        Ok(v) if v.ok => match signed_state(&store, cpr.as_deref(), &tenant).await {
+            Ok(signed) => views::Chain::Verified {
+                rows: v.rows,
+                head_seq: v.head_seq,
+                hash: v.head_hash.get(..16).unwrap_or(&v.head_hash).to_owned(),
+                signed,
+            },
+            Err(chain) => chain,
+        },
+        Ok(v) => views::Chain::Broken(
+            v.fault
+                .map(|f| format!("{} at seq {}: {}", f.problem, f.seq, f.message))
+                .unwrap_or_default(),
+        ),
+        Err(e) => not_checked(e),
+    }
 }
 
 /// The signed check's result as the overview shows it. A fault is a broken
@@ -447,22 +471,13 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
         .sum();
     let (issued, refused) = days.iter().fold((0, 0), |a, d| (a.0 + d.1, a.1 + d.2));
     let by_code = refusal_codes(&state, &s, week).await?;
-    let chain = match crate::audit::verify::verify_tenant(&state.store, &s.tenant, None).await {
-        Ok(v) if v.ok => match signed_state(&state, &req, &s.tenant).await {
-            Ok(signed) => views::Chain::Verified {
-                rows: v.rows,
-                head_seq: v.head_seq,
-                hash: v.head_hash.get(..16).unwrap_or(&v.head_hash).to_owned(),
-                signed,
-            },
-            Err(chain) => chain,
-        },
-        Ok(v) => views::Chain::Broken(
-            v.fault
-                .map(|f| format!("{} at seq {}: {}", f.problem, f.seq, f.message))
-                .unwrap_or_default(),
-        ),
-        Err(e) => not_checked(e),
+    let cpr = req
+        .app_data::<web::Data<crate::audit::checkpoint::Checkpoints>>()
+        .and_then(|c| c.0.clone());
+    let job = chain_check(state.store.clone(), cpr, s.tenant.clone());
+    let chain = match state.heavy.run(&s.tenant, job).await {
+        Ok(chain) => chain,
+        Err(e) => views::Chain::NotRun(crate::routes::audit::heavy_error(e).body.message),
     };
     let body = views::Overview {
         issued,
@@ -889,8 +904,13 @@ pub async fn audit_event_proof(
     .await?;
     // The API's answer to a proof that cannot be given: a database error
     // reads "the database is unavailable", never the database's own text.
-    let proof = prove_inclusion(&state.store, &c, &s.tenant, &row.audit_id)
+    let (store, tenant, id) = (state.store.clone(), s.tenant.clone(), row.audit_id.clone());
+    let job = async move { prove_inclusion(&store, &c, &tenant, &id).await };
+    let proof = state
+        .heavy
+        .run(&s.tenant, job)
         .await
+        .map_err(|e| api_error(&s, crate::routes::audit::heavy_error(e)))?
         .map_err(|e| api_error(&s, crate::routes::audit::prove_error(&s.tenant, e)))?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")

@@ -5,7 +5,7 @@
 //! recorded (`audit_read`, with its filters) before it is answered.
 
 use crate::audit::checkpoint::{Checkpoints, ProveError, TreeError};
-use crate::audit::heavy::{self, HeavyError};
+use crate::audit::heavy::HeavyError;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -270,12 +270,14 @@ pub async fn proof(
             ));
         };
         let (store, tenant) = (state.store.clone(), p.tenant.clone());
-        let proof = heavy::run(&p.tenant, async move {
-            crate::audit::checkpoint::prove_consistency(&store, &c, &tenant, from, to).await
-        })
-        .await
-        .map_err(heavy_error)?
-        .map_err(prove_err)?;
+        let proof = state
+            .heavy
+            .run(&p.tenant, async move {
+                crate::audit::checkpoint::prove_consistency(&store, &c, &tenant, from, to).await
+            })
+            .await
+            .map_err(heavy_error)?
+            .map_err(prove_err)?;
         return Ok(HttpResponse::Ok().json(proof));
     }
     let id = match q.audit_id {
@@ -295,12 +297,14 @@ pub async fn proof(
         })?,
     };
     let (store, tenant) = (state.store.clone(), p.tenant.clone());
-    let proof = heavy::run(&p.tenant, async move {
-        crate::audit::checkpoint::prove_inclusion(&store, &c, &tenant, &id).await
-    })
-    .await
-    .map_err(heavy_error)?
-    .map_err(prove_err)?;
+    let proof = state
+        .heavy
+        .run(&p.tenant, async move {
+            crate::audit::checkpoint::prove_inclusion(&store, &c, &tenant, &id).await
+        })
+        .await
+        .map_err(heavy_error)?
+        .map_err(prove_err)?;
     Ok(HttpResponse::Ok().json(proof))
 }
 

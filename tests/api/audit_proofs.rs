@@ -934,3 +934,60 @@ async fn after_a_restart_the_broker_does_not_sign_a_history_rewritten_while_it_w
         "nothing was signed over the forged history"
     );
 }
+
+#[tokio::test]
+async fn proofs_run_one_at_a_time_per_tenant_and_never_hold_up_issuance() {
+    // A hostile auditor asks for proofs (each reads the tenant's whole
+    // history) in parallel loops. Here one of acme's is held running.
+    let s = signed_app().await;
+    let issued = issue_n(&s.app, &s.acme, 3).await;
+    let id = issued[2]["audit_id"].as_str().unwrap().to_owned();
+    checkpoint(&s.app, &s.acme).await;
+    s.app.create_tenant("globex").await;
+    let globex = s.app.create_key("globex", &["audit"]).await;
+    let theirs = s.app.audit(&globex, "limit=1").await;
+    let theirs = theirs["items"][0]["audit_id"].as_str().unwrap().to_owned();
+    checkpoint(&s.app, &globex).await;
+
+    let (release, hold) = tokio::sync::oneshot::channel::<()>();
+    let heavy = s.app.app_state.heavy.clone();
+    let running = tokio::spawn(async move {
+        heavy
+            .run("acme", async move {
+                let _ = hold.await;
+            })
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    // acme's next proofs are refused at once, not queued behind it.
+    for q in [format!("audit_id={id}"), "from=1&to=2".to_owned()] {
+        let r = s.app.get(&format!("/v1/audit/proof?{q}"), &s.acme).await;
+        assert_eq!(r.status(), 429, "{q}");
+        assert!(r.headers().get("retry-after").is_some());
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "audit_busy", "{body}");
+    }
+    // Issuance goes on meanwhile.
+    issue_n(&s.app, &s.acme, 2).await;
+    // Another tenant's proof waits its turn, then gets its answer.
+    let (app, key) = (s.app.client.clone(), globex.clone());
+    let url = s.app.url(&format!("/v1/audit/proof?audit_id={theirs}"));
+    let waiting = tokio::spawn(async move { app.get(url).bearer_auth(key).send().await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "globex's proof waits for the running one"
+    );
+    release.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let r = waiting.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    verify_proof(&r.text().await.unwrap(), &s.key).unwrap();
+    // And acme's place is free again.
+    let r = s
+        .app
+        .get(&format!("/v1/audit/proof?audit_id={id}"), &s.acme)
+        .await;
+    assert_eq!(r.status(), 200);
+}
