@@ -485,8 +485,8 @@ pub struct TenantTree {
     pub leaves: Vec<Hash>,
     /// The streaming tree of every row.
     pub range: CompactRange,
-    /// `audit_id` -> leaf index of the rows still present (with `keep`).
-    pub ids: HashMap<String, u64>,
+    /// The leaf index of the row `load` was asked to find, when present.
+    pub found: Option<u64>,
 }
 
 impl TenantTree {
@@ -502,17 +502,22 @@ impl TenantTree {
 pub const FRONTIER_FIELD: &str = "merkle_frontier";
 
 /// Reads a tenant's rows in order and builds its tree (32 bytes a row in
-/// memory). With `keep`, also indexes the rows' audit ids for proofs.
+/// memory). With `find`, also notes the leaf index of that audit id (for a
+/// proof), without keeping any other row's id.
 /// A history that starts at a prune point must contain the `audit_pruned` row
 /// that records that point (same `through_seq` and `through_hash`) with its
 /// frontier; otherwise the prune was not recorded and the tree is refused.
-pub async fn load(store: &Store, tenant: &str, keep: bool) -> Result<TenantTree, TreeError> {
+pub async fn load(
+    store: &Store,
+    tenant: &str,
+    find: Option<&str>,
+) -> Result<TenantTree, TreeError> {
     let start = store.last_prune(tenant).await?;
     let (k, k_hash) = start
         .map(|p| (p.through_seq, p.through_hash))
         .unwrap_or((0, String::new()));
     let mut leaves = Vec::new();
-    let mut ids = HashMap::new();
+    let mut found = None;
     let mut frontier: Option<Vec<Hash>> = if k == 0 { Some(Vec::new()) } else { None };
     let mut prune_note = None;
     let mut fault: Option<TreeError> = None;
@@ -538,8 +543,8 @@ pub async fn load(store: &Store, tenant: &str, keep: bool) -> Result<TenantTree,
                 frontier = Some(f);
                 prune_note = n;
             }
-            if keep {
-                ids.insert(row.audit_id, (row.seq - 1) as u64);
+            if find == Some(row.audit_id.as_str()) {
+                found = Some((row.seq - 1) as u64);
             }
             leaves.push(leaf);
             true
@@ -560,7 +565,7 @@ pub async fn load(store: &Store, tenant: &str, keep: bool) -> Result<TenantTree,
         prune_note,
         leaves,
         range,
-        ids,
+        found,
     })
 }
 
@@ -728,7 +733,7 @@ impl Checkpointer {
             .clone();
         let mut slot = slot.lock().await;
         if slot.is_none() {
-            let t = load(store, tenant, false).await?;
+            let t = load(store, tenant, None).await?;
             // After a restart, the history must still be the one this broker
             // signed before: a rewrite made while it was down is not signed.
             let latest = match self.written(tenant).await {
@@ -907,7 +912,7 @@ pub async fn verify_tenant_signed(
     let Some(largest) = checkpoints.iter().map(|c| c.size).max() else {
         return Ok(None);
     };
-    let t = match load(store, tenant, false).await {
+    let t = match load(store, tenant, None).await {
         Ok(t) => t,
         Err(e) => return load_fault(e, largest).map(Some),
     };
@@ -1108,8 +1113,8 @@ pub async fn prove_inclusion(
     tenant: &str,
     audit_id: &str,
 ) -> Result<InclusionProof, ProveError> {
-    let t = load(store, tenant, true).await?;
-    let &m = t.ids.get(audit_id).ok_or(ProveError::NoSuchRow)?;
+    let t = load(store, tenant, Some(audit_id)).await?;
+    let m = t.found.ok_or(ProveError::NoSuchRow)?;
     let note = cpr
         .refresh(store, tenant, 1)
         .await?
@@ -1176,7 +1181,7 @@ pub async fn prove_consistency(
 ) -> Result<ConsistencyProof, ProveError> {
     let key = &cpr.key;
     let note = cpr.refresh(store, tenant, 1).await?;
-    let t = load(store, tenant, false).await?;
+    let t = load(store, tenant, None).await?;
     let tree = t.tree();
     let signed = match note {
         Some(n) => key

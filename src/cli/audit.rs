@@ -288,7 +288,7 @@ pub async fn prune_tenant(
     now: i64,
     key: Option<&SigningKey>,
 ) -> Result<Option<crate::store::PruneRow>, Failure> {
-    let tree = checkpoint::load(store, tenant, false).await.ok();
+    let tree = checkpoint::load(store, tenant, None).await.ok();
     let Some(p) = store.prune_audit(tenant, before_ms, now).await? else {
         return Ok(None);
     };

@@ -701,7 +701,7 @@ async fn a_prune_forged_with_the_true_frontier_but_without_the_key_is_caught() {
     issue_n(&s.app, &s.acme, 4).await;
     let notes = s.take().await;
     let all = rows(&s.app, "acme").await;
-    let tree = token_broker::audit::checkpoint::load(&s.app.store, "acme", false)
+    let tree = token_broker::audit::checkpoint::load(&s.app.store, "acme", None)
         .await
         .unwrap();
     let k = 4u64;
@@ -827,7 +827,7 @@ async fn an_ordinary_checkpoint_cannot_stand_in_for_a_prune_note() {
     issue_n(&s.app, &s.acme, 2).await;
     let notes = s.take().await;
     let all = rows(&s.app, "acme").await;
-    let tree = token_broker::audit::checkpoint::load(&s.app.store, "acme", false)
+    let tree = token_broker::audit::checkpoint::load(&s.app.store, "acme", None)
         .await
         .unwrap();
     let frontier = token_broker::audit::checkpoint::frontier_at(&tree, k).unwrap();
