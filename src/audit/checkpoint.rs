@@ -1251,13 +1251,20 @@ pub fn verify_proof(json: &str, key: &VerifierKey) -> Result<String, String> {
         if !merkle::verify_inclusion(p.leaf_index, p.tree_size, &leaf, &hashes, &root) {
             return Err("the audit path does not lead to the signed root".into());
         }
+        // The proof covers the leaf, not the `audit_id` label beside it: only
+        // the row itself, re-hashed to `row_hash`, shows which row that is.
+        let named = match (&p.audit_id, &p.row_hash) {
+            (Some(id), Some(rh)) => format!(
+                " (the proof names audit id {id}; that row is this leaf if it re-hashes to {rh})"
+            ),
+            (Some(id), None) => {
+                format!(" (the proof names audit id {id}, which it does not prove)")
+            }
+            _ => String::new(),
+        };
         Ok(format!(
-            "row {} is leaf {} of {}'s history of {} rows, signed by {}",
-            p.audit_id.as_deref().unwrap_or("?"),
-            p.leaf_index,
-            cp.origin,
-            cp.size,
-            key.name
+            "leaf {} of {}'s history of {} rows is {}, signed by {}{named}",
+            p.leaf_index, cp.origin, cp.size, p.leaf_hash, key.name
         ))
     } else {
         let p: ConsistencyProof =

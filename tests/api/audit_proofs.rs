@@ -616,6 +616,13 @@ async fn the_command_line_prints_keys_checkpoints_and_proofs_and_checks_them() {
         pk.trim(),
     ]);
     assert!(ok.starts_with("ok:"), "{ok}");
+    // A genuine proof relabelled with another row's id: the check passes (the
+    // leaf is genuine) but does not vouch for the label.
+    let mut relabelled: Value = serde_json::from_str(&proof).unwrap();
+    relabelled["audit_id"] = json!("the-row-mallory-means");
+    let said = verify_proof(&relabelled.to_string(), &s.key).unwrap();
+    assert!(!said.starts_with("row the-row-mallory-means"), "{said}");
+    assert!(said.contains("if it re-hashes to"), "{said}");
     let mut forged: Value = serde_json::from_str(&proof).unwrap();
     forged["leaf_index"] = json!(0);
     std::fs::write(&pf, forged.to_string()).unwrap();
