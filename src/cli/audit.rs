@@ -3,6 +3,7 @@
 
 use clap::Subcommand;
 use serde_json::json;
+use std::io::Write as _;
 
 use super::output::{CmdResult, Failure, fmt_ms, out, out_json, store_for};
 use crate::audit::AuditRow;
@@ -174,11 +175,15 @@ fn signed_checkpoints(file: Option<&str>, key: Option<&str>) -> Result<Signed, F
 /// Adds the signed-checkpoint check to a tenant's chain result: the chain
 /// verifier names a row whose content does not match its hash; this catches
 /// what a rewrite with recomputed hashes leaves consistent.
+/// A tenant asked for by name (`named`) with no checkpoint among `signed`
+/// fails: nothing signed vouches for its history, and a chain alone can be
+/// recomputed by whoever can write the database.
 pub async fn apply_signed(
     store: &Store,
     r: &mut TenantVerify,
     signed: &[(String, checkpoint::Checkpoint)],
     key: Option<&VerifierKey>,
+    named: bool,
 ) -> Result<(), Failure> {
     let Some(key) = key else { return Ok(()) };
     let mine: Vec<checkpoint::Checkpoint> = signed
@@ -186,6 +191,16 @@ pub async fn apply_signed(
         .filter(|(t, _)| *t == r.tenant)
         .map(|(_, c)| c.clone())
         .collect();
+    if r.fault.is_none() && mine.is_empty() && named {
+        r.ok = false;
+        r.fault = Some(ChainFault {
+            audit_id: String::new(),
+            seq: 0,
+            problem: "no_checkpoint",
+            message: "the checkpoints hold none of this tenant: its chain verifies, but nothing signed vouches for it".into(),
+        });
+        return Ok(());
+    }
     if r.fault.is_some() || mine.is_empty() {
         return Ok(());
     }
@@ -244,7 +259,7 @@ pub async fn verify_signed(
     let mut out = Vec::new();
     for t in &tenants {
         let mut r = verify_tenant(store, t, None).await?;
-        apply_signed(store, &mut r, &signed, Some(key)).await?;
+        apply_signed(store, &mut r, &signed, Some(key), tenant.is_some()).await?;
         out.push(r);
     }
     Ok(out)
@@ -552,13 +567,27 @@ async fn verify(
         Some(c) => parse_checkpoints(c)?,
         None => Vec::new(),
     };
+    let named = tenant.is_some();
     let tenants = verify_tenants(store, tenant, &cps, &signed).await?;
     let mut results = Vec::new();
     for t in &tenants {
         let cp = cps.iter().find(|c| &c.tenant == t);
         let mut r = verify_tenant(store, t, cp).await?;
-        apply_signed(store, &mut r, &signed, vkey.as_ref()).await?;
+        apply_signed(store, &mut r, &signed, vkey.as_ref(), named).await?;
         results.push(r);
+    }
+    let unsigned: Vec<&str> = tenants
+        .iter()
+        .filter(|t| vkey.is_some() && !signed.iter().any(|(s, _)| s == *t))
+        .map(String::as_str)
+        .collect();
+    if !named && !unsigned.is_empty() {
+        let mut e = std::io::stderr().lock();
+        let _ = writeln!(
+            e,
+            "note: the checkpoints hold none of {}: their chains were checked alone",
+            unsigned.join(", ")
+        );
     }
     let ok = results.iter().all(|r| r.ok);
     let rows: u64 = results.iter().map(|r| r.rows).sum();

@@ -998,3 +998,19 @@ async fn proofs_run_one_at_a_time_per_tenant_and_never_hold_up_issuance() {
         .await;
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn verifying_a_named_tenant_against_checkpoints_that_hold_none_of_it_fails() {
+    // The file holds only another tenant's checkpoints: acme's chain alone
+    // verifies (a forger can recompute it), so "ok" would vouch for nothing.
+    let s = signed_app().await;
+    issue_n(&s.app, &s.acme, 2).await;
+    s.app.create_tenant("globex").await;
+    let globex = s.app.create_key("globex", &["audit"]).await;
+    let theirs = checkpoint(&s.app, &globex).await;
+    let (problem, message) = s.verify(&theirs).await.expect("not ok");
+    assert_eq!(problem, "no_checkpoint", "{message}");
+    // With acme's own checkpoint in the file, it verifies.
+    let both = format!("{theirs}{}", checkpoint(&s.app, &s.acme).await);
+    assert_eq!(s.verify(&both).await, None);
+}
