@@ -243,17 +243,9 @@ pub async fn sign_in(
     if let Err(e) = crate::routes::extractors::refuse_if_over_failed_auth_limit(&state, &req) {
         return sign_in_page(e.status, Some((e.body.code, &e.body.message)), secure);
     }
-    let p = match state.auth.authenticate(form.key.trim()).await {
+    let p = match crate::routes::extractors::authenticate_key(&state, &req, form.key.trim()).await {
         Ok(p) => p,
-        Err(e) => {
-            let e = crate::routes::extractors::failed_auth(
-                &state,
-                &req,
-                crate::routes::extractors::auth_error(e),
-            )
-            .await;
-            return sign_in_page(e.status, Some((e.body.code, &e.body.message)), secure);
-        }
+        Err(e) => return sign_in_page(e.status, Some((e.body.code, &e.body.message)), secure),
     };
     if !scope::Audit::allows(p.scopes) {
         return sign_in_page(
