@@ -398,6 +398,13 @@ impl Authenticator {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Drops every cached key (the change feed may have missed revocations),
+    /// and makes sure no verification in flight puts one back.
+    pub fn forget_all(&self) {
+        self.forgets.fetch_add(1, SeqCst);
+        self.cache.clear();
+    }
+
     /// Drops a key from the cache (after revocation), and makes sure a
     /// verification in flight does not put it back.
     pub fn forget(&self, key_id: &str) {

@@ -590,3 +590,32 @@ async fn a_concurrent_wave_of_guesses_from_one_address_runs_at_most_the_in_fligh
         .unwrap_or_else(|| panic!("no auth_in_flight count in /metrics:\n{m}"));
     assert!(counted >= (2 * (WAVE - bound)) as f64, "{counted}");
 }
+
+/// Review D4: every instance prunes feed rows older than 10 minutes, however
+/// far behind the others are, and a key cache hit never asks the database.
+/// An instance cut off from the feed for longer came back, read nothing of
+/// what had been pruned, and kept accepting a key revoked meanwhile for as
+/// long as it stayed cached. Now an instance that has not read the feed for
+/// over a minute drops what its caches hold.
+#[tokio::test]
+async fn a_key_revoked_while_an_instance_was_cut_off_from_the_feed_stops_working_there() {
+    let a = spawn_app().await;
+    let key = a.acme().await;
+    let b = a.spawn_second().await;
+    assert_eq!(b.get("/v1/whoami", &key).await.status(), 200, "cached on B");
+    b.app_state.clock.freeze();
+    // Revoked while B could not read the feed, and the change row pruned
+    // (by A, ten minutes later) before B could: B will never read it.
+    raw_sql(&a, "UPDATE api_keys SET revoked_at_ms = 1").await;
+    assert_eq!(
+        a.get("/v1/whoami", &key).await.status(),
+        401,
+        "A reads the row"
+    );
+    // B's last read of the feed is now eleven minutes old.
+    b.app_state.clock.advance(Duration::from_secs(11 * 60));
+    eventually(5, "B stops accepting the revoked key", || async {
+        b.get("/v1/whoami", &key).await.status() == 401
+    })
+    .await;
+}
