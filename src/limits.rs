@@ -14,7 +14,10 @@
 //!
 //! `failed_auth_ip` is consulted (without taking a token) before any credential is looked
 //! at, so an address over it gets 429 without an argon2 verification, even for a correct
-//! key; each failure then takes a token. A tenant's `api_key` rate applies on every route
+//! key; each failure then takes a token. As the token is taken only once a check has
+//! finished, an address also has at most `MAX_AUTH_IN_FLIGHT` credential checks (an API key
+//! not in the cache, a login token) in flight at once: one more is refused at once with 429
+//! (`auth_in_flight` in `/metrics`), so a concurrent wave cannot all pass the peek. A tenant's `api_key` rate applies on every route
 //! its keys call. Tenants' buckets live here, outside the compiled policy, and survive
 //! policy applies: a new version changes the rates in place.
 
@@ -26,6 +29,10 @@ use std::time::Duration;
 use crate::clock::Clock;
 
 pub use crate::domain::{Rate, Rates};
+
+/// Most credential checks (an API key's argon2, a login token's signature
+/// checks) one client address may have in flight at once.
+pub const MAX_AUTH_IN_FLIGHT: u32 = 4;
 
 const SHARDS: usize = 16;
 
@@ -149,6 +156,94 @@ impl Limiter {
     }
 }
 
+/// Credential checks in flight per client address, at most `limit` each.
+///
+/// `failed_auth_ip` charges a failure only once its check has finished, so on
+/// its own it lets a whole concurrent wave through before the first failure
+/// counts. A check holds a [`Slot`] from before any work until its failure is
+/// charged; an address with `limit` slots taken is refused at once.
+pub struct InFlight {
+    limit: u32,
+    shards: [Mutex<HashMap<String, u32>>; SHARDS],
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("limit", &self.limit)
+            .field("addresses", &self.len())
+            .finish()
+    }
+}
+
+/// One credential check of an address in flight; given back on drop, so
+/// every exit (success, refusal, error, a dropped request) releases it.
+#[must_use = "the slot is given back when dropped"]
+#[derive(Debug)]
+pub struct Slot<'a> {
+    owner: &'a InFlight,
+    key: String,
+}
+
+impl InFlight {
+    pub fn new(limit: u32) -> InFlight {
+        InFlight {
+            limit: limit.max(1),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.shards[shard_of(key)]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for `key`, or `None` when `key` already has `limit` in flight.
+    pub fn try_enter(&self, key: &str) -> Option<Slot<'_>> {
+        let mut m = self.shard(key);
+        let n = m.entry(key.to_owned()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            owner: self,
+            key: key.to_owned(),
+        })
+    }
+
+    /// Checks `key` has in flight now.
+    pub fn in_flight(&self, key: &str) -> u32 {
+        self.shard(key).get(key).copied().unwrap_or(0)
+    }
+
+    /// Addresses with a check in flight (an idle address takes no memory).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut m = self.owner.shard(&self.key);
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// The limits a tenant's policy may override (`[rate_limits]`).
 #[derive(Debug)]
 pub struct LimitSet {
@@ -189,6 +284,8 @@ impl LimitSet {
 pub struct Limits {
     pub rates: Rates,
     pub failed_auth_ip: Limiter,
+    /// Credential checks in flight per client address.
+    pub auth_in_flight: InFlight,
     clock: Clock,
     global: Arc<LimitSet>,
     tenants: RwLock<HashMap<String, Arc<LimitSet>>>,
@@ -200,6 +297,7 @@ impl Limits {
         Limits {
             rates,
             failed_auth_ip: Limiter::with_clock(rates.failed_auth_ip, clock.clone()),
+            auth_in_flight: InFlight::new(MAX_AUTH_IN_FLIGHT),
             global: Arc::new(LimitSet::new(&rates, &clock)),
             tenants: RwLock::new(HashMap::new()),
             clock,
@@ -272,6 +370,22 @@ mod tests {
         t.advance(Duration::from_millis(200));
         assert!(l.check("alice").is_ok(), "one token back after 1/rate");
         assert!(l.check("alice").is_err());
+    }
+
+    #[test]
+    fn in_flight_slots_are_bounded_per_key_and_given_back_on_drop() {
+        let f = InFlight::new(2);
+        let a = f.try_enter("ip");
+        let b = f.try_enter("ip");
+        assert!(a.is_some() && b.is_some());
+        assert!(f.try_enter("ip").is_none(), "a third at once is refused");
+        assert!(f.try_enter("other").is_some(), "another key is unaffected");
+        drop(a);
+        assert_eq!(f.in_flight("ip"), 1);
+        let c = f.try_enter("ip");
+        assert!(c.is_some(), "a slot given back is taken again");
+        drop((b, c));
+        assert!(f.is_empty(), "an idle key keeps no entry");
     }
 
     #[test]

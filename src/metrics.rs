@@ -128,6 +128,8 @@ pub enum Limit {
     EndUserIp,
     ApiKey,
     FailedAuthIp,
+    /// An address already had `MAX_AUTH_IN_FLIGHT` credential checks running.
+    AuthInFlight,
 }
 
 impl Limit {
@@ -137,6 +139,7 @@ impl Limit {
             Limit::EndUserIp => "end_user_ip",
             Limit::ApiKey => "api_key",
             Limit::FailedAuthIp => "failed_auth_ip",
+            Limit::AuthInFlight => "auth_in_flight",
         }
     }
 }
@@ -179,6 +182,7 @@ impl Metrics {
             Limit::EndUserIp,
             Limit::ApiKey,
             Limit::FailedAuthIp,
+            Limit::AuthInFlight,
         ] {
             let _ = m
                 .rate_limited

@@ -414,11 +414,28 @@ impl AppState {
             .remove(&(tenant.to_owned(), session_id.to_owned()));
     }
 
+    /// After the feed was out of reach for over `FEED_TRUST_MS`, rows it
+    /// never read may be gone (every instance prunes rows older than 10
+    /// minutes): drops what the caches hold and loads every tenant again, as
+    /// at start.
+    async fn resync_after_feed_outage(&self) -> StoreResult<()> {
+        self.auth.forget_all();
+        self.sessions.clear();
+        self.load_all_policies().await
+    }
+
     /// Follows the change feed until the process ends: every `every`, drops what
     /// changed from the caches. The cursor reads every change exactly once,
     /// including ids that commit long after higher ones (see `ChangeCursor`).
+    ///
+    /// The caches are trusted only while the feed is read: once it has not
+    /// been for `FEED_TRUST_MS`, each failed read drops the cached keys (a
+    /// revoked key must not keep working on an instance cut off from the
+    /// database), and the first successful one resyncs everything.
     pub async fn follow_changes(self: Arc<Self>, every: Duration) {
         let mut cursor: Option<ChangeCursor> = None;
+        // When the feed was last read (ms), once it has been.
+        let mut last_read: Option<i64> = None;
         let mut ticks: u64 = 0;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -436,8 +453,22 @@ impl AppState {
                 },
             };
             let now_ms = self.clock.now_unix_ms();
+            let out_of_reach = last_read.is_some_and(|t| now_ms - t > FEED_TRUST_MS);
             match c.poll(&self.store, now_ms).await {
                 Ok(rows) => {
+                    if out_of_reach {
+                        tracing::warn!(
+                            "change feed read again after an outage; dropping caches and reloading tenants"
+                        );
+                        match self.resync_after_feed_outage().await {
+                            Ok(()) => last_read = Some(now_ms),
+                            Err(e) => {
+                                tracing::warn!(error = ?e.to_string(), "resync after a feed outage failed; will retry")
+                            }
+                        }
+                    } else {
+                        last_read = Some(now_ms);
+                    }
                     for row in rows {
                         match row.kind.as_str() {
                             "key_revoked" => self.auth.forget(&row.subject),
@@ -459,7 +490,12 @@ impl AppState {
                     }
                     self.feed_position.store(c.position(), Ordering::Release);
                 }
-                Err(e) => tracing::warn!(error = ?e.to_string(), "change feed unavailable"),
+                Err(e) => {
+                    if out_of_reach {
+                        self.auth.forget_all();
+                    }
+                    tracing::warn!(error = ?e.to_string(), "change feed unavailable")
+                }
             }
             // About once a minute, drop feed rows every instance has seen by now.
             if ticks.is_multiple_of(240) {
@@ -476,6 +512,12 @@ impl AppState {
         self.feed_position.load(Ordering::Acquire)
     }
 }
+
+/// How long the caches are trusted without reading the change feed (ms):
+/// far below the 10 minutes after which feed rows are pruned, whatever the
+/// instances' clocks say, and long enough that a short database hiccup does
+/// not cost every key an argon2 verification.
+pub const FEED_TRUST_MS: i64 = 60 * 1000;
 
 /// A complete reader of the `changes` table.
 ///

@@ -151,6 +151,9 @@ pub enum AuthError {
     Unavailable(#[source] StoreError),
     #[error("too many key verifications in progress")]
     Busy,
+    /// `enter` refused: the caller's address has too many checks in flight.
+    #[error("too many key verifications in progress from this address")]
+    TooManyInFlight,
 }
 
 struct CachedKey {
@@ -277,6 +280,35 @@ impl Authenticator {
 
     /// Authenticates a presented key string.
     pub async fn authenticate(&self, presented: &str) -> Result<Arc<Principal>, AuthError> {
+        self.authenticate_with(presented, || Some(())).await.0
+    }
+
+    /// Authenticates a presented key string, asking `enter` for a guard
+    /// (a slot of the caller's address) only when there is work to do: a
+    /// cache hit, a malformed key or a key another request has just verified
+    /// asks nothing. `None` refuses with `TooManyInFlight` before the
+    /// database read and argon2. The guard comes back with the outcome, so the
+    /// caller holds it until a failure is charged.
+    pub async fn authenticate_with<G>(
+        &self,
+        presented: &str,
+        enter: impl FnOnce() -> Option<G>,
+    ) -> (Result<Arc<Principal>, AuthError>, Option<G>) {
+        let mut guard = None;
+        let r = self
+            .authenticate_inner(presented, || {
+                guard = enter();
+                guard.is_some()
+            })
+            .await;
+        (r, guard)
+    }
+
+    async fn authenticate_inner(
+        &self,
+        presented: &str,
+        enter: impl FnOnce() -> bool,
+    ) -> Result<Arc<Principal>, AuthError> {
         let Some(k) = parse_presented(presented) else {
             return Err(AuthError::Malformed);
         };
@@ -293,6 +325,9 @@ impl Authenticator {
         // Someone may have verified this key while we waited.
         if let Some(p) = self.cached(k.key_id, &digest) {
             return Ok(p);
+        }
+        if !enter() {
+            return Err(AuthError::TooManyInFlight);
         }
         self.cache_misses
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -361,6 +396,13 @@ impl Authenticator {
     pub fn verifications(&self) -> u64 {
         self.verifications
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Drops every cached key (the change feed may have missed revocations),
+    /// and makes sure no verification in flight puts one back.
+    pub fn forget_all(&self) {
+        self.forgets.fetch_add(1, SeqCst);
+        self.cache.clear();
     }
 
     /// Drops a key from the cache (after revocation), and makes sure a

@@ -72,6 +72,9 @@ pub enum IdpError {
     InvalidUserClaim { claim: String, why: String },
     #[error("the identity provider's keys are unavailable")]
     KeysUnavailable,
+    /// `enter` refused: the caller's address has too many checks in flight.
+    #[error("too many login checks in progress from this address")]
+    TooManyInFlight,
 }
 
 impl IdpError {
@@ -89,6 +92,7 @@ impl IdpError {
             IdpError::MissingUserClaim(_) => "missing_user_claim",
             IdpError::InvalidUserClaim { .. } => "invalid_user_claim",
             IdpError::KeysUnavailable => "idp_unavailable",
+            IdpError::TooManyInFlight => "rate_limited",
         }
     }
 
@@ -411,6 +415,18 @@ impl IdentityProvider {
     /// Verifies `token` as of `now_ms` (unix milliseconds) and maps its claims
     /// to an identity.
     pub async fn verify(&self, token: &str, now_ms: i64) -> Result<Identity, IdpError> {
+        self.verify_gated(token, now_ms, || true).await
+    }
+
+    /// `verify`, asking `enter` right before the signature checks, once the
+    /// keys are at hand (so waiting for another request's JWKS fetch is not
+    /// counted as work); `false` refuses with `TooManyInFlight`.
+    pub async fn verify_gated(
+        &self,
+        token: &str,
+        now_ms: i64,
+        enter: impl FnOnce() -> bool,
+    ) -> Result<Identity, IdpError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| {
             if header_alg(token).is_some_and(|a| a.eq_ignore_ascii_case("none")) {
                 IdpError::AlgorithmNotAllowed("none".into())
@@ -439,6 +455,12 @@ impl IdentityProvider {
                 if candidates.is_empty() {
                     return Err(IdpError::AlgorithmNotAllowed(format!("{alg:?}")));
                 }
+                // Static PEM keys carry no kid, so the kid filter above never
+                // narrows them: every key of the family is tried (at most
+                // MAX_IDP_PUBLIC_KEYS, bounded by the policy parser).
+                if !enter() {
+                    return Err(IdpError::TooManyInFlight);
+                }
                 let mut last = IdpError::BadSignature;
                 let mut found = None;
                 for k in candidates {
@@ -457,6 +479,9 @@ impl IdentityProvider {
                 let (family, key) = self.jwks_key(&kid, now_ms).await?;
                 if family != alg.family() {
                     return Err(IdpError::AlgorithmNotAllowed(format!("{alg:?}")));
+                }
+                if !enter() {
+                    return Err(IdpError::TooManyInFlight);
                 }
                 jsonwebtoken::decode::<Value>(token, &key, &v)
                     .map_err(|e| map_err(e.kind()))?
@@ -620,11 +645,13 @@ fn header_alg(token: &str) -> Option<String> {
 
 /// Verifies an end user's login token: `provider` finds the tenant's identity
 /// provider whose issuer is the token's (unverified) `iss`, loaded or not.
-/// Answers the provider's name and the identity it vouches for.
+/// Answers the provider's name and the identity it vouches for. `enter` is
+/// asked before any signature check (see `IdentityProvider::verify`).
 pub async fn verify_login<'a>(
     token: &str,
     provider: impl FnOnce(&str) -> Option<&'a (String, Result<IdentityProvider, String>)>,
     now_ms: i64,
+    enter: impl FnOnce() -> bool,
 ) -> Result<(String, Identity), IdpError> {
     let issuer = peek_issuer(token);
     match issuer.as_deref().and_then(provider) {
@@ -634,7 +661,7 @@ pub async fn verify_login<'a>(
         // A provider that failed to load answers `idp_unavailable`, never opens.
         Some((_, Err(_))) => Err(IdpError::KeysUnavailable),
         Some((name, Ok(idp))) => idp
-            .verify(token, now_ms)
+            .verify_gated(token, now_ms, enter)
             .await
             .map(|identity| (name.clone(), identity)),
     }

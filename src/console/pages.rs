@@ -279,17 +279,9 @@ pub async fn sign_in(
     if let Err(e) = crate::routes::extractors::refuse_if_over_failed_auth_limit(&state, &req) {
         return sign_in_refused(&e, secure);
     }
-    let p = match state.auth.authenticate(form.key.trim()).await {
+    let p = match crate::routes::extractors::authenticate_key(&state, &req, form.key.trim()).await {
         Ok(p) => p,
-        Err(e) => {
-            let e = crate::routes::extractors::failed_auth(
-                &state,
-                &req,
-                crate::routes::extractors::auth_error(e),
-            )
-            .await;
-            return sign_in_refused(&e, secure);
-        }
+        Err(e) => return sign_in_refused(&e, secure),
     };
     // A sign-in is a call by the key, like any other: it takes a token.
     if let Err(e) = api_key_limit(&state, &p.tenant, &p.key_id) {

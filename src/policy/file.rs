@@ -427,6 +427,22 @@ pub fn parse_stored(file: &str, text: &str) -> Result<PolicyDoc, Vec<PolicyError
 pub const MAX_POLICY_BYTES: usize = 256 * 1024;
 pub const MAX_POLICY_LINES: usize = 10_000;
 
+/// Most `[[identity_providers]]` in one policy. Each is a JWKS fetcher that
+/// any anonymous client can wake, and a tenant needs one per login system it
+/// trusts (a few: staff, customers, a partner); 16 leaves room and keeps the
+/// fetchers one tenant can own small.
+pub const MAX_IDENTITY_PROVIDERS: usize = 16;
+/// Most `audiences` per provider: every login token's `aud` values are
+/// compared with each. An app needs one per client it registered (web,
+/// mobile, a few environments); 16 is plenty.
+pub const MAX_IDP_AUDIENCES: usize = 16;
+/// Most `public_keys` per provider. PEM keys carry no `kid`, so a login token
+/// (a forged one too) is checked against every key of its algorithm family:
+/// each is a full RSA/EC/Ed signature check on the request's worker. A key
+/// rotation needs two or three at once; 8 keeps the worst case a few
+/// milliseconds.
+pub const MAX_IDP_PUBLIC_KEYS: usize = 8;
+
 fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<PolicyError>> {
     // New versions are capped; stored ones passed the cap when applied.
     if confine {
@@ -1008,6 +1024,16 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
     let mut out = Vec::new();
     let mut names = HashSet::new();
     let mut issuers = HashSet::new();
+    if let Some(extra) = raw.get(MAX_IDENTITY_PROVIDERS) {
+        errs.at(
+            extra.name.span(),
+            "identity_providers",
+            format!(
+                "{} identity providers; a policy has at most {MAX_IDENTITY_PROVIDERS}",
+                raw.len()
+            ),
+        );
+    }
     for (i, p) in raw.iter().enumerate() {
         let f = |k: &str| format!("identity_providers[{i}].{k}");
         if !valid_id(p.name.get_ref()) || !names.insert(p.name.get_ref().clone()) {
@@ -1065,13 +1091,21 @@ fn idps(errs: &mut Errors, raw: &[RawIdp]) -> Vec<IdpSpec> {
     out
 }
 
-/// A provider's `audiences`: at least one, none empty.
+/// A provider's `audiences`: at least one, at most `MAX_IDP_AUDIENCES`, none
+/// empty.
 fn idp_audiences(errs: &mut Errors, p: &RawIdp, f: &impl Fn(&str) -> String) {
-    if p.audiences.get_ref().is_empty() {
+    let n = p.audiences.get_ref().len();
+    if n == 0 {
         errs.at(
             p.audiences.span(),
             f("audiences"),
             "list at least one accepted aud value",
+        );
+    } else if n > MAX_IDP_AUDIENCES {
+        errs.at(
+            p.audiences.span(),
+            f("audiences"),
+            format!("{n} audiences; a provider accepts at most {MAX_IDP_AUDIENCES}"),
         );
     }
     for a in p.audiences.get_ref() {
@@ -1162,12 +1196,32 @@ fn idp_keys(
                 "public keys go with RS*/PS*/ES*/EdDSA algorithms, never HS*",
             );
         }
+        let n = list.get_ref().len();
+        if n > MAX_IDP_PUBLIC_KEYS {
+            // Each key is one more signature check for every login token.
+            errs.at(
+                list.span(),
+                f("public_keys"),
+                format!(
+                    "{n} public keys; a provider has at most {MAX_IDP_PUBLIC_KEYS} (each is checked against every login token)"
+                ),
+            );
+        }
         let refs: Vec<SecretRef> = list
             .get_ref()
             .iter()
             .enumerate()
             .filter_map(|(j, r)| secret_ref(errs, r, f(&format!("public_keys[{j}]"))))
             .collect();
+        let mut seen = HashSet::new();
+        if let Some(twin) = refs.iter().find(|r| !seen.insert(same_secret(r))) {
+            // A key listed twice is checked twice: work for no trust.
+            errs.at(
+                list.span(),
+                f("public_keys"),
+                format!("{twin} is listed more than once; list each key once"),
+            );
+        }
         Some(IdpKeys::PublicKeys(refs))
     } else if let Some(u) = &p.jwks_url {
         if hmac {
@@ -1183,6 +1237,22 @@ fn idp_keys(
         Some(IdpKeys::JwksUrl(u.get_ref().clone()))
     } else {
         None
+    }
+}
+
+/// What a reference names, for spotting one listed twice: `file:a.pem`,
+/// `file:./a.pem` and `file:.//a.pem` are one file.
+fn same_secret(r: &SecretRef) -> String {
+    match r {
+        SecretRef::Env(name) => format!("env:{name}"),
+        SecretRef::File(path) => {
+            let parts: Vec<_> = path
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            format!("file:{}", parts.join("/"))
+        }
     }
 }
 

@@ -19,8 +19,9 @@ pub use decide::{
 };
 pub use diff::diff;
 pub use file::{
-    Defaults, Effect, Excess, MAX_POLICY_BYTES, MAX_POLICY_LINES, PolicyDoc, PolicyError, Rule,
-    SessionMatch, Source, Subject, parse, parse_stored,
+    Defaults, Effect, Excess, MAX_IDENTITY_PROVIDERS, MAX_IDP_AUDIENCES, MAX_IDP_PUBLIC_KEYS,
+    MAX_POLICY_BYTES, MAX_POLICY_LINES, PolicyDoc, PolicyError, Rule, SessionMatch, Source,
+    Subject, parse, parse_stored,
 };
 
 #[cfg(test)]

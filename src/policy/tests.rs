@@ -604,3 +604,109 @@ fn id_rules_are_canonical_and_only_take_session_ids() {
         );
     }
 }
+
+/// A policy with `providers` identity providers, the first with `audiences`
+/// and `keys` (the others with one of each).
+fn idp_policy(providers: usize, audiences: &[String], keys: &[String]) -> String {
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut text = String::from("tenant = \"acme\"\n");
+    for i in 0..providers {
+        let (aud, pk) = if i == 0 {
+            (list(audiences), list(keys))
+        } else {
+            ("\"broker\"".to_owned(), "\"file:a.pem\"".to_owned())
+        };
+        text.push_str(&format!(
+            "\n[[identity_providers]]\nname = \"idp{i}\"\nissuer = \"https://login{i}.example\"\n\
+             audiences = [{aud}]\nalgorithms = [\"RS256\"]\npublic_keys = [{pk}]\n"
+        ));
+    }
+    text
+}
+
+fn numbered(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// The error at `field`, or a panic listing what was reported.
+fn error_at(text: &str, field: &str) -> PolicyError {
+    let errs = errors(text);
+    errs.iter()
+        .find(|e| e.field == field)
+        .cloned()
+        .unwrap_or_else(|| panic!("no error at {field}: {errs:?}"))
+}
+
+#[test]
+fn a_login_token_costs_a_bounded_number_of_signature_checks() {
+    // Every public key of the token's family is a full signature check per
+    // login token (and per failed one): a hostile admin listing one key many
+    // times, or many keys, must be refused before it reaches the broker.
+    let keys = numbered("file:k", MAX_IDP_PUBLIC_KEYS);
+    parse("t.toml", &idp_policy(1, &["broker".into()], &keys)).expect("the bound itself is fine");
+
+    let over = numbered("file:k", MAX_IDP_PUBLIC_KEYS + 1);
+    let e = error_at(
+        &idp_policy(1, &["broker".into()], &over),
+        "identity_providers[0].public_keys",
+    );
+    assert!(e.message.contains(&MAX_IDP_PUBLIC_KEYS.to_string()), "{e}");
+    assert_eq!(e.line, 8, "{e}");
+
+    // The attack as the review describes it: one key thousands of times.
+    let repeated = vec!["file:a.pem".to_owned(); 2_000];
+    error_at(
+        &idp_policy(1, &["broker".into()], &repeated),
+        "identity_providers[0].public_keys",
+    );
+    // Twice is already refused, also spelled another way.
+    for twin in ["file:a.pem", "file:./a.pem", "file:.//a.pem"] {
+        let keys = vec!["file:a.pem".to_owned(), twin.to_owned()];
+        let errs = errors(&idp_policy(1, &["broker".into()], &keys));
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "identity_providers[0].public_keys"),
+            "{twin}: {errs:?}"
+        );
+    }
+    let dup = vec!["file:a.pem".to_owned(), "file:./a.pem".to_owned()];
+    let e = error_at(
+        &idp_policy(1, &["broker".into()], &dup),
+        "identity_providers[0].public_keys",
+    );
+    assert!(e.message.contains("more than once"), "{e}");
+}
+
+#[test]
+fn providers_and_audiences_are_bounded() {
+    let one = ["file:a.pem".to_owned()];
+    let auds = numbered("aud", MAX_IDP_AUDIENCES);
+    parse("t.toml", &idp_policy(1, &auds, &one)).expect("the bound itself is fine");
+    let auds = numbered("aud", MAX_IDP_AUDIENCES + 1);
+    let e = error_at(
+        &idp_policy(1, &auds, &one),
+        "identity_providers[0].audiences",
+    );
+    assert!(e.message.contains(&MAX_IDP_AUDIENCES.to_string()), "{e}");
+    assert_eq!(e.line, 6, "{e}");
+
+    let aud = ["broker".to_owned()];
+    parse("t.toml", &idp_policy(MAX_IDENTITY_PROVIDERS, &aud, &one))
+        .expect("the bound itself is fine");
+    let e = error_at(
+        &idp_policy(MAX_IDENTITY_PROVIDERS + 1, &aud, &one),
+        "identity_providers",
+    );
+    assert!(
+        e.message.contains(&MAX_IDENTITY_PROVIDERS.to_string()),
+        "{e}"
+    );
+    // At the first provider over the bound.
+    let first_extra = 2 + 7 * MAX_IDENTITY_PROVIDERS + 2;
+    assert_eq!(e.line, first_extra, "{e}");
+}

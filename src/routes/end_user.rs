@@ -20,8 +20,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::error::ApiError;
 use super::extractors::{
-    auth_error, bearer, failed_auth, insufficient_scope, rate_limited,
-    refuse_if_over_failed_auth_limit,
+    authenticate_key, bearer, credential_check_slot, failed_auth, insufficient_scope, rate_limited,
+    refuse_if_over_failed_auth_limit, too_many_in_flight,
 };
 use super::json::Json;
 use super::tokens::caller_from;
@@ -156,10 +156,7 @@ async fn app_key_caller(
     presented: &str,
     limits: &LimitSet,
 ) -> Result<Call, ApiError> {
-    let p = match state.auth.authenticate(presented).await {
-        Ok(p) => p,
-        Err(e) => return Err(failed_auth(state, req, auth_error(e)).await),
-    };
+    let p = authenticate_key(state, req, presented).await?;
     if p.tenant != tenant {
         return Err(ApiError::forbidden(
             "wrong_tenant",
@@ -194,10 +191,17 @@ async fn end_user_caller(
     // provider, so it answers exactly as a tenant does to a token of an issuer
     // it does not know: a 404 here would let anyone list the tenants by trying
     // names (threat model: the anonymous client).
+    // The signature checks take a credential-check slot of the address, held
+    // until a failure is charged (waiting for a JWKS fetch takes none).
+    let mut slot = None;
     let verified = crate::auth::idp::verify_login(
         presented,
         |iss| rt.and_then(|rt| rt.idp_for(iss)),
         state.clock.now_unix_ms(),
+        || {
+            slot = credential_check_slot(state, req);
+            slot.is_some()
+        },
     )
     .await;
     let (idp_name, identity) = match verified {
@@ -208,11 +212,13 @@ async fn end_user_caller(
                 "the identity provider's keys cannot be loaded right now",
             ));
         }
+        Err(crate::auth::idp::IdpError::TooManyInFlight) => return Err(too_many_in_flight()),
         Err(e) => {
             tracing::info!(target: "broker::security", tenant = ?tenant, code = e.code(), "login token refused");
             return Err(failed_auth(state, req, invalid_token(&e)).await);
         }
     };
+    drop(slot);
     // Per user first, so one user's burst does not use up its address's budget
     // for the other users behind it; the address limit then bounds many users.
     // The bucket carries the provider: `alice` of one provider never spends

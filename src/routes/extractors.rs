@@ -14,6 +14,7 @@ use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
 
 use super::error::ApiError;
 use crate::auth::{AuthError, Caller, InsufficientScope, Principal, Required};
+use crate::limits::Slot;
 use crate::state::AppState;
 
 /// A request authenticated by a tenant API key (`Authorization: Bearer tkb_…`)
@@ -85,6 +86,7 @@ pub fn auth_error(e: AuthError) -> ApiError {
             )
         }
         AuthError::Unavailable(e) => e.into(),
+        AuthError::TooManyInFlight => too_many_in_flight(),
         AuthError::Busy => {
             let mut e = ApiError::unavailable(
                 "auth_busy",
@@ -129,6 +131,46 @@ pub fn refuse_if_over_failed_auth_limit(
     Ok(())
 }
 
+/// A slot for one credential check of the client address, or `None` (counted
+/// in `/metrics`) when the address already has `MAX_AUTH_IN_FLIGHT` checks
+/// running. The failed-auth limit is charged only once a check has finished,
+/// so without this bound a concurrent wave would all pass its peek. Hold the
+/// slot until a failure is charged and answered (`failed_auth`); dropping it,
+/// on any exit, gives it back.
+pub fn credential_check_slot<'a>(state: &'a AppState, req: &HttpRequest) -> Option<Slot<'a>> {
+    let slot = state.limits.auth_in_flight.try_enter(&client_ip(req));
+    if slot.is_none() {
+        state
+            .metrics
+            .rate_limited(crate::metrics::Limit::AuthInFlight);
+    }
+    slot
+}
+
+/// 429 for an address with too many credential checks in flight.
+pub fn too_many_in_flight() -> ApiError {
+    rate_limited(std::time::Duration::from_secs(1))
+}
+
+/// Authenticates an API key. A key that needs work (not cached) takes a
+/// credential-check slot of the client address first, held until a failure
+/// is charged; requests waiting for another request's verification of the
+/// same key take none.
+pub async fn authenticate_key(
+    state: &AppState,
+    req: &HttpRequest,
+    presented: &str,
+) -> Result<Arc<Principal>, ApiError> {
+    let (r, _slot) = state
+        .auth
+        .authenticate_with(presented, || credential_check_slot(state, req))
+        .await;
+    match r {
+        Ok(p) => Ok(p),
+        Err(e) => Err(failed_auth(state, req, auth_error(e)).await),
+    }
+}
+
 /// Counts a failed authentication against the client address, slows the answer
 /// down, and turns it into 429 once the address is over its limit.
 pub async fn failed_auth(state: &AppState, req: &HttpRequest, err: ApiError) -> ApiError {
@@ -162,22 +204,18 @@ impl<S: Required> FromRequest for Authed<S> {
                 .clone();
             let presented = bearer(&req)?;
             refuse_if_over_failed_auth_limit(&state, &req)?;
-            match state.auth.authenticate(presented).await {
-                Ok(p) => {
-                    // The tenant's own `[rate_limits]` when its policy sets them.
-                    let limits = state.limits.for_tenant(&p.tenant);
-                    if let Err(wait) = limits.api_key.check(&p.key_id) {
-                        state.metrics.rate_limited(crate::metrics::Limit::ApiKey);
-                        return Err(rate_limited(wait));
-                    }
-                    S::check(p.scopes).map_err(insufficient_scope)?;
-                    Ok(Authed {
-                        principal: p,
-                        scope: PhantomData,
-                    })
-                }
-                Err(e) => Err(failed_auth(&state, &req, auth_error(e)).await),
+            let p = authenticate_key(&state, &req, presented).await?;
+            // The tenant's own `[rate_limits]` when its policy sets them.
+            let limits = state.limits.for_tenant(&p.tenant);
+            if let Err(wait) = limits.api_key.check(&p.key_id) {
+                state.metrics.rate_limited(crate::metrics::Limit::ApiKey);
+                return Err(rate_limited(wait));
             }
+            S::check(p.scopes).map_err(insufficient_scope)?;
+            Ok(Authed {
+                principal: p,
+                scope: PhantomData,
+            })
         })
     }
 }

@@ -1037,3 +1037,72 @@ async fn an_anonymous_client_cannot_tell_which_tenants_exist() {
         "{preflights:?}"
     );
 }
+
+/// Peek-then-charge, login half (review D2): a failure is charged to the
+/// address only once its signature checks are done, so a concurrent wave of
+/// forged tokens used to be checked whole. Now at most `MAX_AUTH_IN_FLIGHT`
+/// login checks of one address run at once; the rest get 429 before any
+/// signature check, and another address's user logs in meanwhile.
+#[tokio::test]
+async fn a_concurrent_wave_of_forged_login_tokens_from_one_address_is_bounded() {
+    let (url, db) = fresh_database().await;
+    let nets = token_broker::routes::client_addr::parse_trusted_proxies("127.0.0.1/32").unwrap();
+    let app = spawn_app_on(url, db, move |s| {
+        s.trusted_proxies = nets;
+        // Not the bucket: the wave must be stopped by the in-flight bound.
+        s.rates.failed_auth_ip = token_broker::limits::Rate {
+            per_second: 1,
+            burst: 10_000,
+        };
+    })
+    .await;
+    let pk = public_key(&app, 1);
+    tenant_with(&app, &rsa_idp("acme-login", ISS, &pk, "")).await;
+    let bound = token_broker::limits::MAX_AUTH_IN_FLIGHT as usize;
+    let body = json!({"session_id": session_for(API_KEY, 1)});
+    let t = now();
+    // Signed with a key the provider does not have: a full check, then 401.
+    let forged = sign(
+        Algorithm::RS256,
+        None,
+        &rsa(2),
+        &claims(ISS, json!("mallory"), t),
+    );
+    let good = sign(
+        Algorithm::RS256,
+        None,
+        &rsa(1),
+        &claims(ISS, json!("alice"), t),
+    );
+    let from = |addr: &'static str, token: &str| {
+        let req = app
+            .client
+            .post(app.url("/v1/tenants/acme/tokens"))
+            .bearer_auth(token)
+            .header("x-forwarded-for", addr)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let s = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            (s, v["error"]["code"].as_str().map(str::to_owned))
+        }
+    };
+    let wave = futures_util::future::join_all((0..40).map(|_| from("203.0.113.9", &forged)));
+    let (answers, other) = futures_util::future::join(wave, from("198.51.100.7", &good)).await;
+    let checked = answers
+        .iter()
+        .filter(|a| a.1.as_deref() == Some("invalid_signature"))
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|a| a.0 == 429 && a.1.as_deref() == Some("rate_limited"))
+        .count();
+    assert_eq!(checked + refused, 40, "{answers:?}");
+    assert!(
+        checked <= bound,
+        "{checked} forged tokens checked at once: {answers:?}"
+    );
+    assert_eq!(other.0, 201, "another address logs in: {other:?}");
+    assert!(app.app_state.limits.auth_in_flight.is_empty());
+}

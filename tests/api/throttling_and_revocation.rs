@@ -468,3 +468,154 @@ async fn user_controlled_text_cannot_forge_a_log_line() {
         .collect();
     assert!(forged.is_empty(), "forged log lines: {forged:#?}");
 }
+
+/// A well-formed API key that was never issued (a random id and secret).
+fn random_key() -> String {
+    let hex = || uuid::Uuid::new_v4().simple().to_string();
+    format!("tkb_{}_{}{}", &hex()[..16], hex(), hex())
+}
+
+/// One request from `addr` (the broker trusts the test's loopback proxy):
+/// its status, `Retry-After` and error code.
+async fn from_addr(addr: &str, req: reqwest::RequestBuilder) -> (u16, Option<u64>, Value) {
+    let r = req.header("x-forwarded-for", addr).send().await.unwrap();
+    let status = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    (status, retry, body["error"]["code"].clone())
+}
+
+/// Peek-then-charge (review D2): the failed-auth limit takes its token only
+/// after argon2 has run, so every request of a concurrent wave from one
+/// address passed the peek and ran argon2, and each refill let the next wave
+/// through. Now at most `MAX_AUTH_IN_FLIGHT` key checks of one address are in
+/// flight at once (on every route that takes keys); the rest of the wave gets
+/// 429 before any work; another address is meanwhile served as usual, even
+/// a burst of requests with a key not verified yet (they wait for one
+/// verification and take no slot); and every slot is given back.
+#[tokio::test]
+async fn a_concurrent_wave_of_guesses_from_one_address_runs_at_most_the_in_flight_bound() {
+    let nets = token_broker::routes::client_addr::parse_trusted_proxies("127.0.0.1/32").unwrap();
+    let app = spawn_with(move |s| {
+        s.trusted_proxies = nets;
+        // Not the bucket: the wave must be stopped by the in-flight bound.
+        s.rates.failed_auth_ip = Rate {
+            per_second: 1,
+            burst: 10_000,
+        };
+    })
+    .await;
+    app.app_state.clock.freeze();
+    app.acme().await;
+    let fresh = app.create_key("acme", &["issue"]).await;
+    let bound = token_broker::limits::MAX_AUTH_IN_FLIGHT as usize;
+    const WAVE: usize = 40;
+    const ATTACKER: &str = "203.0.113.9";
+    const OTHER: &str = "198.51.100.7";
+    let whoami = |addr: &'static str, key: String| {
+        from_addr(addr, app.client.get(app.url("/v1/whoami")).bearer_auth(key))
+    };
+
+    // A wave of never-issued keys from one address and, at the same time,
+    // from another: a burst with a good key never verified (it needs argon2)
+    // and a wrong key.
+    let before = app.app_state.auth.verifications();
+    let wave = futures_util::future::join_all((0..WAVE).map(|_| whoami(ATTACKER, random_key())));
+    let backend = futures_util::future::join_all((0..12).map(|_| whoami(OTHER, fresh.clone())));
+    let (answers, good, wrong) =
+        futures_util::future::join3(wave, backend, whoami(OTHER, random_key())).await;
+    let checked = answers.iter().filter(|a| a.0 == 401).count();
+    let refused = answers.iter().filter(|a| a.0 == 429).count();
+    assert_eq!(checked + refused, WAVE, "only 401 or 429: {answers:?}");
+    assert!(
+        checked <= bound,
+        "{checked} guesses were checked at once; the bound is {bound}"
+    );
+    for (_, retry, code) in answers.iter().filter(|a| a.0 == 429) {
+        assert_eq!(code, "rate_limited");
+        assert!(retry.is_some_and(|s| s >= 1), "Retry-After: {retry:?}");
+    }
+    let ran = app.app_state.auth.verifications() - before;
+    assert!(
+        ran <= (bound + 2) as u64,
+        "{ran} argon2 verifications for {bound} slots and the other address's two"
+    );
+    assert!(
+        good.iter().all(|g| g.0 == 200),
+        "the other address is served: {good:?}"
+    );
+    assert_eq!(wrong.0, 401, "and its own guess is checked: {wrong:?}");
+
+    // The end-user route takes API keys too: same bound.
+    let body = json!({"session_id": session_for(API_KEY, 1)});
+    let wave = (0..WAVE).map(|_| {
+        from_addr(
+            ATTACKER,
+            app.client
+                .post(app.url("/v1/tenants/acme/tokens"))
+                .bearer_auth(random_key())
+                .json(&body),
+        )
+    });
+    let answers = futures_util::future::join_all(wave).await;
+    let checked = answers.iter().filter(|a| a.0 == 401).count();
+    let refused = answers.iter().filter(|a| a.0 == 429).count();
+    assert_eq!(checked + refused, WAVE, "only 401 or 429: {answers:?}");
+    assert!(checked <= bound, "{checked} checks at once: {answers:?}");
+
+    // Every slot was given back (401, 429 and 200 alike): the attacker's
+    // address is checked again (a 401, not a 429).
+    assert!(
+        app.app_state.limits.auth_in_flight.is_empty(),
+        "{:?}",
+        app.app_state.limits.auth_in_flight
+    );
+    assert_eq!(whoami(ATTACKER, random_key()).await.0, 401);
+    let m = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = m
+        .lines()
+        .find_map(|l| l.strip_prefix("token_broker_rate_limited_total{limit=\"auth_in_flight\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no auth_in_flight count in /metrics:\n{m}"));
+    assert!(counted >= (2 * (WAVE - bound)) as f64, "{counted}");
+}
+
+/// Review D4: every instance prunes feed rows older than 10 minutes, however
+/// far behind the others are, and a key cache hit never asks the database.
+/// An instance cut off from the feed for longer came back, read nothing of
+/// what had been pruned, and kept accepting a key revoked meanwhile for as
+/// long as it stayed cached. Now an instance that has not read the feed for
+/// over a minute drops what its caches hold.
+#[tokio::test]
+async fn a_key_revoked_while_an_instance_was_cut_off_from_the_feed_stops_working_there() {
+    let a = spawn_app().await;
+    let key = a.acme().await;
+    let b = a.spawn_second().await;
+    assert_eq!(b.get("/v1/whoami", &key).await.status(), 200, "cached on B");
+    b.app_state.clock.freeze();
+    // Revoked while B could not read the feed, and the change row pruned
+    // (by A, ten minutes later) before B could: B will never read it.
+    raw_sql(&a, "UPDATE api_keys SET revoked_at_ms = 1").await;
+    assert_eq!(
+        a.get("/v1/whoami", &key).await.status(),
+        401,
+        "A reads the row"
+    );
+    // B's last read of the feed is now eleven minutes old.
+    b.app_state.clock.advance(Duration::from_secs(11 * 60));
+    eventually(5, "B stops accepting the revoked key", || async {
+        b.get("/v1/whoami", &key).await.status() == 401
+    })
+    .await;
+}
