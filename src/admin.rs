@@ -523,7 +523,7 @@ async fn check_references(
         }
     }
     if !errors.is_empty() {
-        return Err(AdminError::Policy(errors));
+        return Err(AdminError::Policy(policy::file::cap_errors(errors)));
     }
     Ok(warnings)
 }

@@ -341,6 +341,11 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
     (400, "invalid_policy", "a policy that does not validate"),
     (
         400,
+        "invalid_source_name",
+        "a policy's `source_name` is empty, too long or has control characters",
+    ),
+    (
+        400,
         "invalid_request",
         "other invalid input to an admin operation",
     ),

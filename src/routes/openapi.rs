@@ -337,6 +337,7 @@ pub const OPERATIONS: &[Operation] = &[
         Answer::Json(200),
         &[
             "invalid_policy",
+            "invalid_source_name",
             "invalid_request",
             "wrong_tenant",
             "conflict",
@@ -393,6 +394,7 @@ pub const OPERATIONS: &[Operation] = &[
         Answer::Json(200),
         &[
             "invalid_policy",
+            "invalid_source_name",
             "invalid_time",
             "invalid_request",
             "wrong_tenant",
