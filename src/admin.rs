@@ -85,6 +85,13 @@ pub enum AdminError {
         "no master key is configured, so credentials cannot be stored; the operator sets master_key_file (create one with `token-broker credential keygen PATH`)"
     )]
     NoMasterKey,
+    /// Another tenant admin's slow operation (a replay) holds the one-at-a-time
+    /// gate, and it did not open in time; retry later.
+    #[error("another replay is running on this broker; retry in a few seconds")]
+    Busy,
+    /// The operation ran past its time bound and was stopped (nothing written).
+    #[error("{0}")]
+    TimedOut(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -966,11 +966,12 @@ async fn replay_last_week(
     source: &str,
 ) -> Option<views::ReplayView> {
     let now = now(state);
-    let report = crate::replay::replay(
+    let report = crate::replay::for_tenant(
+        &state.replay_gate,
         &state.store,
         &format!("{}.toml", s.tenant),
         source,
-        Some(&s.tenant),
+        &s.tenant,
         crate::replay::Window {
             since_ms: now - 7 * 86_400_000,
             until_ms: now + 1,

@@ -240,6 +240,15 @@ impl From<AdminError> for ApiError {
                 "master_key_missing",
                 "this broker has no master key configured, so credentials cannot be stored; ask the operator",
             ),
+            AdminError::Busy => {
+                let mut e = ApiError::unavailable(
+                    "admin_busy",
+                    "another replay is running on this broker; retry in a few seconds",
+                );
+                e.retry_after = Some(5);
+                e
+            }
+            AdminError::TimedOut(m) => ApiError::unavailable("admin_timed_out", m),
             AdminError::Store(e) => e.into(),
         }
     }
@@ -472,6 +481,16 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
         503,
         "idp_unavailable",
         "an identity provider cannot verify right now",
+    ),
+    (
+        503,
+        "admin_busy",
+        "another replay holds the one-at-a-time gate; `Retry-After`",
+    ),
+    (
+        503,
+        "admin_timed_out",
+        "a replay ran past its time bound and was stopped",
     ),
     (
         503,

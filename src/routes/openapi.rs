@@ -398,6 +398,8 @@ pub const OPERATIONS: &[Operation] = &[
             "invalid_time",
             "invalid_request",
             "wrong_tenant",
+            "admin_busy",
+            "admin_timed_out",
         ],
     ),
     op(

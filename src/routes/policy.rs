@@ -165,7 +165,8 @@ pub struct ReplayBody {
 }
 
 /// `POST /v1/policy/replay`: what the proposed policy would have decided on
-/// the tenant's recorded requests in the window (nothing is applied).
+/// the tenant's recorded requests in the window (nothing is applied), under
+/// the bounds of `replay::for_tenant`.
 pub async fn replay(
     state: web::Data<AppState>,
     p: Authed<scope::Admin>,
@@ -182,11 +183,12 @@ pub async fn replay(
         until_ms: time("until", &body.until, now + 1)?,
     };
     let name = source_name(body.source_name.as_deref(), &p.tenant)?;
-    let report = crate::replay::replay(
+    let report = crate::replay::for_tenant(
+        &state.replay_gate,
         &state.store,
         &name,
         &body.source,
-        Some(&p.tenant),
+        &p.tenant,
         window,
         &actor(&req, &p.key_id),
         now,
