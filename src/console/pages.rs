@@ -1135,6 +1135,7 @@ pub async fn key_create(
         name,
         &actor(&req, &s),
         now(&state),
+        Some(&state.auth),
     )
     .await
     .map_err(|e| api_error(&s, crate::routes::keys::admin_error(e)))?;

@@ -243,11 +243,18 @@ impl From<AdminError> for ApiError {
             AdminError::Busy => {
                 let mut e = ApiError::unavailable(
                     "admin_busy",
-                    "another replay is running on this broker; retry in a few seconds",
+                    "the broker is busy with other admin work (a replay, key hashing); retry in a few seconds",
                 );
                 e.retry_after = Some(5);
                 e
             }
+            AdminError::TooManyKeys => ApiError::coded(
+                "too_many_keys",
+                format!(
+                    "this tenant has {} live API keys, the most allowed; revoke one first",
+                    crate::admin::MAX_LIVE_KEYS_PER_TENANT
+                ),
+            ),
             AdminError::TimedOut(m) => ApiError::unavailable("admin_timed_out", m),
             AdminError::Store(e) => e.into(),
         }
@@ -436,6 +443,11 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
     (409, "conflict", "a concurrent change; retry"),
     (
         409,
+        "too_many_keys",
+        "the tenant holds the most live API keys allowed (100); revoke one first",
+    ),
+    (
+        409,
         "credential_claimed",
         "the project belongs to another tenant",
     ),
@@ -485,7 +497,7 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
     (
         503,
         "admin_busy",
-        "another replay holds the one-at-a-time gate; `Retry-After`",
+        "other admin work (a replay, key hashing) holds what this needs; `Retry-After`",
     ),
     (
         503,

@@ -305,7 +305,13 @@ pub const OPERATIONS: &[Operation] = &[
         Auth::Admin,
         Body::CreateKey,
         Answer::Json(201),
-        &["invalid_scope", "invalid_request", "conflict"],
+        &[
+            "invalid_scope",
+            "invalid_request",
+            "conflict",
+            "too_many_keys",
+            "admin_busy",
+        ],
     ),
     op(
         "delete",
