@@ -166,6 +166,8 @@ fn main() {
             },
             &Actor::Cli,
             start_ms + rows as i64 + 1,
+            // Any ROWS=; a tenant's replay reads at most Bounds::TENANT (1M).
+            token_broker::replay::Bounds::NONE,
         )
         .await
         .expect("replay");

@@ -85,6 +85,18 @@ pub enum AdminError {
         "no master key is configured, so credentials cannot be stored; the operator sets master_key_file (create one with `token-broker credential keygen PATH`)"
     )]
     NoMasterKey,
+    /// Other admin work holds what this needs (the one-at-a-time replay
+    /// gate, or a full argon2 queue), and it did not free in time; retry later.
+    #[error("the broker is busy with other admin work; retry in a few seconds")]
+    Busy,
+    /// A tenant admin already holds `MAX_LIVE_KEYS_PER_TENANT` live keys.
+    #[error(
+        "this tenant has {MAX_LIVE_KEYS_PER_TENANT} live API keys, the most allowed; revoke one first"
+    )]
+    TooManyKeys,
+    /// The operation ran past its time bound and was stopped (nothing written).
+    #[error("{0}")]
+    TimedOut(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -185,8 +197,13 @@ impl From<KeyRow> for KeyInfo {
     }
 }
 
+/// The most live (unrevoked) keys a tenant's admin may create over HTTP.
+pub const MAX_LIVE_KEYS_PER_TENANT: usize = 100;
+
 /// Creates a key; the returned `NewKey.key` is the only time the secret exists
-/// outside the caller's hands.
+/// outside the caller's hands. `hashers`: the broker's argon2 pool (HTTP);
+/// the CLI hashes on its own blocking pool. A tenant admin (`Actor::Key`)
+/// may hold at most `MAX_LIVE_KEYS_PER_TENANT` live keys.
 pub async fn create_key(
     store: &Store,
     tenant: &str,
@@ -194,6 +211,7 @@ pub async fn create_key(
     name: Option<String>,
     actor: &Actor,
     now_ms: i64,
+    hashers: Option<&crate::auth::Authenticator>,
 ) -> Result<NewKey, AdminError> {
     if !store.tenant_exists(tenant).await? {
         return Err(AdminError::NoTenant(tenant.to_owned()));
@@ -205,12 +223,31 @@ pub async fn create_key(
             "key name must be 1-100 printable characters".into(),
         ));
     }
-    let t = tenant.to_owned();
+    if matches!(actor, Actor::Key { .. }) {
+        let live = store
+            .list_keys(tenant)
+            .await?
+            .iter()
+            .filter(|k| k.revoked_at_ms.is_none())
+            .count();
+        if live >= MAX_LIVE_KEYS_PER_TENANT {
+            return Err(AdminError::TooManyKeys);
+        }
+    }
     let by = actor.label();
-    let new = tokio::task::spawn_blocking(move || generate_key(&t, scopes, name, &by, now_ms))
-        .await
-        .map_err(|e| AdminError::Invalid(e.to_string()))?
-        .map_err(AdminError::Invalid)?;
+    let new = match hashers {
+        Some(h) => h
+            .generate_key(tenant, scopes, name, &by, now_ms)
+            .await
+            .map_err(|_| AdminError::Busy)?,
+        None => {
+            let t = tenant.to_owned();
+            tokio::task::spawn_blocking(move || generate_key(&t, scopes, name, &by, now_ms))
+                .await
+                .map_err(|e| AdminError::Invalid(e.to_string()))?
+        }
+    }
+    .map_err(AdminError::Invalid)?;
     let mut row = AuditRow::new(
         tenant,
         crate::audit::Kind::KeyCreated,
@@ -523,7 +560,7 @@ async fn check_references(
         }
     }
     if !errors.is_empty() {
-        return Err(AdminError::Policy(errors));
+        return Err(AdminError::Policy(policy::file::cap_errors(errors)));
     }
     Ok(warnings)
 }

@@ -180,7 +180,7 @@ fn check_input(input: CredentialInput) -> Result<Checked, AdminError> {
             Signer::vonage(&app, private_key.as_bytes()).map_err(|_| {
                 invalid(
                     "private_key",
-                    "not a usable RSA private key (PEM, PKCS#8 or PKCS#1, 2048 bits or more)",
+                    "not a usable RSA private key (PEM, PKCS#8 or PKCS#1, of 2048 to 4096 bits)",
                 )
             })?;
             Ok(Checked {

@@ -23,6 +23,90 @@ pub struct Window {
     pub until_ms: i64,
 }
 
+/// What one replay may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Most recorded requests in the window; more is refused (narrow it).
+    pub max_requests: u64,
+    /// Most registered sessions (named by the window's requests) loaded for
+    /// rows recorded without their session facts; more is refused.
+    pub max_sessions: u64,
+}
+
+impl Bounds {
+    /// A tenant admin's replay (HTTP and console): a million requests is the
+    /// size docs/performance.md measures (4-9 s), and 10,000 sessions hold at
+    /// most about 100 MiB of labels (32 labels of 320 bytes each).
+    pub const TENANT: Bounds = Bounds {
+        max_requests: 1_000_000,
+        max_sessions: 10_000,
+    };
+    /// The operator's CLI, on its own process.
+    pub const NONE: Bounds = Bounds {
+        max_requests: u64::MAX,
+        max_sessions: u64::MAX,
+    };
+}
+
+/// The longest window a tenant admin may replay (31 days: a month of traffic).
+pub const MAX_TENANT_WINDOW_MS: i64 = 31 * 86_400_000;
+/// How long a tenant admin's replay waits for another to finish.
+pub const GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a tenant admin's replay may run (twice the measured time of the
+/// largest one allowed, on the slower store).
+pub const MAX_TENANT_RUN: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A tenant admin's replay (`POST /v1/policy/replay`, the console): the
+/// window at most `MAX_TENANT_WINDOW_MS`, one replay at a time per broker
+/// (`gate`; `Busy` when it does not open within `GATE_WAIT`), at most
+/// `MAX_TENANT_RUN`, and `Bounds::TENANT`, so however many an admin sends
+/// they hold one pool connection and one copy of their sessions at a time.
+#[allow(clippy::too_many_arguments)]
+pub async fn for_tenant(
+    gate: &tokio::sync::Semaphore,
+    store: &Store,
+    source_name: &str,
+    source: &str,
+    tenant: &str,
+    window: Window,
+    actor: &Actor,
+    now_ms: i64,
+) -> Result<ReplayReport, AdminError> {
+    if window.until_ms.saturating_sub(window.since_ms) > MAX_TENANT_WINDOW_MS {
+        return Err(AdminError::Field {
+            field: "since".into(),
+            message: format!(
+                "a replay window is at most {} days; narrow since..until",
+                MAX_TENANT_WINDOW_MS / 86_400_000
+            ),
+        });
+    }
+    let _permit = tokio::time::timeout(GATE_WAIT, gate.acquire())
+        .await
+        .map_err(|_| AdminError::Busy)?
+        .map_err(|_| AdminError::Busy)?;
+    tokio::time::timeout(
+        MAX_TENANT_RUN,
+        replay(
+            store,
+            source_name,
+            source,
+            Some(tenant),
+            window,
+            actor,
+            now_ms,
+            Bounds::TENANT,
+        ),
+    )
+    .await
+    .map_err(|_| {
+        AdminError::TimedOut(format!(
+            "the replay did not finish within {} s and was stopped; narrow since..until",
+            MAX_TENANT_RUN.as_secs()
+        ))
+    })?
+}
+
 /// Most distinct values each decoding cache keeps (sessions, details, group lists).
 const CACHE_LIMIT: usize = 100_000;
 
@@ -132,6 +216,48 @@ impl RowDecoder {
     }
 }
 
+/// A replay that would read more than its bounds allow: narrow the window.
+fn too_many(what: String) -> AdminError {
+    AdminError::Field {
+        field: "since".into(),
+        message: format!("the window holds more than {what}; narrow since..until"),
+    }
+}
+
+/// Today's registrations of the sessions the window's requests name (for
+/// rows recorded without their session facts), at most `max_sessions`.
+async fn fallback_sessions(
+    store: &Store,
+    tenant: &str,
+    window: Window,
+    bounds: Bounds,
+) -> Result<HashMap<String, SessionFacts>, AdminError> {
+    let sessions = store
+        .list_sessions(
+            tenant,
+            window.since_ms,
+            window.until_ms,
+            bounds.max_sessions.saturating_add(1),
+        )
+        .await?;
+    if sessions.len() as u64 > bounds.max_sessions {
+        return Err(too_many(format!(
+            "{} registered sessions",
+            bounds.max_sessions
+        )));
+    }
+    Ok(sessions
+        .into_iter()
+        .map(|s| {
+            let facts = SessionFacts {
+                owner: s.owner,
+                labels: serde_json::from_str(&s.labels).unwrap_or_default(),
+            };
+            (s.session_id, facts)
+        })
+        .collect())
+}
+
 /// Replays `source` (a proposed policy for `tenant`) over the window.
 /// `confine`: the tenant an HTTP admin key belongs to.
 #[allow(clippy::too_many_arguments)]
@@ -143,6 +269,7 @@ pub async fn replay(
     window: Window,
     actor: &Actor,
     now_ms: i64,
+    bounds: Bounds,
 ) -> Result<ReplayReport, AdminError> {
     let doc = crate::admin::parse_for_tenant(store, source_name, source, confine).await?;
     let tenant = doc.tenant.clone();
@@ -159,27 +286,32 @@ pub async fn replay(
         .into_iter()
         .map(|c| c.owner_id)
         .collect();
-    let fallback: HashMap<String, SessionFacts> = store
-        .list_sessions(&tenant)
-        .await?
-        .into_iter()
-        .map(|s| {
-            let facts = SessionFacts {
-                owner: s.owner,
-                labels: serde_json::from_str(&s.labels).unwrap_or_default(),
-            };
-            (s.session_id, facts)
-        })
-        .collect();
+    let fallback = fallback_sessions(store, &tenant, window, bounds).await?;
     let mut replayer = Replayer::new(&compiled, stored);
     let mut decoder = RowDecoder::new(fallback);
+    let mut read: u64 = 0;
     store
-        .scan_requests(&tenant, window.since_ms, window.until_ms, |row| {
-            if let Some(r) = decoder.decode(row) {
-                replayer.push(&r);
-            }
-        })
+        .scan_requests(
+            &tenant,
+            window.since_ms,
+            window.until_ms,
+            bounds.max_requests.saturating_add(1),
+            |row| {
+                read += 1;
+                if read <= bounds.max_requests
+                    && let Some(r) = decoder.decode(row)
+                {
+                    replayer.push(&r);
+                }
+            },
+        )
         .await?;
+    if read > bounds.max_requests {
+        return Err(too_many(format!(
+            "{} recorded requests",
+            bounds.max_requests
+        )));
+    }
     let report = replayer.finish();
     let mut row = AuditRow::new(
         &tenant,

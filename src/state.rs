@@ -216,6 +216,8 @@ pub struct AppState {
     sessions: quick_cache::sync::Cache<(String, String), Arc<SessionFacts>>,
     /// The highest change id the feed has read.
     feed_position: AtomicI64,
+    /// Tenant admins' policy replays run one at a time (`replay::for_tenant`).
+    pub replay_gate: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -259,6 +261,7 @@ impl AppState {
             broken: RwLock::new(HashMap::new()),
             sessions: quick_cache::sync::Cache::new(100_000),
             feed_position: AtomicI64::new(0),
+            replay_gate: tokio::sync::Semaphore::new(1),
         }
     }
 

@@ -238,6 +238,24 @@ impl fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
+    /// Makes a new key on the fixed argon2 pool (`generate_key`), so key
+    /// creation shares the pool's bound on concurrent hashes and memory with
+    /// verifications; `Busy` when the pool's queue is full.
+    pub async fn generate_key(
+        &self,
+        tenant: &str,
+        scopes: Scopes,
+        name: Option<String>,
+        created_by: &str,
+        now_ms: i64,
+    ) -> Result<Result<NewKey, String>, AuthError> {
+        let (tenant, by) = (tenant.to_owned(), created_by.to_owned());
+        self.hashers
+            .run(move || generate_key(&tenant, scopes, name, &by, now_ms))
+            .await
+            .ok_or(AuthError::Busy)
+    }
+
     /// `capacity` verified keys are cached; `parallel_hashes` argon2
     /// verifications may run at once.
     pub fn new(store: Store, capacity: usize, parallel_hashes: usize) -> Authenticator {
@@ -451,7 +469,7 @@ mod tests {
         admin::create_tenant(&store, "acme", &Actor::Cli, 1)
             .await
             .unwrap();
-        let key = admin::create_key(&store, "acme", Scopes::ISSUE, None, &Actor::Cli, 1)
+        let key = admin::create_key(&store, "acme", Scopes::ISSUE, None, &Actor::Cli, 1, None)
             .await
             .unwrap();
         let auth = Arc::new(Authenticator::new(store.clone(), 16, 1));

@@ -186,6 +186,7 @@ pub async fn seed(settings: &Settings, store: &Store) -> Result<String, Failure>
         Some(DEV_KEY_NAME.into()),
         &Actor::Cli,
         now,
+        None,
     )
     .await?;
     let sid = demo_session_id();

@@ -208,7 +208,8 @@ async fn key(settings: Settings, cmd: KeyCmd, json: bool) -> CmdResult {
             name,
         } => {
             let scopes = Scopes::parse(scopes.iter().flat_map(|s| s.split(',')))?;
-            let new = admin::create_key(&store, &tenant, scopes, name, &Actor::Cli, now).await?;
+            let new =
+                admin::create_key(&store, &tenant, scopes, name, &Actor::Cli, now, None).await?;
             if json {
                 out_json(
                     &json!({"key_id": new.row.key_id, "key": new.key, "tenant": tenant, "scopes": scopes.names()}),

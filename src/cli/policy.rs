@@ -354,6 +354,7 @@ async fn replay(
         window,
         &Actor::Cli,
         now,
+        crate::replay::Bounds::NONE,
     )
     .await?;
     if json {

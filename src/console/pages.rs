@@ -1037,11 +1037,12 @@ async fn replay_last_week(
     source: &str,
 ) -> Option<views::ReplayView> {
     let now = now(state);
-    let report = crate::replay::replay(
+    let report = crate::replay::for_tenant(
+        &state.replay_gate,
         &state.store,
         &format!("{}.toml", s.tenant),
         source,
-        Some(&s.tenant),
+        &s.tenant,
         crate::replay::Window {
             since_ms: now - 7 * 86_400_000,
             until_ms: now + 1,
@@ -1205,6 +1206,7 @@ pub async fn key_create(
         name,
         &actor(&req, &s),
         now(&state),
+        Some(&state.auth),
     )
     .await
     .map_err(|e| api_error(&s, crate::routes::keys::admin_error(e)))?;

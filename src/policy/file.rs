@@ -302,25 +302,130 @@ struct RawRates {
     api_key: Option<S<String>>,
 }
 
+/// Most errors one policy reports: the first ones by position, then one line
+/// saying how many more there were. However many errors a file holds (a
+/// 256 KiB file can hold tens of thousands), the list, the 400 answer and the
+/// work of locating each error stay bounded.
+pub const MAX_REPORTED_ERRORS: usize = 50;
+
 struct Errors<'a> {
     file: &'a str,
     text: &'a str,
-    list: Vec<PolicyError>,
+    /// The `MAX_REPORTED_ERRORS` earliest errors (by offset, then order of
+    /// finding): a max-heap, so the latest of them is the one to replace.
+    kept: std::collections::BinaryHeap<Pending>,
+    /// Errors found beyond those kept.
+    more: usize,
     /// The tenant whose namespace secret references must stay in, when checked.
     confine_to: Option<String>,
 }
 
+/// An error before it is located: lines and columns are counted only for
+/// the errors reported.
+struct Pending {
+    offset: usize,
+    seq: usize,
+    field: String,
+    message: String,
+}
+
+impl Pending {
+    fn key(&self) -> (usize, usize) {
+        (self.offset, self.seq)
+    }
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
 impl Errors<'_> {
     fn at(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
-        let (line, column) = line_col(self.text, span.start);
-        self.list.push(PolicyError {
-            file: self.file.to_owned(),
-            line,
-            column,
+        let seq = self.kept.len() + self.more;
+        let key = (span.start, seq);
+        if self.kept.len() == MAX_REPORTED_ERRORS {
+            // Later than every kept error: counted, not kept.
+            if self.kept.peek().is_some_and(|last| last.key() < key) {
+                self.more += 1;
+                return;
+            }
+            self.kept.pop();
+            self.more += 1;
+        }
+        self.kept.push(Pending {
+            offset: span.start,
+            seq,
             field: field.into(),
             message: message.into(),
         });
     }
+
+    fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    /// The kept errors in file order, located, then the count of the rest.
+    fn into_list(self) -> Vec<PolicyError> {
+        let mut list: Vec<PolicyError> = self
+            .kept
+            .into_sorted_vec()
+            .into_iter()
+            .map(|e| {
+                let (line, column) = line_col(self.text, e.offset);
+                PolicyError {
+                    file: self.file.to_owned(),
+                    line,
+                    column,
+                    field: e.field,
+                    message: e.message,
+                }
+            })
+            .collect();
+        cap_errors_with(&mut list, self.more);
+        list
+    }
+}
+
+/// Caps a list of policy errors at `MAX_REPORTED_ERRORS` (for lists built
+/// elsewhere, e.g. secret reference checks): the first ones, then one error
+/// saying how many more there were.
+pub fn cap_errors(mut list: Vec<PolicyError>) -> Vec<PolicyError> {
+    let more = list.len().saturating_sub(MAX_REPORTED_ERRORS);
+    list.truncate(MAX_REPORTED_ERRORS);
+    cap_errors_with(&mut list, more);
+    list
+}
+
+fn cap_errors_with(list: &mut Vec<PolicyError>, more: usize) {
+    if more == 0 {
+        return;
+    }
+    let (file, line, column) = list
+        .last()
+        .map(|e| (e.file.clone(), e.line, e.column))
+        .unwrap_or_default();
+    list.push(PolicyError {
+        file,
+        line,
+        column,
+        field: "(file)".into(),
+        message: format!(
+            "{more} more error(s) not shown: only the first {MAX_REPORTED_ERRORS} are reported"
+        ),
+    });
 }
 
 /// 1-based line and column of a byte offset.
@@ -453,7 +558,8 @@ fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<Po
     let mut errs = Errors {
         file,
         text,
-        list: Vec::new(),
+        kept: std::collections::BinaryHeap::new(),
+        more: 0,
         confine_to: (confine && valid_slug(&tenant)).then(|| tenant.clone()),
     };
 
@@ -478,7 +584,7 @@ fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<Po
     let cors_allowed_origins = cors(&mut errs, raw.cors.as_ref());
     let rate_limits = raw.rate_limits.as_ref().map(|r| rate_limits(&mut errs, r));
 
-    if errs.list.is_empty() {
+    if errs.is_empty() {
         Ok(PolicyDoc {
             tenant,
             description: raw.description,
@@ -490,8 +596,7 @@ fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<Po
             rate_limits,
         })
     } else {
-        errs.list.sort_by_key(|e| (e.line, e.column));
-        Err(errs.list)
+        Err(errs.into_list())
     }
 }
 

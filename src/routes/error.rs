@@ -240,6 +240,22 @@ impl From<AdminError> for ApiError {
                 "master_key_missing",
                 "this broker has no master key configured, so credentials cannot be stored; ask the operator",
             ),
+            AdminError::Busy => {
+                let mut e = ApiError::unavailable(
+                    "admin_busy",
+                    "the broker is busy with other admin work (a replay, key hashing); retry in a few seconds",
+                );
+                e.retry_after = Some(5);
+                e
+            }
+            AdminError::TooManyKeys => ApiError::coded(
+                "too_many_keys",
+                format!(
+                    "this tenant has {} live API keys, the most allowed; revoke one first",
+                    crate::admin::MAX_LIVE_KEYS_PER_TENANT
+                ),
+            ),
+            AdminError::TimedOut(m) => ApiError::unavailable("admin_timed_out", m),
             AdminError::Store(e) => e.into(),
         }
     }
@@ -341,6 +357,11 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
     (400, "invalid_policy", "a policy that does not validate"),
     (
         400,
+        "invalid_source_name",
+        "a policy's `source_name` is empty, too long or has control characters",
+    ),
+    (
+        400,
         "invalid_request",
         "other invalid input to an admin operation",
     ),
@@ -422,6 +443,11 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
     (409, "conflict", "a concurrent change; retry"),
     (
         409,
+        "too_many_keys",
+        "the tenant holds the most live API keys allowed (100); revoke one first",
+    ),
+    (
+        409,
         "credential_claimed",
         "the project belongs to another tenant",
     ),
@@ -467,6 +493,16 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
         503,
         "idp_unavailable",
         "an identity provider cannot verify right now",
+    ),
+    (
+        503,
+        "admin_busy",
+        "other admin work (a replay, key hashing) holds what this needs; `Retry-After`",
+    ),
+    (
+        503,
+        "admin_timed_out",
+        "a replay ran past its time bound and was stopped",
     ),
     (
         503,

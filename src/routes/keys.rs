@@ -73,6 +73,7 @@ pub async fn create(
         body.name.clone(),
         &actor(&req, &p.key_id),
         state.clock.now_unix_ms(),
+        Some(&state.auth),
     )
     .await
     .map_err(admin_error)?;

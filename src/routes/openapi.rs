@@ -305,7 +305,13 @@ pub const OPERATIONS: &[Operation] = &[
         Auth::Admin,
         Body::CreateKey,
         Answer::Json(201),
-        &["invalid_scope", "invalid_request", "conflict"],
+        &[
+            "invalid_scope",
+            "invalid_request",
+            "conflict",
+            "too_many_keys",
+            "admin_busy",
+        ],
     ),
     op(
         "delete",
@@ -337,6 +343,7 @@ pub const OPERATIONS: &[Operation] = &[
         Answer::Json(200),
         &[
             "invalid_policy",
+            "invalid_source_name",
             "invalid_request",
             "wrong_tenant",
             "conflict",
@@ -393,9 +400,12 @@ pub const OPERATIONS: &[Operation] = &[
         Answer::Json(200),
         &[
             "invalid_policy",
+            "invalid_source_name",
             "invalid_time",
             "invalid_request",
             "wrong_tenant",
+            "admin_busy",
+            "admin_timed_out",
         ],
     ),
     op(

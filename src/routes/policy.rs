@@ -64,10 +64,37 @@ pub async fn version(
 pub struct ApplyBody {
     /// The policy file's TOML text.
     pub source: String,
-    /// Its file name, for error locations and history (default `<tenant>.toml`).
+    /// Its file name, for error locations and history (default `<tenant>.toml`):
+    /// 1-128 characters without control characters.
     pub source_name: Option<String>,
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// The longest `source_name` (characters) of an apply or replay.
+pub const MAX_SOURCE_NAME: usize = 128;
+
+/// A policy's `source_name`, checked at the edge: it is copied into every
+/// error location of the answer, the version history and the audit chain, so
+/// it is short and free of control characters (NUL included). Default:
+/// `<tenant>.toml`.
+fn source_name(given: Option<&str>, tenant: &str) -> Result<String, ApiError> {
+    let Some(name) = given else {
+        return Ok(format!("{tenant}.toml"));
+    };
+    if name.is_empty()
+        || name.chars().nth(MAX_SOURCE_NAME).is_some()
+        || name.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad(
+            "invalid_source_name",
+            "source_name",
+            format!(
+                "source_name must be 1-{MAX_SOURCE_NAME} characters without control characters"
+            ),
+        ));
+    }
+    Ok(name.to_owned())
 }
 
 pub async fn apply(
@@ -76,10 +103,7 @@ pub async fn apply(
     req: HttpRequest,
     body: Json<ApplyBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = body
-        .source_name
-        .clone()
-        .unwrap_or_else(|| format!("{}.toml", p.tenant));
+    let name = source_name(body.source_name.as_deref(), &p.tenant)?;
     let out = admin::apply_policy(
         &state.store,
         &state.secrets,
@@ -132,6 +156,7 @@ pub async fn rollback(
 pub struct ReplayBody {
     /// The proposed policy's TOML text.
     pub source: String,
+    /// As for apply: 1-128 characters without control characters.
     pub source_name: Option<String>,
     /// Window start: RFC 3339 or unix seconds (default: 7 days ago).
     pub since: Option<String>,
@@ -140,7 +165,8 @@ pub struct ReplayBody {
 }
 
 /// `POST /v1/policy/replay`: what the proposed policy would have decided on
-/// the tenant's recorded requests in the window (nothing is applied).
+/// the tenant's recorded requests in the window (nothing is applied), under
+/// the bounds of `replay::for_tenant`.
 pub async fn replay(
     state: web::Data<AppState>,
     p: Authed<scope::Admin>,
@@ -156,15 +182,13 @@ pub async fn replay(
         since_ms: time("since", &body.since, now - 7 * 86_400_000)?,
         until_ms: time("until", &body.until, now + 1)?,
     };
-    let name = body
-        .source_name
-        .clone()
-        .unwrap_or_else(|| format!("{}.toml", p.tenant));
-    let report = crate::replay::replay(
+    let name = source_name(body.source_name.as_deref(), &p.tenant)?;
+    let report = crate::replay::for_tenant(
+        &state.replay_gate,
         &state.store,
         &name,
         &body.source,
-        Some(&p.tenant),
+        &p.tenant,
         window,
         &actor(&req, &p.key_id),
         now,

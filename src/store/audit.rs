@@ -884,12 +884,14 @@ impl Store {
 
     /// Streams a tenant's recorded token requests (issued and refused) with
     /// `since_ms <= at_ms < until_ms`, in time order, into `f`: only the
-    /// columns `policy replay` needs, so a million rows read quickly.
+    /// columns `policy replay` needs, so a million rows read quickly. Reads
+    /// at most `limit` rows.
     pub async fn scan_requests<F>(
         &self,
         tenant: &str,
         since_ms: i64,
         until_ms: i64,
+        limit: u64,
         mut f: F,
     ) -> StoreResult<()>
     where
@@ -898,10 +900,11 @@ impl Store {
         let sql = "SELECT audit_id, at_ms, outcome, code, idp, user_id, user_groups, session_id, \
              requested_role, requested_expire_time, granted_role, granted_expire_time, rule, detail \
              FROM audit_events WHERE tenant = $1 AND at_ms >= $2 AND at_ms < $3 \
-             AND kind IN ('token_issued', 'token_refused') ORDER BY at_ms, seq";
+             AND kind IN ('token_issued', 'token_refused') ORDER BY at_ms, seq LIMIT $4";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         with_pool!(self, p => {
             let mut s = sqlx::query_as::<_, RequestRow>(sql)
-                .bind(tenant).bind(since_ms).bind(until_ms).fetch(p);
+                .bind(tenant).bind(since_ms).bind(until_ms).bind(limit).fetch(p);
             while let Some(row) = s.try_next().await? {
                 f(row);
             }

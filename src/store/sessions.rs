@@ -49,11 +49,23 @@ impl Store {
 }
 
 impl Store {
-    /// Every session a tenant registered (for `policy replay` of requests
-    /// recorded before the decision's session facts were).
-    pub async fn list_sessions(&self, tenant: &str) -> StoreResult<Vec<SessionRow>> {
+    /// The sessions a tenant registered that its recorded token requests in
+    /// `since_ms <= at_ms < until_ms` name, at most `limit` of them (for
+    /// `policy replay` of requests recorded before the decision's session
+    /// facts were): sessions registered but never asked for are not loaded.
+    pub async fn list_sessions(
+        &self,
+        tenant: &str,
+        since_ms: i64,
+        until_ms: i64,
+        limit: u64,
+    ) -> StoreResult<Vec<SessionRow>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         Ok(with_pool!(self, p => sqlx::query_as::<_, SessionRow>(
-            "SELECT session_id, owner, labels, updated_at_ms FROM sessions WHERE tenant = $1"
-        ).bind(tenant).fetch_all(p).await)?)
+            "SELECT s.session_id, s.owner, s.labels, s.updated_at_ms FROM sessions s \
+             WHERE s.tenant = $1 AND EXISTS (SELECT 1 FROM audit_events a WHERE a.tenant = $1 \
+             AND a.session_id = s.session_id AND a.at_ms >= $2 AND a.at_ms < $3 \
+             AND a.kind IN ('token_issued', 'token_refused')) LIMIT $4"
+        ).bind(tenant).bind(since_ms).bind(until_ms).bind(limit).fetch_all(p).await)?)
     }
 }

@@ -138,3 +138,112 @@ async fn policies_over_the_caps_are_refused_at_once() {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 }
+
+/// The attacker of review D1: a tenant admin whose `source_name` would be
+/// copied into every error location, the version history and the audit chain
+/// (huge, or with NUL, which PostgreSQL refuses as a 503). Each is refused at
+/// the edge with 400 naming the field, on dry run, apply and replay alike,
+/// and nothing is applied.
+#[tokio::test]
+async fn hostile_source_names_are_refused_at_the_edge() {
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    // A changed policy, so that an apply would write a version.
+    let source = format!("{}\n# changed\n", app.standard_policy("acme"));
+    let huge = "x".repeat(100_000);
+    let long = "y".repeat(129);
+    for name in [
+        huge.as_str(),
+        long.as_str(),
+        "a\0b.toml",
+        "\u{1b}[2J.toml",
+        "acme\n.toml",
+        "",
+    ] {
+        for (path, body) in [
+            (
+                "/v1/policy",
+                json!({"source": source, "source_name": name, "dry_run": true}),
+            ),
+            ("/v1/policy", json!({"source": source, "source_name": name})),
+            (
+                "/v1/policy/replay",
+                json!({"source": source, "source_name": name}),
+            ),
+        ] {
+            let r = app.post(path, &key, &body).await;
+            let status = r.status();
+            let v: Value = r.json().await.unwrap();
+            let shown = &name[..name.len().min(20)];
+            assert_eq!(status, 400, "{path} {shown:?}: {v}");
+            assert_eq!(v["error"]["code"], "invalid_source_name", "{v}");
+            assert_eq!(v["error"]["field"], "source_name", "{v}");
+        }
+    }
+    let v: Value = app
+        .get("/v1/policy/versions", &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    // The longest name allowed is taken, and recorded as given.
+    let ok = "z".repeat(128);
+    let r = app
+        .post(
+            "/v1/policy",
+            &key,
+            &json!({"source": source, "source_name": ok}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = app.get("/v1/policy", &key).await.json().await.unwrap();
+    assert_eq!(v["source_name"], ok.as_str(), "{v}");
+}
+
+/// The other half of D1: one rule with as many invalid subjects as the
+/// 256 KiB cap holds (about 87,000, each its own error) under the longest
+/// name allowed. The answer lists the first 50 errors by position and says
+/// how many more there were: a bounded body (not tens of MB), quickly.
+#[tokio::test]
+async fn a_policy_with_countless_errors_gets_a_bounded_answer() {
+    const REPORTED: usize = 50;
+    let app = spawn_app().await;
+    app.create_tenant("alpha").await;
+    let key = app.create_key("alpha", &["admin"]).await;
+    let head = "tenant = \"alpha\"\n\n[[rules]]\nid = \"r\"\npriority = 1\nsessions = [\"*\"]\nroles = [\"publisher\"]\nsubjects = [";
+    let n = (MAX_POLICY_BYTES - head.len() - 8) / 3;
+    let source = format!("{head}{}]\n", "'',".repeat(n));
+    assert!(source.len() <= MAX_POLICY_BYTES);
+    let name = "n".repeat(128);
+    for (path, body) in [
+        (
+            "/v1/policy",
+            json!({"source": source, "source_name": name, "dry_run": true}),
+        ),
+        (
+            "/v1/policy/replay",
+            json!({"source": source, "source_name": name}),
+        ),
+    ] {
+        let started = Instant::now();
+        let r = app.post(path, &key, &body).await;
+        assert_eq!(r.status(), 400, "{path}");
+        let text = r.text().await.unwrap();
+        assert!(text.len() < 128 * 1024, "{path}: {} bytes", text.len());
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_policy", "{path}");
+        assert_eq!(v["error"]["field"], "rules[0].subjects", "{path}");
+        let errors = v["error"]["decision"].as_array().unwrap();
+        assert_eq!(errors.len(), REPORTED + 1, "{path}");
+        let last = errors[REPORTED]["message"].as_str().unwrap();
+        assert!(
+            last.starts_with(&format!("{} more error", n - REPORTED)),
+            "{path}: {last}"
+        );
+        // In file order: the first errors are the first subjects.
+        assert_eq!(errors[0]["column"], 13, "{path}");
+        assert_eq!(errors[1]["column"], 16, "{path}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{path}");
+    }
+}

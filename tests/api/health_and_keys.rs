@@ -289,3 +289,43 @@ async fn admin_keys_manage_keys_of_their_own_tenant_only() {
     assert_eq!(v["error"]["code"], "invalid_scope");
     assert_eq!(v["error"]["field"], "scopes");
 }
+
+/// Review D5: a hostile tenant admin cannot create keys without bound (each
+/// one an argon2 hash and a row). With 100 live keys, `POST /v1/keys` is
+/// refused with 409 `too_many_keys`; revoking one makes room again.
+#[tokio::test]
+async fn a_tenant_admin_holds_at_most_100_live_keys() {
+    let app = spawn_app().await;
+    app.create_tenant("mallory").await;
+    let admin = app.create_key("mallory", &["admin"]).await;
+    // 99 more live keys (seeded: hashing 99 keys would only slow the test).
+    let values: Vec<String> = (0..99)
+        .map(|i| format!("('seed{i}', 'mallory', 'issue', 'x', 1000, 'cli')"))
+        .collect();
+    raw_sql(
+        &app,
+        &format!(
+            "INSERT INTO api_keys (key_id, tenant, scopes, secret_hash, created_at_ms, created_by) VALUES {}",
+            values.join(", ")
+        ),
+    )
+    .await;
+    let r = app
+        .post("/v1/keys", &admin, &json!({"scopes": ["issue"]}))
+        .await;
+    assert_eq!(r.status(), 409);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "too_many_keys", "{v}");
+    let r = app
+        .client
+        .delete(app.url("/v1/keys/seed0"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .post("/v1/keys", &admin, &json!({"scopes": ["issue"]}))
+        .await;
+    assert_eq!(r.status(), 201);
+}

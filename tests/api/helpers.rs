@@ -141,7 +141,7 @@ impl TestApp {
     /// Creates a key through the library (as the CLI does) and returns the whole key.
     pub async fn create_key(&self, tenant: &str, scopes: &[&str]) -> String {
         let scopes = Scopes::parse(scopes.iter().copied()).expect("scopes");
-        admin::create_key(&self.store, tenant, scopes, None, &Actor::Cli, 1_000)
+        admin::create_key(&self.store, tenant, scopes, None, &Actor::Cli, 1_000, None)
             .await
             .expect("create key")
             .key

@@ -302,3 +302,130 @@ async fn fail_on_gates_a_policy_change_from_the_command_line() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("unknown --fail-on"), "{err}");
 }
+
+/// Review D2, the window: a tenant admin cannot replay the tenant's whole
+/// history (`since: "0"`) in one request; a month (31 days) is the most, and
+/// a longer window is refused with 400 naming `since`.
+#[tokio::test]
+async fn replay_windows_over_a_month_are_refused() {
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    let month = 31 * 86_400;
+    for (since, until, status) in [
+        (None, None, 200),
+        (Some("0".to_owned()), None, 400),
+        (Some("0".to_owned()), Some((month + 1).to_string()), 400),
+        (Some("0".to_owned()), Some(month.to_string()), 200),
+    ] {
+        let mut body = json!({"source": policy_b(&app)});
+        if let Some(s) = &since {
+            body["since"] = json!(s);
+        }
+        if let Some(u) = &until {
+            body["until"] = json!(u);
+        }
+        let r = app.post("/v1/policy/replay", &key, &body).await;
+        let got = r.status();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(got, status, "{body}: {v}");
+        if status == 400 {
+            assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+            assert_eq!(v["error"]["field"], "since", "{v}");
+        }
+    }
+}
+
+/// Review D2, concurrency: replays run one at a time per broker. While one
+/// holds the gate, another waits a bounded time and is then refused with 503
+/// `admin_busy` and `Retry-After` (it neither queues without bound nor takes
+/// a second pool connection); once the gate is free it runs.
+#[tokio::test]
+async fn a_replay_is_refused_while_another_holds_the_gate() {
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    let held = app.app_state.replay_gate.acquire().await.unwrap();
+    let started = std::time::Instant::now();
+    let r = app
+        .post(
+            "/v1/policy/replay",
+            &key,
+            &json!({"source": policy_b(&app)}),
+        )
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "admin_busy", "{v}");
+    assert!(waited >= token_broker::replay::GATE_WAIT, "{waited:?}");
+    assert!(waited < token_broker::replay::GATE_WAIT * 3, "{waited:?}");
+    drop(held);
+    let r = app
+        .post(
+            "/v1/policy/replay",
+            &key,
+            &json!({"source": policy_b(&app)}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+/// Review D2, what one replay loads: over the row bound, or naming more
+/// registered sessions than the session bound, a replay is refused (field
+/// `since`) instead of reading on; sessions registered but never asked for
+/// in the window (an app's made-up IDs) are not loaded and do not count.
+#[tokio::test]
+async fn a_replay_reads_a_bounded_number_of_rows_and_sessions() {
+    use token_broker::replay::{Bounds, Window, replay};
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    record_traffic(&app, &key).await;
+    // Made-up sessions, registered but never used in a request.
+    for i in 10..40 {
+        let sid = session_for(API_KEY, i);
+        let r = app
+            .put(
+                &format!("/v1/sessions/{sid}"),
+                &key,
+                &json!({"labels": {"kind": "x".repeat(256)}}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let all = Window {
+        since_ms: 0,
+        until_ms: i64::MAX,
+    };
+    let run = |max_requests, max_sessions| {
+        let source = policy_b(&app);
+        let store = app.store.clone();
+        async move {
+            replay(
+                &store,
+                "b.toml",
+                &source,
+                Some("acme"),
+                all,
+                &token_broker::admin::Actor::Cli,
+                1_000,
+                Bounds {
+                    max_requests,
+                    max_sessions,
+                },
+            )
+            .await
+        }
+    };
+    // Six requests on two registered sessions (and one unregistered).
+    let report = run(6, 2).await.expect("within both bounds");
+    assert_eq!(report.requests, 6);
+    for (max_requests, max_sessions, what) in [(5, 2, "requests"), (6, 1, "sessions")] {
+        match run(max_requests, max_sessions).await {
+            Err(token_broker::admin::AdminError::Field { field, message }) => {
+                assert_eq!(field, "since");
+                assert!(message.contains(what), "{message}");
+            }
+            other => panic!("{max_requests}/{max_sessions}: {other:?}"),
+        }
+    }
+}

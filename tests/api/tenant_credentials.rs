@@ -717,3 +717,41 @@ async fn rekey_reseals_every_credential_under_the_new_master_key() {
     assert_eq!(r.failed, vec!["bravo/main".to_owned()]);
     assert!(!format!("{r:?}").contains(secret));
 }
+
+/// Review D6: an app's tokens are signed on a shared HTTP worker, so a tenant
+/// admin uploading an RSA-8192 key (about 64x the cost of RSA-2048 per
+/// token) would let its app tie up a worker at ~50 tokens/s. Keys over 4096
+/// bits are refused at upload, naming the field; 4096 bits is accepted.
+#[tokio::test]
+async fn rsa_keys_over_4096_bits_are_refused_at_upload() {
+    let app = spawn_app().await;
+    app.create_tenant("bravo").await;
+    let admin = app.create_key("bravo", &["issue", "admin", "audit"]).await;
+    let huge = std::fs::read_to_string(fixture("rsa-8192-oversize.key")).unwrap();
+    let r = app
+        .put(
+            "/v1/credentials/big",
+            &admin,
+            &json!({"provider": "vonage", "application_id": "29f760f8-7ce1-46c9-ade3-f2dedee4ed51", "private_key": huge}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["field"], "private_key", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("4096 bits"),
+        "{v}"
+    );
+    let ok = std::fs::read_to_string(fixture("rsa-4096.key")).unwrap();
+    let r = app
+        .put(
+            "/v1/credentials/ok",
+            &admin,
+            &json!({"provider": "vonage", "application_id": "29f760f8-7ce1-46c9-ade3-f2dedee4ed52", "private_key": ok}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+}
