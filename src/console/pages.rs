@@ -2,6 +2,7 @@
 //! scopes come only from it), checks the scope the API would check, and then
 //! calls the same store and admin operations as the API handlers.
 
+use crate::routes::extractors::api_key_limit;
 use std::collections::{BTreeMap, HashMap};
 
 use actix_web::http::{StatusCode, header};
@@ -89,16 +90,6 @@ async fn signed_in(state: &AppState, req: &HttpRequest) -> Result<Session, Fail>
         }
         Err(e) => Err(api_error(&s, e.into()).into()),
     }
-}
-
-/// Takes one token of the key's `api_key` bucket (the tenant's own rate when
-/// its policy sets one); 429 `rate_limited` when it is empty.
-fn api_key_limit(state: &AppState, tenant: &str, key_id: &str) -> Result<(), ApiError> {
-    if let Err(wait) = state.limits.for_tenant(tenant).api_key.check(key_id) {
-        state.metrics.rate_limited(crate::metrics::Limit::ApiKey);
-        return Err(crate::routes::extractors::rate_limited(wait));
-    }
-    Ok(())
 }
 
 /// An API error as a page inside the session's layout, with the API's

@@ -171,6 +171,17 @@ pub async fn authenticate_key(
     }
 }
 
+/// Takes one token of the key's `api_key` bucket (the tenant's own
+/// `[rate_limits]` when its policy sets them): every call by a key, the
+/// console's pages and sign-ins included; 429 `rate_limited` when empty.
+pub fn api_key_limit(state: &AppState, tenant: &str, key_id: &str) -> Result<(), ApiError> {
+    if let Err(wait) = state.limits.for_tenant(tenant).api_key.check(key_id) {
+        state.metrics.rate_limited(crate::metrics::Limit::ApiKey);
+        return Err(rate_limited(wait));
+    }
+    Ok(())
+}
+
 /// Counts a failed authentication against the client address, slows the answer
 /// down, and turns it into 429 once the address is over its limit.
 pub async fn failed_auth(state: &AppState, req: &HttpRequest, err: ApiError) -> ApiError {
@@ -205,12 +216,7 @@ impl<S: Required> FromRequest for Authed<S> {
             let presented = bearer(&req)?;
             refuse_if_over_failed_auth_limit(&state, &req)?;
             let p = authenticate_key(&state, &req, presented).await?;
-            // The tenant's own `[rate_limits]` when its policy sets them.
-            let limits = state.limits.for_tenant(&p.tenant);
-            if let Err(wait) = limits.api_key.check(&p.key_id) {
-                state.metrics.rate_limited(crate::metrics::Limit::ApiKey);
-                return Err(rate_limited(wait));
-            }
+            api_key_limit(&state, &p.tenant, &p.key_id)?;
             S::check(p.scopes).map_err(insufficient_scope)?;
             Ok(Authed {
                 principal: p,
