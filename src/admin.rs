@@ -114,6 +114,7 @@ pub async fn create_tenant(
             "invalid tenant slug {slug:?}: use 1-63 of a-z, 0-9 and '-', starting with a letter or digit"
         )));
     }
+    refuse_env_overlap(store, slug).await?;
     let mut row = AuditRow::new(
         slug,
         crate::audit::Kind::TenantCreated,
@@ -135,6 +136,43 @@ pub async fn create_tenant(
 }
 
 pub(crate) use crate::audit::retry_head;
+
+/// A new tenant's environment namespace (`TOKEN_BROKER_TENANT_ACME_WEST_`)
+/// lies inside the namespace of any tenant whose slug is a prefix of it at a
+/// dash (`acme`). Once the new tenant exists, such names are its own; until
+/// then the older tenant may use them. So the new tenant is refused while an
+/// older tenant's current policy references a variable in its namespace:
+/// otherwise that tenant would keep signing with the new tenant's secret.
+async fn refuse_env_overlap(store: &Store, slug: &str) -> Result<(), AdminError> {
+    use crate::domain::{SecretRef, env_prefix};
+    let theirs = env_prefix(slug);
+    for other in store.tenant_slugs().await? {
+        let mine = env_prefix(&other);
+        if other == slug || mine.len() >= theirs.len() || !theirs.starts_with(&mine) {
+            continue;
+        }
+        let Some(row) = store.current_policy(&other).await? else {
+            continue;
+        };
+        let Ok(doc) = crate::policy::parse_stored(&row.source_name, &row.source) else {
+            continue;
+        };
+        let inside = doc
+            .secret_refs()
+            .into_iter()
+            .find_map(|(field, r)| match r {
+                SecretRef::Env(name) if name.starts_with(&theirs) => Some((field, name)),
+                _ => None,
+            });
+        if let Some((field, name)) = inside {
+            return Err(AdminError::Invalid(format!(
+                "tenant {other}'s policy (version {}) references env:{name} at {field}, which would belong to tenant {slug}: rename that variable in {other}'s policy first, or choose another slug",
+                row.version
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// A policy version as shown to admins (HTTP and CLI `--json` alike); the
 /// source text only where one version is asked for.

@@ -755,3 +755,34 @@ async fn rsa_keys_over_4096_bits_are_refused_at_upload() {
         .await;
     assert_eq!(r.status(), 201);
 }
+
+#[tokio::test]
+async fn a_tenant_is_not_created_into_a_namespace_another_tenant_already_uses() {
+    // The operator provisions mallory-west's secret before creating the
+    // tenant; mallory's admin references it first (the name is still inside
+    // mallory's prefix). Creating mallory-west must fail loudly instead of
+    // leaving mallory signing with mallory-west's secret.
+    let app = spawn_app().await;
+    let (_, mallory) = two_tenants(&app).await;
+    // (Not provisioned on this host: a policy may name it ahead, with a warning.)
+    let var = "TOKEN_BROKER_TENANT_MALLORY_WEST_EARLY_SECRET";
+    let source = policy_with_secret("mallory", "555002", &format!("env:{var}"));
+    let (s, v) = apply_http(&app, &mallory, &source, false).await;
+    assert_eq!(s, 200, "{v}");
+    let e = token_broker::admin::create_tenant(
+        &app.store,
+        "mallory-west",
+        &token_broker::admin::Actor::Cli,
+        2_000,
+    )
+    .await
+    .expect_err("refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("mallory") && msg.contains(var) && msg.contains("credentials[0].api_secret"),
+        "{msg}"
+    );
+    assert!(!app.store.tenant_exists("mallory-west").await.unwrap());
+    // A slug that no policy's variables reach is created as before.
+    app.create_tenant("mallory-east").await;
+}
