@@ -123,6 +123,11 @@ pub struct SettingsArgs {
     /// `Forwarded: proto=`) says https.
     #[arg(long, env = "TOKEN_BROKER_CONSOLE_SECURE_COOKIES", global = true)]
     pub console_secure_cookies: Option<bool>,
+    /// Let tenants' identity providers fetch their JWKS from loopback,
+    /// private, link-local and other non-public addresses (default false: a
+    /// tenant admin must not make the broker probe its own network).
+    #[arg(long, env = "TOKEN_BROKER_JWKS_PRIVATE_ADDRESSES", global = true)]
+    pub jwks_private_addresses: Option<bool>,
     /// Ed25519 key that signs audit checkpoints (kept outside the database).
     #[arg(long, env = "TOKEN_BROKER_CHECKPOINT_KEY_FILE", global = true)]
     pub checkpoint_key_file: Option<PathBuf>,
@@ -233,6 +238,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Console cookies are always `Secure`, whatever the request says.
     pub console_secure_cookies: bool,
+    /// JWKS may be fetched from non-public addresses (development, tests).
+    pub jwks_private_addresses: bool,
     pub checkpoint_key_file: Option<PathBuf>,
     pub checkpoint_file: Option<PathBuf>,
     #[serde(rename = "checkpoint_interval_secs", serialize_with = "secs")]
@@ -328,6 +335,7 @@ impl Settings {
             master_key_file: g.master_key_file,
             trusted_proxies,
             console_secure_cookies: g.console_secure_cookies.unwrap_or(false),
+            jwks_private_addresses: g.jwks_private_addresses.unwrap_or(false),
             checkpoint_key_file: g.checkpoint_key_file,
             checkpoint_file: g.checkpoint_file,
             checkpoint_interval: Duration::from_secs(
@@ -450,6 +458,9 @@ mod tests {
         assert!(!resolve(&["t"]).unwrap().console_secure_cookies);
         let s = resolve(&["t", "--console-secure-cookies", "true"]).unwrap();
         assert!(s.console_secure_cookies);
+        assert!(!resolve(&["t"]).unwrap().jwks_private_addresses);
+        let s = resolve(&["t", "--jwks-private-addresses", "true"]).unwrap();
+        assert!(s.jwks_private_addresses);
         let e = resolve(&["t", "--trusted-proxies", "10.0.0.0/8,proxy.local"])
             .unwrap_err()
             .to_string();

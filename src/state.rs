@@ -53,6 +53,8 @@ pub struct LoadInputs<'a> {
     pub keyring: Option<&'a Keyring>,
     /// Which tenant claims each video project.
     pub claims: &'a HashMap<String, String>,
+    /// JWKS URLs may reach non-public addresses (setting `jwks_private_addresses`).
+    pub jwks_private_addresses: bool,
 }
 
 impl TenantRuntime {
@@ -123,7 +125,8 @@ impl TenantRuntime {
             .identity_providers
             .iter()
             .map(|spec| {
-                let idp = IdentityProvider::load(spec, inputs.secrets);
+                let idp =
+                    IdentityProvider::load(spec, inputs.secrets, inputs.jwks_private_addresses);
                 if let Err(e) = &idp {
                     tracing::warn!(tenant = ?tenant, idp = ?spec.name, error = ?e, "identity provider unavailable");
                 }
@@ -163,6 +166,7 @@ impl TenantRuntime {
                 stored: &stored,
                 keyring,
                 claims: &claims,
+                jwks_private_addresses: resolver.jwks_private_addresses(),
             },
         ))
     }
@@ -247,7 +251,8 @@ impl AppState {
     ) -> AppState {
         let auth = Authenticator::new(store.clone(), settings.key_cache, settings.hash_parallelism);
         AppState {
-            secrets: SecretResolver::new(settings.secrets_dir.clone(), SECRET_READ_BOUND),
+            secrets: SecretResolver::new(settings.secrets_dir.clone(), SECRET_READ_BOUND)
+                .with_jwks_private_addresses(settings.jwks_private_addresses),
             keyring,
             heavy: Default::default(),
             limits: Limits::new(settings.rates, clock.clone()),

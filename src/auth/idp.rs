@@ -10,7 +10,8 @@
 //! provider and must match exactly; `iss`, `aud` and `exp` are required and
 //! one audience must match; an HMAC secret shorter than 32 bytes (or empty)
 //! makes the provider unavailable, never open. JWKS: fetched over https (plain
-//! http only on loopback, checked at policy validation), redirects never
+//! http only on loopback, checked at policy validation), from public
+//! addresses only unless the operator allows others (`PublicOnly`), redirects never
 //! followed, the body read up to 256 KiB and at most 100 keys, one fetch in
 //! flight per provider (concurrent requests wait for it), fetches spaced by at
 //! least `jwks_min_refresh` (1 s floor), and keys older than `jwks_max_age`
@@ -119,6 +120,54 @@ struct Key {
     key: DecodingKey,
 }
 
+/// The refusal of a JWKS URL that leads to a non-public address.
+fn private_refusal(host: &str) -> String {
+    format!(
+        "jwks_url: {host} is not a public address (the operator allows such addresses with jwks_private_addresses)"
+    )
+}
+
+/// Refuses a JWKS URL whose host is `localhost` or a non-public IP literal
+/// (the HTTP client resolves no name for a literal, so `PublicOnly` would not see it).
+fn refuse_private_host(url: &reqwest::Url) -> Result<(), String> {
+    let host = url.host_str().unwrap_or_default();
+    let literal = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .ok();
+    let localhost =
+        host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost");
+    if localhost || literal.is_some_and(|a| !crate::domain::idp::is_public(a)) {
+        return Err(private_refusal(host));
+    }
+    Ok(())
+}
+
+/// Resolves a JWKS host to its public addresses only, at every connection
+/// (so a name that later resolves to an internal address is refused then):
+/// a name with none left fails the fetch.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let all: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<std::net::SocketAddr> = all
+                .into_iter()
+                .filter(|a| crate::domain::idp::is_public(a.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(private_refusal(&host).into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(public.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
 /// Fetched JWKS keys and when (the request's `now`, in unix milliseconds).
 #[derive(Default)]
 struct JwksCache {
@@ -200,7 +249,14 @@ fn hmac_key(r: &SecretRef, secret: &[u8]) -> Result<DecodingKey, String> {
 impl IdentityProvider {
     /// Builds the provider from its keys, resolved beforehand by
     /// `crate::secrets` (the JWKS is fetched on first use).
-    pub fn load(spec: &IdpSpec, secrets: &Resolved) -> Result<IdentityProvider, String> {
+    /// Unless `private_addresses` (the operator's `jwks_private_addresses`),
+    /// a JWKS URL may reach public addresses only: an IP-literal host is
+    /// checked here, and names through `PublicOnly` at every connection.
+    pub fn load(
+        spec: &IdpSpec,
+        secrets: &Resolved,
+        private_addresses: bool,
+    ) -> Result<IdentityProvider, String> {
         let algorithms = spec
             .algorithms
             .iter()
@@ -230,18 +286,24 @@ impl IdentityProvider {
                 }
                 Keys::Static(keys)
             }
-            IdpKeys::JwksUrl(url) => Keys::Jwks(Box::new(Jwks {
-                url: check_jwks_url(url).map_err(|e| format!("jwks_url: {e}"))?,
-                client: reqwest::Client::builder()
+            IdpKeys::JwksUrl(url) => {
+                let url = check_jwks_url(url).map_err(|e| format!("jwks_url: {e}"))?;
+                let mut client = reqwest::Client::builder()
                     .timeout(Duration::from_secs(5))
                     .connect_timeout(Duration::from_secs(3))
                     // A redirect could lead anywhere (an internal address): never follow.
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .map_err(|e| format!("HTTP client: {e}"))?,
-                cache: Default::default(),
-                fetching: tokio::sync::Mutex::new(()),
-            })),
+                    .redirect(reqwest::redirect::Policy::none());
+                if !private_addresses {
+                    refuse_private_host(&url)?;
+                    client = client.dns_resolver(std::sync::Arc::new(PublicOnly));
+                }
+                Keys::Jwks(Box::new(Jwks {
+                    url,
+                    client: client.build().map_err(|e| format!("HTTP client: {e}"))?,
+                    cache: Default::default(),
+                    fetching: tokio::sync::Mutex::new(()),
+                }))
+            }
         };
         Ok(IdentityProvider {
             spec: spec.clone(),
@@ -693,4 +755,43 @@ pub fn is_jwt_shaped(token: &str) -> bool {
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .is_some_and(|v| v.is_object())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::dns::Resolve;
+
+    #[tokio::test]
+    async fn a_name_that_resolves_only_to_internal_addresses_is_refused() {
+        // `localhost` is in every host's /etc/hosts, on loopback.
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let e = PublicOnly.resolve(name).await.err().expect("refused");
+        assert!(e.to_string().contains("not a public address"), "{e}");
+    }
+
+    #[test]
+    fn localhost_and_internal_literals_are_refused_before_any_connection() {
+        for url in [
+            "http://localhost:9/jwks",
+            "https://LOCALHOST/jwks",
+            "https://login.localhost/jwks",
+            "http://127.0.0.1:9/jwks",
+            "https://10.1.2.3/jwks",
+            "https://169.254.169.254/latest",
+            "https://[::1]/jwks",
+            "https://[fd00::1]/jwks",
+            "https://[::ffff:10.0.0.1]/jwks",
+        ] {
+            let u = reqwest::Url::parse(url).unwrap();
+            assert!(refuse_private_host(&u).is_err(), "{url}");
+        }
+        for url in [
+            "https://login.example.com/jwks",
+            "https://93.184.216.34/jwks",
+        ] {
+            let u = reqwest::Url::parse(url).unwrap();
+            assert!(refuse_private_host(&u).is_ok(), "{url}");
+        }
+    }
 }

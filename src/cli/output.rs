@@ -83,4 +83,5 @@ pub fn secret_resolver(settings: &Settings) -> crate::secrets::SecretResolver {
         settings.secrets_dir.clone(),
         crate::state::SECRET_READ_BOUND,
     )
+    .with_jwks_private_addresses(settings.jwks_private_addresses)
 }

@@ -91,6 +91,10 @@ impl fmt::Debug for Resolved {
 pub struct SecretResolver {
     secrets_dir: PathBuf,
     timeout: Duration,
+    /// Whether tenants' JWKS URLs may reach non-public addresses (setting
+    /// `jwks_private_addresses`): the network counterpart of the directory
+    /// confinement above, applied where identity providers are loaded.
+    jwks_private_addresses: bool,
 }
 
 impl SecretResolver {
@@ -98,7 +102,18 @@ impl SecretResolver {
         SecretResolver {
             secrets_dir,
             timeout,
+            jwks_private_addresses: false,
         }
+    }
+
+    /// Lets tenants' JWKS URLs reach non-public addresses.
+    pub fn with_jwks_private_addresses(mut self, allowed: bool) -> SecretResolver {
+        self.jwks_private_addresses = allowed;
+        self
+    }
+
+    pub fn jwks_private_addresses(&self) -> bool {
+        self.jwks_private_addresses
     }
 
     /// `<secrets_dir>/<slug>`: the only directory tenant `slug`'s files may come from.

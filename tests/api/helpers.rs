@@ -97,6 +97,8 @@ pub async fn spawn_app_on(url: String, db: TestDb, tweak: impl FnOnce(&mut Setti
     let master = dir.path().join("master.key");
     token_broker::secrets::Keyring::generate(&master).expect("master key");
     settings.master_key_file = Some(master);
+    // The tests' identity providers serve their JWKS on loopback.
+    settings.jwks_private_addresses = true;
     tweak(&mut settings);
     let app = Application::build(settings).await.expect("build app");
     let port = app.port();

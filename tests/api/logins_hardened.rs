@@ -408,7 +408,8 @@ fn load_provider(url: &str, extra: &str) -> IdentityProvider {
     let doc = token_broker::policy::parse("acme.toml", &text).expect("valid policy");
     // A JWKS provider has no secret references to resolve.
     let none = token_broker::secrets::Resolved::default();
-    IdentityProvider::load(&doc.identity_providers[0], &none).expect("loads")
+    // (The test's provider is on loopback: allowed as `jwks_private_addresses` allows it.)
+    IdentityProvider::load(&doc.identity_providers[0], &none, true).expect("loads")
 }
 
 #[tokio::test]
@@ -1105,4 +1106,48 @@ async fn a_concurrent_wave_of_forged_login_tokens_from_one_address_is_bounded() 
     );
     assert_eq!(other.0, 201, "another address logs in: {other:?}");
     assert!(app.app_state.limits.auth_in_flight.is_empty());
+}
+
+#[tokio::test]
+async fn jwks_urls_cannot_reach_internal_addresses_unless_the_operator_allows_it() {
+    // A hostile tenant admin points its provider at the broker's own network
+    // (here a service on loopback); anyone who knows the issuer can then make
+    // the broker fetch it with an unsigned token. By default it never connects.
+    let srv = jwks_server(Duration::ZERO, None).await;
+    let body = json!({"session_id": session_for(API_KEY, 1)});
+    let t = now();
+    let port = srv.base.rsplit(':').next().unwrap();
+    for jwks in [
+        format!("{}/jwks.json", srv.base),
+        format!("http://localhost:{port}/jwks.json"),
+        // An IPv4-mapped loopback literal (https passes validation).
+        format!("https://[::ffff:127.0.0.1]:{port}/jwks.json"),
+    ] {
+        let (url, db) = fresh_database().await;
+        let app = spawn_app_on(url, db, |s| s.jwks_private_addresses = false).await;
+        tenant_with(&app, &jwks_idp(&jwks, "")).await;
+        let (s, v) = post_as(&app, "acme", &kid_token("idp-rsa-1", 1, "u", t), &body).await;
+        assert_eq!(
+            (s, code(&v).0),
+            (503, Some("idp_unavailable")),
+            "{jwks}: {v}"
+        );
+        let msg = v.to_string();
+        assert!(
+            !msg.contains("127.0.0.1") && !msg.contains("localhost"),
+            "{msg}"
+        );
+    }
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 0, "never fetched");
+
+    // (Other names are checked where they are resolved, at each connection:
+    // the unit test `a_name_that_resolves_only_to_internal_addresses_is_refused`.)
+
+    // With the setting, the operator's own provider on loopback works.
+    let (url, db) = fresh_database().await;
+    let app = spawn_app_on(url, db, |s| s.jwks_private_addresses = true).await;
+    tenant_with(&app, &jwks_idp(&format!("{}/jwks.json", srv.base), "")).await;
+    let (s, v) = post_as(&app, "acme", &kid_token("idp-rsa-1", 1, "u", t), &body).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 1);
 }
