@@ -63,7 +63,7 @@ pub const MAX_TENANT_RUN: std::time::Duration = std::time::Duration::from_secs(2
 /// they hold one pool connection and one copy of their sessions at a time.
 #[allow(clippy::too_many_arguments)]
 pub async fn for_tenant(
-    gate: &tokio::sync::Semaphore,
+    gate: &std::sync::Arc<tokio::sync::Semaphore>,
     store: &Store,
     source_name: &str,
     source: &str,
@@ -81,30 +81,47 @@ pub async fn for_tenant(
             ),
         });
     }
-    let _permit = tokio::time::timeout(GATE_WAIT, gate.acquire())
+    let permit = tokio::time::timeout(GATE_WAIT, std::sync::Arc::clone(gate).acquire_owned())
         .await
         .map_err(|_| AdminError::Busy)?
         .map_err(|_| AdminError::Busy)?;
-    tokio::time::timeout(
-        MAX_TENANT_RUN,
-        replay(
-            store,
-            source_name,
-            source,
-            Some(tenant),
-            window,
-            actor,
-            now_ms,
-            Bounds::TENANT,
-        ),
-    )
-    .await
-    .map_err(|_| {
-        AdminError::TimedOut(format!(
-            "the replay did not finish within {} s and was stopped; narrow since..until",
-            MAX_TENANT_RUN.as_secs()
-        ))
-    })?
+    // Off the HTTP workers (each row is decided as it is read), bounded in
+    // time by itself, and holding the gate until it has really ended, also
+    // when its request has gone.
+    let (store, name, source, tenant, actor) = (
+        store.clone(),
+        source_name.to_owned(),
+        source.to_owned(),
+        tenant.to_owned(),
+        actor.clone(),
+    );
+    let job = async move {
+        let r = tokio::time::timeout(
+            MAX_TENANT_RUN,
+            replay(
+                &store,
+                &name,
+                &source,
+                Some(&tenant),
+                window,
+                &actor,
+                now_ms,
+                Bounds::TENANT,
+            ),
+        )
+        .await;
+        drop(permit);
+        r
+    };
+    crate::audit::heavy::off_workers(job)
+        .await
+        .map_err(|e| AdminError::Invalid(e.to_string()))?
+        .map_err(|_| {
+            AdminError::TimedOut(format!(
+                "the replay did not finish within {} s and was stopped; narrow since..until",
+                MAX_TENANT_RUN.as_secs()
+            ))
+        })?
 }
 
 /// Most distinct values each decoding cache keeps (sessions, details, group lists).

@@ -221,7 +221,7 @@ pub struct AppState {
     /// The highest change id the feed has read.
     feed_position: AtomicI64,
     /// Tenant admins' policy replays run one at a time (`replay::for_tenant`).
-    pub replay_gate: tokio::sync::Semaphore,
+    pub replay_gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -266,7 +266,7 @@ impl AppState {
             broken: RwLock::new(HashMap::new()),
             sessions: quick_cache::sync::Cache::new(100_000),
             feed_position: AtomicI64::new(0),
-            replay_gate: tokio::sync::Semaphore::new(1),
+            replay_gate: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 

@@ -148,9 +148,28 @@ impl Heavy {
     }
 }
 
+/// Runs `job` on the audit-heavy thread, off the HTTP workers, under no
+/// other rule (the caller brings its own gate and time bound: policy replay).
+pub async fn off_workers<T, F>(job: F) -> Result<T, HeavyError>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let runtime = RUNTIME.as_ref().ok_or(HeavyError::Failed)?;
+    runtime.spawn(job).await.map_err(|_| HeavyError::Failed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn off_workers_runs_the_job_on_the_heavy_thread() {
+        let name = off_workers(async { std::thread::current().name().map(str::to_owned) })
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("audit-heavy"));
+    }
 
     #[tokio::test]
     async fn one_job_per_tenant_one_in_the_process_and_a_time_bound() {
