@@ -24,15 +24,12 @@ pub enum Actor {
 }
 
 impl Actor {
-    /// `cli:<OS user>` or `key:<key id>`.
+    /// `cli` or `key:<key id>`, as tenant admins see it (`created_by`,
+    /// `applied_by`, `updated_by`). The operator's OS user name is not in it:
+    /// it tells a tenant about the broker's host (threat-model rule 5).
     pub fn label(&self) -> String {
         match self {
-            Actor::Cli => {
-                let user = std::env::var("SUDO_USER")
-                    .or_else(|_| std::env::var("USER"))
-                    .unwrap_or_else(|_| "unknown".into());
-                format!("cli:{user}")
-            }
+            Actor::Cli => "cli".into(),
             Actor::Key { key_id, .. } => format!("key:{key_id}"),
         }
     }

@@ -254,6 +254,17 @@ async fn admin_keys_manage_keys_of_their_own_tenant_only() {
         "list must not show secrets"
     );
     assert!(!text.contains("argon2"), "list must not show hashes");
+    // Keys the operator made on the command line say so, and nothing about the
+    // operator's host (no OS user name).
+    let items = list["keys"]
+        .as_array()
+        .or(list["items"].as_array())
+        .unwrap();
+    let by_cli = items.iter().find(|k| k["created_by"] == "cli");
+    assert!(by_cli.is_some(), "{list}");
+    if let Ok(user) = std::env::var("USER") {
+        assert!(!text.contains(&format!("cli:{user}")), "{list}");
+    }
 
     // An issue-only key cannot manage keys; another tenant's admin cannot touch ours.
     assert_eq!(app.get("/v1/keys", &issue_only).await.status(), 403);
