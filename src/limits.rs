@@ -60,6 +60,14 @@ fn pack(r: Rate) -> u64 {
     u64::from(r.per_second.max(1)) | (u64::from(r.burst.max(1)) << 32)
 }
 
+/// How many keys a set of shards holds.
+fn keys_in<V>(shards: &[Mutex<HashMap<String, V>>]) -> usize {
+    shards
+        .iter()
+        .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
 fn shard_of(key: &str) -> usize {
     key.bytes()
         .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
@@ -134,10 +142,7 @@ impl Limiter {
 
     /// Keys currently tracked.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
-            .sum()
+        keys_in(&self.shards)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -221,10 +226,7 @@ impl InFlight {
 
     /// Addresses with a check in flight (an idle address takes no memory).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
-            .sum()
+        keys_in(&self.shards)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -699,31 +699,27 @@ fn dev_mode_creates_a_private_checkpoint_key_once() {
     assert!(!dir.path().join("operator.key").exists());
 }
 
-#[tokio::test]
-async fn a_prune_forged_with_the_true_frontier_but_without_the_key_is_caught() {
-    // The attacker reads the rows, computes the true frontier (so every root
-    // still matches), deletes them, inserts a prune point and appends a prune
-    // row that records it: everything but the operator's signature.
-    let s = signed_app().await;
-    issue_n(&s.app, &s.acme, 4).await;
-    let notes = s.take().await;
+/// The forger's prune of acme's rows `1..=k`, as far as the database alone
+/// allows: reads them and computes their true frontier (so every root still
+/// matches), deletes them, inserts the prune point and appends a prune row
+/// that records it, carrying `note` as its signed checkpoint when given.
+async fn forge_prune(s: &Signed, k: u64, note: Option<&str>) {
     let all = rows(&s.app, "acme").await;
     let tree = token_broker::audit::checkpoint::load(&s.app.store, "acme", None)
         .await
         .unwrap();
-    let k = 4u64;
     let frontier = token_broker::audit::checkpoint::frontier_at(&tree, k).unwrap();
+    let through = &all[k as usize - 1].hash;
     raw_sql(
         &s.app,
-        "DELETE FROM audit_events WHERE tenant = 'acme' AND seq <= 4",
+        &format!("DELETE FROM audit_events WHERE tenant = 'acme' AND seq <= {k}"),
     )
     .await;
     raw_sql(
         &s.app,
         &format!(
             "INSERT INTO audit_prunes (tenant, through_seq, through_hash, rows_deleted, pruned_at_ms) \
-             VALUES ('acme', 4, '{}', 4, 0)",
-            all[3].hash
+             VALUES ('acme', {k}, '{through}', {k}, 0)"
         ),
     )
     .await;
@@ -734,14 +730,26 @@ async fn a_prune_forged_with_the_true_frontier_but_without_the_key_is_caught() {
         token_broker::audit::Actor::Cli,
         5_000,
     );
-    row.detail = Some(
-        json!({"before_ms": 1, "through_seq": 4, "through_hash": all[3].hash, "rows_deleted": 4,
-               "merkle_frontier": frontier.iter().map(token_broker::audit::merkle::to_hex).collect::<Vec<_>>()})
-        .to_string(),
-    );
+    let mut detail = json!({"before_ms": 1, "through_seq": k, "through_hash": through, "rows_deleted": k,
+        "merkle_frontier": frontier.iter().map(token_broker::audit::merkle::to_hex).collect::<Vec<_>>()});
+    if let Some(n) = note {
+        detail["prune_checkpoint"] = json!(n);
+    }
+    row.detail = Some(detail.to_string());
     token_broker::audit::append(&s.app.store, &mut [row], &mut Default::default())
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_prune_forged_with_the_true_frontier_but_without_the_key_is_caught() {
+    // The attacker reads the rows, computes the true frontier (so every root
+    // still matches), deletes them, inserts a prune point and appends a prune
+    // row that records it: everything but the operator's signature.
+    let s = signed_app().await;
+    issue_n(&s.app, &s.acme, 4).await;
+    let notes = s.take().await;
+    forge_prune(&s, 4, None).await;
     assert!(verify_tenant(&s.app.store, "acme", None).await.unwrap().ok);
     let (problem, message) = s.verify(&notes).await.expect("caught");
     assert_eq!(problem, "unrecorded_prune", "{message}");
@@ -833,41 +841,7 @@ async fn an_ordinary_checkpoint_cannot_stand_in_for_a_prune_note() {
     let k = s.key.open_checkpoint(&note).unwrap().size;
     issue_n(&s.app, &s.acme, 2).await;
     let notes = s.take().await;
-    let all = rows(&s.app, "acme").await;
-    let tree = token_broker::audit::checkpoint::load(&s.app.store, "acme", None)
-        .await
-        .unwrap();
-    let frontier = token_broker::audit::checkpoint::frontier_at(&tree, k).unwrap();
-    let through = &all[k as usize - 1].hash;
-    raw_sql(
-        &s.app,
-        &format!("DELETE FROM audit_events WHERE tenant = 'acme' AND seq <= {k}"),
-    )
-    .await;
-    raw_sql(
-        &s.app,
-        &format!(
-            "INSERT INTO audit_prunes (tenant, through_seq, through_hash, rows_deleted, pruned_at_ms) \
-             VALUES ('acme', {k}, '{through}', {k}, 0)"
-        ),
-    )
-    .await;
-    let mut row = AuditRow::new(
-        "acme",
-        token_broker::audit::Kind::AuditPruned,
-        token_broker::audit::Outcome::Ok,
-        token_broker::audit::Actor::Cli,
-        5_000,
-    );
-    row.detail = Some(
-        json!({"before_ms": 1, "through_seq": k, "through_hash": through, "rows_deleted": k,
-               "merkle_frontier": frontier.iter().map(token_broker::audit::merkle::to_hex).collect::<Vec<_>>(),
-               "prune_checkpoint": note})
-        .to_string(),
-    );
-    token_broker::audit::append(&s.app.store, &mut [row], &mut Default::default())
-        .await
-        .unwrap();
+    forge_prune(&s, k, Some(&note)).await;
     assert!(verify_tenant(&s.app.store, "acme", None).await.unwrap().ok);
     let (problem, message) = s.verify(&notes).await.expect("caught");
     assert_eq!(problem, "unrecorded_prune", "{message}");

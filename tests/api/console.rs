@@ -141,14 +141,18 @@ async fn sign_in(app: &TestApp, key: &str) -> Console {
 }
 
 impl Console {
-    async fn get(&self, path: &str) -> (u16, String) {
-        let r = self
-            .client
+    /// GET in the session, the whole response (headers included).
+    async fn response(&self, path: &str) -> reqwest::Response {
+        self.client
             .get(format!("{}{path}", self.base))
             .header("cookie", format!("tb_console={}", self.cookie))
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = self.response(path).await;
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
@@ -368,13 +372,7 @@ async fn the_session_cookie_is_locked_down_and_never_holds_the_key() {
     );
 
     let console = sign_in(&app, &acme).await;
-    let r = console
-        .client
-        .get(app.url("/console/overview"))
-        .header("cookie", format!("tb_console={}", console.cookie))
-        .send()
-        .await
-        .unwrap();
+    let r = console.response("/console/overview").await;
     let csp = r.headers()["content-security-policy"]
         .to_str()
         .unwrap()
@@ -434,13 +432,7 @@ async fn scopes_hold_in_the_console_and_revoked_keys_lose_their_sessions() {
     // Revoked through the API: the console session ends at once.
     let admin = app.create_key("acme", &["admin"]).await;
     let auditor_id = &key_id(&auditor);
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/keys/{auditor_id}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete(&format!("/v1/keys/{auditor_id}"), &admin).await;
     assert_eq!(r.status(), 200);
     assert_eq!(c.get("/console/moderators").await.0, 303);
 }
@@ -453,13 +445,7 @@ async fn sign_ins_and_exports_are_audit_events() {
     let c = sign_in(&app, &acme).await;
     let v = app.audit(&acme, "kind=console_sign_in").await;
     assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
-    let r = c
-        .client
-        .get(app.url("/console/moderators.csv?user=olga"))
-        .header("cookie", format!("tb_console={}", c.cookie))
-        .send()
-        .await
-        .unwrap();
+    let r = c.response("/console/moderators.csv?user=olga").await;
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-disposition"]
@@ -667,13 +653,7 @@ async fn console_pages_take_the_keys_api_key_rate_like_api_calls() {
     // Two tokens: the sign-in and the page `sign_in` loads after it.
     let c = sign_in(&app, &acme).await;
     assert_eq!(c.get("/console/overview").await.0, 200, "the third");
-    let r = c
-        .client
-        .get(app.url("/console/overview"))
-        .header("cookie", format!("tb_console={}", c.cookie))
-        .send()
-        .await
-        .unwrap();
+    let r = c.response("/console/overview").await;
     assert_eq!(r.status(), 429);
     let retry: u64 = r.headers()["retry-after"]
         .to_str()

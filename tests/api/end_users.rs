@@ -446,15 +446,7 @@ async fn a_burst_from_one_end_user_meets_429_and_others_are_still_served() {
     )
     .await;
     assert_eq!(s, 201, "{v}");
-    let m = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = app.metrics_text().await;
     assert!(
         m.contains("token_broker_rate_limited_total{limit=\"end_user\"}"),
         "{m}"

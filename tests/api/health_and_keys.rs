@@ -269,22 +269,12 @@ async fn admin_keys_manage_keys_of_their_own_tenant_only() {
     // An issue-only key cannot manage keys; another tenant's admin cannot touch ours.
     assert_eq!(app.get("/v1/keys", &issue_only).await.status(), 403);
     let r = app
-        .client
-        .delete(app.url(&format!("/v1/keys/{new_id}")))
-        .bearer_auth(&other_admin)
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/v1/keys/{new_id}"), &other_admin)
+        .await;
     assert_eq!(r.status(), 404);
     assert_eq!(app.get("/v1/whoami", &new_key).await.status(), 200);
 
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/keys/{new_id}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete(&format!("/v1/keys/{new_id}"), &admin).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         app.get("/v1/whoami", &new_key).await.status(),
@@ -327,13 +317,7 @@ async fn a_tenant_admin_holds_at_most_100_live_keys() {
     assert_eq!(r.status(), 409);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "too_many_keys", "{v}");
-    let r = app
-        .client
-        .delete(app.url("/v1/keys/seed0"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete("/v1/keys/seed0", &admin).await;
     assert_eq!(r.status(), 200);
     let r = app
         .post("/v1/keys", &admin, &json!({"scopes": ["issue"]}))

@@ -212,6 +212,21 @@ impl TestApp {
             .expect("request")
     }
 
+    pub async fn delete(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// The `/metrics` page's text (no key: it is public when enabled).
+    pub async fn metrics_text(&self) -> String {
+        let r = self.client.get(self.url("/metrics")).send().await;
+        r.expect("request").text().await.expect("text")
+    }
+
     pub async fn put(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
         self.client
             .put(self.url(path))

@@ -32,6 +32,12 @@ fn policy_b(app: &TestApp) -> String {
     b
 }
 
+/// `POST /v1/policy/replay` of `policy_b` with the tenant's admin key.
+async fn replay_b(app: &TestApp, key: &str) -> reqwest::Response {
+    app.post("/v1/policy/replay", key, &json!({"source": policy_b(app)}))
+        .await
+}
+
 /// Records six requests under the standard policy (A); returns their audit ids by user.
 async fn record_traffic(app: &TestApp, key: &str) -> std::collections::HashMap<String, String> {
     let class = session_for(API_KEY, 1);
@@ -138,13 +144,7 @@ async fn replay_counts_every_change_kind_with_its_examples() {
         .as_array()
         .unwrap()
         .len();
-    let r = app
-        .post(
-            "/v1/policy/replay",
-            &key,
-            &json!({"source": policy_b(&app)}),
-        )
-        .await;
+    let r = replay_b(&app, &key).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["requests"], 6, "{v}");
@@ -345,13 +345,7 @@ async fn a_replay_is_refused_while_another_holds_the_gate() {
     let key = app.acme().await;
     let held = app.app_state.replay_gate.acquire().await.unwrap();
     let started = std::time::Instant::now();
-    let r = app
-        .post(
-            "/v1/policy/replay",
-            &key,
-            &json!({"source": policy_b(&app)}),
-        )
-        .await;
+    let r = replay_b(&app, &key).await;
     let waited = started.elapsed();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
@@ -360,13 +354,7 @@ async fn a_replay_is_refused_while_another_holds_the_gate() {
     assert!(waited >= token_broker::replay::GATE_WAIT, "{waited:?}");
     assert!(waited < token_broker::replay::GATE_WAIT * 3, "{waited:?}");
     drop(held);
-    let r = app
-        .post(
-            "/v1/policy/replay",
-            &key,
-            &json!({"source": policy_b(&app)}),
-        )
-        .await;
+    let r = replay_b(&app, &key).await;
     assert_eq!(r.status(), 200);
 }
 

@@ -430,21 +430,9 @@ async fn a_stored_credential_signs_and_its_secret_is_never_shown_or_stored_in_cl
         .await;
     assert_eq!(r.status(), 400);
     // Delete: its sessions are no longer signed; a second delete is 404.
-    let r = app
-        .client
-        .delete(app.url("/v1/credentials/main"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete("/v1/credentials/main", &admin).await;
     assert_eq!(r.status(), 200);
-    let r = app
-        .client
-        .delete(app.url("/v1/credentials/main"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete("/v1/credentials/main", &admin).await;
     assert_eq!(r.status(), 404);
     let (s, v) = app
         .issue(&admin, &json!({"session_id": sid, "user": user("u")}))
@@ -484,13 +472,7 @@ async fn credentials_are_confined_to_their_tenant_and_scope() {
         app.get("/v1/credentials/main", &mallory).await.status(),
         404
     );
-    let r = app
-        .client
-        .delete(app.url("/v1/credentials/main"))
-        .bearer_auth(&mallory)
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete("/v1/credentials/main", &mallory).await;
     assert_eq!(r.status(), 404);
     let st: Value = app.get("/v1/status", &mallory).await.json().await.unwrap();
     assert!(!st.to_string().contains("acme"), "{st}");

@@ -574,15 +574,7 @@ async fn a_concurrent_wave_of_guesses_from_one_address_runs_at_most_the_in_fligh
         app.app_state.limits.auth_in_flight
     );
     assert_eq!(whoami(ATTACKER, random_key()).await.0, 401);
-    let m = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = app.metrics_text().await;
     let counted = m
         .lines()
         .find_map(|l| l.strip_prefix("token_broker_rate_limited_total{limit=\"auth_in_flight\"} "))
