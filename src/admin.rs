@@ -258,14 +258,17 @@ pub async fn create_key(
             "key name must be 1-100 printable characters".into(),
         ));
     }
-    if matches!(actor, Actor::Key { .. }) {
+    // A quick refusal before the argon2 work; the insert counts again under
+    // the tenant's lock, so concurrent creations cannot pass the bound.
+    let max_live = matches!(actor, Actor::Key { .. }).then_some(MAX_LIVE_KEYS_PER_TENANT as i64);
+    if let Some(max) = max_live {
         let live = store
             .list_keys(tenant)
             .await?
             .iter()
             .filter(|k| k.revoked_at_ms.is_none())
             .count();
-        if live >= MAX_LIVE_KEYS_PER_TENANT {
+        if live as i64 >= max {
             return Err(AdminError::TooManyKeys);
         }
     }
@@ -298,9 +301,13 @@ pub async fn create_key(
     retry_head(|| {
         let mut row = row.clone();
         let key = &new.row;
-        async move { store.insert_key(key, &mut row, chain::seal).await }
+        async move { store.insert_key(key, &mut row, chain::seal, max_live).await }
     })
-    .await?;
+    .await
+    .map_err(|e| match e {
+        StoreError::TooMany(_) => AdminError::TooManyKeys,
+        other => AdminError::Store(other),
+    })?;
     Ok(new)
 }
 

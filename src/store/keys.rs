@@ -19,11 +19,16 @@ pub struct KeyRow {
 
 impl Store {
     /// Stores a new key and its `key_created` audit row in one transaction.
+    /// With `max_live`, the tenant's live keys are counted once the
+    /// transaction holds the tenant's chain head (the lock every key creation
+    /// of the tenant takes), so concurrent creations cannot pass the bound
+    /// together: over it, nothing is stored (`TooMany`).
     pub async fn insert_key(
         &self,
         k: &KeyRow,
         audit: &mut AuditRow,
         seal: Seal,
+        max_live: Option<i64>,
     ) -> StoreResult<()> {
         with_pool!(write self, p => {
             let mut tx = p.begin_write().await?;
@@ -34,6 +39,17 @@ impl Store {
              .bind(k.created_at_ms).bind(&k.created_by).execute(&mut *tx).await
              .map_err(|e| StoreError::on_unique(e, "key id collision"))?;
             append_in_tx!(tx, audit, seal);
+            if let Some(max) = max_live {
+                let live: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM api_keys WHERE tenant = $1 AND revoked_at_ms IS NULL",
+                )
+                .bind(&k.tenant)
+                .fetch_one(&mut *tx)
+                .await?;
+                if live > max {
+                    return Err(StoreError::TooMany(max));
+                }
+            }
             tx.commit().await?;
             Ok(())
         })

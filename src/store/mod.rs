@@ -109,6 +109,9 @@ pub enum StoreError {
     /// Another writer advanced an audit chain head first; retry.
     #[error("the audit chain head moved concurrently; retry")]
     HeadMoved,
+    /// The tenant already holds the most live rows of this kind allowed.
+    #[error("the tenant holds {0} live API keys already")]
+    TooMany(i64),
 }
 
 impl StoreError {

@@ -323,4 +323,28 @@ async fn a_tenant_admin_holds_at_most_100_live_keys() {
         .post("/v1/keys", &admin, &json!({"scopes": ["issue"]}))
         .await;
     assert_eq!(r.status(), 201);
+
+    // At 99 live keys, a burst of concurrent creations: all pass the quick
+    // check before hashing, and only one may land.
+    let r = app.delete("/v1/keys/seed1", &admin).await;
+    assert_eq!(r.status(), 200);
+    let body = json!({"scopes": ["issue"]});
+    let burst = (0..8).map(|_| app.post("/v1/keys", &admin, &body));
+    let statuses: Vec<u16> = futures_util::future::join_all(burst)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [201, 409].contains(s)),
+        "{statuses:?}"
+    );
+    let live = app.store.list_keys("mallory").await.unwrap();
+    let live = live.iter().filter(|k| k.revoked_at_ms.is_none()).count();
+    assert_eq!(live, 100);
 }
