@@ -87,8 +87,8 @@ pub struct SettingsArgs {
     /// argon2 verifications allowed to run at once.
     #[arg(long, env = "TOKEN_BROKER_HASH_PARALLELISM", global = true)]
     pub hash_parallelism: Option<usize>,
-    /// Label per-tenant metrics with the tenant's slug (true, the default) or
-    /// with `-` (false: /metrics then names no tenant).
+    /// Label per-tenant metrics with the tenant's slug (true), or with `-`
+    /// (false, the default: `/metrics` is anonymous, so it names no tenant).
     #[arg(long, env = "TOKEN_BROKER_METRICS_TENANT_LABELS", global = true)]
     pub metrics_tenant_labels: Option<bool>,
     /// HTTP worker threads.
@@ -329,7 +329,7 @@ impl Settings {
             audit_max_batch: g.audit_max_batch.unwrap_or(512),
             key_cache: g.key_cache.unwrap_or(10_000),
             hash_parallelism: g.hash_parallelism.unwrap_or(2),
-            metrics_tenant_labels: g.metrics_tenant_labels.unwrap_or(true),
+            metrics_tenant_labels: g.metrics_tenant_labels.unwrap_or(false),
             workers: g.workers.unwrap_or(cpus).max(1),
             rates,
             master_key_file: g.master_key_file,
@@ -484,12 +484,12 @@ mod tests {
         let file = dir.path().join("tb.toml");
         std::fs::write(
             &file,
-            "log_format = \"json\"\nmetrics_tenant_labels = false\ndatabase_url = \"postgres://u:pw@db/x\"\n",
+            "log_format = \"json\"\nmetrics_tenant_labels = true\ndatabase_url = \"postgres://u:pw@db/x\"\n",
         )
         .unwrap();
         let s = resolve(&["t", "--config", file.to_str().unwrap()]).unwrap();
         assert_eq!(s.log_format, LogFormat::Json);
-        assert!(!s.metrics_tenant_labels);
+        assert!(s.metrics_tenant_labels);
         assert_eq!(s.database_url.expose(), "postgres://u:pw@db/x");
         let printed = serde_json::to_value(&s).unwrap();
         let text = printed.to_string();

@@ -69,7 +69,9 @@ async fn load(app: &TestApp) -> (String, String) {
 
 #[tokio::test]
 async fn metrics_show_latency_histograms_and_per_tenant_counters_under_load() {
-    let app = spawn_app().await;
+    // Tenant labels are the operator's choice (off by default: see the next test).
+    let (url, db) = fresh_database().await;
+    let app = spawn_app_on(url, db, |s| s.metrics_tenant_labels = true).await;
     let (acme, globex) = load(&app).await;
     let m = scrape(&app).await;
 
@@ -178,9 +180,9 @@ async fn waiting_for_another_writers_head_shows_in_the_head_wait() {
 }
 
 #[tokio::test]
-async fn metrics_name_no_tenant_when_tenant_labels_are_off() {
-    let (url, db) = fresh_database().await;
-    let app = spawn_app_on(url, db, |s| s.metrics_tenant_labels = false).await;
+async fn metrics_name_no_tenant_by_default() {
+    // `/metrics` is anonymous: by default it names no tenant.
+    let app = spawn_app().await;
     load(&app).await;
     let m = scrape(&app).await;
     assert!(!m.contains("acme") && !m.contains("globex"), "{m}");
