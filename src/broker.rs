@@ -525,6 +525,10 @@ async fn run(
     let now = now_ms / 1000;
     let checked = validate(caller, req, now)?;
     let (who, role, expiry) = (&checked.who, checked.role, checked.expiry);
+    // Input checks all come before any lookup or decision: a request the
+    // policy would grant must not answer otherwise than one it would refuse,
+    // without a row (a probe of grants that leaves no trace).
+    let connection_data = stamped_within_limit(caller, who, checked.app_data)?;
     let sid = &checked.session;
     let facts = state.session_facts(&caller.tenant, sid.canonical()).await?;
     let row = |k, o| base_row(caller, &checked, &facts, now_ms, k, o);
@@ -557,7 +561,6 @@ async fn run(
         Ok(g) => g,
         Err(e) => return Err(refuse(state, mode, cred_row(), *e).await.into()),
     };
-    let connection_data = stamped_within_limit(caller, who, checked.app_data)?;
     let Ok(signer) = &cred.signer else {
         let e = credential_unavailable(&cred.name);
         return Err(refuse(state, mode, cred_row(), e).await.into());

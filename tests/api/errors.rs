@@ -156,3 +156,34 @@ async fn every_bad_token_request_field_is_named() {
     let v = app.audit(&key, "kind=token_refused").await;
     assert_eq!(v["items"].as_array().unwrap().len(), 0, "{v}");
 }
+
+/// A request whose stamped connection data is too long is refused the same
+/// way whether the policy would grant or deny it: otherwise a caller could
+/// probe grants (a 400 with no audit row) against denials (a 403 with one).
+#[tokio::test]
+async fn an_oversize_stamp_says_nothing_about_the_decision() {
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    let sid = session_for(API_KEY, 1);
+    let data = "x".repeat(980);
+    let granted = json!({"session_id": sid, "user": {"id": "ann"}, "data": data});
+    let denied =
+        json!({"session_id": sid, "user": {"id": "ann", "groups": ["banned"]}, "data": data});
+    let before = app.audit(&key, "kind=token_refused").await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    for body in [&granted, &denied] {
+        let (s, v) = app.issue(&key, body).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("connection_data_too_long")),
+            "{v}"
+        );
+    }
+    let after = app.audit(&key, "kind=token_refused").await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after, "an input error is no decision, for either");
+}
