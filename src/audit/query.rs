@@ -115,8 +115,34 @@ impl AuditParams {
         v
     }
 
+    /// Text no row can hold is refused at the edge, so it never reaches a
+    /// database (PostgreSQL refuses a NUL in text outright).
+    fn check_text(&self) -> Result<(), QueryError> {
+        for (field, v) in [
+            ("kind", &self.kind),
+            ("code", &self.code),
+            ("user", &self.user),
+            ("rule", &self.rule),
+            ("key_id", &self.key_id),
+            ("token_id", &self.token_id),
+            ("token", &self.token),
+        ] {
+            if v.as_deref()
+                .is_some_and(|v| v.len() > MAX_FILTER_BYTES || v.chars().any(char::is_control))
+            {
+                return Err(QueryError::new(
+                    "invalid_filter",
+                    field,
+                    format!("{field} has control characters or is over {MAX_FILTER_BYTES} bytes"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Validates and turns the parameters into a store filter for `tenant`.
     pub fn to_filter(&self, tenant: &str) -> Result<AuditFilter, QueryError> {
+        self.check_text()?;
         if let Some(o) = &self.outcome
             && o != "issued"
             && o != "refused"
@@ -197,6 +223,10 @@ impl AuditParams {
         })
     }
 }
+
+/// The longest text filter value (a presented token is the longest value
+/// a row can be searched by).
+const MAX_FILTER_BYTES: usize = 8192;
 
 /// The cursor is opaque to clients: `c2.<at_ms>.<seq>`, both base 36 (the
 /// page order is newest first by time, then by chain position). Cursors of the

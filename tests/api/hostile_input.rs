@@ -729,3 +729,30 @@ async fn a_stale_chain_head_is_resealed_not_taken_for_a_refused_row() {
     let v = verify_tenant(&app.store, "acme", None).await.unwrap();
     assert!(v.ok && v.rows == 6, "{v:?}");
 }
+
+/// Every text filter of `/v1/audit` refuses what no row can hold (a NUL, a
+/// control character, an over-long value) at the edge, with the field named:
+/// on PostgreSQL a NUL reaching the database was a 503, and an export stream
+/// broke after its 200.
+#[tokio::test]
+async fn audit_filters_refuse_control_characters_at_the_edge() {
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    let long = "x".repeat(8193);
+    for field in ["kind", "code", "user", "rule", "key_id", "token_id"] {
+        for value in ["%00", "a%0Ab", long.as_str()] {
+            for format in ["", "&format=csv", "&format=ndjson"] {
+                let r = app
+                    .get(&format!("/v1/audit?{field}={value}{format}"), &key)
+                    .await;
+                assert_eq!(r.status(), 400, "{field}={value}{format}");
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(
+                    (v["error"]["code"].as_str(), v["error"]["field"].as_str()),
+                    (Some("invalid_filter"), Some(field)),
+                    "{v}"
+                );
+            }
+        }
+    }
+}
