@@ -221,15 +221,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(server: &str, key: String) -> Result<Client, Failure> {
-        let base = server.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(usage("--server must be an http:// or https:// URL"));
-        }
-        if base.starts_with("http://") && !is_loopback(&base) {
-            eprintln!(
-                "warning: {base} is plain HTTP: the API key crosses the network unencrypted; use https://"
-            );
-        }
+        let base = server_base(server)?;
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
             // A redirect could carry the key elsewhere.
@@ -279,21 +271,43 @@ impl Client {
     }
 }
 
-/// True for `http://localhost…`, `http://127.…` and `http://[::1]…`.
-fn is_loopback(base: &str) -> bool {
-    let host = base
-        .trim_start_matches("http://")
-        .split(['/', '?'])
-        .next()
-        .unwrap_or("");
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host),
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// The server's base URL, parsed as the HTTP client will parse it: https,
+/// or plain http only to a loopback host (the API key must not cross a
+/// network unencrypted: tunnel to a loopback port instead), and no user name
+/// or password (`http://[::1]@evil.example` goes to evil.example).
+fn server_base(server: &str) -> Result<String, Failure> {
+    let url = reqwest::Url::parse(server)
+        .map_err(|_| usage("--server must be an http:// or https:// URL"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(usage("--server carries no user name or password"));
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => {
+            return Err(usage(
+                "--server is plain http to a host that is not loopback: the API key would cross the network unencrypted; use https:// (or tunnel to a loopback port)",
+            ));
+        }
+        _ => return Err(usage("--server must be an http:// or https:// URL")),
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// True for `localhost` and loopback addresses (the host as parsed).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        Ok(std::net::IpAddr::V4(a)) => a.is_loopback(),
+        Ok(std::net::IpAddr::V6(a)) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 fn usage(msg: &str) -> Failure {
@@ -992,21 +1006,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_loopback_http_goes_without_a_warning() {
+    fn plain_http_goes_only_to_loopback_and_never_with_a_user_part() {
         for ok in [
             "http://localhost:8080",
             "http://127.0.0.1:8080/",
             "http://[::1]:8080",
+            "https://broker.example.com/",
         ] {
-            assert!(is_loopback(ok), "{ok}");
+            assert!(server_base(ok).is_ok(), "{ok}");
         }
-        for warn in [
+        assert_eq!(
+            server_base("http://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        for refused in [
             "http://broker.example.com",
             "http://10.0.0.5:8080",
             "http://localhost.evil.com",
             "http://127.0.0.1.nip.io",
+            // The user part hides the real host: the key went to evil.example.
+            "http://[::1]@evil.example",
+            "http://localhost@evil.example:8080",
+            "https://user:pw@broker.example.com",
+            "ftp://broker.example.com",
+            "broker.example.com",
         ] {
-            assert!(!is_loopback(warn), "{warn}");
+            assert!(server_base(refused).is_err(), "{refused}");
         }
     }
 
