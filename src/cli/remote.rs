@@ -651,7 +651,21 @@ fn verify_rows(
     let mut v = Verifier::new(from_seq, &from_hash);
     let mut fault: Option<ChainFault> = None;
     let mut at_cp: Option<String> = None;
-    for r in rows {
+    // A history that starts after seq 1 must hold the prune that says so: the
+    // `audit_pruned` row of exactly that point. Otherwise its first rows were
+    // deleted, and the walk below would start from whatever the rest claims.
+    if from_seq > 0 && !records_prune(rows, from_seq, &from_hash) {
+        fault = Some(ChainFault {
+            audit_id: String::new(),
+            seq: from_seq + 1,
+            problem: "unrecorded_prune",
+            message: format!(
+                "the history starts after seq {from_seq}, but no audit_pruned row in it records that prune point: rows were deleted"
+            ),
+        });
+    }
+    let walked = if fault.is_some() { &rows[..0] } else { rows };
+    for r in walked {
         if let Err(f) = v.push(r) {
             fault = Some(f);
             break;
@@ -676,6 +690,18 @@ fn verify_rows(
         fault,
     };
     (result, from_seq)
+}
+
+/// Whether `rows` hold the `audit_pruned` row of the prune through
+/// `through_seq` (whose last row's hash was `through_hash`).
+fn records_prune(rows: &[AuditRow], through_seq: i64, through_hash: &str) -> bool {
+    rows.iter()
+        .filter(|r| r.kind == crate::audit::kind::AUDIT_PRUNED)
+        .filter_map(|r| serde_json::from_str::<Value>(r.detail.as_deref()?).ok())
+        .any(|d| {
+            d["through_seq"].as_i64() == Some(through_seq)
+                && d["through_hash"].as_str() == Some(through_hash)
+        })
 }
 
 fn print_verify_result(result: &crate::cli::audit::TenantVerify, from_seq: i64) {

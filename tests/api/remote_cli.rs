@@ -422,3 +422,36 @@ async fn audit_verify_over_http_detects_a_truncated_tail_against_a_checkpoint() 
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false, "{v}");
 }
+
+/// The database administrator deletes the oldest rows without a prune: the
+/// export then starts after seq 1, and the remote verify must not simply
+/// start from what the first remaining row claims. A real prune passes.
+#[tokio::test]
+async fn audit_verify_over_http_refuses_a_history_whose_start_was_deleted() {
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    issue_some(&app, &key).await;
+    raw_sql(
+        &app,
+        "DELETE FROM audit_events WHERE tenant = 'acme' AND seq <= 3",
+    )
+    .await;
+    let out = remote(&app, &key, &["audit", "verify", "--json"]).await;
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(
+        v["tenants"][0]["fault"]["problem"], "unrecorded_prune",
+        "{v}"
+    );
+
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    issue_some(&app, &key).await;
+    token_broker::cli_audit::prune_tenant(&app.store, "acme", 1_500, 2_000, None)
+        .await
+        .unwrap()
+        .expect("pruned");
+    let v = ok_json(&app, &key, &["audit", "verify", "--json"]).await;
+    assert_eq!(v["ok"], true, "{v}");
+}
