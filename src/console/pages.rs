@@ -171,11 +171,7 @@ async fn record(
         .map(|r| r.to_string());
     // As the API records it: the forwarded client behind a trusted proxy.
     row.client_addr = crate::routes::client_addr::client_addr_string(req);
-    row.user_agent = req
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.chars().take(256).collect());
+    row.user_agent = crate::routes::client_addr::user_agent_string(req);
     row.detail = Some(detail.to_string());
     state.audit.append(row).await.map_err(|_| {
         html::error_in_page(

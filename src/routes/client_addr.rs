@@ -144,6 +144,15 @@ pub fn client_addr(req: &HttpRequest) -> Option<IpAddr> {
     ))
 }
 
+/// The `User-Agent` as audit rows record it: its first 256 characters,
+/// without control characters (HTTP lets a tab through; no row keeps one).
+pub fn user_agent_string(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get(actix_web::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().filter(|c| !c.is_control()).take(256).collect())
+}
+
 /// `client_addr` as the text audit rows and limit buckets use.
 pub fn client_addr_string(req: &HttpRequest) -> Option<String> {
     client_addr(req).map(|ip| ip.to_string())

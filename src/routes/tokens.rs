@@ -22,11 +22,7 @@ pub fn caller_from(req: &HttpRequest, tenant: &str, who: Caller) -> Call {
         tenant: tenant.to_owned(),
         who,
         client_addr: super::client_addr::client_addr_string(req),
-        user_agent: req
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(256).collect()),
+        user_agent: super::client_addr::user_agent_string(req),
         request_id: req
             .extensions()
             .get::<tracing_actix_web::RequestId>()

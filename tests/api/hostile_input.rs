@@ -756,3 +756,26 @@ async fn audit_filters_refuse_control_characters_at_the_edge() {
         }
     }
 }
+
+/// HTTP lets a tab through in a header value; the `User-Agent` an audit row
+/// keeps has no control character, and at most 256 characters.
+#[tokio::test]
+async fn the_recorded_user_agent_holds_no_control_characters() {
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    let body = json!({"session_id": session_for(API_KEY, 1), "user": user("ann")});
+    let r = app
+        .client
+        .post(app.url("/v1/tokens"))
+        .bearer_auth(&key)
+        .header("user-agent", format!("evil\tagent{}", "x".repeat(400)))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let rows = app.audit(&key, "kind=token_issued").await;
+    let ua = rows["items"][0]["user_agent"].as_str().unwrap().to_owned();
+    assert!(ua.starts_with("evilagent") && !ua.contains('\t'), "{ua:?}");
+    assert_eq!(ua.chars().count(), 256);
+}
