@@ -34,6 +34,13 @@ pub use crate::domain::{Rate, Rates};
 /// checks) one client address may have in flight at once.
 pub const MAX_AUTH_IN_FLIGHT: u32 = 4;
 
+/// Audit reads a tenant may have running at once. A query whose filters
+/// match nothing can walk a whole index range, and each read holds a pooled
+/// connection: however many a tenant's auditors send, they hold at most this
+/// many of the pool (4 readers on SQLite, 8 on PostgreSQL), and the rest is
+/// other tenants' and issuance's.
+pub const MAX_AUDIT_READS_IN_FLIGHT: u32 = 2;
+
 const SHARDS: usize = 16;
 
 /// One keyed limit: a token bucket per key, kept as GCRA's "theoretical
@@ -207,16 +214,39 @@ impl InFlight {
 
     /// A slot for `key`, or `None` when `key` already has `limit` in flight.
     pub fn try_enter(&self, key: &str) -> Option<Slot<'_>> {
-        let mut m = self.shard(key);
-        let n = m.entry(key.to_owned()).or_insert(0);
-        if *n >= self.limit {
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
+        self.enter(key).then(|| Slot {
             owner: self,
             key: key.to_owned(),
         })
+    }
+
+    /// Takes one of `key`'s places, if it has one free.
+    fn enter(&self, key: &str) -> bool {
+        let mut m = self.shard(key);
+        let n = m.entry(key.to_owned()).or_insert(0);
+        if *n >= self.limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// `try_enter`, for a slot that may outlive the caller.
+    pub fn try_enter_owned(self: &Arc<Self>, key: &str) -> Option<OwnedSlot> {
+        self.enter(key).then(|| OwnedSlot {
+            owner: Arc::clone(self),
+            key: key.to_owned(),
+        })
+    }
+
+    fn leave(&self, key: &str) {
+        let mut m = self.shard(key);
+        if let Some(n) = m.get_mut(key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(key);
+            }
+        }
     }
 
     /// Checks `key` has in flight now.
@@ -236,13 +266,22 @@ impl InFlight {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let mut m = self.owner.shard(&self.key);
-        if let Some(n) = m.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.key);
-            }
-        }
+        self.owner.leave(&self.key);
+    }
+}
+
+/// A [`Slot`] that owns its `InFlight`, for work that outlives the handler
+/// that began it (a streamed export).
+#[must_use = "the slot is given back when dropped"]
+#[derive(Debug)]
+pub struct OwnedSlot {
+    owner: Arc<InFlight>,
+    key: String,
+}
+
+impl Drop for OwnedSlot {
+    fn drop(&mut self) {
+        self.owner.leave(&self.key);
     }
 }
 
@@ -288,6 +327,8 @@ pub struct Limits {
     pub failed_auth_ip: Limiter,
     /// Credential checks in flight per client address.
     pub auth_in_flight: InFlight,
+    /// Audit reads (queries, exports, summaries) in flight per tenant.
+    pub audit_reads: Arc<InFlight>,
     clock: Clock,
     global: Arc<LimitSet>,
     tenants: RwLock<HashMap<String, Arc<LimitSet>>>,
@@ -300,6 +341,7 @@ impl Limits {
             rates,
             failed_auth_ip: Limiter::with_clock(rates.failed_auth_ip, clock.clone()),
             auth_in_flight: InFlight::new(MAX_AUTH_IN_FLIGHT),
+            audit_reads: Arc::new(InFlight::new(MAX_AUDIT_READS_IN_FLIGHT)),
             global: Arc::new(LimitSet::new(&rates, &clock)),
             tenants: RwLock::new(HashMap::new()),
             clock,

@@ -6,6 +6,7 @@
 
 use crate::audit::checkpoint::{Checkpoints, ProveError, TreeError};
 use crate::audit::heavy::HeavyError;
+use crate::limits::{MAX_AUDIT_READS_IN_FLIGHT, OwnedSlot};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -55,12 +56,13 @@ pub async fn query(
     q: web::Query<AuditParams>,
 ) -> Result<HttpResponse, ApiError> {
     let mut f = q.to_filter(&p.tenant)?;
+    let slot = read_slot(&state, &p.tenant)?;
     match q.format.as_deref().unwrap_or("json") {
         "json" => {}
         fmt @ ("ndjson" | "csv") => {
             record_read(&state, &req, &p, fmt, q.for_record()).await?;
             f.limit = EXPORT_PAGE;
-            return Ok(export(state.store.clone(), f, fmt == "csv"));
+            return Ok(export(state.store.clone(), f, fmt == "csv", slot));
         }
         _ => {
             return Err(ApiError::bad(
@@ -80,10 +82,28 @@ pub async fn query(
     Ok(HttpResponse::Ok().json(json!({ "items": rows, "next": next })))
 }
 
-/// Streams every row matching `f`, a page at a time (constant memory).
-pub fn export(store: Store, f: AuditFilter, csv: bool) -> HttpResponse {
+/// One of the tenant's places for an audit read (`MAX_AUDIT_READS_IN_FLIGHT`),
+/// held until the read (an export: its whole stream) ends; else 429.
+pub(crate) fn read_slot(state: &AppState, tenant: &str) -> Result<OwnedSlot, ApiError> {
+    state.limits.audit_reads.try_enter_owned(tenant).ok_or_else(|| {
+        let mut e = ApiError::new(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "audit_busy",
+            format!(
+                "this tenant already has {MAX_AUDIT_READS_IN_FLIGHT} audit reads running; retry after the time in Retry-After"
+            ),
+        );
+        e.retry_after = Some(1);
+        e
+    })
+}
+
+/// Streams every row matching `f`, a page at a time (constant memory),
+/// holding the tenant's read `slot` until the stream ends or is dropped.
+pub fn export(store: Store, f: AuditFilter, csv: bool, slot: OwnedSlot) -> HttpResponse {
     let first = csv.then(|| csv_header().into_bytes());
     let stream = futures_util::stream::unfold((Some(f), first), move |(f, header)| {
+        let _held = &slot;
         let store = store.clone();
         async move {
             let mut f = f?;
@@ -173,6 +193,7 @@ pub async fn summary(
         json!({"by": by, "since": q.since, "until": q.until}),
     )
     .await?;
+    let _slot = read_slot(&state, &p.tenant)?;
     let groups = state
         .store
         .audit_summary(&p.tenant, by, since, until)

@@ -533,7 +533,7 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
     (
         429,
         "audit_busy",
-        "a proof or chain check of the tenant is already running, or the broker is busy with others; `Retry-After`",
+        "a proof or chain check of the tenant is already running (or the broker is busy with others), or the tenant has 2 audit reads running; `Retry-After`",
     ),
     (
         503,

@@ -779,3 +779,43 @@ async fn the_recorded_user_agent_holds_no_control_characters() {
     assert!(ua.starts_with("evilagent") && !ua.contains('\t'), "{ua:?}");
     assert_eq!(ua.chars().count(), 256);
 }
+
+/// A tenant's auditors hold at most two audit reads at once (a query whose
+/// filters match nothing walks a whole index range on a pooled connection):
+/// the third is refused at once, another tenant reads on, and an export gives
+/// its place back when its stream ends.
+#[tokio::test]
+async fn a_tenant_holds_at_most_two_audit_reads_at_once() {
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    app.create_tenant("globex").await;
+    let globex = app.create_key("globex", &["audit"]).await;
+    let reads = &app.app_state.limits.audit_reads;
+    let first = reads.try_enter_owned("acme").unwrap();
+    let second = reads.try_enter_owned("acme").unwrap();
+    for path in [
+        "/v1/audit",
+        "/v1/audit?format=csv",
+        "/v1/audit?kind=token_issued&outcome=refused",
+        "/v1/audit/summary?by=user",
+    ] {
+        let r = app.get(path, &key).await;
+        assert_eq!(r.status(), 429, "{path}");
+        assert!(r.headers().contains_key("retry-after"), "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "audit_busy", "{path}: {v}");
+    }
+    assert_eq!(app.get("/v1/audit", &globex).await.status(), 200);
+    drop(first);
+    let r = app.get("/v1/audit?format=ndjson", &key).await;
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap();
+    // (The server drops the finished stream just after its last chunk.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while reads.in_flight("acme") != 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(reads.in_flight("acme"), 1, "the export gave its place back");
+    drop(second);
+    assert_eq!(reads.in_flight("acme"), 0);
+}
