@@ -311,77 +311,40 @@ pub const MAX_REPORTED_ERRORS: usize = 50;
 struct Errors<'a> {
     file: &'a str,
     text: &'a str,
-    /// The `MAX_REPORTED_ERRORS` earliest errors (by offset, then order of
-    /// finding): a max-heap, so the latest of them is the one to replace.
-    kept: std::collections::BinaryHeap<Pending>,
-    /// Errors found beyond those kept.
-    more: usize,
+    /// Errors as found, not yet located: lines and columns are counted only
+    /// for the `MAX_REPORTED_ERRORS` reported.
+    found: Vec<Pending>,
     /// The tenant whose namespace secret references must stay in, when checked.
     confine_to: Option<String>,
 }
 
-/// An error before it is located: lines and columns are counted only for
-/// the errors reported.
 struct Pending {
     offset: usize,
-    seq: usize,
     field: String,
     message: String,
 }
 
-impl Pending {
-    fn key(&self) -> (usize, usize) {
-        (self.offset, self.seq)
-    }
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key().cmp(&other.key())
-    }
-}
-
 impl Errors<'_> {
     fn at(&mut self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) {
-        let seq = self.kept.len() + self.more;
-        let key = (span.start, seq);
-        if self.kept.len() == MAX_REPORTED_ERRORS {
-            // Later than every kept error: counted, not kept.
-            if self.kept.peek().is_some_and(|last| last.key() < key) {
-                self.more += 1;
-                return;
-            }
-            self.kept.pop();
-            self.more += 1;
-        }
-        self.kept.push(Pending {
+        self.found.push(Pending {
             offset: span.start,
-            seq,
             field: field.into(),
             message: message.into(),
         });
     }
 
     fn is_empty(&self) -> bool {
-        self.kept.is_empty()
+        self.found.is_empty()
     }
 
-    /// The kept errors in file order, located, then the count of the rest.
-    fn into_list(self) -> Vec<PolicyError> {
+    /// The first errors in file order (a stable sort keeps the order of
+    /// finding within a position), located, then the count of the rest.
+    fn into_list(mut self) -> Vec<PolicyError> {
+        self.found.sort_by_key(|e| e.offset);
+        let more = self.found.len().saturating_sub(MAX_REPORTED_ERRORS);
+        self.found.truncate(MAX_REPORTED_ERRORS);
         let mut list: Vec<PolicyError> = self
-            .kept
-            .into_sorted_vec()
+            .found
             .into_iter()
             .map(|e| {
                 let (line, column) = line_col(self.text, e.offset);
@@ -394,7 +357,7 @@ impl Errors<'_> {
                 }
             })
             .collect();
-        cap_errors_with(&mut list, self.more);
+        cap_errors_with(&mut list, more);
         list
     }
 }
@@ -558,8 +521,7 @@ fn parse_with(file: &str, text: &str, confine: bool) -> Result<PolicyDoc, Vec<Po
     let mut errs = Errors {
         file,
         text,
-        kept: std::collections::BinaryHeap::new(),
-        more: 0,
+        found: Vec::new(),
         confine_to: (confine && valid_slug(&tenant)).then(|| tenant.clone()),
     };
 
