@@ -168,7 +168,9 @@ impl Limiter {
     }
 }
 
-/// Credential checks in flight per client address, at most `limit` each.
+/// Work in flight per key, at most `limit` each: credential checks per
+/// client address (`Limits::auth_in_flight`), audit reads per tenant
+/// (`Limits::audit_reads`).
 ///
 /// `failed_auth_ip` charges a failure only once its check has finished, so on
 /// its own it lets a whole concurrent wave through before the first failure
@@ -183,18 +185,9 @@ impl std::fmt::Debug for InFlight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InFlight")
             .field("limit", &self.limit)
-            .field("addresses", &self.len())
+            .field("keys", &self.len())
             .finish()
     }
-}
-
-/// One credential check of an address in flight; given back on drop, so
-/// every exit (success, refusal, error, a dropped request) releases it.
-#[must_use = "the slot is given back when dropped"]
-#[derive(Debug)]
-pub struct Slot<'a> {
-    owner: &'a InFlight,
-    key: String,
 }
 
 impl InFlight {
@@ -213,9 +206,11 @@ impl InFlight {
     }
 
     /// A slot for `key`, or `None` when `key` already has `limit` in flight.
-    pub fn try_enter(&self, key: &str) -> Option<Slot<'_>> {
+    /// The slot owns its `InFlight`, so it may outlive its caller (a
+    /// streamed export holds one until its stream ends).
+    pub fn try_enter(self: &Arc<Self>, key: &str) -> Option<Slot> {
         self.enter(key).then(|| Slot {
-            owner: self,
+            owner: Arc::clone(self),
             key: key.to_owned(),
         })
     }
@@ -229,14 +224,6 @@ impl InFlight {
         }
         *n += 1;
         true
-    }
-
-    /// `try_enter`, for a slot that may outlive the caller.
-    pub fn try_enter_owned(self: &Arc<Self>, key: &str) -> Option<OwnedSlot> {
-        self.enter(key).then(|| OwnedSlot {
-            owner: Arc::clone(self),
-            key: key.to_owned(),
-        })
     }
 
     fn leave(&self, key: &str) {
@@ -264,22 +251,16 @@ impl InFlight {
     }
 }
 
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.owner.leave(&self.key);
-    }
-}
-
-/// A [`Slot`] that owns its `InFlight`, for work that outlives the handler
-/// that began it (a streamed export).
+/// One place of a key in flight; given back on drop, so every exit
+/// (success, refusal, error, a dropped request or stream) releases it.
 #[must_use = "the slot is given back when dropped"]
 #[derive(Debug)]
-pub struct OwnedSlot {
+pub struct Slot {
     owner: Arc<InFlight>,
     key: String,
 }
 
-impl Drop for OwnedSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
         self.owner.leave(&self.key);
     }
@@ -326,7 +307,7 @@ pub struct Limits {
     pub rates: Rates,
     pub failed_auth_ip: Limiter,
     /// Credential checks in flight per client address.
-    pub auth_in_flight: InFlight,
+    pub auth_in_flight: Arc<InFlight>,
     /// Audit reads (queries, exports, summaries) in flight per tenant.
     pub audit_reads: Arc<InFlight>,
     clock: Clock,
@@ -340,7 +321,7 @@ impl Limits {
         Limits {
             rates,
             failed_auth_ip: Limiter::with_clock(rates.failed_auth_ip, clock.clone()),
-            auth_in_flight: InFlight::new(MAX_AUTH_IN_FLIGHT),
+            auth_in_flight: Arc::new(InFlight::new(MAX_AUTH_IN_FLIGHT)),
             audit_reads: Arc::new(InFlight::new(MAX_AUDIT_READS_IN_FLIGHT)),
             global: Arc::new(LimitSet::new(&rates, &clock)),
             tenants: RwLock::new(HashMap::new()),
@@ -418,7 +399,7 @@ mod tests {
 
     #[test]
     fn in_flight_slots_are_bounded_per_key_and_given_back_on_drop() {
-        let f = InFlight::new(2);
+        let f = Arc::new(InFlight::new(2));
         let a = f.try_enter("ip");
         let b = f.try_enter("ip");
         assert!(a.is_some() && b.is_some());

@@ -6,7 +6,7 @@
 
 use crate::audit::checkpoint::{Checkpoints, ProveError, TreeError};
 use crate::audit::heavy::HeavyError;
-use crate::limits::{MAX_AUDIT_READS_IN_FLIGHT, OwnedSlot};
+use crate::limits::{MAX_AUDIT_READS_IN_FLIGHT, Slot};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -84,8 +84,8 @@ pub async fn query(
 
 /// One of the tenant's places for an audit read (`MAX_AUDIT_READS_IN_FLIGHT`),
 /// held until the read (an export: its whole stream) ends; else 429.
-pub(crate) fn read_slot(state: &AppState, tenant: &str) -> Result<OwnedSlot, ApiError> {
-    state.limits.audit_reads.try_enter_owned(tenant).ok_or_else(|| {
+pub(crate) fn read_slot(state: &AppState, tenant: &str) -> Result<Slot, ApiError> {
+    state.limits.audit_reads.try_enter(tenant).ok_or_else(|| {
         let mut e = ApiError::new(
             actix_web::http::StatusCode::TOO_MANY_REQUESTS,
             "audit_busy",
@@ -100,7 +100,7 @@ pub(crate) fn read_slot(state: &AppState, tenant: &str) -> Result<OwnedSlot, Api
 
 /// Streams every row matching `f`, a page at a time (constant memory),
 /// holding the tenant's read `slot` until the stream ends or is dropped.
-pub fn export(store: Store, f: AuditFilter, csv: bool, slot: OwnedSlot) -> HttpResponse {
+pub fn export(store: Store, f: AuditFilter, csv: bool, slot: Slot) -> HttpResponse {
     let first = csv.then(|| csv_header().into_bytes());
     let stream = futures_util::stream::unfold((Some(f), first), move |(f, header)| {
         let _held = &slot;

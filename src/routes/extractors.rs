@@ -137,7 +137,7 @@ pub fn refuse_if_over_failed_auth_limit(
 /// so without this bound a concurrent wave would all pass its peek. Hold the
 /// slot until a failure is charged and answered (`failed_auth`); dropping it,
 /// on any exit, gives it back.
-pub fn credential_check_slot<'a>(state: &'a AppState, req: &HttpRequest) -> Option<Slot<'a>> {
+pub fn credential_check_slot(state: &AppState, req: &HttpRequest) -> Option<Slot> {
     let slot = state.limits.auth_in_flight.try_enter(&client_ip(req));
     if slot.is_none() {
         state

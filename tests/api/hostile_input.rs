@@ -791,8 +791,8 @@ async fn a_tenant_holds_at_most_two_audit_reads_at_once() {
     app.create_tenant("globex").await;
     let globex = app.create_key("globex", &["audit"]).await;
     let reads = &app.app_state.limits.audit_reads;
-    let first = reads.try_enter_owned("acme").unwrap();
-    let second = reads.try_enter_owned("acme").unwrap();
+    let first = reads.try_enter("acme").unwrap();
+    let second = reads.try_enter("acme").unwrap();
     for path in [
         "/v1/audit",
         "/v1/audit?format=csv",
