@@ -261,16 +261,10 @@ pub async fn create_key(
     // A quick refusal before the argon2 work; the insert counts again under
     // the tenant's lock, so concurrent creations cannot pass the bound.
     let max_live = matches!(actor, Actor::Key { .. }).then_some(MAX_LIVE_KEYS_PER_TENANT as i64);
-    if let Some(max) = max_live {
-        let live = store
-            .list_keys(tenant)
-            .await?
-            .iter()
-            .filter(|k| k.revoked_at_ms.is_none())
-            .count();
-        if live as i64 >= max {
-            return Err(AdminError::TooManyKeys);
-        }
+    if let Some(max) = max_live
+        && store.count_live_keys(tenant).await? >= max
+    {
+        return Err(AdminError::TooManyKeys);
     }
     let by = actor.label();
     let new = match hashers {

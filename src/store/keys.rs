@@ -17,6 +17,8 @@ pub struct KeyRow {
     pub revoked_at_ms: Option<i64>,
 }
 
+const LIVE_KEYS: &str = "SELECT count(*) FROM api_keys WHERE tenant = $1 AND revoked_at_ms IS NULL";
+
 impl Store {
     /// Stores a new key and its `key_created` audit row in one transaction.
     /// With `max_live`, the tenant's live keys are counted once the
@@ -40,12 +42,10 @@ impl Store {
              .map_err(|e| StoreError::on_unique(e, "key id collision"))?;
             append_in_tx!(tx, audit, seal);
             if let Some(max) = max_live {
-                let live: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM api_keys WHERE tenant = $1 AND revoked_at_ms IS NULL",
-                )
-                .bind(&k.tenant)
-                .fetch_one(&mut *tx)
-                .await?;
+                let live: i64 = sqlx::query_scalar(LIVE_KEYS)
+                    .bind(&k.tenant)
+                    .fetch_one(&mut *tx)
+                    .await?;
                 if live > max {
                     return Err(StoreError::TooMany(max));
                 }
@@ -53,6 +53,11 @@ impl Store {
             tx.commit().await?;
             Ok(())
         })
+    }
+
+    /// How many unrevoked keys `tenant` holds.
+    pub async fn count_live_keys(&self, tenant: &str) -> StoreResult<i64> {
+        Ok(with_pool!(self, p => sqlx::query_scalar(LIVE_KEYS).bind(tenant).fetch_one(p).await)?)
     }
 
     pub async fn get_key(&self, key_id: &str) -> StoreResult<Option<KeyRow>> {
