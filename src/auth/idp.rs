@@ -130,15 +130,11 @@ fn private_refusal(host: &str) -> String {
 /// Refuses a JWKS URL whose host is `localhost` or a non-public IP literal
 /// (the HTTP client resolves no name for a literal, so `PublicOnly` would not see it).
 fn refuse_private_host(url: &reqwest::Url) -> Result<(), String> {
+    use crate::domain::idp::{host_ip, is_public};
     let host = url.host_str().unwrap_or_default();
-    let literal = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-        .ok();
     let localhost =
         host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost");
-    if localhost || literal.is_some_and(|a| !crate::domain::idp::is_public(a)) {
+    if localhost || host_ip(url).is_some_and(|a| !is_public(a)) {
         return Err(private_refusal(host));
     }
     Ok(())

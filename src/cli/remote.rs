@@ -283,7 +283,7 @@ fn server_base(server: &str) -> Result<String, Failure> {
     }
     match url.scheme() {
         "https" => {}
-        "http" if is_loopback(&url) => {}
+        "http" if crate::domain::idp::is_loopback_host(&url) => {}
         "http" => {
             return Err(usage(
                 "--server is plain http to a host that is not loopback: the API key would cross the network unencrypted; use https:// (or tunnel to a loopback port)",
@@ -292,22 +292,6 @@ fn server_base(server: &str) -> Result<String, Failure> {
         _ => return Err(usage("--server must be an http:// or https:// URL")),
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
-}
-
-/// True for `localhost` and loopback addresses (the host as parsed).
-fn is_loopback(url: &reqwest::Url) -> bool {
-    let host = url.host_str().unwrap_or_default();
-    match host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-    {
-        Ok(std::net::IpAddr::V4(a)) => a.is_loopback(),
-        Ok(std::net::IpAddr::V6(a)) => {
-            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-        Err(_) => host.eq_ignore_ascii_case("localhost"),
-    }
 }
 
 fn usage(msg: &str) -> Failure {

@@ -82,6 +82,30 @@ pub fn is_public(ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// The IP address a URL's host names, when it is an IP literal (the parser
+/// has normalised it: `127.1` is `127.0.0.1`, IPv6 comes in brackets).
+pub fn host_ip(url: &reqwest::Url) -> Option<std::net::IpAddr> {
+    url.host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// Whether a URL's host is this machine: `localhost`, or a loopback address
+/// (an IPv4-mapped one included).
+pub fn is_loopback_host(url: &reqwest::Url) -> bool {
+    match host_ip(url) {
+        Some(std::net::IpAddr::V4(a)) => a.is_loopback(),
+        Some(std::net::IpAddr::V6(a)) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        None => url
+            .host_str()
+            .is_some_and(|h| h.eq_ignore_ascii_case("localhost")),
+    }
+}
+
 /// A JWKS URL the broker may fetch: `https://`, or plain `http://` only when the
 /// host is `localhost` or a loopback address (development and tests); no user
 /// name or password in it. Parsed with the same parser the HTTP client uses, so
@@ -91,20 +115,12 @@ pub fn check_jwks_url(url: &str) -> Result<reqwest::Url, String> {
     if !u.username().is_empty() || u.password().is_some() {
         return Err("a JWKS URL carries no user name or password".into());
     }
-    // The parser has normalised the host (`127.1` is `127.0.0.1`, IPv6 in brackets).
-    let host = match u.host_str() {
-        Some(h) if !h.is_empty() => h,
-        _ => return Err("a JWKS URL needs a host".into()),
-    };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|a| a.is_loopback());
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err("a JWKS URL needs a host".into());
+    }
     match u.scheme() {
         "https" => Ok(u),
-        "http" if loopback => Ok(u),
+        "http" if is_loopback_host(&u) => Ok(u),
         "http" => Err(
             "plain http is allowed only for localhost or loopback addresses; use https://".into(),
         ),
