@@ -29,6 +29,8 @@ use token_broker::store::{AuditFilter, Store};
 
 const T0: i64 = 1_735_689_600_000; // 2025-01-01
 const STEP_MS: i64 = 6_307; // ~5M rows over a year
+/// Groups a summary asks for: what `GET /v1/audit/summary` does by default.
+const GROUPS: i64 = token_broker::audit::query::DEFAULT_SUMMARY_GROUPS + 1;
 
 fn row(tenant: &str, k: usize) -> AuditRow {
     let refused = k % 33 == 7;
@@ -351,7 +353,7 @@ async fn queries(store: &Store, tenant: &str, rows: usize) -> (usize, usize) {
                 format!("summary by={by}{tn}"),
                 200.0,
                 store
-                    .audit_summary(tenant, by, since, until)
+                    .audit_summary(tenant, by, since, until, GROUPS)
                     .await
                     .unwrap()
                     .len()
@@ -360,11 +362,14 @@ async fn queries(store: &Store, tenant: &str, rows: usize) -> (usize, usize) {
             if std::env::var("CHECK").is_ok() {
                 // The same groups as a scan of every row of the window.
                 let scan = store
-                    .audit_summary_scan(tenant, by, since, until)
+                    .audit_summary_scan(tenant, by, since, until, GROUPS)
                     .await
                     .unwrap();
                 assert_eq!(
-                    store.audit_summary(tenant, by, since, until).await.unwrap(),
+                    store
+                        .audit_summary(tenant, by, since, until, GROUPS)
+                        .await
+                        .unwrap(),
                     scan,
                     "by={by}{tn}"
                 );

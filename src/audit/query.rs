@@ -32,6 +32,24 @@ impl QueryError {
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 
+/// Groups a summary returns unless asked for fewer or more (`limit`), and the
+/// most it returns: `by=user` or `by=session` can have a group per caller.
+pub const DEFAULT_SUMMARY_GROUPS: i64 = 1000;
+pub const MAX_SUMMARY_GROUPS: i64 = 10_000;
+
+/// A summary's `limit` (default `DEFAULT_SUMMARY_GROUPS`), checked.
+pub fn summary_limit(limit: Option<i64>) -> Result<i64, QueryError> {
+    let limit = limit.unwrap_or(DEFAULT_SUMMARY_GROUPS);
+    if !(1..=MAX_SUMMARY_GROUPS).contains(&limit) {
+        return Err(QueryError::new(
+            "invalid_filter",
+            "limit",
+            format!("limit is 1 to {MAX_SUMMARY_GROUPS} groups"),
+        ));
+    }
+    Ok(limit)
+}
+
 /// Query parameters, shared by the API (query string) and the CLI (flags).
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]

@@ -40,6 +40,9 @@ pub enum AuditCmd {
         since: Option<String>,
         #[arg(long)]
         until: Option<String>,
+        /// At most this many groups, most issued first (1-10000, default 1000).
+        #[arg(long)]
+        limit: Option<i64>,
     },
     /// Delete rows older than DATE (RFC 3339 or unix seconds), keeping the chain
     /// verifiable from the recorded prune point.
@@ -454,13 +457,14 @@ pub async fn run(settings: Settings, cmd: AuditCmd, json: bool) -> CmdResult {
             by,
             since,
             until,
+            limit,
         } => {
             summary(
                 &store,
                 &tenant,
                 &by,
-                since.as_deref(),
-                until.as_deref(),
+                (since.as_deref(), until.as_deref()),
+                limit,
                 json,
             )
             .await
@@ -648,44 +652,58 @@ async fn summary(
     store: &Store,
     tenant: &str,
     by: &str,
-    since: Option<&str>,
-    until: Option<&str>,
+    (since, until): (Option<&str>, Option<&str>),
+    limit: Option<i64>,
     json: bool,
 ) -> CmdResult {
+    let usage = |e: crate::audit::query::QueryError| Failure {
+        message: e.message,
+        code: 2,
+    };
     let since = since
         .map(|v| parse_time("since", v))
         .transpose()
-        .map_err(|e| Failure {
-            message: e.message,
-            code: 2,
-        })?;
+        .map_err(usage)?;
     let until = until
         .map(|v| parse_time("until", v))
         .transpose()
-        .map_err(|e| Failure {
-            message: e.message,
-            code: 2,
-        })?;
-    let groups = store.audit_summary(tenant, by, since, until).await?;
+        .map_err(usage)?;
+    let limit = crate::audit::query::summary_limit(limit).map_err(usage)?;
+    let mut groups = store
+        .audit_summary(tenant, by, since, until, limit + 1)
+        .await?;
+    let truncated = groups.len() as i64 > limit;
+    groups.truncate(limit as usize);
     if json {
-        out_json(&json!({"by": by, "groups": groups}));
+        out_json(&json!({"by": by, "groups": groups, "truncated": truncated}));
     } else {
-        out(format!(
-            "{:<40} {:>10} {:>10}",
-            by.to_uppercase(),
-            "ISSUED",
-            "REFUSED"
-        ));
-        for g in groups {
-            out(format!(
-                "{:<40} {:>10} {:>10}",
-                g.key.unwrap_or_else(|| "-".into()),
-                g.issued,
-                g.refused
-            ));
-        }
+        print_summary(by, &groups, truncated);
     }
     Ok(())
+}
+
+/// A summary as the table both CLIs show (local and `--server`).
+pub fn print_summary(by: &str, groups: &[crate::store::SummaryRow], truncated: bool) {
+    out(format!(
+        "{:<40} {:>10} {:>10}",
+        by.to_uppercase(),
+        "ISSUED",
+        "REFUSED"
+    ));
+    for g in groups {
+        out(format!(
+            "{:<40} {:>10} {:>10}",
+            g.key.as_deref().unwrap_or("-"),
+            g.issued,
+            g.refused
+        ));
+    }
+    if truncated {
+        out(format!(
+            "(the first {} groups, most issued first; --limit shows more)",
+            groups.len()
+        ));
+    }
 }
 
 /// `audit prune`: delete rows older than `before` in one or every tenant,

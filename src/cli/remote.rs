@@ -106,6 +106,9 @@ pub enum RemoteAudit {
         since: Option<String>,
         #[arg(long)]
         until: Option<String>,
+        /// At most this many groups, most issued first (1-10000, default 1000).
+        #[arg(long)]
+        limit: Option<i64>,
     },
     /// Recompute the tenant's hash chain from the rows the API returns, and
     /// compare with a checkpoint kept outside the broker.
@@ -501,30 +504,26 @@ async fn audit(c: &Client, cmd: RemoteAudit, json: bool) -> CmdResult {
             Ok(())
         }
         RemoteAudit::Export { filters, csv } => export(c, filters, csv).await,
-        RemoteAudit::Summary { by, since, until } => {
+        RemoteAudit::Summary {
+            by,
+            since,
+            until,
+            limit,
+        } => {
             let mut q = vec![("by", by.clone())];
             q.extend(since.map(|v| ("since", v)));
             q.extend(until.map(|v| ("until", v)));
+            q.extend(limit.map(|v| ("limit", v.to_string())));
             let rb = c.req(reqwest::Method::GET, "/v1/audit/summary").query(&q);
             let v = c.json(rb).await?;
             if json {
                 out_json(&v);
             } else {
-                out(format!(
-                    "{:<40} {:>10} {:>10}",
-                    by.to_uppercase(),
-                    "ISSUED",
-                    "REFUSED"
-                ));
-                for g in v["groups"].as_array().into_iter().flatten() {
-                    let k = s(&g["key"]);
-                    out(format!(
-                        "{:<40} {:>10} {:>10}",
-                        if k.is_empty() { "-".into() } else { k },
-                        s(&g["issued"]),
-                        s(&g["refused"])
-                    ));
-                }
+                let groups: Vec<crate::store::SummaryRow> =
+                    serde_json::from_value(v["groups"].clone()).map_err(|e| {
+                        Failure::from(format!("the server's summary is not one: {e}"))
+                    })?;
+                crate::cli::audit::print_summary(&by, &groups, v["truncated"] == true);
             }
             Ok(())
         }

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::html::{self, url};
 use super::session::{self, COOKIE, PRE_COOKIE, Session};
 use super::views;
-use crate::audit::query::{AuditParams, encode_cursor};
+use crate::audit::query::{AuditParams, DEFAULT_SUMMARY_GROUPS, encode_cursor};
 use crate::audit::verify::VerifyError;
 use crate::audit::{AuditRow, Kind, kind};
 use crate::auth::{Required, Scopes, scope};
@@ -440,7 +440,7 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
     let week = now - 7 * 86_400_000;
     let by_role = state
         .store
-        .audit_summary(&s.tenant, "role", Some(week), None)
+        .audit_summary(&s.tenant, "role", Some(week), None, DEFAULT_SUMMARY_GROUPS)
         .await
         .map_err(|e| api_error(&s, e.into()))?;
     let moderators: i64 = by_role
@@ -479,7 +479,7 @@ async fn daily_counts(
     let since = now - 14 * 86_400_000;
     let by_day = state
         .store
-        .audit_summary(&s.tenant, "day", Some(since), None)
+        .audit_summary(&s.tenant, "day", Some(since), None, DEFAULT_SUMMARY_GROUPS)
         .await
         .map_err(|e| api_error(s, e.into()))?;
     let counted: HashMap<String, (i64, i64)> = by_day

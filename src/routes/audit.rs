@@ -14,7 +14,9 @@ use serde_json::json;
 use super::error::ApiError;
 use super::extractors::Authed;
 use crate::audit::AuditRow;
-use crate::audit::query::{AuditParams, csv_header, csv_line, encode_cursor, parse_time};
+use crate::audit::query::{
+    AuditParams, csv_header, csv_line, encode_cursor, parse_time, summary_limit,
+};
 use crate::auth::scope;
 use crate::state::AppState;
 use crate::store::{AuditCursor, AuditFilter, Store};
@@ -158,9 +160,12 @@ pub struct SummaryParams {
     pub by: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
+    pub limit: Option<i64>,
 }
 
-/// `GET /v1/audit/summary?by=role|user|session|rule|day&since=&until=`
+/// `GET /v1/audit/summary?by=role|user|session|rule|day&since=&until=&limit=`:
+/// the first `limit` groups, most issued first; `truncated` says whether
+/// there were more.
 pub async fn summary(
     state: web::Data<AppState>,
     p: Authed<scope::Audit>,
@@ -185,21 +190,26 @@ pub async fn summary(
         .as_deref()
         .map(|v| parse_time("until", v))
         .transpose()?;
+    let limit = summary_limit(q.limit)?;
     record_read(
         &state,
         &req,
         &p,
         "summary",
-        json!({"by": by, "since": q.since, "until": q.until}),
+        json!({"by": by, "since": q.since, "until": q.until, "limit": q.limit}),
     )
     .await?;
     let _slot = read_slot(&state, &p.tenant)?;
-    let groups = state
+    // One group more than asked says whether there were more.
+    let mut groups = state
         .store
-        .audit_summary(&p.tenant, by, since, until)
+        .audit_summary(&p.tenant, by, since, until, limit + 1)
         .await?;
-    Ok(HttpResponse::Ok()
-        .json(json!({"by": by, "since_ms": since, "until_ms": until, "groups": groups})))
+    let truncated = groups.len() as i64 > limit;
+    groups.truncate(limit as usize);
+    Ok(HttpResponse::Ok().json(json!({
+        "by": by, "since_ms": since, "until_ms": until, "groups": groups, "truncated": truncated
+    })))
 }
 
 fn checkpointer(

@@ -708,9 +708,10 @@ fn success_schema(id: &str) -> RefOr<Schema> {
                 "problems": {"type": "array", "items": string}}
         })),
         "audit_summary" => schema(json!({
-            "type": "object", "required": ["by", "groups"],
+            "type": "object", "required": ["by", "groups", "truncated"],
             "properties": {"by": {"type": "string", "enum": ["role", "user", "session", "rule", "day"]},
                 "since_ms": {"type": ["integer", "null"]}, "until_ms": {"type": ["integer", "null"]},
+                "truncated": {"type": "boolean", "description": "more groups than `limit` (default 1000, at most 10000) matched; the first ones, most issued first, are here"},
                 "groups": {"type": "array", "items": {"type": "object", "required": ["issued", "refused"],
                     "properties": {"key": {"type": ["string", "null"]}, "issued": {"type": "integer"}, "refused": {"type": "integer"}}}}}
         })),

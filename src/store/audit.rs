@@ -119,7 +119,7 @@ pub struct PruneRow {
 }
 
 /// One group of `audit summary`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
 pub struct SummaryRow {
     pub key: Option<String>,
     pub issued: i64,

@@ -134,6 +134,13 @@ fn raw_counts(d: Dialect, key: &str, cond: &str) -> String {
 /// The order of a summary's groups (the key breaks ties, so it is total).
 const SUMMARY_ORDER: &str = " ORDER BY issued DESC, refused DESC, key";
 
+/// `SUMMARY_ORDER` and the first `limit` groups in it: the same groups
+/// whether the rollup or the rows answer.
+fn summary_order_limit(limit: i64) -> String {
+    // An integer, formatted: nothing of the caller's reaches the text.
+    format!("{SUMMARY_ORDER} LIMIT {}", limit.max(0))
+}
+
 /// A summary window cut at whole UTC days: rollup buckets for the days
 /// `[d0, d1)`, raw rows for `[since, d0_ms)` and `[d1_ms, until)`.
 #[derive(Debug, Clone, Copy)]
@@ -182,6 +189,7 @@ fn rollup_summary_sql(
     since_ms: Option<i64>,
     until_ms: Option<i64>,
     through_seq: i64,
+    limit: i64,
 ) -> (String, Vec<i64>) {
     let mut binds: Vec<i64> = Vec::new();
     let mut param = |v: i64| {
@@ -233,8 +241,9 @@ fn rollup_summary_sql(
     parts.push(raw_counts(d, &g.raw_key, &cond));
     let sql = format!(
         "SELECT key, CAST(SUM(issued) AS BIGINT) AS issued, CAST(SUM(refused) AS BIGINT) AS refused \
-         FROM ({}) AS parts GROUP BY key{SUMMARY_ORDER}",
-        parts.join(" UNION ALL ")
+         FROM ({}) AS parts GROUP BY key{}",
+        parts.join(" UNION ALL "),
+        summary_order_limit(limit)
     );
     (sql, binds)
 }
@@ -315,19 +324,21 @@ impl Store {
     /// `session`, `rule` or `day`), for a tenant and time range: the rollup's
     /// buckets inside the window plus the rows it has not counted and the
     /// partial days at the window's edges, read in one snapshot. The same
-    /// answer as `audit_summary_scan`, whether or not the pass has run.
+    /// answer as `audit_summary_scan`, whether or not the pass has run: the
+    /// first `limit` groups, most issued first.
     pub async fn audit_summary(
         &self,
         tenant: &str,
         by: &str,
         since_ms: Option<i64>,
         until_ms: Option<i64>,
+        limit: i64,
     ) -> StoreResult<Vec<SummaryRow>> {
         let d = self.dialect();
         let g = grouping(d, by)?;
         let Some(w) = WholeDays::of(since_ms, until_ms) else {
             return self
-                .audit_summary_scan(tenant, by, since_ms, until_ms)
+                .audit_summary_scan(tenant, by, since_ms, until_ms, limit)
                 .await;
         };
         let rows = with_pool!(self, p => {
@@ -351,7 +362,7 @@ impl Store {
                 // Nothing counted yet: the plain scan reads less.
                 0 => None,
                 through => {
-                    let (sql, binds) = rollup_summary_sql(d, &g, w, since_ms, until_ms, through);
+                    let (sql, binds) = rollup_summary_sql(d, &g, w, since_ms, until_ms, through, limit);
                     // Planned with its values each time (the statement's
                     // shape varies with the window anyway).
                     let mut q = sqlx::query_as::<_, SummaryRow>(&sql)
@@ -370,7 +381,7 @@ impl Store {
         match rows {
             Some(rows) => Ok(rows),
             None => {
-                self.audit_summary_scan(tenant, by, since_ms, until_ms)
+                self.audit_summary_scan(tenant, by, since_ms, until_ms, limit)
                     .await
             }
         }
@@ -385,6 +396,7 @@ impl Store {
         by: &str,
         since_ms: Option<i64>,
         until_ms: Option<i64>,
+        limit: i64,
     ) -> StoreResult<Vec<SummaryRow>> {
         let g = grouping(self.dialect(), by)?;
         // Only the bounds given: an unbounded summary reads the tenant's rows
@@ -395,7 +407,7 @@ impl Store {
             (None, Some(_)) => "AND at_ms < $2",
             (None, None) => "",
         };
-        let sql = raw_counts(self.dialect(), &g.raw_key, window) + SUMMARY_ORDER;
+        let sql = raw_counts(self.dialect(), &g.raw_key, window) + &summary_order_limit(limit);
         Ok(with_pool!(self, p => {
             let mut q = sqlx::query_as::<_, SummaryRow>(&sql).bind(tenant);
             if let Some(v) = since_ms {

@@ -406,6 +406,45 @@ async fn summary_counts_who_got_which_role() {
         app.get("/v1/audit/summary?by=colour", &key).await.status(),
         400
     );
+    // One group per caller is unbounded: a summary answers with at most
+    // `limit` groups, most issued first, and says when there were more.
+    let v: Value = app
+        .get("/v1/audit/summary?by=user&limit=3", &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["groups"].as_array().map(Vec::len), &v["truncated"]),
+        (Some(3), &json!(false)),
+        "{v}"
+    );
+    let v: Value = app
+        .get("/v1/audit/summary?by=user&limit=2", &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["olga", "sam"], "{v}");
+    assert_eq!(v["truncated"], true, "{v}");
+    for bad in ["0", "10001", "-1"] {
+        let r = app
+            .get(&format!("/v1/audit/summary?by=user&limit={bad}"), &key)
+            .await;
+        assert_eq!(r.status(), 400, "limit={bad}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(
+            (e["error"]["code"].as_str(), e["error"]["field"].as_str()),
+            (Some("invalid_filter"), Some("limit")),
+            "{e}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -21,6 +21,8 @@ const T0: i64 = 20_300 * DAY + 5 * 3_600_000 + 13 * 60_000;
 const SPAN_DAYS: i64 = 420;
 const BYS: [&str; 5] = ["role", "user", "session", "rule", "day"];
 const TENANT: &str = "acme";
+/// No cap on a summary's groups.
+const ALL: i64 = i64::MAX;
 
 /// A small deterministic generator (xorshift64).
 struct Rng(u64);
@@ -155,12 +157,25 @@ async fn assert_same(store: &Store, windows: &[(Option<i64>, Option<i64>)], what
     for by in BYS {
         for &(since, until) in windows {
             let want = store
-                .audit_summary_scan(TENANT, by, since, until)
+                .audit_summary_scan(TENANT, by, since, until, ALL)
                 .await
                 .unwrap();
-            let got = store.audit_summary(TENANT, by, since, until).await.unwrap();
+            let got = store
+                .audit_summary(TENANT, by, since, until, ALL)
+                .await
+                .unwrap();
             assert_eq!(got, want, "{what}: by={by} since={since:?} until={until:?}");
             with_groups += usize::from(!want.is_empty());
+            // Capped, both answer with the same first groups of that order.
+            let top = store
+                .audit_summary(TENANT, by, since, until, 2)
+                .await
+                .unwrap();
+            assert_eq!(
+                top[..],
+                want[..want.len().min(2)],
+                "{what}: by={by} limit=2"
+            );
         }
     }
     with_groups
@@ -198,7 +213,7 @@ async fn summaries_from_the_rollup_equal_the_scan_before_after_and_between_passe
     let n = assert_same(&store, &ws, "before any pass").await;
     assert!(n > ws.len() * 3, "only {n} summaries had groups");
     let whole = store
-        .audit_summary(TENANT, "role", None, None)
+        .audit_summary(TENANT, "role", None, None, ALL)
         .await
         .unwrap();
     assert_eq!(totals(&whole), count(&all));
@@ -237,11 +252,14 @@ async fn summaries_from_the_rollup_equal_the_scan_before_after_and_between_passe
 
     // (e) NULL keys are groups of their own, as in the scan.
     for by in ["role", "user", "session", "rule"] {
-        let g = store.audit_summary(TENANT, by, None, None).await.unwrap();
+        let g = store
+            .audit_summary(TENANT, by, None, None, ALL)
+            .await
+            .unwrap();
         assert!(g.iter().any(|g| g.key.is_none()), "by={by}: {g:?}");
     }
     let whole = store
-        .audit_summary(TENANT, "day", None, None)
+        .audit_summary(TENANT, "day", None, None, ALL)
         .await
         .unwrap();
     assert_eq!(totals(&whole), count(&all));
@@ -255,7 +273,7 @@ async fn a_prune_drops_the_rollup_and_summaries_count_only_the_retained_rows() {
     let ws = windows(&mut rng);
     store.rollup_all(500).await.unwrap();
     let before = store
-        .audit_summary(TENANT, "user", None, None)
+        .audit_summary(TENANT, "user", None, None, ALL)
         .await
         .unwrap();
     assert_eq!(totals(&before), count(&all));
@@ -276,7 +294,7 @@ async fn a_prune_drops_the_rollup_and_summaries_count_only_the_retained_rows() {
         .collect();
     assert!(kept.len() < all.len() && !kept.is_empty());
     let after = store
-        .audit_summary(TENANT, "user", None, None)
+        .audit_summary(TENANT, "user", None, None, ALL)
         .await
         .unwrap();
     assert_eq!(
@@ -291,7 +309,7 @@ async fn a_prune_drops_the_rollup_and_summaries_count_only_the_retained_rows() {
     let head = store.audit_head(TENANT).await.unwrap().unwrap().seq;
     assert_eq!(counted, head - p.through_seq);
     let after = store
-        .audit_summary(TENANT, "rule", None, None)
+        .audit_summary(TENANT, "rule", None, None, ALL)
         .await
         .unwrap();
     assert_eq!(totals(&after), count(&kept));
@@ -414,13 +432,13 @@ async fn an_edited_rollup_row_changes_summaries_and_never_verify() {
     write(&store, rows(&mut rng, 400, T0, SPAN_DAYS)).await;
     store.rollup_all(1000).await.unwrap();
     let before = store
-        .audit_summary(TENANT, "user", None, None)
+        .audit_summary(TENANT, "user", None, None, ALL)
         .await
         .unwrap();
     assert_eq!(
         before,
         store
-            .audit_summary_scan(TENANT, "user", None, None)
+            .audit_summary_scan(TENANT, "user", None, None, ALL)
             .await
             .unwrap()
     );
@@ -432,7 +450,7 @@ async fn an_edited_rollup_row_changes_summaries_and_never_verify() {
     )
     .await;
     let after = store
-        .audit_summary(TENANT, "user", None, None)
+        .audit_summary(TENANT, "user", None, None, ALL)
         .await
         .unwrap();
     let u3 = |g: &[SummaryRow]| {
@@ -445,7 +463,7 @@ async fn an_edited_rollup_row_changes_summaries_and_never_verify() {
     assert_eq!(
         before,
         store
-            .audit_summary_scan(TENANT, "user", None, None)
+            .audit_summary_scan(TENANT, "user", None, None, ALL)
             .await
             .unwrap()
     );
@@ -502,7 +520,7 @@ async fn the_summary_route_answers_from_the_rollup_as_from_the_rows() {
             .unwrap();
         let want = app
             .store
-            .audit_summary_scan(TENANT, by, None, None)
+            .audit_summary_scan(TENANT, by, None, None, ALL)
             .await
             .unwrap();
         assert_eq!(v["groups"], serde_json::to_value(&want).unwrap(), "by={by}");

@@ -98,6 +98,20 @@ async fn whoami_and_audit_query_over_http_with_only_a_key() {
         .map(|g| g["issued"].as_i64().unwrap())
         .sum();
     assert_eq!(issued, 3, "{s}");
+    // Four users, two asked for: the table says there are more.
+    let table = ok(
+        &app,
+        &key,
+        &["audit", "summary", "--by", "user", "--limit", "2"],
+    )
+    .await;
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(
+        lines[1].starts_with("u0 ") && lines[2].starts_with("u1 "),
+        "{table}"
+    );
+    assert!(lines[3].contains("--limit shows more"), "{table}");
     let nd = ok(&app, &key, &["audit", "export", "--kind", "token_issued"]).await;
     assert_eq!(nd.lines().count(), 3);
     let csv = ok(
