@@ -120,11 +120,12 @@ pub fn print_rows(rows: &[AuditRow], next: Option<&str>) {
         "TIME                      KIND           OUTCOME  USER             ROLE           SESSION                    RULE            V   CODE",
     );
     for r in rows {
-        let sid = r.session_id.clone().unwrap_or_default();
-        let sid: String = if sid.len() > 26 {
-            format!("{}…", &sid[..25])
+        // By characters: a row from a server (`--server`) can hold any text.
+        let sid = r.session_id.as_deref().unwrap_or_default();
+        let sid: String = if sid.chars().count() > 26 {
+            sid.chars().take(25).chain(['…']).collect()
         } else {
-            sid
+            sid.to_owned()
         };
         out(format!(
             "{:<25} {:<14} {:<8} {:<16} {:<14} {:<26} {:<15} {:<3} {}",
@@ -916,4 +917,19 @@ async fn proved_row(store: &Store, tenant: &str, what: ProveWhat) -> Result<Stri
         message: "no such token in this tenant's audit history".into(),
         code: 1,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Actor, Kind, Outcome};
+
+    /// A server (`--server`) can answer rows with any text: the table cuts
+    /// long session ids at a character, never inside one.
+    #[test]
+    fn the_table_cuts_a_long_session_id_between_characters() {
+        let mut r = AuditRow::new("acme", Kind::TokenIssued, Outcome::Issued, Actor::ApiKey, 0);
+        r.session_id = Some("é".repeat(40));
+        print_rows(&[r], None);
+    }
 }

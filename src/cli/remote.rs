@@ -16,8 +16,12 @@ use crate::audit::AuditRow;
 use crate::audit::chain::{self, ChainFault, Verifier};
 use crate::audit::query::AuditParams;
 
-/// Longest a single API call may take before the CLI gives up.
+/// Longest an API call answered by one body may take before the CLI gives
+/// up; also the longest an export may go without sending a byte (an export
+/// as a whole takes as long as the tenant's history does).
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Longest the CLI waits to connect.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -226,7 +230,8 @@ impl Client {
     pub fn new(server: &str, key: String) -> Result<Client, Failure> {
         let base = server_base(server)?;
         let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(TIMEOUT)
             // A redirect could carry the key elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("token-broker-cli/", env!("CARGO_PKG_VERSION")))
@@ -235,7 +240,14 @@ impl Client {
         Ok(Client { http, base, key })
     }
 
+    /// A call answered by one body: `TIMEOUT` for all of it.
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.stream_req(method, path).timeout(TIMEOUT)
+    }
+
+    /// A call answered by a stream (an export): no limit on the whole, only
+    /// on each wait for the next bytes (`read_timeout`).
+    fn stream_req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.key)
@@ -535,7 +547,9 @@ async fn audit(c: &Client, cmd: RemoteAudit, json: bool) -> CmdResult {
 async fn export(c: &Client, mut filters: AuditParams, csv: bool) -> CmdResult {
     use std::io::Write;
     filters.format = Some(if csv { "csv" } else { "ndjson" }.into());
-    let rb = c.req(reqwest::Method::GET, "/v1/audit").query(&filters);
+    let rb = c
+        .stream_req(reqwest::Method::GET, "/v1/audit")
+        .query(&filters);
     let mut resp = c.send(rb).await?;
     let mut o = std::io::BufWriter::new(std::io::stdout().lock());
     while let Some(chunk) = resp.chunk().await.map_err(|e| Failure {
@@ -595,27 +609,67 @@ async fn key_tenant_checkpoint(
     Ok((tenant, cp))
 }
 
-/// Every row the API exports for the key's tenant, in `seq` order.
+/// Every row the API exports for the key's tenant, in `seq` order, parsed
+/// line by line as the export arrives (the text is never held whole).
 async fn exported_rows(c: &Client) -> Result<Vec<AuditRow>, Failure> {
     let filters = AuditParams {
         format: Some("ndjson".into()),
         ..AuditParams::default()
     };
-    let rb = c.req(reqwest::Method::GET, "/v1/audit").query(&filters);
-    let text = c
-        .send(rb)
-        .await?
-        .text()
+    let rb = c
+        .stream_req(reqwest::Method::GET, "/v1/audit")
+        .query(&filters);
+    let mut resp = c.send(rb).await?;
+    let mut rows = NdjsonRows::default();
+    while let Some(chunk) = resp
+        .chunk()
         .await
-        .map_err(|e| Failure::from(format!("the export was cut off: {e}")))?;
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
-        let r: AuditRow = serde_json::from_str(line)
-            .map_err(|e| Failure::from(format!("row {} of the export is not a row: {e}", i + 1)))?;
-        rows.push(r);
+        .map_err(|e| Failure::from(format!("the export was cut off: {e}")))?
+    {
+        rows.feed(&chunk)?;
     }
+    let mut rows = rows.finish()?;
     rows.sort_by_key(|r| r.seq);
     Ok(rows)
+}
+
+/// Audit rows parsed from NDJSON fed in chunks that may cut a line anywhere.
+#[derive(Default)]
+struct NdjsonRows {
+    /// The line the last chunk left unfinished.
+    line: Vec<u8>,
+    rows: Vec<AuditRow>,
+}
+
+impl NdjsonRows {
+    fn feed(&mut self, mut chunk: &[u8]) -> Result<(), Failure> {
+        while let Some(i) = chunk.iter().position(|&b| b == b'\n') {
+            self.line.extend_from_slice(&chunk[..i]);
+            self.end_line()?;
+            chunk = &chunk[i + 1..];
+        }
+        self.line.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    fn end_line(&mut self) -> Result<(), Failure> {
+        if !self.line.is_empty() {
+            let r: AuditRow = serde_json::from_slice(&self.line).map_err(|e| {
+                Failure::from(format!(
+                    "row {} of the export is not a row: {e}",
+                    self.rows.len() + 1
+                ))
+            })?;
+            self.rows.push(r);
+            self.line.clear();
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<AuditRow>, Failure> {
+        self.end_line()?;
+        Ok(self.rows)
+    }
 }
 
 /// Walks the chain over `rows` (sorted by `seq`) and checks the checkpoint;
@@ -786,7 +840,7 @@ async fn policy_history(c: &Client, json: bool) -> CmdResult {
                 s(&r["version"]),
                 r["applied_at_ms"].as_i64().map(fmt_ms).unwrap_or_default(),
                 s(&r["applied_by"]),
-                &sha[..12.min(sha.len())],
+                sha.chars().take(12).collect::<String>(),
                 s(&r["note"])
             ));
         }
@@ -1042,6 +1096,31 @@ mod tests {
         ] {
             assert!(server_base(refused).is_err(), "{refused}");
         }
+    }
+
+    #[test]
+    fn an_export_is_parsed_whatever_its_chunks_cut() {
+        use crate::audit::{Actor, Kind, Outcome};
+        let text: String = (1..=3)
+            .map(|seq| {
+                let mut r =
+                    AuditRow::new("acme", Kind::TokenIssued, Outcome::Issued, Actor::ApiKey, 0);
+                r.seq = seq;
+                r.session_id = Some("é✓".into());
+                serde_json::to_string(&r).unwrap() + "\n"
+            })
+            .collect();
+        let b = text.as_bytes();
+        for cut in 0..=b.len() {
+            let mut rows = NdjsonRows::default();
+            rows.feed(&b[..cut]).unwrap();
+            rows.feed(&b[cut..]).unwrap();
+            let rows = rows.finish().unwrap();
+            assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        }
+        let mut torn = NdjsonRows::default();
+        torn.feed(&b[..b.len() - 5]).unwrap();
+        assert!(torn.finish().is_err(), "a cut-off last row is not a row");
     }
 
     #[test]
