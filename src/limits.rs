@@ -35,11 +35,17 @@ pub use crate::domain::{Rate, Rates};
 pub const MAX_AUTH_IN_FLIGHT: u32 = 4;
 
 /// Audit reads a tenant may have running at once. A query whose filters
-/// match nothing can walk a whole index range, and each read holds a pooled
-/// connection: however many a tenant's auditors send, they hold at most this
-/// many of the pool (4 readers on SQLite, 8 on PostgreSQL), and the rest is
-/// other tenants' and issuance's.
+/// match nothing can walk a whole index range (for at most
+/// `audit_read_timeout_ms`), and each read holds a pooled connection: however
+/// many a tenant's auditors send, they hold at most this many.
 pub const MAX_AUDIT_READS_IN_FLIGHT: u32 = 2;
+
+/// Audit reads the whole broker runs at once, whatever the tenants: at most
+/// this many of the pool's connections (8 readers on SQLite, 12 on
+/// PostgreSQL, where the audit writer shares the pool) are ever held by
+/// reads tenants shape, so issuance, sign-ins and session lookups always
+/// find one.
+pub const MAX_AUDIT_READS_TOTAL: u32 = 4;
 
 const SHARDS: usize = 16;
 
@@ -310,6 +316,8 @@ pub struct Limits {
     pub auth_in_flight: Arc<InFlight>,
     /// Audit reads (queries, exports, summaries) in flight per tenant.
     pub audit_reads: Arc<InFlight>,
+    /// Audit reads in flight in the whole broker (one key, `""`).
+    pub audit_reads_total: Arc<InFlight>,
     clock: Clock,
     global: Arc<LimitSet>,
     tenants: RwLock<HashMap<String, Arc<LimitSet>>>,
@@ -323,6 +331,7 @@ impl Limits {
             failed_auth_ip: Limiter::with_clock(rates.failed_auth_ip, clock.clone()),
             auth_in_flight: Arc::new(InFlight::new(MAX_AUTH_IN_FLIGHT)),
             audit_reads: Arc::new(InFlight::new(MAX_AUDIT_READS_IN_FLIGHT)),
+            audit_reads_total: Arc::new(InFlight::new(MAX_AUDIT_READS_TOTAL)),
             global: Arc::new(LimitSet::new(&rates, &clock)),
             tenants: RwLock::new(HashMap::new()),
             clock,

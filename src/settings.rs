@@ -81,6 +81,10 @@ pub struct SettingsArgs {
     /// Most audit rows committed in one transaction.
     #[arg(long, env = "TOKEN_BROKER_AUDIT_MAX_BATCH", global = true)]
     pub audit_max_batch: Option<usize>,
+    /// Longest one audit read (a page of `/v1/audit`, a page of an export, a
+    /// summary) may run before it is stopped (ms).
+    #[arg(long, env = "TOKEN_BROKER_AUDIT_READ_TIMEOUT_MS", global = true)]
+    pub audit_read_timeout_ms: Option<u64>,
     /// Number of verified API keys kept in memory.
     #[arg(long, env = "TOKEN_BROKER_KEY_CACHE", global = true)]
     pub key_cache: Option<usize>,
@@ -226,6 +230,8 @@ pub struct Settings {
     #[serde(rename = "audit_timeout_ms", serialize_with = "millis")]
     pub audit_timeout: Duration,
     pub audit_max_batch: usize,
+    #[serde(rename = "audit_read_timeout_ms", serialize_with = "millis")]
+    pub audit_read_timeout: Duration,
     pub key_cache: usize,
     pub hash_parallelism: usize,
     pub metrics_tenant_labels: bool,
@@ -327,6 +333,9 @@ impl Settings {
             body_limit: g.body_limit.unwrap_or(16 * 1024),
             audit_timeout: Duration::from_millis(g.audit_timeout_ms.unwrap_or(2000)),
             audit_max_batch: g.audit_max_batch.unwrap_or(512),
+            audit_read_timeout: Duration::from_millis(
+                g.audit_read_timeout_ms.unwrap_or(10_000).max(1),
+            ),
             key_cache: g.key_cache.unwrap_or(10_000),
             hash_parallelism: g.hash_parallelism.unwrap_or(2),
             metrics_tenant_labels: g.metrics_tenant_labels.unwrap_or(false),

@@ -121,7 +121,10 @@ impl Application {
         Application::build_with_store(settings, store).await
     }
 
+    /// The application on `store`, whose audit reads it bounds by the
+    /// settings' `audit_read_timeout_ms` (the command line does not).
     pub async fn build_with_store(settings: Settings, store: Store) -> anyhow::Result<Application> {
+        let store = store.with_read_budget(Some(settings.audit_read_timeout));
         let clock = Clock::system();
         let (writer, writer_task) = AuditWriter::spawn(
             store.clone(),

@@ -714,7 +714,9 @@ pub async fn moderators_csv(
     .await?;
     f.limit = 1000;
     let slot = crate::routes::audit::read_slot(&state, &s.tenant).map_err(|e| api_error(&s, e))?;
-    let mut r = crate::routes::audit::export(state.store.clone(), f, true, slot);
+    let mut r = crate::routes::audit::export(state.store.clone(), f, true, slot)
+        .await
+        .map_err(|e| api_error(&s, e))?;
     r.headers_mut().insert(
         header::CONTENT_DISPOSITION,
         header::HeaderValue::from_static("attachment; filename=\"moderator-grants.csv\""),

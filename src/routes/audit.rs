@@ -6,7 +6,7 @@
 
 use crate::audit::checkpoint::{Checkpoints, ProveError, TreeError};
 use crate::audit::heavy::HeavyError;
-use crate::limits::{MAX_AUDIT_READS_IN_FLIGHT, Slot};
+use crate::limits::{MAX_AUDIT_READS_IN_FLIGHT, MAX_AUDIT_READS_TOTAL, Slot};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -64,7 +64,7 @@ pub async fn query(
         fmt @ ("ndjson" | "csv") => {
             record_read(&state, &req, &p, fmt, q.for_record()).await?;
             f.limit = EXPORT_PAGE;
-            return Ok(export(state.store.clone(), f, fmt == "csv", slot));
+            return export(state.store.clone(), f, fmt == "csv", slot).await;
         }
         _ => {
             return Err(ApiError::bad(
@@ -84,74 +84,110 @@ pub async fn query(
     Ok(HttpResponse::Ok().json(json!({ "items": rows, "next": next })))
 }
 
-/// One of the tenant's places for an audit read (`MAX_AUDIT_READS_IN_FLIGHT`),
-/// held until the read (an export: its whole stream) ends; else 429.
-pub(crate) fn read_slot(state: &AppState, tenant: &str) -> Result<Slot, ApiError> {
-    state.limits.audit_reads.try_enter(tenant).ok_or_else(|| {
+/// The places an audit read holds until it ends (an export: its whole
+/// stream): one of its tenant's (`MAX_AUDIT_READS_IN_FLIGHT`) and one of the
+/// broker's (`MAX_AUDIT_READS_TOTAL`).
+#[derive(Debug)]
+pub(crate) struct ReadSlot {
+    _tenant: Slot,
+    _broker: Slot,
+}
+
+/// The places for an audit read of `tenant`, or 429 `audit_busy`.
+pub(crate) fn read_slot(state: &AppState, tenant: &str) -> Result<ReadSlot, ApiError> {
+    let busy = |msg: String| {
         let mut e = ApiError::new(
             actix_web::http::StatusCode::TOO_MANY_REQUESTS,
             "audit_busy",
-            format!(
-                "this tenant already has {MAX_AUDIT_READS_IN_FLIGHT} audit reads running; retry after the time in Retry-After"
-            ),
+            msg,
         );
         e.retry_after = Some(1);
         e
+    };
+    let tenant_slot = state.limits.audit_reads.try_enter(tenant).ok_or_else(|| {
+        busy(format!(
+            "this tenant already has {MAX_AUDIT_READS_IN_FLIGHT} audit reads running; retry after the time in Retry-After"
+        ))
+    })?;
+    let broker_slot = state.limits.audit_reads_total.try_enter("").ok_or_else(|| {
+        busy(format!(
+            "the broker already runs {MAX_AUDIT_READS_TOTAL} audit reads; retry after the time in Retry-After"
+        ))
+    })?;
+    Ok(ReadSlot {
+        _tenant: tenant_slot,
+        _broker: broker_slot,
     })
 }
 
 /// Streams every row matching `f`, a page at a time (constant memory),
-/// holding the tenant's read `slot` until the stream ends or is dropped.
-pub fn export(store: Store, f: AuditFilter, csv: bool, slot: Slot) -> HttpResponse {
-    let first = csv.then(|| csv_header().into_bytes());
-    let stream = futures_util::stream::unfold((Some(f), first), move |(f, header)| {
-        let _held = &slot;
-        let store = store.clone();
-        async move {
-            let mut f = f?;
-            let rows = match store.query_audit(&f).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = ?e.to_string(), "audit export failed mid-stream");
-                    return Some((
-                        Err(actix_web::error::ErrorServiceUnavailable(
-                            "export interrupted",
-                        )),
-                        (None, None),
-                    ));
+/// holding the tenant's read `slot` until the stream ends or is dropped. The
+/// first page is read before the status is sent, so a read that fails (or
+/// runs out of time) answers with its error rather than a cut stream.
+pub(crate) async fn export(
+    store: Store,
+    f: AuditFilter,
+    csv: bool,
+    slot: ReadSlot,
+) -> Result<HttpResponse, ApiError> {
+    let first = store.query_audit(&f).await?;
+    let header = csv.then(|| csv_header().into_bytes());
+    let stream = futures_util::stream::unfold(
+        (Some(f), Some(first), header),
+        move |(f, read, header)| {
+            let _held = &slot;
+            let store = store.clone();
+            async move {
+                let mut f = f?;
+                let rows = match read {
+                    Some(rows) => rows,
+                    None => match store.query_audit(&f).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = ?e.to_string(), "audit export failed mid-stream");
+                            return Some((
+                                Err(actix_web::error::ErrorServiceUnavailable(
+                                    "export interrupted",
+                                )),
+                                (None, None, None),
+                            ));
+                        }
+                    },
+                };
+                let mut buf = header.unwrap_or_default();
+                for r in &rows {
+                    if csv {
+                        buf.extend_from_slice(csv_line(r).as_bytes());
+                    } else {
+                        buf.extend_from_slice(
+                            serde_json::to_string(r).unwrap_or_default().as_bytes(),
+                        );
+                        buf.push(b'\n');
+                    }
                 }
-            };
-            let mut buf = header.unwrap_or_default();
-            for r in &rows {
-                if csv {
-                    buf.extend_from_slice(csv_line(r).as_bytes());
-                } else {
-                    buf.extend_from_slice(serde_json::to_string(r).unwrap_or_default().as_bytes());
-                    buf.push(b'\n');
+                let next = (rows.len() as i64 == f.limit).then(|| {
+                    f.before = rows.last().map(AuditCursor::after);
+                    f
+                });
+                if buf.is_empty() {
+                    return None;
                 }
+                Some((
+                    Ok::<_, actix_web::Error>(web::Bytes::from(buf)),
+                    (next, None, None),
+                ))
             }
-            let next = (rows.len() as i64 == f.limit).then(|| {
-                f.before = rows.last().map(AuditCursor::after);
-                f
-            });
-            if buf.is_empty() {
-                return None;
-            }
-            Some((
-                Ok::<_, actix_web::Error>(web::Bytes::from(buf)),
-                (next, None),
-            ))
-        }
-    });
+        },
+    );
     let ctype = if csv {
         "text/csv; charset=utf-8"
     } else {
         "application/x-ndjson"
     };
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type(ctype)
         .insert_header(("cache-control", "no-store"))
-        .streaming(stream)
+        .streaming(stream))
 }
 
 #[derive(Debug, Deserialize)]

@@ -164,6 +164,10 @@ impl From<crate::store::StoreError> for ApiError {
             E::NotFound => ApiError::not_found("not_found", "not found"),
             E::Conflict(m) => ApiError::conflict(m),
             E::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m),
+            E::ReadTimeout => ApiError::unavailable(
+                "audit_timeout",
+                "this audit read ran past its time limit and was stopped: narrow it with since and until, or with fewer filters that rarely match together",
+            ),
             other => {
                 tracing::error!(error = ?other.to_string(), "store error");
                 ApiError::unavailable(
@@ -538,7 +542,7 @@ pub const CATALOGUE: &[(u16, &str, &str)] = &[
     (
         503,
         "audit_timeout",
-        "a proof took longer than its time bound",
+        "a proof took longer than its time bound, or an audit read (a page, an export, a summary) ran past `audit_read_timeout_ms` and was stopped",
     ),
     (
         503,

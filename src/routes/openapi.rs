@@ -483,6 +483,8 @@ pub const OPERATIONS: &[Operation] = &[
             "invalid_time",
             "invalid_cursor",
             "audit_unavailable",
+            "audit_busy",
+            "audit_timeout",
         ],
     ),
     op(
@@ -526,7 +528,13 @@ pub const OPERATIONS: &[Operation] = &[
         Auth::AuditOrAdmin,
         Body::None,
         Answer::Json(200),
-        &["invalid_filter", "invalid_time", "audit_unavailable"],
+        &[
+            "invalid_filter",
+            "invalid_time",
+            "audit_unavailable",
+            "audit_busy",
+            "audit_timeout",
+        ],
     ),
     op(
         "get",

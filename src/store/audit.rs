@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use futures_util::TryStreamExt;
 use sqlx::QueryBuilder;
 
+use super::bounded::{SqliteRead, pg_read, read_error};
 use super::{BeginWrite, Db, Store, StoreError, StoreResult, with_pool};
 pub use crate::domain::audit_row::AuditRow;
 use crate::domain::audit_row::{COLUMNS, RowRef, Seal};
@@ -459,6 +460,72 @@ enum Take {
     Lock { cached: Option<Head> },
 }
 
+/// The statement of `Store::query_audit` for filter `$f`, pushed onto query
+/// builder `$qb` (expanded once per dialect).
+macro_rules! audit_query_sql {
+    ($qb:ident, $f:ident) => {{
+        $qb.push(format!(
+            "SELECT {COLUMNS} FROM audit_events WHERE tenant = "
+        ));
+        $qb.push_bind($f.tenant.clone());
+        let text = [
+            ("kind", &$f.kind),
+            ("granted_role", &$f.role),
+            ("outcome", &$f.outcome),
+            ("code", &$f.code),
+            ("user_id", &$f.user),
+            ("rule", &$f.rule),
+            ("key_id", &$f.key_id),
+            ("token_id", &$f.token_id),
+            ("token_sha256", &$f.token_sha256),
+        ];
+        for (col, v) in text {
+            if let Some(v) = v {
+                $qb.push(format!(" AND {col} = ")).push_bind(v.clone());
+            }
+        }
+        match (&$f.session_id, &$f.session_id_as_given) {
+            (Some(v), Some(given)) => {
+                $qb.push(" AND session_id IN (")
+                    .push_bind(v.clone())
+                    .push(", ")
+                    .push_bind(given.clone())
+                    .push(")");
+            }
+            // One spelling: an equality, so its index yields rows in page order.
+            (Some(v), None) => {
+                $qb.push(" AND session_id = ").push_bind(v.clone());
+            }
+            (None, _) => {}
+        }
+        if let Some(v) = $f.policy_version {
+            $qb.push(" AND policy_version = ").push_bind(v);
+        }
+        if let Some(v) = $f.since_ms {
+            $qb.push(" AND at_ms >= ").push_bind(v);
+        }
+        if let Some(v) = $f.until_ms {
+            $qb.push(" AND at_ms < ").push_bind(v);
+        }
+        if let Some(v) = $f.seq {
+            $qb.push(" AND seq = ").push_bind(v);
+        }
+        if let Some(c) = $f.before {
+            $qb.push(" AND (at_ms, seq) < (")
+                .push_bind(c.at_ms)
+                .push(", ")
+                .push_bind(c.seq)
+                .push(")");
+        }
+        // Newest first by recorded time (chain position breaks ties):
+        // every filter's index is (tenant, column, at_ms, seq), so any
+        // filter, with or without a time window, reads one index range
+        // in this order and stops after `limit` rows.
+        $qb.push(" ORDER BY at_ms DESC, seq DESC LIMIT ")
+            .push_bind($f.limit);
+    }};
+}
+
 impl Store {
     /// Seals `rows` into their tenants' chains with `seal` and commits them in
     /// one transaction: one attempt (the audit module's `append` retries it).
@@ -680,84 +747,26 @@ impl Store {
         ).fetch_all(p).await)?)
     }
 
-    /// Rows matching `f`, newest first, at most `f.limit`.
+    /// Rows matching `f`, newest first, at most `f.limit`; stopped after the
+    /// store's read budget (`ReadTimeout`).
     pub async fn query_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRow>> {
-        macro_rules! build {
-            ($qb:ident) => {{
-                $qb.push(format!(
-                    "SELECT {COLUMNS} FROM audit_events WHERE tenant = "
-                ));
-                $qb.push_bind(f.tenant.clone());
-                let text = [
-                    ("kind", &f.kind),
-                    ("granted_role", &f.role),
-                    ("outcome", &f.outcome),
-                    ("code", &f.code),
-                    ("user_id", &f.user),
-                    ("rule", &f.rule),
-                    ("key_id", &f.key_id),
-                    ("token_id", &f.token_id),
-                    ("token_sha256", &f.token_sha256),
-                ];
-                for (col, v) in text {
-                    if let Some(v) = v {
-                        $qb.push(format!(" AND {col} = ")).push_bind(v.clone());
-                    }
-                }
-                match (&f.session_id, &f.session_id_as_given) {
-                    (Some(v), Some(given)) => {
-                        $qb.push(" AND session_id IN (")
-                            .push_bind(v.clone())
-                            .push(", ")
-                            .push_bind(given.clone())
-                            .push(")");
-                    }
-                    // One spelling: an equality, so its index yields rows in page order.
-                    (Some(v), None) => {
-                        $qb.push(" AND session_id = ").push_bind(v.clone());
-                    }
-                    (None, _) => {}
-                }
-                if let Some(v) = f.policy_version {
-                    $qb.push(" AND policy_version = ").push_bind(v);
-                }
-                if let Some(v) = f.since_ms {
-                    $qb.push(" AND at_ms >= ").push_bind(v);
-                }
-                if let Some(v) = f.until_ms {
-                    $qb.push(" AND at_ms < ").push_bind(v);
-                }
-                if let Some(v) = f.seq {
-                    $qb.push(" AND seq = ").push_bind(v);
-                }
-                if let Some(c) = f.before {
-                    $qb.push(" AND (at_ms, seq) < (")
-                        .push_bind(c.at_ms)
-                        .push(", ")
-                        .push_bind(c.seq)
-                        .push(")");
-                }
-                // Newest first by recorded time (chain position breaks ties):
-                // every filter's index is (tenant, column, at_ms, seq), so any
-                // filter, with or without a time window, reads one index range
-                // in this order and stops after `limit` rows.
-                $qb.push(" ORDER BY at_ms DESC, seq DESC LIMIT ")
-                    .push_bind(f.limit);
-            }};
-        }
         Ok(match &self.db {
             Db::Sqlite { read, .. } => {
                 let mut qb = QueryBuilder::<sqlx::Sqlite>::new("");
-                build!(qb);
-                let rows = qb.build().fetch_all(read).await?;
+                audit_query_sql!(qb, f);
+                let mut c = SqliteRead::acquire(read, self.read_budget).await?;
+                let rows = qb.build().fetch_all(c.conn()).await.map_err(read_error)?;
+                c.done().await?;
                 rows.iter()
                     .map(|r| sqlite_row_ref(r).map(|r| r.to_row()))
                     .collect::<Result<_, _>>()?
             }
             Db::Postgres(p) => {
                 let mut qb = QueryBuilder::<sqlx::Postgres>::new("");
-                build!(qb);
-                let rows = qb.build().fetch_all(p).await?;
+                audit_query_sql!(qb, f);
+                let mut tx = pg_read(p, self.read_budget).await?;
+                let rows = qb.build().fetch_all(&mut *tx).await.map_err(read_error)?;
+                tx.commit().await?;
                 rows.iter()
                     .map(|r| pg_row_ref(r).map(|r| r.to_row()))
                     .collect::<Result<_, _>>()?

@@ -8,6 +8,7 @@
 //! is one method.
 
 mod audit;
+mod bounded;
 mod buckets;
 mod copy;
 mod credentials;
@@ -106,6 +107,10 @@ pub enum StoreError {
     /// another tenant, or by another credential of the same tenant.
     #[error("video project {owner_id} is already claimed")]
     Claimed { owner_id: String, same_tenant: bool },
+    /// An audit read ran past its time limit (`Store::with_read_budget`) and
+    /// was stopped by the database.
+    #[error("the audit read was stopped after its time limit")]
+    ReadTimeout,
     /// Another writer advanced an audit chain head first; retry.
     #[error("the audit chain head moved concurrently; retry")]
     HeadMoved,
@@ -146,6 +151,9 @@ pub(crate) enum Db {
 pub struct Store {
     pub(crate) db: Db,
     url_redacted: String,
+    /// The time limit of the audit reads a tenant shapes (`bounded`); none
+    /// for the operator's own command line.
+    pub(crate) read_budget: Option<Duration>,
 }
 
 impl fmt::Debug for Store {
@@ -191,31 +199,46 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(3))
                 .connect_with(writer_opts)
                 .await?;
+            // At most `limits::MAX_AUDIT_READS_TOTAL` of them hold reads
+            // tenants shape; the rest serve everything else.
             let read = SqlitePoolOptions::new()
-                .max_connections(4)
+                .max_connections(8)
                 .acquire_timeout(Duration::from_secs(3))
                 .connect_with(base)
                 .await?;
             Ok(Store {
                 db: Db::Sqlite { write, read, file },
                 url_redacted,
+                read_budget: None,
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url)?;
+            // The audit writer, the rollup and checkpoint passes, proofs and
+            // replays share it, and at most `limits::MAX_AUDIT_READS_TOTAL`
+            // reads tenants shape.
             let pool = PgPoolOptions::new()
-                .max_connections(8)
+                .max_connections(12)
                 .acquire_timeout(Duration::from_secs(3))
                 .connect_with(opts)
                 .await?;
             Ok(Store {
                 db: Db::Postgres(pool),
                 url_redacted,
+                read_budget: None,
             })
         } else {
             Err(StoreError::Invalid(format!(
                 "unsupported database URL {url_redacted}: expected sqlite://PATH or postgres://..."
             )))
         }
+    }
+
+    /// The same store (the same pools) whose audit reads (`query_audit`,
+    /// summaries) are stopped after `budget` each (`audit_read_timeout_ms`),
+    /// or never (`None`: the operator's command line).
+    pub fn with_read_budget(mut self, budget: Option<Duration>) -> Store {
+        self.read_budget = budget;
+        self
     }
 
     pub fn dialect(&self) -> Dialect {

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use sqlx::QueryBuilder;
 
+use super::bounded::{SqliteRead, pg_read, read_error};
 use super::buckets::{self, BucketRange, DAY_MS, NO_LOWER_DAY, NO_UPPER_DAY, TOP};
 use super::{BeginWrite, Db, Dialect, Store, StoreError, StoreResult, SummaryRow, with_pool};
 
@@ -341,43 +342,54 @@ impl Store {
                 .audit_summary_scan(tenant, by, since_ms, until_ms, limit)
                 .await;
         };
-        let rows = with_pool!(self, p => {
-            // One snapshot for the state and the counts: SQLite's read
-            // transaction (WAL) has one; PostgreSQL's needs REPEATABLE READ,
-            // or a pass committing in between would be counted twice.
-            #[allow(clippy::disallowed_methods)] // reads only, on the read pool
-            let mut tx = p.begin().await?;
-            if d == Dialect::Postgres {
-                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let through: Option<i64> = sqlx::query_scalar(
-                "SELECT through_seq FROM audit_rollup_state WHERE tenant = $1",
-            )
-            .bind(tenant)
-            .fetch_optional(&mut *tx)
-            .await?;
-            match through.unwrap_or(0) {
-                // Nothing counted yet: the plain scan reads less.
-                0 => None,
-                through => {
-                    let (sql, binds) = rollup_summary_sql(d, &g, w, since_ms, until_ms, through, limit);
-                    // Planned with its values each time (the statement's
-                    // shape varies with the window anyway).
-                    let mut q = sqlx::query_as::<_, SummaryRow>(&sql)
-                        .persistent(false)
-                        .bind(tenant)
-                        .bind(g.dim);
-                    for v in binds {
-                        q = q.bind(v);
+        // One snapshot for the state and the counts: SQLite's read
+        // transaction (WAL) has one; PostgreSQL's is REPEATABLE READ, or a
+        // pass committing in between would be counted twice.
+        macro_rules! counts {
+            ($tx:expr) => {{
+                let through: Option<i64> = sqlx::query_scalar(
+                    "SELECT through_seq FROM audit_rollup_state WHERE tenant = $1",
+                )
+                .bind(tenant)
+                .fetch_optional(&mut *$tx)
+                .await
+                .map_err(read_error)?;
+                match through.unwrap_or(0) {
+                    // Nothing counted yet: the plain scan reads less.
+                    0 => None,
+                    through => {
+                        let (sql, binds) =
+                            rollup_summary_sql(d, &g, w, since_ms, until_ms, through, limit);
+                        // Planned with its values each time (the statement's
+                        // shape varies with the window anyway).
+                        let mut q = sqlx::query_as::<_, SummaryRow>(&sql)
+                            .persistent(false)
+                            .bind(tenant)
+                            .bind(g.dim);
+                        for v in binds {
+                            q = q.bind(v);
+                        }
+                        Some(q.fetch_all(&mut *$tx).await.map_err(read_error)?)
                     }
-                    let rows = q.fetch_all(&mut *tx).await?;
-                    tx.commit().await?;
-                    Some(rows)
                 }
+            }};
+        }
+        let rows = match &self.db {
+            Db::Sqlite { read, .. } => {
+                let mut c = SqliteRead::acquire(read, self.read_budget).await?;
+                let mut tx = sqlx::Connection::begin(c.conn()).await?;
+                let rows = counts!(tx);
+                tx.commit().await?;
+                c.done().await?;
+                rows
             }
-        });
+            Db::Postgres(p) => {
+                let mut tx = pg_read(p, self.read_budget).await?;
+                let rows = counts!(tx);
+                tx.commit().await?;
+                rows
+            }
+        };
         match rows {
             Some(rows) => Ok(rows),
             None => {
@@ -408,16 +420,32 @@ impl Store {
             (None, None) => "",
         };
         let sql = raw_counts(self.dialect(), &g.raw_key, window) + &summary_order_limit(limit);
-        Ok(with_pool!(self, p => {
-            let mut q = sqlx::query_as::<_, SummaryRow>(&sql).bind(tenant);
-            if let Some(v) = since_ms {
-                q = q.bind(v);
+        macro_rules! scan {
+            ($conn:expr) => {{
+                let mut q = sqlx::query_as::<_, SummaryRow>(&sql).bind(tenant);
+                if let Some(v) = since_ms {
+                    q = q.bind(v);
+                }
+                if let Some(v) = until_ms {
+                    q = q.bind(v);
+                }
+                q.fetch_all($conn).await.map_err(read_error)?
+            }};
+        }
+        Ok(match &self.db {
+            Db::Sqlite { read, .. } => {
+                let mut c = SqliteRead::acquire(read, self.read_budget).await?;
+                let rows = scan!(c.conn());
+                c.done().await?;
+                rows
             }
-            if let Some(v) = until_ms {
-                q = q.bind(v);
+            Db::Postgres(p) => {
+                let mut tx = pg_read(p, self.read_budget).await?;
+                let rows = scan!(&mut *tx);
+                tx.commit().await?;
+                rows
             }
-            q.fetch_all(p).await
-        })?)
+        })
     }
 
     /// One step of the rollup pass for `tenant`: counts the next chunk of at

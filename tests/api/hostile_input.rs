@@ -819,3 +819,87 @@ async fn a_tenant_holds_at_most_two_audit_reads_at_once() {
     drop(second);
     assert_eq!(reads.in_flight("acme"), 0);
 }
+
+/// However many tenants' auditors read at once, the broker runs at most
+/// `MAX_AUDIT_READS_TOTAL` audit reads, so the pool's other connections stay
+/// for issuance (on PostgreSQL the audit writer shares the pool).
+#[tokio::test]
+async fn the_broker_runs_at_most_four_audit_reads_whatever_the_tenants() {
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    let total = &app.app_state.limits.audit_reads_total;
+    // Other tenants' reads hold every place of the broker.
+    let held: Vec<_> = (0..token_broker::limits::MAX_AUDIT_READS_TOTAL)
+        .map(|_| total.try_enter("").unwrap())
+        .collect();
+    for path in ["/v1/audit", "/v1/audit?format=ndjson", "/v1/audit/summary"] {
+        let r = app.get(path, &key).await;
+        assert_eq!(r.status(), 429, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "audit_busy", "{path}: {v}");
+    }
+    // The refused reads gave their tenant's places back.
+    assert_eq!(app.app_state.limits.audit_reads.in_flight("acme"), 0);
+    drop(held);
+    assert_eq!(app.get("/v1/audit", &key).await.status(), 200);
+}
+
+/// Filters that never match together walk an index range to its end: a
+/// read past `audit_read_timeout_ms` is stopped by the database and answered
+/// 503 `audit_timeout` (an export too, before its status), and the pool's
+/// connections serve the next reads as before.
+#[tokio::test]
+async fn an_audit_read_past_its_time_limit_is_stopped() {
+    let (url, db) = fresh_database().await;
+    let app = spawn_app_on(url, db, |s| {
+        s.audit_read_timeout = std::time::Duration::from_millis(5);
+    })
+    .await;
+    let key = app.acme().await;
+    // 200k rows, half issued and half refused, far after the chain (not a
+    // valid chain: only the reads are under test).
+    let t0 = 1_800_000_000_000_i64;
+    let cols = "audit_id, tenant, seq, at_ms, kind, outcome, actor, user_id, prev_hash, hash";
+    let vals = format!(
+        "'x' || i, 'acme', 1000000 + i, {t0} + i, \
+         CASE i % 2 WHEN 0 THEN 'token_issued' ELSE 'token_refused' END, \
+         CASE i % 2 WHEN 0 THEN 'issued' ELSE 'refused' END, 'api_key', 'u' || (i % 5000), '', ''"
+    );
+    let sql = if app.db_url.starts_with("sqlite") {
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) \
+             INSERT INTO audit_events ({cols}) SELECT {vals} FROM n"
+        )
+    } else {
+        format!(
+            "INSERT INTO audit_events ({cols}) SELECT {vals} FROM generate_series(1, 200000) AS i"
+        )
+    };
+    raw_sql(&app, &sql).await;
+    let (since, until) = (t0 / 1000, t0 / 1000 + 3600);
+    for path in [
+        "/v1/audit?kind=token_issued&outcome=refused".to_owned(),
+        "/v1/audit?kind=token_issued&outcome=refused&format=csv".to_owned(),
+        format!("/v1/audit/summary?by=user&since={since}&until={until}"),
+    ] {
+        let r = app.get(&path, &key).await;
+        assert_eq!(r.status(), 503, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "audit_timeout", "{path}: {v}");
+    }
+    assert_eq!(app.app_state.limits.audit_reads.in_flight("acme"), 0);
+    // Nothing stopped stays armed: the same pools without a limit run the
+    // same whole scans, on as many connections at once as the pool has.
+    let unbounded = app.store.clone().with_read_budget(None);
+    let f = AuditFilter {
+        tenant: "acme".into(),
+        kind: Some("token_issued".into()),
+        outcome: Some("refused".into()),
+        limit: 100,
+        ..AuditFilter::default()
+    };
+    let scans = (0..8).map(|_| unbounded.query_audit(&f));
+    for r in futures_util::future::join_all(scans).await {
+        assert!(r.unwrap().is_empty());
+    }
+}
