@@ -19,4 +19,6 @@ pub use idp::{IdpKeys, IdpSpec, check_jwks_url};
 pub use net::parse_trusted_proxies;
 pub use rate::{Rate, Rates};
 pub use role::Role;
-pub use session_id::{InvalidSessionId, MAX_SESSION_ID_LEN, SessionId};
+pub use session_id::{
+    InvalidSessionId, MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_SESSION_ID_LEN, SessionId, is_label_key,
+};

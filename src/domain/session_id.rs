@@ -35,6 +35,21 @@ impl InvalidSessionId {
 /// Longest session ID accepted, in bytes (service-issued ones are ~70-120).
 pub const MAX_SESSION_ID_LEN: usize = 512;
 
+/// Longest label key a session can be registered with, in bytes.
+pub const MAX_LABEL_KEY: usize = 64;
+/// Longest label value a session can be registered with, in bytes.
+pub const MAX_LABEL_VALUE: usize = 256;
+
+/// Whether a session can be registered with label key `k`: 1-64 of
+/// `A-Z a-z 0-9 _ . - /`. A policy's label matchers are held to the same, so
+/// none names a key no session can have.
+pub fn is_label_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= MAX_LABEL_KEY
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
+}
+
 /// A session ID that passed the edge checks, in its two useful spellings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionId {

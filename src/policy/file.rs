@@ -13,6 +13,7 @@ use super::glob::Glob;
 use crate::domain::{
     CredentialSpec, IdpKeys, IdpSpec, OpenTokFormat, Provider, Role, SecretRef, check_jwks_url,
 };
+use crate::domain::{MAX_LABEL_KEY, MAX_LABEL_VALUE, is_label_key};
 use crate::domain::{Rate, Rates};
 
 /// The longest `max_ttl`/`default_ttl` a rule may have: the service's 30 days.
@@ -500,6 +501,10 @@ pub const MAX_POLICY_LINES: usize = 10_000;
 /// trusts (a few: staff, customers, a partner); 16 leaves room and keeps the
 /// fetchers one tenant can own small.
 pub const MAX_IDENTITY_PROVIDERS: usize = 16;
+
+/// Label matchers with `*` or `?` a policy may hold: a decision may try each
+/// against a label value (each costs one step per character of the value).
+pub const MAX_LABEL_GLOBS: usize = 64;
 /// Most `audiences` per provider: every login token's `aud` values are
 /// compared with each. An app needs one per client it registered (web,
 /// mobile, a few environments); 16 is plenty.
@@ -650,6 +655,7 @@ fn defaults(errs: &mut Errors, raw: Option<&RawDefaults>) -> Defaults {
 /// across them.
 fn rules(errs: &mut Errors, raw: &[RawRule], idp_names: &[String]) -> Vec<Rule> {
     let mut rules = Vec::new();
+    let (mut globs, mut globs_reported) = (0, false);
     let mut ids = HashSet::new();
     let mut priorities = HashSet::new();
     for (i, r) in raw.iter().enumerate() {
@@ -675,9 +681,23 @@ fn rules(errs: &mut Errors, raw: &[RawRule], idp_names: &[String]) -> Vec<Rule> 
         }
         let rule = rule(errs, r, &f, idp_names);
         check_rule(errs, r, &rule, &f);
+        globs += rule.sessions.iter().filter(|m| is_glob(m)).count();
+        if globs > MAX_LABEL_GLOBS && !globs_reported {
+            globs_reported = true;
+            errs.at(
+                r.sessions.span(),
+                f("sessions"),
+                format!("a policy has at most {MAX_LABEL_GLOBS} label matchers with `*` or `?` (every decision may try each of them)"),
+            );
+        }
         rules.push(rule);
     }
     rules
+}
+
+/// A label matcher with `*` or `?` (a literal one is a string comparison).
+fn is_glob(m: &SessionMatch) -> bool {
+    matches!(m, SessionMatch::Label { value, .. } if !value.is_literal())
 }
 
 /// One rule's fields, each validated on its own (`f` names a field of it).
@@ -801,9 +821,22 @@ fn session_match(v: &str) -> Result<SessionMatch, String> {
         .and_then(|x| x.split_once('='))
         .filter(|(k, _)| !k.is_empty())
     {
+        // What no session can be registered with never matches: a typo
+        // (`label:locked = true`) would silently disable the rule.
+        if !is_label_key(k) {
+            return Err(format!(
+                "{v:?}: no session can have label key {k:?}: label keys are 1-{MAX_LABEL_KEY} of A-Z a-z 0-9 _ . - /"
+            ));
+        }
+        let value = Glob::new(g).map_err(|e| format!("{v:?}: {e}"))?;
+        if value.is_literal() && g.len() > MAX_LABEL_VALUE {
+            return Err(format!(
+                "{v:?}: no session can have this label value: values are at most {MAX_LABEL_VALUE} bytes"
+            ));
+        }
         Ok(SessionMatch::Label {
             key: k.to_owned(),
-            value: Glob::new(g),
+            value,
             pattern: g.to_owned(),
         })
     } else {

@@ -20,8 +20,8 @@ pub use decide::{
 pub use diff::diff;
 pub use file::{
     Defaults, Effect, Excess, MAX_IDENTITY_PROVIDERS, MAX_IDP_AUDIENCES, MAX_IDP_PUBLIC_KEYS,
-    MAX_POLICY_BYTES, MAX_POLICY_LINES, PolicyDoc, PolicyError, Rule, SessionMatch, Source,
-    Subject, parse, parse_stored,
+    MAX_LABEL_GLOBS, MAX_POLICY_BYTES, MAX_POLICY_LINES, PolicyDoc, PolicyError, Rule,
+    SessionMatch, Source, Subject, parse, parse_stored,
 };
 
 #[cfg(test)]

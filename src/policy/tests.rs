@@ -710,3 +710,60 @@ fn providers_and_audiences_are_bounded() {
     let first_extra = 2 + 7 * MAX_IDENTITY_PROVIDERS + 2;
     assert_eq!(e.line, first_extra, "{e}");
 }
+
+/// The example policy with the `students` rule's sessions replaced.
+fn with_student_sessions(sessions: &[String]) -> String {
+    let list = sessions
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    POLICY.replacen(
+        "sessions = [\"label:kind=class-*\"]\nroles = [\"subscriber\", \"publisher\"]",
+        &format!("sessions = [{list}]\nroles = [\"subscriber\", \"publisher\"]"),
+        1,
+    )
+}
+
+#[test]
+fn what_a_decision_may_try_on_labels_is_bounded() {
+    // A hostile admin's label globs ran on every decision, each a backtracking
+    // match over the registered value: thousands of them, made to almost match.
+    let near = format!("label:k=*{}b", "a".repeat(45));
+    let field = "rules[4].sessions";
+    // "teachers" holds one glob already.
+    let most = vec![near.clone(); MAX_LABEL_GLOBS - 1];
+    parse("t.toml", &with_student_sessions(&most)).expect("the bound itself is fine");
+    let over = vec![near.clone(); MAX_LABEL_GLOBS];
+    let e = error_at(&with_student_sessions(&over), field);
+    assert!(e.message.contains(&MAX_LABEL_GLOBS.to_string()), "{e}");
+    // Literal labels are string comparisons: not counted.
+    let literal = numbered("label:k=v", 500);
+    parse("t.toml", &with_student_sessions(&literal)).expect("literals are not globs");
+    // Longer than any value: refused, not kept to run.
+    let long = format!("label:k={}*", "a".repeat(200));
+    error_at(&with_student_sessions(&[long]), field);
+    error_at(
+        &with_student_sessions(&[format!("label:k={}", "a".repeat(300))]),
+        field,
+    );
+    // What no session can be registered with would make the rule dead.
+    for dead in ["label:locked = true", "label:a b=1", "label:é=1"] {
+        let e = error_at(&with_student_sessions(&[dead.to_owned()]), field);
+        assert!(e.message.contains("no session can have"), "{dead}: {e}");
+    }
+    // The worst glob left matches a 256-byte value in one pass.
+    let p = CompiledPolicy::compile(parse("t.toml", &with_student_sessions(&[near])).unwrap(), 1);
+    let mut facts = class(None);
+    facts.labels.insert("k".into(), "a".repeat(256));
+    let d = decide(
+        &p,
+        &who("u", &[]),
+        "s",
+        &facts,
+        &DecisionRequest::default(),
+        NOW,
+        false,
+    );
+    assert!(d.is_ok());
+}

@@ -16,9 +16,9 @@ use crate::auth::scope;
 use crate::state::AppState;
 use crate::tokens::SessionId;
 
+use crate::domain::{MAX_LABEL_KEY, MAX_LABEL_VALUE, is_label_key};
+
 const MAX_LABELS: usize = 32;
-const MAX_LABEL_KEY: usize = 64;
-const MAX_LABEL_VALUE: usize = 256;
 const MAX_OWNER: usize = 256;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -55,11 +55,7 @@ fn validate(body: &SessionBody) -> Result<(), ApiError> {
         ));
     }
     for (k, v) in &body.labels {
-        let key_ok = !k.is_empty()
-            && k.len() <= MAX_LABEL_KEY
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b));
-        if !key_ok {
+        if !is_label_key(k) {
             return Err(ApiError::bad(
                 "invalid_label",
                 format!(

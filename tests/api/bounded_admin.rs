@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use token_broker::policy::{MAX_POLICY_BYTES, MAX_POLICY_LINES};
+use token_broker::policy::{MAX_LABEL_GLOBS, MAX_POLICY_BYTES, MAX_POLICY_LINES};
 
 use crate::helpers::*;
 
@@ -15,7 +15,7 @@ fn big_policy(tenant: &str, rules: usize, salt: &str) -> String {
         format!("tenant = \"{tenant}\"\n\n[defaults]\nrole = \"publisher\"\nttl = \"1h\"\n");
     for i in 0..rules {
         p.push_str(&format!(
-            "\n[[rules]]\nid = \"r{i}-{salt}\"\npriority = {}\nsubjects = [\"user:u{i}{salt}\"]\nsessions = [\"label:k=v{i}*\"]\nroles = [\"publisher\"]\nmax_ttl = \"1h\"\n",
+            "\n[[rules]]\nid = \"r{i}-{salt}\"\npriority = {}\nsubjects = [\"user:u{i}{salt}\"]\nsessions = [\"label:k=v{i}\"]\nroles = [\"publisher\"]\nmax_ttl = \"1h\"\n",
             i + 1
         ));
     }
@@ -246,4 +246,62 @@ async fn a_policy_with_countless_errors_gets_a_bounded_answer() {
         assert_eq!(errors[1]["column"], 16, "{path}");
         assert!(started.elapsed() < Duration::from_secs(10), "{path}");
     }
+}
+
+/// The attacker of the policy review's F1: a tenant admin whose label globs
+/// (thousands of them, each made to almost match a 256-byte label) made
+/// every decision of its tenant cost tens of milliseconds on the shared HTTP
+/// worker. Such a policy is refused, naming the field; one within the cap
+/// applies, and its decisions still answer.
+#[tokio::test]
+async fn a_policy_cannot_make_decisions_expensive_with_label_globs() {
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    let near = format!("label:k=*{}b", "a".repeat(45));
+    let policy = |globs: usize| {
+        // On the last rule, which every caller reaches: each decision
+        // tries every glob before `*`.
+        let list = vec![format!("{near:?}"); globs].join(", ");
+        let text = app.standard_policy("acme");
+        let any = "sessions = [\"*\"]";
+        let at = text.rfind(any).unwrap();
+        format!(
+            "{}sessions = [{list}, \"*\"]{}",
+            &text[..at],
+            &text[at + any.len()..]
+        )
+    };
+    let r = app
+        .post(
+            "/v1/policy",
+            &key,
+            &json!({"source": policy(MAX_LABEL_GLOBS + 1), "dry_run": true}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid_policy", "{v}");
+    assert!(
+        v["error"]["field"].as_str().unwrap().ends_with(".sessions"),
+        "{v}"
+    );
+    let r = app
+        .post(
+            "/v1/policy",
+            &key,
+            &json!({"source": policy(MAX_LABEL_GLOBS / 2)}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let sid = session_for(API_KEY, 3);
+    app.put(
+        &format!("/v1/sessions/{sid}"),
+        &key,
+        &json!({"labels": {"k": "a".repeat(256)}}),
+    )
+    .await;
+    let (s, _) = app
+        .issue(&key, &json!({"session_id": sid, "user": user("ann")}))
+        .await;
+    assert_eq!(s, 201);
 }
