@@ -57,7 +57,9 @@ impl fmt::Debug for PresentedKey<'_> {
 /// Splits `tkb_<16 id chars>_<64 hex>`; `None` when malformed.
 pub fn parse_presented(s: &str) -> Option<PresentedKey<'_>> {
     let rest = s.strip_prefix(KEY_PREFIX)?;
-    if rest.len() != KEY_ID_LEN + 1 + SECRET_HEX_LEN {
+    // ASCII before any split at a byte index: a character straddling it
+    // (the console's sign-in form takes any text) would panic the split.
+    if !rest.is_ascii() || rest.len() != KEY_ID_LEN + 1 + SECRET_HEX_LEN {
         return None;
     }
     let (key_id, tail) = rest.split_at(KEY_ID_LEN);
@@ -455,6 +457,8 @@ mod tests {
             &format!("tkb_ABCDEFGHIJKLMNOP_{}", "a".repeat(64)),
             &format!("tkx_abcdefghijklmnop_{}", "a".repeat(64)),
             &format!("tkb_abcdefghijklmnop-{}", "a".repeat(64)),
+            // Right length in bytes, a two-byte character across the split.
+            &format!("tkb_abcdefghijklmno\u{e9}{}", "a".repeat(64)),
         ] {
             assert!(parse_presented(bad).is_none(), "{bad:?}");
         }

@@ -782,3 +782,17 @@ async fn console_audit_rows_record_the_client_behind_a_trusted_proxy() {
     let v = plain.audit(&acme, "kind=console_sign_in").await;
     assert_eq!(v["items"][0]["client_addr"], "127.0.0.1", "{v}");
 }
+
+/// Anyone can post the sign-in form (its CSRF token is free): a key field of
+/// the right length in bytes with a character across the key id's end used
+/// to panic the handler (and print the text to stderr, unescaped). It is a
+/// wrong key like any other: refused with 401.
+#[tokio::test]
+async fn a_sign_in_key_with_a_character_across_the_id_is_refused_not_a_panic() {
+    let app = spawn_app().await;
+    let key = format!("tkb_abcdefghijklmno\u{e9}{}", "a".repeat(64));
+    let r = sign_in_raw(&app, &key, false).await;
+    assert_eq!(r.status(), 401);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("invalid_credentials"), "{body}");
+}
