@@ -403,11 +403,14 @@ fn restrict_sqlite_files(db: &std::path::Path) {
 /// Replaces the password of a URL (`scheme://user:pass@host`) and the values
 /// of password-like query parameters (`?password=`, `sslpassword=`) with `***`.
 pub fn redact_url(url: &str) -> String {
+    // The password first: unencoded, it may hold `/`, `?` or `@`, which the
+    // query's split below would otherwise cut it at.
+    let url = redact_userinfo(url);
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
-        None => (url, None),
+        None => (url.as_str(), None),
     };
-    let mut out = redact_userinfo(base);
+    let mut out = base.to_owned();
     if let Some(q) = query {
         let params: Vec<String> = q
             .split('&')
@@ -422,22 +425,18 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// `scheme://user:***@rest`: the user information ends at the last `@` (an
+/// `@` in the query makes this hide more than the password, never less).
 fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+    let Some((userinfo, after)) = rest.rsplit_once('@') else {
         return url.to_owned();
     };
-    let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or(userinfo);
-    if userinfo.contains(':') {
-        format!("{scheme}://{user}:***@{host}{tail}")
-    } else {
-        url.to_owned()
+    match userinfo.split_once(':') {
+        Some((user, _)) if !user.contains('/') => format!("{scheme}://{user}:***@{after}"),
+        _ => url.to_owned(),
     }
 }
 
@@ -503,5 +502,11 @@ mod tests {
             redact_url("postgres://bob:a@b@db/x?PassWord=z"),
             "postgres://bob:***@db/x?PassWord=***"
         );
+        // Generated passwords hold `/` and `?` unencoded: such a URL does not
+        // parse, and the error that says so printed it whole.
+        for pw in ["a/b", "a?b", "a/b?c@d", "x#y/z"] {
+            let r = redact_url(&format!("postgres://bob:{pw}@db:5432/x?sslmode=disable"));
+            assert_eq!(r, "postgres://bob:***@db:5432/x?sslmode=disable", "{pw}");
+        }
     }
 }
