@@ -4,7 +4,7 @@
 //! keeps these caches in step with the database (and so with other instances).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -217,7 +217,7 @@ pub struct AppState {
     tenants: RwLock<HashMap<String, Arc<TenantRuntime>>>,
     /// Tenants whose stored policy failed to load (kept for `/readyz`).
     broken: RwLock<HashMap<String, String>>,
-    sessions: quick_cache::sync::Cache<(String, String), Arc<SessionFacts>>,
+    sessions: SessionCache,
     /// The highest change id the feed has read.
     feed_position: AtomicI64,
     /// Tenant admins' policy replays run one at a time (`replay::for_tenant`).
@@ -264,7 +264,7 @@ impl AppState {
             audit,
             tenants: RwLock::new(HashMap::new()),
             broken: RwLock::new(HashMap::new()),
-            sessions: quick_cache::sync::Cache::new(100_000),
+            sessions: SessionCache::new(100_000),
             feed_position: AtomicI64::new(0),
             replay_gate: Arc::new(tokio::sync::Semaphore::new(1)),
         }
@@ -402,24 +402,22 @@ impl AppState {
         session_id: &str,
     ) -> StoreResult<Arc<SessionFacts>> {
         let key = (tenant.to_owned(), session_id.to_owned());
-        if let Some(f) = self.sessions.get(&key) {
-            return Ok(f);
-        }
-        let facts = match self.store.get_session(tenant, session_id).await? {
-            Some(row) => SessionFacts {
-                owner: row.owner,
-                labels: serde_json::from_str(&row.labels).unwrap_or_default(),
-            },
-            None => SessionFacts::default(),
-        };
-        let facts = Arc::new(facts);
-        self.sessions.insert(key, facts.clone());
-        Ok(facts)
+        self.sessions
+            .get_or_read(key, async {
+                Ok(match self.store.get_session(tenant, session_id).await? {
+                    Some(row) => SessionFacts {
+                        owner: row.owner,
+                        labels: serde_json::from_str(&row.labels).unwrap_or_default(),
+                    },
+                    None => SessionFacts::default(),
+                })
+            })
+            .await
     }
 
     pub fn forget_session(&self, tenant: &str, session_id: &str) {
         self.sessions
-            .remove(&(tenant.to_owned(), session_id.to_owned()));
+            .forget(&(tenant.to_owned(), session_id.to_owned()));
     }
 
     /// After the feed was out of reach for over `FEED_TRUST_MS`, rows it
@@ -428,7 +426,7 @@ impl AppState {
     /// at start.
     async fn resync_after_feed_outage(&self) -> StoreResult<()> {
         self.auth.forget_all();
-        self.sessions.clear();
+        self.sessions.forget_all();
         self.load_all_policies().await
     }
 
@@ -625,9 +623,67 @@ impl ChangeCursor {
     }
 }
 
+/// Registered sessions' facts, cached. A read that began before a session's
+/// update committed can finish after the update dropped the entry; were its
+/// old facts cached then, they would stay until the next update (a former
+/// owner keeping owner-only grants). So every drop bumps `forgets`, and a
+/// read's facts stay cached only if no drop happened while it ran.
+struct SessionCache {
+    cache: quick_cache::sync::Cache<(String, String), Arc<SessionFacts>>,
+    forgets: AtomicU64,
+}
+
+impl std::fmt::Debug for SessionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCache")
+            .field("cached", &self.cache.len())
+            .finish()
+    }
+}
+
+impl SessionCache {
+    fn new(capacity: usize) -> SessionCache {
+        SessionCache {
+            cache: quick_cache::sync::Cache::new(capacity),
+            forgets: AtomicU64::new(0),
+        }
+    }
+
+    /// The cached facts of `key`, or those `read` returns (cached unless a
+    /// drop happened meanwhile: they may be older than it).
+    async fn get_or_read(
+        &self,
+        key: (String, String),
+        read: impl std::future::Future<Output = StoreResult<SessionFacts>>,
+    ) -> StoreResult<Arc<SessionFacts>> {
+        if let Some(f) = self.cache.get(&key) {
+            return Ok(f);
+        }
+        let epoch = self.forgets.load(Ordering::SeqCst);
+        let facts = Arc::new(read.await?);
+        self.cache.insert(key.clone(), facts.clone());
+        // A drop bumps before it removes: if it bumped after the load above,
+        // either it removes this entry after the insert, or this sees it.
+        if self.forgets.load(Ordering::SeqCst) != epoch {
+            self.cache.remove(&key);
+        }
+        Ok(facts)
+    }
+
+    fn forget(&self, key: &(String, String)) {
+        self.forgets.fetch_add(1, Ordering::SeqCst);
+        self.cache.remove(key);
+    }
+
+    fn forget_all(&self) {
+        self.forgets.fetch_add(1, Ordering::SeqCst);
+        self.cache.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::ChangeCursor;
+    use super::{ChangeCursor, SessionCache, SessionFacts};
     use crate::store::{Store, temp_store as store, with_pool};
 
     /// Inserts change rows with chosen ids, as out-of-order commits leave them.
@@ -701,5 +757,34 @@ mod tests {
         let mut c = ChangeCursor::start(&store).await.unwrap();
         assert_eq!(c.poll(&store, 0).await.unwrap().len(), 1000);
         assert_eq!(c.gaps(), 0);
+    }
+
+    /// The review's race, played out: a read of the old facts is under way
+    /// when the session's update commits and drops the entry; the old facts
+    /// answer that read, but are not what the next request sees.
+    #[tokio::test]
+    async fn facts_read_before_an_update_are_not_cached_after_it() {
+        let cache = SessionCache::new(16);
+        let key = ("acme".to_owned(), "s1".to_owned());
+        let old = SessionFacts {
+            owner: Some("alice".into()),
+            ..SessionFacts::default()
+        };
+        let got = cache
+            .get_or_read(key.clone(), async {
+                // The update lands while the read is in flight.
+                cache.forget(&key);
+                Ok(old.clone())
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.owner.as_deref(), Some("alice"));
+        assert!(cache.cache.get(&key).is_none(), "stale facts were cached");
+        // A read with no update meanwhile is cached.
+        cache
+            .get_or_read(key.clone(), async { Ok(SessionFacts::default()) })
+            .await
+            .unwrap();
+        assert!(cache.cache.get(&key).is_some());
     }
 }
