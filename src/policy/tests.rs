@@ -767,3 +767,28 @@ fn what_a_decision_may_try_on_labels_is_bounded() {
     );
     assert!(d.is_ok());
 }
+
+#[test]
+fn a_deny_tells_the_caller_the_rule_not_whom_else_it_names() {
+    let text = POLICY.replace(
+        "subjects = [\"group:banned\"]",
+        "subjects = [\"user:alice\", \"user:bob\", \"group:banned\"]",
+    );
+    let p = CompiledPolicy::compile(parse("t.toml", &text).unwrap(), 1);
+    let d = decide(
+        &p,
+        &who("bob", &[]),
+        "s",
+        &class(None),
+        &DecisionRequest::default(),
+        NOW,
+        false,
+    )
+    .unwrap();
+    assert_eq!(d.rule.as_deref(), Some("banned"));
+    assert!(
+        !d.reason.contains("alice") && !d.reason.contains("group"),
+        "{}",
+        d.reason
+    );
+}
