@@ -322,22 +322,41 @@ impl AppState {
         Ok(())
     }
 
-    async fn install(&self, row: &PolicyVersionRow) -> StoreResult<()> {
+    /// Loads stored policy version `row` and puts it in use, unless a newer
+    /// version of the tenant came into use while it loaded (loading resolves
+    /// secrets, up to seconds: a forced reload of version N that started
+    /// before N+1 was applied must not end up deciding under N).
+    pub async fn install(&self, row: &PolicyVersionRow) -> StoreResult<()> {
         let loaded =
             TenantRuntime::load_from_store(&self.store, &self.secrets, self.keyring.as_ref(), row)
                 .await?;
         match loaded {
             Ok(rt) => {
-                tracing::info!(tenant = ?row.tenant, version = row.version, "policy loaded");
+                let Ok(mut m) = self.tenants.write() else {
+                    return Ok(());
+                };
+                if let Some(newer) = m
+                    .get(&row.tenant)
+                    .map(|t| t.policy.version)
+                    .filter(|v| *v > row.version)
+                {
+                    tracing::info!(tenant = ?row.tenant, version = row.version, newer, "policy load outdated: a newer version is in use");
+                    return Ok(());
+                }
                 self.limits
                     .set_tenant_rates(&row.tenant, rt.rate_limits.as_ref());
-                if let Ok(mut m) = self.tenants.write() {
-                    m.insert(row.tenant.clone(), Arc::new(rt));
-                }
+                m.insert(row.tenant.clone(), Arc::new(rt));
+                drop(m);
+                tracing::info!(tenant = ?row.tenant, version = row.version, "policy loaded");
                 if let Ok(mut b) = self.broken.write() {
                     b.remove(&row.tenant);
                 }
             }
+            // An outdated version that fails says nothing of the one in use.
+            Err(_)
+                if self
+                    .tenant(&row.tenant)
+                    .is_some_and(|t| t.policy.version > row.version) => {}
             Err(e) => {
                 tracing::error!(tenant = ?row.tenant, version = row.version, error = ?e, "stored policy does not load");
                 if let Ok(mut b) = self.broken.write() {

@@ -179,3 +179,30 @@ async fn a_second_instance_sees_an_applied_version_within_a_second() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A load of an older version that finishes after a newer one was put in use
+/// (a forced reload of version N, slowed by its secrets, while N+1 is
+/// applied) leaves the newer one deciding (policy review F6).
+#[tokio::test]
+async fn an_outdated_policy_load_does_not_replace_a_newer_one() {
+    let app = spawn_app().await;
+    let key = app.acme().await;
+    let v1 = app.app_state.tenant("acme").unwrap().policy.version;
+    let stricter = app
+        .standard_policy("acme")
+        .replace("max_ttl = \"2h\"", "max_ttl = \"1h\"");
+    let v2 = app.apply_policy(&stricter).await;
+    assert!(v2 > v1);
+    let old = app.store.policy_version("acme", v1).await.unwrap().unwrap();
+    app.app_state.install(&old).await.unwrap();
+    assert_eq!(app.app_state.tenant("acme").unwrap().policy.version, v2);
+    let sid = session_for(API_KEY, 1);
+    let (s, v) = app
+        .issue(&key, &json!({"session_id": sid, "user": user("ann")}))
+        .await;
+    assert_eq!(
+        (s, v["decision"]["policy_version"].as_i64()),
+        (201, Some(v2)),
+        "{v}"
+    );
+}
