@@ -85,7 +85,8 @@ impl DecisionView {
 }
 
 /// A granted token (201), or the same minus the token fields for `/v1/decide`.
-#[derive(Debug, Clone, Serialize)]
+/// Its `Debug` never shows the token.
+#[derive(Clone, Serialize)]
 pub struct Issued {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
@@ -100,6 +101,22 @@ pub struct Issued {
     pub decision: DecisionView,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_id: Option<String>,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token_id", &self.token_id)
+            .field("format", &self.format)
+            .field("session_id", &self.session_id)
+            .field("role", &self.role)
+            .field("expire_time", &self.expire_time)
+            .field("credential", &self.credential)
+            .field("decision", &self.decision)
+            .field("audit_id", &self.audit_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the pipeline should do past the decision.
@@ -733,6 +750,29 @@ fn count_issued(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_issued_token_is_never_in_its_debug_text() {
+        let i = Issued {
+            token: Some("T1==secret-token".into()),
+            token_id: Some("t".into()),
+            format: "t1",
+            session_id: "s".into(),
+            role: Role::Publisher,
+            expire_time: 0,
+            connection_data: String::new(),
+            credential: "main".into(),
+            decision: DecisionView {
+                rule: None,
+                policy_version: 1,
+                reason: String::new(),
+                clamped: None,
+                explain: None,
+            },
+            audit_id: None,
+        };
+        assert!(!format!("{i:?}").contains("secret-token"));
+    }
 
     #[test]
     fn stamped_data_keeps_app_data_apart_from_identity() {

@@ -218,12 +218,20 @@ pub fn wanted(args: &[std::ffi::OsString]) -> bool {
         .any(|a| a == "--server" || a.to_string_lossy().starts_with("--server="))
 }
 
-/// The HTTP side: one client, one key, the server's base URL.
-#[derive(Debug)]
+/// The HTTP side: one client, one key, the server's base URL. Its `Debug`
+/// never shows the key.
 pub struct Client {
     http: reqwest::Client,
     base: String,
     key: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -1096,6 +1104,12 @@ mod tests {
         ] {
             assert!(server_base(refused).is_err(), "{refused}");
         }
+    }
+
+    #[test]
+    fn the_client_never_shows_its_key_in_debug_text() {
+        let c = Client::new("http://127.0.0.1:1", "tkb_secret".into()).unwrap();
+        assert!(!format!("{c:?}").contains("secret"));
     }
 
     #[test]

@@ -237,12 +237,19 @@ pub async fn sign_in_form(state: web::Data<AppState>, req: HttpRequest) -> HttpR
     sign_in_page(StatusCode::OK, None, super::secure_cookies(&req))
 }
 
-#[derive(Debug, Deserialize)]
+/// The sign-in form; its `Debug` shows neither the key nor the CSRF token.
+#[derive(Deserialize)]
 pub struct SignInForm {
     #[serde(default)]
     key: String,
     #[serde(default)]
     csrf: String,
+}
+
+impl std::fmt::Debug for SignInForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignInForm").finish_non_exhaustive()
+    }
 }
 
 pub async fn sign_in(
@@ -1231,6 +1238,15 @@ pub async fn key_revoke(
 mod tests {
     use super::*;
     use crate::store::StoreError;
+
+    #[test]
+    fn a_sign_in_form_never_shows_its_key_in_debug_text() {
+        let f = SignInForm {
+            key: "tkb_secret".into(),
+            csrf: "csrf-secret".into(),
+        };
+        assert!(!format!("{f:?}").contains("secret"));
+    }
 
     fn shown(c: &views::Chain) -> String {
         match c {
