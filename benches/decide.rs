@@ -28,49 +28,38 @@ fn decisions(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("decide");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("acme_last_rule", |b| {
-        b.iter(|| {
-            decide(
-                black_box(&p),
-                black_box(&who),
-                "1_session",
-                &facts,
-                &req,
-                1_764_000_000,
-                false,
-            )
-            .expect("decides")
-        })
-    });
-    g.bench_function("acme_last_rule_explained", |b| {
-        b.iter(|| {
-            decide(
-                black_box(&p),
-                black_box(&who),
-                "1_session",
-                &facts,
-                &req,
-                1_764_000_000,
-                true,
-            )
-            .expect("decides")
-        })
-    });
+    let mut run = |name: &str,
+                   p: &CompiledPolicy,
+                   who: &Identity,
+                   facts: &SessionFacts,
+                   req: &DecisionRequest,
+                   explain: bool| {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                decide(
+                    black_box(p),
+                    black_box(who),
+                    "1_session",
+                    facts,
+                    req,
+                    1_764_000_000,
+                    explain,
+                )
+                .expect("decides")
+            })
+        });
+    };
+    run("acme_last_rule", &p, &who, &facts, &req, false);
+    run("acme_last_rule_explained", &p, &who, &facts, &req, true);
     let (p, who, facts) = hostile();
-    g.bench_function("hostile_largest", |b| {
-        b.iter(|| {
-            decide(
-                black_box(&p),
-                black_box(&who),
-                "1_session",
-                &facts,
-                &DecisionRequest::default(),
-                1_764_000_000,
-                false,
-            )
-            .expect("decides")
-        })
-    });
+    run(
+        "hostile_largest",
+        &p,
+        &who,
+        &facts,
+        &DecisionRequest::default(),
+        false,
+    );
     g.finish();
 }
 
