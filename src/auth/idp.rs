@@ -635,7 +635,13 @@ impl IdentityProvider {
                                 .ok_or_else(|| bad(p, "every group must be a string"))
                         })
                         .collect::<Result<_, _>>()?,
-                    Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+                    // ASCII spaces only (as OAuth scopes): Unicode spaces
+                    // inside a value a user influences must not split it.
+                    Some(Value::String(s)) => s
+                        .split(' ')
+                        .filter(|g| !g.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
                     Some(_) => {
                         return Err(bad(
                             p,

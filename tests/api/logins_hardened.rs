@@ -623,6 +623,23 @@ async fn hostile_end_user_claims_are_refused_not_truncated() {
     let long = "a".repeat(256);
     let (s, v) = post_as(&app, "acme", &with("sub", json!(long)), &body).await;
     assert_eq!(s, 201, "{v}");
+    // A space-separated group list splits at ASCII spaces only: a value a
+    // user can influence ("x" + IDEOGRAPHIC SPACE + "banned") is one group,
+    // not a way into another group's rules.
+    let (s, v) = post_as(
+        &app,
+        "acme",
+        &with("groups", json!("x\u{3000}banned")),
+        &body,
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = post_as(&app, "acme", &with("groups", json!("x banned")), &body).await;
+    assert_eq!(
+        (s, v["error"]["rule"].as_str()),
+        (403, Some("banned")),
+        "{v}"
+    );
 }
 
 // ------------------------------------------------ point 6: identities carry their source
