@@ -473,10 +473,8 @@ pub async fn rekey(store: &Store, keyring: &Keyring) -> Result<RekeyReport, Admi
             .reseal_credential(
                 &row.tenant,
                 &row.name,
-                &row.key_id,
-                &new.key_id,
-                &new.nonce,
-                &new.ciphertext,
+                (&row.key_id, &row.nonce),
+                (&new.key_id, &new.nonce, &new.ciphertext),
             )
             .await?
         {

@@ -56,7 +56,9 @@ pub enum CredentialCmd {
     },
     /// Write a new master keyring file (mode 0600; never overwrites).
     Keygen { path: PathBuf },
-    /// Re-seal every stored credential under the first key of the configured keyring.
+    /// Re-seal every stored credential under the first key of the configured
+    /// keyring. Rotation: put the new key first (the old one below it),
+    /// restart every broker, run this, then drop the old key.
     Rekey,
 }
 

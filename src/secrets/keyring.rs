@@ -5,8 +5,10 @@
 //!
 //! File format: one key per line, `tbmk1:<base64 of 32 random bytes>`; `#`
 //! comments and blank lines are ignored. The first key seals; every key
-//! opens. Rotation: put a new key first and keep the old one below it, run
-//! `token-broker credential rekey`, then drop the old line.
+//! opens. Rotation: put a new key first and keep the old one below it;
+//! restart every broker (each reads the file at start, and until then seals
+//! uploads under the old key); run `token-broker credential rekey`; only
+//! then drop the old line.
 //!
 //! Associated data binds a ciphertext to its tenant, credential name, provider
 //! and project id: the same bytes copied to another row do not open there.

@@ -161,21 +161,22 @@ impl Store {
         )
     }
 
-    /// Replaces a credential's sealed secret if it is still sealed under
-    /// `old_key_id` (a concurrent upload wins). Returns whether it changed.
+    /// Replaces a credential's sealed secret if it is still the one sealed
+    /// as `old` (its master key id and nonce: a nonce is fresh for every
+    /// seal, so an upload that landed meanwhile, even under the same master
+    /// key, wins). `new` is (key id, nonce, ciphertext). Returns whether it
+    /// changed.
     pub async fn reseal_credential(
         &self,
         tenant: &str,
         name: &str,
-        old_key_id: &str,
-        key_id: &str,
-        nonce: &str,
-        ciphertext: &str,
+        old: (&str, &str),
+        new: (&str, &str, &str),
     ) -> StoreResult<bool> {
         let n = with_pool!(write self, p => sqlx::query(
-            "UPDATE stored_credentials SET key_id = $4, nonce = $5, ciphertext = $6 \
-             WHERE tenant = $1 AND name = $2 AND key_id = $3"
-        ).bind(tenant).bind(name).bind(old_key_id).bind(key_id).bind(nonce).bind(ciphertext)
+            "UPDATE stored_credentials SET key_id = $5, nonce = $6, ciphertext = $7 \
+             WHERE tenant = $1 AND name = $2 AND key_id = $3 AND nonce = $4"
+        ).bind(tenant).bind(name).bind(old.0).bind(old.1).bind(new.0).bind(new.1).bind(new.2)
          .execute(p).await.map(|r| r.rows_affected()))?;
         Ok(n == 1)
     }

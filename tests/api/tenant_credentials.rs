@@ -768,3 +768,67 @@ async fn a_tenant_is_not_created_into_a_namespace_another_tenant_already_uses() 
     // A slug that no policy's variables reach is created as before.
     app.create_tenant("mallory-east").await;
 }
+
+/// Secrets review F3: `credential rekey` reads every row, then reseals each.
+/// An upload that lands in between (from a broker still sealing under the
+/// old master key: the same key id) must win; the reseal of what rekey read
+/// changes nothing.
+#[tokio::test]
+async fn a_reseal_never_overwrites_an_upload_that_landed_after_its_read() {
+    let app = spawn_app().await;
+    app.create_tenant("bravo").await;
+    let admin = app.create_key("bravo", &["issue", "admin"]).await;
+    assert_eq!(
+        apply_http(&app, &admin, &rules_only("bravo"), false)
+            .await
+            .0,
+        200
+    );
+    let upload = |secret: &'static str| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            let body = json!({"provider": "opentok", "api_key": "262626", "api_secret": secret});
+            let r = app.put("/v1/credentials/main", admin, &body).await;
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    };
+    upload("bravo-secret-0123456789abcdef0123").await;
+    let read = app
+        .store
+        .get_credential("bravo", "main")
+        .await
+        .unwrap()
+        .unwrap();
+    upload("bravo-secret-fedcba9876543210fedc").await;
+    let landed = app
+        .store
+        .get_credential("bravo", "main")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        landed.key_id, read.key_id,
+        "the same master key sealed both"
+    );
+    let changed = app
+        .store
+        .reseal_credential(
+            "bravo",
+            "main",
+            (&read.key_id, &read.nonce),
+            ("other-key", "other-nonce", "other-ciphertext"),
+        )
+        .await
+        .unwrap();
+    assert!(!changed);
+    let now = app
+        .store
+        .get_credential("bravo", "main")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (now.nonce, now.ciphertext),
+        (landed.nonce, landed.ciphertext)
+    );
+}
