@@ -276,14 +276,7 @@ async fn a_tenant_cannot_claim_another_tenants_video_project() {
 #[tokio::test]
 async fn a_stored_credential_signs_and_its_secret_is_never_shown_or_stored_in_clear() {
     let app = spawn_app().await;
-    app.create_tenant("bravo").await;
-    let admin = app.create_key("bravo", &["issue", "admin", "audit"]).await;
-    assert_eq!(
-        apply_http(&app, &admin, &rules_only("bravo"), false)
-            .await
-            .0,
-        200
-    );
+    let admin = bravo_with_rules(&app, &["issue", "admin", "audit"]).await;
     let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), "0badc0de");
     let body = json!({"provider": "opentok", "api_key": "424242", "api_secret": secret, "token_format": "jwt"});
     let r = app.put("/v1/credentials/main", &admin, &body).await;
@@ -642,14 +635,7 @@ async fn a_broken_tenant_breaks_only_itself_even_across_a_restart() {
 async fn rekey_reseals_every_credential_under_the_new_master_key() {
     use token_broker::secrets::Keyring;
     let app = spawn_app().await;
-    app.create_tenant("bravo").await;
-    let admin = app.create_key("bravo", &["issue", "admin"]).await;
-    assert_eq!(
-        apply_http(&app, &admin, &rules_only("bravo"), false)
-            .await
-            .0,
-        200
-    );
+    let admin = bravo_with_rules(&app, &["issue", "admin"]).await;
     let secret = "bravo-secret-0123456789abcdef0123";
     let r = app
         .put(
@@ -776,36 +762,23 @@ async fn a_tenant_is_not_created_into_a_namespace_another_tenant_already_uses() 
 #[tokio::test]
 async fn a_reseal_never_overwrites_an_upload_that_landed_after_its_read() {
     let app = spawn_app().await;
-    app.create_tenant("bravo").await;
-    let admin = app.create_key("bravo", &["issue", "admin"]).await;
-    assert_eq!(
-        apply_http(&app, &admin, &rules_only("bravo"), false)
-            .await
-            .0,
-        200
-    );
+    let admin = bravo_with_rules(&app, &["issue", "admin"]).await;
+    // Uploads a secret and returns the row stored for it.
     let upload = |secret: &'static str| {
         let (app, admin) = (&app, &admin);
         async move {
             let body = json!({"provider": "opentok", "api_key": "262626", "api_secret": secret});
             let r = app.put("/v1/credentials/main", admin, &body).await;
             assert!(r.status().is_success(), "{}", r.status());
+            app.store
+                .get_credential("bravo", "main")
+                .await
+                .unwrap()
+                .unwrap()
         }
     };
-    upload("bravo-secret-0123456789abcdef0123").await;
-    let read = app
-        .store
-        .get_credential("bravo", "main")
-        .await
-        .unwrap()
-        .unwrap();
-    upload("bravo-secret-fedcba9876543210fedc").await;
-    let landed = app
-        .store
-        .get_credential("bravo", "main")
-        .await
-        .unwrap()
-        .unwrap();
+    let read = upload("bravo-secret-0123456789abcdef0123").await;
+    let landed = upload("bravo-secret-fedcba9876543210fedc").await;
     assert_eq!(
         landed.key_id, read.key_id,
         "the same master key sealed both"
@@ -831,4 +804,16 @@ async fn a_reseal_never_overwrites_an_upload_that_landed_after_its_read() {
         (now.nonce, now.ciphertext),
         (landed.nonce, landed.ciphertext)
     );
+}
+
+/// Tenant `bravo` with a policy of rules only (its credentials to be
+/// uploaded), and an API key of `scopes` for it.
+async fn bravo_with_rules(app: &TestApp, scopes: &[&str]) -> String {
+    app.create_tenant("bravo").await;
+    let admin = app.create_key("bravo", scopes).await;
+    assert_eq!(
+        apply_http(app, &admin, &rules_only("bravo"), false).await.0,
+        200
+    );
+    admin
 }
