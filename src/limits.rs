@@ -316,8 +316,8 @@ pub struct Limits {
     pub auth_in_flight: Arc<InFlight>,
     /// Audit reads (queries, exports, summaries) in flight per tenant.
     pub audit_reads: Arc<InFlight>,
-    /// Audit reads in flight in the whole broker (one key, `""`).
-    pub audit_reads_total: Arc<InFlight>,
+    /// Audit reads in flight in the whole broker.
+    pub audit_reads_total: Arc<tokio::sync::Semaphore>,
     clock: Clock,
     global: Arc<LimitSet>,
     tenants: RwLock<HashMap<String, Arc<LimitSet>>>,
@@ -331,7 +331,9 @@ impl Limits {
             failed_auth_ip: Limiter::with_clock(rates.failed_auth_ip, clock.clone()),
             auth_in_flight: Arc::new(InFlight::new(MAX_AUTH_IN_FLIGHT)),
             audit_reads: Arc::new(InFlight::new(MAX_AUDIT_READS_IN_FLIGHT)),
-            audit_reads_total: Arc::new(InFlight::new(MAX_AUDIT_READS_TOTAL)),
+            audit_reads_total: Arc::new(tokio::sync::Semaphore::new(
+                MAX_AUDIT_READS_TOTAL as usize,
+            )),
             global: Arc::new(LimitSet::new(&rates, &clock)),
             tenants: RwLock::new(HashMap::new()),
             clock,

@@ -101,6 +101,23 @@ pub struct AuditParams {
     pub format: Option<String>,
 }
 
+/// A summary's first `limit` groups (most issued first) and whether more
+/// matched: one group more is read to tell.
+pub async fn summary_groups(
+    store: &Store,
+    tenant: &str,
+    by: &str,
+    (since_ms, until_ms): (Option<i64>, Option<i64>),
+    limit: i64,
+) -> Result<(Vec<crate::store::SummaryRow>, bool), StoreError> {
+    let mut groups = store
+        .audit_summary(tenant, by, since_ms, until_ms, limit + 1)
+        .await?;
+    let truncated = groups.len() as i64 > limit;
+    groups.truncate(limit as usize);
+    Ok((groups, truncated))
+}
+
 /// RFC 3339 or unix seconds → unix milliseconds.
 pub fn parse_time(field: &'static str, v: &str) -> Result<i64, QueryError> {
     if let Ok(secs) = v.parse::<i64>() {

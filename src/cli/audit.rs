@@ -670,11 +670,8 @@ async fn summary(
         .transpose()
         .map_err(usage)?;
     let limit = crate::audit::query::summary_limit(limit).map_err(usage)?;
-    let mut groups = store
-        .audit_summary(tenant, by, since, until, limit + 1)
-        .await?;
-    let truncated = groups.len() as i64 > limit;
-    groups.truncate(limit as usize);
+    let (groups, truncated) =
+        crate::audit::query::summary_groups(store, tenant, by, (since, until), limit).await?;
     if json {
         out_json(&json!({"by": by, "groups": groups, "truncated": truncated}));
     } else {

@@ -7,6 +7,8 @@
 use crate::audit::checkpoint::{Checkpoints, ProveError, TreeError};
 use crate::audit::heavy::HeavyError;
 use crate::limits::{MAX_AUDIT_READS_IN_FLIGHT, MAX_AUDIT_READS_TOTAL, Slot};
+use std::sync::Arc;
+
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
@@ -15,7 +17,7 @@ use super::error::ApiError;
 use super::extractors::Authed;
 use crate::audit::AuditRow;
 use crate::audit::query::{
-    AuditParams, csv_header, csv_line, encode_cursor, parse_time, summary_limit,
+    AuditParams, csv_header, csv_line, encode_cursor, parse_time, summary_groups, summary_limit,
 };
 use crate::auth::scope;
 use crate::state::AppState;
@@ -90,7 +92,7 @@ pub async fn query(
 #[derive(Debug)]
 pub(crate) struct ReadSlot {
     _tenant: Slot,
-    _broker: Slot,
+    _broker: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The places for an audit read of `tenant`, or 429 `audit_busy`.
@@ -109,11 +111,13 @@ pub(crate) fn read_slot(state: &AppState, tenant: &str) -> Result<ReadSlot, ApiE
             "this tenant already has {MAX_AUDIT_READS_IN_FLIGHT} audit reads running; retry after the time in Retry-After"
         ))
     })?;
-    let broker_slot = state.limits.audit_reads_total.try_enter("").ok_or_else(|| {
-        busy(format!(
-            "the broker already runs {MAX_AUDIT_READS_TOTAL} audit reads; retry after the time in Retry-After"
-        ))
-    })?;
+    let broker_slot = Arc::clone(&state.limits.audit_reads_total)
+        .try_acquire_owned()
+        .map_err(|_| {
+            busy(format!(
+                "the broker already runs {MAX_AUDIT_READS_TOTAL} audit reads; retry after the time in Retry-After"
+            ))
+        })?;
     Ok(ReadSlot {
         _tenant: tenant_slot,
         _broker: broker_slot,
@@ -236,13 +240,8 @@ pub async fn summary(
     )
     .await?;
     let _slot = read_slot(&state, &p.tenant)?;
-    // One group more than asked says whether there were more.
-    let mut groups = state
-        .store
-        .audit_summary(&p.tenant, by, since, until, limit + 1)
-        .await?;
-    let truncated = groups.len() as i64 > limit;
-    groups.truncate(limit as usize);
+    let (groups, truncated) =
+        summary_groups(&state.store, &p.tenant, by, (since, until), limit).await?;
     Ok(HttpResponse::Ok().json(json!({
         "by": by, "since_ms": since, "until_ms": until, "groups": groups, "truncated": truncated
     })))

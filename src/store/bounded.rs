@@ -112,10 +112,8 @@ pub(crate) async fn pg_read(
     pool: &PgPool,
     budget: Option<Duration>,
 ) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
-    #[allow(clippy::disallowed_methods)] // reads only
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
+    let mut tx = pool
+        .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await?;
     if let Some(budget) = budget {
         // An integer of milliseconds, formatted: SET takes no bind parameters.

@@ -209,8 +209,7 @@ async fn an_audit_key_sees_nothing_of_another_tenant() {
 
 #[tokio::test]
 async fn with_the_store_stalled_requests_get_503_quickly_and_recover() {
-    let (url, db) = fresh_database().await;
-    let app = spawn_app_on(url, db, |s| s.audit_timeout = Duration::from_millis(800)).await;
+    let app = spawn_app_with(|s| s.audit_timeout = Duration::from_millis(800)).await;
     let key = app.acme().await;
     let sid = session_for(API_KEY, 1);
     let body = json!({"session_id": sid, "user": user("alice")});

@@ -30,8 +30,7 @@ async fn signed_app() -> Signed {
         .unwrap()
         .verifier();
     let file = dir.path().join("checkpoints.log");
-    let (url, db) = fresh_database().await;
-    let app = spawn_app_on(url, db, move |s| {
+    let app = spawn_app_with(move |s| {
         s.checkpoint_key_file = Some(key_path);
         s.checkpoint_file = Some(file);
         s.checkpoint_interval = std::time::Duration::from_secs(3600);

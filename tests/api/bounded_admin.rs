@@ -48,8 +48,7 @@ async fn dry_runs_of_the_largest_policies_leave_the_only_worker_free() {
 
 /// Returns the slowest /healthz and the shortest dry run seen.
 async fn healthz_during_largest_dry_runs(workers: usize, bound: Duration) -> (Duration, Duration) {
-    let (url, db) = fresh_database().await;
-    let app = spawn_app_on(url, db, |s| s.workers = workers).await;
+    let app = spawn_app_with(|s| s.workers = workers).await;
     // As many rules as the caps allow.
     let rules = (MAX_POLICY_LINES - 10) / 9;
     let mut keys = Vec::new();

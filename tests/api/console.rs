@@ -11,7 +11,6 @@
 use reqwest::redirect::Policy;
 use serde_json::json;
 use token_broker::limits::Rate;
-use token_broker::settings::Settings;
 
 use crate::helpers::*;
 
@@ -80,15 +79,17 @@ fn urlenc(s: &str) -> String {
 }
 
 /// A broker on a fresh database with `tweak`ed settings.
-async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let (url, db) = fresh_database().await;
-    spawn_app_on(url, db, tweak).await
-}
-
 /// A broker behind a proxy at 127.0.0.1 (the test client), which it trusts.
 async fn behind_trusted_proxy() -> TestApp {
     let nets = token_broker::routes::client_addr::parse_trusted_proxies("127.0.0.1/32").unwrap();
-    spawn_with(move |s| s.trusted_proxies = nets).await
+    spawn_app_with(move |s| s.trusted_proxies = nets).await
+}
+
+/// The overview page, which must answer 200.
+async fn overview(c: &Console) -> String {
+    let (s, body) = c.get("/console/overview").await;
+    assert_eq!(s, 200);
+    body
 }
 
 /// The sign-in exchange as a browser does it; returns the raw 303 response too.
@@ -525,8 +526,7 @@ async fn event_pages_offer_an_inclusion_proof_and_the_overview_checks_the_signed
     let verifier = SigningKey::generate(&key_path, "test-broker")
         .unwrap()
         .verifier();
-    let (url, db) = fresh_database().await;
-    let app = spawn_app_on(url, db, move |s| {
+    let app = spawn_app_with(move |s| {
         s.checkpoint_key_file = Some(key_path);
         s.checkpoint_interval = std::time::Duration::from_secs(3600);
         s.checkpoint_every_rows = u64::MAX;
@@ -539,8 +539,7 @@ async fn event_pages_offer_an_inclusion_proof_and_the_overview_checks_the_signed
     let r = app.get("/v1/audit/checkpoint", &acme).await;
     assert_eq!(r.status(), 200);
     let c = sign_in(&app, &acme).await;
-    let (s, body) = c.get("/console/overview").await;
-    assert_eq!(s, 200);
+    let body = overview(&c).await;
     assert!(
         body.contains("matches the latest signed checkpoint"),
         "{body}"
@@ -625,7 +624,7 @@ async fn a_client_cannot_choose_the_secure_flag_and_the_operator_can_force_it() 
         }
     }
 
-    let forced = spawn_with(|s| s.console_secure_cookies = true).await;
+    let forced = spawn_app_with(|s| s.console_secure_cookies = true).await;
     let acme = forced.acme().await;
     let r = sign_in_raw(&forced, &acme, false).await;
     assert_eq!(r.status(), 303);
@@ -641,7 +640,7 @@ async fn a_client_cannot_choose_the_secure_flag_and_the_operator_can_force_it() 
 /// sign-in with that key share the same bucket.
 #[tokio::test]
 async fn console_pages_take_the_keys_api_key_rate_like_api_calls() {
-    let app = spawn_with(|s| {
+    let app = spawn_app_with(|s| {
         s.rates.api_key = Rate {
             per_second: 1,
             burst: 3,
@@ -687,7 +686,7 @@ async fn checkpointing_app() -> (TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let key_path = dir.path().join("checkpoint.key");
     SigningKey::generate(&key_path, "test-broker").unwrap();
-    let app = spawn_with(move |s| {
+    let app = spawn_app_with(move |s| {
         s.checkpoint_key_file = Some(key_path);
         s.checkpoint_interval = std::time::Duration::from_secs(3600);
         s.checkpoint_every_rows = u64::MAX;
@@ -709,8 +708,7 @@ async fn console_pages_show_no_database_text_and_no_false_tamper_alarm() {
         .as_i64()
         .unwrap();
     let c = sign_in(&app, &acme).await;
-    let (s, body) = c.get("/console/overview").await;
-    assert_eq!(s, 200);
+    let body = overview(&c).await;
     assert!(
         body.contains("matches the latest signed checkpoint"),
         "{body}"

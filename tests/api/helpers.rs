@@ -84,8 +84,13 @@ pub async fn fresh_database() -> (String, TestDb) {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A test broker on a fresh database, with `tweak` applied to its settings.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let (url, db) = fresh_database().await;
-    spawn_app_on(url, db, |_| {}).await
+    spawn_app_on(url, db, tweak).await
 }
 
 pub async fn spawn_app_on(url: String, db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestApp {
@@ -309,6 +314,11 @@ max_ttl = "2h"
 on_role_excess = "downgrade"
 "#
     )
+}
+
+/// A well-formed key with `key`'s id and a wrong secret.
+pub fn wrong_secret(key: &str) -> String {
+    format!("{}{}", &key[..key.len() - 64], "0".repeat(64))
 }
 
 /// A user body.

@@ -542,8 +542,7 @@ fn jwks_urls_must_be_https_except_on_loopback_and_refresh_has_a_floor() {
 #[tokio::test]
 async fn hostile_end_user_claims_are_refused_not_truncated() {
     // More refusals than the failed-authentication limit per address allows.
-    let (url, db) = fresh_database().await;
-    let app = spawn_app_on(url, db, |s| {
+    let app = spawn_app_with(|s| {
         s.rates.failed_auth_ip = token_broker::limits::Rate::parse("1000/1000").unwrap()
     })
     .await;
@@ -1063,9 +1062,8 @@ async fn an_anonymous_client_cannot_tell_which_tenants_exist() {
 /// signature check, and another address's user logs in meanwhile.
 #[tokio::test]
 async fn a_concurrent_wave_of_forged_login_tokens_from_one_address_is_bounded() {
-    let (url, db) = fresh_database().await;
     let nets = token_broker::routes::client_addr::parse_trusted_proxies("127.0.0.1/32").unwrap();
-    let app = spawn_app_on(url, db, move |s| {
+    let app = spawn_app_with(move |s| {
         s.trusted_proxies = nets;
         // Not the bucket: the wave must be stopped by the in-flight bound.
         s.rates.failed_auth_ip = token_broker::limits::Rate {
@@ -1140,8 +1138,7 @@ async fn jwks_urls_cannot_reach_internal_addresses_unless_the_operator_allows_it
         // An IPv4-mapped loopback literal (https passes validation).
         format!("https://[::ffff:127.0.0.1]:{port}/jwks.json"),
     ] {
-        let (url, db) = fresh_database().await;
-        let app = spawn_app_on(url, db, |s| s.jwks_private_addresses = false).await;
+        let app = spawn_app_with(|s| s.jwks_private_addresses = false).await;
         tenant_with(&app, &jwks_idp(&jwks, "")).await;
         let (s, v) = post_as(&app, "acme", &kid_token("idp-rsa-1", 1, "u", t), &body).await;
         assert_eq!(
@@ -1161,8 +1158,7 @@ async fn jwks_urls_cannot_reach_internal_addresses_unless_the_operator_allows_it
     // the unit test `a_name_that_resolves_only_to_internal_addresses_is_refused`.)
 
     // With the setting, the operator's own provider on loopback works.
-    let (url, db) = fresh_database().await;
-    let app = spawn_app_on(url, db, |s| s.jwks_private_addresses = true).await;
+    let app = spawn_app_with(|s| s.jwks_private_addresses = true).await;
     tenant_with(&app, &jwks_idp(&format!("{}/jwks.json", srv.base), "")).await;
     let (s, v) = post_as(&app, "acme", &kid_token("idp-rsa-1", 1, "u", t), &body).await;
     assert_eq!(s, 201, "{v}");

@@ -70,8 +70,7 @@ async fn load(app: &TestApp) -> (String, String) {
 #[tokio::test]
 async fn metrics_show_latency_histograms_and_per_tenant_counters_under_load() {
     // Tenant labels are the operator's choice (off by default: see the next test).
-    let (url, db) = fresh_database().await;
-    let app = spawn_app_on(url, db, |s| s.metrics_tenant_labels = true).await;
+    let app = spawn_app_with(|s| s.metrics_tenant_labels = true).await;
     let (acme, globex) = load(&app).await;
     let m = scrape(&app).await;
 

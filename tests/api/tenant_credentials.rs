@@ -541,8 +541,7 @@ async fn a_ciphertext_moved_to_another_tenant_does_not_decrypt() {
 
 #[tokio::test]
 async fn without_a_master_key_uploads_are_refused_clearly() {
-    let (url, db) = fresh_database().await;
-    let app = spawn_app_on(url, db, |s| s.master_key_file = None).await;
+    let app = spawn_app_with(|s| s.master_key_file = None).await;
     app.create_tenant("acme").await;
     let admin = app.create_key("acme", &["admin"]).await;
     let r = app

@@ -10,16 +10,6 @@ use token_broker::limits::Rate;
 
 use crate::helpers::*;
 
-async fn spawn_with(tweak: impl FnOnce(&mut token_broker::settings::Settings)) -> TestApp {
-    let (url, db) = fresh_database().await;
-    spawn_app_on(url, db, tweak).await
-}
-
-/// A well-formed key with `key`'s id and a wrong secret.
-fn wrong_secret(key: &str) -> String {
-    format!("{}{}", &key[..key.len() - 64], "0".repeat(64))
-}
-
 async fn assert_429(r: reqwest::Response) {
     assert_eq!(r.status(), 429);
     let retry: u64 = r.headers()["retry-after"]
@@ -41,7 +31,7 @@ fn token_body(n: u32) -> Value {
 /// is already verified and cached (today's code verifies, then succeeds).
 #[tokio::test]
 async fn an_address_over_its_failed_auth_limit_gets_429_without_any_verification() {
-    let app = spawn_with(|s| {
+    let app = spawn_app_with(|s| {
         s.rates.failed_auth_ip = Rate {
             per_second: 1,
             burst: 3,
@@ -499,7 +489,7 @@ async fn from_addr(addr: &str, req: reqwest::RequestBuilder) -> (u16, Option<u64
 #[tokio::test]
 async fn a_concurrent_wave_of_guesses_from_one_address_runs_at_most_the_in_flight_bound() {
     let nets = token_broker::routes::client_addr::parse_trusted_proxies("127.0.0.1/32").unwrap();
-    let app = spawn_with(move |s| {
+    let app = spawn_app_with(move |s| {
         s.trusted_proxies = nets;
         // Not the bucket: the wave must be stopped by the in-flight bound.
         s.rates.failed_auth_ip = Rate {

@@ -9,10 +9,9 @@ use token_broker::limits::Rate;
 
 use crate::helpers::*;
 
-async fn spawn_with(trusted: &str) -> TestApp {
-    let (url, db) = fresh_database().await;
+async fn spawn_trusting(trusted: &str) -> TestApp {
     let nets = token_broker::routes::client_addr::parse_trusted_proxies(trusted).unwrap();
-    let app = spawn_app_on(url, db, move |s| {
+    let app = spawn_app_with(move |s| {
         s.trusted_proxies = nets;
         s.rates.failed_auth_ip = Rate {
             per_second: 1,
@@ -22,11 +21,6 @@ async fn spawn_with(trusted: &str) -> TestApp {
     .await;
     app.app_state.clock.freeze();
     app
-}
-
-/// A well-formed key with `key`'s id and a wrong secret.
-fn wrong_secret(key: &str) -> String {
-    format!("{}{}", &key[..key.len() - 64], "0".repeat(64))
 }
 
 async fn issue_with(app: &TestApp, key: &str, n: u32, header: (&str, &str)) -> Value {
@@ -68,7 +62,7 @@ async fn recorded_addrs(app: &TestApp, key: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_forged_forwarding_header_from_an_untrusted_peer_changes_nothing() {
     // Arrange: no trusted proxies (the default); the client is 127.0.0.1.
-    let app = spawn_with("").await;
+    let app = spawn_trusting("").await;
     let key = app.acme().await;
     // Act: the client claims to be someone else, both ways.
     issue_with(&app, &key, 1, ("x-forwarded-for", "198.51.100.7")).await;
@@ -87,7 +81,7 @@ async fn a_forged_forwarding_header_from_an_untrusted_peer_changes_nothing() {
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_forwarded_client_is_audited_and_limited() {
     // Arrange: the test client (127.0.0.1) is the trusted proxy.
-    let app = spawn_with("127.0.0.1/32").await;
+    let app = spawn_trusting("127.0.0.1/32").await;
     let key = app.acme().await;
     // Act: the proxy appended the real client after a forged leftmost hop.
     issue_with(&app, &key, 1, ("x-forwarded-for", "6.6.6.6, 198.51.100.7")).await;
