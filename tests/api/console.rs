@@ -640,14 +640,13 @@ async fn a_client_cannot_choose_the_secure_flag_and_the_operator_can_force_it() 
 /// sign-in with that key share the same bucket.
 #[tokio::test]
 async fn console_pages_take_the_keys_api_key_rate_like_api_calls() {
-    let app = spawn_app_with(|s| {
+    let app = spawn_frozen(|s| {
         s.rates.api_key = Rate {
             per_second: 1,
             burst: 3,
         };
     })
     .await;
-    app.app_state.clock.freeze();
     let acme = app.acme().await;
     // Two tokens: the sign-in and the page `sign_in` loads after it.
     let c = sign_in(&app, &acme).await;

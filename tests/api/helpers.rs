@@ -87,6 +87,14 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// `spawn_app_with`, its clock frozen (limiters move only when a test
+/// advances it).
+pub async fn spawn_frozen(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let app = spawn_app_with(tweak).await;
+    app.app_state.clock.freeze();
+    app
+}
+
 /// A test broker on a fresh database, with `tweak` applied to its settings.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let (url, db) = fresh_database().await;

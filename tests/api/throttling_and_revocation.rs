@@ -31,14 +31,13 @@ fn token_body(n: u32) -> Value {
 /// is already verified and cached (today's code verifies, then succeeds).
 #[tokio::test]
 async fn an_address_over_its_failed_auth_limit_gets_429_without_any_verification() {
-    let app = spawn_app_with(|s| {
+    let app = spawn_frozen(|s| {
         s.rates.failed_auth_ip = Rate {
             per_second: 1,
             burst: 3,
         }
     })
     .await;
-    app.app_state.clock.freeze();
     let cached = app.acme().await;
     let fresh = app.create_key("acme", &["issue"]).await;
     assert_eq!(app.get("/v1/whoami", &cached).await.status(), 200);
@@ -489,7 +488,7 @@ async fn from_addr(addr: &str, req: reqwest::RequestBuilder) -> (u16, Option<u64
 #[tokio::test]
 async fn a_concurrent_wave_of_guesses_from_one_address_runs_at_most_the_in_flight_bound() {
     let nets = token_broker::routes::client_addr::parse_trusted_proxies("127.0.0.1/32").unwrap();
-    let app = spawn_app_with(move |s| {
+    let app = spawn_frozen(move |s| {
         s.trusted_proxies = nets;
         // Not the bucket: the wave must be stopped by the in-flight bound.
         s.rates.failed_auth_ip = Rate {
@@ -498,7 +497,6 @@ async fn a_concurrent_wave_of_guesses_from_one_address_runs_at_most_the_in_fligh
         };
     })
     .await;
-    app.app_state.clock.freeze();
     app.acme().await;
     let fresh = app.create_key("acme", &["issue"]).await;
     let bound = token_broker::limits::MAX_AUTH_IN_FLIGHT as usize;

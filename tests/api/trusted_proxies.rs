@@ -11,16 +11,14 @@ use crate::helpers::*;
 
 async fn spawn_trusting(trusted: &str) -> TestApp {
     let nets = token_broker::routes::client_addr::parse_trusted_proxies(trusted).unwrap();
-    let app = spawn_app_with(move |s| {
+    spawn_frozen(move |s| {
         s.trusted_proxies = nets;
         s.rates.failed_auth_ip = Rate {
             per_second: 1,
             burst: 2,
         };
     })
-    .await;
-    app.app_state.clock.freeze();
-    app
+    .await
 }
 
 async fn issue_with(app: &TestApp, key: &str, n: u32, header: (&str, &str)) -> Value {
